@@ -1,0 +1,227 @@
+"""The GPT-2 backbone with a pluggable output head and training objective.
+
+One backbone serves every variant: token + learned position embeddings, pre-LayerNorm
+blocks (causal self-attention through scaled_dot_product_attention, GELU MLP), a final
+LayerNorm, then a head (``heads.py``) whose weights the objective (``objectives.py``)
+consumes in chunks. A KV cache makes generation cost O(T) per token instead of O(T^2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig, ObjectiveConfig
+from .heads import BayesianHead, build_head
+from .objectives import Objective, build_objective, fused_linear_loss, iter_logits
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1)."""
+
+    def __init__(self, ndim: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class KVCache:
+    """Per-layer keys and values of the tokens seen so far, (B, H, T_max, D) each."""
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int, device, dtype) -> None:
+        shape = (batch, n_head, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.length = 0  # tokens stored; also the position of the next token
+        self.max_len = max_len
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        p = self.dropout if self.training else 0.0
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        else:
+            start = cache.length
+            cache.k[layer][:, :, start : start + T] = k
+            cache.v[layer][:, :, start : start + T] = v
+            k, v = cache.k[layer][:, :, : start + T], cache.v[layer][:, :, : start + T]
+            if T == 1:  # one new token attends to everything before it
+                y = F.scaled_dot_product_attention(q, k, v)
+            elif start == 0:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:  # a chunk appended to a non-empty cache: causal with an offset
+                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ln_1 = LayerNorm(cfg.n_embd, cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = LayerNorm(cfg.n_embd, cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Backbone(nn.Module):
+    """Token ids (B, T) -> final hidden states (B, T, C)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = LayerNorm(cfg.n_embd, cfg.bias)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        T = idx.shape[1]
+        start = cache.length if cache is not None else 0
+        if start + T > self.cfg.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.cfg.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        for i, block in enumerate(self.h):
+            x = block(x, cache, i)
+        if cache is not None:
+            cache.length += T
+        return self.ln_f(x)
+
+
+@dataclass
+class Output:
+    loss: torch.Tensor  # the training objective: objective + kl_beta * KL / N
+    objective: torch.Tensor  # the objective's mean over positions
+    kl: torch.Tensor  # KL(q || p) summed over the head's weights (0 for deterministic heads)
+
+
+class GPT(nn.Module):
+    """Backbone + head + objective. ``forward`` returns the training loss; ``logits`` predicts."""
+
+    def __init__(self, cfg: ModelConfig, obj: ObjectiveConfig) -> None:
+        super().__init__()
+        assert cfg.vocab_size > 0, "vocab_size must be set (from the data) before building the model"
+        self.config, self.obj_config = cfg, obj
+        self.transformer = Backbone(cfg)
+        self.objective: Objective = build_objective(
+            obj.objective, label_smoothing=obj.label_smoothing, pos_weight=obj.pos_weight, sum_penalty=obj.sum_penalty
+        )
+        bayes = dict(prior_mu=obj.prior_mu, prior_sigma=obj.prior_sigma, posterior_sigma_init=obj.posterior_sigma_init)
+        self.head = build_head(
+            obj.head, cfg.n_embd, cfg.vocab_size, output_bias=obj.output_bias, sigmoid=self.objective.sigmoid,
+            **(bayes if obj.head == "bayesian" else {}),
+        )
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by 1/sqrt(2 n_layer)
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        if cfg.tie_weights:
+            self.transformer.wte.weight = self.head.mean_weight
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    @property
+    def bayesian(self) -> bool:
+        return isinstance(self.head, BayesianHead)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; the position embedding is excluded by default (as in nanoGPT)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor, sets: torch.Tensor | None = None, n_train_tokens: int = 0
+    ) -> Output:
+        """The ELBO-style training loss: objective(h, W, b) + kl_beta * KL(q || p) / n_train_tokens.
+
+        Dividing the KL by the number of training tokens makes the sum of per-token losses over
+        one pass of the data equal beta * KL + sum of objectives, i.e. the negative ELBO, while
+        the value per token stays on the objective's scale.
+        """
+        h = self.transformer(idx)
+        weight, bias = self.head.weights(sample=self.training)
+        obj = fused_linear_loss(h, weight, bias, self.objective, targets, sets, self.obj_config.loss_chunk_size)
+        kl = self.head.kl() if self.bayesian else obj.new_zeros(())
+        loss = obj
+        if self.bayesian and self.obj_config.kl_beta > 0:
+            loss = obj + self.obj_config.kl_beta * kl / max(n_train_tokens, 1)
+        return Output(loss=loss, objective=obj.detach(), kl=kl.detach())
+
+    def logits(self, h: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """Full logits for hidden states h (..., C): the posterior mean unless ``sample``."""
+        weight, bias = self.head.weights(sample=sample)
+        return F.linear(h, weight.to(h.dtype), None if bias is None else bias.to(h.dtype)).float()
+
+    def iter_logits(self, h: torch.Tensor, sample: bool = False, chunk_size: int = 0):
+        """(start, logits chunk) over the rows of h (N, C) without holding (N, V)."""
+        weight, bias = self.head.weights(sample=sample)
+        return iter_logits(h, weight, bias, chunk_size or self.obj_config.loss_chunk_size)
+
+    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        c = self.config
+        p = next(self.parameters())
+        return KVCache(c.n_layer, batch, c.n_head, max_len or c.block_size, c.n_embd // c.n_head, p.device, p.dtype)
+
+    def configure_optimizer(self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str):
+        """AdamW with decay on matrices (>= 2-D, including the Bayesian rho) and none on biases/norms."""
+        params = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        decay = [p for n, p in params.items() if p.dim() >= 2 and not n.endswith("_rho")]
+        no_decay = [p for n, p in params.items() if p.dim() < 2 or n.endswith("_rho")]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        fused = device_type == "cuda"
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    def estimate_mfu(self, tokens_per_s: float, peak_flops: float) -> float:
+        """Model FLOPs utilisation (PaLM appendix B): 6N + 12 L H Q T FLOPs per token."""
+        c = self.config
+        N = self.num_params()
+        L, H, Q, T = c.n_layer, c.n_head, c.n_embd // c.n_head, c.block_size
+        flops_per_token = 6 * N + 12 * L * H * Q * T
+        return flops_per_token * tokens_per_s / peak_flops

@@ -1,0 +1,262 @@
+"""Training objectives, fused with the output projection and computed in chunks.
+
+An objective maps a chunk of logits z (n, V) and its targets to the summed loss of its rows
+and dL/dz, in closed form. ``fused_linear_loss`` runs the projection z = h W^T + b one chunk
+of positions at a time, asks the objective for (loss, dL/dz), and immediately folds dL/dz
+into the gradients of h, W and b, so at most one chunk of (n, V) floats is alive and the
+total work is the same three matmuls a dense computation needs (forward, dh, dW), with no
+recomputation in the backward pass (the approach of Liger-Kernel's fused linear
+cross-entropy, generalised here to every objective).
+
+Targets are sparse: ``y`` (N,) holds the true next token (-1 = ignore this position) and
+``sets`` (N, K) the extra positive tokens of the sigmoid objective, padded with -1. No
+(B, T, V) target is ever built.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class Objective:
+    """A per-position loss with a closed-form gradient wrt the logits."""
+
+    name: str = ""
+    sigmoid: bool = False  # the predictive distribution is sigmoid(z) / sum sigmoid(z)
+
+    def loss_and_grad(
+        self, z: torch.Tensor, y: torch.Tensor, sets: torch.Tensor | None, need_grad: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(per-row loss (n,), dL/dz (n, V) or None). ``z`` is fp32 and may be overwritten."""
+        raise NotImplementedError
+
+    def log_probs(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(v | context) of the predictive distribution, (n, V)."""
+        return torch.log_softmax(z.float(), dim=-1)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _gather(z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return z.gather(1, idx.clamp(min=0).unsqueeze(1)).squeeze(1)
+
+
+class CrossEntropy(Objective):
+    """L = logsumexp(z) - z_y;  dL/dz = softmax(z) - onehot(y)."""
+
+    name = "ce"
+
+    def loss_and_grad(self, z, y, sets, need_grad):
+        lse = torch.logsumexp(z, dim=1)
+        loss = lse - _gather(z, y)
+        if not need_grad:
+            return loss, None
+        dz = z.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place
+        dz.scatter_add_(1, y.clamp(min=0).unsqueeze(1), -torch.ones_like(dz[:, :1]))
+        return loss, dz
+
+
+class SmoothedCrossEntropy(Objective):
+    """The study's label smoothing (paper eq. 1): q_y = 1 - eps, q_v = eps / (V - 1) for v != y.
+
+    L = -sum_v q_v log p_v = logsumexp(z) - (1-eps) z_y - eps/(V-1) (sum_v z_v - z_y);
+    dL/dz = softmax(z) - q. (PyTorch's ``label_smoothing`` instead gives eps/V to every token.)
+    """
+
+    name = "smooth"
+
+    def __init__(self, eps: float) -> None:
+        self.eps = eps
+
+    def loss_and_grad(self, z, y, sets, need_grad):
+        V = z.shape[1]
+        off = self.eps / (V - 1)
+        lse = torch.logsumexp(z, dim=1)
+        zy = _gather(z, y)
+        loss = lse - (1 - self.eps) * zy - off * (z.sum(dim=1) - zy)
+        if not need_grad:
+            return loss, None
+        dz = z.sub_(lse.unsqueeze(1)).exp_().sub_(off)
+        dz.scatter_add_(1, y.clamp(min=0).unsqueeze(1), torch.full_like(dz[:, :1], -(1 - self.eps - off)))
+        return loss, dz
+
+    def __repr__(self) -> str:
+        return f"SmoothedCrossEntropy(eps={self.eps})"
+
+
+class SigmoidBCE(Objective):
+    """Binary cross-entropy of sigmoid outputs against the positive set P = {y} U sets.
+
+    L = -sum_{v in P} w log s(z_v) - sum_{v not in P} log(1 - s(z_v)) + lambda (sum_v s(z_v) - 1)^2,
+    summed over the vocabulary (a mean over V would scale the positive signal by 1/V) and
+    averaged over positions by the caller. With softplus(z) = -log(1 - s(z)) and
+    -log s(z) = softplus(z) - z this is the dense sum_v softplus(z_v) plus a correction on the
+    K+1 positives only:  sum_{v in P} (w - 1) softplus(z_v) - w z_v.
+    dL/dz_v = s_v + 2 lambda (S - 1) s_v (1 - s_v)  +  [v in P] ((w - 1) s_v - w).
+    """
+
+    name = "bce"
+    sigmoid = True
+
+    def __init__(self, pos_weight: float = 1.0, sum_penalty: float = 0.0) -> None:
+        self.pos_weight = pos_weight
+        self.sum_penalty = sum_penalty
+
+    def loss_and_grad(self, z, y, sets, need_grad):
+        pos = positives(y, sets)
+        mask = (pos >= 0).to(z.dtype)
+        idx = pos.clamp(min=0)
+        zp = z.gather(1, idx)
+        w = self.pos_weight
+        loss = F.softplus(z).sum(dim=1) + (((w - 1) * F.softplus(zp) - w * zp) * mask).sum(dim=1)
+        if not need_grad and self.sum_penalty == 0:
+            return loss, None
+        s = torch.sigmoid(z) if need_grad else None
+        if self.sum_penalty > 0:
+            s = torch.sigmoid(z) if s is None else s
+            S = s.sum(dim=1)
+            loss = loss + self.sum_penalty * (S - 1).square()
+        if not need_grad:
+            return loss, None
+        if self.sum_penalty > 0:
+            c = (2 * self.sum_penalty * (S - 1)).unsqueeze(1)
+            s.mul_(1 + c * (1 - s))
+        dz = s
+        dz.scatter_add_(1, idx, ((w - 1) * torch.sigmoid(zp) - w) * mask)
+        return loss, dz
+
+    def log_probs(self, z: torch.Tensor) -> torch.Tensor:
+        ls = F.logsigmoid(z.float())
+        return ls - torch.logsumexp(ls, dim=-1, keepdim=True)
+
+    def __repr__(self) -> str:
+        return f"SigmoidBCE(pos_weight={self.pos_weight}, sum_penalty={self.sum_penalty})"
+
+
+def positives(y: torch.Tensor, sets: torch.Tensor | None) -> torch.Tensor:
+    """(n, K+1) positive ids: the true token first, then the set without it; -1 pads.
+
+    Rows whose y is -1 (ignored) get no positives; the caller masks their loss anyway.
+    """
+    y = y.unsqueeze(1)
+    if sets is None:
+        return y
+    sets = torch.where(sets == y, torch.full_like(sets, -1), sets)  # y is already first
+    return torch.cat([y, sets], dim=1)
+
+
+def build_objective(name: str, *, label_smoothing: float = 0.1, pos_weight: float = 1.0, sum_penalty: float = 0.0) -> Objective:
+    if name == "ce":
+        return CrossEntropy()
+    if name == "smooth":
+        return SmoothedCrossEntropy(label_smoothing)
+    if name == "bce":
+        return SigmoidBCE(pos_weight, sum_penalty)
+    raise ValueError(f"unknown objective {name!r}; known: ce, smooth, bce")
+
+
+def auto_chunk_size(vocab_size: int, device: torch.device) -> int:
+    """Rows per chunk: ~32 MiB of fp32 logits on CPU, ~256 MiB on accelerators."""
+    budget = 2**26 if device.type == "cuda" else 2**23
+    return max(1, budget // vocab_size)
+
+
+class _FusedLinearLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, bias, objective, y, sets, chunk_size, compute_dtype):
+        N, _ = h.shape
+        valid = (y >= 0).sum().clamp(min=1)
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        need_grad = need_h or need_w or need_b
+        wc = weight.to(compute_dtype)
+        bc = bias.to(compute_dtype) if bias is not None else None
+        gh = torch.empty_like(h) if need_h else None
+        acc = torch.promote_types(compute_dtype, torch.float32)  # fp32 loss and accumulators (fp64 in tests)
+        gw = torch.zeros(weight.shape, dtype=acc, device=h.device) if need_w else None
+        gb = torch.zeros(bias.shape, dtype=acc, device=h.device) if need_b else None
+        total = torch.zeros((), dtype=acc, device=h.device)
+        for s in range(0, N, chunk_size):
+            e = min(s + chunk_size, N)
+            hc = h[s:e].to(compute_dtype)
+            z = (torch.addmm(bc, hc, wc.t()) if bc is not None else hc @ wc.t()).to(acc)
+            yc = y[s:e]
+            loss, dz = objective.loss_and_grad(z, yc, None if sets is None else sets[s:e], need_grad)
+            keep = yc >= 0
+            total += (loss * keep).sum()
+            if not need_grad:
+                continue
+            if not bool(keep.all()):
+                dz.mul_(keep.unsqueeze(1).to(dz.dtype))
+            dzc = dz.to(compute_dtype)
+            if need_h:
+                gh[s:e] = (dzc @ wc).to(h.dtype)
+            if need_w:
+                if compute_dtype == acc:
+                    gw.addmm_(dzc.t(), hc)
+                else:
+                    gw += (dzc.t() @ hc).float()
+            if need_b:
+                gb += dz.sum(dim=0)
+        inv = 1.0 / valid.to(acc)
+        if need_h:
+            gh.mul_(inv.to(gh.dtype))
+        grads = [gh, gw.mul_(inv).to(weight.dtype) if need_w else None, gb.mul_(inv).to(bias.dtype) if need_b else None]
+        ctx.save_for_backward(*[g if g is not None else torch.empty(0) for g in grads])
+        ctx.has = [g is not None for g in grads]
+        return total * inv
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        saved = ctx.saved_tensors
+        gh, gw, gb = [saved[i] * grad_out.to(saved[i].dtype) if ctx.has[i] else None for i in range(3)]
+        return gh, gw, gb, None, None, None, None, None
+
+
+def fused_linear_loss(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    objective: Objective,
+    y: torch.Tensor,
+    sets: torch.Tensor | None = None,
+    chunk_size: int = 0,
+) -> torch.Tensor:
+    """mean over positions with y >= 0 of objective(h W^T + b), never holding more than one chunk of logits.
+
+    h: (..., C) hidden states; weight (V, C); bias (V,) or None; y (...) true next tokens;
+    sets (..., K) extra positives, -1 padded. Inside autocast the projection runs in the
+    autocast dtype and the loss in fp32.
+    """
+    C = h.shape[-1]
+    h2, y2 = h.reshape(-1, C), y.reshape(-1)
+    s2 = sets.reshape(-1, sets.shape[-1]) if sets is not None else None
+    dev = h.device.type
+    compute_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+    if dev == "cpu" and compute_dtype != h.dtype and not torch.is_autocast_enabled("cpu"):
+        compute_dtype = h.dtype
+    chunk = chunk_size or auto_chunk_size(weight.shape[0], h.device)
+    with torch.autocast(dev, enabled=False):
+        return _FusedLinearLoss.apply(h2, weight, bias, objective, y2, s2, chunk, compute_dtype)
+
+
+def iter_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, chunk_size: int = 0):
+    """Yield (start, fp32 logits (n, V)) over rows of h (N, C), one chunk at a time (no grad)."""
+    chunk = chunk_size or auto_chunk_size(weight.shape[0], h.device)
+    with torch.no_grad():
+        for s in range(0, h.shape[0], chunk):
+            yield s, F.linear(h[s : s + chunk], weight.to(h.dtype), None if bias is None else bias.to(h.dtype)).float()
+
+
+def predictive_nll(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, objective: Objective, y: torch.Tensor, chunk_size: int = 0
+) -> torch.Tensor:
+    """-log p(y) per row under the objective's predictive distribution (softmax, or normalised sigmoid)."""
+    h2, y2 = h.reshape(-1, h.shape[-1]), y.reshape(-1)
+    out = torch.empty(h2.shape[0], dtype=torch.float32, device=h.device)
+    for s, z in iter_logits(h2, weight, bias, chunk_size):
+        lp = objective.log_probs(z)
+        out[s : s + z.shape[0]] = -_gather(lp, y2[s : s + z.shape[0]])
+    return out.view(y.shape)
+

@@ -1,0 +1,53 @@
+"""The variant registry: each variant is a head, an objective and a few default hyper-parameters.
+
+Adding a variant is adding one ``Variant(...)`` line here; the model and the training loop
+are shared by all of them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    head: str  # 'linear' | 'bayesian'
+    objective: str  # 'ce' | 'smooth' | 'bce'
+    equation: str  # the training loss per position, for docs and `gptv variants`
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sigmoid(self) -> bool:
+        return self.objective == "bce"
+
+    @property
+    def bayesian(self) -> bool:
+        return self.head == "bayesian"
+
+
+# Sigmoid heads get an output bias started at -log V so every initial sigmoid output is ~1/V.
+_SIG = {"output_bias": True}
+
+REGISTRY: dict[str, Variant] = {
+    v.name: v
+    for v in [
+        Variant("baseline", "linear", "ce", "-log softmax(z)_y"),
+        Variant("smooth", "linear", "smooth", "-(1-eps) log p_y - eps/(V-1) sum_{v!=y} log p_v, p = softmax(z)", {"label_smoothing": 0.1}),
+        Variant("bayes", "bayesian", "ce", "-log softmax(z_w)_y + beta KL(q(w) || p(w)) / N, w ~ q"),
+        Variant("sig", "linear", "bce", "-sum_{v in P} log s(z_v) - sum_{v not in P} log(1 - s(z_v))", _SIG),
+        Variant("sig-reg", "linear", "bce", "BCE + lambda (sum_v s(z_v) - 1)^2", {**_SIG, "sum_penalty": 1.0}),
+        Variant("sig-pw", "linear", "bce", "-w sum_{v in P} log s(z_v) - sum_{v not in P} log(1 - s(z_v))", {**_SIG, "pos_weight": 5.0}),
+        Variant("bayes-sig", "bayesian", "bce", "BCE(z_w) + beta KL(q(w) || p(w)) / N, w ~ q", _SIG),
+    ]
+}
+
+
+def get_variant(name: str) -> Variant:
+    if name not in REGISTRY:
+        close = difflib.get_close_matches(name, list(REGISTRY), n=2)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(f"unknown variant {name!r}{hint}; known variants: {', '.join(REGISTRY)}")
+    return REGISTRY[name]

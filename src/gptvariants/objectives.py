@@ -165,10 +165,11 @@ def auto_chunk_size(vocab_size: int, device: torch.device) -> int:
 
 class _FusedLinearLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, bias, objective, y, sets, chunk_size, compute_dtype):
+    def forward(ctx, h, weight, bias, objective, y, sets, chunk_size, compute_dtype, grad_enabled):
         N, _ = h.shape
         valid = (y >= 0).sum().clamp(min=1)
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        # needs_input_grad stays True under torch.no_grad(), so the caller says whether grads are wanted
+        need_h, need_w, need_b = (grad_enabled and n for n in ctx.needs_input_grad[:3])
         need_grad = need_h or need_w or need_b
         wc = weight.to(compute_dtype)
         bc = bias.to(compute_dtype) if bias is not None else None
@@ -211,7 +212,7 @@ class _FusedLinearLoss(torch.autograd.Function):
     def backward(ctx, grad_out):
         saved = ctx.saved_tensors
         gh, gw, gb = [saved[i] * grad_out.to(saved[i].dtype) if ctx.has[i] else None for i in range(3)]
-        return gh, gw, gb, None, None, None, None, None
+        return gh, gw, gb, None, None, None, None, None, None
 
 
 def fused_linear_loss(
@@ -238,7 +239,7 @@ def fused_linear_loss(
         compute_dtype = h.dtype
     chunk = chunk_size or auto_chunk_size(weight.shape[0], h.device)
     with torch.autocast(dev, enabled=False):
-        return _FusedLinearLoss.apply(h2, weight, bias, objective, y2, s2, chunk, compute_dtype)
+        return _FusedLinearLoss.apply(h2, weight, bias, objective, y2, s2, chunk, compute_dtype, torch.is_grad_enabled())
 
 
 def iter_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, chunk_size: int = 0):

@@ -1,0 +1,313 @@
+"""Tokenizers: character, whitespace-word, GPT-2 (tiktoken) and trainable byte-level BPE.
+
+Every tokenizer has the same small interface (`Tokenizer`) and saves itself as JSON
+(`tokenizer_meta.json`, plus the Hugging Face `tokenizer.json` for BPE) so that
+`load_tokenizer(dir)` can rebuild it without pickle.
+
+Specs accepted by `build_tokenizer`: "char", "word", "gpt2", "bpe:N".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+EOT_TEXT = "<|endoftext|>"
+META_FILE = "tokenizer_meta.json"
+HF_FILE = "tokenizer.json"
+_UNKNOWN_MODES = ("error", "skip")
+
+
+def _check_unknown(unknown: str) -> None:
+    if unknown not in _UNKNOWN_MODES:
+        raise ValueError(f"unknown={unknown!r}; expected one of {_UNKNOWN_MODES}")
+
+
+def _iter_texts(text: str | Iterable[str]) -> Iterable[str]:
+    return [text] if isinstance(text, str) else text
+
+
+class Tokenizer(ABC):
+    """Maps text to token ids in [0, vocab_size) and back.
+
+    `encode(text, unknown="error")` raises ValueError on text the vocabulary cannot
+    represent; `unknown="skip"` drops it instead (byte-level tokenizers never hit this).
+    """
+
+    kind: str  # the "kind" key in tokenizer_meta.json
+    name: str
+    vocab_size: int
+    eot_token: int | None
+
+    @abstractmethod
+    def encode(self, text: str, unknown: str = "error") -> list[int]: ...
+
+    @abstractmethod
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    @abstractmethod
+    def _config(self) -> dict:
+        """JSON-serialisable fields that `load_tokenizer` needs to rebuild this tokenizer."""
+
+    def save(self, dir: Path) -> None:
+        """Write the tokenizer's files into `dir` (created if needed)."""
+        dir = Path(dir)
+        dir.mkdir(parents=True, exist_ok=True)
+        _write_json(dir / META_FILE, {"kind": type(self).kind, "name": self.name, **self._config()})
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size}, eot_token={self.eot_token})"
+
+
+class CharTokenizer(Tokenizer):
+    """One token per Unicode character of a fixed alphabet (nanoGPT's shakespeare_char). No EOT."""
+
+    kind = "char"
+
+    def __init__(self, chars: Sequence[str]):
+        if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
+            raise ValueError("char vocabulary must be distinct single characters")
+        self.chars = list(chars)
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+        self.name = "char"
+        self.vocab_size = len(self.chars)
+        self.eot_token = None
+
+    @classmethod
+    def train(cls, text: str | Iterable[str]) -> CharTokenizer:
+        alphabet: set[str] = set()
+        for t in _iter_texts(text):
+            alphabet.update(t)
+        if not alphabet:
+            raise ValueError("cannot build a char tokenizer from empty text")
+        return cls(sorted(alphabet))
+
+    def encode(self, text: str, unknown: str = "error") -> list[int]:
+        _check_unknown(unknown)
+        stoi = self.stoi
+        try:
+            return [stoi[c] for c in text]
+        except KeyError:
+            missing = sorted(set(text) - stoi.keys())
+            if unknown == "skip":
+                return [stoi[c] for c in text if c in stoi]
+            shown = ", ".join(repr(c) for c in missing[:20]) + (" ..." if len(missing) > 20 else "")
+            raise ValueError(
+                f"{len(missing)} character(s) not in the char vocabulary: {shown}; "
+                "pass unknown='skip' to drop them"
+            ) from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+    def _config(self) -> dict:
+        return {"chars": self.chars}
+
+
+class WordTokenizer(Tokenizer):
+    """Whitespace words from a fixed list, plus `<|endoftext|>` as the last id.
+
+    A line break encodes to EOT and EOT decodes to a line break, so one document per
+    line round-trips: `encode(decode(ids)) == ids` for every id sequence.
+    """
+
+    kind = "word"
+    _pattern = re.compile(r"\n|[^\s]+")
+
+    def __init__(self, words: Sequence[str]):
+        words = list(words)
+        if len(set(words)) != len(words):
+            raise ValueError("word list has duplicates")
+        if any(EOT_TEXT == w or not w or any(c.isspace() for c in w) for w in words):
+            raise ValueError(f"words must be non-empty, contain no whitespace and not be {EOT_TEXT!r}")
+        self.words = words
+        self.eot_token = len(words)
+        self.itos = words + [EOT_TEXT]
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        self.stoi["\n"] = self.eot_token
+        self.name = "word"
+        self.vocab_size = len(self.itos)
+
+    @classmethod
+    def train(cls, text: str | Iterable[str]) -> WordTokenizer:
+        vocab: set[str] = set()
+        for t in _iter_texts(text):
+            vocab.update(t.split())
+        vocab.discard(EOT_TEXT)
+        if not vocab:
+            raise ValueError("cannot build a word tokenizer from text without words")
+        return cls(sorted(vocab))
+
+    def encode(self, text: str, unknown: str = "error") -> list[int]:
+        _check_unknown(unknown)
+        stoi = self.stoi
+        pieces = self._pattern.findall(text)
+        try:
+            return [stoi[p] for p in pieces]
+        except KeyError:
+            if unknown == "skip":
+                return [stoi[p] for p in pieces if p in stoi]
+            missing = sorted({p for p in pieces if p not in stoi})
+            shown = ", ".join(repr(w) for w in missing[:20]) + (" ..." if len(missing) > 20 else "")
+            raise ValueError(
+                f"{len(missing)} word(s) not in the word vocabulary: {shown}; pass unknown='skip' to drop them"
+            ) from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        out: list[str] = []
+        line: list[str] = []
+        for i in ids:
+            i = int(i)
+            if i == self.eot_token:
+                out.append(" ".join(line) + "\n")
+                line = []
+            else:
+                line.append(self.itos[i])
+        out.append(" ".join(line))
+        return "".join(out)
+
+    def _config(self) -> dict:
+        return {"words": self.words}
+
+
+class GPT2Tokenizer(Tokenizer):
+    """GPT-2's BPE via tiktoken (vocab 50257, EOT 50256). The literal `<|endoftext|>` encodes to EOT."""
+
+    kind = "gpt2"
+
+    def __init__(self):
+        import tiktoken
+
+        try:
+            self.enc = tiktoken.get_encoding("gpt2")
+        except Exception as e:  # tiktoken fetches its vocabulary files on first use
+            raise RuntimeError(
+                "could not fetch the GPT-2 vocabulary (tiktoken downloads it once from the internet, "
+                f"and that failed: {type(e).__name__}). Use the offline tokenizers instead: "
+                "--tokenizer char, or --tokenizer bpe:N (e.g. bpe:4096) trained on your data"
+            ) from e
+        self.name = "gpt2"
+        self.vocab_size = self.enc.n_vocab
+        self.eot_token = self.enc.eot_token
+
+    def encode(self, text: str, unknown: str = "error") -> list[int]:
+        _check_unknown(unknown)  # byte-level: every string is representable
+        return self.enc.encode(text, allowed_special={EOT_TEXT})
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.enc.decode([int(i) for i in ids])
+
+    def _config(self) -> dict:
+        return {}
+
+
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE trained with Hugging Face `tokenizers` (GPT-2 style, works offline).
+
+    Saved as the library's own `tokenizer.json`. The literal `<|endoftext|>` encodes to EOT.
+    """
+
+    kind = "bpe"
+
+    def __init__(self, hf_tokenizer, name: str):
+        self.hf = hf_tokenizer
+        self.name = name
+        self.vocab_size = hf_tokenizer.get_vocab_size()
+        self.eot_token = hf_tokenizer.token_to_id(EOT_TEXT)
+
+    @classmethod
+    def train(cls, text: str | Iterable[str], vocab_size: int) -> BPETokenizer:
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        # 256 byte symbols + the EOT special token are the minimum vocabulary
+        if vocab_size < 257:
+            raise ValueError(f"bpe vocabulary size must be at least 257 (256 bytes + EOT), got {vocab_size}")
+        hf = HFTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[EOT_TEXT],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        hf.train_from_iterator(_chunks(_iter_texts(text)), trainer)
+        return cls(hf, f"bpe:{vocab_size}")
+
+    def encode(self, text: str, unknown: str = "error") -> list[int]:
+        _check_unknown(unknown)  # byte-level: every string is representable
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def _config(self) -> dict:
+        return {"file": HF_FILE}
+
+    def save(self, dir: Path) -> None:
+        super().save(dir)
+        self.hf.save(str(Path(dir) / HF_FILE))
+
+
+def _chunks(texts: Iterable[str], size: int = 1 << 16) -> Iterable[str]:
+    """Cut long strings into ~64 KiB pieces at line breaks so the BPE trainer can parallelise."""
+    for text in texts:
+        start = 0
+        while start < len(text):
+            end = text.find("\n", start + size)
+            end = len(text) if end == -1 else end + 1
+            yield text[start:end]
+            start = end
+
+
+def build_tokenizer(
+    spec: str, train_text: str | Iterable[str] | None = None, *, words: Sequence[str] | None = None
+) -> Tokenizer:
+    """Build a tokenizer from a spec: "char", "word", "gpt2" or "bpe:N".
+
+    char/word/bpe learn their vocabulary from `train_text` (a string or an iterable of
+    strings); "word" may instead be given the explicit `words` list. gpt2 needs neither.
+    """
+    kind, _, arg = spec.partition(":")
+    if kind == "gpt2" and not arg:
+        return GPT2Tokenizer()
+    if kind == "word" and not arg and words is not None:
+        return WordTokenizer(words)
+    if kind in ("char", "word", "bpe") and train_text is None:
+        raise ValueError(f"tokenizer {spec!r} needs training text")
+    if kind == "char" and not arg:
+        return CharTokenizer.train(train_text)
+    if kind == "word" and not arg:
+        return WordTokenizer.train(train_text)
+    if kind == "bpe" and arg.isdigit():
+        return BPETokenizer.train(train_text, int(arg))
+    raise ValueError(f"unknown tokenizer spec {spec!r}; expected 'char', 'word', 'gpt2' or 'bpe:N' (e.g. bpe:4096)")
+
+
+def load_tokenizer(dir: Path) -> Tokenizer:
+    """Rebuild the tokenizer that `Tokenizer.save(dir)` wrote."""
+    dir = Path(dir)
+    path = dir / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer in {dir} (missing {META_FILE})")
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    kind = cfg.get("kind")
+    if kind == "char":
+        return CharTokenizer(cfg["chars"])
+    if kind == "word":
+        return WordTokenizer(cfg["words"])
+    if kind == "gpt2":
+        return GPT2Tokenizer()
+    if kind == "bpe":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        return BPETokenizer(HFTokenizer.from_file(str(dir / cfg["file"])), cfg["name"])
+    raise ValueError(f"{path}: unknown tokenizer kind {kind!r}")
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")

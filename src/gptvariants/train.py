@@ -277,6 +277,7 @@ class TrainResult:
     step: int
     last_eval: dict[str, float] = field(default_factory=dict)
     interrupted: bool = False
+    model: GPT | None = None  # the trained model (unwrapped from DDP)
 
 
 class _StopFlag:
@@ -403,7 +404,7 @@ def _train(cfg: Config, rt: Runtime, resume: bool) -> TrainResult:
     flops = peak_flops(rt.device)
     ckpt_interval = cfg.train.ckpt_interval or cfg.train.eval_interval
     G_local = cfg.train.gradient_accumulation_steps // rt.world
-    result = TrainResult(run_dir, start)
+    result = TrainResult(run_dir, start, model=raw)
     step = start
     t_last = time.perf_counter()
     steps_since = 0

@@ -1,0 +1,25 @@
+"""Shared fixtures: a tiny synthetic dataset (prepared once per session) and tiny-model overrides."""
+
+from pathlib import Path
+
+import pytest
+
+from gptvariants.data import prepare
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# a model that trains in milliseconds per step on one CPU core
+TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, eval_iters=4, log_interval=5, progress="lines",
+            tensorboard=False, warmup_iters=5, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "synthetic-tiny"
+    prepare("synthetic:tiny", out)
+    return out
+
+
+def tiny_overrides(data: Path, out: Path, **kw) -> dict:
+    return {**TINY, "data": str(data), "out_dir": str(out), **kw}

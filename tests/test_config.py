@@ -55,5 +55,5 @@ def test_size_presets_fill_unless_explicit():
 def test_shipped_configs_load():
     from pathlib import Path
 
-    for f in sorted((Path(__file__).parents[1] / "configs").glob("*.toml")):
+    for f in sorted((Path(__file__).parents[1] / "configs").rglob("*.toml")):
         load_config(file=f)

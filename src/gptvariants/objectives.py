@@ -168,6 +168,7 @@ class _FusedLinearLoss(torch.autograd.Function):
     def forward(ctx, h, weight, bias, objective, y, sets, chunk_size, compute_dtype, grad_enabled):
         N, _ = h.shape
         valid = (y >= 0).sum().clamp(min=1)
+        any_ignored = bool(valid < N)  # one host sync here rather than one per chunk
         # needs_input_grad stays True under torch.no_grad(), so the caller says whether grads are wanted
         need_h, need_w, need_b = (grad_enabled and n for n in ctx.needs_input_grad[:3])
         need_grad = need_h or need_w or need_b
@@ -184,11 +185,13 @@ class _FusedLinearLoss(torch.autograd.Function):
             z = (torch.addmm(bc, hc, wc.t()) if bc is not None else hc @ wc.t()).to(acc)
             yc = y[s:e]
             loss, dz = objective.loss_and_grad(z, yc, None if sets is None else sets[s:e], need_grad)
-            keep = yc >= 0
-            total += (loss * keep).sum()
+            if any_ignored:
+                keep = yc >= 0
+                loss = loss * keep
+            total += loss.sum()
             if not need_grad:
                 continue
-            if not bool(keep.all()):
+            if any_ignored:
                 dz.mul_(keep.unsqueeze(1).to(dz.dtype))
             dzc = dz.to(compute_dtype)
             if need_h:
@@ -235,8 +238,6 @@ def fused_linear_loss(
     s2 = sets.reshape(-1, sets.shape[-1]) if sets is not None else None
     dev = h.device.type
     compute_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
-    if dev == "cpu" and compute_dtype != h.dtype and not torch.is_autocast_enabled("cpu"):
-        compute_dtype = h.dtype
     chunk = chunk_size or auto_chunk_size(weight.shape[0], h.device)
     with torch.autocast(dev, enabled=False):
         return _FusedLinearLoss.apply(h2, weight, bias, objective, y2, s2, chunk, compute_dtype, torch.is_grad_enabled())

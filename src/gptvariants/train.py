@@ -420,11 +420,11 @@ def _train(cfg: Config, rt: Runtime, resume: bool) -> TrainResult:
 
     with _StopFlag() as stop:
         try:
-            if start == 0 or start % cfg.train.eval_interval == 0:
-                if not (resume and start > 0):  # a resumed run already logged this evaluation
-                    evaluate(step)
+            if start == 0 or cfg.train.eval_only:  # a resumed run already logged the evaluation at its checkpoint
+                evaluate(step)
             if cfg.train.eval_only:
                 return result
+            t_last = time.perf_counter()
             while step < cfg.train.max_iters:
                 lr = lr_at(step, cfg)
                 for group in optimizer.param_groups:
@@ -477,10 +477,14 @@ def _train(cfg: Config, rt: Runtime, resume: bool) -> TrainResult:
                     msg = f"step {step}: loss {loss_val:.4f}, {dt * 1000:.1f} ms/step, {tps:,.0f} tok/s" + (f", mfu {rec['mfu'] * 100:.1f}%" if flops else "")
                     logger.log(rec, None if logger.bar is not None else msg)
                 logger.advance(1, f"loss {loss_val:.4f}")
-                if step % cfg.train.eval_interval == 0 or step == cfg.train.max_iters:
+                evaluated = step % cfg.train.eval_interval == 0 or step == cfg.train.max_iters
+                if evaluated:
                     evaluate(step)
                 if step % ckpt_interval == 0 or step == cfg.train.max_iters:
                     checkpoint(step)
+                    evaluated = True
+                if evaluated:  # keep evaluation and checkpoint time out of ms/step
+                    t_last, steps_since = time.perf_counter(), 0
                 if rt.distributed:
                     # all ranks must agree to stop (a signal may reach only some of them)
                     flag = torch.tensor([float(stop.requested)], device=rt.device)

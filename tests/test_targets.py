@@ -1,0 +1,251 @@
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gptvariants.config import load_config
+from gptvariants.data import TokenDataset, prepare
+from gptvariants.targets import NgramTeacher, build_online_teacher, build_targets, load_teacher, register_cli
+from gptvariants.train import train
+
+SENTINEL = np.iinfo(np.uint16).max
+TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=4, eval_iters=1, progress="lines", tensorboard=False, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    prepare("synthetic:tiny", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    train(load_config("baseline", overrides={**TINY, "data": str(data_dir), "out_dir": str(out), "max_iters": 5, "eval_interval": 5}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    out = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=65, n_layer=1, n_head=2, n_embd=32, n_positions=64)).save_pretrained(out)
+    return out
+
+
+def check_sets(data_dir: Path, out: Path, k: int) -> dict:
+    """Every stored row: <= k ids, sentinel only at the end, the true next token present."""
+    ds = TokenDataset(data_dir)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["k"] == k and meta["dtype"] == "uint16" and meta["data_hash"] == ds.meta["hash"]
+    for split in ("train", "val"):
+        sets, tokens = ds.open_sets(out, split), np.asarray(ds.split(split))
+        assert sets.shape == (len(tokens), k)
+        real = sets != SENTINEL
+        assert (np.sort(~real, axis=1, kind="stable") == ~real).all()  # padding is a suffix
+        assert (sets[:-1] == tokens[1:, None]).any(1).all()  # row i holds tokens[i+1]
+        assert (sets[real] < ds.vocab_size).all()
+    assert meta["splits"]["train"]["tokens_per_s"] > 0
+    return meta
+
+
+@pytest.mark.parametrize("spec", ["oracle", "ngram:2", "ngram:3", "ckpt", "hf"])
+def test_sets_hold_the_true_next_token(spec, data_dir, run_dir, hf_dir, tmp_path):
+    spec = {"ckpt": f"ckpt:{run_dir}", "hf": f"hf:{hf_dir}"}.get(spec, spec)
+    if spec.startswith("hf:"):
+        with pytest.warns(UserWarning, match="no tokenizer"):
+            build_targets(data_dir, spec, tmp_path / "t", k=6, progress=False)
+    else:
+        build_targets(data_dir, spec, tmp_path / "t", k=6, progress=False)
+    meta = check_sets(data_dir, tmp_path / "t", 6)
+    assert 1.0 < meta["mean_set_size"] <= 6
+
+
+def test_default_folder_and_training_with_cached_sets(data_dir, tmp_path):
+    meta = build_targets(data_dir, "ngram:2", k=4, ratio=0.5, progress=False)
+    assert Path(meta["dir"]) == data_dir / "targets" / "ngram_2"
+    assert 0.45 < meta["splits"]["train"]["teacher_rows_fraction"] < 0.55
+    r = train(load_config("sig", overrides={**TINY, "data": str(data_dir), "out_dir": str(tmp_path / "run"), "max_iters": 3, "eval_interval": 3, "targets": "ngram_2"}))
+    assert np.isfinite(r.last_eval["val_ce"])
+
+
+@pytest.mark.parametrize("spec", ["ngram:3", "ckpt"])
+def test_interrupted_build_resumes_byte_identical(spec, data_dir, run_dir, tmp_path):
+    spec = f"ckpt:{run_dir}" if spec == "ckpt" else spec
+    kw = dict(k=5, ratio=0.5, store_probs=True, chunk_size=4096, progress=False)
+    build_targets(data_dir, spec, tmp_path / "whole", **kw)
+
+    def stop(split, chunk, n_chunks):
+        if split == "train" and chunk == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_targets(data_dir, spec, tmp_path / "cut", on_chunk=stop, **kw)
+    assert not (tmp_path / "cut" / "meta.json").exists() and (tmp_path / "cut" / "train.bin.partial").exists()
+    with pytest.raises(FileNotFoundError, match="meta.json"):
+        TokenDataset(data_dir).open_sets(tmp_path / "cut", "train")
+    resumed = []
+    build_targets(data_dir, spec, tmp_path / "cut", on_chunk=lambda s, c, n: resumed.append((s, c)), **kw)
+    assert resumed[0] == ("train", 5)  # it continued, it did not start over
+    for f in ("train.bin", "val.bin", "train.probs.bin", "val.probs.bin"):
+        assert (tmp_path / "whole" / f).read_bytes() == (tmp_path / "cut" / f).read_bytes()
+    assert not list((tmp_path / "cut").glob("*.partial"))
+
+
+def test_stored_probs_are_the_teachers(data_dir, tmp_path):
+    build_targets(data_dir, "ngram:2", tmp_path / "t", k=4, store_probs=True, progress=False)
+    ds = TokenDataset(data_dir)
+    sets = ds.open_sets(tmp_path / "t", "val")
+    probs = np.memmap(tmp_path / "t" / "val.probs.bin", dtype=np.float16, mode="r", shape=sets.shape)
+    teacher = NgramTeacher(2, ds, torch.device("cpu"))
+    tokens = np.asarray(ds.split("val"))
+    i = np.arange(100, 200)
+    dense = teacher.dense(tokens[i, None].astype(np.int64), np.ones(len(i), np.int64))
+    np.testing.assert_allclose(probs[i].astype(np.float32), np.take_along_axis(dense, sets[i].astype(np.int64), 1), rtol=2e-3)
+
+
+def test_ngram_is_deterministic_and_normalised(data_dir, tmp_path):
+    for name in ("a", "b"):
+        build_targets(data_dir, "ngram:3", tmp_path / name, k=8, progress=False)
+    assert (tmp_path / "a" / "train.bin").read_bytes() == (tmp_path / "b" / "train.bin").read_bytes()
+    ds = TokenDataset(data_dir)
+    t = NgramTeacher(3, ds, torch.device("cpu"))
+    val = np.asarray(ds.split("val"), dtype=np.int64)
+    hist, avail = t._history(val, np.arange(500))
+    p = t.dense(hist, avail)
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(t.prob_of(hist, avail, val[1:501]), p[np.arange(500), val[1:501]], rtol=1e-5)
+    # an unseen context falls back to the lower order; seen bigrams get more mass than unseen ones
+    train_pairs = set(zip(ds.split("train")[:-1].tolist(), ds.split("train")[1:].tolist()))
+    p2 = NgramTeacher(2, ds, torch.device("cpu")).dense(np.array([[val[10]]]), np.array([1]))[0]
+    seen = [w for w in range(ds.vocab_size) if (int(val[10]), w) in train_pairs]
+    assert p2[seen].min() > p2[[w for w in range(ds.vocab_size) if w not in seen]].max()
+
+
+def test_oracle_sets_are_the_true_support(data_dir, tmp_path):
+    build_targets(data_dir, "oracle", tmp_path / "t", k=65, progress=False)
+    ds = TokenDataset(data_dir)
+    tokens = np.asarray(ds.split("val"))
+    p = ds.synthetic.next_token_probs(tokens)
+    sets = ds.open_sets(tmp_path / "t", "val")
+    for i in range(0, len(tokens) - 1, 97):
+        truth = set(np.flatnonzero(p[i] >= 0.01).tolist()) | {int(tokens[i + 1])}
+        assert set(sets[i][sets[i] != SENTINEL].tolist()) == truth
+    # capped at k by probability: the 2 most probable others plus the true token
+    build_targets(data_dir, "oracle", tmp_path / "k3", k=3, progress=False)
+    capped = ds.open_sets(tmp_path / "k3", "val")
+    i = 1234
+    top = [v for v in np.argsort(-p[i], kind="stable") if v != tokens[i + 1]][:2]
+    assert set(capped[i].tolist()) == set(top) | {int(tokens[i + 1])}
+
+
+def test_top_p_and_min_prob_shrink_the_sets(data_dir, tmp_path):
+    full = build_targets(data_dir, "ngram:2", tmp_path / "a", k=20, progress=False)["mean_set_size"]
+    nucleus = build_targets(data_dir, "ngram:2", tmp_path / "b", k=20, top_p=0.5, progress=False)["mean_set_size"]
+    floor = build_targets(data_dir, "ngram:2", tmp_path / "c", k=20, min_prob=0.05, progress=False)["mean_set_size"]
+    assert full == 20 and 1 < nucleus < 10 and 1 < floor < 20
+
+
+def test_perplexity_filter(data_dir, tmp_path):
+    meta = build_targets(data_dir, "ngram:2", tmp_path / "b", k=5, ppl_filter=25.0, ppl_window=6, progress=False)
+    ds = TokenDataset(data_dir)
+    b = ds.open_sets(tmp_path / "b", "val")
+    assert 1 < meta["mean_set_size"] < 5
+    tokens = np.asarray(ds.split("val"), dtype=np.int64)
+    teacher = NgramTeacher(2, ds, torch.device("cpu"))
+    dropped = 0
+    for i in range(10, 300):
+        y = int(tokens[i + 1])
+        p = teacher.dense(tokens[i, None, None], np.array([1]))[0]
+        kept = []
+        for c in np.argsort(-p, kind="stable")[:5]:
+            if c == y:
+                continue
+            w = tokens[i + 1 - 3 : i + 1 + 3].copy()  # the 6-token window around the substituted token
+            w[3] = c
+            ppl = torch.exp(-teacher.token_log_probs(torch.from_numpy(w)[None]).mean()).item()
+            kept += [int(c)] if ppl <= 25.0 else []
+            dropped += ppl > 25.0
+        assert set(b[i].tolist()) - {SENTINEL} == set(kept[:4]) | {y}, i
+    assert dropped > 100
+
+
+def test_bad_inputs(data_dir, run_dir, tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="vocabulary size 65"):
+        build_targets(data_dir, "ngram:2", tmp_path / "t", k=66, progress=False)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(vocab_size=70, n_layer=1, n_head=2, n_embd=32, n_positions=64)).save_pretrained(tmp_path / "wide")
+    with pytest.raises(ValueError, match="70 tokens, the data 65"):
+        build_targets(data_dir, f"hf:{tmp_path / 'wide'}", tmp_path / "t", k=4, progress=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="ckpt:RUN.*ngram:N"):
+        build_targets(data_dir, "hf:no-such-org/no-such-model", tmp_path / "t", k=4, progress=False)
+    with pytest.raises(ValueError, match="unknown teacher"):
+        build_targets(data_dir, "bigram", tmp_path / "t", progress=False)
+    # a teacher run trained on other data (another vocabulary)
+    text = tmp_path / "a.txt"
+    text.write_text("hello world, a short text for a char vocabulary\n" * 40)
+    other = tmp_path / "other"
+    prepare(f"text:{text}", other)
+    with pytest.raises(ValueError, match="trained on data with tokenizer .word."):
+        build_targets(other, f"ckpt:{run_dir}", tmp_path / "t", k=4, progress=False)
+    with pytest.raises(ValueError, match="needs the synthetic language"):
+        build_targets(other, "oracle", tmp_path / "t", k=4, progress=False)
+    # sets of other data handed to training: data.open_sets refuses them by hash
+    twin = tmp_path / "twin"
+    prepare("synthetic:tiny", twin, seed=7)
+    build_targets(twin, "ngram:2", twin / "targets" / "x", k=4, progress=False)
+    shutil.copytree(twin / "targets" / "x", data_dir / "targets" / "foreign")
+    with pytest.raises(ValueError, match="hash mismatch"):
+        train(load_config("sig", overrides={**TINY, "data": str(data_dir), "out_dir": str(tmp_path / "r"), "max_iters": 1, "targets": "foreign"}))
+
+
+def test_online_teacher_is_aligned_with_y(data_dir, run_dir):
+    ds = TokenDataset(data_dir)
+    x, y, _ = ds.windows("val", np.array([0, 500, 3000]), 16)
+    sets = build_online_teacher("ngram:2?k=5", ds, torch.device("cpu"))(x)
+    assert sets.shape == (3, 16, 5) and sets.dtype == torch.int64
+    t = NgramTeacher(2, ds, torch.device("cpu"))
+    for b, t_ in [(0, 0), (1, 7), (2, 15)]:
+        p = t.dense(np.array([[int(x[b, t_])]]), np.array([1]))[0]  # predicts the token after x[b, t_], i.e. y[b, t_]
+        assert set(sets[b, t_].tolist()) == set(np.argsort(-p, kind="stable")[:5].tolist())
+    hits = (sets == y[..., None]).any(-1).float().mean().item()
+    assert hits > 0.3  # far above chance (5/65): the sets predict y, not x
+    # a checkpoint teacher with a nucleus: sets are its top tokens at each position, -1 padded
+    fn = build_online_teacher(f"ckpt:{run_dir}?k=8&top_p=0.05", ds, torch.device("cpu"))
+    s = fn(x)
+    model = fn.teacher.model
+    with torch.no_grad():
+        probs = model.objective.log_probs(model.logits(model.transformer(x))).exp()
+    top = probs.argmax(-1)
+    assert (s[..., 0] == top).all() and (s == -1).any()
+    with pytest.raises(ValueError, match="unknown teacher option"):
+        build_online_teacher("ngram:2?kk=3", ds, torch.device("cpu"))
+
+
+def test_training_with_an_online_teacher(data_dir, tmp_path):
+    base = {**TINY, "data": str(data_dir), "max_iters": 3, "eval_interval": 3, "log_interval": 1}
+    plain = train(load_config("sig", overrides={**base, "out_dir": str(tmp_path / "plain")}))
+    taught = train(load_config("sig", overrides={**base, "out_dir": str(tmp_path / "taught"), "teacher": "ngram:2?k=5"}))
+    loss = lambda r: [json.loads(l)["loss"] for l in (r.run_dir / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    # same init and batches: the extra positives raise the step-1 BCE (more terms of -log s(z) ~ log V)
+    assert all(np.isfinite(loss(taught))) and loss(taught)[0] > loss(plain)[0] + 1.0
+    assert taught.last_eval["val_objective"] > plain.last_eval["val_objective"]
+
+
+def test_cli(data_dir, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers())
+    args = parser.parse_args(["targets", "--data", str(data_dir), "--teacher", "ngram:2", "--out", str(tmp_path / "c"), "--k", "3", "--ratio", "0.5", "--device", "cpu"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "c") in out and "mean set size" in out and "tokens/s" in out
+    assert json.loads((tmp_path / "c" / "meta.json").read_text())["rules"]["ratio"] == 0.5

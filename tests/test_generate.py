@@ -1,0 +1,392 @@
+"""Generation: cached = uncached under the sliding window, batching, the sampling filters, the
+sigmoid and Bayesian modes, the Python API and ``gptv sample``."""
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+
+from gptvariants.api import LanguageModel, load
+from gptvariants.checkpoint import CheckpointError, save_checkpoint
+from gptvariants.config import load_config
+from gptvariants.generate import (
+    ContextWindow,
+    HeadLogits,
+    apply_repetition_penalty,
+    colour_by_entropy,
+    generate,
+    mutual_information,
+    predictive,
+    register_cli,
+    sampling_probs,
+    top_k_filter,
+    top_p_filter,
+    window_start,
+)
+from gptvariants.model import GPT
+from gptvariants.tokenizers import CharTokenizer
+
+BLOCK = 16
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models decode token by token: with several intra-op threads on a busy CPU each step
+    waits on the others (measured 20x slower on 2 shared cores), so run these on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+CHARS = list("\nabcdefghijklmnopqrstuvwxyz .,")
+
+
+def tiny(variant: str = "baseline", vocab: int = 40, seed: int = 0, **kw) -> GPT:
+    torch.manual_seed(seed)
+    cfg = load_config(variant, overrides=dict(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, vocab_size=vocab, **kw))
+    return GPT(cfg.model, cfg.objective).eval()
+
+
+# --------------------------------------------------------------------------------------- windows
+
+
+def test_window_policy_hand_case():
+    # block 8, keep 6: the context grows to 8 tokens, then restarts with the last 6
+    starts, s = [], 0
+    for n in range(1, 14):
+        s = window_start(s, n, 8, 6)
+        starts.append(s)
+    # n = 9 would be 9 tokens: restart at 9 - 6 = 3; n = 12 would be 12 - 3 = 9: restart at 12 - 6
+    assert starts == [0] * 8 + [3, 3, 3, 6, 6]
+    assert all(n - st <= 8 for n, st in zip(range(1, 14), starts))
+
+
+@pytest.mark.parametrize("variant", ["baseline", "sig", "bayes"])
+def test_cached_and_uncached_logits_agree_across_slides(variant):
+    model = tiny(variant)
+    prompt = torch.randint(0, 40, (2, 5), generator=torch.Generator().manual_seed(1))
+    feed = torch.randint(0, 40, (30, 2), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        cached = ContextWindow(model, prompt, use_cache=True)
+        plain = ContextWindow(model, prompt, use_cache=False)
+        starts = set()
+        for tok in feed:
+            # mean weights for the Bayesian head: logits() without sampling
+            torch.testing.assert_close(model.logits(cached.hidden), model.logits(plain.hidden), atol=2e-5, rtol=1e-4)
+            cached.append(tok)
+            plain.append(tok)
+            assert cached.start == plain.start and cached.context.shape[1] <= BLOCK
+            starts.add(cached.start)
+    assert len(starts) >= 3  # the window slid at least twice
+
+
+@pytest.mark.parametrize("variant", ["baseline", "sig", "bayes"])
+def test_greedy_cached_equals_uncached(variant):
+    model = tiny(variant)
+    prompts = [[1, 2, 3], [7] * 20]  # the second is longer than block_size
+    a = generate(model, prompts, 30, greedy=True, return_details=True)
+    b = generate(model, prompts, 30, greedy=True, use_cache=False, return_details=True)
+    for x, y in zip(a, b):
+        assert x.tokens == y.tokens and len(x.tokens) == 30
+        assert x.entropy == pytest.approx(y.entropy, abs=1e-4)
+        assert x.prob == pytest.approx(y.prob, abs=1e-5)
+
+
+def test_batch_of_different_lengths_equals_one_by_one():
+    model = tiny()
+    prompts = [[5], [1, 2, 3, 4], [9, 8, 7], [3] * 25, [1, 2, 3, 4]]
+    batched = generate(model, prompts, 24, greedy=True)
+    alone = [generate(model, [p], 24, greedy=True)[0] for p in prompts]
+    assert batched == alone
+    assert generate(model, torch.tensor([[1, 2, 3, 4]]), 24, greedy=True)[0] == alone[1]
+
+
+def test_seed_makes_sampling_reproducible():
+    model = tiny()
+    kw = dict(temperature=0.9, top_k=10, top_p=0.95, repetition_penalty=1.2)
+    a = generate(model, [[1, 2]] * 3, 20, seed=7, **kw)
+    assert a == generate(model, [[1, 2]] * 3, 20, seed=7, **kw)
+    assert a != generate(model, [[1, 2]] * 3, 20, seed=8, **kw)
+
+
+def test_temperature_zero_is_greedy():
+    model = tiny()
+    assert generate(model, [[3, 4]], 15, temperature=0.0) == generate(model, [[3, 4]], 15, greedy=True)
+
+
+def test_stop_tokens_end_a_row_and_are_not_returned():
+    model = tiny()
+    free = generate(model, [[1, 2], [4]], 12, greedy=True, return_details=True)
+    stop = free[0].tokens[3]
+    out = generate(model, [[1, 2], [4]], 12, greedy=True, stop_tokens=[stop], return_details=True)
+    first = free[0].tokens.index(stop)
+    assert out[0].tokens == free[0].tokens[:first] and out[0].finish_reason == "stop_token"
+    if stop not in free[1].tokens:
+        assert out[1].tokens == free[1].tokens and out[1].finish_reason == "length"
+
+
+# --------------------------------------------------------------------------------------- filters
+
+
+def test_top_k_top_p_temperature_on_a_hand_distribution():
+    p = torch.tensor([[0.5, 0.25, 0.125, 0.0625, 0.0625]])
+    scores = p.log()
+    assert torch.isinf(top_k_filter(scores, 2)).tolist() == [[False, False, True, True, True]]
+    ties = top_k_filter(scores, 4)  # the 4th and 5th tie: both kept
+    assert not torch.isinf(ties).any()
+    # nucleus: the smallest prefix of the sorted distribution whose mass reaches p
+    assert torch.isinf(top_p_filter(scores, 0.75)).tolist() == [[False, False, True, True, True]]
+    assert torch.isinf(top_p_filter(scores, 0.7)).tolist() == [[False, False, True, True, True]]
+    assert torch.isinf(top_p_filter(scores, 0.76)).tolist() == [[False, False, False, True, True]]
+    assert torch.isinf(top_p_filter(scores, 0.3)).tolist() == [[False, True, True, True, True]]
+    # order-independent: shuffled vocabulary, same kept set
+    perm = torch.tensor([3, 0, 4, 2, 1])
+    assert torch.equal(top_p_filter(scores[:, perm], 0.75), top_p_filter(scores, 0.75)[:, perm])
+    # temperature: p^(1/T) renormalised
+    t2 = sampling_probs(scores, temperature=2.0)
+    assert torch.allclose(t2, p.sqrt() / p.sqrt().sum())
+    assert torch.allclose(sampling_probs(scores, 1.0, top_k=2), torch.tensor([[2 / 3, 1 / 3, 0, 0, 0]]))
+    assert torch.allclose(sampling_probs(scores, 1.0, top_p=0.75), torch.tensor([[2 / 3, 1 / 3, 0, 0, 0]]))
+    with pytest.raises(ValueError, match="greedy"):
+        sampling_probs(scores, 0.0)
+
+
+def test_repetition_penalty_hand_case():
+    scores = torch.tensor([[2.0, -1.0, 3.0, -0.5]])
+    present = torch.tensor([[True, True, False, False]])
+    out = apply_repetition_penalty(scores, present, 2.0)
+    assert out.tolist() == [[1.0, -2.0, 3.0, -0.5]]
+    assert apply_repetition_penalty(scores, present, 1.0) is scores
+
+
+def test_repetition_penalty_changes_greedy_output():
+    model = tiny()
+    plain = generate(model, [[1, 2, 3]], 20, greedy=True)[0]
+    assert len(set(plain)) < len(plain)  # a random model repeats itself
+    strong = generate(model, [[1, 2, 3]], 20, greedy=True, repetition_penalty=1e6)[0]
+    assert len(set(strong)) == len(strong) and not {1, 2, 3} & set(strong)
+
+
+# --------------------------------------------------------------------------------------- sigmoid
+
+
+def test_sigmoid_normalisation_is_per_row():
+    model = tiny("sig")
+    z = torch.randn(1, 3, 40) * 3
+    log_p, _ = predictive(model.objective, z)
+    s = torch.sigmoid(z[0])
+    assert torch.allclose(log_p.exp(), s / s.sum(-1, keepdim=True), atol=1e-6)
+    # rows are independent: changing row 1 leaves row 0's distribution unchanged
+    z2 = z.clone()
+    z2[0, 1] += 5.0
+    assert torch.allclose(predictive(model.objective, z2)[0][0], log_p[0])
+    # the study's defect, for contrast: normalising over the batch ties the rows together
+    study = s / s.sum()
+    assert not torch.allclose(study[0], log_p.exp()[0])
+
+
+def test_sigmoid_set_mode_samples_only_above_tau():
+    model = tiny("sig")
+    with torch.no_grad():  # z = the bias, whatever the context: sigmoid(z) > 0.5 only for tokens 4 and 9
+        model.head.mean_weight.zero_()
+        bias = torch.full((40,), -3.0)
+        bias[4], bias[9] = 1.0, 2.0
+        model.head.bias.copy_(bias)
+    out = generate(model, [[1]] * 8, 12, sig_mode="set", tau=0.5, seed=0)
+    toks = {t for row in out for t in row}
+    assert toks == {4, 9}
+    # nothing clears tau: fall back to the argmax of sigmoid(z)
+    assert generate(model, [[1]] * 2, 5, sig_mode="set", tau=0.99, seed=0) == [[9] * 5] * 2
+
+
+# --------------------------------------------------------------------------------------- Bayesian
+
+
+def test_bayesian_modes_and_mutual_information():
+    model = tiny("bayes")
+    with torch.no_grad():
+        model.head.weight_rho.fill_(math.log(math.expm1(0.5)))  # sigma = 0.5: clearly uncertain
+    for mode in ("mean", "step", "sequence"):
+        g = generate(model, [[1, 2], [3]], 10, bayes_mode=mode, mc_samples=8, seed=0, return_details=True)
+        assert all(len(r.tokens) == 10 and all(h >= 0 for h in r.entropy) for r in g)
+        assert (g[0].mi is not None) == (mode == "step")
+    step = generate(model, [[1, 2]], 10, bayes_mode="step", mc_samples=8, seed=0, return_details=True)[0]
+    assert min(step.mi) > 1e-3
+    with torch.no_grad():
+        model.head.weight_rho.fill_(-30.0)  # sigma ~ 1e-13
+    certain = generate(model, [[1, 2]], 10, bayes_mode="step", mc_samples=8, seed=0, return_details=True)[0]
+    assert max(certain.mi) < 1e-6
+    with pytest.raises(ValueError, match="Bayesian head"):
+        generate(tiny(), [[1]], 2, bayes_mode="step")
+
+
+def test_step_mode_logits_have_the_weight_posterior_moments():
+    # local reparameterisation: z | h ~ N(mu h, sigma^2 h^2) exactly, as if W were drawn
+    model = tiny("bayes", vocab=6)
+    with torch.no_grad():
+        model.head.weight_rho.uniform_(-2.0, 0.0)
+    h = torch.randn(1, 32)
+    z = HeadLogits(model, "step", 20000, generator=torch.Generator().manual_seed(0))(h)[:, 0]
+    w = torch.stack([model.head.weights(sample=True)[0] for _ in range(4000)])
+    zw = w @ h[0]
+    assert torch.allclose(z.mean(0), zw.mean(0), atol=0.15)
+    assert torch.allclose(z.std(0), zw.std(0), rtol=0.06)
+    assert torch.allclose(z.mean(0), model.logits(h)[0], atol=0.08)
+
+
+def test_sequence_mode_keeps_one_draw_and_step_mode_redraws():
+    model = tiny("bayes")
+    h = torch.randn(3, 32)
+    seq = HeadLogits(model, "sequence", rows=3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(seq(h), seq(h))
+    assert not torch.allclose(seq(h), model.logits(h)[None])
+    step = HeadLogits(model, "step", 4, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(step(h), step(h))
+
+
+def test_mutual_information_is_zero_for_identical_draws():
+    objective = tiny().objective
+    same = torch.randn(1, 2, 7).expand(5, 2, 7)
+    assert torch.allclose(mutual_information(*predictive(objective, same)), torch.zeros(2), atol=1e-6)
+    assert (mutual_information(*predictive(objective, torch.randn(5, 2, 7))) > 0).all()
+
+
+# --------------------------------------------------------------------------------------- run folder, API, CLI
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run folder (checkpoint, config, char tokenizer) of an untrained model: no training needed."""
+    run = tmp_path_factory.mktemp("run")
+    tok = CharTokenizer(CHARS)
+    torch.manual_seed(0)
+    cfg = load_config("baseline", overrides=dict(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, vocab_size=tok.vocab_size))
+    save_checkpoint(run, GPT(cfg.model, cfg.objective), {"step": 1, "config": cfg.to_dict()})
+    cfg.save(run / "config.json")
+    tok.save(run)
+    return run
+
+
+def sample_cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="gptv")
+    register_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["sample", *argv])
+    return args.func(args)
+
+
+def test_cli_json_round_trips(run_dir, capsys):
+    assert sample_cli(["--ckpt", str(run_dir), "--prompt", "ab", "--num-samples", "2", "--max-new-tokens", "7", "--json", "--seed", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    for k, line in enumerate(lines):
+        rec = json.loads(line)
+        assert rec["prompt"] == "ab" and rec["sample"] == k and len(rec["tokens"]) == 7
+        assert "".join(t["text"] for t in rec["tokens"]) == rec["completion"]
+        for t in rec["tokens"]:
+            assert set(t) == {"id", "text", "prob", "logprob", "entropy"}
+            assert 0 < t["prob"] <= 1 and 0 <= t["entropy"] <= math.log(len(CHARS)) + 1e-5
+
+
+def test_cli_bayesian_json_has_mutual_information(tmp_path, capsys):
+    tok = CharTokenizer(CHARS)
+    cfg = load_config("bayes", overrides=dict(n_layer=1, n_head=2, n_embd=16, block_size=BLOCK, vocab_size=tok.vocab_size))
+    save_checkpoint(tmp_path, GPT(cfg.model, cfg.objective), {"step": 1, "config": cfg.to_dict()})
+    tok.save(tmp_path)
+    sample_cli(["--ckpt", str(tmp_path), "--max-new-tokens", "4", "--json", "--bayes-mode", "step", "--mc-samples", "4"])
+    rec = json.loads(capsys.readouterr().out)
+    assert all(t["mi"] >= 0 for t in rec["tokens"])
+
+
+def test_cli_plain_text_and_uncertainty_colours(run_dir, capsys):
+    sample_cli(["--ckpt", str(run_dir), "--prompt", "ab", "--max-new-tokens", "5", "--greedy", "--show-uncertainty"])
+    out = capsys.readouterr().out
+    assert out.startswith("ab") and "\033[" not in out  # not a terminal: plain text
+    coloured = colour_by_entropy([{"text": "x", "entropy": 0.0}, {"text": "y", "entropy": 10.0}], 30)
+    assert coloured == "\033[32mx\033[0m\033[31my\033[0m"
+
+
+def test_empty_prompt_starts_from_token_zero_without_eot(run_dir):
+    lm = load(run_dir)
+    assert lm.tokenizer.eot_token is None and lm.encode_prompt("") == [0]
+    model = lm.model
+    expected = generate(model, [[0]], 6, greedy=True)[0]
+    assert lm.generate("", 6, greedy=True) == lm.tokenizer.decode(expected)
+
+
+def test_unknown_characters_error_or_skip(run_dir, capsys):
+    with pytest.raises(ValueError, match="not in the char vocabulary"):
+        sample_cli(["--ckpt", str(run_dir), "--prompt", "abc€Z", "--max-new-tokens", "2"])
+    sample_cli(["--ckpt", str(run_dir), "--prompt", "abc€Z", "--max-new-tokens", "2", "--unknown", "skip", "--greedy"])
+    lm = load(run_dir)
+    assert capsys.readouterr().out.strip().startswith("abc€Z")
+    assert lm.encode_prompt("abc€Z", unknown="skip") == lm.tokenizer.encode("abc")
+
+
+def test_overlong_prompt_is_cut_with_a_warning(run_dir, capsys):
+    long = "abcdefghij" * 3
+    sample_cli(["--ckpt", str(run_dir), "--prompt", long, "--max-new-tokens", "3", "--greedy"])
+    err = capsys.readouterr().err
+    assert f"longer than block_size {BLOCK}" in err and f"last {BLOCK} tokens" in err
+    lm = load(run_dir)
+    with pytest.warns(UserWarning, match="block_size"):
+        ids = lm.encode_prompt(long)
+    assert ids == lm.tokenizer.encode(long[-BLOCK:])
+
+
+def test_missing_and_half_written_checkpoints_are_clear_errors(run_dir, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="checkpoint.json is missing"):
+        sample_cli(["--ckpt", str(tmp_path), "--max-new-tokens", "2"])
+    import shutil
+
+    half = tmp_path / "half"
+    shutil.copytree(run_dir, half)
+    for f in half.glob("ckpt-*/model.safetensors"):
+        f.unlink()
+    with pytest.raises(CheckpointError, match="incomplete: model.safetensors is missing"):
+        load(half)
+
+
+def test_stop_strings_cut_the_text(run_dir):
+    lm = load(run_dir)
+    free = lm.generate_details("ab", 12, greedy=True)
+    stop = free.text[4]
+    cut = lm.generate_details("ab", 12, greedy=True, stop=[stop])
+    assert cut.text == free.text[: free.text.index(stop)] and cut.finish_reason == "stop_string"
+    assert "".join(t.text for t in cut.tokens) == cut.text
+
+
+def test_score_matches_generation_probabilities_across_slides(run_dir):
+    lm = load(run_dir)
+    res = lm.generate_details("ab", 3 * BLOCK, greedy=True)
+    records = lm.score("ab" + res.text)  # no EOT in a char vocabulary: tokens 1.. are scored
+    assert len(records) == 1 + len(res.tokens)
+    tail = records[1:]
+    assert [r.id for r in tail] == [t.id for t in res.tokens]
+    assert [r.logprob for r in tail] == pytest.approx([t.logprob for t in res.tokens], abs=1e-4)
+    assert [r.entropy for r in tail] == pytest.approx([t.entropy for t in res.tokens], abs=1e-4)
+
+
+def test_language_model_on_a_bayesian_head_scores_with_mutual_information():
+    tok = CharTokenizer(CHARS)
+    model = tiny("bayes", vocab=tok.vocab_size)
+    lm = LanguageModel(model, load_config("bayes"), tok)
+    recs = lm.score("hello world", mc_samples=4, seed=0)
+    assert "".join(r.text for r in recs) == "ello world"
+    assert all(r.mi is not None and r.mi >= 0 for r in recs)
+    assert all(r.mi is None for r in lm.score("hello world", bayes_mode="mean"))
+
+
+def test_word_tokenizer_starts_from_eot_and_keeps_spaces(tmp_path):
+    from gptvariants.tokenizers import WordTokenizer
+
+    tok = WordTokenizer(["the", "cat", "sat", "on", "mat"])
+    cfg = load_config("baseline", overrides=dict(n_layer=1, n_head=2, n_embd=16, block_size=BLOCK, vocab_size=tok.vocab_size))
+    lm = LanguageModel(tiny(vocab=tok.vocab_size), cfg, tok)
+    assert lm.encode_prompt("") == [tok.eot_token]
+    res = lm.generate_details("the cat", 6, greedy=True, stop_at_eot=False)
+    assert "".join(t.text for t in res.tokens) == res.text
+    assert ("the cat" + res.text).split() == tok.decode(tok.encode("the cat") + [t.id for t in res.tokens]).split()
+    assert res.text.startswith(" ") or res.text.startswith("\n")

@@ -413,8 +413,8 @@ def _train(cfg: Config, rt: Runtime, resume: bool) -> TrainResult:
         nonlocal best_val
         ev = estimate_losses(raw, batches, rt, cfg.train.eval_iters)
         best_val = min(best_val, ev["val_ce"])
-        logger.log({"kind": "eval", "step": step, **ev},
-                   f"step {step}: val ce {ev['val_ce']:.4f}, train ce {ev['train_ce']:.4f}, val {cfg.objective.objective} {ev['val_objective']:.4f}")
+        own = "" if cfg.objective.objective == "ce" else f", val {cfg.objective.objective} {ev['val_objective']:.4f}"
+        logger.log({"kind": "eval", "step": step, **ev}, f"step {step}: val ce {ev['val_ce']:.4f}, train ce {ev['train_ce']:.4f}{own}")
         result.last_eval = ev
         return ev
 

@@ -1,0 +1,549 @@
+"""`gptv eval`: score a trained run on held-out data, the same way for every variant.
+
+Sections of the output JSON (each names its convention in ``conventions``):
+
+perplexity   cross-entropy of the predictive distribution over the WHOLE split with strided
+             sliding windows (metrics.sliding_windows: every token 1..n-1 scored once, each
+             with >= block_size - stride tokens of context; stride = block_size gives
+             lm-evaluation-harness's disjoint windows). The predictive distribution is the
+             softmax, or for sigmoid heads sigmoid(z_v) / sum_u sigmoid(z_u); sigmoid heads
+             also report their raw training objective (BCE). Bayesian heads: the
+             Monte-Carlo predictive mean over S draws of the head weights (the backbone runs
+             once per window; only the head is stochastic) and, separately, the
+             posterior-mean point estimate.
+calibration  top-1 ECE (15 equal-width and 15 equal-mass bins), Brier score, NLL, accuracy,
+             the reliability curve and a reliability-diagram PNG.
+uncertainty  mean predictive entropy; Bayesian: expected entropy and mutual information;
+             AUROC of each uncertainty (and of 1 - confidence) for "the top-1 guess is wrong".
+sets         P/R/F1 of the predicted next-token set {v : q_v >= tau}, q = sigmoid(z) for
+             sigmoid heads (Bayesian: its mean over the draws) and the predictive
+             probability for softmax heads, against reference sets: cached teacher sets
+             (``sets=NAME`` = DATA/targets/NAME) or, on the synthetic language, the exact
+             support {v : p_true(v) > 0.01}. At tau and as a curve over TAUS.
+ground_truth (synthetic language only) true entropy rate, the ideal model's nats/token,
+             KL(p_true || p_model), and calibration against the exact probabilities.
+diversity    num_samples continuations of prompts taken from the split with a fixed seed:
+             Self-BLEU, Distinct-1..4, the study's Distinct-4 variant, mean length; samples
+             are saved beside the JSON.
+speed        tokens/s of the scoring pass and of generation.
+
+Nothing of size (split, V) is held: hidden states are projected one chunk of rows at a time
+and reduced to per-token statistics (the metrics module's contract).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import metrics as M
+from .checkpoint import atomic_write_text, latest_checkpoint, load_run, load_state
+from .data import TokenDataset
+from .model import GPT
+from .objectives import fused_linear_loss
+from .tokenizers import META_FILE
+
+N_BINS = 15
+EXACT_SUPPORT_THRESHOLD = 0.01  # a token is in the synthetic language's reference set if p_true > this
+TAUS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)  # each costs one pass over the chunk's (n, V) values
+PROMPT_TOKENS = 16
+CHUNK_FLOATS = 2**23  # ~32 MiB of fp32 (n, V) values per chunk (times 2S+1 for Bayesian heads)
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def check_same_tokenizer(run_dir: Path, data: TokenDataset) -> None:
+    """Raise ValueError unless the run was trained with the tokenizer of ``data``.
+
+    Compares the tokenizer name and vocabulary size in the run's data.json with the data's
+    meta.json, then the saved tokenizer files themselves (two word or char vocabularies can
+    share a name and a size).
+    """
+    run_dir = Path(run_dir)
+    info = run_dir / "data.json"
+    if not info.is_file():
+        raise FileNotFoundError(f"{info} is missing: {run_dir} is not a run folder written by `gptv train`")
+    trained = json.loads(info.read_text(encoding="utf-8"))
+    problems = [
+        f"{key} {trained.get(key)!r} (this data: {data.meta.get(key)!r})"
+        for key in ("tokenizer", "vocab_size")
+        if trained.get(key) != data.meta.get(key)
+    ]
+    if not problems:
+        ours, theirs = (json.loads((d / META_FILE).read_text(encoding="utf-8")) for d in (run_dir, data.dir))
+        same = ours == theirs
+        if same and "file" in ours:  # BPE: the merges live in a separate file
+            same = (run_dir / ours["file"]).read_bytes() == (data.dir / theirs["file"]).read_bytes()
+        if not same:
+            problems.append(f"a different {trained.get('tokenizer')!r} vocabulary")
+    if problems:
+        raise ValueError(
+            f"the checkpoint in {run_dir} was trained with another tokenizer than the data in {data.dir}: "
+            + "; ".join(problems)
+            + f". Evaluate on data prepared like the training data (source {trained.get('source')!r})."
+        )
+
+
+def _open_reference_sets(data: TokenDataset, name: str, split: str, n_tokens: int) -> np.memmap:
+    sets_dir = data.dir / "targets" / name
+    if not (sets_dir / "meta.json").is_file():
+        raise FileNotFoundError(f"no reference sets {sets_dir}; build them with `gptv targets --data {data.dir} --teacher SPEC`")
+    sets = data.open_sets(sets_dir, split)
+    if len(sets) != n_tokens:
+        raise ValueError(f"{sets_dir}: {len(sets)} rows for a {split} split of {n_tokens} tokens")
+    return sets
+
+
+def _as_reference(rows: np.ndarray) -> torch.Tensor:
+    """Cached set rows (n, K) with the dtype-max sentinel -> int64 ids padded with -1."""
+    ids = torch.from_numpy(rows.astype(np.int64))
+    ids[torch.from_numpy(rows == np.iinfo(rows.dtype).max)] = -1
+    return ids
+
+
+def exact_support(p_true: torch.Tensor, threshold: float = EXACT_SUPPORT_THRESHOLD) -> torch.Tensor:
+    """{v : p_true[v] > threshold} per row as ids (n, K) padded with -1 (K = largest set)."""
+    k = max(int((p_true > threshold).sum(1).max()), 1)
+    values, ids = p_true.topk(k, dim=1)
+    return ids.masked_fill(values <= threshold, -1)
+
+
+class _Rows:
+    """Hands out consecutive rows of a chunked (start, rows) iterator, n at a time."""
+
+    def __init__(self, chunks: Iterator[tuple[int, np.ndarray]]) -> None:
+        self.chunks, self.buffer = chunks, np.empty((0, 0), dtype=np.float32)
+
+    def take(self, n: int) -> torch.Tensor:
+        parts, need = [], n
+        while need:
+            if len(self.buffer) == 0:
+                self.buffer = next(self.chunks)[1]
+            parts.append(self.buffer[:need])
+            need -= len(parts[-1])
+            self.buffer = self.buffer[len(parts[-1]):]
+        return torch.from_numpy(np.concatenate(parts))
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+@torch.no_grad()
+def hidden_states(model: GPT, tokens: np.ndarray, stride: int, batch: int = 16,
+                  device: torch.device | str = "cpu") -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (t0, h): final hidden states h (n, C) that predict tokens[t0 : t0 + n].
+
+    Blocks come in order and cover targets 1..len(tokens)-1 exactly once (sliding windows of
+    block_size tokens, advanced by ``stride``); up to ``batch`` windows of equal length share
+    one forward pass.
+    """
+    windows = M.sliding_windows(len(tokens), model.config.block_size, stride)
+    i = 0
+    while i < len(windows):
+        length = windows[i][1] - windows[i][0]
+        j = i + 1
+        while j < len(windows) and j - i < batch and windows[j][1] - windows[j][0] == length:
+            j += 1
+        group = windows[i:j]
+        x = torch.from_numpy(np.stack([tokens[b : e - 1] for b, e, _ in group]).astype(np.int64)).to(device)
+        h = model.transformer(x)
+        # window (b, e, s): position p of x predicts tokens[b + p + 1]; targets s..e-1 are scored
+        yield group[0][2], torch.cat([h[k, s - b - 1 :] for k, (b, e, s) in enumerate(group)])
+        i = j
+
+
+def _cat(parts: dict[str, list[torch.Tensor]]) -> dict[str, np.ndarray]:
+    return {k: torch.cat(v).cpu().numpy() for k, v in parts.items()}
+
+
+@torch.no_grad()
+def score(model: GPT, tokens: np.ndarray, *, stride: int, mc_samples: int = 8, truth=None,
+          reference: np.memmap | None = None, train_sets: np.memmap | None = None,
+          tau: float = 0.5, device: torch.device | str = "cpu", batch: int = 16) -> dict[str, Any]:
+    """One pass over ``tokens`` (targets 1..n-1 in order): per-token statistics and set counts.
+
+    mc_samples: head draws of a Bayesian model (ignored otherwise). truth: a
+    SyntheticLanguage (exact p_true for ground-truth metrics and, without ``reference``, the
+    exact-support reference sets). reference / train_sets: cached set memmaps aligned with
+    ``tokens`` (row i = candidates for token i+1), the first for set metrics, the second for
+    the sigmoid head's raw BCE as trained.
+    Returns {"tokens": {name: (n-1,) array} of the predictive distribution (metrics.token_stats
+    or mc_token_stats, plus truth_* and set_* counts when available), "point": the same for
+    the posterior-mean weights (Bayesian) or None, "curve": (tp, n_pred) summed per tau of
+    TAUS or None, "raw_bce_sum": summed BCE (sigmoid heads)}.
+    """
+    V = model.config.vocab_size
+    obj = model.objective
+    mean_w, mean_b = model.head.weights(sample=False)
+    # Bayesian: S head draws fixed for the whole split, so every token is scored by the same
+    # mixture (the backbone is deterministic and runs once per window)
+    draws = [model.head.weights(sample=True) for _ in range(mc_samples)] if model.bayesian else []
+    rows = max(1, CHUNK_FLOATS // (V * (2 * len(draws) + 1)))  # logits and probabilities of every draw
+    rows_true = _Rows(truth.iter_next_token_probs(tokens[:-1])) if truth is not None else None
+    want_sets = reference is not None or truth is not None
+    per_token, point = defaultdict(list), defaultdict(list)
+    curve_tp = curve_pred = None
+    raw_bce = 0.0
+
+    for t0, h in hidden_states(model, tokens, stride, batch, device):
+        for c in range(0, len(h), rows):
+            hc, t = h[c : c + rows], t0 + c
+            n = len(hc)
+            y = torch.from_numpy(tokens[t : t + n].astype(np.int64)).to(hc.device)
+            z = F.linear(hc, mean_w, mean_b).float()
+            p_point = obj.log_probs(z).exp()
+            set_probs = torch.sigmoid(z) if obj.sigmoid else p_point
+            if draws:
+                z_s = torch.stack([F.linear(hc, w, b).float() for w, b in draws])  # (S, n, V)
+                if obj.sigmoid:  # per-label posterior predictive: E_w sigmoid(z_v(w))
+                    set_probs = torch.sigmoid(z_s).mean(0)
+                draw_probs = obj.log_probs(z_s).exp_()
+                stats, p = M.mc_token_stats(draw_probs, y), draw_probs.mean(0)
+                for k, v in M.token_stats(p_point, y).items():
+                    point[k].append(v)
+            else:
+                p, stats = p_point, M.token_stats(p_point, y)
+            for k, v in stats.items():
+                per_token[k].append(v)
+            if obj.sigmoid:
+                s = _as_reference(train_sets[t - 1 : t - 1 + n]).to(hc.device) if train_sets is not None else None
+                raw_bce += fused_linear_loss(hc, mean_w, mean_b, obj, y, s).item() * n
+            p_true = rows_true.take(n).to(hc.device) if rows_true is not None else None
+            if p_true is not None:
+                for k, v in M.calibration_vs_truth(p, p_true).items():
+                    per_token[f"truth_{k}"].append(v)
+                per_token["truth_entropy"].append(M.entropy(p_true))
+                per_token["truth_nll"].append(-p_true.gather(1, y[:, None]).squeeze(1).clamp_min(1e-30).log())
+            if want_sets:
+                ref = (_as_reference(reference[t - 1 : t - 1 + n]) if reference is not None else exact_support(p_true)).to(hc.device)
+                tp, n_pred, n_ref = M.set_counts(set_probs, ref, tau)
+                per_token["set_tp"].append(tp)
+                per_token["set_n_pred"].append(n_pred)
+                per_token["set_n_ref"].append(n_ref)
+                ctp, cpred, _ = M.set_curve(set_probs, ref, TAUS)
+                ctp, cpred = ctp.sum(1), cpred.sum(1)
+                curve_tp = ctp if curve_tp is None else curve_tp + ctp
+                curve_pred = cpred if curve_pred is None else curve_pred + cpred
+    return {
+        "tokens": _cat(per_token),
+        "point": _cat(point) if point else None,
+        "curve": None if curve_tp is None else (curve_tp.cpu().numpy(), curve_pred.cpu().numpy()),
+        "raw_bce_sum": raw_bce,
+    }
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def _calibration(t: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Top-1 calibration of one predictive distribution from its per-token statistics."""
+    conf, correct = t["confidence"], t["correct"]
+    curve = M.reliability_curve(conf, correct, N_BINS, "width")
+    return {
+        "ece_width": M.expected_calibration_error(conf, correct, N_BINS, "width"),
+        "ece_mass": M.expected_calibration_error(conf, correct, N_BINS, "mass"),
+        "brier": float(t["brier"].mean()),
+        "nll": float(t["nll"].astype(np.float64).mean()),
+        "accuracy": float(correct.mean()),
+        "mean_confidence": float(conf.mean()),
+        "reliability": {"confidence": curve.confidence.tolist(), "accuracy": curve.accuracy.tolist(), "count": curve.count.tolist()},
+    }
+
+
+def _uncertainty(t: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Mean uncertainties and the AUROC of each for predicting that the top-1 guess is wrong."""
+    wrong = ~t["correct"].astype(bool)
+    names = ["entropy", "expected_entropy", "mutual_information"]
+    out: dict[str, Any] = {f"mean_{k}": float(t[k].mean()) for k in names if k in t}
+    out.update({f"auroc_{k}": M.auroc(t[k], wrong) for k in names if k in t})
+    out["auroc_one_minus_confidence"] = M.auroc(1.0 - t["confidence"], wrong)
+    return out
+
+
+def _sets(t: dict[str, np.ndarray], curve: tuple[np.ndarray, np.ndarray], tau: float) -> dict[str, Any]:
+    at_tau = M.set_prf(t["set_tp"], t["set_n_pred"], t["set_n_ref"])
+    n_tokens, n_ref = len(t["set_tp"]), float(t["set_n_ref"].sum())
+    points = []
+    for tau_i, tp, n_pred in zip(TAUS, *curve):
+        tp, n_pred = float(tp), float(n_pred)
+        points.append({
+            "tau": tau_i,
+            "micro_precision": tp / n_pred if n_pred else 0.0,
+            "micro_recall": tp / n_ref if n_ref else 0.0,
+            "micro_f1": 2 * tp / (n_pred + n_ref) if n_pred + n_ref else 0.0,
+            "mean_pred_size": n_pred / n_tokens,
+        })
+    best = max(points, key=lambda p: p["micro_f1"])
+    return {"tau": tau, **at_tau, "curve": points, "best_micro_f1": best["micro_f1"], "best_tau": best["tau"]}
+
+
+def _ground_truth(t: dict[str, np.ndarray]) -> dict[str, float]:
+    nll_true = float(t["truth_nll"].astype(np.float64).mean())
+    return {
+        "true_entropy_rate": float(t["truth_entropy"].astype(np.float64).mean()),
+        "true_nats_per_token": nll_true,
+        "excess_nats_per_token": float(t["nll"].astype(np.float64).mean()) - nll_true,
+        "kl_true_model": float(t["truth_kl"].astype(np.float64).mean()),
+        "ece_vs_truth_width": M.true_probability_ece(t["truth_confidence"], t["truth_true_prob_of_pred"], N_BINS, "width"),
+        "ece_vs_truth_mass": M.true_probability_ece(t["truth_confidence"], t["truth_true_prob_of_pred"], N_BINS, "mass"),
+    }
+
+
+# ----------------------------------------------------------------------------- diversity
+
+
+def pick_prompts(tokens: np.ndarray, n: int, length: int = PROMPT_TOKENS, seed: int = 1337) -> tuple[list[list[int]], bool]:
+    """n prompts of ``length`` tokens from the split: distinct non-overlapping windows at
+    offsets k * length chosen with a fixed seed, drawn with replacement only when n exceeds
+    the number of windows. Returns (prompts, drawn_with_replacement)."""
+    available = len(tokens) // length
+    if available < 1:
+        raise ValueError(f"the split ({len(tokens)} tokens) is shorter than one prompt of {length} tokens")
+    replace = n > available
+    picks = np.random.default_rng(seed).choice(available, size=n, replace=replace)
+    return [tokens[k * length : (k + 1) * length].astype(np.int64).tolist() for k in picks], replace
+
+
+def sample_diversity(model: GPT, tokenizer, tokens: np.ndarray, *, num_samples: int, max_new_tokens: int,
+                     seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Sample continuations of prompts from ``tokens`` and measure their diversity.
+
+    Prompts: pick_prompts(tokens, num_samples, PROMPT_TOKENS, seed). Sampling: exactly
+    max_new_tokens tokens (no stop token), temperature 1, no top-k / top-p, seed ``seed``;
+    Bayesian heads sample from the Monte-Carlo mean of fresh weight draws at every step (the
+    distribution that is scored; generate's bayes_mode="step"), sigmoid heads from
+    sigmoid(z) / sum sigmoid(z). Metrics use the decoded continuations only (no prompt).
+    """
+    from .generate import generate
+
+    prompts, replaced = pick_prompts(tokens, num_samples, PROMPT_TOKENS, seed)
+    t0 = time.perf_counter()
+    new = generate(model, prompts, max_new_tokens, temperature=1.0, seed=seed,
+                   bayes_mode="step" if model.bayesian else "mean", sig_mode="normalize")
+    seconds = time.perf_counter() - t0
+    texts = [tokenizer.decode(ids) for ids in new]
+    samples = [{"prompt": tokenizer.decode(p), "continuation": t, "new_tokens": len(ids)}
+               for p, t, ids in zip(prompts, texts, new)]
+    n_new = sum(len(ids) for ids in new)
+    metrics = {
+        "num_samples": len(texts),
+        "prompt_tokens": PROMPT_TOKENS,
+        "max_new_tokens": max_new_tokens,
+        "prompts_with_replacement": replaced,
+        "self_bleu": M.self_bleu(texts) if len(texts) > 1 else None,
+        **{f"distinct_{n}": M.distinct_n(texts, n) for n in range(1, 5)},
+        "distinct_4_study": M.distinct4_study(texts),
+        "mean_length_words": M.mean_length_words(texts),
+        "mean_new_tokens": n_new / len(texts),
+    }
+    return {**metrics, "tokens_per_s": n_new / seconds if seconds > 0 else None}, samples
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+CONVENTIONS = {
+    "nll": "natural log (nats); perplexity = exp(nats_per_token); bits_per_byte = sum NLL / (split bytes * ln 2); "
+           "word_perplexity = exp(sum NLL / split words); bytes and words count the whole split",
+    "windows": "every token 1..n-1 of the split scored once with sliding windows of block_size tokens "
+               "advanced by `stride` (stride = block_size: lm-evaluation-harness's disjoint windows)",
+    "distribution": "softmax(z); sigmoid heads: sigmoid(z_v) / sum_u sigmoid(z_u); Bayesian heads: the mean of "
+                    "that distribution over mc_samples draws of the head weights (backbone deterministic); "
+                    "`posterior_mean` uses the mean weights instead",
+    "raw_bce": "sigmoid heads: the training objective (BCE summed over the vocabulary, mean over tokens) with the "
+               "posterior-mean weights, against the run's training target sets when present for this data, else "
+               "the true token only",
+    "calibration": f"top-1 confidence vs correctness; ECE with {N_BINS} equal-width ('width') and equal-mass ('mass') "
+                   "bins; Brier = sum_v (p_v - 1[v=y])^2 in [0, 2]",
+    "uncertainty": "AUROC of an uncertainty score for predicting a wrong top-1 token (0.5 = uninformative); "
+                   "Bayesian: entropy of the mean = expected entropy + mutual information",
+    "sets": "predicted set {v : q_v >= tau}; q = sigmoid(z) for sigmoid heads (Bayesian: mean over draws), the "
+            f"predictive probability for softmax heads; reference: cached sets DATA/targets/NAME, or on the "
+            f"synthetic language the exact support {{v : p_true(v) > {EXACT_SUPPORT_THRESHOLD}}}; micro = pooled "
+            "counts, macro = mean over tokens, an empty predicted set has precision 0",
+    "ground_truth": "synthetic language only: true_entropy_rate = mean H(p_true); true_nats_per_token = mean "
+                    "-log p_true(y), the ideal model's score; kl_true_model = mean KL(p_true || p_model); "
+                    "ece_vs_truth replaces each 0/1 outcome by p_true(argmax p_model)",
+    "diversity": f"continuations of {PROMPT_TOKENS}-token prompts taken at seeded random non-overlapping offsets of "
+                 "the split (with replacement only when more samples than windows are asked for); exactly max_new_tokens "
+                 "tokens each at temperature 1 (Bayesian: MC mean of fresh head draws at every step); "
+                 "Self-BLEU (0-100, sacrebleu 13a tokenization, each sample vs all others) and Distinct-n over "
+                 "whitespace words of the decoded text; distinct_4_study = unique 4-grams / words (the study's)",
+    "speed": "scoring: scored tokens / wall time of the whole scoring pass (forward, head and per-token metrics); "
+             "generation: new tokens / wall time of generate()",
+}
+
+
+def default_out(run_dir: Path, split: str) -> Path:
+    return Path(run_dir) / "eval" / f"{split}.json"
+
+
+def evaluate(run_dir: str | Path, data_dir: str | Path, *, split: str = "val", out: str | Path | None = None,
+             stride: int | None = None, mc_samples: int | None = None, num_samples: int = 100,
+             max_new_tokens: int = 64, sets: str | None = None, tau: float = 0.5, seed: int = 1337,
+             device: str = "auto", batch: int = 16) -> dict[str, Any]:
+    """Evaluate the run in ``run_dir`` on ``split`` of ``data_dir``; write and return the results.
+
+    out: the JSON path (default RUN/eval/<split>.json); <stem>.reliability.png and
+    <stem>.samples.jsonl are written beside it. stride: default block_size // 2.
+    mc_samples: Bayesian head draws (default: the run's mc_samples). sets: reference sets
+    DATA/targets/NAME, "none" to skip set metrics, or None = the exact support on the
+    synthetic language, none otherwise. num_samples = 0 skips the diversity section.
+    Raises ValueError for a tokenizer mismatch, a split shorter than one window, a bad
+    stride, or a sigmoid head asked for set metrics without reference sets.
+    """
+    from .targets import resolve_device
+
+    torch.manual_seed(seed)  # the Bayesian head's draws
+    run_dir, data = Path(run_dir), TokenDataset(Path(data_dir))
+    check_same_tokenizer(run_dir, data)
+    dev = resolve_device(device)
+    model, cfg = load_run(run_dir, dev)
+    step = int(load_state(latest_checkpoint(run_dir))["step"])
+    tokens = np.asarray(data.split(split))
+    block = cfg.model.block_size
+    if len(tokens) < block + 1:
+        raise ValueError(f"the {split} split of {data.dir} has {len(tokens)} tokens, fewer than one window of "
+                         f"block_size + 1 = {block + 1}; evaluate on a longer split")
+    stride = stride or max(1, block // 2)
+    if not 1 <= stride <= block:
+        raise ValueError(f"stride must be in 1..block_size={block}, got {stride}")
+    S = (mc_samples or cfg.objective.mc_samples) if model.bayesian else 0
+    truth = data.synthetic
+
+    reference, set_source = None, None
+    if sets not in (None, "none"):
+        reference, set_source = _open_reference_sets(data, sets, split, len(tokens)), f"targets/{sets}"
+    elif sets is None and truth is not None:
+        set_source = f"exact support p_true > {EXACT_SUPPORT_THRESHOLD}"
+    elif sets is None and model.objective.sigmoid:
+        raise ValueError(
+            f"set metrics of the sigmoid head need reference sets, and {data.dir} is not the synthetic language: "
+            f"build them with `gptv targets --data {data.dir} --teacher ngram:3` (or ckpt:RUN) and pass --sets NAME, "
+            "or pass --sets none to skip them")
+    train_sets = None
+    if model.objective.sigmoid and cfg.objective.targets:
+        try:
+            train_sets = _open_reference_sets(data, cfg.objective.targets, split, len(tokens))
+        except (FileNotFoundError, ValueError):  # trained on other data: score BCE on the true token only
+            train_sets = None
+
+    t0 = time.perf_counter()
+    raw = score(model, tokens, stride=stride, mc_samples=S, truth=truth,
+                reference=reference, train_sets=train_sets, tau=tau, device=dev, batch=batch)
+    score_s = time.perf_counter() - t0
+    tok = raw["tokens"]
+    n_scored = len(tok["nll"])
+
+    def ppl(nll: np.ndarray) -> dict[str, Any]:
+        return M.perplexity_summary(float(nll.astype(np.float64).sum()), len(nll),
+                                    data.meta.get(f"{split}_bytes"), data.meta.get(f"{split}_words"))
+
+    result: dict[str, Any] = {
+        "run": str(run_dir), "data": str(data.dir), "split": split, "step": step,
+        "variant": cfg.objective.variant, "head": cfg.objective.head, "objective": cfg.objective.objective,
+        "sigmoid": model.objective.sigmoid, "bayesian": model.bayesian, "mc_samples": S,
+        "conventions": CONVENTIONS,
+        "perplexity": {"tokens_scored": n_scored, "block_size": block, "stride": stride, **ppl(tok["nll"])},
+        "calibration": _calibration(tok),
+        "uncertainty": _uncertainty(tok),
+    }
+    if model.objective.sigmoid:
+        result["perplexity"]["raw_bce_per_token"] = raw["raw_bce_sum"] / n_scored
+        result["perplexity"]["raw_bce_targets"] = cfg.objective.targets if train_sets is not None else "true token only"
+    if raw["point"] is not None:
+        result["posterior_mean"] = {"perplexity": ppl(raw["point"]["nll"]), "calibration": _calibration(raw["point"]),
+                                    "uncertainty": _uncertainty(raw["point"])}
+    result["sets"] = ({"reference": set_source, **_sets(tok, raw["curve"], tau)} if set_source
+                      else {"skipped": "no reference sets (pass --sets NAME)" if sets is None else "--sets none"})
+    result["ground_truth"] = _ground_truth(tok) if truth is not None else None
+
+    out = Path(out) if out is not None else default_out(run_dir, split)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    curves = {"predictive": (tok["confidence"], tok["correct"])}
+    if raw["point"] is not None:
+        curves = {f"MC mean, S={S}": curves["predictive"], "posterior mean": (raw["point"]["confidence"], raw["point"]["correct"])}
+    png = M.plot_reliability(curves, out.with_suffix(".reliability.png"), N_BINS,
+                             title=f"{cfg.objective.variant}, step {step}, {split} ({n_scored:,} tokens)")
+    result["calibration"]["reliability_png"] = png.name
+
+    result["speed"] = {"scoring_tokens_per_s": n_scored / score_s, "scoring_seconds": score_s}
+    if num_samples > 0:
+        div, samples = sample_diversity(model, data.tokenizer, tokens, num_samples=num_samples,
+                                        max_new_tokens=max_new_tokens, seed=seed)
+        result["speed"]["generation_tokens_per_s"] = div.pop("tokens_per_s")
+        path = out.with_suffix(".samples.jsonl")
+        atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+        result["diversity"] = {**div, "samples_file": path.name}
+    else:
+        result["diversity"] = None
+    atomic_write_text(out, json.dumps(result, indent=1, allow_nan=True) + "\n")
+    return result
+
+
+def _format(result: dict[str, Any]) -> str:
+    p, c, u = result["perplexity"], result["calibration"], result["uncertainty"]
+    lines = [f"{result['variant']} (step {result['step']}) on {result['split']}: {p['tokens_scored']:,} tokens, "
+             f"stride {p['stride']}",
+             f"  perplexity {p['perplexity']:.4f}  nats/token {p['nats_per_token']:.4f}"
+             + (f"  bits/byte {p['bits_per_byte']:.4f}" if p["bits_per_byte"] else "")
+             + (f"  raw BCE {p['raw_bce_per_token']:.4f}" if "raw_bce_per_token" in p else ""),
+             f"  ECE {c['ece_width']:.4f} (mass {c['ece_mass']:.4f})  Brier {c['brier']:.4f}  accuracy {c['accuracy']:.4f}"
+             f"  AUROC(entropy) {u['auroc_entropy']:.4f}"]
+    if "posterior_mean" in result:
+        lines.append(f"  posterior mean: perplexity {result['posterior_mean']['perplexity']['perplexity']:.4f}; "
+                     f"mutual information {u['mean_mutual_information']:.5f} nats, AUROC(MI) {u['auroc_mutual_information']:.4f}")
+    s = result["sets"]
+    if "micro_f1" in s:
+        lines.append(f"  sets vs {s['reference']}: F1 {s['micro_f1']:.4f} at tau {s['tau']} (best {s['best_micro_f1']:.4f} at {s['best_tau']}), "
+                     f"mean size {s['mean_pred_size']:.2f} (reference {s['mean_ref_size']:.2f})")
+    g = result["ground_truth"]
+    if g:
+        lines.append(f"  truth: entropy rate {g['true_entropy_rate']:.4f}, ideal nats/token {g['true_nats_per_token']:.4f}, "
+                     f"KL {g['kl_true_model']:.4f}, ECE vs truth {g['ece_vs_truth_width']:.4f}")
+    d = result["diversity"]
+    if d:
+        bleu = "-" if d["self_bleu"] is None else f"{d['self_bleu']:.2f}"
+        lines.append(f"  {d['num_samples']} samples: Self-BLEU {bleu}, Distinct-4 {d['distinct_4']:.4f} "
+                     f"(study's {d['distinct_4_study']:.4f}), {d['mean_length_words']:.1f} words")
+    sp = result["speed"]
+    lines.append(f"  speed: scoring {sp['scoring_tokens_per_s']:,.0f} tok/s"
+                 + (f", generation {sp['generation_tokens_per_s']:,.0f} tok/s" if sp.get("generation_tokens_per_s") else ""))
+    return "\n".join(lines)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    result = evaluate(args.ckpt, args.data, split=args.split, out=args.out, stride=args.stride, mc_samples=args.mc_samples,
+                      num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, sets=args.sets, tau=args.tau,
+                      seed=args.seed, device=args.device)
+    print(_format(result))
+    print(f"results in {args.out or default_out(Path(args.ckpt), args.split)}")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """Add `gptv eval`."""
+    p = subparsers.add_parser("eval", help="held-out perplexity, calibration, uncertainty, set quality, diversity and speed of a run")
+    p.add_argument("--ckpt", required=True, help="run folder (written by `gptv train`)")
+    p.add_argument("--data", required=True, help="prepared data folder with the run's tokenizer")
+    p.add_argument("--split", default="val", choices=["train", "val"])
+    p.add_argument("--out", default=None, help="results JSON (default RUN/eval/SPLIT.json); plots and samples go beside it")
+    p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default block_size // 2; block_size = disjoint windows)")
+    p.add_argument("--mc-samples", type=int, default=None, help="Bayesian head draws (default: the run's mc_samples)")
+    p.add_argument("--num-samples", type=int, default=100, help="samples for the diversity metrics (0 = skip)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per sample")
+    p.add_argument("--sets", default=None, help="reference sets DATA/targets/NAME for set metrics, or 'none' (synthetic data: exact support by default)")
+    p.add_argument("--tau", type=float, default=0.5, help="set threshold on sigmoid (or softmax) probabilities")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.set_defaults(func=_cmd_eval)

@@ -1,0 +1,156 @@
+"""gptv eval on tiny trained runs: windowed scoring against direct computation, every section, bad input."""
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gptvariants import evaluate as E
+from gptvariants.checkpoint import load_run
+from gptvariants.config import load_config
+from gptvariants.data import TokenDataset, prepare
+from gptvariants.objectives import predictive_nll
+from gptvariants.train import train
+
+TINY = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 8, "eval_iters": 1,
+        "eval_interval": 1000, "warmup_iters": 2, "progress": "lines", "tensorboard": False}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # the test machine has 2 shared cores: two OpenMP threads spinning against other jobs make
+    # these tiny matmuls 20x slower than one thread
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _train(data, out, variant, steps=20, **extra):
+    cfg = load_config(variant, None, {**TINY, "data": str(data), "out_dir": str(out), "max_iters": steps, **extra})
+    train(cfg)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    prepare("synthetic:tiny", root / "data")
+    runs = {v: _train(root / "data", root / v, v) for v in ("baseline", "bayes", "sig")}
+    return root, runs
+
+
+def test_one_window_equals_full_context_for_any_stride(tiny):
+    root, runs = tiny
+    model, cfg = load_run(runs["baseline"])
+    tokens = np.asarray(TokenDataset(root / "data").split("val")[: cfg.model.block_size + 1])
+    x = torch.from_numpy(tokens.astype(np.int64))
+    with torch.no_grad():
+        w, b = model.head.weights(sample=False)
+        direct = predictive_nll(model.transformer(x[None, :-1]), w, b, model.objective, x[None, 1:]).sum().item()
+    for stride in (1, 7, cfg.model.block_size):
+        nll = E.score(model, tokens, stride=stride)["tokens"]["nll"]
+        assert len(nll) == len(tokens) - 1
+        assert nll.astype(np.float64).sum() == pytest.approx(direct, rel=1e-5)
+
+
+def test_sliding_windows_give_each_token_its_own_context(tiny):
+    # stride 1: token t is predicted from tokens[max(0, t - block) : t], computed here one by one
+    root, runs = tiny
+    model, cfg = load_run(runs["baseline"])
+    T = cfg.model.block_size
+    tokens = np.asarray(TokenDataset(root / "data").split("val")[: T + 20])
+    nll = E.score(model, tokens, stride=1, batch=3)["tokens"]["nll"]
+    w, b = model.head.weights(sample=False)
+    with torch.no_grad():
+        for t in (1, T, T + 1, len(tokens) - 1):
+            ctx = torch.from_numpy(tokens[max(0, t - T) : t].astype(np.int64))[None]
+            y = torch.tensor([[int(tokens[t])]])
+            ref = predictive_nll(model.transformer(ctx)[:, -1:], w, b, model.objective, y).item()
+            assert nll[t - 1] == pytest.approx(ref, rel=1e-4, abs=1e-5)
+
+
+def test_bayesian_head_without_variance_has_no_mutual_information(tiny):
+    root, runs = tiny
+    model, _ = load_run(runs["bayes"])
+    tokens = np.asarray(TokenDataset(root / "data").split("val")[:200])
+    with torch.no_grad():
+        model.head.weight_rho.fill_(-30.0)  # sigma = softplus(-30) ~ 1e-13
+    sharp = E.score(model, tokens, stride=16, mc_samples=4)
+    assert np.abs(sharp["tokens"]["mutual_information"]).max() < 1e-6
+    np.testing.assert_allclose(sharp["tokens"]["nll"], sharp["point"]["nll"], rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        model.head.weight_rho.fill_(0.0)  # sigma = log 2: the draws disagree
+    wide = E.score(model, tokens, stride=16, mc_samples=4)
+    assert wide["tokens"]["mutual_information"].mean() > 1e-3
+
+
+def test_eval_writes_every_section(tiny, tmp_path):
+    root, runs = tiny
+    out = tmp_path / "bayes.json"
+    r = E.evaluate(runs["bayes"], root / "data", out=out, num_samples=6, max_new_tokens=8, seed=3)
+    n_val = len(TokenDataset(root / "data").split("val"))
+    p = r["perplexity"]
+    assert p["tokens_scored"] == n_val - 1 and p["stride"] == TINY["block_size"] // 2
+    assert p["perplexity"] == pytest.approx(math.exp(p["nats_per_token"]))
+    assert p["bits_per_byte"] > 0 and p["word_perplexity"] > 0
+    assert r["posterior_mean"]["perplexity"]["perplexity"] > 1
+    assert 0 <= r["calibration"]["ece_width"] <= 1 and 0 <= r["calibration"]["brier"] <= 2
+    assert r["uncertainty"]["mean_mutual_information"] >= 0 and 0 <= r["uncertainty"]["auroc_entropy"] <= 1
+    assert r["sets"]["reference"].startswith("exact support") and len(r["sets"]["curve"]) == len(E.TAUS)
+    g = r["ground_truth"]
+    assert g["kl_true_model"] > 0 and g["true_nats_per_token"] < p["nats_per_token"]
+    d = r["diversity"]
+    assert d["num_samples"] == 6 and d["mean_new_tokens"] == 8 and 0 <= d["distinct_4"] <= 1
+    assert r["speed"]["scoring_tokens_per_s"] > 0 and r["speed"]["generation_tokens_per_s"] > 0
+    assert json.loads(out.read_text())["variant"] == "bayes"
+    assert out.with_suffix(".reliability.png").read_bytes()[:4] == b"\x89PNG"
+    samples = [json.loads(l) for l in out.with_suffix(".samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6 and all(s["new_tokens"] == 8 for s in samples)
+
+
+def test_sigmoid_eval_reports_raw_bce_and_uses_cached_sets(tiny, tmp_path):
+    from gptvariants.targets import build_targets
+
+    root, runs = tiny
+    build_targets(root / "data", "oracle", root / "data" / "targets" / "oracle", progress=False)
+    r = E.evaluate(runs["sig"], root / "data", out=tmp_path / "sig.json", sets="oracle", num_samples=0)
+    assert r["perplexity"]["raw_bce_per_token"] > 0 and r["perplexity"]["raw_bce_targets"] == "true token only"
+    assert r["sets"]["reference"] == "targets/oracle" and r["sets"]["mean_ref_size"] > 1
+    assert r["diversity"] is None
+
+
+def test_eval_cli(tiny, tmp_path, capsys):
+    root, runs = tiny
+    parser = argparse.ArgumentParser()
+    E.register_cli(parser.add_subparsers())
+    out = tmp_path / "cli.json"
+    args = parser.parse_args(["eval", "--ckpt", str(runs["baseline"]), "--data", str(root / "data"), "--out", str(out),
+                              "--stride", "32", "--num-samples", "3", "--max-new-tokens", "4"])
+    assert args.func(args) == 0
+    assert "perplexity" in capsys.readouterr().out
+    assert json.loads(out.read_text())["perplexity"]["stride"] == 32
+
+
+def test_tokenizer_mismatch_is_refused(tiny, tmp_path):
+    root, runs = tiny
+    prepare("synthetic:tiny", tmp_path / "other", seed=7)  # same size, other words
+    with pytest.raises(ValueError, match="another tokenizer"):
+        E.evaluate(runs["baseline"], tmp_path / "other", num_samples=0)
+
+
+def test_short_split_and_sigmoid_sets_without_references(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog\n" for i in range(60)))
+    prepare(f"text:{text}", tmp_path / "wide", val_fraction=0.5)
+    prepare(f"text:{text}", tmp_path / "short", val_fraction=0.005)
+    run = _train(tmp_path / "wide", tmp_path / "sig", "sig", steps=2)
+    with pytest.raises(ValueError, match="fewer than one window"):
+        E.evaluate(run, tmp_path / "short", num_samples=0)
+    with pytest.raises(ValueError, match="gptv targets"):
+        E.evaluate(run, tmp_path / "wide", num_samples=0)
+    r = E.evaluate(run, tmp_path / "wide", sets="none", num_samples=0)
+    assert r["sets"] == {"skipped": "--sets none"} and r["ground_truth"] is None

@@ -1,0 +1,112 @@
+"""gptv experiment end to end on synthetic:tiny, its resume logic, and its argument checks."""
+
+import argparse
+import csv
+import json
+
+import pytest
+import torch
+
+from gptvariants import experiment as X
+from gptvariants.train import train
+
+TINY_TOML = """
+n_layer = 2
+n_head = 2
+n_embd = 32
+block_size = 32
+batch_size = 8
+warmup_iters = 2
+"""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # 2 shared cores: one OpenMP thread is far faster than two spinning against other jobs
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _cli(argv):
+    parser = argparse.ArgumentParser(prog="gptv")
+    X.register_cli(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.mark.parametrize("text,expected", [("600", ("steps", 600)), ("90s", ("seconds", 90.0)),
+                                           ("5m", ("seconds", 300.0)), ("1.5h", ("seconds", 5400.0))])
+def test_parse_budget(text, expected):
+    assert X.parse_budget(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "1.5", "10x", "m", ""])
+def test_parse_budget_rejects(text):
+    with pytest.raises(ValueError, match="budget"):
+        X.parse_budget(text)
+
+
+def test_variants_are_validated(tmp_path):
+    assert X.parse_variants(None) == ["baseline", "smooth", "bayes", "sig", "sig-reg", "sig-pw", "bayes-sig"]
+    assert X.parse_variants("sig, baseline") == ["sig", "baseline"]
+    with pytest.raises(ValueError, match="unknown variant 'bayse'.*did you mean bayes"):
+        _cli(["experiment", "--variants", "baseline,bayse", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="twice"):
+        X.parse_variants("sig,sig")
+
+
+def test_experiment_runs_reports_and_resumes(tmp_path, capsys):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_TOML)
+    out = tmp_path / "exp"
+    argv = ["experiment", "--data", "synthetic:tiny", "--variants", "baseline,bayes,sig", "--budget", "16",
+            "--num-samples", "5", "--max-new-tokens", "8", "--config", str(config), "--out", str(out)]
+
+    # a half-finished sig run (checkpoint at step 8 of 16) must be resumed, not restarted
+    data = X.resolve_data("synthetic:tiny", out)
+    X.build_sets(data, "oracle", "oracle")
+    half = X.run_config("sig", data, out / "runs" / "sig", 16, 1337, str(config), "oracle")
+    half.train.max_iters = 8
+    train(half)
+
+    assert _cli(argv) == 0
+    log = capsys.readouterr().out
+    assert "train sig: resumed" in log and "train baseline: trained" in log and str(out / "report.md") in log
+    assert X.checkpoint_step(out / "runs" / "sig") == 16
+
+    report = (out / "report.md").read_text()
+    assert "| Variant | Perplexity | Self-BLEU | Distinct-4 (study) |" in report
+    assert all(f"| {v} |" in report for v in ("baseline", "bayes", "sig"))
+    assert "gptv experiment --data synthetic:tiny --variants baseline,bayes,sig --budget 16" in report
+    results = json.loads((out / "results.json").read_text())
+    rows = {r["variant"]: r for r in results["rows"]}
+    assert set(rows) == {"baseline", "bayes", "sig"} and all(r["steps"] == 16 for r in rows.values())
+    assert rows["bayes"]["mutual_information"] >= 0 and rows["baseline"]["mutual_information"] is None
+    assert rows["sig"]["raw_bce"] > 0 and rows["sig"]["kl_to_truth"] > 0
+    with open(out / "results.csv") as f:
+        assert [r["variant"] for r in csv.DictReader(f)] == ["baseline", "bayes", "sig"]
+    for png in ("curves.png", "reliability.png", "ppl_vs_selfbleu.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+    evals = {v: (out / "runs" / v / "eval" / "val.json").stat().st_mtime_ns for v in rows}
+    assert _cli(argv) == 0
+    log = capsys.readouterr().out
+    assert log.count("skipped") == 3 and log.count("already done") == 3 and "already built" in log
+    assert evals == {v: (out / "runs" / v / "eval" / "val.json").stat().st_mtime_ns for v in rows}
+
+    with pytest.raises(ValueError, match="use another --out"):
+        _cli([a if a != "16" else "32" for a in argv])
+
+
+def test_duration_budget_is_turned_into_steps(tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_TOML)
+    out = tmp_path / "exp"
+    X.run_experiment(out, "synthetic:tiny", ["baseline"], "2s", config_file=str(config), num_samples=2, max_new_tokens=4)
+    plan = json.loads((out / "plan.json").read_text())
+    steps = plan["max_iters"]["baseline"]
+    assert plan["budget_kind"] == "seconds" and steps > X.CALIBRATION_STEPS  # a tiny step takes well under 250 ms
+    assert json.loads((out / "results.json").read_text())["rows"][0]["steps"] == steps
+    assert not (out / "calibration" / "baseline").exists()

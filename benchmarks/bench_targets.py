@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptvariants.checkpoint import atomic_write_text, save_checkpoint
+from gptvariants.atomic import atomic_write
+from gptvariants.checkpoint import save_checkpoint
 from gptvariants.config import load_config
 from gptvariants.data import TokenDataset, prepare
 from gptvariants.model import GPT
@@ -37,7 +38,7 @@ def random_run(data: TokenDataset, run: Path, size: str, block_size: int) -> Non
     model = GPT(cfg.model, cfg.objective)
     info = {"tokenizer": data.meta["tokenizer"], "vocab_size": data.vocab_size, "hash": data.meta["hash"]}
     save_checkpoint(run, model, {"step": 0, "config": cfg.to_dict(), "data": info})
-    atomic_write_text(run / "data.json", json.dumps(data.meta) + "\n")
+    atomic_write(run / "data.json", json.dumps(data.meta) + "\n")
 
 
 def forward_rate(teacher, tokens: np.ndarray, chunk: int) -> float:

@@ -23,3 +23,15 @@ def tiny_data(tmp_path_factory) -> Path:
 
 def tiny_overrides(data: Path, out: Path, **kw) -> dict:
     return {**TINY, "data": str(data), "out_dir": str(out), **kw}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Tests run tiny models whose ops are too small to split across threads; on a 2-core machine
+    shared with other jobs, two spinning OpenMP threads made them up to 20x slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -19,15 +19,6 @@ TINY = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size":
         "eval_interval": 1000, "warmup_iters": 2, "progress": "lines", "tensorboard": False}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # the test machine has 2 shared cores: two OpenMP threads spinning against other jobs make
-    # these tiny matmuls 20x slower than one thread
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _train(data, out, variant, steps=20, **extra):
     cfg = load_config(variant, None, {**TINY, "data": str(data), "out_dir": str(out), "max_iters": steps, **extra})

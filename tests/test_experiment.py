@@ -20,14 +20,6 @@ warmup_iters = 2
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # 2 shared cores: one OpenMP thread is far faster than two spinning against other jobs
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _cli(argv):
     parser = argparse.ArgumentParser(prog="gptv")

@@ -30,15 +30,6 @@ from gptvariants.tokenizers import CharTokenizer
 
 BLOCK = 16
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models decode token by token: with several intra-op threads on a busy CPU each step
-    waits on the others (measured 20x slower on 2 shared cores), so run these on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 CHARS = list("\nabcdefghijklmnopqrstuvwxyz .,")
 
 

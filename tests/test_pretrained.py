@@ -14,15 +14,6 @@ transformers = pytest.importorskip("transformers")
 V, N_POS = 100, 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models decode token by token: with several intra-op threads on a busy CPU each step
-    waits on the others (measured 20x slower on 2 shared cores), so run these on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):

@@ -20,39 +20,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
+from .atomic import atomic_write, fsync_dir
+
 POINTER = "checkpoint.json"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, half-written, or does not fit the model or data it is used with."""
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to path via a temporary file, fsync and rename: readers see old or new, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -72,13 +46,13 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, state: dict[str, Any]
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         final = run_dir / name
         if final.exists():  # re-saving the same step (after a resume): replace it out of the pointer's way
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(run_dir)
-        atomic_write_text(run_dir / POINTER, json.dumps({"dir": name, "step": step}) + "\n")
+        fsync_dir(run_dir)
+        atomic_write(run_dir / POINTER, json.dumps({"dir": name, "step": step}) + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

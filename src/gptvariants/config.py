@@ -157,9 +157,9 @@ class Config:
         self.train.validate()
 
     def save(self, path: Path) -> None:
-        from .checkpoint import atomic_write_text
+        from .atomic import atomic_write
 
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 class ConfigError(ValueError):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .synthetic import PRESETS, SyntheticLanguage
 from .tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 
@@ -100,7 +101,7 @@ def prepare(
         "seed": seed,
         **extra,
     }
-    _write_atomic(out / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
+    atomic_write(out / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
     return meta
 
 
@@ -156,7 +157,7 @@ def _write_splits(out: Path, splits: dict[str, Iterable[int]], vocab_size: int) 
         ids = np.asarray(splits[name], dtype=np.int64)
         if len(ids) and ids.max() >= vocab_size:
             raise AssertionError(f"token id {ids.max()} >= vocab_size {vocab_size}")
-        _write_atomic(out / f"{name}.bin", ids.astype(dtype).tobytes())
+        atomic_write(out / f"{name}.bin", ids.astype(dtype).tobytes())
         stats[f"{name}_tokens"] = len(ids)
     return stats
 
@@ -202,7 +203,7 @@ def _download_shakespeare(out: Path) -> Path:
                 data = r.read()
         except OSError as e:  # URLError, timeouts and DNS failures are all OSErrors
             raise RuntimeError(f"could not download Tiny Shakespeare from {SHAKESPEARE_URL} ({e}). {OFFLINE_HINT}") from e
-        _write_atomic(path, data)
+        atomic_write(path, data)
     return path
 
 
@@ -286,15 +287,6 @@ def write_hf_split(
         f"{split}_bytes": int(np.sum(tokenized["bytes"], dtype=np.int64)),
         f"{split}_words": int(np.sum(tokenized["words"], dtype=np.int64)),
     }
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _hash_files(paths: list[Path]) -> str:

@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 
 from . import metrics as M
-from .checkpoint import atomic_write_text, latest_checkpoint, load_run, load_state
+from .atomic import atomic_write
+from .checkpoint import latest_checkpoint, load_run, load_state
 from .data import TokenDataset
 from .model import GPT
 from .objectives import fused_linear_loss
@@ -483,11 +484,11 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, *, split: str = "val", o
                                         max_new_tokens=max_new_tokens, seed=seed)
         result["speed"]["generation_tokens_per_s"] = div.pop("tokens_per_s")
         path = out.with_suffix(".samples.jsonl")
-        atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+        atomic_write(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
         result["diversity"] = {**div, "samples_file": path.name}
     else:
         result["diversity"] = None
-    atomic_write_text(out, json.dumps(result, indent=1, allow_nan=True) + "\n")
+    atomic_write(out, json.dumps(result, indent=1, allow_nan=True) + "\n")
     return result
 
 

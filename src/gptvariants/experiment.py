@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import CheckpointError, atomic_write_text, latest_checkpoint, load_state
+from .atomic import atomic_write
+from .checkpoint import CheckpointError, latest_checkpoint, load_state
 from .config import Config, load_config
 from .data import TokenDataset, prepare
 from .evaluate import TAUS, default_out, evaluate
@@ -298,7 +299,7 @@ def plot_ppl_vs_selfbleu(rows: list[dict[str, Any]], path: Path) -> Path:
 def write_report(out: Path, rows: list[dict[str, Any]], evals: dict[str, dict[str, Any]],
                  plan: dict[str, Any], command: str) -> Path:
     """report.md, results.json and results.csv in ``out``."""
-    atomic_write_text(out / "results.json", json.dumps({"command": command, "plan": plan, "rows": rows, "evals": evals},
+    atomic_write(out / "results.json", json.dumps({"command": command, "plan": plan, "rows": rows, "evals": evals},
                                                        indent=1) + "\n")
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -343,7 +344,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], evals: dict[str, dict[st
         "per-variant details in `runs/VARIANT/eval/val.json` with samples in `val.samples.jsonl`.", "",
         "## Command", "", "```", command, "```", "",
     ]
-    atomic_write_text(out / "report.md", "\n".join(lines))
+    atomic_write(out / "report.md", "\n".join(lines))
     return out / "report.md"
 
 
@@ -383,7 +384,7 @@ def run_experiment(out: str | Path, data: str = "synthetic:default", variants: l
     runs = {v: out / "runs" / v for v in order}
 
     def save_plan() -> None:
-        atomic_write_text(plan_path, json.dumps(plan, indent=1) + "\n")
+        atomic_write(plan_path, json.dumps(plan, indent=1) + "\n")
 
     for v in order:
         if teacher and get_variant(v).sigmoid:

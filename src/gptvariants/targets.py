@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .data import SPLITS, TokenDataset, token_dtype
 
 FORMAT = 1
@@ -424,12 +425,6 @@ def _sanitise(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{kind}_{arg}" if arg else kind).strip("_")
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 class _Selector:
     """Turns one chunk of teacher predictions into stored rows (ids, probs); see build_targets."""
 
@@ -585,7 +580,7 @@ def build_targets(
                 st["done"] = c + 1
                 st["set_size_sum"] += int((ids != sentinel).sum())
                 st["teacher_rows"] += n_teacher
-                _write_json_atomic(prog_path, prog)
+                atomic_write(prog_path, json.dumps(prog, indent=1) + "\n")
                 if bar is not None:
                     bar.update(1)
                 if on_chunk is not None:
@@ -609,7 +604,7 @@ def build_targets(
         "splits": stats, "mean_set_size": sum(s["mean_set_size"] * s["rows"] for s in stats.values()) / sum(s["rows"] for s in stats.values()),
         "tokens_per_s": built / total_s if total_s > 0 and built else None,
     }
-    _write_json_atomic(out / "meta.json", meta)
+    atomic_write(out / "meta.json", json.dumps(meta, indent=1) + "\n")
     prog_path.unlink(missing_ok=True)
     meta["dir"] = str(out)
     return meta

@@ -25,7 +25,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .checkpoint import CheckpointError, atomic_write_text, check_compatible, latest_checkpoint, load_state, load_weights, save_checkpoint
+from .atomic import atomic_write
+from .checkpoint import CheckpointError, check_compatible, latest_checkpoint, load_state, load_weights, save_checkpoint
 from .config import Config
 from .data import TokenDataset
 from .model import GPT
@@ -215,7 +216,7 @@ class Logger:
             return
         if start_step > 0 and self.path.exists():  # drop records past the checkpoint: the resumed run rewrites them
             kept = [l for l in self.path.read_text().splitlines() if l and json.loads(l)["step"] <= start_step]
-            atomic_write_text(self.path, "".join(l + "\n" for l in kept))
+            atomic_write(self.path, "".join(l + "\n" for l in kept))
         elif start_step == 0:
             self.path.unlink(missing_ok=True)
         mode = cfg.train.progress
@@ -372,7 +373,7 @@ def _train(cfg: Config, rt: Runtime, resume: bool) -> TrainResult:
     if rt.main:
         cfg.save(run_dir / "config.json")
         data.tokenizer.save(run_dir)  # sampling needs only the run folder
-        atomic_write_text(run_dir / "data.json", json.dumps({**data.meta, "path": str(Path(cfg.train.data).resolve())}, indent=2) + "\n")
+        atomic_write(run_dir / "data.json", json.dumps({**data.meta, "path": str(Path(cfg.train.data).resolve())}, indent=2) + "\n")
 
     raw = model
     if cfg.train.compile:

@@ -7,7 +7,9 @@ median ms per step over all rounds, the peak memory of the variant alone (CUDA:
 max_memory_allocated; CPU: peak resident set size sampled every millisecond, above the
 process's footprint before the model was built), and both as ratios to the baseline.
 Sigmoid variants train on K = 50 positive ids at every position (cached sets are read
-from disk in real runs; here they are random ids already in memory).
+from disk in real runs; here they are random ids already in memory). The row
+``sig+online`` runs a student-sized teacher (a randomly initialised baseline checkpoint of
+the same shape) inside every step through ``targets.build_online_teacher`` (top-50 sets).
 
     python benchmarks/bench_step.py                   # both shapes, table
     python benchmarks/bench_step.py --shape small --json
@@ -19,11 +21,15 @@ import argparse
 import ctypes
 import gc
 import json
+import json as _json
 import statistics
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from gptvariants.config import load_config
@@ -94,12 +100,40 @@ def release_memory(device: torch.device) -> None:
             pass
 
 
+def shape_overrides(shape: Shape) -> dict:
+    return dict(n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd, block_size=shape.block, vocab_size=shape.vocab, dropout=0.0)
+
+
+def online_teacher(shape: Shape, device: torch.device, workdir: Path, k: int):
+    """build_online_teacher over a student-sized random baseline checkpoint and a random-token dataset."""
+    from gptvariants.checkpoint import save_checkpoint
+    from gptvariants.data import FORMAT, TokenDataset, token_dtype
+    from gptvariants.targets import build_online_teacher
+
+    data = workdir / "data"
+    data.mkdir(parents=True)
+    dtype = token_dtype(shape.vocab)
+    for split in ("train", "val"):
+        np.random.default_rng(0).integers(0, shape.vocab, 4096).astype(dtype).tofile(data / f"{split}.bin")
+    meta = {"format": FORMAT, "source": "random", "tokenizer": "none", "vocab_size": shape.vocab, "dtype": np.dtype(dtype).name,
+            "eot_token": None, "train_tokens": 4096, "val_tokens": 4096, "hash": "random"}
+    (data / "meta.json").write_text(_json.dumps(meta))
+    cfg = load_config("baseline", overrides=shape_overrides(shape))
+    torch.manual_seed(1)
+    save_checkpoint(workdir / "teacher", GPT(cfg.model, cfg.objective), {"step": 0, "config": cfg.to_dict()})
+    return build_online_teacher(f"ckpt:{workdir / 'teacher'}?k={k}", TokenDataset(data), device)
+
+
 def measure(variant: str, shape: Shape, device: torch.device, dtype: torch.dtype, steps: int, k: int, seed: int = 0):
     """(list of ms per timed step, peak bytes) for one variant alone."""
     release_memory(device)
     base = torch.cuda.memory_allocated(device) if device.type == "cuda" else PeakRSS.current()
-    cfg = load_config(variant, overrides=dict(n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd,
-                                              block_size=shape.block, vocab_size=shape.vocab, dropout=0.0))
+    teacher = None
+    if variant == "sig+online":
+        variant = "sig"
+        tmp = tempfile.TemporaryDirectory()
+        teacher = online_teacher(shape, device, Path(tmp.name), k)
+    cfg = load_config(variant, overrides=shape_overrides(shape))
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(shape.vocab, (shape.batch, shape.block), generator=g).to(device)
     y = torch.randint(shape.vocab, (shape.batch, shape.block), generator=g).to(device)
@@ -114,6 +148,8 @@ def measure(variant: str, shape: Shape, device: torch.device, dtype: torch.dtype
         for i in range(steps + 1):
             sync()
             t0 = time.perf_counter()
+            if teacher is not None:
+                sets = teacher(x)
             with autocast:
                 loss = model(x, y, sets, n_train_tokens=10**8).loss
             loss.backward()
@@ -124,7 +160,7 @@ def measure(variant: str, shape: Shape, device: torch.device, dtype: torch.dtype
             if i > 0:  # the first step allocates optimizer state
                 times.append((time.perf_counter() - t0) * 1000)
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak) - base
-    del model, opt, x, y, sets
+    del model, opt, x, y, sets, teacher
     return times, peak
 
 
@@ -153,7 +189,7 @@ def run(shape_names: list[str], variants: list[str], rounds: int, steps: int, k:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", choices=["gpt2", "small", "both"], default="both")
-    p.add_argument("--variants", default=",".join(REGISTRY))
+    p.add_argument("--variants", default=",".join([*REGISTRY, "sig+online"]))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant per round")
     p.add_argument("--k", type=int, default=50, help="positive ids per position for sigmoid variants")

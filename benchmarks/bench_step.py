@@ -21,7 +21,6 @@ import argparse
 import ctypes
 import gc
 import json
-import json as _json
 import statistics
 import tempfile
 import threading
@@ -117,7 +116,7 @@ def online_teacher(shape: Shape, device: torch.device, workdir: Path, k: int):
         np.random.default_rng(0).integers(0, shape.vocab, 4096).astype(dtype).tofile(data / f"{split}.bin")
     meta = {"format": FORMAT, "source": "random", "tokenizer": "none", "vocab_size": shape.vocab, "dtype": np.dtype(dtype).name,
             "eot_token": None, "train_tokens": 4096, "val_tokens": 4096, "hash": "random"}
-    (data / "meta.json").write_text(_json.dumps(meta))
+    (data / "meta.json").write_text(json.dumps(meta))
     cfg = load_config("baseline", overrides=shape_overrides(shape))
     torch.manual_seed(1)
     save_checkpoint(workdir / "teacher", GPT(cfg.model, cfg.objective), {"step": 0, "config": cfg.to_dict()})
@@ -195,7 +194,8 @@ def main() -> None:
     p.add_argument("--k", type=int, default=50, help="positive ids per position for sigmoid variants")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="auto", help="auto = bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of the table")
+    p.add_argument("--json-out", default=None, help="also write the JSON list to this file")
     args = p.parse_args()
     device = torch.device(args.device)
     dtype = getattr(torch, "bfloat16" if args.dtype == "auto" and device.type == "cuda" else ("float32" if args.dtype == "auto" else args.dtype))
@@ -206,6 +206,8 @@ def main() -> None:
         variants.insert(0, "baseline")
     names = ["gpt2", "small"] if args.shape == "both" else [args.shape]
     results = run(names, variants, args.rounds, args.steps, args.k, device, dtype)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=1) + "\n")
     if args.json:
         print(json.dumps(results, indent=1))
         return

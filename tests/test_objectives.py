@@ -179,3 +179,32 @@ def test_bayesian_head_kl_gradient_and_sampling():
     assert torch.equal(wm, head.weight_mu)
     draws = torch.stack([head.weights(sample=True)[0] for _ in range(400)])
     assert draws.std(0).mean().item() == pytest.approx(0.01, rel=0.1)
+
+
+@pytest.mark.parametrize("prior_mu", [0.0, 0.05])
+def test_bayesian_draw_matches_autograd_composition(prior_mu):
+    """head.draw (one fused autograd node) == weights(sample=True) + kl() through autograd, same noise."""
+    torch.manual_seed(0)
+    head = BayesianHead(5, 7, bias=True, prior_mu=prior_mu, prior_sigma=0.05, posterior_sigma_init=0.01)
+    with torch.no_grad():
+        head.weight_rho.add_(torch.randn_like(head.weight_rho) * 0.5)
+    gw_out = torch.randn(7, 5, dtype=torch.float32)
+    gb_out = torch.randn(7)
+
+    def run(fused: bool):
+        head.zero_grad()
+        torch.manual_seed(123)
+        if fused:
+            w, b, kl = head.draw(sample=True)
+        else:
+            w, b = head.weights(sample=True)
+            kl = head.kl()
+        ((w * gw_out).sum() + (b * gb_out).sum() + 3.0 * kl).backward()
+        return w.detach(), kl.detach(), [p.grad.clone() for p in (head.weight_mu, head.weight_rho, head.bias_mu, head.bias_rho)]
+
+    w1, kl1, g1 = run(True)
+    w2, kl2, g2 = run(False)
+    torch.testing.assert_close(w1, w2)
+    torch.testing.assert_close(kl1, kl2, rtol=1e-5, atol=1e-3)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

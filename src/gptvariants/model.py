@@ -186,9 +186,8 @@ class GPT(nn.Module):
         the value per token stays on the objective's scale.
         """
         h = self.transformer(idx)
-        weight, bias = self.head.weights(sample=self.training)
+        weight, bias, kl = self.head.draw(sample=self.training)
         obj = fused_linear_loss(h, weight, bias, self.objective, targets, sets, self.obj_config.loss_chunk_size)
-        kl = self.head.kl() if self.bayesian else obj.new_zeros(())
         loss = obj
         if self.bayesian and self.obj_config.kl_beta > 0:
             loss = obj + self.obj_config.kl_beta * kl / max(n_train_tokens, 1)

@@ -104,7 +104,7 @@ def check_compatible(state: dict[str, Any], config: dict[str, Any], data_meta: d
     problems = []
     if saved["objective"]["variant"] != config["objective"]["variant"]:
         problems.append(f"variant {saved['objective']['variant']!r} (asked: {config['objective']['variant']!r})")
-    for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "tie_weights"):
+    for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "tie_weights", "gelu"):
         if saved["model"][key] != config["model"][key]:
             problems.append(f"{key} = {saved['model'][key]} (asked: {config['model'][key]})")
     for key in ("head", "objective", "output_bias"):

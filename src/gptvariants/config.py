@@ -48,6 +48,7 @@ class ModelConfig:
     vocab_size: int = 0
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm layers (GPT-2: True)
+    gelu: str = "tanh"  # 'tanh' approximation (GPT-2, needed to match its weights) | 'exact' erf (nanoGPT; ~10% faster steps on CPU)
     tie_weights: bool = True  # token embedding shares the output (mean) weight
 
     def validate(self) -> None:
@@ -55,6 +56,7 @@ class ModelConfig:
         _check(self.n_embd % self.n_head == 0, f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         _check(self.block_size > 0, "block_size must be positive")
         _check(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
+        _check(self.gelu in ("tanh", "exact"), f"gelu must be 'tanh' or 'exact', not {self.gelu!r}")
 
 
 @dataclass

@@ -59,9 +59,13 @@ def _check_fits(cfg, hf) -> None:
         problems.append(f"block_size = {cfg.block_size} (GPT-2 has {hf.n_positions} positions)")
     if not cfg.bias:
         problems.append("bias = False (GPT-2 has biases: set bias = true)")
+    if hf.activation_function in ("gelu_new", "gelu_pytorch_tanh") and cfg.gelu != "tanh":
+        problems.append("gelu = exact (GPT-2 uses the tanh approximation: set gelu = tanh)")
+    elif hf.activation_function == "gelu" and cfg.gelu != "exact":
+        problems.append("gelu = tanh (these weights use the exact GELU: set gelu = exact)")
+    elif hf.activation_function not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
+        problems.append(f"activation {hf.activation_function!r} (ours: GELU, tanh or exact)")
     # our blocks hard-code these GPT-2 defaults; a folder saved with others would not match
-    if hf.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
-        problems.append(f"activation {hf.activation_function!r} (ours: tanh-approximate GELU)")
     if abs(hf.layer_norm_epsilon - 1e-5) > 1e-12 or getattr(hf, "scale_attn_by_inverse_layer_idx", False):
         problems.append("layer_norm_epsilon != 1e-5 or scale_attn_by_inverse_layer_idx")
     if problems:

@@ -1,7 +1,7 @@
 """Training-step cost of every variant against the baseline, measured side by side in one process.
 
 For each shape, rounds interleave the variants (so drift in machine load hits all of them
-alike): in each round every variant builds its model (same seed), takes one warm-up step
+alike): in each round every variant builds its model (same seed), takes two warm-up steps
 and then ``--steps`` timed steps (forward + backward + AdamW). Reported per variant: the
 median ms per step over all rounds, the peak memory of the variant alone (CUDA:
 max_memory_allocated; CPU: peak resident set size sampled every millisecond, above the
@@ -34,6 +34,9 @@ import torch
 from gptvariants.config import load_config
 from gptvariants.model import GPT
 from gptvariants.variants import REGISTRY
+
+
+WARMUP = 2  # untimed steps per variant and round
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ def measure(variant: str, shape: Shape, device: torch.device, dtype: torch.dtype
         torch.manual_seed(seed)
         model = GPT(cfg.model, cfg.objective).to(device)
         opt = model.configure_optimizer(0.1, 1e-4, (0.9, 0.95), device.type)
-        for i in range(steps + 1):
+        for i in range(steps + WARMUP):
             sync()
             t0 = time.perf_counter()
             if teacher is not None:
@@ -156,7 +159,7 @@ def measure(variant: str, shape: Shape, device: torch.device, dtype: torch.dtype
             opt.step()
             opt.zero_grad(set_to_none=True)
             sync()
-            if i > 0:  # the first step allocates optimizer state
+            if i >= WARMUP:  # the first steps allocate optimizer state and fault in fresh pages
                 times.append((time.perf_counter() - t0) * 1000)
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss.peak) - base
     del model, opt, x, y, sets, teacher

@@ -42,8 +42,8 @@ from .evaluate import TAUS, default_out, evaluate
 from .variants import REGISTRY, get_variant
 
 # nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide, block 64, batch 12). The default run, all
-# seven variants at DEFAULT_BUDGET steps with data, oracle sets and evaluation, took 326 s on
-# an idle 2-core CPU (62-77 ms/step; benchmarks/README.md), so it fits a laptop's coffee break.
+# seven variants at DEFAULT_BUDGET steps with data, oracle sets and evaluation, took 323 s on
+# an idle 2-core CPU (59-70 ms/step; benchmarks/README.md), so it fits a laptop's coffee break.
 DEFAULT_SHAPE: dict[str, Any] = {
     "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12,
     "learning_rate": 1e-3, "min_lr": 1e-4, "warmup_iters": 50, "dropout": 0.0,

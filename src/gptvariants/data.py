@@ -210,7 +210,11 @@ def _download_shakespeare(out: Path) -> Path:
 def _prepare_hf(
     name: str, out: Path, spec: str, val_fraction: float | None, seed: int, num_proc: int | None
 ) -> tuple[Tokenizer, dict, dict]:
-    import datasets
+    try:
+        import datasets
+    except ImportError:
+        raise RuntimeError(f"{name} needs the Hugging Face datasets library: pip install 'gptvariants[hf]', "
+                           "or prepare a local copy with text:PATH") from None
 
     path, config, append_eot = HF_SOURCES[name]
     try:

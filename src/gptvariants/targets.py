@@ -173,7 +173,10 @@ class HFTeacher(WindowedTeacher):
     """``hf:NAME_OR_PATH``: a transformers causal LM; softmax of its output layer on the base model's hidden states."""
 
     def __init__(self, name: str, data: TokenDataset, device: torch.device, context: int | None, batch_size: int) -> None:
-        from transformers import AutoModelForCausalLM
+        try:
+            from transformers import AutoModelForCausalLM
+        except ImportError:
+            raise RuntimeError("hf: teachers need transformers: pip install 'gptvariants[hf]' (or use ckpt:RUN or ngram:N)") from None
 
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or os.environ.get("TRANSFORMERS_OFFLINE", "0") not in ("0", "", "false")
         try:

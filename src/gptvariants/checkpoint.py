@@ -111,7 +111,7 @@ def check_compatible(state: dict[str, Any], config: dict[str, Any], data_meta: d
         if saved["objective"][key] != config["objective"][key]:
             problems.append(f"{key} = {saved['objective'][key]} (asked: {config['objective'][key]})")
     if data_meta is not None and "data" in state:
-        for key in ("tokenizer", "vocab_size"):
+        for key in ("tokenizer", "vocab_size", "hash"):
             if state["data"].get(key) != data_meta.get(key):
                 problems.append(f"data {key} = {state['data'].get(key)!r} (this data: {data_meta.get(key)!r})")
     if problems:

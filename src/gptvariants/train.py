@@ -116,19 +116,24 @@ class Batches:
             from .targets import build_online_teacher
 
             self.teacher = build_online_teacher(cfg.objective.teacher, data, rt.device)
-        for split in ("train", "val"):
-            n = len(data.split(split))
+        self.n = {split: len(data.split(split)) for split in ("train", "val")}
+        for split, n in self.n.items():
             if self.T >= n:
                 raise ValueError(f"block_size {self.T} is larger than the {split} split ({n} tokens); use a smaller block_size or more data")
 
-    def micro_batches(self, step: int, split: str = "train", stream: int = 0):
-        """This rank's micro-batches of global batch ``step``: a list of (x, y, sets) on the device."""
+    def _offsets(self, split: str, count: int, step: int, stream: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(step_seed(self.seed, step, 0, stream))
-        n = len(self.data.split(split))
-        offsets = torch.randint(n - self.T, (self.G * self.B,), generator=g).view(self.G, self.B)
+        return torch.randint(self.n[split] - self.T, (count,), generator=g)
+
+    def micro_batches(self, step: int):
+        """This rank's micro-batches of global training batch ``step``: a list of (x, y, sets) on the device."""
+        offsets = self._offsets("train", self.G * self.B, step, 0).view(self.G, self.B)
         per_rank = self.G // self.rt.world
-        mine = offsets[self.rt.rank * per_rank : (self.rt.rank + 1) * per_rank]
-        return [self._load(split, o) for o in mine]
+        return [self._load("train", o) for o in offsets[self.rt.rank * per_rank : (self.rt.rank + 1) * per_rank]]
+
+    def eval_batch(self, split: str, i: int):
+        """Evaluation batch ``i`` of a split: the same windows at every evaluation and for every variant."""
+        return self._load(split, self._offsets(split, self.B, 0, 1000 + i))
 
     def _load(self, split: str, offsets: torch.Tensor):
         x, y, s = self.data.windows(split, offsets.numpy(), self.T, self.sets.get(split))
@@ -166,14 +171,8 @@ def estimate_losses(model: GPT, batches: Batches, rt: Runtime, iters: int) -> di
     out: dict[str, float] = {}
     for split in ("train", "val"):
         ce, own, count = 0.0, 0.0, 0
-        for i in range(iters):
-            # stream 1 + i: the same evaluation windows at every evaluation and for every variant
-            g = torch.Generator().manual_seed(step_seed(batches.seed, 0, 0, 1000 + i))
-            n = len(batches.data.split(split))
-            offsets = torch.randint(n - batches.T, (batches.B,), generator=g)
-            if i % rt.world != rt.rank:
-                continue
-            x, y, s = batches._load(split, offsets)
+        for i in range(rt.rank, iters, rt.world):
+            x, y, s = batches.eval_batch(split, i)
             with rt.autocast():
                 h = model.transformer(x)
                 w, b = model.head.weights(sample=False)
@@ -345,7 +344,7 @@ def _train(cfg: Config, rt: Runtime, resume: bool) -> TrainResult:
     if sets_dir is not None and not (sets_dir / "meta.json").is_file():
         raise FileNotFoundError(f"no teacher sets in {sets_dir}; build them with `gptv targets --data {cfg.train.data} --teacher SPEC --out {sets_dir}`")
     batches = Batches(data, cfg, rt, sets_dir)
-    n_train_tokens = len(data.split("train"))
+    n_train_tokens = batches.n["train"]
 
     model = build_model(cfg, rt)
     optimizer = model.configure_optimizer(cfg.train.weight_decay, cfg.train.learning_rate, (cfg.train.beta1, cfg.train.beta2), rt.device.type)
@@ -358,8 +357,6 @@ def _train(cfg: Config, rt: Runtime, resume: bool) -> TrainResult:
         ckpt = latest_checkpoint(run_dir)
         state = load_state(ckpt)
         check_compatible(state, cfg.to_dict(), data_info)
-        if state["data"]["hash"] != data_info["hash"]:
-            raise CheckpointError(f"checkpoint {ckpt} was trained on other data (hash {state['data']['hash'][:12]}, this data {data_info['hash'][:12]})")
         load_weights(ckpt, model)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])

@@ -149,6 +149,25 @@ def test_predictive_nll(obj):
     torch.testing.assert_close(nll.double(), -torch.log(p[torch.arange(N), y]), rtol=1e-5, atol=1e-5)
 
 
+def test_sampled_set_readout_inverts_membership():
+    """Sets of the distinct tokens among m draws from p hold v with probability 1 - (1 - p_v)^m;
+    a head whose sigmoid equals that membership must read back p exactly."""
+    torch.manual_seed(0)
+    p = torch.softmax(3 * torch.randn(6, 40, dtype=torch.float64), -1)
+    for m in (1, 2, 8, 50):
+        log_out = m * torch.log1p(-p)  # log(1 - member)
+        z = torch.log(-torch.expm1(log_out)) - log_out  # sigmoid(z) = member = 1 - (1 - p)^m
+        lp = SigmoidBCE(set_draws=m).log_probs(z.float())
+        torch.testing.assert_close(lp.double(), p.log(), rtol=1e-4, atol=1e-4)
+    # m = 1 is the study's normalised sigmoid
+    z = torch.randn(3, 10)
+    torch.testing.assert_close(SigmoidBCE(set_draws=1).log_probs(z), torch.log(torch.sigmoid(z) / torch.sigmoid(z).sum(-1, keepdim=True)))
+    # extreme logits stay finite (saturated members, vanishing non-members)
+    assert torch.isfinite(SigmoidBCE(set_draws=8).log_probs(torch.tensor([[40.0, -40.0, 0.0]]))).all()
+    with pytest.raises(ValueError, match="set_draws"):
+        SigmoidBCE(set_draws=0)
+
+
 def test_gaussian_kl_matches_torch_distributions():
     g = torch.Generator().manual_seed(0)
     mu = torch.randn(5, 3, generator=g)

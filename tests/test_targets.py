@@ -9,7 +9,7 @@ import torch
 
 from gptvariants.config import load_config
 from gptvariants.data import TokenDataset, prepare
-from gptvariants.targets import NgramTeacher, build_online_teacher, build_targets, load_teacher, register_cli
+from gptvariants.targets import NgramTeacher, build_online_teacher, build_targets, load_teacher, register_cli, sample_set
 from gptvariants.train import train
 
 SENTINEL = np.iinfo(np.uint16).max
@@ -121,6 +121,11 @@ def test_ngram_is_deterministic_and_normalised(data_dir, tmp_path):
     hist, avail = t._history(val, np.arange(500))
     p = t.dense(hist, avail)
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    # streaming computes each distinct context once and expands: the same rows as dense
+    streamed = torch.cat([q for _, q in t.stream_probs(val, 0, 500)]).numpy()
+    np.testing.assert_array_equal(streamed, p)
+    (_, distinct, inverse), = t.stream_unique(val, 0, 500)
+    assert len(distinct) < 400 and inverse.shape == (500,)
     np.testing.assert_allclose(t.prob_of(hist, avail, val[1:501]), p[np.arange(500), val[1:501]], rtol=1e-5)
     # an unseen context falls back to the lower order; seen bigrams get more mass than unseen ones
     train_pairs = set(zip(ds.split("train")[:-1].tolist(), ds.split("train")[1:].tolist()))
@@ -144,6 +149,52 @@ def test_oracle_sets_are_the_true_support(data_dir, tmp_path):
     i = 1234
     top = [v for v in np.argsort(-p[i], kind="stable") if v != tokens[i + 1]][:2]
     assert set(capped[i].tolist()) == set(top) | {int(tokens[i + 1])}
+
+
+def test_sample_set_draws_distinct_tokens_with_the_membership_law():
+    g = torch.Generator().manual_seed(0)
+    p = torch.tensor([[0.5, 0.3, 0.15, 0.05, 0.0]]).repeat(20000, 1)
+    ids, probs, keep = sample_set(p, 3, g)
+    assert ids.shape == (20000, 3)
+    assert (keep.sort(dim=1, descending=True, stable=True).values == keep).all()  # kept ids are a prefix
+    assert not (ids[keep] == 4).any()  # never a zero-probability token
+    for r in range(50):
+        kept = ids[r][keep[r]].tolist()
+        assert len(kept) == len(set(kept)) and set(kept) == set(ids[r].tolist())
+    torch.testing.assert_close(probs, p.gather(1, ids))
+    member = torch.zeros(20000, 5).scatter_add_(1, ids, keep.float())
+    assert member.max() == 1
+    torch.testing.assert_close(member.mean(0), 1 - (1 - p[0]) ** 3, atol=0.015, rtol=0)
+
+
+def test_sampled_sets_train_with_their_readout(data_dir, tmp_path):
+    meta = build_targets(data_dir, "oracle", tmp_path / "t", k=6, select="sample", chunk_size=4096, progress=False)
+    check_sets(data_dir, tmp_path / "t", 6)
+    assert meta["rules"]["select"] == "sample" and 1.0 < meta["mean_set_size"] < 6
+    again = build_targets(data_dir, "oracle", tmp_path / "t2", k=6, select="sample", chunk_size=4096, progress=False)
+    assert (tmp_path / "t" / "train.bin").read_bytes() == (tmp_path / "t2" / "train.bin").read_bytes()
+    # the oracle's sampled sets: the true token plus draws from the exact distribution
+    ds = TokenDataset(data_dir)
+    tokens = np.asarray(ds.split("val"))
+    p = ds.synthetic.next_token_probs(tokens)
+    sets = ds.open_sets(tmp_path / "t", "val")
+    for i in range(0, len(tokens) - 1, 89):
+        assert all(p[i][v] > 0 for v in sets[i][sets[i] != SENTINEL])
+    shutil.copytree(tmp_path / "t", data_dir / "targets" / "sampled")
+    base = {**TINY, "data": str(data_dir), "max_iters": 2, "eval_interval": 2, "targets": "sampled"}
+    r = train(load_config("sig", overrides={**base, "out_dir": str(tmp_path / "r")}))
+    assert r.model.objective.set_draws == 6
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["objective"]["set_draws"] == 6
+    with pytest.raises(ValueError, match="set_draws=3 does not match the sets, which imply 6"):
+        train(load_config("sig", overrides={**base, "out_dir": str(tmp_path / "r3"), "set_draws": 3}))
+    # top-k sets and the true token alone keep the study's readout
+    r1 = train(load_config("sig", overrides={**base, "out_dir": str(tmp_path / "r1"), "targets": ""}))
+    assert r1.model.objective.set_draws == 1
+    for bad in (dict(min_prob=0.1), dict(ratio=0.5), dict(top_p=0.9), dict(ppl_filter=50.0)):
+        with pytest.raises(ValueError, match="not allowed with it"):
+            build_targets(data_dir, "oracle", tmp_path / "bad", k=6, select="sample", progress=False, **bad)
+    with pytest.raises(ValueError, match="select must be"):
+        build_targets(data_dir, "oracle", tmp_path / "bad", k=6, select="random", progress=False)
 
 
 def test_top_p_and_min_prob_shrink_the_sets(data_dir, tmp_path):
@@ -229,6 +280,16 @@ def test_online_teacher_is_aligned_with_y(data_dir, run_dir):
     assert (s[..., 0] == top).all() and (s == -1).any()
     with pytest.raises(ValueError, match="unknown teacher option"):
         build_online_teacher("ngram:2?kk=3", ds, torch.device("cpu"))
+    # sampled online sets: k - 1 draws, distinct, -1 padded, and the readout's m = k
+    fn = build_online_teacher("ngram:2?k=5&select=sample", ds, torch.device("cpu"))
+    torch.manual_seed(0)
+    s = fn(x)
+    assert fn.set_draws == 5 and s.shape == (3, 16, 5) and (s[..., 4] == -1).all()
+    for row in s.view(-1, 5):
+        kept = row[row >= 0].tolist()
+        assert 1 <= len(kept) == len(set(kept))
+    with pytest.raises(ValueError, match="drop top_p"):
+        build_online_teacher("ngram:2?k=5&select=sample&top_p=0.5", ds, torch.device("cpu"))
 
 
 def test_training_with_an_online_teacher(data_dir, tmp_path):

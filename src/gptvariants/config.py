@@ -76,6 +76,7 @@ class ObjectiveConfig:
     kl_beta: float = 1.0  # loss = objective + kl_beta * KL / N_train_tokens
     mc_samples: int = 8  # Monte-Carlo draws for Bayesian prediction
     targets: str = ""  # cached teacher sets under DATA/targets/<name>; '' = the true token only
+    set_draws: int = 0  # m of the sigmoid readout (objectives.SigmoidBCE); 0 = from the sets, set by training
     teacher: str = ""  # online teacher spec (built in the training loop)
     loss_chunk_size: int = 0  # rows of (N, V) logits per chunk; 0 = about 32 MiB of fp32
 
@@ -86,6 +87,7 @@ class ObjectiveConfig:
         _check(self.prior_sigma > 0 and self.posterior_sigma_init > 0, "prior_sigma and posterior_sigma_init must be positive")
         _check(self.kl_beta >= 0, "kl_beta must be >= 0")
         _check(self.mc_samples >= 1, "mc_samples must be >= 1")
+        _check(self.set_draws >= 0, "set_draws must be >= 0 (0: take it from the sets)")
         _check(self.head in ("linear", "bayesian"), f"head must be 'linear' or 'bayesian', not {self.head!r}")
         _check(self.objective in ("ce", "smooth", "bce"), f"objective must be 'ce', 'smooth' or 'bce', not {self.objective!r}")
 

@@ -145,7 +145,8 @@ class GPT(nn.Module):
         self.config, self.obj_config = cfg, obj
         self.transformer = Backbone(cfg)
         self.objective: Objective = build_objective(
-            obj.objective, label_smoothing=obj.label_smoothing, pos_weight=obj.pos_weight, sum_penalty=obj.sum_penalty
+            obj.objective, label_smoothing=obj.label_smoothing, pos_weight=obj.pos_weight, sum_penalty=obj.sum_penalty,
+            set_draws=obj.set_draws or 1,
         )
         bayes = dict(prior_mu=obj.prior_mu, prior_sigma=obj.prior_sigma, posterior_sigma_init=obj.posterior_sigma_init)
         self.head = build_head(

@@ -95,14 +95,23 @@ class SigmoidBCE(Objective):
     -log s(z) = softplus(z) - z this is the dense sum_v softplus(z_v) plus a correction on the
     K+1 positives only:  sum_{v in P} (w - 1) softplus(z_v) - w z_v.
     dL/dz_v = s_v + 2 lambda (S - 1) s_v (1 - s_v)  +  [v in P] ((w - 1) s_v - w).
+
+    Readout: BCE makes s_v estimate P(v in P | context). For sets of the distinct tokens
+    among m draws from p (the true token and m - 1 teacher samples, ``set_draws`` = m) that is
+    1 - (1 - p_v)^m, so the predictive distribution is p_v proportional to
+    1 - (1 - s_v)^(1/m) = -expm1(logsigmoid(-z_v) / m); m = 1 (top-k sets, or the true token
+    alone) gives the study's s_v / sum_u s_u.
     """
 
     name = "bce"
     sigmoid = True
 
-    def __init__(self, pos_weight: float = 1.0, sum_penalty: float = 0.0) -> None:
+    def __init__(self, pos_weight: float = 1.0, sum_penalty: float = 0.0, set_draws: int = 1) -> None:
+        if set_draws < 1:
+            raise ValueError(f"set_draws must be >= 1, got {set_draws}")
         self.pos_weight = pos_weight
         self.sum_penalty = sum_penalty
+        self.set_draws = set_draws
 
     def loss_and_grad(self, z, y, sets, need_grad):
         pos = positives(y, sets)
@@ -128,11 +137,14 @@ class SigmoidBCE(Objective):
         return loss, dz
 
     def log_probs(self, z: torch.Tensor) -> torch.Tensor:
-        ls = F.logsigmoid(z.float())
+        if self.set_draws == 1:
+            ls = F.logsigmoid(z.float())
+        else:
+            ls = torch.log(-torch.expm1(F.logsigmoid(-z.float()) / self.set_draws))
         return ls - torch.logsumexp(ls, dim=-1, keepdim=True)
 
     def __repr__(self) -> str:
-        return f"SigmoidBCE(pos_weight={self.pos_weight}, sum_penalty={self.sum_penalty})"
+        return f"SigmoidBCE(pos_weight={self.pos_weight}, sum_penalty={self.sum_penalty}, set_draws={self.set_draws})"
 
 
 def positives(y: torch.Tensor, sets: torch.Tensor | None) -> torch.Tensor:
@@ -147,13 +159,15 @@ def positives(y: torch.Tensor, sets: torch.Tensor | None) -> torch.Tensor:
     return torch.cat([y, sets], dim=1)
 
 
-def build_objective(name: str, *, label_smoothing: float = 0.1, pos_weight: float = 1.0, sum_penalty: float = 0.0) -> Objective:
+def build_objective(
+    name: str, *, label_smoothing: float = 0.1, pos_weight: float = 1.0, sum_penalty: float = 0.0, set_draws: int = 1
+) -> Objective:
     if name == "ce":
         return CrossEntropy()
     if name == "smooth":
         return SmoothedCrossEntropy(label_smoothing)
     if name == "bce":
-        return SigmoidBCE(pos_weight, sum_penalty)
+        return SigmoidBCE(pos_weight, sum_penalty, set_draws)
     raise ValueError(f"unknown objective {name!r}; known: ce, smooth, bce")
 
 

@@ -19,6 +19,12 @@ replaces the least probable one. The last row of a split has no next token and h
 teacher set or nothing. This fixes the study's augmenter, which left the true token out and
 scattered candidates onto the wrong positions.
 
+The ``sample`` rule instead stores the distinct tokens among k - 1 draws from the teacher's
+distribution, plus the true token. A sigmoid head trained on top-k sets learns set
+membership, which no readout can turn back into p(v | context) (all confident candidates
+look alike); on sampled sets membership is 1 - (1 - p_v)^k, which the head inverts
+(``SigmoidBCE(set_draws=k)``; training sets ``set_draws`` from these sets' meta.json).
+
 Teacher specs:
     hf:NAME_OR_PATH   a Hugging Face causal LM (the study used gpt2), same vocabulary as the data
     ckpt:RUN          a gptvariants run folder (its current checkpoint)
@@ -79,6 +85,13 @@ class Teacher:
 
     def stream_probs(self, tokens: np.ndarray, a: int, b: int) -> Iterator[tuple[int, torch.Tensor]]:
         raise NotImplementedError
+
+    def stream_unique(self, tokens: np.ndarray, a: int, b: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
+        """``stream_probs`` as (offset, distinct rows (u, V), row of each position (m,) or None for
+        the identity): teachers whose prediction depends on a short context compute it once per
+        distinct context, and set selection then works on distinct rows only."""
+        for off, p in self.stream_probs(tokens, a, b):
+            yield off, p, None
 
     def info(self) -> dict[str, Any]:
         return {"spec": self.spec, "vocab_size": self.vocab_size}
@@ -317,10 +330,19 @@ class NgramTeacher(Teacher):
         return hist, np.minimum(pos + 1, h)
 
     def stream_probs(self, tokens: np.ndarray, a: int, b: int) -> Iterator[tuple[int, torch.Tensor]]:
+        for off, p, inverse in self.stream_unique(tokens, a, b):
+            yield off, p[inverse]
+
+    def stream_unique(self, tokens: np.ndarray, a: int, b: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         rows = self.rows_per_chunk()
         for s in range(a, b, rows):
             hist, avail = self._history(tokens, np.arange(s, min(b, s + rows)))
-            yield s - a, torch.from_numpy(self.dense(hist, avail)).to(self.device)
+            key = avail.astype(np.int64)  # the prediction is a function of (history, its real length)
+            for j in range(hist.shape[1]):
+                key = key * self.vocab_size + hist[:, j]
+            _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+            p = torch.from_numpy(self.dense(hist[first], avail[first])).to(self.device)
+            yield s - a, p, torch.from_numpy(inverse.reshape(-1)).to(self.device)
 
     @torch.no_grad()
     def next_token_probs(self, windows: torch.Tensor) -> torch.Tensor:
@@ -421,6 +443,26 @@ def select(probs: torch.Tensor, k: int, top_p: float | None, min_prob: float) ->
     return ids, p, keep
 
 
+def sample_set(probs: torch.Tensor, draws: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The distinct tokens among `draws` independent samples from each row of probs, in the
+    layout of ``select``: (ids (m, draws), their probs, keep (m, draws)) with keep a prefix.
+
+    With the true next token as one more draw, a token v is in the set with probability
+    1 - (1 - p_v)^(draws + 1) when the teacher's p is the data's distribution: the relation
+    ``SigmoidBCE(set_draws=draws + 1)`` inverts to read p back from a sigmoid head.
+    """
+    m = probs.shape[0]
+    if draws == 0:
+        empty = torch.zeros((m, 0), dtype=torch.int64, device=probs.device)
+        return empty, empty.float(), empty.bool()
+    ids = torch.multinomial(probs.float(), draws, replacement=True, generator=generator).sort(dim=1).values
+    keep = torch.ones_like(ids, dtype=torch.bool)
+    keep[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # distinct ids first, ascending
+    ids, keep = ids.gather(1, order), keep.gather(1, order)
+    return ids, probs.gather(1, ids), keep
+
+
 def _sanitise(spec: str) -> str:
     kind, arg, _ = parse_spec(spec)
     if kind in ("hf", "ckpt"):
@@ -432,10 +474,11 @@ class _Selector:
     """Turns one chunk of teacher predictions into stored rows (ids, probs); see build_targets."""
 
     def __init__(self, teacher: Teacher, k: int, top_p: float | None, min_prob: float, ratio: float,
-                 ppl_filter: float | None, ppl_window: int, batch_size: int, seed: int, sentinel: int) -> None:
+                 ppl_filter: float | None, ppl_window: int, batch_size: int, seed: int, sentinel: int,
+                 rule: str = "top") -> None:
         self.t, self.k, self.top_p, self.min_prob, self.ratio = teacher, k, top_p, min_prob, ratio
         self.ppl_filter, self.ppl_window, self.batch_size = ppl_filter, ppl_window, batch_size
-        self.seed, self.sentinel = seed, sentinel
+        self.seed, self.sentinel, self.rule = seed, sentinel, rule
 
     def chunk(self, tokens: np.ndarray, a: int, b: int, split_index: int, chunk_index: int) -> tuple[np.ndarray, np.ndarray, int]:
         """(ids (m, k), probs (m, k), rows holding teacher candidates) for positions a..b-1."""
@@ -446,13 +489,27 @@ class _Selector:
         y[: min(m, n - 1 - a)] = tokens[a + 1 : b + 1]
         py = np.zeros(m, np.float32)
         yt = torch.from_numpy(y).to(self.t.device)
-        for off, p in self.t.stream_probs(tokens, a, b):
-            r = slice(off, off + len(p))
-            i_, p_, keep_ = select(p, k, self.top_p, self.min_prob)
-            ids[r], probs[r], keep[r] = i_.cpu().numpy(), p_.float().cpu().numpy(), keep_.cpu().numpy()
-            py[r] = p.gather(1, yt[r].clamp(min=0)[:, None]).squeeze(1).float().cpu().numpy()
         # randomness depends on (seed, split, chunk) only, so a resumed build draws the same
         rng = np.random.default_rng([self.seed, split_index, chunk_index])
+        g = None
+        if self.rule == "sample":
+            g = torch.Generator(self.t.device).manual_seed(int(rng.integers(2**62)))
+        for off, p, inverse in self.t.stream_unique(tokens, a, b):
+            if g is not None and inverse is not None:  # draws are per position, not per distinct row
+                p, inverse = p[inverse], None
+            m_ = len(p) if inverse is None else len(inverse)
+            r = slice(off, off + m_)
+            i_, p_, keep_ = select(p, k, self.top_p, self.min_prob) if g is None else sample_set(p, k - 1, g)
+            i_, p_, keep_ = i_.cpu().numpy(), p_.float().cpu().numpy(), keep_.cpu().numpy()
+            w = i_.shape[1]  # k, or k - 1 draws for the sample rule (the true token is the k-th)
+            if inverse is None:
+                ids[r, :w], probs[r, :w], keep[r, :w] = i_, p_, keep_
+                py[r] = p.gather(1, yt[r].clamp(min=0)[:, None]).squeeze(1).float().cpu().numpy()
+            else:
+                inv = inverse.cpu().numpy()
+                ids[r, :w], probs[r, :w], keep[r, :w] = i_[inv], p_[inv], keep_[inv]
+                py[r] = p[inverse, yt[r].clamp(min=0)].float().cpu().numpy()
+            ids[r, w:], probs[r, w:], keep[r, w:] = 0, 0.0, False
         if self.ratio < 1.0:
             keep &= (rng.random(m) < self.ratio)[:, None]
         if self.ppl_filter is not None:  # the true token is never filtered, nor scored
@@ -498,6 +555,7 @@ def build_targets(
     out: Path | None = None,
     *,
     k: int = 50,
+    select: str = "top",
     top_p: float | None = None,
     min_prob: float = 0.0,
     ratio: float = 1.0,
@@ -515,9 +573,12 @@ def build_targets(
     """Build teacher sets for the train and val splits of `data_dir`; return the meta dict (also meta.json).
 
     Output in `out` (default data_dir/targets/<sanitised teacher>): see the module docstring.
-    Per position: the teacher's top-k, restricted to the nucleus `top_p` and to probs >=
-    `min_prob` (oracle: 0.01 when 0), kept at a random fraction `ratio` of positions; the
-    true next token always; at most k ids. `ppl_filter` drops candidate c at position i when
+    Per position, with `select="top"`: the teacher's top-k, restricted to the nucleus `top_p`
+    and to probs >= `min_prob` (oracle: 0.01 when 0), kept at a random fraction `ratio` of
+    positions; the true next token always; at most k ids. With `select="sample"`: the
+    distinct tokens among k - 1 draws from the teacher's distribution plus the true token
+    (k draws in all, at every position, no other rule), which a sigmoid head can turn back
+    into a distribution (see ``SigmoidBCE``). `ppl_filter` drops candidate c at position i when
     the teacher's perplexity of the `ppl_window` tokens tokens[j - W//2 : j - W//2 + W]
     (j = i + 1, shifted to fit the split) with tokens[j] replaced by c exceeds it; that
     perplexity is exp of the mean NLL of the window's last W-1 tokens, each given only the
@@ -541,7 +602,12 @@ def build_targets(
         raise ValueError(f"min_prob must be in [0, 1], got {min_prob}")
     if ppl_filter is not None and (ppl_filter <= 1.0 or ppl_window < 2):
         raise ValueError("ppl_filter must be > 1 and ppl_window >= 2")
-    if parse_spec(teacher)[0] == "oracle" and min_prob == 0.0:
+    if select not in ("top", "sample"):
+        raise ValueError(f"select must be 'top' or 'sample', not {select!r}")
+    if select == "sample" and (top_p is not None or min_prob > 0 or ratio < 1.0 or ppl_filter is not None):
+        raise ValueError("select='sample' draws from the teacher's whole distribution at every position; "
+                         "top_p, min_prob, ratio < 1 and ppl_filter would bias the draws, so they are not allowed with it")
+    if select == "top" and parse_spec(teacher)[0] == "oracle" and min_prob == 0.0:
         min_prob = ORACLE_MIN_PROB
     out = Path(out) if out is not None else Path(data_dir) / "targets" / _sanitise(teacher)
     out.mkdir(parents=True, exist_ok=True)
@@ -551,14 +617,14 @@ def build_targets(
     t = load_teacher(teacher, data, dev, context=context, batch_size=batch_size)
     dtype = token_dtype(V)
     sentinel = int(np.iinfo(dtype).max)
-    rules = {"top_p": top_p, "min_prob": min_prob, "ratio": ratio, "ppl_filter": ppl_filter,
+    rules = {"select": select, "top_p": top_p, "min_prob": min_prob, "ratio": ratio, "ppl_filter": ppl_filter,
              "ppl_window": ppl_window if ppl_filter is not None else None, "seed": seed}
     identity = {"teacher": t.info(), "k": k, "rules": rules, "data_hash": data.meta["hash"], "chunk_size": chunk_size, "store_probs": store_probs}
     prog_path = out / PROGRESS_FILE
     prog = json.loads(prog_path.read_text()) if prog_path.is_file() else {}
     if prog.get("identity") != json.loads(json.dumps(identity)):  # another build's leftovers: start over
         prog = {"identity": identity, "splits": {}}
-    sel = _Selector(t, k, top_p, min_prob, ratio, ppl_filter, ppl_window, batch_size, seed, sentinel)
+    sel = _Selector(t, k, top_p, min_prob, ratio, ppl_filter, ppl_window, batch_size, seed, sentinel, select)
 
     stats = {}
     for si, split in enumerate(SPLITS):
@@ -628,14 +694,15 @@ def build_online_teacher(spec: str, data: TokenDataset, device: torch.device) ->
     """A function x (B, T) int64 -> sets (B, T, K) int64, -1 padded, aligned with y = x shifted by one.
 
     spec is a teacher spec with an optional query: `ckpt:RUN?k=50`, `ngram:3?k=20&top_p=0.9`,
-    `hf:gpt2?k=50&min_prob=0.001`; keys k (default 50, capped at V), top_p, min_prob, ratio
-    (fraction of positions given a teacher set, drawn from torch's global RNG, which the
-    training loop seeds per step). The teacher sees only the window x, so [b, t] are its
+    `hf:gpt2?k=50&min_prob=0.001`, `ckpt:RUN?select=sample&k=8`; keys k (default 50, capped
+    at V), select (top | sample, as in ``build_targets``), top_p, min_prob, ratio (fraction of
+    positions given a teacher set). Random choices come from torch's global RNG, which the
+    training loop seeds per step. The teacher sees only the window x, so [b, t] are its
     candidates for the token after x[b, :t+1], i.e. y[b, t]. The true token is not included:
     the objective adds y itself. Runs under torch.no_grad on `device`.
     """
     kind, _, opts = parse_spec(spec)
-    known = {"k", "top_p", "min_prob", "ratio"}
+    known = {"k", "select", "top_p", "min_prob", "ratio"}
     if set(opts) - known:
         raise ValueError(f"unknown teacher option(s) {sorted(set(opts) - known)} in {spec!r}; known: {sorted(known)}")
     teacher = load_teacher(spec.partition("?")[0], data, device)
@@ -643,19 +710,25 @@ def build_online_teacher(spec: str, data: TokenDataset, device: torch.device) ->
     top_p = float(opts["top_p"]) if "top_p" in opts else None
     min_prob = float(opts.get("min_prob", ORACLE_MIN_PROB if kind == "oracle" else 0.0))
     ratio = float(opts.get("ratio", 1.0))
+    rule = opts.get("select", "top")
+    if rule not in ("top", "sample"):
+        raise ValueError(f"select must be 'top' or 'sample' in {spec!r}")
+    if rule == "sample" and ({"top_p", "min_prob", "ratio"} & set(opts)):
+        raise ValueError(f"select=sample draws from the teacher's whole distribution at every position; drop top_p, min_prob and ratio from {spec!r}")
 
     @torch.no_grad()
     def sets(x: torch.Tensor) -> torch.Tensor:
         B, T = x.shape
         out = torch.full((B * T, k), -1, dtype=torch.int64, device=teacher.device)
         for s, probs in _window_probs(teacher, x.to(teacher.device)):
-            ids, _, keep = select(probs, k, top_p, min_prob)
-            out[s : s + len(ids)] = torch.where(keep, ids, -1)
+            ids, _, keep = select(probs, k, top_p, min_prob) if rule == "top" else sample_set(probs, k - 1)
+            out[s : s + len(ids), : ids.shape[1]] = torch.where(keep, ids, -1)
         if ratio < 1.0:
             out[torch.rand(B * T).to(out.device) >= ratio] = -1
         return out.view(B, T, k).to(x.device)
 
     sets.teacher = teacher  # type: ignore[attr-defined]
+    sets.set_draws = k if rule == "sample" else 1  # type: ignore[attr-defined]
     return sets
 
 
@@ -678,7 +751,7 @@ def _window_probs(teacher: Teacher, x: torch.Tensor) -> Iterator[tuple[int, torc
 
 def _cmd_targets(args: argparse.Namespace) -> int:
     meta = build_targets(
-        Path(args.data), args.teacher, Path(args.out) if args.out else None, k=args.k, top_p=args.top_p,
+        Path(args.data), args.teacher, Path(args.out) if args.out else None, k=args.k, select=args.select, top_p=args.top_p,
         min_prob=args.min_prob, ratio=args.ratio, ppl_filter=args.ppl_filter, ppl_window=args.ppl_window,
         context=args.context, batch_size=args.batch_size, device=args.device, seed=args.seed, store_probs=args.store_probs,
     )
@@ -696,6 +769,8 @@ def register_cli(subparsers) -> None:
     p.add_argument("--teacher", required=True, help="hf:NAME_OR_PATH | ckpt:RUN | ngram:N | oracle")
     p.add_argument("--out", default=None, help="output folder (default DATA/targets/<teacher>)")
     p.add_argument("--k", type=int, default=50, help="most ids per position, the true next token included")
+    p.add_argument("--select", choices=("top", "sample"), default="top",
+                   help="top: the teacher's most probable tokens (the study); sample: the distinct tokens among k-1 draws from the teacher")
     p.add_argument("--top-p", type=float, default=None, help="keep only the nucleus of mass P")
     p.add_argument("--min-prob", type=float, default=0.0, help="keep candidates with probability >= P (oracle default 0.01)")
     p.add_argument("--ratio", type=float, default=1.0, help="fraction of positions given teacher candidates (study: 0.5)")

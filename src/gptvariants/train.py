@@ -109,6 +109,10 @@ class Batches:
             raise ValueError(f"gradient_accumulation_steps ({self.G}) must be a multiple of the number of processes ({rt.world})")
         self.seed = cfg.train.seed
         self.sets = {s: data.open_sets(sets_dir, s) for s in ("train", "val")} if sets_dir else {}
+        self.set_draws = 1  # how the sets were drawn: m of the sigmoid readout (objectives.SigmoidBCE)
+        if sets_dir:
+            meta = json.loads((sets_dir / "meta.json").read_text(encoding="utf-8"))
+            self.set_draws = int(meta["k"]) if meta["rules"].get("select") == "sample" else 1
         self.teacher = None
         if cfg.objective.teacher:
             if sets_dir:
@@ -116,6 +120,7 @@ class Batches:
             from .targets import build_online_teacher
 
             self.teacher = build_online_teacher(cfg.objective.teacher, data, rt.device)
+            self.set_draws = self.teacher.set_draws
         self.n = {split: len(data.split(split)) for split in ("train", "val")}
         for split, n in self.n.items():
             if self.T >= n:
@@ -345,6 +350,12 @@ def _train(cfg: Config, rt: Runtime, resume: bool) -> TrainResult:
         raise FileNotFoundError(f"no teacher sets in {sets_dir}; build them with `gptv targets --data {cfg.train.data} --teacher SPEC --out {sets_dir}`")
     batches = Batches(data, cfg, rt, sets_dir)
     n_train_tokens = batches.n["train"]
+    if cfg.objective.objective == "bce":
+        if cfg.objective.set_draws == 0:
+            cfg.objective.set_draws = batches.set_draws
+        elif cfg.objective.set_draws != batches.set_draws:
+            raise ValueError(f"set_draws={cfg.objective.set_draws} does not match the sets, which imply {batches.set_draws} "
+                             "(sampled sets: their k; top-k sets or the true token alone: 1); leave set_draws unset")
 
     model = build_model(cfg, rt)
     optimizer = model.configure_optimizer(cfg.train.weight_decay, cfg.train.learning_rate, (cfg.train.beta1, cfg.train.beta2), rt.device.type)

@@ -483,7 +483,7 @@ class _Selector:
     def chunk(self, tokens: np.ndarray, a: int, b: int, split_index: int, chunk_index: int) -> tuple[np.ndarray, np.ndarray, int]:
         """(ids (m, k), probs (m, k), rows holding teacher candidates) for positions a..b-1."""
         n, m, k = len(tokens), b - a, self.k
-        ids, probs, keep = np.empty((m, k), np.int64), np.empty((m, k), np.float32), np.empty((m, k), bool)
+        ids, probs, keep = np.zeros((m, k), np.int64), np.zeros((m, k), np.float32), np.zeros((m, k), bool)
         # the true next token (-1 for the split's last row) and the teacher's probability of it
         y = np.full(m, -1, np.int64)
         y[: min(m, n - 1 - a)] = tokens[a + 1 : b + 1]
@@ -491,6 +491,7 @@ class _Selector:
         yt = torch.from_numpy(y).to(self.t.device)
         # randomness depends on (seed, split, chunk) only, so a resumed build draws the same
         rng = np.random.default_rng([self.seed, split_index, chunk_index])
+        chosen = rng.random(m) < self.ratio if self.ratio < 1.0 else None  # rows given teacher candidates
         g = None
         if self.rule == "sample":
             g = torch.Generator(self.t.device).manual_seed(int(rng.integers(2**62)))
@@ -499,19 +500,21 @@ class _Selector:
                 p, inverse = p[inverse], None
             m_ = len(p) if inverse is None else len(inverse)
             r = slice(off, off + m_)
+            rows = torch.arange(m_, device=p.device) if inverse is None else inverse
+            py[r] = p[rows, yt[r].clamp(min=0)].float().cpu().numpy()
+            dest = np.arange(off, off + m_)
+            if inverse is None and chosen is not None:  # select only where candidates are kept
+                dest = dest[chosen[r]]
+                p = p[torch.from_numpy(dest - off).to(p.device)]
             i_, p_, keep_ = select(p, k, self.top_p, self.min_prob) if g is None else sample_set(p, k - 1, g)
             i_, p_, keep_ = i_.cpu().numpy(), p_.float().cpu().numpy(), keep_.cpu().numpy()
-            w = i_.shape[1]  # k, or k - 1 draws for the sample rule (the true token is the k-th)
-            if inverse is None:
-                ids[r, :w], probs[r, :w], keep[r, :w] = i_, p_, keep_
-                py[r] = p.gather(1, yt[r].clamp(min=0)[:, None]).squeeze(1).float().cpu().numpy()
-            else:
+            if inverse is not None:
                 inv = inverse.cpu().numpy()
-                ids[r, :w], probs[r, :w], keep[r, :w] = i_[inv], p_[inv], keep_[inv]
-                py[r] = p[inverse, yt[r].clamp(min=0)].float().cpu().numpy()
-            ids[r, w:], probs[r, w:], keep[r, w:] = 0, 0.0, False
-        if self.ratio < 1.0:
-            keep &= (rng.random(m) < self.ratio)[:, None]
+                i_, p_, keep_ = i_[inv], p_[inv], keep_[inv]
+            w = i_.shape[1]  # k, or k - 1 draws for the sample rule (the true token is the k-th)
+            ids[dest, :w], probs[dest, :w], keep[dest, :w] = i_, p_, keep_
+        if chosen is not None:
+            keep &= chosen[:, None]
         if self.ppl_filter is not None:  # the true token is never filtered, nor scored
             is_y = ids == y[:, None]
             keep = (keep & self._ppl_keep(tokens, a, ids, keep & ~is_y)) | (keep & is_y)

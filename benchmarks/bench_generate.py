@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from gptvariants.allocator import keep_freed_memory
 from gptvariants.config import load_config
 from gptvariants.generate import generate
 from gptvariants.model import GPT
@@ -36,6 +37,7 @@ def timed(model, n: int, **kw) -> tuple[list[int], float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # as `gptv` does; GPTV_MALLOC_TUNING=0 measures without it
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--new-tokens", type=int, default=500)
     ap.add_argument("--json", action="store_true", help="print a JSON list instead of a table")

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gptvariants.allocator import keep_freed_memory
 from gptvariants.config import load_config
 from gptvariants.model import Backbone
 from gptvariants.train import train
@@ -82,6 +83,7 @@ def toolkit_loop(data_dir: Path, iters: int) -> list[float]:
 
 
 def main() -> None:
+    keep_freed_memory()  # as `gptv` does; GPTV_MALLOC_TUNING=0 measures without it
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="char-level Tiny Shakespeare, from `gptv prepare text:.../input.txt`")
     ap.add_argument("--iters", type=int, default=300)

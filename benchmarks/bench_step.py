@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gptvariants.allocator import keep_freed_memory
 from gptvariants.config import load_config
 from gptvariants.model import GPT
 from gptvariants.variants import REGISTRY
@@ -189,6 +190,7 @@ def run(shape_names: list[str], variants: list[str], rounds: int, steps: int, k:
 
 
 def main() -> None:
+    keep_freed_memory()  # as `gptv` does; GPTV_MALLOC_TUNING=0 measures without it
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", choices=["gpt2", "small", "both"], default="both")
     p.add_argument("--variants", default=",".join([*REGISTRY, "sig+online"]))

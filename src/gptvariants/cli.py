@@ -13,6 +13,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from .allocator import keep_freed_memory
 from .checkpoint import CheckpointError
 from .config import KEYS, Config, ConfigError, load_config, parse_overrides
 from .train import TrainingDiverged
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "takes_extra", False):

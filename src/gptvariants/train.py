@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from .allocator import keep_freed_memory
 from .atomic import atomic_write
 from .checkpoint import CheckpointError, check_compatible, latest_checkpoint, load_state, load_weights, save_checkpoint
 from .config import Config
@@ -324,6 +325,7 @@ def build_model(cfg: Config, rt: Runtime) -> GPT:
 
 def train(cfg: Config, resume: bool = False) -> TrainResult:
     """Train ``cfg`` into ``cfg.train.out_dir``; with ``resume`` continue from its checkpoint exactly."""
+    keep_freed_memory()
     rt = setup_runtime(cfg)
     try:
         return _train(cfg, rt, resume)

@@ -1,6 +1,7 @@
 import argparse
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -290,6 +291,24 @@ def test_online_teacher_is_aligned_with_y(data_dir, run_dir):
         assert 1 <= len(kept) == len(set(kept))
     with pytest.raises(ValueError, match="drop top_p"):
         build_online_teacher("ngram:2?k=5&select=sample&top_p=0.5", ds, torch.device("cpu"))
+
+
+def test_top_from_hidden_equals_topk_of_the_probabilities(data_dir, run_dir, hf_dir, tmp_path):
+    ds = TokenDataset(data_dir)
+    sig_run = tmp_path / "sig"
+    train(load_config("sig", overrides={**TINY, "data": str(data_dir), "out_dir": str(sig_run), "max_iters": 2, "eval_interval": 2}))
+    x = torch.from_numpy(np.asarray(ds.split("val")[:64], dtype=np.int64)).view(2, 32)
+    for spec in (f"ckpt:{run_dir}", f"ckpt:{sig_run}", f"hf:{hf_dir}"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tiny HF model has no tokenizer
+            t = load_teacher(spec, ds, torch.device("cpu"))
+        with torch.no_grad():
+            h = t.hidden(x).reshape(64, -1)
+            p, ids = t.top_from_hidden(h, 7)
+            ref_p, ref_ids = t.probs_from_hidden(h).topk(7, dim=-1)
+        assert (t.softmax_logits(h) is None) == spec.endswith("sig")
+        torch.testing.assert_close(p, ref_p, rtol=1e-5, atol=1e-7)
+        assert (ids == ref_ids).float().mean() > 0.99  # equal up to ties
 
 
 def test_training_with_an_online_teacher(data_dir, tmp_path):

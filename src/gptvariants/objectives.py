@@ -129,9 +129,9 @@ class SigmoidBCE(Objective):
             loss = loss + self.sum_penalty * (S - 1).square()
         if not need_grad:
             return loss, None
-        if self.sum_penalty > 0:
+        if self.sum_penalty > 0:  # s (1 + c (1 - s)) = s ((1 + c) - c s), one temporary
             c = (2 * self.sum_penalty * (S - 1)).unsqueeze(1)
-            s.mul_(1 + c * (1 - s))
+            s.mul_(torch.addcmul(1 + c, s, c, value=-1))
         dz = s
         dz.scatter_add_(1, idx, ((w - 1) * torch.sigmoid(zp) - w) * mask)
         return loss, dz

@@ -119,6 +119,19 @@ class WindowedTeacher(Teacher):
     def probs_from_hidden(self, h: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def softmax_logits(self, h: torch.Tensor) -> torch.Tensor | None:
+        """Logits z (m, V) with probs_from_hidden(h) = softmax(z), or None for another readout."""
+        return None
+
+    def top_from_hidden(self, h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probs, ids) of the k most probable tokens per row, sorted. A softmax teacher ranks
+        by logits and normalises only the k it keeps, skipping the (m, V) exp and division."""
+        z = self.softmax_logits(h)
+        if z is None:
+            return self.probs_from_hidden(h).topk(k, dim=-1)
+        top, ids = z.topk(k, dim=-1)
+        return (top - torch.logsumexp(z, dim=-1, keepdim=True)).exp_(), ids
+
     @torch.no_grad()
     def next_token_probs(self, windows: torch.Tensor) -> torch.Tensor:
         if windows.shape[1] > self.context:
@@ -175,8 +188,13 @@ class CheckpointTeacher(WindowedTeacher):
             return self.model.transformer(windows)
 
     def probs_from_hidden(self, h: torch.Tensor) -> torch.Tensor:
-        z = self.model.logits(h)[:, : self.vocab_size]  # a padded vocabulary's extra ids never occur in the data
-        return self.model.objective.log_probs(z).exp()
+        return self.model.objective.log_probs(self._logits(h)).exp()
+
+    def softmax_logits(self, h: torch.Tensor) -> torch.Tensor | None:
+        return None if self.model.objective.sigmoid else self._logits(h)
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.logits(h)[:, : self.vocab_size]  # a padded vocabulary's extra ids never occur in the data
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "context": self.context, "variant": self.variant}
@@ -236,6 +254,9 @@ class HFTeacher(WindowedTeacher):
 
     def probs_from_hidden(self, h: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.head(h).float(), dim=-1)
+
+    def softmax_logits(self, h: torch.Tensor) -> torch.Tensor | None:
+        return self.head(h).float()
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "context": self.context}
@@ -437,10 +458,15 @@ def select(probs: torch.Tensor, k: int, top_p: float | None, min_prob: float) ->
     and never a zero-probability token.
     """
     p, ids = probs.topk(k, dim=-1)
+    return ids, p, _keep(p, top_p, min_prob)
+
+
+def _keep(p: torch.Tensor, top_p: float | None, min_prob: float) -> torch.Tensor:
+    """The rule of ``select`` on probabilities p (m, k) sorted in descending order."""
     keep = (p > 0) & (p >= min_prob)
     if top_p is not None:
         keep &= (p.cumsum(-1) - p) < top_p  # mass before this token is still short of top_p
-    return ids, p, keep
+    return keep
 
 
 def sample_set(probs: torch.Tensor, draws: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -723,8 +749,13 @@ def build_online_teacher(spec: str, data: TokenDataset, device: torch.device) ->
     def sets(x: torch.Tensor) -> torch.Tensor:
         B, T = x.shape
         out = torch.full((B * T, k), -1, dtype=torch.int64, device=teacher.device)
-        for s, probs in _window_probs(teacher, x.to(teacher.device)):
-            ids, _, keep = select(probs, k, top_p, min_prob) if rule == "top" else sample_set(probs, k - 1)
+        for s, rows in _window_rows(teacher, x.to(teacher.device)):
+            windowed = isinstance(teacher, WindowedTeacher)
+            if rule == "top":
+                p, ids = teacher.top_from_hidden(rows, k) if windowed else rows.topk(k, dim=-1)
+                keep = _keep(p, top_p, min_prob)
+            else:
+                ids, _, keep = sample_set(teacher.probs_from_hidden(rows) if windowed else rows, k - 1)
             out[s : s + len(ids), : ids.shape[1]] = torch.where(keep, ids, -1)
         if ratio < 1.0:
             out[torch.rand(B * T).to(out.device) >= ratio] = -1
@@ -735,8 +766,9 @@ def build_online_teacher(spec: str, data: TokenDataset, device: torch.device) ->
     return sets
 
 
-def _window_probs(teacher: Teacher, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
-    """(row offset, probs) over the B*T rows of next_token_probs(x), a bounded chunk of rows at a time."""
+def _window_rows(teacher: Teacher, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """(row offset, rows) over the B*T positions of x, a bounded chunk at a time: hidden states
+    (n, C) for a WindowedTeacher, next-token probabilities (n, V) for any other."""
     if isinstance(teacher, WindowedTeacher):
         if x.shape[1] > teacher.context:
             raise ValueError(f"windows of {x.shape[1]} tokens exceed the teacher's context of {teacher.context}")
@@ -744,7 +776,7 @@ def _window_probs(teacher: Teacher, x: torch.Tensor) -> Iterator[tuple[int, torc
         h = h.reshape(-1, h.shape[-1])
         rows = teacher.rows_per_chunk()
         for s in range(0, len(h), rows):
-            yield s, teacher.probs_from_hidden(h[s : s + rows])
+            yield s, h[s : s + rows]
     else:
         yield 0, teacher.next_token_probs(x).reshape(x.numel(), -1)
 

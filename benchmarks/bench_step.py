@@ -1,9 +1,10 @@
 """Training-step cost of every variant against the baseline, measured side by side in one process.
 
 For each shape, rounds interleave the variants (so drift in machine load hits all of them
-alike): in each round every variant builds its model (same seed), takes two warm-up steps
+alike; the order rotates each round): in each round every variant builds its model (same seed), takes two warm-up steps
 and then ``--steps`` timed steps (forward + backward + AdamW). Reported per variant: the
-median ms per step over all rounds, the peak memory of the variant alone (CUDA:
+median ms per step over all rounds; the ratio to the baseline as the median over rounds of
+(variant / baseline in the same round), with its range; the peak memory of the variant alone (CUDA:
 max_memory_allocated; CPU: peak resident set size sampled every millisecond, above the
 process's footprint before the model was built), and both as ratios to the baseline.
 Sigmoid variants train on K = 50 positive ids at every position (cached sets are read
@@ -171,18 +172,22 @@ def run(shape_names: list[str], variants: list[str], rounds: int, steps: int, k:
     results = []
     for shape in (shapes(device)[s] for s in shape_names):
         times = {v: [] for v in variants}
+        round_ms = {v: [] for v in variants}  # per-round medians: ratios within a round cancel slow drift
         peaks = {v: 0 for v in variants}
-        for _ in range(rounds):
-            for v in variants:
+        for r in range(rounds):
+            for v in variants[r % len(variants):] + variants[: r % len(variants)]:  # rotate who goes first
                 t, p = measure(v, shape, device, dtype, steps, k)
                 times[v] += t
+                round_ms[v].append(statistics.median(t))
                 peaks[v] = max(peaks[v], p)
-        base_ms = statistics.median(times["baseline"])
         for v in variants:
             ms = statistics.median(times[v])
+            ratios = [a / b for a, b in zip(round_ms[v], round_ms["baseline"])]
             results.append({
                 "variant": v, "shape": shape.name, "ms_per_step": round(ms, 2), "peak_mem_mb": round(peaks[v] / 2**20, 1),
-                "ratio_to_baseline": round(ms / base_ms, 3), "mem_ratio_to_baseline": round(peaks[v] / peaks["baseline"], 3),
+                "ratio_to_baseline": round(statistics.median(ratios), 3),
+                "ratio_min": round(min(ratios), 3), "ratio_max": round(max(ratios), 3),
+                "mem_ratio_to_baseline": round(peaks[v] / peaks["baseline"], 3),
                 "tokens_per_s": round(shape.batch * shape.block / ms * 1000, 1),
                 "config": f"{shape.n_layer}L {shape.n_embd}w V={shape.vocab} block {shape.block} batch {shape.batch} K={k}",
             })
@@ -218,9 +223,10 @@ def main() -> None:
         return
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {dev}; dtype {dtype}; torch {torch.__version__}; {args.rounds} rounds x {args.steps} steps, median")
-    print(f"| shape | variant | ms/step | ratio | peak MiB | mem ratio | tokens/s |\n|---|---|---|---|---|---|---|")
+    print(f"| shape | variant | ms/step | ratio | ratio range over rounds | peak MiB | mem ratio | tokens/s |\n|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['shape']} | {r['variant']} | {r['ms_per_step']:.1f} | {r['ratio_to_baseline']:.2f}x | {r['peak_mem_mb']:.0f} | {r['mem_ratio_to_baseline']:.2f}x | {r['tokens_per_s']:.0f} |")
+        print(f"| {r['shape']} | {r['variant']} | {r['ms_per_step']:.1f} | {r['ratio_to_baseline']:.2f}x | {r['ratio_min']:.2f}-{r['ratio_max']:.2f} "
+              f"| {r['peak_mem_mb']:.0f} | {r['mem_ratio_to_baseline']:.2f}x | {r['tokens_per_s']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ def test_experiment_runs_reports_and_resumes(tmp_path, capsys):
     assert "| Variant | Perplexity | Self-BLEU | Distinct-4 (study) |" in report
     assert all(f"| {v} |" in report for v in ("baseline", "bayes", "sig"))
     assert "gptv experiment --data synthetic:tiny --variants baseline,bayes,sig --budget 16" in report
+    assert "teacher sets `oracle` (the study's top rule" in report
     results = json.loads((out / "results.json").read_text())
     rows = {r["variant"]: r for r in results["rows"]}
     assert set(rows) == {"baseline", "bayes", "sig"} and all(r["steps"] == 16 for r in rows.values())
@@ -90,6 +91,22 @@ def test_experiment_runs_reports_and_resumes(tmp_path, capsys):
 
     with pytest.raises(ValueError, match="use another --out"):
         _cli([a if a != "16" else "32" for a in argv])
+
+
+def test_sampled_sets_experiment(tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_TOML)
+    out = tmp_path / "exp"
+    X.run_experiment(out, "synthetic:tiny", ["sig"], "4", config_file=str(config), num_samples=2, max_new_tokens=4, sets="sample")
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["sets"] == "sample" and plan["targets"] == f"oracle-sample{X.SAMPLE_K}"
+    meta = json.loads((out / "data" / "targets" / plan["targets"] / "meta.json").read_text())
+    assert meta["rules"]["select"] == "sample" and meta["k"] == X.SAMPLE_K
+    run_cfg = json.loads((out / "runs" / "sig" / "config.json").read_text())
+    assert run_cfg["objective"]["set_draws"] == X.SAMPLE_K
+    assert "sampled: the distinct tokens among k teacher draws" in (out / "report.md").read_text()
+    with pytest.raises(ValueError, match="sample sets; use another --out"):
+        X.run_experiment(out, "synthetic:tiny", ["sig"], "4", config_file=str(config), num_samples=2, max_new_tokens=4)
 
 
 def test_duration_budget_is_turned_into_steps(tmp_path):

@@ -6,7 +6,8 @@ Steps, each skipped when its output already exists (so a rerun resumes):
               (`oracle`, p_true >= 0.01) on the synthetic language; on text the trained
               baseline (`ckpt:`, trained first) when it is in the run, since a neural teacher
               beats counts, else `ngram:3`; candidates with teacher probability >= 0.01, at
-              most 50, plus the true token
+              most 50, plus the true token (the study's top rule); with --sets sample, the
+              distinct tokens among 7 teacher draws plus the true token (targets.py)
   3. train    every variant with the same model shape, seed and budget into OUT/runs/VARIANT;
               a run is finished when its checkpoint is at max_iters, a shorter one resumes
   4. eval     `evaluate.evaluate` into OUT/runs/VARIANT/eval/val.json
@@ -54,6 +55,7 @@ EVAL_ITERS = 10  # batches per validation estimate
 CALIBRATION_STEPS = 8
 TEACHER_MIN_PROB = 0.01
 TEACHER_K = 50
+SAMPLE_K = 8  # draws per position of --sets sample, the true token included
 
 
 def parse_budget(budget: str) -> tuple[str, float]:
@@ -114,16 +116,22 @@ def teacher_for(data: TokenDataset, variants: list[str], out: Path) -> tuple[str
     return "ngram:3", "ngram_3"
 
 
-def build_sets(data_dir: Path, teacher: str, name: str) -> None:
+def build_sets(data_dir: Path, teacher: str, name: str, select: str = "top") -> None:
     from .targets import build_targets
 
     path = data_dir / "targets" / name
-    if (path / "meta.json").is_file() and json.loads((path / "meta.json").read_text()).get("teacher") == teacher:
-        _log(f"targets: {path} (already built)")
-        return
-    _log(f"targets: building {name} with teacher {teacher}")
-    k = min(TEACHER_K, TokenDataset(data_dir).vocab_size)  # a character vocabulary can be smaller than 50
-    meta = build_targets(data_dir, teacher, path, k=k, min_prob=TEACHER_MIN_PROB, progress=False)
+    meta_path = path / "meta.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("teacher") == teacher and meta["rules"].get("select", "top") == select:
+            _log(f"targets: {path} (already built)")
+            return
+    _log(f"targets: building {name} with teacher {teacher} ({select} rule)")
+    V = TokenDataset(data_dir).vocab_size
+    if select == "sample":
+        meta = build_targets(data_dir, teacher, path, k=min(SAMPLE_K, V), select="sample", progress=False)
+    else:  # a character vocabulary can be smaller than 50
+        meta = build_targets(data_dir, teacher, path, k=min(TEACHER_K, V), min_prob=TEACHER_MIN_PROB, progress=False)
     _log(f"targets: mean set size {meta['mean_set_size']:.2f}")
 
 
@@ -313,7 +321,11 @@ def write_report(out: Path, rows: list[dict[str, Any]], evals: dict[str, dict[st
         "# gptvariants experiment", "",
         f"Data: `{plan['data']}` ({any_eval['perplexity']['tokens_scored']:,} validation tokens scored). "
         f"Budget: {budget} per variant ({'optimizer steps' if plan['budget_kind'] == 'steps' else 'training wall time, converted to steps by timing each variant'}), "
-        f"seed {plan['seed']}.", "",
+        f"seed {plan['seed']}."
+        + (f" Sigmoid variants train on the teacher sets `{plan['targets']}` ("
+           + ("sampled: the distinct tokens among k teacher draws, the true token one of them" if plan.get("sets") == "sample"
+              else "the study's top rule: the teacher's most probable tokens plus the true one") + ")."
+           if plan.get("targets") else ""), "",
         markdown_table(rows), "",
     ]
     if truth:
@@ -323,8 +335,8 @@ def write_report(out: Path, rows: list[dict[str, Any]], evals: dict[str, dict[st
         "## How to read this", "",
         "- **Perplexity** is exp(nats/token) of the predictive distribution on the *held-out* split, every token "
         f"scored once with sliding windows (block {any_eval['perplexity']['block_size']}, stride "
-        f"{any_eval['perplexity']['stride']}); sigmoid heads are scored on sigmoid(z)/sum sigmoid(z), Bayesian heads "
-        "on the mean over head-weight draws. Lower is better; the study scored random windows of the training split.",
+        f"{any_eval['perplexity']['stride']}); sigmoid heads are scored on their readout of sigmoid(z) (normalised; "
+        "for sampled sets first inverted, 1 - (1 - s)^(1/k)), Bayesian heads on the mean over head-weight draws. Lower is better; the study scored random windows of the training split.",
         f"- **Self-BLEU** (0-100, lower = more diverse) and **Distinct-4** (the study's unique 4-grams / words) over "
         f"{div.get('num_samples', 0)} samples of {div.get('max_new_tokens', 0)} tokens from {div.get('prompt_tokens', 0)}-token "
         "validation prompts, temperature 1. Diversity alone rewards word salad: read it next to perplexity.",
@@ -352,8 +364,13 @@ def write_report(out: Path, rows: list[dict[str, Any]], evals: dict[str, dict[st
 
 def run_experiment(out: str | Path, data: str = "synthetic:default", variants: list[str] | None = None,
                    budget: str = DEFAULT_BUDGET, seed: int = 1337, config_file: str | None = None,
-                   num_samples: int = 100, max_new_tokens: int = 64, command: str | None = None) -> Path:
-    """Run (or resume) the whole experiment into ``out``; returns the path of report.md."""
+                   num_samples: int = 100, max_new_tokens: int = 64, command: str | None = None, sets: str = "top") -> Path:
+    """Run (or resume) the whole experiment into ``out``; returns the path of report.md.
+
+    ``sets``: the sigmoid variants' teacher sets, "top" (the study's rule) or "sample".
+    """
+    if sets not in ("top", "sample"):
+        raise ValueError(f"sets must be 'top' or 'sample', not {sets!r}")
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -363,13 +380,14 @@ def run_experiment(out: str | Path, data: str = "synthetic:default", variants: l
     kind, amount = parse_budget(budget)
     argv = ["--data", data, "--variants", ",".join(variants), "--budget", budget, "--seed", str(seed),
             "--num-samples", str(num_samples), "--max-new-tokens", str(max_new_tokens), "--out", str(out)]
+    argv += ["--sets", sets] if sets != "top" else []
     command = command or "gptv experiment " + " ".join(shlex.quote(a) for a in argv + (["--config", config_file] if config_file else []))
     plan_path = out / "plan.json"
     plan = json.loads(plan_path.read_text()) if plan_path.is_file() else {}
-    if plan and (plan["budget"], plan["seed"], plan["source"], plan["config"]) != (budget, seed, data, config_file):
-        raise ValueError(f"{out} holds an experiment with budget {plan['budget']}, seed {plan['seed']}, data {plan['source']!r} "
-                         f"and config {plan['config']!r}; use another --out to change them")
-    plan.update({"budget": budget, "budget_kind": kind, "seed": seed, "source": data, "config": config_file})
+    if plan and (plan["budget"], plan["seed"], plan["source"], plan["config"], plan.get("sets", "top")) != (budget, seed, data, config_file, sets):
+        raise ValueError(f"{out} holds an experiment with budget {plan['budget']}, seed {plan['seed']}, data {plan['source']!r}, "
+                         f"config {plan['config']!r} and {plan.get('sets', 'top')} sets; use another --out to change them")
+    plan.update({"budget": budget, "budget_kind": kind, "seed": seed, "source": data, "config": config_file, "sets": sets})
     plan.setdefault("max_iters", {})
     plan.setdefault("train_seconds", {})
 
@@ -377,7 +395,10 @@ def run_experiment(out: str | Path, data: str = "synthetic:default", variants: l
     plan["data"] = str(data_dir)
     dataset = TokenDataset(data_dir)
     teacher = teacher_for(dataset, variants, out)
+    if teacher and sets == "sample":
+        teacher = (teacher[0], f"{teacher[1]}-sample{SAMPLE_K}")
     targets = teacher[1] if teacher else None
+    plan["targets"] = targets
     # a checkpoint teacher must be trained before the sigmoid variants that learn from it
     order = sorted(variants, key=lambda v: v != "baseline")
     runs = {v: out / "runs" / v for v in order}
@@ -387,7 +408,7 @@ def run_experiment(out: str | Path, data: str = "synthetic:default", variants: l
 
     for v in order:
         if teacher and get_variant(v).sigmoid:
-            build_sets(data_dir, *teacher)
+            build_sets(data_dir, *teacher, select=sets)
         if v not in plan["max_iters"]:
             if kind == "steps":
                 plan["max_iters"][v] = int(amount)
@@ -430,7 +451,7 @@ def run_experiment(out: str | Path, data: str = "synthetic:default", variants: l
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
     run_experiment(args.out, args.data, parse_variants(args.variants), args.budget, args.seed, args.config,
-                   args.num_samples, args.max_new_tokens)
+                   args.num_samples, args.max_new_tokens, sets=args.sets)
     return 0
 
 
@@ -445,5 +466,7 @@ def register_cli(subparsers) -> None:
                    "(nanoGPT's CPU recipe), keys it leaves out take the `gptv train` defaults")
     p.add_argument("--num-samples", type=int, default=100, help="samples per variant for the diversity metrics")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per sample")
+    p.add_argument("--sets", choices=("top", "sample"), default="top",
+                   help="teacher sets of the sigmoid variants: the study's top candidates, or sampled sets (see gptv targets --select)")
     p.add_argument("--out", required=True, help="experiment folder")
     p.set_defaults(func=_cmd_experiment)

@@ -130,7 +130,7 @@ class _GaussianDraw(torch.autograd.Function):
       dL/dmu  = g_w + g_kl (mu - mu_p) / sigma_p^2
       dL/drho = (g_w eps + g_kl (sigma / sigma_p^2 - 1 / sigma)) sigmoid(rho)
     Autograd would run about twenty elementwise passes (each a fresh (V, C) allocation) over
-    the output layer's weights; this runs eleven, five of them in the backward pass. At
+    the output layer's weights; this runs thirteen, six of them in the backward pass. At
     GPT-2's shape on a CPU, with few tokens per step, those passes are a large part of the
     Bayesian head's overhead.
     """

@@ -489,6 +489,20 @@ def sample_set(probs: torch.Tensor, draws: int, generator: torch.Generator | Non
     return ids, probs.gather(1, ids), keep
 
 
+def _check_rule(select: str, top_p: float | None, min_prob: float, ratio: float, ppl_filter: float | None) -> None:
+    if select not in ("top", "sample"):
+        raise ValueError(f"select must be 'top' or 'sample', not {select!r}")
+    if select == "sample" and (top_p is not None or min_prob > 0 or ratio < 1.0 or ppl_filter is not None):
+        raise ValueError("select='sample' draws from the teacher's whole distribution at every position: top_p, min_prob, "
+                         "ratio < 1 and ppl_filter would bias the draws, so they are not allowed with it (drop top_p, min_prob, ratio and ppl_filter)")
+
+
+def readout_draws(select: str, k: int) -> int:
+    """``set_draws`` of the sigmoid readout for sets of width k built by rule ``select``: the k
+    draws of a sampled set, 1 (plain normalisation) for top-k sets."""
+    return k if select == "sample" else 1
+
+
 def _sanitise(spec: str) -> str:
     kind, arg, _ = parse_spec(spec)
     if kind in ("hf", "ckpt"):
@@ -631,11 +645,7 @@ def build_targets(
         raise ValueError(f"min_prob must be in [0, 1], got {min_prob}")
     if ppl_filter is not None and (ppl_filter <= 1.0 or ppl_window < 2):
         raise ValueError("ppl_filter must be > 1 and ppl_window >= 2")
-    if select not in ("top", "sample"):
-        raise ValueError(f"select must be 'top' or 'sample', not {select!r}")
-    if select == "sample" and (top_p is not None or min_prob > 0 or ratio < 1.0 or ppl_filter is not None):
-        raise ValueError("select='sample' draws from the teacher's whole distribution at every position; "
-                         "top_p, min_prob, ratio < 1 and ppl_filter would bias the draws, so they are not allowed with it")
+    _check_rule(select, top_p, min_prob, ratio, ppl_filter)
     if select == "top" and parse_spec(teacher)[0] == "oracle" and min_prob == 0.0:
         min_prob = ORACLE_MIN_PROB
     out = Path(out) if out is not None else Path(data_dir) / "targets" / _sanitise(teacher)
@@ -737,20 +747,17 @@ def build_online_teacher(spec: str, data: TokenDataset, device: torch.device) ->
     teacher = load_teacher(spec.partition("?")[0], data, device)
     k = min(int(opts.get("k", 50)), teacher.vocab_size)
     top_p = float(opts["top_p"]) if "top_p" in opts else None
-    min_prob = float(opts.get("min_prob", ORACLE_MIN_PROB if kind == "oracle" else 0.0))
-    ratio = float(opts.get("ratio", 1.0))
     rule = opts.get("select", "top")
-    if rule not in ("top", "sample"):
-        raise ValueError(f"select must be 'top' or 'sample' in {spec!r}")
-    if rule == "sample" and ({"top_p", "min_prob", "ratio"} & set(opts)):
-        raise ValueError(f"select=sample draws from the teacher's whole distribution at every position; drop top_p, min_prob and ratio from {spec!r}")
+    min_prob = float(opts.get("min_prob", ORACLE_MIN_PROB if kind == "oracle" and rule == "top" else 0.0))
+    ratio = float(opts.get("ratio", 1.0))
+    _check_rule(rule, top_p, min_prob, ratio, None)
 
     @torch.no_grad()
     def sets(x: torch.Tensor) -> torch.Tensor:
         B, T = x.shape
         out = torch.full((B * T, k), -1, dtype=torch.int64, device=teacher.device)
+        windowed = isinstance(teacher, WindowedTeacher)
         for s, rows in _window_rows(teacher, x.to(teacher.device)):
-            windowed = isinstance(teacher, WindowedTeacher)
             if rule == "top":
                 p, ids = teacher.top_from_hidden(rows, k) if windowed else rows.topk(k, dim=-1)
                 keep = _keep(p, top_p, min_prob)
@@ -762,7 +769,7 @@ def build_online_teacher(spec: str, data: TokenDataset, device: torch.device) ->
         return out.view(B, T, k).to(x.device)
 
     sets.teacher = teacher  # type: ignore[attr-defined]
-    sets.set_draws = k if rule == "sample" else 1  # type: ignore[attr-defined]
+    sets.set_draws = readout_draws(rule, k)  # type: ignore[attr-defined]
     return sets
 
 

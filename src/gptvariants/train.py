@@ -112,8 +112,10 @@ class Batches:
         self.sets = {s: data.open_sets(sets_dir, s) for s in ("train", "val")} if sets_dir else {}
         self.set_draws = 1  # how the sets were drawn: m of the sigmoid readout (objectives.SigmoidBCE)
         if sets_dir:
+            from .targets import readout_draws
+
             meta = json.loads((sets_dir / "meta.json").read_text(encoding="utf-8"))
-            self.set_draws = int(meta["k"]) if meta["rules"].get("select") == "sample" else 1
+            self.set_draws = readout_draws(meta["rules"].get("select", "top"), int(meta["k"]))
         self.teacher = None
         if cfg.objective.teacher:
             if sets_dir:

@@ -12,7 +12,7 @@ from gptvariants import evaluate as E
 from gptvariants.checkpoint import load_run
 from gptvariants.config import load_config
 from gptvariants.data import TokenDataset, prepare
-from gptvariants.objectives import predictive_nll
+from gptvariants.predictive import Predictor
 from gptvariants.train import train
 
 TINY = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 8, "eval_iters": 1,
@@ -40,8 +40,7 @@ def test_one_window_equals_full_context_for_any_stride(tiny):
     tokens = np.asarray(TokenDataset(root / "data").split("val")[: cfg.model.block_size + 1])
     x = torch.from_numpy(tokens.astype(np.int64))
     with torch.no_grad():
-        w, b = model.head.weights(sample=False)
-        direct = predictive_nll(model.transformer(x[None, :-1]), w, b, model.objective, x[None, 1:]).sum().item()
+        direct = Predictor([model]).nll(x[None, :-1], x[None, 1:]).sum().item()
     for stride in (1, 7, cfg.model.block_size):
         nll = E.score(model, tokens, stride=stride)["tokens"]["nll"]
         assert len(nll) == len(tokens) - 1
@@ -55,12 +54,11 @@ def test_sliding_windows_give_each_token_its_own_context(tiny):
     T = cfg.model.block_size
     tokens = np.asarray(TokenDataset(root / "data").split("val")[: T + 20])
     nll = E.score(model, tokens, stride=1, batch=3)["tokens"]["nll"]
-    w, b = model.head.weights(sample=False)
     with torch.no_grad():
         for t in (1, T, T + 1, len(tokens) - 1):
             ctx = torch.from_numpy(tokens[max(0, t - T) : t].astype(np.int64))[None]
-            y = torch.tensor([[int(tokens[t])]])
-            ref = predictive_nll(model.transformer(ctx)[:, -1:], w, b, model.objective, y).item()
+            p = torch.softmax(model.logits(model.transformer(ctx)[0, -1]), -1)  # direct: softmax of the last logits
+            ref = -math.log(p[int(tokens[t])].item())
             assert nll[t - 1] == pytest.approx(ref, rel=1e-4, abs=1e-5)
 
 
@@ -70,12 +68,12 @@ def test_bayesian_head_without_variance_has_no_mutual_information(tiny):
     tokens = np.asarray(TokenDataset(root / "data").split("val")[:200])
     with torch.no_grad():
         model.head.weight_rho.fill_(-30.0)  # sigma = softplus(-30) ~ 1e-13
-    sharp = E.score(model, tokens, stride=16, mc_samples=4)
+    sharp = E.score(Predictor([model], samples=4), tokens, stride=16)
     assert np.abs(sharp["tokens"]["mutual_information"]).max() < 1e-6
     np.testing.assert_allclose(sharp["tokens"]["nll"], sharp["point"]["nll"], rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         model.head.weight_rho.fill_(0.0)  # sigma = log 2: the draws disagree
-    wide = E.score(model, tokens, stride=16, mc_samples=4)
+    wide = E.score(Predictor([model], samples=4), tokens, stride=16)
     assert wide["tokens"]["mutual_information"].mean() > 1e-3
 
 
@@ -145,3 +143,22 @@ def test_short_split_and_sigmoid_sets_without_references(tmp_path):
         E.evaluate(run, tmp_path / "wide", num_samples=0)
     r = E.evaluate(run, tmp_path / "wide", sets="none", num_samples=0)
     assert r["sets"] == {"skipped": "--sets none"} and r["ground_truth"] is None
+
+
+def test_bayesian_set_metrics_use_the_monte_carlo_predictive(tiny):
+    # a set {v : q_v >= tau} is non-empty exactly when max_v q_v >= tau; with q the MC predictive this
+    # matches the scored confidence token by token, and the posterior mean would disagree somewhere
+    root, runs = tiny
+    model, _ = load_run(runs["bayes"])
+    with torch.no_grad():
+        model.head.weight_rho.fill_(math.log(math.expm1(1.0)))  # sigma = 1: the mixture is much flatter
+    tokens = np.asarray(TokenDataset(root / "data").split("val")[:300])
+    reference = np.full((len(tokens), 1), np.iinfo(np.uint16).max, dtype=np.uint16)
+    reference[:-1, 0] = tokens[1:]
+    first = E.score(Predictor([model], samples=16, seed=0), tokens, stride=16, reference=reference)
+    tau = float(np.median(first["point"]["confidence"]))  # half the point-estimate sets are empty
+    r = E.score(Predictor([model], samples=16, seed=0), tokens, stride=16, reference=reference, tau=tau)
+    t, point = r["tokens"], r["point"]
+    nonempty = t["set_n_pred"] > 0
+    np.testing.assert_array_equal(nonempty, t["confidence"] >= tau)
+    assert (nonempty != (point["confidence"] >= tau)).any()

@@ -13,19 +13,16 @@ from gptvariants.checkpoint import CheckpointError, save_checkpoint
 from gptvariants.config import load_config
 from gptvariants.generate import (
     ContextWindow,
-    HeadLogits,
     apply_repetition_penalty,
-    colour_by_entropy,
     generate,
-    mutual_information,
-    predictive,
-    register_cli,
     sampling_probs,
     top_k_filter,
     top_p_filter,
     window_start,
 )
 from gptvariants.model import GPT
+from gptvariants.predictive import Draws, Predictor
+from gptvariants.sample import colour_by_entropy, register_cli
 from gptvariants.tokenizers import CharTokenizer
 
 BLOCK = 16
@@ -34,9 +31,20 @@ CHARS = list("\nabcdefghijklmnopqrstuvwxyz .,")
 
 
 def tiny(variant: str = "baseline", vocab: int = 40, seed: int = 0, **kw) -> GPT:
+    """A random model whose next token depends on its context (GPT-2's small initial weights give
+    near-uniform logits, whose argmax is one constant token: tests on it could not fail)."""
     torch.manual_seed(seed)
     cfg = load_config(variant, overrides=dict(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, vocab_size=vocab, **kw))
-    return GPT(cfg.model, cfg.objective).eval()
+    model = GPT(cfg.model, cfg.objective).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2 and not name.endswith("_rho"):
+                p.normal_(0.0, 0.3)
+    return model
+
+
+def varied(tokens: list[int]) -> bool:
+    return len(set(tokens)) >= 4
 
 
 # --------------------------------------------------------------------------------------- windows
@@ -59,12 +67,13 @@ def test_cached_and_uncached_logits_agree_across_slides(variant):
     prompt = torch.randint(0, 40, (2, 5), generator=torch.Generator().manual_seed(1))
     feed = torch.randint(0, 40, (30, 2), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        cached = ContextWindow(model, prompt, use_cache=True)
-        plain = ContextWindow(model, prompt, use_cache=False)
+        point = Predictor([model], samples=0)
+        cached = ContextWindow(point, prompt, use_cache=True)
+        plain = ContextWindow(point, prompt, use_cache=False)
         starts = set()
         for tok in feed:
             # mean weights for the Bayesian head: logits() without sampling
-            torch.testing.assert_close(model.logits(cached.hidden), model.logits(plain.hidden), atol=2e-5, rtol=1e-4)
+            torch.testing.assert_close(model.logits(cached.hidden[0]), model.logits(plain.hidden[0]), atol=2e-4, rtol=1e-4)
             cached.append(tok)
             plain.append(tok)
             assert cached.start == plain.start and cached.context.shape[1] <= BLOCK
@@ -79,7 +88,7 @@ def test_greedy_cached_equals_uncached(variant):
     a = generate(model, prompts, 30, greedy=True, return_details=True)
     b = generate(model, prompts, 30, greedy=True, use_cache=False, return_details=True)
     for x, y in zip(a, b):
-        assert x.tokens == y.tokens and len(x.tokens) == 30
+        assert x.tokens == y.tokens and len(x.tokens) == 30 and varied(x.tokens)
         assert x.entropy == pytest.approx(y.entropy, abs=1e-4)
         assert x.prob == pytest.approx(y.prob, abs=1e-5)
 
@@ -89,7 +98,7 @@ def test_batch_of_different_lengths_equals_one_by_one():
     prompts = [[5], [1, 2, 3, 4], [9, 8, 7], [3] * 25, [1, 2, 3, 4]]
     batched = generate(model, prompts, 24, greedy=True)
     alone = [generate(model, [p], 24, greedy=True)[0] for p in prompts]
-    assert batched == alone
+    assert batched == alone and all(map(varied, alone)) and len({tuple(a) for a in alone}) >= 3
     assert generate(model, torch.tensor([[1, 2, 3, 4]]), 24, greedy=True)[0] == alone[1]
 
 
@@ -109,6 +118,7 @@ def test_temperature_zero_is_greedy():
 def test_stop_tokens_end_a_row_and_are_not_returned():
     model = tiny()
     free = generate(model, [[1, 2], [4]], 12, greedy=True, return_details=True)
+    assert varied(free[0].tokens)
     stop = free[0].tokens[3]
     out = generate(model, [[1, 2], [4]], 12, greedy=True, stop_tokens=[stop], return_details=True)
     first = free[0].tokens.index(stop)
@@ -154,7 +164,7 @@ def test_repetition_penalty_hand_case():
 def test_repetition_penalty_changes_greedy_output():
     model = tiny()
     plain = generate(model, [[1, 2, 3]], 20, greedy=True)[0]
-    assert len(set(plain)) < len(plain)  # a random model repeats itself
+    assert len(set(plain)) < len(plain)  # 20 tokens of 40 repeat some
     strong = generate(model, [[1, 2, 3]], 20, greedy=True, repetition_penalty=1e6)[0]
     assert len(set(strong)) == len(strong) and not {1, 2, 3} & set(strong)
 
@@ -165,13 +175,13 @@ def test_repetition_penalty_changes_greedy_output():
 def test_sigmoid_normalisation_is_per_row():
     model = tiny("sig")
     z = torch.randn(1, 3, 40) * 3
-    log_p, _ = predictive(model.objective, z)
+    log_p = Draws(model.objective.log_probs(z)).log_p
     s = torch.sigmoid(z[0])
     assert torch.allclose(log_p.exp(), s / s.sum(-1, keepdim=True), atol=1e-6)
     # rows are independent: changing row 1 leaves row 0's distribution unchanged
     z2 = z.clone()
     z2[0, 1] += 5.0
-    assert torch.allclose(predictive(model.objective, z2)[0][0], log_p[0])
+    assert torch.allclose(Draws(model.objective.log_probs(z2)).log_p[0], log_p[0])
     # the study's defect, for contrast: normalising over the batch ties the rows together
     study = s / s.sum()
     assert not torch.allclose(study[0], log_p.exp()[0])
@@ -218,7 +228,7 @@ def test_step_mode_logits_have_the_weight_posterior_moments():
     with torch.no_grad():
         model.head.weight_rho.uniform_(-2.0, 0.0)
     h = torch.randn(1, 32)
-    z = HeadLogits(model, "step", 20000, generator=torch.Generator().manual_seed(0))(h)[:, 0]
+    z = model.head.logits(h, 20000, torch.Generator().manual_seed(0))[:, 0]
     w = torch.stack([model.head.weights(sample=True)[0] for _ in range(4000)])
     zw = w @ h[0]
     assert torch.allclose(z.mean(0), zw.mean(0), atol=0.15)
@@ -229,18 +239,26 @@ def test_step_mode_logits_have_the_weight_posterior_moments():
 def test_sequence_mode_keeps_one_draw_and_step_mode_redraws():
     model = tiny("bayes")
     h = torch.randn(3, 32)
-    seq = HeadLogits(model, "sequence", rows=3, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(seq(h), seq(h))
+    seq = model.head.sequence_sampler(3, torch.Generator().manual_seed(0))
+    assert torch.equal(seq(h), seq(h)) and seq(h).shape == (1, 3, 40)
     assert not torch.allclose(seq(h), model.logits(h)[None])
-    step = HeadLogits(model, "step", 4, generator=torch.Generator().manual_seed(0))
-    assert not torch.equal(step(h), step(h))
+    g = torch.Generator().manual_seed(0)
+    assert not torch.equal(model.head.logits(h, 4, g), model.head.logits(h, 4, g))
 
 
-def test_mutual_information_is_zero_for_identical_draws():
-    objective = tiny().objective
-    same = torch.randn(1, 2, 7).expand(5, 2, 7)
-    assert torch.allclose(mutual_information(*predictive(objective, same)), torch.zeros(2), atol=1e-6)
-    assert (mutual_information(*predictive(objective, torch.randn(5, 2, 7))) > 0).all()
+def test_entropy_decomposition_hand_case():
+    # two draws, certain of different tokens: H[p] = log 2, E_s H[p_s] = 0, MI = log 2
+    log_ps = torch.log(torch.tensor([[[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]]]).clamp_min(1e-30))
+    d = Draws(log_ps)
+    assert d.entropy().item() == pytest.approx(math.log(2), abs=1e-6)
+    assert d.expected_entropy().item() == pytest.approx(0.0, abs=1e-6)
+    assert d.mutual_information().item() == pytest.approx(math.log(2), abs=1e-6)
+    # identical draws of (1/2, 1/4, 1/4): MI = 0, both entropies 1.5 log 2
+    same = torch.tensor([0.5, 0.25, 0.25]).log().expand(3, 1, 3)
+    d = Draws(same)
+    assert d.entropy().item() == pytest.approx(1.5 * math.log(2), abs=1e-6)
+    assert d.expected_entropy().item() == pytest.approx(1.5 * math.log(2), abs=1e-6)
+    assert d.mutual_information().item() == pytest.approx(0.0, abs=1e-6)
 
 
 # --------------------------------------------------------------------------------------- run folder, API, CLI
@@ -282,11 +300,16 @@ def test_cli_json_round_trips(run_dir, capsys):
 def test_cli_bayesian_json_has_mutual_information(tmp_path, capsys):
     tok = CharTokenizer(CHARS)
     cfg = load_config("bayes", overrides=dict(n_layer=1, n_head=2, n_embd=16, block_size=BLOCK, vocab_size=tok.vocab_size))
-    save_checkpoint(tmp_path, GPT(cfg.model, cfg.objective), {"step": 1, "config": cfg.to_dict()})
+    model = GPT(cfg.model, cfg.objective)
+    with torch.no_grad():
+        model.head.weight_rho.fill_(math.log(math.expm1(2.0)))  # wide posterior: the draws disagree
+    save_checkpoint(tmp_path, model, {"step": 1, "config": cfg.to_dict()})
     tok.save(tmp_path)
     sample_cli(["--ckpt", str(tmp_path), "--max-new-tokens", "4", "--json", "--bayes-mode", "step", "--mc-samples", "4"])
     rec = json.loads(capsys.readouterr().out)
-    assert all(t["mi"] >= 0 for t in rec["tokens"])
+    assert len(rec["tokens"]) == 4 and all(t["mi"] > 1e-3 for t in rec["tokens"])
+    sample_cli(["--ckpt", str(tmp_path), "--max-new-tokens", "4", "--json"])  # posterior mean: one draw, no MI
+    assert all("mi" not in t for t in json.loads(capsys.readouterr().out)["tokens"])
 
 
 def test_cli_plain_text_and_uncertainty_colours(run_dir, capsys):
@@ -363,10 +386,16 @@ def test_score_matches_generation_probabilities_across_slides(run_dir):
 def test_language_model_on_a_bayesian_head_scores_with_mutual_information():
     tok = CharTokenizer(CHARS)
     model = tiny("bayes", vocab=tok.vocab_size)
+    with torch.no_grad():
+        model.head.weight_rho.fill_(math.log(math.expm1(0.5)))
     lm = LanguageModel(model, load_config("bayes"), tok)
     recs = lm.score("hello world", mc_samples=4, seed=0)
     assert "".join(r.text for r in recs) == "ello world"
-    assert all(r.mi is not None and r.mi >= 0 for r in recs)
+    assert all(r.mi is not None and r.mi > 1e-3 for r in recs)
+    full = lm.score("hello world", mc_samples=4, seed=0, top_n=3)
+    assert [r.logprob for r in full] == [r.logprob for r in recs]  # same seed, same draws
+    assert all(len(r.top) == 3 and len(r.draws) == 4 for r in full)
+    assert all(r.prob == pytest.approx(sum(r.draws) / 4, rel=1e-4) for r in full)  # p = mean of the draws
     assert all(r.mi is None for r in lm.score("hello world", bayes_mode="mean"))
 
 

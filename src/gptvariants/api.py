@@ -1,9 +1,12 @@
-"""The Python API: load a run folder, then generate text or score it.
+"""The Python API: load a run folder, then generate text, stream it, or score it.
 
     >>> import gptvariants
     >>> lm = gptvariants.load("runs/baseline")
     >>> lm.generate("The king", max_new_tokens=50, temperature=0.8, top_k=40, seed=0)
+    >>> for token in lm.stream("The king", max_new_tokens=20, top_n=5): print(token.text, token.top)
     >>> lm.score("The king is dead.")[0]   # TokenRecord(id=..., text=..., logprob=..., entropy=..., mi=None)
+
+Every probability comes from the run's predictive distribution (``predictive.Predictor``).
 
 Prompts are text. An empty prompt starts from the tokenizer's end-of-text token, or from token
 0 when the tokenizer has none (the char tokenizer): the model needs one token to condition on.
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,32 +25,36 @@ from typing import Any
 import torch
 
 from .checkpoint import load_run
-from .generate import HeadLogits, _keep, entropy, generate, mutual_information, predictive, window_start
+from .generate import Generation, generate, keep_tokens, predictor_for, stream, window_start
+from .predictive import Draws, score_windows
 from .tokenizers import load_tokenizer
 
 
 @dataclass
 class TokenRecord:
     """One token with the model's log-probability of it, the predictive entropy (nats) and,
-    for Bayesian heads in MC mode, the mutual information (nats; None otherwise)."""
+    when the predictive has several draws, the mutual information (nats; None otherwise).
+    With ``top_n``: ``top``, the most probable tokens as (text, prob); ``set``, a sigmoid head's
+    set {v : sigmoid(z_v) > tau} as texts; ``draws``, this token's probability under each draw."""
 
     id: int
     text: str
     logprob: float
     entropy: float
     mi: float | None = None
+    top: list[tuple[str, float]] | None = None
+    set: list[str] | None = None
+    draws: list[float] | None = None
 
     @property
     def prob(self) -> float:
         return math.exp(self.logprob)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: id, text, prob, logprob, entropy, and mi when available."""
+        """JSON-ready: id, text, prob, logprob, entropy, and mi / top / set / draws when available."""
         d = asdict(self)
         d["prob"] = self.prob
-        if d["mi"] is None:
-            del d["mi"]
-        return d
+        return {k: v for k, v in d.items() if v is not None}
 
 
 @dataclass
@@ -74,7 +81,7 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu") -> LanguageMod
 
 
 class LanguageModel:
-    """A trained GPT with its tokenizer: ``generate`` text, ``score`` text token by token.
+    """A trained GPT with its tokenizer: ``generate`` text, ``stream`` it, ``score`` text token by token.
 
     ``model`` (the GPT, eval mode), ``config`` (the run's Config) and ``tokenizer`` are public.
     """
@@ -90,6 +97,8 @@ class LanguageModel:
     def encode_prompt(self, prompt: str, unknown: str = "error") -> list[int]:
         """Token ids to condition on: the start token for an empty prompt; the last block_size
         tokens (with a warning) for a long one. ``unknown``: 'error' (ValueError) or 'skip'."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"a prompt is a str, got {type(prompt).__name__}")
         ids = self.tokenizer.encode(prompt, unknown=unknown) or [self.start_token]
         block = self.model.config.block_size
         if len(ids) > block:
@@ -100,21 +109,30 @@ class LanguageModel:
     def generate(self, prompt: str | Sequence[str], max_new_tokens: int = 200, **kwargs: Any) -> str | list[str]:
         """The continuation text of ``prompt`` (a str, or a list of str -> a list).
 
-        Keyword arguments: ``stop`` (strings that end a sample, cut from the text),
+        Keyword arguments: ``stop`` (a string or strings that end a sample, cut from the text),
         ``stop_at_eot`` (default True: the end-of-text token ends a sample), ``unknown``
         ('error' | 'skip'), and the sampling options of ``generate.generate``: temperature,
         top_k, top_p, repetition_penalty, greedy, seed, use_cache, bayes_mode, mc_samples,
-        sig_mode, tau, stop_tokens.
+        sig_mode, tau, stop_tokens, top_n.
         """
         out = self.generate_details(prompt, max_new_tokens, **kwargs)
         return out.text if isinstance(out, Completion) else [c.text for c in out]
+
+    def _stops(self, stop: str | Sequence[str], stop_at_eot: bool, stop_tokens: Sequence[int]) -> tuple[list[str], list[int]]:
+        strings = [stop] if isinstance(stop, str) else list(stop)
+        if not all(isinstance(x, str) for x in strings):
+            raise TypeError(f"stop must be a string or a list of strings, got {stop!r}")
+        ids = list(stop_tokens)
+        if stop_at_eot and self.tokenizer.eot_token is not None:
+            ids.append(self.tokenizer.eot_token)
+        return [x for x in strings if x], ids
 
     def generate_details(
         self,
         prompt: str | Sequence[str],
         max_new_tokens: int = 200,
         *,
-        stop: Sequence[str] = (),
+        stop: str | Sequence[str] = (),
         stop_at_eot: bool = True,
         unknown: str = "error",
         stop_tokens: Sequence[int] = (),
@@ -124,10 +142,7 @@ class LanguageModel:
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)
         ids = [self.encode_prompt(p, unknown) for p in prompts]
-        stops = list(stop_tokens)
-        if stop_at_eot and self.tokenizer.eot_token is not None:
-            stops.append(self.tokenizer.eot_token)
-        stop = [s for s in stop if s]
+        stop, stops = self._stops(stop, stop_at_eot, stop_tokens)
         decode = self.tokenizer.decode
 
         def hit_stop_string(row: int, new: list[int]) -> bool:
@@ -141,15 +156,32 @@ class LanguageModel:
         out = [self._completion(p, i, g, stop) for p, i, g in zip(prompts, ids, gens)]
         return out[0] if single else out
 
-    def _token_texts(self, context: list[int], new: list[int]) -> list[str]:
-        """Each new token's share of the decoded text, so that the pieces join to the text exactly
-        (a word tokenizer's spaces included, which decoding tokens one by one would lose)."""
-        ends = [len(self.tokenizer.decode(context + new[:k])) for k in range(len(new) + 1)]
-        full = self.tokenizer.decode(context + new)
-        return [full[a:b] for a, b in zip(ends, ends[1:])]
+    def stream(self, prompt: str, max_new_tokens: int = 200, *, stop: str | Sequence[str] = (),
+               stop_at_eot: bool = True, unknown: str = "error", stop_tokens: Sequence[int] = (),
+               **sampling: Any) -> Iterator[TokenRecord]:
+        """Yield the continuation of one prompt token by token, as ``TokenRecord``s, while it is
+        generated. Options as ``generate``; a stop string ends the stream before the token that
+        completes it (that token's text is not yielded)."""
+        ids = self.encode_prompt(prompt, unknown)
+        stop, stops = self._stops(stop, stop_at_eot, stop_tokens)
+        pieces = _Pieces(self.tokenizer, ids)
+        text = ""
+        for k, g in stream(self.model, ids, max_new_tokens, stop_tokens=stops, **sampling):
+            piece = pieces.next(g.tokens[k])
+            text += piece
+            if any(x in text for x in stop):
+                return
+            yield self._record(g, k, piece)
 
-    def _completion(self, prompt: str, ids: list[int], g, stop: Sequence[str]) -> Completion:
-        pieces = self._token_texts(ids, g.tokens)
+    def _record(self, g: Generation, k: int, text: str) -> TokenRecord:
+        decode = self.tokenizer.decode
+        top = None if g.top is None else [(decode([i]), p) for i, p in g.top[k]]
+        sets = None if g.sets is None else [decode([i]) for i in g.sets[k]]
+        return TokenRecord(g.tokens[k], text, g.logprob[k], g.entropy[k], None if g.mi is None else g.mi[k],
+                           top, sets, None if g.draws is None else g.draws[k])
+
+    def _completion(self, prompt: str, ids: list[int], g: Generation, stop: Sequence[str]) -> Completion:
+        pieces = _Pieces(self.tokenizer, ids).all(g.tokens)
         text = "".join(pieces)
         n, reason = len(g.tokens), g.finish_reason
         cuts = [text.find(s) for s in stop if s in text]
@@ -158,11 +190,15 @@ class LanguageModel:
             text, reason = text[:cut], "stop_string"
             while n and sum(map(len, pieces[:n])) > cut:
                 n -= 1
-        records = [
-            TokenRecord(t, pieces[k], lp, h, None if g.mi is None else g.mi[k])
-            for k, (t, lp, h) in enumerate(zip(g.tokens[:n], g.logprob, g.entropy))
-        ]
-        return Completion(prompt=prompt, text=text, tokens=records, finish_reason=reason)
+        return Completion(prompt=prompt, text=text, tokens=[self._record(g, k, pieces[k]) for k in range(n)],
+                          finish_reason=reason)
+
+    def predictor(self, bayes_mode: str | None = None, mc_samples: int | None = None, seed: int | None = None):
+        """The run's predictive distribution (Bayesian heads: 'step' = MC draws, by default, or 'mean')."""
+        mode = bayes_mode or ("step" if self.model.head.stochastic else "mean")
+        if mode == "sequence":
+            raise ValueError("bayes_mode 'sequence' draws one weight set per generated row; scoring uses 'step' or 'mean'")
+        return predictor_for(self.model, mode, mc_samples, seed=seed)
 
     @torch.no_grad()
     def score(
@@ -174,52 +210,49 @@ class LanguageModel:
         seed: int | None = None,
         unknown: str = "error",
         slide: int | None = None,
+        top_n: int = 0,
     ) -> list[TokenRecord]:
-        """Per-token log p(token | context) and predictive entropy of ``text``.
+        """Per-token log p(token | context), predictive entropy (and MI with several draws) of ``text``.
 
         The end-of-text token is prepended when the tokenizer has one, so every token is scored;
         otherwise the first token has no context and is not scored. Past block_size the
         contexts follow generation's sliding-window policy (``generate.window_start``), so a
         token's score equals its probability at generation time. Bayesian heads: ``bayes_mode``
-        'step' (default) scores under the average of ``mc_samples`` posterior draws and adds the
-        mutual information; 'mean' uses the posterior mean weights.
+        'step' (default) scores under the average of ``mc_samples`` posterior draws; 'mean' uses
+        the posterior mean weights. ``top_n``: also the most probable alternatives (and a sigmoid
+        head's set at tau = 0.5).
         """
-        model = self.model
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
         ids = self.tokenizer.encode(text, unknown=unknown)
         if self.tokenizer.eot_token is not None:
             ids = [self.tokenizer.eot_token] + ids
         if len(ids) < 2:
             return []
-        mode = bayes_mode or ("step" if model.bayesian else "mean")
-        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        head = HeadLogits(model, mode, mc_samples or model.obj_config.mc_samples, 1, generator)
-        block = model.config.block_size
-        keep = _keep(block, slide)
-        # group the targets t = 1..N-1 by where their context starts: one forward pass per group
-        groups: list[list[int]] = []  # [start, first target, last target]
-        start = 0
-        for t in range(1, len(ids)):
-            start = window_start(start, t, block, keep)
-            if groups and groups[-1][0] == start:
-                groups[-1][2] = t
-            else:
-                groups.append([start, t, t])
-        x = torch.tensor(ids, dtype=torch.long, device=self.device)
+        predictor = self.predictor(bayes_mode, mc_samples, seed)
+        pieces = _Pieces(self.tokenizer, ids[:1]).all(ids[1:])
         records: list[TokenRecord] = []
-        pieces = self._token_texts(ids[:1], ids[1:])
-        chunk = max(1, (1 << 23) // (head.samples * model.config.vocab_size))  # ~32 MiB of fp32 logits at a time
-        for start, first, last in groups:
-            h = model.transformer(x[None, start:last])[0, first - 1 - start :]  # predicts tokens first..last
-            for c in range(0, h.shape[0], chunk):
-                hc = h[c : c + chunk]
-                target = x[first + c : first + c + hc.shape[0]]
-                log_p, log_ps = predictive(model.objective, head(hc))
-                lp = log_p.gather(-1, target[:, None]).squeeze(-1).tolist()
-                ent = entropy(log_p).tolist()
-                mi = mutual_information(log_p, log_ps).tolist() if mode == "step" else [None] * len(lp)
-                for t, a, b, m in zip(target.tolist(), lp, ent, mi):
-                    records.append(TokenRecord(t, pieces[len(records)], a, b, m))
+        want_sets = top_n > 0 and predictor.sigmoid
+        for _, y, draws in score_windows(predictor, ids, generation_windows(len(ids), predictor.block_size, slide),
+                                         batch=1, set_probs=want_sets):
+            records.extend(self._scored(draws, y, pieces, len(records), top_n))
         return records
+
+    def _scored(self, draws: Draws, y: torch.Tensor, pieces: list[str], done: int, top_n: int) -> list[TokenRecord]:
+        """TokenRecords of one scored chunk of targets y."""
+        cols: dict[str, list] = {"lp": draws.logprob(y).tolist(), "h": draws.entropy().tolist()}
+        cols["mi"] = draws.mutual_information().tolist() if draws.samples > 1 else [None] * len(y)
+        cols["top"] = cols["set"] = cols["draws"] = [None] * len(y)
+        decode = self.tokenizer.decode
+        if top_n:
+            p, i = draws.probs.topk(min(top_n, draws.log_p.shape[-1]), dim=-1)
+            cols["top"] = [[(decode([a]), b) for a, b in zip(ii, pp)] for ii, pp in zip(i.tolist(), p.tolist())]
+            if draws.set_probs is not None:
+                cols["set"] = [[decode([v]) for v in torch.nonzero(r > 0.5).squeeze(1).tolist()] for r in draws.set_probs]
+            if draws.samples > 1:
+                cols["draws"] = draws.log_ps.gather(-1, y[None, :, None].expand(draws.samples, -1, 1)).squeeze(-1).exp().t().tolist()
+        return [TokenRecord(t, pieces[done + k], cols["lp"][k], cols["h"][k], cols["mi"][k], cols["top"][k],
+                            cols["set"][k], cols["draws"][k]) for k, t in enumerate(y.tolist())]
 
     def __repr__(self) -> str:
         c = self.config
@@ -227,4 +260,38 @@ class LanguageModel:
                 f"block_size={c.model.block_size}, tokenizer={self.tokenizer.name!r}, device={self.device})")
 
 
-__all__ = ["Completion", "LanguageModel", "TokenRecord", "load"]
+def generation_windows(n_tokens: int, block_size: int, slide: int | None = None) -> list[tuple[int, int, int]]:
+    """Generation's context policy as (begin, end, score_from) windows over a stream of ``n_tokens``
+    (``predictive.score_windows``): target t is predicted from tokens[start(t) : t], where start
+    follows ``generate.window_start``; consecutive targets with the same start share a window."""
+    keep = keep_tokens(block_size, slide)
+    windows: list[list[int]] = []  # [start, end, first target]
+    start = 0
+    for t in range(1, n_tokens):
+        start = window_start(start, t, block_size, keep)
+        if windows and windows[-1][0] == start:
+            windows[-1][1] = t + 1
+        else:
+            windows.append([start, t + 1, t])
+    return [tuple(w) for w in windows]
+
+
+class _Pieces:
+    """Each new token's share of the decoded text, so that the pieces join to the text exactly (a
+    word tokenizer's spaces included, which decoding tokens one by one would lose)."""
+
+    def __init__(self, tokenizer, context: list[int]) -> None:
+        self.tokenizer, self.ids = tokenizer, list(context)
+        self.length = len(tokenizer.decode(self.ids))
+
+    def next(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        piece, self.length = text[self.length :], len(text)
+        return piece
+
+    def all(self, new: list[int]) -> list[str]:
+        return [self.next(t) for t in new]
+
+
+__all__ = ["Completion", "LanguageModel", "TokenRecord", "generation_windows", "load"]

@@ -64,8 +64,8 @@ class ObjectiveConfig:
     """Head and objective hyper-parameters; a variant fills in its own defaults."""
 
     variant: str = "baseline"
-    head: str = ""  # 'linear' | 'bayesian' (from the variant)
-    objective: str = ""  # 'ce' | 'smooth' | 'bce' (from the variant)
+    head: str = ""  # a heads.HEADS name (from the variant)
+    objective: str = ""  # an objectives.OBJECTIVES name (from the variant)
     label_smoothing: float = 0.1  # eps: 1-eps on the true token, eps/(V-1) elsewhere
     pos_weight: float = 1.0  # BCE positive-class weight w
     sum_penalty: float = 0.0  # lambda in lambda * (sum_v sigmoid(z_v) - 1)^2
@@ -88,8 +88,11 @@ class ObjectiveConfig:
         _check(self.kl_beta >= 0, "kl_beta must be >= 0")
         _check(self.mc_samples >= 1, "mc_samples must be >= 1")
         _check(self.set_draws >= 0, "set_draws must be >= 0 (0: take it from the sets)")
-        _check(self.head in ("linear", "bayesian"), f"head must be 'linear' or 'bayesian', not {self.head!r}")
-        _check(self.objective in ("ce", "smooth", "bce"), f"objective must be 'ce', 'smooth' or 'bce', not {self.objective!r}")
+        from .heads import HEADS
+        from .objectives import OBJECTIVES
+
+        _check(self.head in HEADS, f"head must be one of {', '.join(HEADS)}, not {self.head!r}")
+        _check(self.objective in OBJECTIVES, f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
 
 
 @dataclass

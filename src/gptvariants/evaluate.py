@@ -50,14 +50,13 @@ from .atomic import atomic_write
 from .checkpoint import latest_checkpoint, load_run, load_state
 from .data import TokenDataset
 from .model import GPT
-from .objectives import fused_linear_loss
+from .predictive import CHUNK_FLOATS, Predictor, score_windows
 from .tokenizers import META_FILE
 
 N_BINS = 15
 EXACT_SUPPORT_THRESHOLD = 0.01  # a token is in the synthetic language's reference set if p_true > this
 TAUS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)  # each costs one pass over the chunk's (n, V) values
 PROMPT_TOKENS = 16
-CHUNK_FLOATS = 2**23  # ~32 MiB of fp32 (n, V) values per chunk (times 2S+1 for Bayesian heads)
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -139,106 +138,86 @@ class _Rows:
 # ----------------------------------------------------------------------------- scoring
 
 
-@torch.no_grad()
-def hidden_states(model: GPT, tokens: np.ndarray, stride: int, batch: int = 16,
-                  device: torch.device | str = "cpu") -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (t0, h): final hidden states h (n, C) that predict tokens[t0 : t0 + n].
-
-    Blocks come in order and cover targets 1..len(tokens)-1 exactly once (sliding windows of
-    block_size tokens, advanced by ``stride``); up to ``batch`` windows of equal length share
-    one forward pass.
-    """
-    windows = M.sliding_windows(len(tokens), model.config.block_size, stride)
-    i = 0
-    while i < len(windows):
-        length = windows[i][1] - windows[i][0]
-        j = i + 1
-        while j < len(windows) and j - i < batch and windows[j][1] - windows[j][0] == length:
-            j += 1
-        group = windows[i:j]
-        x = torch.from_numpy(np.stack([tokens[b : e - 1] for b, e, _ in group]).astype(np.int64)).to(device)
-        h = model.transformer(x)
-        # window (b, e, s): position p of x predicts tokens[b + p + 1]; targets s..e-1 are scored
-        yield group[0][2], torch.cat([h[k, s - b - 1 :] for k, (b, e, s) in enumerate(group)])
-        i = j
-
-
 def _cat(parts: dict[str, list[torch.Tensor]]) -> dict[str, np.ndarray]:
     return {k: torch.cat(v).cpu().numpy() for k, v in parts.items()}
 
 
+class _SetCounts:
+    """Per-token set counts at ``tau`` and pooled counts over TAUS, against reference sets."""
+
+    def __init__(self, tau: float) -> None:
+        self.tau, self.tp, self.pred = tau, None, None
+
+    def add(self, per_token: dict[str, list], probs: torch.Tensor, ref: torch.Tensor) -> None:
+        tp, n_pred, n_ref = M.set_counts(probs, ref, self.tau)
+        per_token["set_tp"].append(tp)
+        per_token["set_n_pred"].append(n_pred)
+        per_token["set_n_ref"].append(n_ref)
+        ctp, cpred, _ = M.set_curve(probs, ref, TAUS)
+        ctp, cpred = ctp.sum(1), cpred.sum(1)
+        self.tp = ctp if self.tp is None else self.tp + ctp
+        self.pred = cpred if self.pred is None else self.pred + cpred
+
+    def curve(self) -> tuple[np.ndarray, np.ndarray] | None:
+        return None if self.tp is None else (self.tp.cpu().numpy(), self.pred.cpu().numpy())
+
+
 @torch.no_grad()
-def score(model: GPT, tokens: np.ndarray, *, stride: int, mc_samples: int = 8, truth=None,
+def score(predictor: Predictor | GPT, tokens: np.ndarray, *, stride: int, truth=None,
           reference: np.memmap | None = None, train_sets: np.memmap | None = None,
-          tau: float = 0.5, device: torch.device | str = "cpu", batch: int = 16) -> dict[str, Any]:
+          tau: float = 0.5, batch: int = 16, point: bool = True) -> dict[str, Any]:
     """One pass over ``tokens`` (targets 1..n-1 in order): per-token statistics and set counts.
 
-    mc_samples: head draws of a Bayesian model (ignored otherwise). truth: a
-    SyntheticLanguage (exact p_true for ground-truth metrics and, without ``reference``, the
-    exact-support reference sets). reference / train_sets: cached set memmaps aligned with
-    ``tokens`` (row i = candidates for token i+1), the first for set metrics, the second for
-    the sigmoid head's raw BCE as trained.
-    Returns {"tokens": {name: (n-1,) array} of the predictive distribution (metrics.token_stats
-    or mc_token_stats, plus truth_* and set_* counts when available), "point": the same for
-    the posterior-mean weights (Bayesian) or None, "curve": (tp, n_pred) summed per tau of
-    TAUS or None, "raw_bce_sum": summed BCE (sigmoid heads)}.
+    predictor: the run's predictive distribution (a bare GPT means its default predictor).
+    truth: a SyntheticLanguage (exact p_true for ground-truth metrics and, without
+    ``reference``, the exact-support reference sets). reference / train_sets: cached set
+    memmaps aligned with ``tokens`` (row i = candidates for token i+1), the first for set
+    metrics, the second for the sigmoid head's raw BCE as trained. point: also score the
+    heads' point estimates (posterior mean) when the predictor draws from a head posterior.
+    Returns {"tokens": {name: (n-1,) array} of the predictive distribution (``Draws.token_stats``,
+    plus truth_* and set_* counts when available), "point": the same for the point estimate or
+    None, "curve": (tp, n_pred) summed per tau of TAUS or None, "raw_bce_sum": summed BCE
+    (sigmoid heads, a single model)}.
     """
-    V = model.config.vocab_size
-    obj = model.objective
-    mean_w, mean_b = model.head.weights(sample=False)
-    # Bayesian: S head draws fixed for the whole split, so every token is scored by the same
-    # mixture (the backbone is deterministic and runs once per window)
-    draws = [model.head.weights(sample=True) for _ in range(mc_samples)] if model.bayesian else []
-    rows = max(1, CHUNK_FLOATS // (V * (2 * len(draws) + 1)))  # logits and probabilities of every draw
+    predictor = predictor if isinstance(predictor, Predictor) else Predictor([predictor], seed=0)
+    single = len(predictor.members) == 1 and not predictor.dropout_samples
+    model = predictor.model
+    point_of = None
+    if point and single and predictor.n_draws > 1 and predictor.samples != 0:
+        point_of = Predictor(predictor.members, samples=0)
     rows_true = _Rows(truth.iter_next_token_probs(tokens[:-1])) if truth is not None else None
     want_sets = reference is not None or truth is not None
-    per_token, point = defaultdict(list), defaultdict(list)
-    curve_tp = curve_pred = None
+    per_token, point_tokens = defaultdict(list), defaultdict(list)
+    sets = _SetCounts(tau)
     raw_bce = 0.0
-
-    for t0, h in hidden_states(model, tokens, stride, batch, device):
-        for c in range(0, len(h), rows):
-            hc, t = h[c : c + rows], t0 + c
-            n = len(hc)
-            y = torch.from_numpy(tokens[t : t + n].astype(np.int64)).to(hc.device)
-            z = F.linear(hc, mean_w, mean_b).float()
-            p_point = obj.log_probs(z).exp()
-            set_probs = torch.sigmoid(z) if obj.sigmoid else p_point
-            if draws:
-                z_s = torch.stack([F.linear(hc, w, b).float() for w, b in draws])  # (S, n, V)
-                if obj.sigmoid:  # per-label posterior predictive: E_w sigmoid(z_v(w))
-                    set_probs = torch.sigmoid(z_s).mean(0)
-                draw_probs = obj.log_probs(z_s).exp_()
-                stats, p = M.mc_token_stats(draw_probs, y), draw_probs.mean(0)
-                for k, v in M.token_stats(p_point, y).items():
-                    point[k].append(v)
-            else:
-                p, stats = p_point, M.token_stats(p_point, y)
-            for k, v in stats.items():
-                per_token[k].append(v)
-            if obj.sigmoid:
-                s = _as_reference(train_sets[t - 1 : t - 1 + n]).to(hc.device) if train_sets is not None else None
-                raw_bce += fused_linear_loss(hc, mean_w, mean_b, obj, y, s).item() * n
-            p_true = rows_true.take(n).to(hc.device) if rows_true is not None else None
-            if p_true is not None:
-                for k, v in M.calibration_vs_truth(p, p_true).items():
-                    per_token[f"truth_{k}"].append(v)
-                per_token["truth_entropy"].append(M.entropy(p_true))
-                per_token["truth_nll"].append(-p_true.gather(1, y[:, None]).squeeze(1).clamp_min(1e-30).log())
-            if want_sets:
-                ref = (_as_reference(reference[t - 1 : t - 1 + n]) if reference is not None else exact_support(p_true)).to(hc.device)
-                tp, n_pred, n_ref = M.set_counts(set_probs, ref, tau)
-                per_token["set_tp"].append(tp)
-                per_token["set_n_pred"].append(n_pred)
-                per_token["set_n_ref"].append(n_ref)
-                ctp, cpred, _ = M.set_curve(set_probs, ref, TAUS)
-                ctp, cpred = ctp.sum(1), cpred.sum(1)
-                curve_tp = ctp if curve_tp is None else curve_tp + ctp
-                curve_pred = cpred if curve_pred is None else curve_pred + cpred
+    windows = M.sliding_windows(len(tokens), predictor.block_size, stride)
+    budget = CHUNK_FLOATS // 2  # the draws' log-probabilities and their probabilities
+    for t, y, draws in score_windows(predictor, tokens, windows, batch=batch, set_probs=want_sets, budget=budget):
+        n = len(y)
+        stats = draws.token_stats(y)
+        if draws.samples == 1:
+            stats.pop("expected_entropy"), stats.pop("mutual_information")
+        for k, v in stats.items():
+            per_token[k].append(v)
+        if point_of is not None:
+            for k, v in M.token_stats(point_of.draws(draws.hidden).probs, y).items():
+                point_tokens[k].append(v)
+        if single and model.objective.sigmoid:
+            s = _as_reference(train_sets[t - 1 : t - 1 + n]).to(y.device) if train_sets is not None else None
+            raw_bce += model.head.loss(draws.hidden[0], model.objective, y, s)[0].item() * n
+        p_true = rows_true.take(n).to(y.device) if rows_true is not None else None
+        if p_true is not None:
+            for k, v in M.calibration_vs_truth(draws.probs, p_true).items():
+                per_token[f"truth_{k}"].append(v)
+            per_token["truth_entropy"].append(M.entropy(p_true))
+            per_token["truth_nll"].append(-p_true.gather(1, y[:, None]).squeeze(1).clamp_min(1e-30).log())
+        if want_sets:
+            ref = _as_reference(reference[t - 1 : t - 1 + n]) if reference is not None else exact_support(p_true)
+            sets.add(per_token, draws.set_probs, ref.to(y.device))
     return {
         "tokens": _cat(per_token),
-        "point": _cat(point) if point else None,
-        "curve": None if curve_tp is None else (curve_tp.cpu().numpy(), curve_pred.cpu().numpy()),
+        "point": _cat(point_tokens) if point_tokens else None,
+        "curve": sets.curve(),
         "raw_bce_sum": raw_bce,
     }
 
@@ -315,22 +294,21 @@ def pick_prompts(tokens: np.ndarray, n: int, length: int = PROMPT_TOKENS, seed: 
     return [tokens[k * length : (k + 1) * length].astype(np.int64).tolist() for k in picks], replace
 
 
-def sample_diversity(model: GPT, tokenizer, tokens: np.ndarray, *, num_samples: int, max_new_tokens: int,
+def sample_diversity(predictor: Predictor, tokenizer, tokens: np.ndarray, *, num_samples: int, max_new_tokens: int,
                      seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Sample continuations of prompts from ``tokens`` and measure their diversity.
 
     Prompts: pick_prompts(tokens, num_samples, PROMPT_TOKENS, seed). Sampling: exactly
     max_new_tokens tokens (no stop token), temperature 1, no top-k / top-p, seed ``seed``;
-    Bayesian heads sample from the Monte-Carlo mean of fresh weight draws at every step (the
-    distribution that is scored; generate's bayes_mode="step"), sigmoid heads from
-    sigmoid(z) / sum sigmoid(z). Metrics use the decoded continuations only (no prompt).
+    tokens are drawn from the predictive distribution that is scored (Bayesian heads: the
+    Monte-Carlo mixture of fresh draws at every step; sigmoid heads: their normalised readout).
+    Metrics use the decoded continuations only (no prompt).
     """
     from .generate import generate
 
     prompts, replaced = pick_prompts(tokens, num_samples, PROMPT_TOKENS, seed)
     t0 = time.perf_counter()
-    new = generate(model, prompts, max_new_tokens, temperature=1.0, seed=seed,
-                   bayes_mode="step" if model.bayesian else "mean", sig_mode="normalize")
+    new = generate(predictor, prompts, max_new_tokens, temperature=1.0, seed=seed, sig_mode="normalize")
     seconds = time.perf_counter() - t0
     texts = [tokenizer.decode(ids) for ids in new]
     samples = [{"prompt": tokenizer.decode(p), "continuation": t, "new_tokens": len(ids)}
@@ -419,7 +397,8 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, *, split: str = "val", o
     stride = stride or max(1, block // 2)
     if not 1 <= stride <= block:
         raise ValueError(f"stride must be in 1..block_size={block}, got {stride}")
-    S = (mc_samples or cfg.objective.mc_samples) if model.bayesian else 0
+    predictor = Predictor([model], samples=mc_samples, seed=seed)
+    S = predictor.n_draws if predictor.n_draws > 1 else 0
     truth = data.synthetic
 
     reference, set_source = None, None
@@ -440,8 +419,8 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, *, split: str = "val", o
             train_sets = None
 
     t0 = time.perf_counter()
-    raw = score(model, tokens, stride=stride, mc_samples=S, truth=truth,
-                reference=reference, train_sets=train_sets, tau=tau, device=dev, batch=batch)
+    raw = score(predictor, tokens, stride=stride, truth=truth, reference=reference, train_sets=train_sets,
+                tau=tau, batch=batch)
     score_s = time.perf_counter() - t0
     tok = raw["tokens"]
     n_scored = len(tok["nll"])
@@ -480,7 +459,7 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, *, split: str = "val", o
 
     result["speed"] = {"scoring_tokens_per_s": n_scored / score_s, "scoring_seconds": score_s}
     if num_samples > 0:
-        div, samples = sample_diversity(model, data.tokenizer, tokens, num_samples=num_samples,
+        div, samples = sample_diversity(Predictor([model], samples=mc_samples, seed=seed), data.tokenizer, tokens, num_samples=num_samples,
                                         max_new_tokens=max_new_tokens, seed=seed)
         result["speed"]["generation_tokens_per_s"] = div.pop("tokens_per_s")
         path = out.with_suffix(".samples.jsonl")

@@ -13,42 +13,36 @@ Context-window policy
     gives the same output; ``window_start`` is the policy, shared with ``api.LanguageModel.score``.
 
 One decoding step, per row
-    1. z: logits of the head, (S, B, V) for S weight draws (S = 1 unless Bayesian ``step``).
-    2. the predictive distribution p: softmax(z), or for sigmoid heads sigmoid(z) / sum_v
-       sigmoid(z) normalised per row (the study normalised over the whole batch); Bayesian
-       ``step`` mode averages p over the S draws.
-    3. scores, with softmax(scores) = p: the raw logits for a softmax head with one weight set,
-       log p otherwise (sigmoid heads, MC averages). The CTRL repetition penalty acts on them.
-    4. sigmoid ``set`` mode keeps only the tokens with sigmoid(z) > tau (draw-averaged), the
+    1. the predictive distribution p of the next token (``predictive.Predictor.draws``): softmax,
+       a sigmoid head's normalised readout per row (the study normalised over the whole batch),
+       or the mixture of S draws (Bayesian ``step`` mode, MC dropout, ensembles).
+    2. scores, with softmax(scores) = p: the raw logits for a single softmax draw, log p
+       otherwise. The CTRL repetition penalty acts on them.
+    3. sigmoid ``set`` mode keeps only the tokens with sigmoid(z) > tau (draw-averaged), the
        scores of the others become -inf; if no token clears tau, the argmax of sigmoid(z).
-    5. greedy (``greedy=True`` or temperature <= 0): argmax of the scores; otherwise scores /
+    4. greedy (``greedy=True`` or temperature <= 0): argmax of the scores; otherwise scores /
        temperature, then top-k, then top-p (nucleus), then one draw from the result.
-    Reported details (probability of the chosen token, entropy, mutual information) describe
-    the model's predictive p of step 2, not the filtered distribution that was sampled.
+    Reported details (probability of the chosen token, entropy, mutual information, the top
+    alternatives, a sigmoid head's set, the chosen token's probability under each draw)
+    describe the model's predictive p of step 1, not the filtered distribution that was sampled.
 
 Bayesian heads (``bayes_mode``)
     ``mean``: the posterior mean weights. ``sequence``: one weight draw per row, kept for its
-    whole generation. ``step``: S = mc_samples draws at every step, p = mean_s p_s, computed
-    from one backbone pass. For a fixed hidden state h, z_v = sum_c W_vc h_c is exactly Gaussian
-    with mean mu_v.h + b_v and variance sum_c sigma_vc^2 h_c^2 + sigma_b,v^2, independent over
-    v because the rows of W are independent; drawing z directly (local reparameterisation) is
-    therefore the same distribution as drawing S weight matrices, at the cost of one extra
-    (B, C) x (C, V) matmul and S*B*V normal numbers instead of S*V*C. Its mutual information
-    H(mean_s p_s) - mean_s H(p_s) separates model (epistemic) uncertainty from the entropy.
+    whole generation. ``step``: S = mc_samples draws of the logits at every step (local
+    reparameterisation, ``heads.BayesianHead.logits``), from one backbone pass. Any other
+    predictive (MC dropout, ensembles, a fitted temperature) is passed in as a ``Predictor``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
-import warnings
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from .predictive import Draws, Member, Predictor
 
 BAYES_MODES = ("mean", "step", "sequence")
 SIG_MODES = ("normalize", "set")
@@ -71,7 +65,8 @@ def window_start(start: int, length: int, block_size: int, keep: int) -> int:
     return length - keep if length - start > block_size else start
 
 
-def _keep(block_size: int, slide: int | None) -> int:
+def keep_tokens(block_size: int, slide: int | None) -> int:
+    """Tokens kept when the window slides (block_size - slide, at least 1)."""
     slide = default_slide(block_size) if slide is None else slide
     if not 1 <= slide <= block_size:
         raise ValueError(f"slide must be in [1, block_size={block_size}], got {slide}")
@@ -81,31 +76,33 @@ def _keep(block_size: int, slide: int | None) -> int:
 class ContextWindow:
     """B sequences of equal length as the backbone sees them, one appended token at a time.
 
-    ``hidden`` is the final hidden state (B, C) of the last token, from which the next token is
-    predicted. With ``use_cache`` the keys/values live in a KVCache and a step costs one token's
-    forward pass; without it, the whole current window is recomputed each step.
+    ``hidden`` holds the final hidden state (B, C) of the last token, one per backbone pass of
+    the predictor, from which the next token is predicted. With ``use_cache`` the keys/values
+    live in KV caches and a step costs one token's forward pass; without, the whole current
+    window is recomputed each step.
     """
 
-    def __init__(self, model, tokens: torch.Tensor, *, use_cache: bool = True, slide: int | None = None, capacity: int = 0) -> None:
+    def __init__(self, predictor: Predictor, tokens: torch.Tensor, *, use_cache: bool = True,
+                 slide: int | None = None, capacity: int = 0) -> None:
         B, n = tokens.shape
-        self.model = model
-        self.block_size = model.config.block_size
-        self.keep = _keep(self.block_size, slide)
+        self.predictor = predictor
+        self.block_size = predictor.block_size
+        self.keep = keep_tokens(self.block_size, slide)
         self.buf = tokens.new_empty(B, n + capacity)  # the full history, so a slide can re-prefill
         self.buf[:, :n] = tokens
         self.n = n
         self.start = max(0, n - self.block_size)
-        self.cache = model.new_cache(B, self.block_size) if use_cache else None
+        self.caches = predictor.new_caches(B, self.block_size) if use_cache else None
         self.hidden = self._encode()
 
     @property
     def context(self) -> torch.Tensor:
         return self.buf[:, self.start : self.n]
 
-    def _encode(self) -> torch.Tensor:
-        if self.cache is not None:
-            self.cache.reset()
-        return self.model.transformer(self.context, self.cache)[:, -1]
+    def _encode(self) -> list[torch.Tensor]:
+        for cache in self.caches or []:
+            cache.reset()
+        return [h[:, -1] for h in self.predictor.encode(self.context, self.caches)]
 
     def append(self, tokens: torch.Tensor) -> None:
         """Add one token per row (B,) and update ``hidden``."""
@@ -114,82 +111,29 @@ class ContextWindow:
         self.buf[:, self.n] = tokens
         self.n += 1
         start = window_start(self.start, self.n, self.block_size, self.keep)
-        if start != self.start or self.cache is None:
+        if start != self.start or self.caches is None:
             self.start = start
             self.hidden = self._encode()
         else:
-            self.hidden = self.model.transformer(tokens[:, None], self.cache)[:, -1]
+            self.hidden = [h[:, -1] for h in self.predictor.encode(tokens[:, None], self.caches)]
 
 
-# ---------------------------------------------------------------------------------------------
-# logits of the head, per Bayesian mode
-
-
-class HeadLogits:
-    """Final hidden states (B, C) -> fp32 logits (S, B, V) under one ``bayes_mode``.
-
-    ``rows`` is the batch size: ``sequence`` mode draws one (V, C) weight matrix per row up front
-    and holds all of them (rows * V * C floats). Randomness comes from ``generator``, so a seed
-    fixes every draw.
-    """
-
-    def __init__(self, model, mode: str = "mean", mc_samples: int = 1, rows: int = 1, generator: torch.Generator | None = None) -> None:
-        if mode not in BAYES_MODES:
-            raise ValueError(f"bayes_mode must be one of {BAYES_MODES}, got {mode!r}")
-        if mode != "mean" and not model.bayesian:
-            raise ValueError(f"bayes_mode={mode!r} needs a Bayesian head; this model's head is deterministic (use 'mean')")
-        if mc_samples < 1:
-            raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
-        self.model, self.mode, self.generator = model, mode, generator
-        self.samples = mc_samples if mode == "step" else 1
-        if mode == "mean":
-            return
-        head = model.head
-        mu = head.weight_mu.detach().float()
-        sigma = F.softplus(head.weight_rho.detach().float())
-        has_bias = head.bias_mu is not None
-        b_mu = head.bias_mu.detach().float() if has_bias else None
-        b_sigma = F.softplus(head.bias_rho.detach().float()) if has_bias else None
-        if mode == "step":  # moments of z given h (module docstring), computed once per call
-            self.mu, self.b_mu = mu, b_mu
-            self.var, self.b_var = sigma.square(), (b_sigma.square() if has_bias else None)
-        else:  # sequence: W_r = mu + sigma * eps_r, one (V, C) matrix per row
-            eps = torch.randn((rows, *mu.shape), generator=generator, device=mu.device)
-            self.w = mu + sigma * eps
-            self.b = b_mu + b_sigma * torch.randn((rows, *b_mu.shape), generator=generator, device=mu.device) if has_bias else None
-
-    def __call__(self, h: torch.Tensor) -> torch.Tensor:
-        if self.mode == "mean":
-            return self.model.logits(h)[None]
-        h = h.float()
-        if self.mode == "sequence":
-            z = torch.einsum("bvc,bc->bv", self.w, h)
-            return (z if self.b is None else z + self.b)[None]
-        mean = F.linear(h, self.mu, self.b_mu)
-        std = F.linear(h.square(), self.var, self.b_var).sqrt()
-        eps = torch.randn((self.samples, *mean.shape), generator=self.generator, device=mean.device)
-        return mean + std * eps
-
-
-def predictive(objective, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p (B, V), per-draw log p_s (S, B, V)) for logits z (S, B, V).
-
-    p_s is softmax(z_s), or sigmoid(z_s) / sum_v sigmoid(z_s) normalised per row for sigmoid
-    heads; p = mean_s p_s.
-    """
-    log_ps = objective.log_probs(z)
-    S = z.shape[0]
-    return (log_ps[0] if S == 1 else torch.logsumexp(log_ps, dim=0) - math.log(S)), log_ps
-
-
-def entropy(log_p: torch.Tensor) -> torch.Tensor:
-    """H(p) = -sum_v p_v log p_v over the last dimension (nats)."""
-    return -(log_p.exp() * log_p).sum(-1)
-
-
-def mutual_information(log_p: torch.Tensor, log_ps: torch.Tensor) -> torch.Tensor:
-    """H(mean_s p_s) - mean_s H(p_s) >= 0 (clamped: it is >= 0 up to rounding)."""
-    return (entropy(log_p) - entropy(log_ps).mean(0)).clamp_min(0.0)
+def predictor_for(model, bayes_mode: str = "mean", mc_samples: int | None = None, rows: int = 1,
+                  seed: int | None = None) -> Predictor:
+    """The predictor of a bare model under a Bayesian ``bayes_mode`` (module docstring)."""
+    if bayes_mode not in BAYES_MODES:
+        raise ValueError(f"bayes_mode must be one of {BAYES_MODES}, got {bayes_mode!r}")
+    if bayes_mode != "mean" and not model.head.stochastic:
+        raise ValueError(f"bayes_mode={bayes_mode!r} needs a Bayesian head; this model's head is deterministic (use 'mean')")
+    if mc_samples is not None and mc_samples < 1:
+        raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+    if bayes_mode == "mean":
+        return Predictor([model], samples=0, seed=seed)
+    if bayes_mode == "step":
+        return Predictor([model], samples=mc_samples or model.obj_config.mc_samples, seed=seed)
+    predictor = Predictor([model], samples=1, seed=seed)
+    predictor.members = [Member(model, sampler=model.head.sequence_sampler(rows, predictor.generator))]
+    return predictor
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,16 +194,21 @@ def sampling_probs(scores: torch.Tensor, temperature: float = 1.0, top_k: int | 
 @dataclass
 class Generation:
     """One row's output: the new tokens (the prompt and a stop token are not included) and, per
-    token, the model's probability of it (and its log), the predictive entropy (nats) and, in
-    Bayesian ``step`` mode, the mutual information (nats). ``finish_reason``: 'length',
-    'stop_token' or 'stop_fn'. The per-token lists are empty unless details were asked for."""
+    token when details were asked for, the model's probability of it (and its log), the
+    predictive entropy (nats), the mutual information (nats; None with a single draw), and with
+    ``top_n``: the ``top_n`` most probable tokens as (id, prob), a sigmoid head's set
+    {v : sigmoid(z_v) > tau} (draw-averaged), and the chosen token's probability under each
+    draw. ``finish_reason``: 'length', 'stop_token' or 'stop_fn'."""
 
-    tokens: list[int]
-    prob: list[float]
-    logprob: list[float]
-    entropy: list[float]
-    mi: list[float] | None
-    finish_reason: str
+    tokens: list[int] = field(default_factory=list)
+    prob: list[float] = field(default_factory=list)
+    logprob: list[float] = field(default_factory=list)
+    entropy: list[float] = field(default_factory=list)
+    mi: list[float] | None = None
+    top: list[list[tuple[int, float]]] | None = None
+    sets: list[list[int]] | None = None
+    draws: list[list[float]] | None = None
+    finish_reason: str = "length"
 
 
 @dataclass
@@ -273,11 +222,30 @@ class _Options:
     stop_fn: Callable[[int, list[int]], bool] | None
     use_cache: bool
     slide: int | None
-    bayes_mode: str
-    mc_samples: int
     sig_mode: str
     tau: float
     details: bool
+    top_n: int
+
+
+def _check_sampling(temperature: float, top_k: int | None, top_p: float | None, repetition_penalty: float,
+                    sig_mode: str, tau: float, max_new_tokens: int, top_n: int) -> None:
+    if not math.isfinite(temperature):
+        raise ValueError(f"temperature must be finite (<= 0 means greedy), got {temperature}")
+    if max_new_tokens < 0 or isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not (math.isfinite(repetition_penalty) and repetition_penalty > 0):
+        raise ValueError(f"repetition_penalty must be finite and > 0, got {repetition_penalty}")
+    if sig_mode not in SIG_MODES:
+        raise ValueError(f"sig_mode must be one of {SIG_MODES}, got {sig_mode!r}")
+    if not 0.0 <= tau <= 1.0:
+        raise ValueError(f"tau must be in [0, 1], got {tau}")
+    if top_n < 0:
+        raise ValueError(f"top_n must be >= 0, got {top_n}")
 
 
 @torch.no_grad()
@@ -301,9 +269,12 @@ def generate(
     sig_mode: str = "normalize",
     tau: float = 0.5,
     return_details: bool = False,
+    top_n: int = 0,
 ) -> list[list[int]] | list[Generation]:
     """Continue each prompt by up to ``max_new_tokens`` tokens (see the module docstring).
 
+    model: a GPT, or a ``Predictor`` (any predictive: MC dropout, ensembles, temperature); with
+    a GPT, ``bayes_mode`` / ``mc_samples`` (default: the model's config) choose its predictive.
     prompts: token-id lists (any lengths, each non-empty) or a (B, T) LongTensor. Rows are
     grouped by prompt length and each group decoded as one batch, so a row's tokens do not
     depend on the other rows under greedy decoding (nor its logits, up to float rounding).
@@ -311,38 +282,60 @@ def generate(
     repetition_penalty: CTRL penalty on tokens present in the prompt or generated so far.
     stop_tokens: ids that end a row (not included in its output). stop_fn(row, tokens): called
     after each new token of a row; True ends it (for stop strings, which need the tokenizer).
-    seed: makes sampling and Bayesian draws reproducible (a torch.Generator); the random
-    stream is shared by the rows, so a sampled row depends on the batch it was drawn in.
-    bayes_mode / mc_samples (default: the model's config): Bayesian heads only.
+    seed: makes sampling and every draw reproducible; the random stream is shared by the rows,
+    so a sampled row depends on the batch it was drawn in.
     sig_mode ('normalize' | 'set') and tau: sigmoid heads only.
-    Returns the new tokens per row, or ``Generation`` records when ``return_details``.
+    Returns the new tokens per row, or ``Generation`` records when ``return_details`` (with
+    the top alternatives, sets and per-draw probabilities when ``top_n`` > 0).
     """
+    gens = [None] * len(prompts)
+    for group, decoder in _decoders(model, prompts, max_new_tokens, temperature=temperature, top_k=top_k,
+                                    top_p=top_p, repetition_penalty=repetition_penalty, greedy=greedy,
+                                    stop_tokens=stop_tokens, stop_fn=stop_fn, seed=seed, use_cache=use_cache,
+                                    slide=slide, bayes_mode=bayes_mode, mc_samples=mc_samples, sig_mode=sig_mode,
+                                    tau=tau, details=return_details or top_n > 0, top_n=top_n):
+        for _ in decoder.steps():
+            pass
+        for i, g in zip(group, decoder.gens):
+            gens[i] = g
+    return gens if return_details else [g.tokens for g in gens]
+
+
+def stream(model, prompt: Sequence[int], max_new_tokens: int, **options) -> Iterator[tuple[int, Generation]]:
+    """Decode one prompt lazily: yield (index, generation) as each new token is appended to
+    ``generation`` (its ``tokens[-1]``); options as ``generate`` (``return_details`` -> details)."""
+    options["details"] = options.pop("return_details", True) or options.get("top_n", 0) > 0
+    for _, decoder in _decoders(model, [prompt], max_new_tokens, **options):
+        for _ in decoder.steps():
+            yield len(decoder.gens[0].tokens) - 1, decoder.gens[0]
+
+
+def _decoders(model, prompts, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+              top_p: float | None = None, repetition_penalty: float = 1.0, greedy: bool = False,
+              stop_tokens: Iterable[int] = (), stop_fn=None, seed: int | None = None, use_cache: bool = True,
+              slide: int | None = None, bayes_mode: str = "mean", mc_samples: int | None = None,
+              sig_mode: str = "normalize", tau: float = 0.5, details: bool = False,
+              top_n: int = 0) -> Iterator[tuple[list[int], _GroupDecoder]]:
+    """(row indices, decoder) per group of prompts of equal length (see ``generate``)."""
     rows = [list(map(int, r)) for r in (prompts.tolist() if isinstance(prompts, torch.Tensor) else prompts)]
-    V, block_size = model.config.vocab_size, model.config.block_size
+    base = model if isinstance(model, Predictor) else None
+    if base is not None and (bayes_mode != "mean" or mc_samples is not None):
+        raise ValueError("bayes_mode and mc_samples choose the predictive of a bare model; a Predictor has its own")
+    core = base.model if base is not None else model
+    V, block_size = core.config.vocab_size, core.config.block_size
     for i, r in enumerate(rows):
         if not r:
             raise ValueError(f"prompt {i} is empty: start it with an end-of-text (or any) token")
         if min(r) < 0 or max(r) >= V:
             raise ValueError(f"prompt {i} has token ids outside [0, {V})")
-    if max_new_tokens < 0:
-        raise ValueError("max_new_tokens must be >= 0")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if repetition_penalty <= 0:
-        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
-    if sig_mode not in SIG_MODES:
-        raise ValueError(f"sig_mode must be one of {SIG_MODES}, got {sig_mode!r}")
+    _check_sampling(temperature, top_k, top_p, repetition_penalty, sig_mode, tau, max_new_tokens, top_n)
     opts = _Options(
         greedy=greedy or temperature <= 0, temperature=temperature, top_k=top_k, top_p=top_p,
         repetition_penalty=repetition_penalty, stop_tokens=frozenset(int(t) for t in stop_tokens), stop_fn=stop_fn,
-        use_cache=use_cache, slide=slide, bayes_mode=bayes_mode, mc_samples=mc_samples or model.obj_config.mc_samples,
-        sig_mode=sig_mode, tau=tau, details=return_details,
+        use_cache=use_cache, slide=slide, sig_mode=sig_mode, tau=tau, details=details, top_n=top_n,
     )
-    device = next(model.parameters()).device
+    device = next(core.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    out: list[Generation | None] = [None] * len(rows)
     groups: dict[int, list[int]] = {}
     for i, r in enumerate(rows):
         groups.setdefault(min(len(r), block_size), []).append(i)
@@ -353,164 +346,99 @@ def generate(
             present = torch.zeros(len(idx), V, dtype=torch.bool, device=device)
             for j, i in enumerate(idx):
                 present[j, rows[i]] = True
-        for i, g in zip(idx, _generate_group(model, tokens, idx, present, max_new_tokens, opts, generator)):
-            out[i] = g
-    return out if return_details else [g.tokens for g in out]
+        predictor = base or predictor_for(model, bayes_mode, mc_samples, len(idx), seed)
+        if generator is not None:
+            predictor.generator = generator
+        yield idx, _GroupDecoder(predictor, tokens, idx, present, max_new_tokens, opts, generator)
 
 
-def _generate_group(model, tokens, row_ids, present, max_new_tokens, opts: _Options, generator) -> list[Generation]:
-    """Decode B rows whose prompts have the same length, as one batch."""
-    B = tokens.shape[0]
-    sigmoid = model.objective.sigmoid
-    gens = [Generation([], [], [], [], [] if opts.bayes_mode == "step" else None, "length") for _ in range(B)]
-    if max_new_tokens == 0:
-        return gens
-    head = HeadLogits(model, opts.bayes_mode, opts.mc_samples, B, generator)
-    window = ContextWindow(model, tokens, use_cache=opts.use_cache, slide=opts.slide, capacity=max_new_tokens)
-    active = list(range(B))
-    for step in range(max_new_tokens):
-        z = head(window.hidden)  # (S, B, V)
-        log_p, log_ps = predictive(model.objective, z)
-        scores = z[0] if z.shape[0] == 1 and not sigmoid else log_p
-        if present is not None:
-            scores = apply_repetition_penalty(scores, present, opts.repetition_penalty)
-        if sigmoid and opts.sig_mode == "set":
-            s = torch.sigmoid(z).mean(0)
+class _GroupDecoder:
+    """Decodes B rows whose prompts have the same length, as one batch; ``steps()`` yields after
+    each token appended (only the rows still active receive one)."""
+
+    def __init__(self, predictor: Predictor, tokens, row_ids, present, max_new_tokens: int, opts: _Options,
+                 generator) -> None:
+        self.predictor, self.tokens, self.row_ids, self.present = predictor, tokens, row_ids, present
+        self.max_new_tokens, self.opts, self.generator = max_new_tokens, opts, generator
+        many = predictor.n_draws > 1
+        full = opts.top_n > 0
+        self.want_sets = predictor.sigmoid and (opts.sig_mode == "set" or full)
+        self.gens = [Generation(mi=[] if many and opts.details else None, top=[] if full else None,
+                                sets=[] if full and predictor.sigmoid else None, draws=[] if full and many else None)
+                     for _ in range(tokens.shape[0])]
+
+    def _next_tokens(self, draws: Draws) -> torch.Tensor:
+        opts = self.opts
+        scores = draws.scores
+        if self.present is not None:
+            scores = apply_repetition_penalty(scores, self.present, opts.repetition_penalty)
+        if self.predictor.sigmoid and opts.sig_mode == "set":
+            s = draws.set_probs
             allowed = s > opts.tau
             fallback = F.one_hot(s.argmax(-1), s.shape[-1]).bool()
             allowed = torch.where(allowed.any(-1, keepdim=True), allowed, fallback)
             scores = scores.masked_fill(~allowed, float("-inf"))
         if opts.greedy:
-            nxt = scores.argmax(-1)
-        else:
-            probs = sampling_probs(scores, opts.temperature, opts.top_k, opts.top_p)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        if present is not None:
-            present[torch.arange(B, device=nxt.device), nxt] = True
-        if opts.details:
-            logprob = log_p.gather(-1, nxt[:, None]).squeeze(-1).tolist()
-            ent = entropy(log_p).tolist()
-            mi = mutual_information(log_p, log_ps).tolist() if opts.bayes_mode == "step" else None
-        chosen = nxt.tolist()
-        still = []
-        for j in active:
-            g = gens[j]
-            if chosen[j] in opts.stop_tokens:
-                g.finish_reason = "stop_token"
-                continue
-            g.tokens.append(chosen[j])
-            if opts.details:
-                g.logprob.append(logprob[j])
-                g.prob.append(math.exp(logprob[j]))
-                g.entropy.append(ent[j])
-                if mi is not None:
-                    g.mi.append(mi[j])
-            if opts.stop_fn is not None and opts.stop_fn(row_ids[j], g.tokens):
-                g.finish_reason = "stop_fn"
-                continue
-            still.append(j)
-        active = still
-        if not active or step == max_new_tokens - 1:
-            break
-        window.append(nxt)  # finished rows keep decoding in lockstep; their tokens are ignored
-    return gens
+            return scores.argmax(-1)
+        probs = sampling_probs(scores, opts.temperature, opts.top_k, opts.top_p)
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
 
+    def _details(self, draws: Draws, nxt: torch.Tensor) -> list[dict]:
+        """Per row: the predictive's account of the chosen token (module docstring)."""
+        opts = self.opts
+        cols = {"logprob": draws.logprob(nxt), "entropy": draws.entropy()}
+        if self.gens[0].mi is not None:
+            cols["mi"] = draws.mutual_information()
+        if opts.top_n:
+            k = min(opts.top_n, draws.log_p.shape[-1])
+            p_top, i_top = draws.probs.topk(k, dim=-1)
+            cols["top"] = [list(zip(i, p)) for i, p in zip(i_top.tolist(), p_top.tolist())]
+            if self.gens[0].sets is not None:
+                cols["sets"] = [torch.nonzero(row > opts.tau).squeeze(1).tolist() for row in draws.set_probs]
+            if self.gens[0].draws is not None:
+                per_draw = draws.log_ps.gather(-1, nxt[None, :, None].expand(draws.samples, -1, 1)).squeeze(-1)
+                cols["draws"] = per_draw.exp().t()
+        return [{k: (v[j] if isinstance(v, list) else v[j].tolist()) for k, v in cols.items()}
+                for j in range(len(nxt))]
 
-# ---------------------------------------------------------------------------------------------
-# gptv sample
+    def _record(self, g: Generation, token: int, d: dict | None) -> None:
+        g.tokens.append(token)
+        if d is None:
+            return
+        g.logprob.append(d["logprob"])
+        g.prob.append(math.exp(d["logprob"]))
+        g.entropy.append(d["entropy"])
+        for key in ("mi", "top", "sets", "draws"):
+            if key in d:
+                getattr(g, key).append(d[key])
 
-# ANSI colours for --show-uncertainty, by entropy as a fraction of its maximum log V
-_COLOURS = ((0.15, "\033[32m"), (0.40, "\033[33m"), (float("inf"), "\033[31m"))  # green, yellow, red
-_RESET = "\033[0m"
-
-
-def colour_by_entropy(records: Sequence[dict], vocab_size: int) -> str:
-    """The tokens' text, each wrapped in an ANSI colour by entropy / log V:
-    green below 0.15, yellow below 0.40, red above."""
-    h_max = math.log(vocab_size)
-    parts = []
-    for r in records:
-        colour = next(c for limit, c in _COLOURS if r["entropy"] / h_max < limit)
-        parts.append(f"{colour}{r['text']}{_RESET}")
-    return "".join(parts)
-
-
-def _unescape(s: str) -> str:
-    """--stop '\\n' means a line break: a shell cannot easily pass one."""
-    return s.replace("\\n", "\n").replace("\\t", "\t")
-
-
-def cmd_sample(args: argparse.Namespace) -> int:
-    """``gptv sample``: print samples (text, or JSON lines with per-token details)."""
-    from .api import load
-
-    if args.prompt_file is not None:
-        with open(args.prompt_file, encoding="utf-8") as f:
-            prompts = [line.rstrip("\r\n") for line in f]
-        if not prompts:
-            raise ValueError(f"{args.prompt_file} holds no prompts")
-    else:
-        prompts = [args.prompt]
-    lm = load(args.ckpt, device=args.device)
-    sampling = dict(
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-        greedy=args.greedy, seed=args.seed, use_cache=not args.no_cache, bayes_mode=args.bayes_mode,
-        mc_samples=args.mc_samples, sig_mode=args.sig_mode, tau=args.tau,
-    )
-    batch = [p for p in prompts for _ in range(args.num_samples)]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        results = lm.generate_details(
-            batch, args.max_new_tokens, stop=[_unescape(s) for s in args.stop], stop_at_eot=not args.ignore_eot,
-            unknown=args.unknown, **sampling,
-        )
-    for msg in dict.fromkeys(str(w.message) for w in caught):  # once per distinct prompt
-        print(f"gptv sample: warning: {msg}", file=sys.stderr)
-    colour = args.show_uncertainty and sys.stdout.isatty()
-    for k, res in enumerate(results):
-        records = [t.to_dict() for t in res.tokens]
-        if args.json:
-            line = {"prompt_index": k // args.num_samples, "sample": k % args.num_samples, "prompt": res.prompt,
-                    "completion": res.text, "finish_reason": res.finish_reason, "tokens": records}
-            print(json.dumps(line, ensure_ascii=False))
-            continue
-        if k:
-            print("---------------")
-        body = colour_by_entropy(records, lm.config.model.vocab_size) if colour else res.text
-        print(res.prompt + body)
-    if colour:
-        print("entropy / log V: \033[32m< 0.15\033[0m \033[33m< 0.40\033[0m \033[31m>= 0.40\033[0m", file=sys.stderr)
-    return 0
-
-
-def add_sample_arguments(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--prompt", default="", help="prompt text (default: empty = start from the end-of-text token, or token 0 without one)")
-    src.add_argument("--prompt-file", default=None, help="a file with one prompt per line")
-    p.add_argument("--ckpt", required=True, help="run folder (made by gptv train)")
-    p.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=1.0, help="<= 0 means greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL penalty (> 1 discourages repeats)")
-    p.add_argument("--greedy", action="store_true", help="argmax decoding")
-    p.add_argument("--stop", nargs="+", default=[], metavar="STR", help="stop strings (\\n and \\t understood); cut from the output")
-    p.add_argument("--ignore-eot", action="store_true", help="keep generating past the end-of-text token")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--bayes-mode", choices=BAYES_MODES, default="mean", help="Bayesian heads: posterior mean, MC average per step, or one draw per sequence")
-    p.add_argument("--mc-samples", type=int, default=None, help="draws per step in --bayes-mode step (default: the run's mc_samples)")
-    p.add_argument("--sig-mode", choices=SIG_MODES, default="normalize", help="sigmoid heads: sample sigmoid/sum, or among tokens with sigmoid > tau")
-    p.add_argument("--tau", type=float, default=0.5, help="threshold of --sig-mode set")
-    p.add_argument("--json", action="store_true", help="one JSON line per sample with per-token id, text, prob, entropy (and mi)")
-    p.add_argument("--show-uncertainty", action="store_true", help="colour tokens by entropy in a terminal")
-    p.add_argument("--unknown", choices=["error", "skip"], default="error", help="prompt text the tokenizer cannot encode")
-    p.add_argument("--no-cache", action="store_true", help="recompute the context every step (slow; for checking)")
-    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | mps | auto")
-
-
-def register_cli(subparsers) -> None:
-    """Add ``gptv sample`` to the ``gptv`` subcommands."""
-    p = subparsers.add_parser("sample", help="generate text from a trained run")
-    add_sample_arguments(p)
-    p.set_defaults(func=cmd_sample)
+    def steps(self) -> Iterator[None]:
+        if self.max_new_tokens == 0:
+            return
+        opts = self.opts
+        window = ContextWindow(self.predictor, self.tokens, use_cache=opts.use_cache, slide=opts.slide,
+                               capacity=self.max_new_tokens)
+        active = list(range(self.tokens.shape[0]))
+        for step in range(self.max_new_tokens):
+            draws = self.predictor.draws(window.hidden, set_probs=self.want_sets)
+            nxt = self._next_tokens(draws)
+            if self.present is not None:
+                self.present[torch.arange(len(nxt), device=nxt.device), nxt] = True
+            details = self._details(draws, nxt) if opts.details else None
+            chosen = nxt.tolist()
+            still = []
+            for j in active:
+                g = self.gens[j]
+                if chosen[j] in opts.stop_tokens:
+                    g.finish_reason = "stop_token"
+                    continue
+                self._record(g, chosen[j], details[j] if details else None)
+                yield
+                if opts.stop_fn is not None and opts.stop_fn(self.row_ids[j], g.tokens):
+                    g.finish_reason = "stop_fn"
+                    continue
+                still.append(j)
+            active = still
+            if not active or step == self.max_new_tokens - 1:
+                break
+            window.append(nxt)  # finished rows keep decoding in lockstep; their tokens are ignored

@@ -1,20 +1,102 @@
-"""Output layers. A head owns the (V, C) output weights and hands them to the objective.
+"""Output layers (heads) and their registry.
 
-Every head exposes ``weights(sample)`` -> ``(W, b)`` so that the loss can fuse the output
-projection with the objective in chunks (see ``objectives.fused_linear_loss``) instead of
-materialising (B, T, V) logits, and ``kl()`` for the ELBO (zero for deterministic heads).
+A head owns the (V, C) output weights and answers two questions:
+
+training    ``draw(sample)`` -> (W, b, KL): the weights of one forward pass, which the objective
+            consumes fused with the projection and chunked (``objectives.fused_linear_loss``), so
+            no (B, T, V) logits are held; KL(q || p) for a variational head, 0 otherwise.
+            ``loss(...)`` runs that draw through the objective; heads with several weight sets
+            (an ensemble of heads) override it.
+prediction  ``logits(h, samples, generator)`` -> (S, n, V) fp32 logits for hidden states h (n, C):
+            S draws of the head. ``samples=0`` asks for the point estimate (S = 1); a
+            deterministic head always returns its one set of logits.
+
+``HEADS`` maps a config name to its class; ``@register_head("name")`` adds one. A head is
+built with ``Head.from_config(n_embd, vocab_size, cfg, sigmoid)`` from the run's
+ObjectiveConfig, so a new head is one class plus its registration.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+if TYPE_CHECKING:
+    from .config import ObjectiveConfig
+    from .objectives import Objective
 
-class LinearHead(nn.Module):
+HEADS: dict[str, type[Head]] = {}
+
+
+def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
+    """Class decorator: make a head available to configs and variants as ``name``."""
+
+    def add(cls: type[Head]) -> type[Head]:
+        cls.name = name
+        HEADS[name] = cls
+        return cls
+
+    return add
+
+
+def sigmoid_bias_init(vocab_size: int, sigmoid: bool) -> float:
+    """Sigmoid heads start their output bias at -log V, so every initial s(z_v) is about 1/V."""
+    return -math.log(vocab_size) if sigmoid else 0.0
+
+
+class Head(nn.Module):
+    """Base class of output layers; see the module docstring for the contract."""
+
+    name: ClassVar[str] = ""
+    stochastic: ClassVar[bool] = False  # logits(h, samples > 0) differ between draws
+
+    @classmethod
+    def from_config(cls, n_embd: int, vocab_size: int, cfg: ObjectiveConfig, sigmoid: bool) -> Head:
+        raise NotImplementedError
+
+    @property
+    def mean_weight(self) -> nn.Parameter:
+        """The (V, C) weight that the token embedding shares when weights are tied."""
+        raise NotImplementedError
+
+    def weights(self, sample: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(W, b): a draw (``sample``) or the point estimate."""
+        raise NotImplementedError
+
+    def draw(self, sample: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(W, b, KL) for one training forward pass; a deterministic head has KL = 0."""
+        w, b = self.weights(sample)
+        return w, b, w.new_zeros(())
+
+    def loss(self, h: torch.Tensor, objective: Objective, y: torch.Tensor, sets: torch.Tensor | None,
+             chunk_size: int = 0, sample: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean objective over positions with y >= 0, KL) of one training forward pass."""
+        from .objectives import fused_linear_loss
+
+        w, b, kl = self.draw(sample)
+        return fused_linear_loss(h, w, b, objective, y, sets, chunk_size), kl
+
+    def logits(self, h: torch.Tensor, samples: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(S, n, V) fp32 logits for h (n, C); deterministic heads: S = 1 whatever ``samples``."""
+        w, b = self.weights(sample=False)
+        return F.linear(h, w.to(h.dtype), None if b is None else b.to(h.dtype)).float()[None]
+
+    def n_draws(self, samples: int) -> int:
+        """S of ``logits(h, samples)``."""
+        return 1
+
+    def stats(self) -> dict[str, float]:
+        """Scalars worth logging during training (posterior widths of a variational head)."""
+        return {}
+
+
+@register_head("linear")
+class LinearHead(Head):
     """z = h W^T (+ b). ``bias_init`` sets the starting bias (sigmoid heads use -log V)."""
 
     def __init__(self, n_embd: int, vocab_size: int, bias: bool = False, bias_init: float = 0.0) -> None:
@@ -23,6 +105,10 @@ class LinearHead(nn.Module):
         self.bias = nn.Parameter(torch.full((vocab_size,), float(bias_init))) if bias else None
         nn.init.normal_(self.weight, mean=0.0, std=0.02)
 
+    @classmethod
+    def from_config(cls, n_embd: int, vocab_size: int, cfg: ObjectiveConfig, sigmoid: bool) -> LinearHead:
+        return cls(n_embd, vocab_size, bias=cfg.output_bias, bias_init=sigmoid_bias_init(vocab_size, sigmoid))
+
     @property
     def mean_weight(self) -> nn.Parameter:
         return self.weight
@@ -30,38 +116,30 @@ class LinearHead(nn.Module):
     def weights(self, sample: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.weight, self.bias
 
-    def kl(self) -> torch.Tensor:
-        return self.weight.new_zeros(())
 
-    def draw(self, sample: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """(W, b, KL) for one training forward pass; a deterministic head has KL = 0."""
-        return self.weight, self.bias, self.weight.new_zeros(())
-
-
-class BayesianHead(nn.Module):
+@register_head("bayesian")
+class BayesianHead(Head):
     """Mean-field Gaussian posterior q(W) = N(mu, softplus(rho)^2) per weight (and bias).
 
     Training draws one weight sample per forward pass, W = mu + softplus(rho) * eps with
     eps ~ N(0, I) shared by all positions of the micro-batch. This costs a single (N, C) x (C, V)
     matmul, the same as a linear head, whereas local reparameterisation and Flipout need a
-    second matmul of the same size; with the output layer dominating small models the extra
-    matmul would break the speed budget (<= 1.15x the baseline step). The price is more
-    gradient variance across positions, which the ELBO's KL/N scaling keeps small in practice.
+    second matmul of the same size.
 
     KL(q || p) against the prior p = N(prior_mu, prior_sigma^2) is in closed form:
     sum_i log(sigma_p / sigma_i) + (sigma_i^2 + (mu_i - mu_p)^2) / (2 sigma_p^2) - 1/2.
+
+    Prediction draws the logits directly: for a fixed h, z_v = sum_c W_vc h_c + b_v is exactly
+    Gaussian with mean mu_v.h + b_v and variance sum_c sigma_vc^2 h_c^2 + sigma_b,v^2, independent
+    over v (the rows of W are independent). Drawing z (local reparameterisation) is therefore the
+    same per-position distribution as drawing S weight matrices, for two (n, C) x (C, V) matmuls
+    and S n V normal numbers instead of S matmuls and S V C normal numbers.
     """
 
-    def __init__(
-        self,
-        n_embd: int,
-        vocab_size: int,
-        bias: bool = False,
-        bias_init: float = 0.0,
-        prior_mu: float = 0.0,
-        prior_sigma: float = 0.02,
-        posterior_sigma_init: float = 1e-3,
-    ) -> None:
+    stochastic = True
+
+    def __init__(self, n_embd: int, vocab_size: int, bias: bool = False, bias_init: float = 0.0,
+                 prior_mu: float = 0.0, prior_sigma: float = 0.02, posterior_sigma_init: float = 1e-3) -> None:
         super().__init__()
         rho0 = math.log(math.expm1(posterior_sigma_init))  # softplus^-1
         self.weight_mu = nn.Parameter(torch.empty(vocab_size, n_embd))
@@ -74,6 +152,11 @@ class BayesianHead(nn.Module):
             self.bias_mu = self.bias_rho = None
         self.prior_mu = prior_mu
         self.prior_sigma = prior_sigma
+
+    @classmethod
+    def from_config(cls, n_embd: int, vocab_size: int, cfg: ObjectiveConfig, sigmoid: bool) -> BayesianHead:
+        return cls(n_embd, vocab_size, bias=cfg.output_bias, bias_init=sigmoid_bias_init(vocab_size, sigmoid),
+                   prior_mu=cfg.prior_mu, prior_sigma=cfg.prior_sigma, posterior_sigma_init=cfg.posterior_sigma_init)
 
     @property
     def mean_weight(self) -> nn.Parameter:
@@ -110,14 +193,59 @@ class BayesianHead(nn.Module):
             total = total + gaussian_kl(self.bias_mu, F.softplus(self.bias_rho), self.prior_mu, self.prior_sigma)
         return total
 
-    def sigma_stats(self) -> dict[str, float]:
-        s = F.softplus(self.weight_rho.detach())
-        return {"sigma_mean": s.mean().item(), "sigma_max": s.max().item()}
+    def logit_moments(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of the Gaussian logits z | h, each (n, V) fp32 (class docstring)."""
+        h = h.float()
+        var_b = None if self.bias_rho is None else F.softplus(self.bias_rho.float()).square()
+        b_mu = None if self.bias_mu is None else self.bias_mu.float()
+        mean = F.linear(h, self.weight_mu.float(), b_mu)
+        var = F.linear(h.square(), F.softplus(self.weight_rho.float()).square(), var_b)
+        return mean, var.sqrt()
+
+    def n_draws(self, samples: int) -> int:
+        return max(1, samples)
+
+    def logits(self, h: torch.Tensor, samples: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
+        if samples == 0:
+            return super().logits(h)
+        mean, std = self.logit_moments(h)
+        eps = torch.randn((samples, *mean.shape), generator=generator, device=mean.device)
+        return torch.addcmul(mean, std, eps)
+
+    def sequence_sampler(self, rows: int, generator: torch.Generator | None = None) -> RowDraws:
+        """One weight draw per row, kept for the row's whole generation (holds rows * V * C floats)."""
+        mu, sigma = self.weight_mu.detach().float(), F.softplus(self.weight_rho.detach().float())
+        w = mu + sigma * torch.randn((rows, *mu.shape), generator=generator, device=mu.device)
+        b = None
+        if self.bias_mu is not None:
+            b_mu, b_sigma = self.bias_mu.detach().float(), F.softplus(self.bias_rho.detach().float())
+            b = b_mu + b_sigma * torch.randn((rows, *b_mu.shape), generator=generator, device=mu.device)
+        return RowDraws(w, b)
+
+    def stats(self) -> dict[str, float]:
+        s = F.softplus(self.weight_rho.detach().float())
+        return {"sigma_mean": s.mean().item(), "sigma_min": s.min().item(), "sigma_max": s.max().item()}
+
+
+class RowDraws:
+    """A logit sampler with one fixed weight set per row: z_r = W_r h_r + b_r, (1, rows, V)."""
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor | None) -> None:
+        self.w, self.b = w, b
+
+    def n_draws(self, samples: int) -> int:
+        return 1
+
+    def __call__(self, h: torch.Tensor, samples: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
+        z = torch.einsum("bvc,bc->bv", self.w, h.float())
+        return (z if self.b is None else z + self.b)[None]
 
 
 def gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor, prior_mu: float, prior_sigma: float) -> torch.Tensor:
-    """sum KL(N(mu, sigma^2) || N(prior_mu, prior_sigma^2)), summed over all elements, in fp32."""
-    mu, sigma = mu.float(), sigma.float()
+    """sum KL(N(mu, sigma^2) || N(prior_mu, prior_sigma^2)) over all elements, in at least fp32
+    (fp64 stays fp64)."""
+    dtype = torch.promote_types(mu.dtype, torch.float32)
+    mu, sigma = mu.to(dtype), sigma.to(dtype)
     return (
         math.log(prior_sigma) - torch.log(sigma) + (sigma.square() + (mu - prior_mu).square()) / (2 * prior_sigma**2) - 0.5
     ).sum()
@@ -139,7 +267,8 @@ class _GaussianDraw(torch.autograd.Function):
     def forward(ctx, mu, rho, prior_mu: float, prior_sigma: float):
         sigma = F.softplus(rho)
         d = mu - prior_mu if prior_mu else mu
-        s32, d32 = sigma.float().reshape(-1), d.float().reshape(-1)
+        acc = torch.promote_types(mu.dtype, torch.float32)
+        s32, d32 = sigma.to(acc).reshape(-1), d.to(acc).reshape(-1)
         var_p = prior_sigma**2
         kl = mu.numel() * (math.log(prior_sigma) - 0.5) - torch.log(s32).sum() + (s32.dot(s32) + d32.dot(d32)) / (2 * var_p)
         eps = torch.randn_like(mu)
@@ -161,11 +290,8 @@ class _GaussianDraw(torch.autograd.Function):
         return g_mu, g_rho, None, None
 
 
-def build_head(kind: str, n_embd: int, vocab_size: int, *, output_bias: bool, sigmoid: bool, **bayes) -> nn.Module:
-    """The head named by a variant. Sigmoid heads start their bias at -log V."""
-    bias_init = -math.log(vocab_size) if sigmoid else 0.0
-    if kind == "linear":
-        return LinearHead(n_embd, vocab_size, bias=output_bias, bias_init=bias_init)
-    if kind == "bayesian":
-        return BayesianHead(n_embd, vocab_size, bias=output_bias, bias_init=bias_init, **bayes)
-    raise ValueError(f"unknown head {kind!r}; known: linear, bayesian")
+def build_head(name: str, n_embd: int, vocab_size: int, cfg: ObjectiveConfig, sigmoid: bool) -> Head:
+    """The registered head ``name`` built from the run's objective config."""
+    if name not in HEADS:
+        raise ValueError(f"unknown head {name!r}; known: {', '.join(HEADS)}")
+    return HEADS[name].from_config(n_embd, vocab_size, cfg, sigmoid)

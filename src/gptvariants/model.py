@@ -16,8 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig, ObjectiveConfig
-from .heads import BayesianHead, build_head
-from .objectives import Objective, build_objective, fused_linear_loss, iter_logits
+from .heads import Head, build_head
+from .objectives import Objective, build_objective
 
 
 class LayerNorm(nn.Module):
@@ -59,7 +59,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        p = self.dropout if self.training else 0.0
+        p = self.dropout if self.training else 0.0  # also with a cache: MC dropout decodes with it
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
@@ -68,12 +68,12 @@ class CausalSelfAttention(nn.Module):
             cache.v[layer][:, :, start : start + T] = v
             k, v = cache.k[layer][:, :, : start + T], cache.v[layer][:, :, : start + T]
             if T == 1:  # one new token attends to everything before it
-                y = F.scaled_dot_product_attention(q, k, v)
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
             elif start == 0:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
             else:  # a chunk appended to a non-empty cache: causal with an offset
                 mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -144,15 +144,8 @@ class GPT(nn.Module):
         assert cfg.vocab_size > 0, "vocab_size must be set (from the data) before building the model"
         self.config, self.obj_config = cfg, obj
         self.transformer = Backbone(cfg)
-        self.objective: Objective = build_objective(
-            obj.objective, label_smoothing=obj.label_smoothing, pos_weight=obj.pos_weight, sum_penalty=obj.sum_penalty,
-            set_draws=obj.set_draws or 1,
-        )
-        bayes = dict(prior_mu=obj.prior_mu, prior_sigma=obj.prior_sigma, posterior_sigma_init=obj.posterior_sigma_init)
-        self.head = build_head(
-            obj.head, cfg.n_embd, cfg.vocab_size, output_bias=obj.output_bias, sigmoid=self.objective.sigmoid,
-            **(bayes if obj.head == "bayesian" else {}),
-        )
+        self.objective: Objective = build_objective(obj.objective, obj)
+        self.head: Head = build_head(obj.head, cfg.n_embd, cfg.vocab_size, obj, self.objective.sigmoid)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by 1/sqrt(2 n_layer)
@@ -171,7 +164,8 @@ class GPT(nn.Module):
 
     @property
     def bayesian(self) -> bool:
-        return isinstance(self.head, BayesianHead)
+        """The head has a posterior to sample (its ``logits(h, samples)`` draws)."""
+        return self.head.stochastic
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; the position embedding is excluded by default (as in nanoGPT)."""
@@ -188,22 +182,15 @@ class GPT(nn.Module):
         the value per token stays on the objective's scale.
         """
         h = self.transformer(idx)
-        weight, bias, kl = self.head.draw(sample=self.training)
-        obj = fused_linear_loss(h, weight, bias, self.objective, targets, sets, self.obj_config.loss_chunk_size)
+        obj, kl = self.head.loss(h, self.objective, targets, sets, self.obj_config.loss_chunk_size, sample=self.training)
         loss = obj
-        if self.bayesian and self.obj_config.kl_beta > 0:
+        if self.obj_config.kl_beta > 0 and self.head.stochastic:
             loss = obj + self.obj_config.kl_beta * kl / max(n_train_tokens, 1)
         return Output(loss=loss, objective=obj.detach(), kl=kl.detach())
 
-    def logits(self, h: torch.Tensor, sample: bool = False) -> torch.Tensor:
-        """Full logits for hidden states h (..., C): the posterior mean unless ``sample``."""
-        weight, bias = self.head.weights(sample=sample)
-        return F.linear(h, weight.to(h.dtype), None if bias is None else bias.to(h.dtype)).float()
-
-    def iter_logits(self, h: torch.Tensor, sample: bool = False, chunk_size: int = 0):
-        """(start, logits chunk) over the rows of h (N, C) without holding (N, V)."""
-        weight, bias = self.head.weights(sample=sample)
-        return iter_logits(h, weight, bias, chunk_size or self.obj_config.loss_chunk_size)
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The head's point-estimate logits for hidden states h (..., C), fp32."""
+        return self.head.logits(h.reshape(-1, h.shape[-1]))[0].view(*h.shape[:-1], -1)
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         c = self.config

@@ -1,12 +1,17 @@
-"""Training objectives, fused with the output projection and computed in chunks.
+"""Training objectives and their registry, fused with the output projection and computed in chunks.
 
 An objective maps a chunk of logits z (n, V) and its targets to the summed loss of its rows
-and dL/dz, in closed form. ``fused_linear_loss`` runs the projection z = h W^T + b one chunk
-of positions at a time, asks the objective for (loss, dL/dz), and immediately folds dL/dz
-into the gradients of h, W and b, so at most one chunk of (n, V) floats is alive and the
-total work is the same three matmuls a dense computation needs (forward, dh, dW), with no
-recomputation in the backward pass (the approach of Liger-Kernel's fused linear
-cross-entropy, generalised here to every objective).
+and dL/dz. ``fused_linear_loss`` runs the projection z = h W^T + b one chunk of positions at a
+time, asks the objective for (loss, dL/dz), and immediately folds dL/dz into the gradients of
+h, W and b, so at most one chunk of (n, V) floats is alive and the total work is the same
+three matmuls a dense computation needs (forward, dh, dW), with no recomputation in the
+backward pass (the approach of Liger-Kernel's fused linear cross-entropy, generalised here to
+every objective).
+
+An objective states its equation once, as ``loss(z, y, sets)`` (per-row, differentiable); the
+gradient then comes from autograd, so a new objective needs nothing else. The built-in ones
+also write dL/dz in closed form (``loss_and_grad``), a fast path that is tested equal to the
+autograd one. ``OBJECTIVES`` maps a config name to its class (``@register_objective``).
 
 Targets are sparse: ``y`` (N,) holds the true next token (-1 = ignore this position) and
 ``sets`` (N, K) the extra positive tokens of the sigmoid objective, padded with -1. No
@@ -15,24 +20,59 @@ Targets are sparse: ``y`` (N,) holds the true next token (-1 = ignore this posit
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, ClassVar
+
 import torch
 import torch.nn.functional as F
 
+if TYPE_CHECKING:
+    from .config import ObjectiveConfig
+
+OBJECTIVES: dict[str, type[Objective]] = {}
+
+
+def register_objective(cls: type[Objective]) -> type[Objective]:
+    """Class decorator: make an objective available to configs and variants as ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a name to be registered")
+    OBJECTIVES[cls.name] = cls
+    return cls
+
 
 class Objective:
-    """A per-position loss with a closed-form gradient wrt the logits."""
+    """A per-position loss on logits z (n, V). Subclasses define ``loss``; ``loss_and_grad`` is
+    optional (a closed-form fast path). ``sigmoid``: the readout is not a softmax (``log_probs``)."""
 
-    name: str = ""
-    sigmoid: bool = False  # the predictive distribution is sigmoid(z) / sum sigmoid(z)
+    name: ClassVar[str] = ""
+    sigmoid: ClassVar[bool] = False
+
+    @classmethod
+    def from_config(cls, cfg: ObjectiveConfig) -> Objective:
+        """The objective with the run's hyper-parameters (those of ObjectiveConfig it uses)."""
+        return cls()
+
+    def loss(self, z: torch.Tensor, y: torch.Tensor, sets: torch.Tensor | None) -> torch.Tensor:
+        """Per-row loss (n,) of logits z (n, V) against y (n,) and the sets (n, K), as the equation
+        reads; differentiable. Rows with y = -1 may hold anything (the caller masks them)."""
+        raise NotImplementedError
 
     def loss_and_grad(
         self, z: torch.Tensor, y: torch.Tensor, sets: torch.Tensor | None, need_grad: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(per-row loss (n,), dL/dz (n, V) or None). ``z`` is fp32 and may be overwritten."""
-        raise NotImplementedError
+        """(per-row loss (n,), dL/dz (n, V) or None). ``z`` is fp32 and may be overwritten.
+
+        This default differentiates ``loss`` with autograd (one extra (n, V) buffer per chunk).
+        """
+        if not need_grad:
+            return self.loss(z, y, sets).detach(), None
+        with torch.enable_grad():
+            zg = z.detach().requires_grad_(True)
+            loss = self.loss(zg, y, sets)
+            (dz,) = torch.autograd.grad(loss.sum(), zg)
+        return loss.detach(), dz
 
     def log_probs(self, z: torch.Tensor) -> torch.Tensor:
-        """log p(v | context) of the predictive distribution, (n, V)."""
+        """log p(v | context) of the predictive distribution, (..., V)."""
         return torch.log_softmax(z.float(), dim=-1)
 
     def __repr__(self) -> str:
@@ -43,10 +83,14 @@ def _gather(z: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return z.gather(1, idx.clamp(min=0).unsqueeze(1)).squeeze(1)
 
 
+@register_objective
 class CrossEntropy(Objective):
     """L = logsumexp(z) - z_y;  dL/dz = softmax(z) - onehot(y)."""
 
     name = "ce"
+
+    def loss(self, z, y, sets):
+        return -_gather(torch.log_softmax(z, dim=1), y)
 
     def loss_and_grad(self, z, y, sets, need_grad):
         lse = torch.logsumexp(z, dim=1)
@@ -58,6 +102,7 @@ class CrossEntropy(Objective):
         return loss, dz
 
 
+@register_objective
 class SmoothedCrossEntropy(Objective):
     """The study's label smoothing (paper eq. 1): q_y = 1 - eps, q_v = eps / (V - 1) for v != y.
 
@@ -69,6 +114,16 @@ class SmoothedCrossEntropy(Objective):
 
     def __init__(self, eps: float) -> None:
         self.eps = eps
+
+    @classmethod
+    def from_config(cls, cfg: ObjectiveConfig) -> SmoothedCrossEntropy:
+        return cls(cfg.label_smoothing)
+
+    def loss(self, z, y, sets):
+        log_p = torch.log_softmax(z, dim=1)
+        off = self.eps / (z.shape[1] - 1)
+        log_py = _gather(log_p, y)
+        return -(1 - self.eps) * log_py - off * (log_p.sum(dim=1) - log_py)
 
     def loss_and_grad(self, z, y, sets, need_grad):
         V = z.shape[1]
@@ -86,6 +141,7 @@ class SmoothedCrossEntropy(Objective):
         return f"SmoothedCrossEntropy(eps={self.eps})"
 
 
+@register_objective
 class SigmoidBCE(Objective):
     """Binary cross-entropy of sigmoid outputs against the positive set P = {y} U sets.
 
@@ -112,6 +168,18 @@ class SigmoidBCE(Objective):
         self.pos_weight = pos_weight
         self.sum_penalty = sum_penalty
         self.set_draws = set_draws
+
+    @classmethod
+    def from_config(cls, cfg: ObjectiveConfig) -> SigmoidBCE:
+        return cls(cfg.pos_weight, cfg.sum_penalty, cfg.set_draws or 1)
+
+    def loss(self, z, y, sets):
+        pos = positives(y, sets)
+        t = torch.zeros_like(z).scatter_add_(1, pos.clamp(min=0), (pos >= 0).to(z.dtype))  # multi-hot (ids distinct)
+        loss = -(self.pos_weight * t * F.logsigmoid(z) + (1 - t) * F.logsigmoid(-z)).sum(dim=1)
+        if self.sum_penalty:
+            loss = loss + self.sum_penalty * (torch.sigmoid(z).sum(dim=1) - 1).square()
+        return loss
 
     def loss_and_grad(self, z, y, sets, need_grad):
         pos = positives(y, sets)
@@ -148,27 +216,26 @@ class SigmoidBCE(Objective):
 
 
 def positives(y: torch.Tensor, sets: torch.Tensor | None) -> torch.Tensor:
-    """(n, K+1) positive ids: the true token first, then the set without it; -1 pads.
-
-    Rows whose y is -1 (ignored) get no positives; the caller masks their loss anyway.
+    """(n, K+1) distinct positive ids: the true token first, then the set without it and without
+    repeats; -1 pads. Rows whose y is -1 (ignored) get no positives; the caller masks their loss.
     """
     y = y.unsqueeze(1)
     if sets is None:
         return y
     sets = torch.where(sets == y, torch.full_like(sets, -1), sets)  # y is already first
+    if sets.shape[1] > 1:  # an externally built set may repeat an id: keep each once
+        sets = sets.sort(dim=1).values
+        repeat = torch.zeros_like(sets, dtype=torch.bool)
+        repeat[:, 1:] = (sets[:, 1:] == sets[:, :-1]) & (sets[:, 1:] >= 0)
+        sets = sets.masked_fill(repeat, -1)
     return torch.cat([y, sets], dim=1)
 
 
-def build_objective(
-    name: str, *, label_smoothing: float = 0.1, pos_weight: float = 1.0, sum_penalty: float = 0.0, set_draws: int = 1
-) -> Objective:
-    if name == "ce":
-        return CrossEntropy()
-    if name == "smooth":
-        return SmoothedCrossEntropy(label_smoothing)
-    if name == "bce":
-        return SigmoidBCE(pos_weight, sum_penalty, set_draws)
-    raise ValueError(f"unknown objective {name!r}; known: ce, smooth, bce")
+def build_objective(name: str, cfg: ObjectiveConfig) -> Objective:
+    """The registered objective ``name`` with the run's hyper-parameters."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name].from_config(cfg)
 
 
 def auto_chunk_size(vocab_size: int, device: torch.device) -> int:
@@ -255,24 +322,3 @@ def fused_linear_loss(
     chunk = chunk_size or auto_chunk_size(weight.shape[0], h.device)
     with torch.autocast(dev, enabled=False):
         return _FusedLinearLoss.apply(h2, weight, bias, objective, y2, s2, chunk, compute_dtype, torch.is_grad_enabled())
-
-
-def iter_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, chunk_size: int = 0):
-    """Yield (start, fp32 logits (n, V)) over rows of h (N, C), one chunk at a time (no grad)."""
-    chunk = chunk_size or auto_chunk_size(weight.shape[0], h.device)
-    with torch.no_grad():
-        for s in range(0, h.shape[0], chunk):
-            yield s, F.linear(h[s : s + chunk], weight.to(h.dtype), None if bias is None else bias.to(h.dtype)).float()
-
-
-def predictive_nll(
-    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, objective: Objective, y: torch.Tensor, chunk_size: int = 0
-) -> torch.Tensor:
-    """-log p(y) per row under the objective's predictive distribution (softmax, or normalised sigmoid)."""
-    h2, y2 = h.reshape(-1, h.shape[-1]), y.reshape(-1)
-    out = torch.empty(h2.shape[0], dtype=torch.float32, device=h.device)
-    for s, z in iter_logits(h2, weight, bias, chunk_size):
-        lp = objective.log_probs(z)
-        out[s : s + z.shape[0]] = -_gather(lp, y2[s : s + z.shape[0]])
-    return out.view(y.shape)
-

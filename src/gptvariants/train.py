@@ -31,7 +31,7 @@ from .checkpoint import CheckpointError, check_compatible, latest_checkpoint, lo
 from .config import Config
 from .data import TokenDataset
 from .model import GPT
-from .objectives import fused_linear_loss, predictive_nll
+from .predictive import Predictor
 
 
 class TrainingDiverged(RuntimeError):
@@ -172,20 +172,22 @@ def lr_at(step: int, cfg: Config) -> float:
 
 @torch.no_grad()
 def estimate_losses(model: GPT, batches: Batches, rt: Runtime, iters: int) -> dict[str, float]:
-    """Mean over ``iters`` fixed batches per split of (a) the plain cross-entropy of the predictive
-    distribution -- softmax, normalised sigmoid, or the Bayesian posterior mean -- so that every
-    variant is on one scale, and (b) the variant's own training objective."""
+    """Mean over ``iters`` fixed batches per split of (a) the cross-entropy of the run's predictive
+    distribution (``predictive.Predictor``: softmax, a sigmoid head's readout, the Monte-Carlo
+    mixture of a Bayesian head), so that every variant is on one scale, and (b) the variant's own
+    training objective with the point-estimate weights. Draws are seeded: every evaluation of a
+    run sees the same noise."""
     model.eval()
+    predictor = Predictor([model], seed=0)
     out: dict[str, float] = {}
     for split in ("train", "val"):
         ce, own, count = 0.0, 0.0, 0
         for i in range(rt.rank, iters, rt.world):
             x, y, s = batches.eval_batch(split, i)
             with rt.autocast():
-                h = model.transformer(x)
-                w, b = model.head.weights(sample=False)
-                ce += predictive_nll(h, w, b, model.objective, y).mean().item()
-                own += fused_linear_loss(h, w, b, model.objective, y, s).item()
+                hs = predictor.encode(x)
+                ce += predictor.nll_of(hs, y).mean().item()
+                own += model.head.loss(hs[0], model.objective, y, s)[0].item()
             count += 1
         totals = torch.tensor([ce, own, count], dtype=torch.float64, device=rt.device)
         if rt.distributed:

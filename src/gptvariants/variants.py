@@ -14,18 +14,35 @@ from typing import Any
 @dataclass(frozen=True)
 class Variant:
     name: str
-    head: str  # 'linear' | 'bayesian'
-    objective: str  # 'ce' | 'smooth' | 'bce'
+    head: str  # a heads.HEADS name
+    objective: str  # an objectives.OBJECTIVES name
     equation: str  # the training loss per position, for docs and `gptv variants`
     defaults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sigmoid(self) -> bool:
-        return self.objective == "bce"
+        """The objective reads out with sigmoids and trains on sets (it takes targets/teachers)."""
+        from .objectives import OBJECTIVES
+
+        return OBJECTIVES[self.objective].sigmoid
 
     @property
     def bayesian(self) -> bool:
-        return self.head == "bayesian"
+        """The head has a posterior to sample."""
+        from .heads import HEADS
+
+        return HEADS[self.head].stochastic
+
+
+def register_variant(variant: Variant) -> Variant:
+    """Add a variant to the registry (its head and objective must be registered)."""
+    from .heads import HEADS
+    from .objectives import OBJECTIVES
+
+    if variant.head not in HEADS or variant.objective not in OBJECTIVES:
+        raise ValueError(f"variant {variant.name!r}: unknown head {variant.head!r} or objective {variant.objective!r}")
+    REGISTRY[variant.name] = variant
+    return variant
 
 
 # Sigmoid heads get an output bias started at -log V so every initial sigmoid output is ~1/V.

@@ -211,6 +211,7 @@ class LanguageModel:
         unknown: str = "error",
         slide: int | None = None,
         top_n: int = 0,
+        tau: float = 0.5,
     ) -> list[TokenRecord]:
         """Per-token log p(token | context), predictive entropy (and MI with several draws) of ``text``.
 
@@ -219,8 +220,8 @@ class LanguageModel:
         contexts follow generation's sliding-window policy (``generate.window_start``), so a
         token's score equals its probability at generation time. Bayesian heads: ``bayes_mode``
         'step' (default) scores under the average of ``mc_samples`` posterior draws; 'mean' uses
-        the posterior mean weights. ``top_n``: also the most probable alternatives (and a sigmoid
-        head's set at tau = 0.5).
+        the posterior mean weights. ``top_n``: also the most probable alternatives, each token's
+        probability under every draw, and a sigmoid head's set {v : sigmoid(z_v) > tau}.
         """
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
@@ -235,10 +236,11 @@ class LanguageModel:
         want_sets = top_n > 0 and predictor.sigmoid
         for _, y, draws in score_windows(predictor, ids, generation_windows(len(ids), predictor.block_size, slide),
                                          batch=1, set_probs=want_sets):
-            records.extend(self._scored(draws, y, pieces, len(records), top_n))
+            records.extend(self._scored(draws, y, pieces, len(records), top_n, tau))
         return records
 
-    def _scored(self, draws: Draws, y: torch.Tensor, pieces: list[str], done: int, top_n: int) -> list[TokenRecord]:
+    def _scored(self, draws: Draws, y: torch.Tensor, pieces: list[str], done: int, top_n: int,
+                tau: float) -> list[TokenRecord]:
         """TokenRecords of one scored chunk of targets y."""
         cols: dict[str, list] = {"lp": draws.logprob(y).tolist(), "h": draws.entropy().tolist()}
         cols["mi"] = draws.mutual_information().tolist() if draws.samples > 1 else [None] * len(y)
@@ -248,7 +250,7 @@ class LanguageModel:
             p, i = draws.probs.topk(min(top_n, draws.log_p.shape[-1]), dim=-1)
             cols["top"] = [[(decode([a]), b) for a, b in zip(ii, pp)] for ii, pp in zip(i.tolist(), p.tolist())]
             if draws.set_probs is not None:
-                cols["set"] = [[decode([v]) for v in torch.nonzero(r > 0.5).squeeze(1).tolist()] for r in draws.set_probs]
+                cols["set"] = [[decode([v]) for v in torch.nonzero(r > tau).squeeze(1).tolist()] for r in draws.set_probs]
             if draws.samples > 1:
                 cols["draws"] = draws.log_ps.gather(-1, y[None, :, None].expand(draws.samples, -1, 1)).squeeze(-1).exp().t().tolist()
         return [TokenRecord(t, pieces[done + k], cols["lp"][k], cols["h"][k], cols["mi"][k], cols["top"][k],

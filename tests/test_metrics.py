@@ -259,3 +259,65 @@ def test_distinct_n_and_lengths():
     assert M.distinct4_study(["a b c d e", "a b c d e"]) == pytest.approx(2 / 10)
     assert M.distinct_n([""], 1) == 0.0
     assert M.mean_length_words(["a b c", "d", ""]) == pytest.approx(4 / 3)
+
+
+# ----------------------------------------------------------------- OOD detection, selective prediction
+
+
+def _fpr_brute(scores, labels, tpr):
+    """Every threshold in turn: the lowest FPR among thresholds flagging >= tpr of the positives."""
+    best = 1.0
+    for t in np.unique(scores):
+        flagged = scores >= t
+        if flagged[labels].mean() >= tpr - 1e-12:
+            best = min(best, flagged[~labels].mean())
+    return best
+
+
+def _auroc_brute(scores, labels):
+    pos, neg = scores[labels], scores[~labels]
+    return np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auroc_and_fpr95_against_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n = 60
+    scores = rng.integers(0, 12, n).astype(float) + (rng.random(n) if seed % 2 else 0.0)  # ties when even
+    labels = rng.random(n) < 0.4
+    assert M.auroc(scores, labels) == pytest.approx(_auroc_brute(scores, labels))
+    for tpr in (0.95, 0.5, 1.0):
+        assert M.fpr_at_tpr(scores, labels, tpr) == pytest.approx(_fpr_brute(scores, labels, tpr))
+
+
+def test_fpr95_hand_case():
+    # 20 positives scored 1..20: 95 % TPR flags the top 19 (score >= 2); negatives 0, 1.5, 2, 3 -> 2 of 4 >= 2
+    scores = np.r_[np.arange(1, 21), [0, 1.5, 2, 3]]
+    labels = np.r_[np.ones(20, bool), np.zeros(4, bool)]
+    assert M.fpr_at_tpr(scores, labels) == 0.5
+    assert math.isnan(M.fpr_at_tpr([1.0, 2.0], [True, True]))
+
+
+def test_segment_means():
+    assert M.segment_means(np.arange(7), 3).tolist() == [1.0, 4.0]  # the tail [6] is dropped
+    assert M.segment_means([2.0, 4.0], 5).tolist() == [3.0]
+
+
+def _aurc_brute(u, wrong):
+    order = np.argsort(u, kind="stable")
+    return np.mean([wrong[order[:k]].mean() for k in range(1, len(u) + 1)])
+
+
+def test_risk_coverage_hand_case_and_brute_force():
+    # uncertainties 0.1 < 0.2 < 0.3 < 0.4 with errors on the 2nd and 4th: risks 0, 1/2, 1/3, 2/4
+    rc = M.risk_coverage([0.3, 0.1, 0.4, 0.2], [False, False, True, True])
+    assert rc.coverage.tolist() == [0.25, 0.5, 0.75, 1.0]
+    assert rc.risk.tolist() == pytest.approx([0.0, 0.5, 1 / 3, 0.5])
+    assert rc.aurc == pytest.approx((0 + 0.5 + 1 / 3 + 0.5) / 4)
+    assert rc.aurc_optimal == pytest.approx((0 + 0 + 1 / 3 + 0.5) / 4)  # errors kept last
+    rng = np.random.default_rng(0)
+    u, wrong = rng.random(200), rng.random(200) < 0.3
+    assert M.risk_coverage(u, wrong).aurc == pytest.approx(_aurc_brute(u, wrong))
+    # ties are kept together: two groups of equal uncertainty
+    tied = M.risk_coverage([1, 1, 2, 2], [True, False, False, True])
+    assert tied.coverage.tolist() == [0.5, 1.0] and tied.aurc == pytest.approx(0.5 * 0.5 + 0.5 * 0.5)

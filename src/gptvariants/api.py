@@ -164,7 +164,7 @@ class LanguageModel:
         completes it (that token's text is not yielded)."""
         ids = self.encode_prompt(prompt, unknown)
         stop, stops = self._stops(stop, stop_at_eot, stop_tokens)
-        pieces = _Pieces(self.tokenizer, ids)
+        pieces = self.tokenizer.pieces(ids)
         text = ""
         for k, g in stream(self.model, ids, max_new_tokens, stop_tokens=stops, **sampling):
             piece = pieces.next(g.tokens[k])
@@ -181,7 +181,7 @@ class LanguageModel:
                            top, sets, None if g.draws is None else g.draws[k])
 
     def _completion(self, prompt: str, ids: list[int], g: Generation, stop: Sequence[str]) -> Completion:
-        pieces = _Pieces(self.tokenizer, ids).all(g.tokens)
+        pieces = self.tokenizer.pieces(ids).all(g.tokens)
         text = "".join(pieces)
         n, reason = len(g.tokens), g.finish_reason
         cuts = [text.find(s) for s in stop if s in text]
@@ -231,7 +231,7 @@ class LanguageModel:
         if len(ids) < 2:
             return []
         predictor = self.predictor(bayes_mode, mc_samples, seed)
-        pieces = _Pieces(self.tokenizer, ids[:1]).all(ids[1:])
+        pieces = self.tokenizer.pieces(ids[:1]).all(ids[1:])
         records: list[TokenRecord] = []
         want_sets = top_n > 0 and predictor.sigmoid
         for _, y, draws in score_windows(predictor, ids, generation_windows(len(ids), predictor.block_size, slide),
@@ -276,24 +276,6 @@ def generation_windows(n_tokens: int, block_size: int, slide: int | None = None)
         else:
             windows.append([start, t + 1, t])
     return [tuple(w) for w in windows]
-
-
-class _Pieces:
-    """Each new token's share of the decoded text, so that the pieces join to the text exactly (a
-    word tokenizer's spaces included, which decoding tokens one by one would lose)."""
-
-    def __init__(self, tokenizer, context: list[int]) -> None:
-        self.tokenizer, self.ids = tokenizer, list(context)
-        self.length = len(tokenizer.decode(self.ids))
-
-    def next(self, token: int) -> str:
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
-        piece, self.length = text[self.length :], len(text)
-        return piece
-
-    def all(self, new: list[int]) -> list[str]:
-        return [self.next(t) for t in new]
 
 
 __all__ = ["Completion", "LanguageModel", "TokenRecord", "generation_windows", "load"]

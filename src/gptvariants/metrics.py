@@ -282,6 +282,70 @@ def auroc(scores: ArrayLike, labels: ArrayLike) -> float:
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def fpr_at_tpr(scores: ArrayLike, labels: ArrayLike, tpr: float = 0.95) -> float:
+    """False-positive rate at the highest threshold that flags at least ``tpr`` of the positives.
+
+    An input is flagged when its score >= t. With the positives' scores sorted ascending
+    p_(1) <= ... <= p_(n), the highest t flagging >= ceil(tpr n) of them is p_(n - ceil(tpr n) + 1);
+    FPR = the share of negatives with score >= t (ties flagged). For OOD detection: positives
+    = out-of-domain inputs, scores = uncertainty, "FPR at 95 % TPR". NaN when a class is absent.
+    """
+    s, y = _np(scores), _np(labels).astype(bool)
+    if s.shape != y.shape:
+        raise ValueError(f"scores and labels differ in length: {s.shape} vs {y.shape}")
+    if not 0.0 < tpr <= 1.0:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+    pos, neg = np.sort(s[y]), s[~y]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    need = math.ceil(tpr * len(pos) - 1e-9)
+    threshold = pos[len(pos) - need]
+    return float((neg >= threshold).mean())
+
+
+def segment_means(values: ArrayLike, length: int) -> np.ndarray:
+    """Means of consecutive non-overlapping segments of ``length`` values (a shorter tail is
+    dropped unless it is the only segment): per-sequence scores from per-token ones."""
+    x = _np(values)
+    if length < 1:
+        raise ValueError(f"segment length must be >= 1, got {length}")
+    n = len(x) // length
+    if n == 0:
+        return x.mean(keepdims=True) if len(x) else x
+    return x[: n * length].reshape(n, length).mean(1)
+
+
+class RiskCoverage(NamedTuple):
+    coverage: np.ndarray  # share of tokens kept, at the end of each group of equal scores
+    risk: np.ndarray  # error rate among the kept tokens
+    aurc: float  # area under the risk-coverage curve (lower is better)
+    aurc_optimal: float  # the same for an oracle that abstains on the errors first
+
+
+def risk_coverage(uncertainty: ArrayLike, wrong: ArrayLike) -> RiskCoverage:
+    """Selective prediction (Geifman & El-Yaniv 2017): keep the least uncertain tokens first.
+
+    Keeping the k most confident of n tokens gives coverage k / n and risk = errors among them
+    / k. Tokens of equal uncertainty are kept together, so the curve has a point per group;
+    AURC = sum over groups of (group size / n) * risk at the group's end, which for distinct
+    scores is the mean of the risk over k = 1..n. ``aurc_optimal`` ranks the errors last: the
+    floor any score can reach at this error rate (E-AURC = aurc - aurc_optimal).
+    """
+    u, e = _np(uncertainty), _np(wrong)
+    if u.shape != e.shape or len(u) == 0:
+        raise ValueError(f"uncertainty and wrong must be non-empty and of one length: {u.shape} vs {e.shape}")
+    order = np.argsort(u, kind="stable")
+    u_sorted, errors = u[order], np.cumsum(e[order])
+    ends = np.flatnonzero(np.r_[u_sorted[1:] != u_sorted[:-1], True])  # last index of each tie group
+    kept = ends + 1.0
+    risk = errors[ends] / kept
+    sizes = np.diff(np.r_[0, kept])
+    n = len(u)
+    k = np.arange(1, n + 1)
+    optimal = np.maximum(0.0, k - (n - e.sum())) / k  # all correct tokens first
+    return RiskCoverage(kept / n, risk, float((sizes / n * risk).sum()), float(optimal.mean()))
+
+
 # ---------------------------------------------------------------------- multi-label sets
 
 def _reference_mask(reference_sets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

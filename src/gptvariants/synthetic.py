@@ -22,6 +22,7 @@ import numpy as np
 
 ARRAYS_FILE = "synthetic.safetensors"
 WORDS_FILE = "synthetic.json"
+SHIFT_PARTS = ("transition", "emission", "both")
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,35 @@ class SyntheticLanguage:
             emission[s, ws] = (1.0 - eot) * rng.dirichlet(np.full(len(ws), p.alpha))
             emission[s, W] = eot
         return cls(initial, transition, emission, words, eot_token=W)
+
+    def shifted(self, strength: float, part: str = "both", seed: int = 0) -> SyntheticLanguage:
+        """A sibling language on the same vocabulary whose exact distribution is known.
+
+        With q a fresh random sparse HMM of the same size (states, words, the default preset's
+        sparsity), drawn from ``seed``, the sibling mixes each table row-wise:
+            transition' = (1 - s) transition + s q.transition   (part 'transition' or 'both')
+            emission'   = (1 - s) emission   + s q.emission     (part 'emission' or 'both')
+            initial'    = (1 - s) initial    + s q.initial      (part 'both')
+        s = ``strength`` in [0, 1]: 0 is this language, 1 replaces the part entirely. The mixture
+        of stochastic rows is stochastic, so the sibling is again an HMM (new dynamics: the
+        hidden states move differently; new emissions: states say other words).
+        """
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"shift strength must be in [0, 1], got {strength}")
+        if part not in SHIFT_PARTS:
+            raise ValueError(f"shift part must be one of {', '.join(SHIFT_PARTS)}, got {part!r}")
+        preset = SyntheticPreset(n_words=len(self.words), n_states=self.n_states, train_tokens=0, val_tokens=0)
+        q = SyntheticLanguage.random(preset, seed=seed)
+
+        def mix(a: np.ndarray, b: np.ndarray, on: bool) -> np.ndarray:
+            return (1.0 - strength) * a + strength * b if on else a.copy()
+
+        return SyntheticLanguage(
+            mix(self.initial, q.initial, part == "both"),
+            mix(self.transition, q.transition, part in ("transition", "both")),
+            mix(self.emission, q.emission, part in ("emission", "both")),
+            list(self.words), self.eot_token,
+        )
 
     # ------------------------------------------------------------------ sampling
 

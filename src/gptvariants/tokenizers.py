@@ -9,9 +9,11 @@ Specs accepted by `build_tokenizer`: "char", "word", "gpt2", "bpe:N".
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -58,6 +60,18 @@ class Tokenizer(ABC):
         dir.mkdir(parents=True, exist_ok=True)
         _write_json(dir / META_FILE, {"kind": type(self).kind, "name": self.name, **self._config()})
 
+    def unknown(self, text: str) -> Counter:
+        """The pieces of ``text`` the vocabulary cannot represent, with their counts (what
+        ``encode(text, unknown="skip")`` drops). Byte-level tokenizers represent everything."""
+        return Counter()
+
+    def pieces(self, context: Sequence[int] = ()) -> Pieces:
+        """An incremental decoder: ``next(id)`` returns the text that token adds after
+        ``context`` and the tokens fed so far, so the pieces join to exactly
+        ``decode(context + ids)[len(decode(context)):]``. This default decodes the growing
+        prefix (quadratic); the tokenizers below do it in constant time per token."""
+        return _PrefixPieces(self, context)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size}, eot_token={self.eot_token})"
 
@@ -102,6 +116,12 @@ class CharTokenizer(Tokenizer):
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.chars[int(i)] for i in ids)
+
+    def unknown(self, text: str) -> Counter:
+        return Counter(c for c in text if c not in self.stoi)
+
+    def pieces(self, context: Sequence[int] = ()) -> Pieces:
+        return _MapPieces(lambda i, prev: self.chars[i])
 
     def _config(self) -> dict:
         return {"chars": self.chars}
@@ -169,6 +189,20 @@ class WordTokenizer(Tokenizer):
         out.append(" ".join(line))
         return "".join(out)
 
+    def unknown(self, text: str) -> Counter:
+        return Counter(p for p in self._pattern.findall(text) if p not in self.stoi)
+
+    def pieces(self, context: Sequence[int] = ()) -> Pieces:
+        # decode joins the words of a line with spaces and ends a line at EOT
+        eot = self.eot_token
+
+        def piece(i: int, prev: int | None) -> str:
+            if i == eot:
+                return "\n"
+            return (" " if prev is not None and prev != eot else "") + self.itos[i]
+
+        return _MapPieces(piece, context[-1] if len(context) else None)
+
     def _config(self) -> dict:
         return {"words": self.words}
 
@@ -199,6 +233,9 @@ class GPT2Tokenizer(Tokenizer):
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.enc.decode([int(i) for i in ids])
+
+    def pieces(self, context: Sequence[int] = ()) -> Pieces:
+        return _BytePieces(self.enc.decode_single_token_bytes, context)
 
     def _config(self) -> dict:
         return {}
@@ -245,12 +282,82 @@ class BPETokenizer(Tokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
 
+    def pieces(self, context: Sequence[int] = ()) -> Pieces:
+        byte_of = {c: b for b, c in _bytes_to_unicode().items()}
+        special = {self.eot_token}
+
+        def token_bytes(i: int) -> bytes:
+            text = self.hf.id_to_token(i)
+            return text.encode("utf-8") if i in special else bytes(byte_of[c] for c in text)
+
+        return _BytePieces(token_bytes, context)
+
     def _config(self) -> dict:
         return {"file": HF_FILE}
 
     def save(self, dir: Path) -> None:
         super().save(dir)
         self.hf.save(str(Path(dir) / HF_FILE))
+
+
+class Pieces:
+    """Incremental decoding: ``next(id)`` -> the text the token adds (``Tokenizer.pieces``)."""
+
+    def next(self, token: int) -> str:
+        raise NotImplementedError
+
+    def all(self, ids: Iterable[int]) -> list[str]:
+        return [self.next(int(i)) for i in ids]
+
+
+class _PrefixPieces(Pieces):
+    def __init__(self, tokenizer: Tokenizer, context: Sequence[int]) -> None:
+        self.tokenizer, self.ids = tokenizer, list(context)
+        self.length = len(tokenizer.decode(self.ids))
+
+    def next(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        piece, self.length = text[self.length :], len(text)
+        return piece
+
+
+class _MapPieces(Pieces):
+    """Pieces that depend on the token and the token before it only."""
+
+    def __init__(self, piece, prev: int | None = None) -> None:
+        self.piece, self.prev = piece, prev
+
+    def next(self, token: int) -> str:
+        out = self.piece(int(token), self.prev)
+        self.prev = int(token)
+        return out
+
+
+class _BytePieces(Pieces):
+    """Byte-level tokens: a UTF-8 character split across tokens belongs to the token that completes it."""
+
+    def __init__(self, token_bytes, context: Sequence[int]) -> None:
+        self.token_bytes = token_bytes
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for i in context:
+            self.decoder.decode(token_bytes(int(i)))
+
+    def next(self, token: int) -> str:
+        return self.decoder.decode(self.token_bytes(int(token)))
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table, the alphabet of byte-level BPE vocabularies."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
 
 
 def _chunks(texts: Iterable[str], size: int = 1 << 16) -> Iterable[str]:

@@ -162,3 +162,41 @@ def test_bayesian_set_metrics_use_the_monte_carlo_predictive(tiny):
     nonempty = t["set_n_pred"] > 0
     np.testing.assert_array_equal(nonempty, t["confidence"] >= tau)
     assert (nonempty != (point["confidence"] >= tau)).any()
+
+
+def test_eval_on_external_text_counts_unknown_characters(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog\n" for i in range(60)))
+    prepare(f"text:{text}", tmp_path / "data", val_fraction=0.5)
+    run = _train(tmp_path / "data", tmp_path / "base", "baseline", steps=2)
+    other = tmp_path / "other.txt"
+    other.write_text("the quick brown fox €€ jumps ✓ over the lazy dog\n" * 8, encoding="utf-8")
+    r = E.evaluate(run, text=str(other), num_samples=0, out=tmp_path / "o.json")
+    unk = r["source"]["unknown"]
+    assert unk["count"] == 8 * 3 and unk["distinct"] == 2 and unk["examples"] == {"€": 16, "✓": 8}
+    # the char tokenizer has no end-of-text token: every known character but the first is scored
+    assert r["perplexity"]["tokens_scored"] == len(other.read_text()) - 24 - 1
+    assert r["sets"] == {"skipped": "external text: no reference sets"}
+    assert r["perplexity"]["bits_per_byte"] > 0 and r["data"] is None
+    with pytest.raises(ValueError, match="either"):
+        E.evaluate(run, tmp_path / "data", text=str(other))
+
+
+def test_ood_against_a_shifted_synthetic_language(tiny, tmp_path):
+    root, runs = tiny
+    r = E.evaluate(runs["bayes"], root / "data", ood="synthetic?shift=1.0&tokens=3000", num_samples=0,
+                   out=tmp_path / "ood.json")
+    o = r["ood"]
+    assert set(o["auroc"]["token"]) == {"surprisal", "entropy", "max_prob", "mi", "expected_entropy"}
+    assert o["n_tokens"]["out"] == 3000 - 1 and o["n_tokens"]["in"] == r["perplexity"]["tokens_scored"]
+    assert o["n_sequences"]["out"] == (3000 - 1) // 32
+    # a completely new language is far more surprising to the trained model than its own
+    assert o["mean"]["out"]["surprisal"] > o["mean"]["in"]["surprisal"] + 0.2
+    assert o["auroc"]["token"]["surprisal"] > 0.7 and o["auroc"]["sequence"]["surprisal"] > 0.95
+    assert 0 <= o["fpr95"]["sequence"]["surprisal"] < 0.5
+    assert set(r["selective"]["aurc"]) == {"entropy", "max_prob", "mi", "expected_entropy"}
+    baseline = E.evaluate(runs["baseline"], root / "data", ood=str(root / "data"), num_samples=0, out=tmp_path / "b.json")
+    assert set(baseline["ood"]["auroc"]["token"]) == {"surprisal", "entropy", "max_prob"}  # one draw: no MI
+    assert baseline["ood"]["auroc"]["token"]["surprisal"] == pytest.approx(0.5)  # the same text on both sides
+    with pytest.raises(ValueError, match="shift"):
+        E.evaluate(runs["bayes"], root / "data", ood="synthetic?strength=1", num_samples=0)

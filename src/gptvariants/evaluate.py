@@ -51,7 +51,9 @@ from .checkpoint import latest_checkpoint, load_run, load_state
 from .data import TokenDataset
 from .model import GPT
 from .predictive import CHUNK_FLOATS, Predictor, score_windows
-from .tokenizers import META_FILE
+from .sources import Source, check_same_tokenizer, resolve_source, split_source, text_source
+from .tokenizers import load_tokenizer
+from .uncertainty import ood_summary, selective_summary
 
 N_BINS = 15
 EXACT_SUPPORT_THRESHOLD = 0.01  # a token is in the synthetic language's reference set if p_true > this
@@ -60,38 +62,6 @@ PROMPT_TOKENS = 16
 
 
 # ----------------------------------------------------------------------------- input checks
-
-
-def check_same_tokenizer(run_dir: Path, data: TokenDataset) -> None:
-    """Raise ValueError unless the run was trained with the tokenizer of ``data``.
-
-    Compares the tokenizer name and vocabulary size in the run's data.json with the data's
-    meta.json, then the saved tokenizer files themselves (two word or char vocabularies can
-    share a name and a size).
-    """
-    run_dir = Path(run_dir)
-    info = run_dir / "data.json"
-    if not info.is_file():
-        raise FileNotFoundError(f"{info} is missing: {run_dir} is not a run folder written by `gptv train`")
-    trained = json.loads(info.read_text(encoding="utf-8"))
-    problems = [
-        f"{key} {trained.get(key)!r} (this data: {data.meta.get(key)!r})"
-        for key in ("tokenizer", "vocab_size")
-        if trained.get(key) != data.meta.get(key)
-    ]
-    if not problems:
-        ours, theirs = (json.loads((d / META_FILE).read_text(encoding="utf-8")) for d in (run_dir, data.dir))
-        same = ours == theirs
-        if same and "file" in ours:  # BPE: the merges live in a separate file
-            same = (run_dir / ours["file"]).read_bytes() == (data.dir / theirs["file"]).read_bytes()
-        if not same:
-            problems.append(f"a different {trained.get('tokenizer')!r} vocabulary")
-    if problems:
-        raise ValueError(
-            f"the checkpoint in {run_dir} was trained with another tokenizer than the data in {data.dir}: "
-            + "; ".join(problems)
-            + f". Evaluate on data prepared like the training data (source {trained.get('source')!r})."
-        )
 
 
 def _open_reference_sets(data: TokenDataset, name: str, split: str, n_tokens: int) -> np.memmap:
@@ -219,6 +189,7 @@ def score(predictor: Predictor | GPT, tokens: np.ndarray, *, stride: int, truth=
         "point": _cat(point_tokens) if point_tokens else None,
         "curve": sets.curve(),
         "raw_bce_sum": raw_bce,
+        "train_sets_used": train_sets is not None,
     }
 
 
@@ -322,6 +293,7 @@ def sample_diversity(predictor: Predictor, tokenizer, tokens: np.ndarray, *, num
         "self_bleu": M.self_bleu(texts) if len(texts) > 1 else None,
         **{f"distinct_{n}": M.distinct_n(texts, n) for n in range(1, 5)},
         "distinct_4_study": M.distinct4_study(texts),
+        **{f"distinct_{n}_tokens": M.distinct_n_tokens(new, n) for n in (2, 4)},
         "mean_length_words": M.mean_length_words(texts),
         "mean_new_tokens": n_new / len(texts),
     }
@@ -358,128 +330,185 @@ CONVENTIONS = {
                  "tokens each at temperature 1 (Bayesian: MC mean of fresh head draws at every step); "
                  "Self-BLEU (0-100, sacrebleu 13a tokenization, each sample vs all others) and Distinct-n over "
                  "whitespace words of the decoded text; distinct_4_study = unique 4-grams / words (the study's)",
+    "selective": "selective prediction of the top-1 token: keep the least uncertain tokens first; risk = top-1 error "
+                 "rate of the kept tokens; aurc = area under the risk-coverage curve (lower is better) per label-free "
+                 "score (entropy, max_prob as 1 - max_prob, mi, expected_entropy); aurc_optimal = an oracle that "
+                 "abstains on the errors first",
+    "ood": "out-of-domain detection: the --ood source's tokens are the positives, the evaluated text's the negatives; "
+           "scores are oriented so that higher = more uncertain (max_prob enters as 1 - max_prob; 'mean' reports "
+           "max_prob itself); token level uses every scored token, sequence level the means over consecutive "
+           "segments of block_size tokens; fpr95 = the share of in-domain tokens (sequences) flagged at the highest "
+           "threshold that flags 95 % of the out-of-domain ones",
+    "text": "--text / text:PATH sources are encoded with the run's tokenizer; pieces it cannot encode are dropped and "
+            "counted in source.unknown; an end-of-text token (when the tokenizer has one) is prepended so that the "
+            "first token is scored",
     "speed": "scoring: scored tokens / wall time of the whole scoring pass (forward, head and per-token metrics); "
              "generation: new tokens / wall time of generate()",
 }
 
 
-def default_out(run_dir: Path, split: str) -> Path:
-    return Path(run_dir) / "eval" / f"{split}.json"
+def default_out(run_dir: Path, source: str) -> Path:
+    """RUN/eval/<split>.json, or RUN/eval/text-<stem>.json for an external text."""
+    name = source if source in ("train", "val") else "text-" + Path(source.removeprefix("text:")).stem
+    return Path(run_dir) / "eval" / f"{name}.json"
 
 
-def evaluate(run_dir: str | Path, data_dir: str | Path, *, split: str = "val", out: str | Path | None = None,
-             stride: int | None = None, mc_samples: int | None = None, num_samples: int = 100,
-             max_new_tokens: int = 64, sets: str | None = None, tau: float = 0.5, seed: int = 1337,
-             device: str = "auto", batch: int = 16) -> dict[str, Any]:
-    """Evaluate the run in ``run_dir`` on ``split`` of ``data_dir``; write and return the results.
-
-    out: the JSON path (default RUN/eval/<split>.json); <stem>.reliability.png and
-    <stem>.samples.jsonl are written beside it. stride: default block_size // 2.
-    mc_samples: Bayesian head draws (default: the run's mc_samples). sets: reference sets
-    DATA/targets/NAME, "none" to skip set metrics, or None = the exact support on the
-    synthetic language, none otherwise. num_samples = 0 skips the diversity section.
-    Raises ValueError for a tokenizer mismatch, a split shorter than one window, a bad
-    stride, or a sigmoid head asked for set metrics without reference sets.
-    """
-    from .targets import resolve_device
-
-    torch.manual_seed(seed)  # the Bayesian head's draws
-    run_dir, data = Path(run_dir), TokenDataset(Path(data_dir))
-    check_same_tokenizer(run_dir, data)
-    dev = resolve_device(device)
-    model, cfg = load_run(run_dir, dev)
-    step = int(load_state(latest_checkpoint(run_dir))["step"])
-    tokens = np.asarray(data.split(split))
-    block = cfg.model.block_size
-    if len(tokens) < block + 1:
-        raise ValueError(f"the {split} split of {data.dir} has {len(tokens)} tokens, fewer than one window of "
-                         f"block_size + 1 = {block + 1}; evaluate on a longer split")
-    stride = stride or max(1, block // 2)
-    if not 1 <= stride <= block:
-        raise ValueError(f"stride must be in 1..block_size={block}, got {stride}")
-    predictor = Predictor([model], samples=mc_samples, seed=seed)
-    S = predictor.n_draws if predictor.n_draws > 1 else 0
-    truth = data.synthetic
-
-    reference, set_source = None, None
-    if sets not in (None, "none"):
-        reference, set_source = _open_reference_sets(data, sets, split, len(tokens)), f"targets/{sets}"
-    elif sets is None and truth is not None:
-        set_source = f"exact support p_true > {EXACT_SUPPORT_THRESHOLD}"
+def _reference_sets(source: Source, sets: str | None, model: GPT, cfg) -> tuple[Any, str | None, Any, str]:
+    """(reference memmap or None, its description, the run's own training sets or None, why skipped)."""
+    data, n = source.data, len(source.tokens)
+    reference, described, skipped = None, None, "--sets none"
+    if data is None:
+        if sets not in (None, "none"):
+            raise ValueError("--sets needs a prepared data folder (--data); an external --text has no reference sets")
+        skipped = "external text: no reference sets"
+    elif sets not in (None, "none"):
+        reference, described = _open_reference_sets(data, sets, source.split, n), f"targets/{sets}"
+    elif sets is None and source.truth is not None:
+        described = f"exact support p_true > {EXACT_SUPPORT_THRESHOLD}"
     elif sets is None and model.objective.sigmoid:
         raise ValueError(
             f"set metrics of the sigmoid head need reference sets, and {data.dir} is not the synthetic language: "
             f"build them with `gptv targets --data {data.dir} --teacher ngram:3` (or ckpt:RUN) and pass --sets NAME, "
             "or pass --sets none to skip them")
+    elif sets is None:
+        skipped = "no reference sets (pass --sets NAME)"
     train_sets = None
-    if model.objective.sigmoid and cfg.objective.targets:
+    if data is not None and model.objective.sigmoid and cfg.objective.targets:
         try:
-            train_sets = _open_reference_sets(data, cfg.objective.targets, split, len(tokens))
+            train_sets = _open_reference_sets(data, cfg.objective.targets, source.split, n)
         except (FileNotFoundError, ValueError):  # trained on other data: score BCE on the true token only
             train_sets = None
+    return reference, described, train_sets, skipped
+
+
+def _check_length(source: Source, block: int, stride: int | None) -> int:
+    if len(source.tokens) < block + 1:
+        raise ValueError(f"{source.name} has {len(source.tokens)} tokens, fewer than one window of "
+                         f"block_size + 1 = {block + 1}; evaluate on a longer text")
+    stride = stride or max(1, block // 2)
+    if not 1 <= stride <= block:
+        raise ValueError(f"stride must be in 1..block_size={block}, got {stride}")
+    return stride
+
+
+def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, *, text: str | None = None,
+             split: str = "val", ood: str | None = None, out: str | Path | None = None,
+             stride: int | None = None, mc_samples: int | None = None, num_samples: int = 100,
+             max_new_tokens: int = 64, sets: str | None = None, tau: float = 0.5, seed: int = 1337,
+             device: str = "auto", batch: int = 16) -> dict[str, Any]:
+    """Evaluate the run in ``run_dir`` on ``split`` of ``data_dir`` or on an external ``text``;
+    write and return the results.
+
+    text: a file, folder or glob scored with the run's tokenizer (unknown characters dropped
+    and counted). ood: a second, out-of-domain source (``sources.resolve_source``) scored the
+    same way; the ``ood`` section compares every uncertainty score on both. out: the JSON path
+    (default ``default_out``); <stem>.reliability.png and <stem>.samples.jsonl go beside it.
+    stride: default block_size // 2. mc_samples: draws of a stochastic head (default: the run's
+    mc_samples). sets: reference sets DATA/targets/NAME, "none" to skip set metrics, or None =
+    the exact support on the synthetic language, none otherwise. num_samples = 0 skips the
+    diversity section. Raises ValueError for a tokenizer mismatch, a text shorter than one
+    window, a bad stride, or a sigmoid head asked for set metrics without reference sets.
+    """
+    from .targets import resolve_device
+
+    run_dir = Path(run_dir)
+    if (data_dir is None) == (text is None):
+        raise ValueError("give the text to evaluate as either a prepared data folder (--data) or a file (--text)")
+    model, cfg = load_run(run_dir, resolve_device(device))
+    tokenizer = load_tokenizer(run_dir)
+    source = split_source(run_dir, Path(data_dir), split) if text is None else text_source(text, tokenizer)
+    stride = _check_length(source, cfg.model.block_size, stride)
+    predictor = Predictor([model], samples=mc_samples, seed=seed)
+    reference, set_source, train_sets, skipped = _reference_sets(source, sets, model, cfg)
 
     t0 = time.perf_counter()
-    raw = score(predictor, tokens, stride=stride, truth=truth, reference=reference, train_sets=train_sets,
-                tau=tau, batch=batch)
+    raw = score(predictor, source.tokens, stride=stride, truth=source.truth, reference=reference,
+                train_sets=train_sets, tau=tau, batch=batch)
     score_s = time.perf_counter() - t0
-    tok = raw["tokens"]
-    n_scored = len(tok["nll"])
-
-    def ppl(nll: np.ndarray) -> dict[str, Any]:
-        return M.perplexity_summary(float(nll.astype(np.float64).sum()), len(nll),
-                                    data.meta.get(f"{split}_bytes"), data.meta.get(f"{split}_words"))
-
-    result: dict[str, Any] = {
-        "run": str(run_dir), "data": str(data.dir), "split": split, "step": step,
-        "variant": cfg.objective.variant, "head": cfg.objective.head, "objective": cfg.objective.objective,
-        "sigmoid": model.objective.sigmoid, "bayesian": model.bayesian, "mc_samples": S,
-        "conventions": CONVENTIONS,
-        "perplexity": {"tokens_scored": n_scored, "block_size": block, "stride": stride, **ppl(tok["nll"])},
-        "calibration": _calibration(tok),
-        "uncertainty": _uncertainty(tok),
-    }
-    if model.objective.sigmoid:
-        result["perplexity"]["raw_bce_per_token"] = raw["raw_bce_sum"] / n_scored
-        result["perplexity"]["raw_bce_targets"] = cfg.objective.targets if train_sets is not None else "true token only"
-    if raw["point"] is not None:
-        result["posterior_mean"] = {"perplexity": ppl(raw["point"]["nll"]), "calibration": _calibration(raw["point"]),
-                                    "uncertainty": _uncertainty(raw["point"])}
-    result["sets"] = ({"reference": set_source, **_sets(tok, raw["curve"], tau)} if set_source
-                      else {"skipped": "no reference sets (pass --sets NAME)" if sets is None else "--sets none"})
-    result["ground_truth"] = _ground_truth(tok) if truth is not None else None
-
-    out = Path(out) if out is not None else default_out(run_dir, split)
+    result = _summarise(run_dir, cfg, predictor, source, raw, stride)
+    result["sets"] = {"reference": set_source, **_sets(raw["tokens"], raw["curve"], tau)} if set_source else {"skipped": skipped}
+    if ood is not None:
+        shifted = resolve_source(ood, run_dir, tokenizer, source, split)
+        _check_length(shifted, cfg.model.block_size, stride)
+        out_tokens = score(predictor, shifted.tokens, stride=stride, batch=batch, point=False)["tokens"]
+        result["ood"] = {**ood_summary(raw["tokens"], out_tokens, cfg.model.block_size, shifted.name),
+                         "out_source": shifted.describe()}
+    out = Path(out) if out is not None else default_out(run_dir, split if text is None else f"text:{text}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    curves = {"predictive": (tok["confidence"], tok["correct"])}
-    if raw["point"] is not None:
-        curves = {f"MC mean, S={S}": curves["predictive"], "posterior mean": (raw["point"]["confidence"], raw["point"]["correct"])}
-    png = M.plot_reliability(curves, out.with_suffix(".reliability.png"), N_BINS,
-                             title=f"{cfg.objective.variant}, step {step}, {split} ({n_scored:,} tokens)")
-    result["calibration"]["reliability_png"] = png.name
-
-    result["speed"] = {"scoring_tokens_per_s": n_scored / score_s, "scoring_seconds": score_s}
+    result["calibration"]["reliability_png"] = _plot(result, raw, out).name
+    result["speed"] = {"scoring_tokens_per_s": len(raw["tokens"]["nll"]) / score_s, "scoring_seconds": score_s}
+    result["diversity"] = None
     if num_samples > 0:
-        div, samples = sample_diversity(Predictor([model], samples=mc_samples, seed=seed), data.tokenizer, tokens, num_samples=num_samples,
-                                        max_new_tokens=max_new_tokens, seed=seed)
+        div, samples = sample_diversity(Predictor([model], samples=mc_samples, seed=seed), tokenizer, source.tokens,
+                                        num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed)
         result["speed"]["generation_tokens_per_s"] = div.pop("tokens_per_s")
         path = out.with_suffix(".samples.jsonl")
         atomic_write(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
         result["diversity"] = {**div, "samples_file": path.name}
-    else:
-        result["diversity"] = None
     atomic_write(out, json.dumps(result, indent=1, allow_nan=True) + "\n")
     return result
 
 
+def _summarise(run_dir: Path, cfg, predictor: Predictor, source: Source, raw: dict[str, Any],
+               stride: int) -> dict[str, Any]:
+    """The scored sections of the eval JSON (perplexity, calibration, uncertainty, selective
+    prediction, posterior mean, ground truth) from ``score``'s per-token statistics."""
+    tok, model = raw["tokens"], predictor.model
+    S = predictor.n_draws if predictor.n_draws > 1 else 0
+
+    def ppl(nll: np.ndarray) -> dict[str, Any]:
+        return M.perplexity_summary(float(nll.astype(np.float64).sum()), len(nll), source.n_bytes, source.n_words)
+
+    result: dict[str, Any] = {
+        "run": str(run_dir), "data": str(source.data.dir) if source.data else None, "split": source.split,
+        "source": source.describe(), "step": int(load_state(latest_checkpoint(run_dir))["step"]),
+        "variant": cfg.objective.variant, "head": cfg.objective.head, "objective": cfg.objective.objective,
+        "sigmoid": model.objective.sigmoid, "bayesian": model.bayesian, "mc_samples": S,
+        "conventions": CONVENTIONS,
+        "perplexity": {"tokens_scored": len(tok["nll"]), "block_size": cfg.model.block_size, "stride": stride,
+                       **ppl(tok["nll"])},
+        "calibration": _calibration(tok),
+        "uncertainty": _uncertainty(tok),
+        "selective": selective_summary(tok),
+    }
+    if model.objective.sigmoid:
+        result["perplexity"]["raw_bce_per_token"] = raw["raw_bce_sum"] / len(tok["nll"])
+        trained_on = cfg.objective.targets if raw.get("train_sets_used") else "true token only"
+        result["perplexity"]["raw_bce_targets"] = trained_on
+    if raw["point"] is not None:
+        result["posterior_mean"] = {"perplexity": ppl(raw["point"]["nll"]), "calibration": _calibration(raw["point"]),
+                                    "uncertainty": _uncertainty(raw["point"])}
+    result["ground_truth"] = _ground_truth(tok) if source.truth is not None else None
+    return result
+
+
+def _plot(result: dict[str, Any], raw: dict[str, Any], out: Path) -> Path:
+    tok = raw["tokens"]
+    curves = {"predictive": (tok["confidence"], tok["correct"])}
+    if raw["point"] is not None:
+        curves = {f"MC mean, S={result['mc_samples']}": curves["predictive"],
+                  "posterior mean": (raw["point"]["confidence"], raw["point"]["correct"])}
+    where = result["split"] or result["source"]["name"]
+    title = f"{result['variant']}, step {result['step']}, {where} ({len(tok['nll']):,} tokens)"
+    return M.plot_reliability(curves, out.with_suffix(".reliability.png"), N_BINS, title=title)
+
+
 def _format(result: dict[str, Any]) -> str:
     p, c, u = result["perplexity"], result["calibration"], result["uncertainty"]
-    lines = [f"{result['variant']} (step {result['step']}) on {result['split']}: {p['tokens_scored']:,} tokens, "
-             f"stride {p['stride']}",
-             f"  perplexity {p['perplexity']:.4f}  nats/token {p['nats_per_token']:.4f}"
-             + (f"  bits/byte {p['bits_per_byte']:.4f}" if p["bits_per_byte"] else "")
-             + (f"  raw BCE {p['raw_bce_per_token']:.4f}" if "raw_bce_per_token" in p else ""),
-             f"  ECE {c['ece_width']:.4f} (mass {c['ece_mass']:.4f})  Brier {c['brier']:.4f}  accuracy {c['accuracy']:.4f}"
-             f"  AUROC(entropy) {u['auroc_entropy']:.4f}"]
+    src = result["source"]
+    lines = [f"{result['variant']} (step {result['step']}) on {src['name']}: {p['tokens_scored']:,} tokens, "
+             f"stride {p['stride']}"]
+    if src.get("unknown", {}).get("count"):
+        unk = src["unknown"]
+        lines.append(f"  {unk['count']:,} piece(s) the tokenizer cannot encode were dropped ({unk['distinct']} distinct, "
+                     f"e.g. {', '.join(repr(k) for k in list(unk['examples'])[:5])})")
+    lines += [f"  perplexity {p['perplexity']:.4f}  nats/token {p['nats_per_token']:.4f}"
+              + (f"  bits/byte {p['bits_per_byte']:.4f}" if p["bits_per_byte"] else "")
+              + (f"  raw BCE {p['raw_bce_per_token']:.4f}" if "raw_bce_per_token" in p else ""),
+              f"  ECE {c['ece_width']:.4f} (mass {c['ece_mass']:.4f})  Brier {c['brier']:.4f}  accuracy {c['accuracy']:.4f}"
+              f"  AUROC(entropy) {u['auroc_entropy']:.4f}",
+              "  selective prediction AURC: " + ", ".join(f"{k} {v:.4f}" for k, v in result["selective"]["aurc"].items())
+              + f" (oracle {result['selective']['aurc_optimal']:.4f})"]
     if "posterior_mean" in result:
         lines.append(f"  posterior mean: perplexity {result['posterior_mean']['perplexity']['perplexity']:.4f}; "
                      f"mutual information {u['mean_mutual_information']:.5f} nats, AUROC(MI) {u['auroc_mutual_information']:.4f}")
@@ -491,11 +520,18 @@ def _format(result: dict[str, Any]) -> str:
     if g:
         lines.append(f"  truth: entropy rate {g['true_entropy_rate']:.4f}, ideal nats/token {g['true_nats_per_token']:.4f}, "
                      f"KL {g['kl_true_model']:.4f}, ECE vs truth {g['ece_vs_truth_width']:.4f}")
+    if result.get("ood"):
+        o = result["ood"]
+        lines.append(f"  OOD vs {o['source']} ({o['n_tokens']['out']:,} tokens): AUROC token / sequence "
+                     + ", ".join(f"{k} {o['auroc']['token'][k]:.3f}/{o['auroc']['sequence'][k]:.3f}" for k in o["auroc"]["token"]))
+        lines.append("    mean in -> out: " + ", ".join(f"{k} {o['mean']['in'][k]:.4g} -> {o['mean']['out'][k]:.4g}"
+                                                     for k in o["mean"]["in"]))
     d = result["diversity"]
     if d:
         bleu = "-" if d["self_bleu"] is None else f"{d['self_bleu']:.2f}"
-        lines.append(f"  {d['num_samples']} samples: Self-BLEU {bleu}, Distinct-4 {d['distinct_4']:.4f} "
-                     f"(study's {d['distinct_4_study']:.4f}), {d['mean_length_words']:.1f} words")
+        lines.append(f"  {d['num_samples']} samples: Self-BLEU {bleu}, Distinct-4 words {d['distinct_4']:.4f} "
+                     f"(study's {d['distinct_4_study']:.4f}), Distinct-4 tokens {d['distinct_4_tokens']:.4f}, "
+                     f"mean length {d['mean_length_words']:.1f} words")
     sp = result["speed"]
     lines.append(f"  speed: scoring {sp['scoring_tokens_per_s']:,.0f} tok/s"
                  + (f", generation {sp['generation_tokens_per_s']:,.0f} tok/s" if sp.get("generation_tokens_per_s") else ""))
@@ -503,11 +539,13 @@ def _format(result: dict[str, Any]) -> str:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    result = evaluate(args.ckpt, args.data, split=args.split, out=args.out, stride=args.stride, mc_samples=args.mc_samples,
-                      num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, sets=args.sets, tau=args.tau,
-                      seed=args.seed, device=args.device)
+    result = evaluate(args.ckpt, args.data, text=args.text, split=args.split, ood=args.ood, out=args.out,
+                      stride=args.stride, mc_samples=args.mc_samples, num_samples=args.num_samples,
+                      max_new_tokens=args.max_new_tokens, sets=args.sets, tau=args.tau, seed=args.seed,
+                      device=args.device)
     print(_format(result))
-    print(f"results in {args.out or default_out(Path(args.ckpt), args.split)}")
+    where = args.split if args.text is None else f"text:{args.text}"
+    print(f"results in {args.out or default_out(Path(args.ckpt), where)}")
     return 0
 
 
@@ -515,8 +553,13 @@ def register_cli(subparsers) -> None:
     """Add `gptv eval`."""
     p = subparsers.add_parser("eval", help="held-out perplexity, calibration, uncertainty, set quality, diversity and speed of a run")
     p.add_argument("--ckpt", required=True, help="run folder (written by `gptv train`)")
-    p.add_argument("--data", required=True, help="prepared data folder with the run's tokenizer")
-    p.add_argument("--split", default="val", choices=["train", "val"])
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--data", default=None, help="prepared data folder with the run's tokenizer")
+    what.add_argument("--text", default=None, help="a UTF-8 file, folder (*.txt) or glob, scored with the run's tokenizer")
+    p.add_argument("--split", default="val", choices=["train", "val"], help="split of --data")
+    p.add_argument("--ood", default=None, metavar="SOURCE",
+                   help="out-of-domain text to compare uncertainty scores on: a prepared data folder, text:PATH, "
+                        "or synthetic?shift=S[&part=transition|emission|both][&seed=N][&tokens=N]")
     p.add_argument("--out", default=None, help="results JSON (default RUN/eval/SPLIT.json); plots and samples go beside it")
     p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default block_size // 2; block_size = disjoint windows)")
     p.add_argument("--mc-samples", type=int, default=None, help="Bayesian head draws (default: the run's mc_samples)")

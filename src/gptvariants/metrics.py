@@ -481,6 +481,17 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def distinct_n_tokens(sequences: Sequence[Sequence[int]], n: int) -> float:
+    """Distinct-n over token ids: |unique token n-grams| / |token n-grams| pooled over sequences.
+
+    The word version saturates at 1 when samples hold few words (a character model's 64 new
+    tokens are about a dozen words, whose 4-grams rarely repeat); token n-grams do not."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    grams = [tuple(s[i : i + n]) for s in sequences for i in range(len(s) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
 def distinct4_study(texts: Sequence[str]) -> float:
     """The 2024 study's Distinct-4 variant: |unique word 4-grams| / |words| (0 if no words).
 

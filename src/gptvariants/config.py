@@ -74,6 +74,8 @@ class ObjectiveConfig:
     prior_sigma: float = 0.02
     posterior_sigma_init: float = 1e-3
     kl_beta: float = 1.0  # loss = objective + kl_beta * KL / N_train_tokens
+    kl_warmup_iters: int = 0  # the KL weight ramps linearly from 0 to kl_beta over these steps
+    rho_lr_mult: float = 1.0  # learning-rate multiplier of a Bayesian head's rho (sigma = softplus(rho))
     mc_samples: int = 8  # Monte-Carlo draws for Bayesian prediction
     targets: str = ""  # cached teacher sets under DATA/targets/<name>; '' = the true token only
     set_draws: int = 0  # m of the sigmoid readout (objectives.SigmoidBCE); 0 = from the sets, set by training
@@ -86,6 +88,8 @@ class ObjectiveConfig:
         _check(self.sum_penalty >= 0, "sum_penalty must be >= 0")
         _check(self.prior_sigma > 0 and self.posterior_sigma_init > 0, "prior_sigma and posterior_sigma_init must be positive")
         _check(self.kl_beta >= 0, "kl_beta must be >= 0")
+        _check(self.kl_warmup_iters >= 0, "kl_warmup_iters must be >= 0")
+        _check(self.rho_lr_mult > 0, "rho_lr_mult must be > 0")
         _check(self.mc_samples >= 1, "mc_samples must be >= 1")
         _check(self.set_draws >= 0, "set_draws must be >= 0 (0: take it from the sets)")
         from .heads import HEADS

@@ -173,19 +173,21 @@ class GPT(nn.Module):
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor, sets: torch.Tensor | None = None, n_train_tokens: int = 0
+        self, idx: torch.Tensor, targets: torch.Tensor, sets: torch.Tensor | None = None, n_train_tokens: int = 0,
+        kl_scale: float = 1.0,
     ) -> Output:
-        """The ELBO-style training loss: objective(h, W, b) + kl_beta * KL(q || p) / n_train_tokens.
+        """The ELBO-style training loss: objective(h, W, b) + kl_scale * kl_beta * KL(q || p) / n_train_tokens.
 
         Dividing the KL by the number of training tokens makes the sum of per-token losses over
         one pass of the data equal beta * KL + sum of objectives, i.e. the negative ELBO, while
-        the value per token stays on the objective's scale.
+        the value per token stays on the objective's scale. ``kl_scale`` in [0, 1] is the KL
+        warm-up (``kl_weight``).
         """
         h = self.transformer(idx)
         obj, kl = self.head.loss(h, self.objective, targets, sets, self.obj_config.loss_chunk_size, sample=self.training)
         loss = obj
         if self.obj_config.kl_beta > 0 and self.head.stochastic:
-            loss = obj + self.obj_config.kl_beta * kl / max(n_train_tokens, 1)
+            loss = obj + kl_scale * self.obj_config.kl_beta * kl / max(n_train_tokens, 1)
         return Output(loss=loss, objective=obj.detach(), kl=kl.detach())
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -197,12 +199,23 @@ class GPT(nn.Module):
         p = next(self.parameters())
         return KVCache(c.n_layer, batch, c.n_head, max_len or c.block_size, c.n_embd // c.n_head, p.device, p.dtype)
 
+    def kl_weight(self, step: int) -> float:
+        """The KL warm-up factor at ``step``: min(1, step / kl_warmup_iters) (1 without warm-up)."""
+        warmup = self.obj_config.kl_warmup_iters
+        return 1.0 if warmup <= 0 else min(1.0, step / warmup)
+
     def configure_optimizer(self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str):
-        """AdamW with decay on matrices (>= 2-D, including the Bayesian rho) and none on biases/norms."""
+        """AdamW with decay on matrices and none on biases/norms or on a Bayesian head's rho, which
+        has a group of its own whose ``lr_mult`` (rho_lr_mult) scales the schedule's learning rate:
+        Adam moves a parameter by about lr per step, and sigma's useful range spans several units of rho."""
         params = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        rho = [p for n, p in params.items() if n.endswith("_rho")]
         decay = [p for n, p in params.items() if p.dim() >= 2 and not n.endswith("_rho")]
-        no_decay = [p for n, p in params.items() if p.dim() < 2 or n.endswith("_rho")]
+        no_decay = [p for n, p in params.items() if p.dim() < 2 and not n.endswith("_rho")]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if rho:
+            mult = self.obj_config.rho_lr_mult
+            groups.append({"params": rho, "weight_decay": 0.0, "lr": learning_rate * mult, "lr_mult": mult})
         # the fused kernel (CUDA, and CPU since torch 2.4) does the whole update in one pass per
         # tensor; the default loop makes ~7 passes, which shows on the Bayesian head's 2x weights
         fused = device_type in ("cuda", "cpu")

@@ -443,7 +443,7 @@ def _train(cfg: Config, rt: Runtime, resume: bool) -> TrainResult:
             while step < cfg.train.max_iters:
                 lr = lr_at(step, cfg)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_mult", 1.0)
                 torch.manual_seed(step_seed(cfg.train.seed, step, rt.rank, 1))
                 micro = batches.micro_batches(step)
                 obj_sum = kl_val = 0.0
@@ -451,7 +451,7 @@ def _train(cfg: Config, rt: Runtime, resume: bool) -> TrainResult:
                     sync = nullcontext() if (not rt.distributed or i == G_local - 1) else model.no_sync()
                     with sync:
                         with rt.autocast():
-                            out = model(x, y, s, n_train_tokens)
+                            out = model(x, y, s, n_train_tokens, raw.kl_weight(step))
                         scaler.scale(out.loss / G_local).backward()
                     obj_sum += out.objective.item()
                     kl_val = out.kl.item()
@@ -488,8 +488,10 @@ def _train(cfg: Config, rt: Runtime, resume: bool) -> TrainResult:
                     if flops:
                         rec["mfu"] = raw.estimate_mfu(tps, flops)
                     if raw.bayesian:
-                        rec["kl"] = kl_val
+                        rec.update(kl=kl_val, kl_weight=raw.kl_weight(step - 1), **raw.head.stats())
                     msg = f"step {step}: loss {loss_val:.4f}, {dt * 1000:.1f} ms/step, {tps:,.0f} tok/s" + (f", mfu {rec['mfu'] * 100:.1f}%" if flops else "")
+                    if raw.bayesian:
+                        msg += f", kl {kl_val:.4g}, sigma mean {rec['sigma_mean']:.2e} [{rec['sigma_min']:.1e}, {rec['sigma_max']:.1e}]"
                     logger.log(rec, None if logger.bar is not None else msg)
                 logger.advance(1, f"loss {loss_val:.4f}")
                 evaluated = step % cfg.train.eval_interval == 0 or step == cfg.train.max_iters

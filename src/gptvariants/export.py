@@ -156,7 +156,7 @@ Predictive distribution: {meta['predictive']}.
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained("{folder_name}"{remote})
-tokenizer = AutoTokenizer.from_pretrained("{folder_name}")
+tokenizer = AutoTokenizer.from_pretrained("{folder_name}"{remote})
 ```
 
 Tokenizer: `{meta['tokenizer']}`. The context is {block_size} tokens (the run's block_size); config.json

@@ -32,7 +32,8 @@ from gptvariants.tokenizers import CharTokenizer
 
 
 def make_run(variant: str, root: Path, args) -> Path:
-    cfg = load_config(variant, overrides=dict(size="gpt2", block_size=args.block_size, vocab_size=args.vocab, bias=True))
+    shape = dict(size="gpt2", block_size=args.block_size, vocab_size=args.vocab, bias=True)
+    cfg = load_config(variant, overrides=shape)
     torch.manual_seed(0)
     model = GPT(cfg.model, cfg.objective)
     with torch.no_grad():  # move the LayerNorms and biases off their (1, 0) start so a mapping error would show
@@ -68,8 +69,9 @@ def measure(variant: str, root: Path, args) -> dict:
         theirs = hf(x).logits.float()
         diff = (theirs - z) if plain else (torch.log_softmax(theirs, -1) - model.objective.log_probs(z))
     size = sum(f.stat().st_size for f in out.iterdir())
-    return {"variant": variant, "folder": "GPT2LMHeadModel" if plain else "modeling code", "load_run_s": round(t_load, 2),
-            "export_s": round(t_export, 2), "hf_load_s": round(t_hf, 2), "max_abs_diff": float(diff.abs().max()),
+    return {"variant": variant, "folder": "GPT2LMHeadModel" if plain else "modeling code",
+            "load_run_s": round(t_load, 2), "export_s": round(t_export, 2), "hf_load_s": round(t_hf, 2),
+            "max_abs_diff": float(diff.abs().max()),
             "size_mib": round(size / 2**20), "params_m": round(model.num_params(non_embedding=False) / 1e6, 1)}
 
 
@@ -95,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| variant | folder | params (M) | export s | load_run alone s | HF load s | size MiB | max abs logit diff |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['folder']} | {r['params_m']} | {r['export_s']} | {r['load_run_s']} | {r['hf_load_s']} "
-              f"| {r['size_mib']} | {r['max_abs_diff']:.1e} |")
+        print(f"| {r['variant']} | {r['folder']} | {r['params_m']} | {r['export_s']} | {r['load_run_s']} "
+              f"| {r['hf_load_s']} | {r['size_mib']} | {r['max_abs_diff']:.1e} |")
     return 0
 
 

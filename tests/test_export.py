@@ -116,7 +116,8 @@ def test_sigmoid_heads_export_their_predictive_log_probs(runs, name):
     model, cfg = load_run(run)
     conf = json.loads((folder / "config.json").read_text())
     assert conf["model_type"] == "gptvariants" and conf["gptvariants"]["readout"] == "sigmoid"
-    hf, info = transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, output_loading_info=True)
+    hf, info = transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True,
+                                                                 output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     x = _ids(model)
     with torch.no_grad():
@@ -133,7 +134,8 @@ def test_sigmoid_heads_export_their_predictive_log_probs(runs, name):
 def test_set_draw_readout_exports_exactly(tiny_data, tmp_path):
     """p_v ~ 1 - (1 - s_v)^(1/m): a sig run with set_draws = 3 (weights untrained: the readout is the point)."""
     data_tok = load_tokenizer(tiny_data)
-    cfg = load_config("sig", overrides=tiny_overrides(tiny_data, tmp_path / "run", set_draws=3, vocab_size=data_tok.vocab_size))
+    overrides = tiny_overrides(tiny_data, tmp_path / "run", set_draws=3, vocab_size=data_tok.vocab_size)
+    cfg = load_config("sig", overrides=overrides)
     torch.manual_seed(0)
     model = GPT(cfg.model, cfg.objective)
     with torch.no_grad():
@@ -180,6 +182,10 @@ def test_tokenizer_round_trips(runs, name):
         assert theirs.eos_token_id == ours.eot_token
 
 
+def _fast(path):
+    return transformers.PreTrainedTokenizerFast(tokenizer_file=str(path), clean_up_tokenization_spaces=False)
+
+
 def test_char_tokenizer_round_trips_tiny_shakespeare(tmp_path):
     path = SHARED_DATA / "tinyshakespeare" / "input.txt"
     if not path.is_file():
@@ -189,7 +195,7 @@ def test_char_tokenizer_round_trips_tiny_shakespeare(tmp_path):
     text = path.read_text(encoding="utf-8")
     tok = build_tokenizer("char", text)
     tok.to_hf().save(str(tmp_path / "tokenizer.json"))
-    hf = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"), clean_up_tokenization_spaces=False)
+    hf = _fast(tmp_path / "tokenizer.json")
     ids = hf.encode(text)
     assert ids == tok.encode(text) and hf.decode(ids) == text
 
@@ -200,9 +206,10 @@ def test_gpt2_tokenizer_exports_when_its_vocabulary_is_available(tmp_path):
     try:
         tok = build_tokenizer("gpt2")
     except RuntimeError:
-        pytest.skip("GPT-2 vocabulary not available offline (tiktoken downloads it); tests/test_tokenizers.py converts a small one")
+        pytest.skip("GPT-2 vocabulary not available offline (tiktoken downloads it); "
+                    "tests/test_tokenizers.py converts a small one")
     tok.to_hf().save(str(tmp_path / "tokenizer.json"))
-    hf = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"), clean_up_tokenization_spaces=False)
+    hf = _fast(tmp_path / "tokenizer.json")
     text = TEXT[:2000] + " ünïcode ✓ <|endoftext|>"
     assert hf.encode(text) == tok.encode(text) and hf.decode(hf.encode(text)) == text
 
@@ -223,8 +230,8 @@ def test_init_from_an_export_takes_its_shape_and_weights(runs, tmp_path):
         shape = hf_shape(str(folder))
         assert shape == {k: getattr(cfg.model, k) for k in shape}
         data = cfg.train.data
-        new = load_config(cfg.objective.variant, overrides=tiny_overrides(data, tmp_path / name, max_iters=0, eval_iters=1,
-                                                                          init_from=str(folder), **shape))
+        overrides = tiny_overrides(data, tmp_path / name, max_iters=0, eval_iters=1, init_from=str(folder), **shape)
+        new = load_config(cfg.objective.variant, overrides=overrides)
         train(new)
         again, _ = load_run(tmp_path / name)
         x = _ids(model)
@@ -261,6 +268,18 @@ def test_refusals(runs, tmp_path, capsys):
     assert main(["export", str(run), str(tmp_path / "cli")]) == 0
     printed = capsys.readouterr().out
     assert "AutoModelForCausalLM.from_pretrained" in printed and "trust_remote_code" not in printed
+
+
+def test_gpt2_run_without_its_vocabulary_is_refused(runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs("baseline")[0], run)
+    (run / "tokenizer_meta.json").write_text(json.dumps({"kind": "gpt2", "name": "gpt2"}))
+    with pytest.raises(ExportError) as e:
+        export(run, tmp_path / "hf")
+    if "GPT-2 vocabulary" not in str(e.value):  # tiktoken has it: the 50257 ids do not fit this 65-id model
+        assert "the tokenizer has 50257 ids but the model only 65" in str(e.value)
 
 
 def test_export_follows_the_umask(runs, tmp_path):

@@ -87,8 +87,8 @@ def test_offline_name_without_cache_is_a_clear_error(monkeypatch, tmp_path):
 def test_hf_shape_reads_every_shape_key(hf_dir, tmp_path):
     assert hf_shape(str(hf_dir)) == {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": N_POS, "vocab_size": V,
                                      "bias": True, "tie_weights": True, "gelu": "tanh"}
-    cfg = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=8, vocab_size=50, activation_function="gelu",
-                                  tie_word_embeddings=False)
+    cfg = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=8, vocab_size=50,
+                                  activation_function="gelu", tie_word_embeddings=False)
     transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
     assert hf_shape(str(tmp_path)) == {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8, "vocab_size": 50,
                                        "bias": True, "tie_weights": False, "gelu": "exact"}

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from .checkpoint import POINTER, load_run
-from .pretrained import META_KEY
+from .pretrained import _CONV1D, META_KEY
 from .tokenizers import EOT_TEXT, load_tokenizer
 
 FORMATS = ("hf",)
@@ -42,19 +42,17 @@ MODELING = "modeling_gptvariants"
 # every file an export may write: --force replaces these and leaves any other file alone
 EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                 f"{MODELING}.py", "README.md")
-_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 class ExportError(ValueError):
     """The run cannot be exported as asked; the message says why."""
 
 
-def _transformers():
+def _require_transformers() -> None:
     try:
-        import transformers
+        import transformers  # noqa: F401
     except ImportError:
         raise ExportError("gptv export needs transformers: pip install 'gptvariants[hf]'") from None
-    return transformers
 
 
 def readout_of(model) -> dict[str, Any]:
@@ -73,8 +71,8 @@ def readout_of(model) -> dict[str, Any]:
     z = 4 * torch.randn(8, model.config.vocab_size, generator=torch.Generator().manual_seed(0))
     err = (readout_log_probs(z, readout, set_draws) - objective.log_probs(z)).abs().max().item()
     if not err <= 1e-5:
-        raise ExportError(f"cannot export {objective!r} exactly: its predictive distribution is not the {readout} readout "
-                          f"(max |log p difference| {err:.2e} on random logits)")
+        raise ExportError(f"cannot export {objective!r} exactly: its predictive distribution is not the "
+                          f"{readout} readout (max |log p difference| {err:.2e} on random logits)")
     _, bias = model.head.weights(sample=False)
     return {"readout": readout, "set_draws": set_draws, "output_bias": bias is not None,
             "plain": readout == "softmax" and bias is None}
@@ -103,17 +101,20 @@ def hf_state_dict(model, with_bias: bool) -> dict[str, torch.Tensor]:
     return {k: v.float().cpu().contiguous() for k, v in sd.items()}
 
 
-def _meta(cfg, model, readout: dict[str, Any], step: int | None, tokenizer, run_dir: Path) -> dict[str, Any]:
+def _meta(cfg, readout: dict[str, Any], step: int | None, tokenizer, run_dir: Path) -> dict[str, Any]:
     from . import __version__
 
     bayes = cfg.objective.head == "bayesian"
-    what = {"softmax": "softmax(z)", "sigmoid": "q / sum(q), q = 1 - (1 - sigmoid(z))^(1/set_draws)"}[readout["readout"]]
+    what = {"softmax": "softmax(z)",
+            "sigmoid": "q / sum(q), q = 1 - (1 - sigmoid(z))^(1/set_draws)"}[readout["readout"]]
+    if bayes:
+        what += ", z from the posterior mean of the Bayesian head's weights (no Monte-Carlo draws)"
     return {
         "version": __version__, "run": run_dir.name, "step": step, "variant": cfg.objective.variant,
         "head": cfg.objective.head, "objective": cfg.objective.objective, "readout": readout["readout"],
         "set_draws": readout["set_draws"], "bias": cfg.model.bias, "output_bias": readout["output_bias"],
         "tokenizer": tokenizer.name,
-        "predictive": f"p = {what}" + (", z from the posterior mean of the Bayesian head's weights (no Monte-Carlo draws)" if bayes else ""),
+        "predictive": f"p = {what}",
     }
 
 
@@ -129,8 +130,9 @@ def _config(cfg, meta: dict[str, Any], plain: bool, eot: int | None):
         return GPT2Config(architectures=["GPT2LMHeadModel"], **kw)
     from .hf_modeling.modeling_gptvariants import GPTVariantsConfig
 
-    return GPTVariantsConfig(architectures=["GPTVariantsForCausalLM"], auto_map={
-        "AutoConfig": f"{MODELING}.GPTVariantsConfig", "AutoModelForCausalLM": f"{MODELING}.GPTVariantsForCausalLM"}, **kw)
+    auto_map = {"AutoConfig": f"{MODELING}.GPTVariantsConfig",
+                "AutoModelForCausalLM": f"{MODELING}.GPTVariantsForCausalLM"}
+    return GPTVariantsConfig(architectures=["GPTVariantsForCausalLM"], auto_map=auto_map, **kw)
 
 
 def _write_tokenizer(tokenizer, folder: Path, block_size: int) -> None:
@@ -145,8 +147,9 @@ def _write_tokenizer(tokenizer, folder: Path, block_size: int) -> None:
 def _readme(meta: dict[str, Any], plain: bool, folder_name: str, block_size: int) -> str:
     remote = "" if plain else ", trust_remote_code=True"
     contract = ("a plain GPT-2 (GPT2LMHeadModel): softmax(logits) is the run's predictive distribution" if plain else
-                f"GPT-2 with the run's output layer ({MODELING}.py, loaded with trust_remote_code=True); its logits are "
-                "the log-probabilities of the run's predictive distribution, so softmax(logits) is that distribution")
+                f"GPT-2 with the run's output layer ({MODELING}.py, loaded with trust_remote_code=True); "
+                "its logits are the log-probabilities of the run's predictive distribution, "
+                "so softmax(logits) is that distribution")
     return f"""# {meta['run']}: gptvariants `{meta['variant']}` (step {meta['step']})
 
 Exported by `gptv export` (gptvariants {meta['version']}) as {contract}.
@@ -178,16 +181,20 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "hf", force: bool = 
     if out.exists() and run_dir.exists() and out.resolve() == run_dir.resolve():
         raise ExportError(f"{out} is the run folder itself: export into another folder")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise ExportError(f"{out} exists and is not empty: choose another folder, or pass --force to replace the export files in it")
-    _transformers()
+        raise ExportError(f"{out} exists and is not empty: choose another folder, "
+                          "or pass --force to replace the export files in it")
+    _require_transformers()
     model, cfg = load_run(run_dir)
     try:
         tokenizer = load_tokenizer(run_dir)
     except (RuntimeError, FileNotFoundError) as e:
         raise ExportError(f"cannot export the tokenizer of {run_dir}: {e}") from None
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise ExportError(f"{run_dir}: the tokenizer has {tokenizer.vocab_size} ids "
+                          f"but the model only {cfg.model.vocab_size}")
     readout = readout_of(model)
     step = json.loads((run_dir / POINTER).read_text()).get("step")
-    meta = _meta(cfg, model, readout, step, tokenizer, run_dir)
+    meta = _meta(cfg, readout, step, tokenizer, run_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     os.mkdir(tmp)  # created under the umask, like every file below
@@ -214,7 +221,8 @@ def _umask() -> int:
     return mask
 
 
-def _write_folder(folder: Path, model, cfg, tokenizer, readout: dict[str, Any], meta: dict[str, Any], name: str) -> None:
+def _write_folder(folder: Path, model, cfg, tokenizer, readout: dict[str, Any], meta: dict[str, Any],
+                  name: str) -> None:
     from safetensors.torch import save_file
     from transformers import GenerationConfig
 
@@ -247,5 +255,6 @@ def register_cli(subparsers) -> None:
     p.add_argument("run", help="run folder (made by gptv train)")
     p.add_argument("out", help="output folder (new or empty)")
     p.add_argument("--format", default="hf", help=f"export format: {', '.join(FORMATS)}")
-    p.add_argument("--force", action="store_true", help="write into a non-empty OUT, replacing the files of an earlier export")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty OUT, replacing the files of an earlier export")
     p.set_defaults(func=cmd_export)

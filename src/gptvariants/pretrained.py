@@ -71,19 +71,21 @@ def hf_shape(name_or_path: str) -> dict[str, Any]:
     if c.activation_function not in _GELU:
         raise PretrainedError(f"{name_or_path}: activation {c.activation_function!r} is not GELU (ours: tanh or exact)")
     meta = getattr(c, META_KEY, None) or {}
-    return {"n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd, "block_size": c.n_positions, "vocab_size": c.vocab_size,
-            "bias": bool(meta.get("bias", True)), "tie_weights": bool(c.tie_word_embeddings), "gelu": _GELU[c.activation_function]}
+    return {"n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd, "block_size": c.n_positions,
+            "vocab_size": c.vocab_size, "bias": bool(meta.get("bias", True)),
+            "tie_weights": bool(c.tie_word_embeddings), "gelu": _GELU[c.activation_function]}
 
 
 def config_from_hf(name_or_path: str) -> dict[str, int]:
     """n_layer, n_head, n_embd, block_size (= n_positions) and vocab_size of a GPT-2 checkpoint
     (the integer part of ``hf_shape``)."""
-    return {k: v for k, v in hf_shape(name_or_path).items() if k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")}
+    keys = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
+    return {k: v for k, v in hf_shape(name_or_path).items() if k in keys}
 
 
 def _check_fits(cfg, hf) -> None:
-    problems = [f"{k} = {getattr(cfg, k)} (GPT-2: {getattr(hf, k)})" for k in ("n_layer", "n_head", "n_embd", "vocab_size")
-                if getattr(cfg, k) != getattr(hf, k)]
+    problems = [f"{k} = {getattr(cfg, k)} (GPT-2: {getattr(hf, k)})"
+                for k in ("n_layer", "n_head", "n_embd", "vocab_size") if getattr(cfg, k) != getattr(hf, k)]
     if cfg.block_size > hf.n_positions:
         problems.append(f"block_size = {cfg.block_size} (GPT-2 has {hf.n_positions} positions)")
     gelu = _GELU.get(hf.activation_function)
@@ -137,8 +139,9 @@ def read_weights(name_or_path: str) -> dict[str, torch.Tensor]:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
-            raise PretrainedError(f"{path} holds pickled objects besides tensors and gptvariants never runs pickled code: "
-                                  "convert it to model.safetensors with a tool you trust (save_pretrained(safe_serialization=True))") from None
+            raise PretrainedError(f"{path} holds pickled objects besides tensors and gptvariants never runs pickled "
+                                  "code: convert it to model.safetensors with a tool you trust "
+                                  "(save_pretrained(safe_serialization=True))") from None
     else:
         raise PretrainedError(f"{folder} holds no weights (model.safetensors, its shards, or pytorch_model.bin)")
     return {k.removeprefix("transformer."): v for k, v in sd.items()}
@@ -160,7 +163,8 @@ def load_gpt2_weights(model, name_or_path: str) -> None:
     if not cfg.bias:
         nonzero = [k for k, v in sd.items() if k.endswith(".bias") and k.startswith(("h.", "ln_f.")) and v.any()]
         if nonzero:
-            raise PretrainedError(f"bias = False but the weights have non-zero biases ({nonzero[0]}, ...): set bias = true")
+            raise PretrainedError(f"bias = False but the weights have non-zero biases ({nonzero[0]}, ...): "
+                                  "set bias = true")
     for name, p in model.transformer.named_parameters():
         if name not in sd:
             raise PretrainedError(f"{name_or_path}: the weights have no {name}")

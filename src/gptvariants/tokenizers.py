@@ -344,7 +344,8 @@ def tiktoken_to_hf(enc) -> HFTokenizer:
     def text(b: bytes) -> str:
         return "".join(char[x] for x in b)
 
-    merges = [tuple(map(text, _merge_of(ranks, t))) for t, _ in sorted(ranks.items(), key=lambda kv: kv[1]) if len(t) > 1]
+    in_order = sorted(ranks, key=ranks.__getitem__)
+    merges = [tuple(map(text, _merge_of(ranks, t))) for t in in_order if len(t) > 1]
     hf = HFTokenizer(models.BPE({text(t): r for t, r in ranks.items()}, merges, fuse_unk=False))
     hf.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(enc._pat_str), behavior="isolated"),

@@ -7,7 +7,7 @@ import torch
 
 from gptvariants.config import load_config
 from gptvariants.model import GPT
-from gptvariants.pretrained import PretrainedError, config_from_hf, hf_shape, load_gpt2_weights
+from gptvariants.pretrained import PretrainedError, apply_hf_shape, config_from_hf, hf_shape, load_gpt2_weights
 
 transformers = pytest.importorskip("transformers")
 
@@ -19,7 +19,8 @@ V, N_POS = 100, 64
 def hf_dir(tmp_path_factory):
     """A small randomly initialised GPT2LMHeadModel saved the way from_pretrained reads it."""
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=N_POS, vocab_size=V, bos_token_id=0, eos_token_id=0)
+    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=N_POS, vocab_size=V, bos_token_id=0,
+                                  eos_token_id=0)
     model = transformers.GPT2LMHeadModel(cfg)
     with torch.no_grad():  # move the LayerNorms off their (1, 0) init so a swapped weight/bias would show
         for name, p in model.named_parameters():
@@ -31,7 +32,8 @@ def hf_dir(tmp_path_factory):
 
 
 def ours(variant: str, block_size: int = 48, **kw) -> GPT:
-    cfg = load_config(variant, overrides={**dict(n_layer=2, n_head=2, n_embd=32, block_size=block_size, vocab_size=V), **kw})
+    shape = dict(n_layer=2, n_head=2, n_embd=32, block_size=block_size, vocab_size=V)
+    cfg = load_config(variant, overrides={**shape, **kw})
     return GPT(cfg.model, cfg.objective).eval()
 
 
@@ -42,7 +44,8 @@ def hf_logits(hf_dir, x):
 
 
 def test_config_from_hf(hf_dir):
-    assert config_from_hf(str(hf_dir)) == {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": N_POS, "vocab_size": V}
+    expected = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": N_POS, "vocab_size": V}
+    assert config_from_hf(str(hf_dir)) == expected
 
 
 @pytest.mark.parametrize("variant", ["baseline", "bayes", "sig"])
@@ -144,3 +147,12 @@ def test_bias_false_takes_zero_biases_only(hf_dir, tmp_path):
     model = ours("baseline", bias=False)
     load_gpt2_weights(model, str(tmp_path))
     assert torch.equal(model.transformer.ln_f.weight, sd["transformer.ln_f.weight"])
+
+
+def test_apply_hf_shape_keeps_explicit_keys(hf_dir):
+    cfg = load_config("baseline", overrides={"block_size": 16, "n_layer": 7})
+    applied = apply_hf_shape(cfg.model, str(hf_dir), explicit={"block_size"})
+    assert "block_size" not in applied and cfg.model.block_size == 16  # cropped positions: allowed
+    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.vocab_size, cfg.model.bias) == (2, 32, V, True)
+    model = GPT(cfg.model, cfg.objective)
+    load_gpt2_weights(model, str(hf_dir))

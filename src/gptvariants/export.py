@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from .checkpoint import POINTER, load_run
-from .pretrained import _CONV1D, META_KEY
+from .pretrained import CONV1D_WEIGHTS, META_KEY
 from .tokenizers import EOT_TEXT, load_tokenizer
 
 FORMATS = ("hf",)
@@ -88,7 +88,7 @@ def hf_state_dict(model, with_bias: bool) -> dict[str, torch.Tensor]:
         if not isinstance(weight, torch.Tensor) or name == "wte" or name == "wpe":
             continue
         w = weight.detach()
-        sd[f"transformer.{name}.weight"] = w.t() if f"{name}.weight".endswith(_CONV1D) else w
+        sd[f"transformer.{name}.weight"] = w.t() if f"{name}.weight".endswith(CONV1D_WEIGHTS) else w
         bias = module.bias if module.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype)
         sd[f"transformer.{name}.bias"] = bias.detach()
     sd["transformer.wte.weight"] = model.transformer.wte.weight.detach()

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import torch
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# transformers keeps these as Conv1D weights, (in, out): the transpose of nn.Linear's (out, in)
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 _GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
 META_KEY = "gptvariants"  # config.json entry written by `gptv export`
 
@@ -74,6 +76,16 @@ def hf_shape(name_or_path: str) -> dict[str, Any]:
     return {"n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd, "block_size": c.n_positions,
             "vocab_size": c.vocab_size, "bias": bool(meta.get("bias", True)),
             "tie_weights": bool(c.tie_word_embeddings), "gelu": _GELU[c.activation_function]}
+
+
+def apply_hf_shape(model_cfg, name_or_path: str, explicit: Collection[str] = ()) -> dict[str, Any]:
+    """Set ``model_cfg``'s (a ModelConfig) shape keys from the checkpoint, except the keys in ``explicit``
+    (given by the user: a smaller block_size crops the positions; a conflicting value is reported by
+    ``load_gpt2_weights``). Returns the keys it set. For config resolution with ``init_from``."""
+    applied = {k: v for k, v in hf_shape(name_or_path).items() if k not in explicit}
+    for k, v in applied.items():
+        setattr(model_cfg, k, v)
+    return applied
 
 
 def config_from_hf(name_or_path: str) -> dict[str, int]:
@@ -169,7 +181,7 @@ def load_gpt2_weights(model, name_or_path: str) -> None:
         if name not in sd:
             raise PretrainedError(f"{name_or_path}: the weights have no {name}")
         src = sd[name]
-        if name.endswith(_CONV1D):
+        if name.endswith(CONV1D_WEIGHTS):
             src = src.t()
         if name == "wpe.weight":
             src = src[: cfg.block_size]

@@ -7,7 +7,7 @@ import torch
 
 from gptvariants.config import load_config
 from gptvariants.model import GPT
-from gptvariants.pretrained import PretrainedError, config_from_hf, load_gpt2_weights
+from gptvariants.pretrained import PretrainedError, apply_hf_shape, config_from_hf, hf_shape, load_gpt2_weights
 
 transformers = pytest.importorskip("transformers")
 
@@ -19,7 +19,8 @@ V, N_POS = 100, 64
 def hf_dir(tmp_path_factory):
     """A small randomly initialised GPT2LMHeadModel saved the way from_pretrained reads it."""
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=N_POS, vocab_size=V, bos_token_id=0, eos_token_id=0)
+    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=N_POS, vocab_size=V, bos_token_id=0,
+                                  eos_token_id=0)
     model = transformers.GPT2LMHeadModel(cfg)
     with torch.no_grad():  # move the LayerNorms off their (1, 0) init so a swapped weight/bias would show
         for name, p in model.named_parameters():
@@ -31,7 +32,8 @@ def hf_dir(tmp_path_factory):
 
 
 def ours(variant: str, block_size: int = 48, **kw) -> GPT:
-    cfg = load_config(variant, overrides={**dict(n_layer=2, n_head=2, n_embd=32, block_size=block_size, vocab_size=V), **kw})
+    shape = dict(n_layer=2, n_head=2, n_embd=32, block_size=block_size, vocab_size=V)
+    cfg = load_config(variant, overrides={**shape, **kw})
     return GPT(cfg.model, cfg.objective).eval()
 
 
@@ -42,7 +44,8 @@ def hf_logits(hf_dir, x):
 
 
 def test_config_from_hf(hf_dir):
-    assert config_from_hf(str(hf_dir)) == {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": N_POS, "vocab_size": V}
+    expected = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": N_POS, "vocab_size": V}
+    assert config_from_hf(str(hf_dir)) == expected
 
 
 @pytest.mark.parametrize("variant", ["baseline", "bayes", "sig"])
@@ -82,3 +85,74 @@ def test_offline_name_without_cache_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
     with pytest.raises(PretrainedError, match="could not be downloaded.*local folder"):
         load_gpt2_weights(ours("baseline"), "gpt2")
+
+
+def test_hf_shape_reads_every_shape_key(hf_dir, tmp_path):
+    assert hf_shape(str(hf_dir)) == {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": N_POS, "vocab_size": V,
+                                     "bias": True, "tie_weights": True, "gelu": "tanh"}
+    cfg = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=8, vocab_size=50,
+                                  activation_function="gelu", tie_word_embeddings=False)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
+    assert hf_shape(str(tmp_path)) == {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8, "vocab_size": 50,
+                                       "bias": True, "tie_weights": False, "gelu": "exact"}
+    # the shape is all a model needs to take the weights
+    model = ours("baseline", **{k: v for k, v in hf_shape(str(tmp_path)).items()})
+    load_gpt2_weights(model, str(tmp_path))
+    x = torch.randint(0, 50, (1, 8))
+    with torch.no_grad():
+        expected = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()(x).logits
+        torch.testing.assert_close(model.logits(model.transformer(x)), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(PretrainedError, match="tie_weights = True"):
+        load_gpt2_weights(ours("baseline", **{**hf_shape(str(tmp_path)), "tie_weights": True}), str(tmp_path))
+
+
+def _as_bin(hf_dir, tmp_path, extra=None):
+    """The folder with its weights as a pickled pytorch_model.bin (how older transformers saved them)."""
+    from safetensors.torch import load_file
+
+    tmp_path.mkdir()
+    (tmp_path / "config.json").write_text((hf_dir / "config.json").read_text())
+    sd = load_file(str(hf_dir / "model.safetensors"))
+    torch.save({**sd, **(extra or {})}, tmp_path / "pytorch_model.bin")
+    return tmp_path
+
+
+class _Executes:
+    def __reduce__(self):
+        return (print, ("this ran at load time",))
+
+
+def test_pytorch_model_bin_loads_without_running_pickled_code(hf_dir, tmp_path, capsys):
+    model = ours("baseline")
+    load_gpt2_weights(model, str(_as_bin(hf_dir, tmp_path / "plain")))  # tensors only: fine
+    reference = ours("baseline")
+    load_gpt2_weights(reference, str(hf_dir))
+    assert torch.equal(model.transformer.h[1].mlp.c_fc.weight, reference.transformer.h[1].mlp.c_fc.weight)
+    with pytest.raises(PretrainedError, match="pickled objects.*model.safetensors") as e:
+        load_gpt2_weights(ours("baseline"), str(_as_bin(hf_dir, tmp_path / "code", {"x": _Executes()})))
+    assert "\n" not in str(e.value) and "ran at load time" not in capsys.readouterr().out
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "config.json").write_text((hf_dir / "config.json").read_text())
+    with pytest.raises(PretrainedError, match="holds no weights"):
+        load_gpt2_weights(ours("baseline"), str(tmp_path / "none"))
+
+
+def test_bias_false_takes_zero_biases_only(hf_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(hf_dir / "model.safetensors"))
+    zeroed = {k: (torch.zeros_like(v) if k.endswith(".bias") else v) for k, v in sd.items()}
+    (tmp_path / "config.json").write_text((hf_dir / "config.json").read_text())
+    save_file(zeroed, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    model = ours("baseline", bias=False)
+    load_gpt2_weights(model, str(tmp_path))
+    assert torch.equal(model.transformer.ln_f.weight, sd["transformer.ln_f.weight"])
+
+
+def test_apply_hf_shape_keeps_explicit_keys(hf_dir):
+    cfg = load_config("baseline", overrides={"block_size": 16, "n_layer": 7})
+    applied = apply_hf_shape(cfg.model, str(hf_dir), explicit={"block_size"})
+    assert "block_size" not in applied and cfg.model.block_size == 16  # cropped positions: allowed
+    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.vocab_size, cfg.model.bias) == (2, 32, V, True)
+    model = GPT(cfg.model, cfg.objective)
+    load_gpt2_weights(model, str(hf_dir))

@@ -82,3 +82,55 @@ def test_gpt2_works_or_fails_clearly():
     assert tok.vocab_size == 50257 and tok.eot_token == 50256
     ids = tok.encode("hello world" + EOT_TEXT)
     assert ids[-1] == 50256 and tok.decode(ids) == "hello world" + EOT_TEXT
+
+
+# ---------------------------------------------------------------- Hugging Face form (gptv export)
+
+def _hf_round_trip(tok, texts, id_seqs=()):
+    """The `tokenizers` form of `tok` gives the same ids for each text and the same text for each id sequence."""
+    hf = tok.to_hf()
+    for text in texts:
+        ids = tok.encode(text)
+        assert hf.encode(text, add_special_tokens=False).ids == ids, text
+        assert hf.decode(ids, skip_special_tokens=False) == tok.decode(ids)
+    for ids in id_seqs:
+        assert hf.decode(ids, skip_special_tokens=False) == tok.decode(ids), ids
+    return hf
+
+
+def test_char_to_hf_keeps_every_character():
+    tok = build_tokenizer("char", TEXT + " \t\r\u00e9\u0301\U0001f600")  # a combining accent and a non-BMP character
+    _hf_round_trip(tok, [TEXT, "  \t\n\n é\u0301 \U0001f600 \r\n", ""])
+
+
+def test_word_to_hf_round_trips_any_id_sequence():
+    import random
+
+    tok = WordTokenizer(["ba", "do", "kiru", "a.b", "##x", "x##"])
+    rng = random.Random(0)
+    seqs = [[rng.randrange(tok.vocab_size) for _ in range(rng.randrange(12))] for _ in range(300)]
+    hf = _hf_round_trip(tok, [tok.decode(s) for s in seqs] + ["ba  do\t\n kiru <|endoftext|> do\n"], seqs)
+    assert hf.token_to_id(EOT_TEXT) == tok.eot_token
+    bad = WordTokenizer(["a<|endoftext|>b"])
+    with pytest.raises(ValueError, match="contains"):
+        bad.to_hf()
+
+
+def test_bpe_to_hf_is_its_own_tokenizer():
+    tok = build_tokenizer("bpe:300", TEXT)
+    _hf_round_trip(tok, [TEXT, "ünïcode ✓\r\n\t" + EOT_TEXT])
+
+
+def test_tiktoken_vocabulary_converts_exactly():
+    """GPT-2's tiktoken files cannot be fetched offline, so a small byte-level BPE trained by tiktoken's
+    own reference trainer, with GPT-2's split pattern, stands in for them."""
+    tiktoken = pytest.importorskip("tiktoken")
+    educational = pytest.importorskip("tiktoken._educational")
+    from gptvariants.tokenizers import GPT2Tokenizer
+
+    pat = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    ranks = educational.bpe_train(TEXT * 3, 300, pat, visualise=None)
+    enc = tiktoken.Encoding("test", pat_str=pat, mergeable_ranks=ranks, special_tokens={EOT_TEXT: len(ranks)})
+    tok = GPT2Tokenizer(enc)
+    assert tok.eot_token == len(ranks)
+    _hf_round_trip(tok, [TEXT, "  don't 123456 ünïcode ✓\r\n\t\n  x" + EOT_TEXT + "tail", ""])

@@ -296,7 +296,14 @@ def load_config(
         _set(cfg, k, v, source=str(file))
     for k, v in overrides.items():
         _set(cfg, k, v, source="command line")
-    apply_size(cfg.model, explicit=set(file_values) | set(overrides))
+    explicit = set(file_values) | set(overrides)
+    apply_size(cfg.model, explicit=explicit)
+    if cfg.train.init_from not in ("scratch", "resume"):  # a pretrained folder brings its own shape
+        from .pretrained import apply_hf_shape
+
+        if "size" in explicit:
+            explicit |= {"n_layer", "n_head", "n_embd"}  # a conflicting size is reported by the weight loader
+        apply_hf_shape(cfg.model, cfg.train.init_from, explicit)
     cfg.validate()
     return cfg
 

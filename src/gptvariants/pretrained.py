@@ -2,23 +2,35 @@
 
 The backbone is GPT-2's architecture, so the weights map one to one, except that transformers
 stores the attention and MLP projections as ``Conv1D`` modules whose weight is (in, out), the
-transpose of ``nn.Linear``'s (out, in). The head's mean weight becomes GPT-2's lm_head (which is
-tied to the token embedding); a Bayesian head's mu starts there with its configured sigma, and a
-sigmoid head keeps its bias at -log V (GPT-2 has no output bias).
+transpose of ``nn.Linear``'s (out, in). The head's mean weight becomes GPT-2's lm_head (tied to
+the token embedding unless the folder says ``tie_word_embeddings = false``); a Bayesian head's mu
+starts there with its configured sigma. A sigmoid head takes the folder's output bias when it
+has one (a ``gptv export`` of a sigmoid run), otherwise keeps its bias at -log V (GPT-2 has none);
+a head without a bias ignores the folder's.
 
-To match GPT-2 exactly set n_layer, n_head, n_embd and vocab_size from ``config_from_hf``,
-block_size <= its n_positions (position embeddings are cropped), ``bias=True``,
-``tie_weights=True`` and ``dropout=0`` for evaluation (GPT-2 itself trained with 0.1).
+``hf_shape(folder)`` gives the config keys that make the model fit the weights (n_layer, n_head,
+n_embd, block_size, vocab_size, bias, tie_weights, gelu); block_size may be set smaller
+(position embeddings are cropped) and ``dropout=0`` suits evaluation (GPT-2 trained with 0.1).
+
+Weights are read from safetensors files, or from a ``pytorch_model.bin`` with
+``torch.load(weights_only=True)``: no pickled code is ever executed.
 """
 
 from __future__ import annotations
 
+import json
+import pickle
+from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 import torch
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# transformers keeps these as Conv1D weights, (in, out): the transpose of nn.Linear's (out, in)
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+_GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
+META_KEY = "gptvariants"  # config.json entry written by `gptv export`
 
 
 class PretrainedError(RuntimeError):
@@ -37,40 +49,114 @@ def _hf_config(name_or_path: str):
         from transformers import GPT2Config
     except ImportError:
         raise PretrainedError("loading GPT-2 weights needs transformers: pip install 'gptvariants[hf]'") from None
+    folder = Path(name_or_path)
+    if folder.is_dir():  # read directly: a `gptv export` of a sigmoid run has its own model_type
+        if not (folder / "config.json").is_file():
+            raise PretrainedError(f"{folder} is not a Hugging Face GPT-2 folder: it has no config.json")
+        try:
+            return GPT2Config.from_json_file(str(folder / "config.json"))
+        except (ValueError, TypeError) as e:
+            raise PretrainedError(f"{folder / 'config.json'} is not a GPT-2 config: {e}") from None
     try:
         return GPT2Config.from_pretrained(name_or_path)
     except OSError as e:
-        if Path(name_or_path).is_dir():
-            raise PretrainedError(f"{name_or_path} is not a Hugging Face GPT-2 folder: {e}") from None
         raise PretrainedError(_hint(name_or_path)) from e
 
 
-def config_from_hf(name_or_path: str) -> dict[str, int]:
-    """n_layer, n_head, n_embd, block_size (= n_positions) and vocab_size of a GPT-2 checkpoint,
-    to set as config keys before ``init_from``."""
+def hf_shape(name_or_path: str) -> dict[str, Any]:
+    """The model config keys of a GPT-2 checkpoint: n_layer, n_head, n_embd, block_size (= n_positions),
+    vocab_size, bias, tie_weights and gelu, to set before building a model for ``init_from``.
+
+    bias is True (GPT-2 has biases) unless the folder is a ``gptv export`` of a run without them.
+    """
     c = _hf_config(name_or_path)
-    return {"n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd, "block_size": c.n_positions, "vocab_size": c.vocab_size}
+    if c.activation_function not in _GELU:
+        raise PretrainedError(f"{name_or_path}: activation {c.activation_function!r} is not GELU (ours: tanh or exact)")
+    meta = getattr(c, META_KEY, None) or {}
+    return {"n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd, "block_size": c.n_positions,
+            "vocab_size": c.vocab_size, "bias": bool(meta.get("bias", True)),
+            "tie_weights": bool(c.tie_word_embeddings), "gelu": _GELU[c.activation_function]}
+
+
+def apply_hf_shape(model_cfg, name_or_path: str, explicit: Collection[str] = ()) -> dict[str, Any]:
+    """Set ``model_cfg``'s (a ModelConfig) shape keys from the checkpoint, except the keys in ``explicit``
+    (given by the user: a smaller block_size crops the positions; a conflicting value is reported by
+    ``load_gpt2_weights``). Returns the keys it set. For config resolution with ``init_from``."""
+    applied = {k: v for k, v in hf_shape(name_or_path).items() if k not in explicit}
+    for k, v in applied.items():
+        setattr(model_cfg, k, v)
+    return applied
+
+
+def config_from_hf(name_or_path: str) -> dict[str, int]:
+    """n_layer, n_head, n_embd, block_size (= n_positions) and vocab_size of a GPT-2 checkpoint
+    (the integer part of ``hf_shape``)."""
+    keys = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
+    return {k: v for k, v in hf_shape(name_or_path).items() if k in keys}
 
 
 def _check_fits(cfg, hf) -> None:
-    problems = [f"{k} = {getattr(cfg, k)} (GPT-2: {getattr(hf, k)})" for k in ("n_layer", "n_head", "n_embd", "vocab_size")
-                if getattr(cfg, k) != getattr(hf, k)]
+    problems = [f"{k} = {getattr(cfg, k)} (GPT-2: {getattr(hf, k)})"
+                for k in ("n_layer", "n_head", "n_embd", "vocab_size") if getattr(cfg, k) != getattr(hf, k)]
     if cfg.block_size > hf.n_positions:
         problems.append(f"block_size = {cfg.block_size} (GPT-2 has {hf.n_positions} positions)")
-    if not cfg.bias:
-        problems.append("bias = False (GPT-2 has biases: set bias = true)")
-    if hf.activation_function in ("gelu_new", "gelu_pytorch_tanh") and cfg.gelu != "tanh":
-        problems.append("gelu = exact (GPT-2 uses the tanh approximation: set gelu = tanh)")
-    elif hf.activation_function == "gelu" and cfg.gelu != "exact":
-        problems.append("gelu = tanh (these weights use the exact GELU: set gelu = exact)")
-    elif hf.activation_function not in ("gelu_new", "gelu_pytorch_tanh", "gelu"):
+    gelu = _GELU.get(hf.activation_function)
+    if gelu is None:
         problems.append(f"activation {hf.activation_function!r} (ours: GELU, tanh or exact)")
+    elif cfg.gelu != gelu:
+        problems.append(f"gelu = {cfg.gelu} (these weights use gelu = {gelu})")
+    if cfg.tie_weights and not hf.tie_word_embeddings:
+        problems.append("tie_weights = True (these weights have a separate lm_head: set tie_weights = false)")
+    if hf.n_inner not in (None, 4 * hf.n_embd):
+        problems.append(f"n_inner = {hf.n_inner} (ours: 4 * n_embd)")
     # our blocks hard-code these GPT-2 defaults; a folder saved with others would not match
-    if abs(hf.layer_norm_epsilon - 1e-5) > 1e-12 or getattr(hf, "scale_attn_by_inverse_layer_idx", False):
-        problems.append("layer_norm_epsilon != 1e-5 or scale_attn_by_inverse_layer_idx")
+    if abs(hf.layer_norm_epsilon - 1e-5) > 1e-12 or getattr(hf, "scale_attn_by_inverse_layer_idx", False) \
+            or not getattr(hf, "scale_attn_weights", True):
+        problems.append("layer_norm_epsilon != 1e-5, scale_attn_by_inverse_layer_idx or not scale_attn_weights")
     if problems:
         raise PretrainedError("the model config does not match the GPT-2 weights: " + "; ".join(problems)
-                              + ". config_from_hf() gives the matching keys")
+                              + ". hf_shape() gives the matching keys")
+
+
+def _folder(name_or_path: str) -> Path:
+    """A local folder, or the Hub snapshot of a model name (its config and safetensors weights)."""
+    folder = Path(name_or_path)
+    if folder.is_dir():
+        return folder
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as e:  # offline, no such repository, or a network error
+        raise PretrainedError(_hint(name_or_path)) from e
+
+
+def read_weights(name_or_path: str) -> dict[str, torch.Tensor]:
+    """The tensors of a Hugging Face checkpoint, keys without the ``transformer.`` prefix (GPT-2's own
+    hub files have none). safetensors (single or sharded); else pytorch_model.bin read with
+    ``torch.load(weights_only=True)``, refused in one line when it holds pickled objects."""
+    from safetensors.torch import load_file
+
+    folder = _folder(name_or_path)
+    index = folder / "model.safetensors.index.json"
+    files = [folder / "model.safetensors"]
+    if index.is_file():
+        files = [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    sd: dict[str, torch.Tensor] = {}
+    if all(f.is_file() for f in files):
+        for f in files:
+            sd.update(load_file(str(f)))
+    elif (folder / "pytorch_model.bin").is_file():
+        path = folder / "pytorch_model.bin"
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise PretrainedError(f"{path} holds pickled objects besides tensors and gptvariants never runs pickled "
+                                  "code: convert it to model.safetensors with a tool you trust "
+                                  "(save_pretrained(safe_serialization=True))") from None
+    else:
+        raise PretrainedError(f"{folder} holds no weights (model.safetensors, its shards, or pytorch_model.bin)")
+    return {k.removeprefix("transformer."): v for k, v in sd.items()}
 
 
 @torch.no_grad()
@@ -79,25 +165,32 @@ def load_gpt2_weights(model, name_or_path: str) -> None:
 
     ``name_or_path``: gpt2 | gpt2-medium | gpt2-large | gpt2-xl (downloaded once into the
     Hugging Face cache) or a local folder. Raises PretrainedError when the weights cannot be
-    obtained or the model's shape differs (the message names each mismatch).
+    obtained or the model's shape differs (the message names each mismatch). A model with
+    ``bias = False`` takes weights whose biases are all zero (a ``gptv export`` of such a run).
     """
     hf_cfg = _hf_config(name_or_path)
-    _check_fits(model.config, hf_cfg)
-    from transformers import GPT2LMHeadModel
-
-    try:
-        sd = GPT2LMHeadModel.from_pretrained(name_or_path).state_dict()
-    except OSError as e:
-        raise PretrainedError(_hint(name_or_path)) from e
-    block = model.config.block_size
+    cfg = model.config
+    _check_fits(cfg, hf_cfg)
+    sd = read_weights(name_or_path)
+    if not cfg.bias:
+        nonzero = [k for k, v in sd.items() if k.endswith(".bias") and k.startswith(("h.", "ln_f.")) and v.any()]
+        if nonzero:
+            raise PretrainedError(f"bias = False but the weights have non-zero biases ({nonzero[0]}, ...): "
+                                  "set bias = true")
     for name, p in model.transformer.named_parameters():
-        src = sd[f"transformer.{name}"]
-        if name.endswith(_CONV1D):
+        if name not in sd:
+            raise PretrainedError(f"{name_or_path}: the weights have no {name}")
+        src = sd[name]
+        if name.endswith(CONV1D_WEIGHTS):
             src = src.t()
         if name == "wpe.weight":
-            src = src[:block]
+            src = src[: cfg.block_size]
         if src.shape != p.shape:
             raise PretrainedError(f"{name}: GPT-2 has shape {tuple(src.shape)}, the model {tuple(p.shape)}")
         p.copy_(src)
-    # the output layer: GPT-2 ties lm_head to wte; with tie_weights this copy is a no-op
-    model.head.mean_weight.copy_(sd.get("lm_head.weight", sd["transformer.wte.weight"]))
+    # the output layer: with tie_weights this copy is a no-op (lm_head is wte)
+    head = model.head
+    head.mean_weight.copy_(sd.get("lm_head.weight", sd["wte.weight"]))
+    _, bias = head.weights(sample=False)  # the bias parameter (a Bayesian head's mean)
+    if bias is not None and "lm_head.bias" in sd:
+        bias.copy_(sd["lm_head.bias"])

@@ -2,7 +2,9 @@
 
 Every tokenizer has the same small interface (`Tokenizer`) and saves itself as JSON
 (`tokenizer_meta.json`, plus the Hugging Face `tokenizer.json` for BPE) so that
-`load_tokenizer(dir)` can rebuild it without pickle.
+`load_tokenizer(dir)` can rebuild it without pickle. `to_hf()` expresses each one as a
+Hugging Face `tokenizers.Tokenizer` with the same ids and the same decoded text (used by
+`gptv export`).
 
 Specs accepted by `build_tokenizer`: "char", "word", "gpt2", "bpe:N".
 """
@@ -16,6 +18,10 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer as HFTokenizer
 
 EOT_TEXT = "<|endoftext|>"
 META_FILE = "tokenizer_meta.json"
@@ -53,6 +59,12 @@ class Tokenizer(ABC):
     @abstractmethod
     def _config(self) -> dict:
         """JSON-serialisable fields that `load_tokenizer` needs to rebuild this tokenizer."""
+
+    @abstractmethod
+    def to_hf(self) -> HFTokenizer:
+        """This tokenizer as a Hugging Face ``tokenizers.Tokenizer``: same ids for every text this one
+        encodes, same text for every id sequence it decodes (``skip_special_tokens=False``); adds no
+        special tokens of its own. End-of-text, when there is one, is a special token."""
 
     def save(self, dir: Path) -> None:
         """Write the tokenizer's files into `dir` (created if needed)."""
@@ -125,6 +137,17 @@ class CharTokenizer(Tokenizer):
 
     def _config(self) -> dict:
         return {"chars": self.chars}
+
+    def to_hf(self) -> HFTokenizer:
+        """One token per character: a word-level model over the alphabet, a pre-tokenizer that
+        isolates every character (whitespace included) and a decoder that joins without spaces."""
+        from tokenizers import Regex, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer
+
+        hf = HFTokenizer(models.WordLevel(dict(self.stoi), unk_token=None))
+        hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        hf.decoder = decoders.Fuse()
+        return hf
 
 
 class WordTokenizer(Tokenizer):
@@ -206,17 +229,38 @@ class WordTokenizer(Tokenizer):
     def _config(self) -> dict:
         return {"words": self.words}
 
+    def to_hf(self) -> HFTokenizer:
+        """Words split at whitespace, a line break read as end-of-text. Decoding joins words with one
+        space and end-of-text becomes a bare line break: the decoder maps EOT to "\\n", puts a space
+        before every token but the first (WordPiece's rule, with a prefix no token has), fuses, and
+        removes the spaces around each line break (no word contains whitespace)."""
+        from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer
+
+        if any(EOT_TEXT in w for w in self.words):
+            raise ValueError(f"a word contains {EOT_TEXT!r}: the exported tokenizer could not tell it from end-of-text")
+        hf = HFTokenizer(models.WordLevel({w: i for i, w in enumerate(self.itos)}, unk_token=None))
+        hf.normalizer = normalizers.Replace("\n", f" {EOT_TEXT} ")
+        hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        hf.decoder = decoders.Sequence([
+            decoders.Replace(EOT_TEXT, "\n"), decoders.WordPiece(prefix=" ", cleanup=False), decoders.Fuse(),
+            decoders.Replace(" \n", "\n"), decoders.Replace("\n ", "\n"),
+        ])
+        hf.add_special_tokens([AddedToken(EOT_TEXT, special=True, normalized=False)])
+        return hf
+
 
 class GPT2Tokenizer(Tokenizer):
     """GPT-2's BPE via tiktoken (vocab 50257, EOT 50256). The literal `<|endoftext|>` encodes to EOT."""
 
     kind = "gpt2"
 
-    def __init__(self):
+    def __init__(self, enc=None):
+        """``enc``: a tiktoken Encoding to use instead of GPT-2's (tests build small ones offline)."""
         import tiktoken
 
         try:
-            self.enc = tiktoken.get_encoding("gpt2")
+            self.enc = enc or tiktoken.get_encoding("gpt2")
         except Exception as e:  # tiktoken fetches its vocabulary files on first use
             raise RuntimeError(
                 "could not fetch the GPT-2 vocabulary (tiktoken downloads it once from the internet, "
@@ -239,6 +283,9 @@ class GPT2Tokenizer(Tokenizer):
 
     def _config(self) -> dict:
         return {}
+
+    def to_hf(self) -> HFTokenizer:
+        return tiktoken_to_hf(self.enc)
 
 
 class BPETokenizer(Tokenizer):
@@ -295,6 +342,9 @@ class BPETokenizer(Tokenizer):
     def _config(self) -> dict:
         return {"file": HF_FILE}
 
+    def to_hf(self) -> HFTokenizer:
+        return self.hf
+
     def save(self, dir: Path) -> None:
         super().save(dir)
         self.hf.save(str(Path(dir) / HF_FILE))
@@ -348,16 +398,59 @@ class _BytePieces(Pieces):
 
 
 def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table, the alphabet of byte-level BPE vocabularies."""
+    """GPT-2's byte -> printable character table: printable Latin-1 bytes map to themselves, the
+    other 68 bytes to characters from U+0100 on (what the `tokenizers` ByteLevel steps expect)."""
     keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
+    table = {b: chr(b) for b in keep}
+    extra = (b for b in range(256) if b not in table)
+    table.update((b, chr(256 + i)) for i, b in enumerate(extra))
     return table
+
+
+def _merge_of(ranks: dict[bytes, int], token: bytes) -> tuple[bytes, bytes]:
+    """The pair whose merge made ``token``: byte-pair encode it with the merges ranked before it."""
+    limit = ranks[token]
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 2:
+        pairs = [(ranks.get(a + b, limit), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+        rank, i = min(pairs)
+        if rank >= limit:
+            break
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+    if len(parts) != 2:
+        raise ValueError(f"token {token!r} is not the merge of two earlier tokens; not a byte-pair vocabulary")
+    return parts[0], parts[1]
+
+
+def tiktoken_to_hf(enc) -> HFTokenizer:
+    """A tiktoken byte-level BPE Encoding (GPT-2's) as a `tokenizers` Tokenizer with the same ids.
+
+    tiktoken stores only ranks (token bytes -> id); the merge list `tokenizers` needs is recovered
+    by replaying BPE on each token with the merges ranked before it. The split regex is tiktoken's
+    own; special tokens keep their ids.
+    """
+    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    ranks: dict[bytes, int] = enc._mergeable_ranks  # tiktoken exposes no public accessor
+    char = _bytes_to_unicode()
+
+    def text(b: bytes) -> str:
+        return "".join(char[x] for x in b)
+
+    in_order = sorted(ranks, key=ranks.__getitem__)
+    merges = [tuple(map(text, _merge_of(ranks, t))) for t in in_order if len(t) > 1]
+    hf = HFTokenizer(models.BPE({text(t): r for t, r in ranks.items()}, merges, fuse_unk=False))
+    hf.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(enc._pat_str), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    hf.decoder = decoders.ByteLevel()
+    for name, i in sorted(enc._special_tokens.items(), key=lambda kv: kv[1]):
+        hf.add_special_tokens([AddedToken(name, special=True, normalized=False)])
+        if hf.token_to_id(name) != i:
+            raise ValueError(f"special token {name!r} has id {i} in tiktoken but {hf.token_to_id(name)} once converted")
+    return hf
 
 
 def _chunks(texts: Iterable[str], size: int = 1 << 16) -> Iterable[str]:

@@ -308,7 +308,9 @@ def test_cli_bayesian_json_has_mutual_information(tmp_path, capsys):
     sample_cli(["--ckpt", str(tmp_path), "--max-new-tokens", "4", "--json", "--bayes-mode", "step", "--mc-samples", "4"])
     rec = json.loads(capsys.readouterr().out)
     assert len(rec["tokens"]) == 4 and all(t["mi"] > 1e-3 for t in rec["tokens"])
-    sample_cli(["--ckpt", str(tmp_path), "--max-new-tokens", "4", "--json"])  # posterior mean: one draw, no MI
+    sample_cli(["--ckpt", str(tmp_path), "--max-new-tokens", "4", "--json"])  # the run's predictive: MC draws
+    assert all(t["mi"] > 1e-3 for t in json.loads(capsys.readouterr().out)["tokens"])
+    sample_cli(["--ckpt", str(tmp_path), "--max-new-tokens", "4", "--json", "--bayes-mode", "mean"])  # one draw, no MI
     assert all("mi" not in t for t in json.loads(capsys.readouterr().out)["tokens"])
 
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_run
 from .generate import Generation, generate, keep_tokens, predictor_for, stream, window_start
+from .methods import Run, build_predictor, get_method, load_runs
 from .predictive import Draws, score_windows
 from .tokenizers import load_tokenizer
 
@@ -73,21 +73,35 @@ def _device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def load(run_dir: str | Path, device: str | torch.device = "cpu") -> LanguageModel:
+def load(run_dir: str | Path | Sequence[str | Path], device: str | torch.device = "cpu", *, method: str = "default",
+         temperature: bool = True) -> LanguageModel:
     """A run folder's current checkpoint and tokenizer as a ``LanguageModel`` (CheckpointError
-    when the checkpoint is missing or half-written). ``device='auto'`` picks CUDA when present."""
-    model, cfg = load_run(Path(run_dir), _device(device))
-    return LanguageModel(model, cfg, load_tokenizer(Path(run_dir)))
+    when the checkpoint is missing or half-written). ``device='auto'`` picks CUDA when present.
+
+    Several runs ("A,B", a list, or a folder of run folders) make an ensemble averaged in
+    probability. ``method``: an uncertainty method of ``methods.METHODS`` (default: the heads'
+    own draws). ``temperature``: apply the temperature ``gptv calibrate`` fitted (when there is one).
+    """
+    runs = load_runs(run_dir, _device(device))
+    get_method(method).check(runs)
+    first = runs[0]
+    return LanguageModel(first.model, first.config, load_tokenizer(first.dir), runs=runs, method=method,
+                         temperature=temperature)
 
 
 class LanguageModel:
     """A trained GPT with its tokenizer: ``generate`` text, ``stream`` it, ``score`` text token by token.
 
-    ``model`` (the GPT, eval mode), ``config`` (the run's Config) and ``tokenizer`` are public.
+    ``model`` (the GPT, eval mode; an ensemble's first run), ``config`` (its Config) and
+    ``tokenizer`` are public. Every probability comes from ``predictor()``: the runs (``runs``)
+    under ``method``, with their fitted temperatures unless ``temperature`` is False.
     """
 
-    def __init__(self, model, config, tokenizer) -> None:
+    def __init__(self, model, config, tokenizer, *, runs: Sequence[Run] | None = None, method: str = "default",
+                 temperature: bool = True) -> None:
         self.model, self.config, self.tokenizer = model.eval(), config, tokenizer
+        self.runs = list(runs) if runs is not None else [Run(Path("."), self.model, config)]
+        self.method, self.temperature = method, temperature
         self.start_token = tokenizer.eot_token if tokenizer.eot_token is not None else 0
 
     @property
@@ -149,8 +163,9 @@ class LanguageModel:
             # decoding with the prompt joins the text as the tokenizer would (word spacing)
             return any(s in decode(ids[row] + new)[len(decode(ids[row])) :] for s in stop)
 
+        source, sampling = self._source(len(ids), sampling)
         gens = generate(
-            self.model, ids, max_new_tokens, stop_tokens=stops, stop_fn=hit_stop_string if stop else None,
+            source, ids, max_new_tokens, stop_tokens=stops, stop_fn=hit_stop_string if stop else None,
             return_details=True, **sampling,
         )
         out = [self._completion(p, i, g, stop) for p, i, g in zip(prompts, ids, gens)]
@@ -166,7 +181,8 @@ class LanguageModel:
         stop, stops = self._stops(stop, stop_at_eot, stop_tokens)
         pieces = self.tokenizer.pieces(ids)
         text = ""
-        for k, g in stream(self.model, ids, max_new_tokens, stop_tokens=stops, **sampling):
+        source, sampling = self._source(1, sampling)
+        for k, g in stream(source, ids, max_new_tokens, stop_tokens=stops, **sampling):
             piece = pieces.next(g.tokens[k])
             text += piece
             if any(x in text for x in stop):
@@ -194,11 +210,28 @@ class LanguageModel:
                           finish_reason=reason)
 
     def predictor(self, bayes_mode: str | None = None, mc_samples: int | None = None, seed: int | None = None):
-        """The run's predictive distribution (Bayesian heads: 'step' = MC draws, by default, or 'mean')."""
-        mode = bayes_mode or ("step" if self.model.head.stochastic else "mean")
+        """The predictive distribution (``predictive.Predictor``) of the runs under this model's
+        method. ``bayes_mode`` 'mean' asks for a Bayesian head's posterior mean (its point
+        estimate); None or 'step' for the method's draws (``mc_samples`` of them)."""
+        if bayes_mode not in (None, "mean", "step"):
+            raise ValueError(f"bayes_mode must be 'mean' or 'step' here, got {bayes_mode!r} ('sequence' draws one "
+                             "weight set per generated row: generation only)")
+        if bayes_mode == "step" and not any(r.model.head.stochastic for r in self.runs):
+            raise ValueError("bayes_mode='step' needs a Bayesian head; this model's head is deterministic (use 'mean')")
+        if mc_samples is not None and mc_samples < 1:
+            raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+        samples = 0 if bayes_mode == "mean" else mc_samples
+        return build_predictor(self.runs, self.method, samples=samples, seed=seed, temperature=self.temperature)
+
+    def _source(self, rows: int, sampling: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """What ``generate`` decodes from: the predictor, or the bare model for 'sequence' mode."""
+        sampling = dict(sampling)
+        mode, samples = sampling.pop("bayes_mode", None), sampling.pop("mc_samples", None)
         if mode == "sequence":
-            raise ValueError("bayes_mode 'sequence' draws one weight set per generated row; scoring uses 'step' or 'mean'")
-        return predictor_for(self.model, mode, mc_samples, seed=seed)
+            if self.method != "default" or len(self.runs) > 1:
+                raise ValueError("bayes_mode='sequence' is for one Bayesian run with the default method")
+            return self.model, {**sampling, "bayes_mode": mode, "mc_samples": samples}
+        return self.predictor(mode, samples, sampling.get("seed")), sampling
 
     @torch.no_grad()
     def score(
@@ -218,9 +251,9 @@ class LanguageModel:
         The end-of-text token is prepended when the tokenizer has one, so every token is scored;
         otherwise the first token has no context and is not scored. Past block_size the
         contexts follow generation's sliding-window policy (``generate.window_start``), so a
-        token's score equals its probability at generation time. Bayesian heads: ``bayes_mode``
-        'step' (default) scores under the average of ``mc_samples`` posterior draws; 'mean' uses
-        the posterior mean weights. ``top_n``: also the most probable alternatives, each token's
+        token's score equals its probability at generation time. Probabilities are those of
+        ``predictor(bayes_mode, mc_samples, seed)``: the method's draws, or with ``bayes_mode``
+        'mean' a Bayesian head's posterior mean. ``top_n``: also the most probable alternatives, each token's
         probability under every draw, and a sigmoid head's set {v : sigmoid(z_v) > tau}.
         """
         if not isinstance(text, str):

@@ -77,6 +77,7 @@ class ObjectiveConfig:
     kl_warmup_iters: int = 0  # the KL weight ramps linearly from 0 to kl_beta over these steps
     rho_lr_mult: float = 1.0  # learning-rate multiplier of a Bayesian head's rho (sigma = softplus(rho))
     mc_samples: int = 8  # Monte-Carlo draws for Bayesian prediction
+    ensemble_size: int = 4  # K heads of the `ensemble` head
     targets: str = ""  # cached teacher sets under DATA/targets/<name>; '' = the true token only
     set_draws: int = 0  # m of the sigmoid readout (objectives.SigmoidBCE); 0 = from the sets, set by training
     teacher: str = ""  # online teacher spec (built in the training loop)
@@ -91,6 +92,7 @@ class ObjectiveConfig:
         _check(self.kl_warmup_iters >= 0, "kl_warmup_iters must be >= 0")
         _check(self.rho_lr_mult > 0, "rho_lr_mult must be > 0")
         _check(self.mc_samples >= 1, "mc_samples must be >= 1")
+        _check(self.ensemble_size >= 1, "ensemble_size must be >= 1")
         _check(self.set_draws >= 0, "set_draws must be >= 0 (0: take it from the sets)")
         from .heads import HEADS
         from .objectives import OBJECTIVES

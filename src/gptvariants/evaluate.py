@@ -47,8 +47,9 @@ import torch.nn.functional as F
 
 from . import metrics as M
 from .atomic import atomic_write
-from .checkpoint import latest_checkpoint, load_run, load_state
+from .checkpoint import latest_checkpoint, load_state
 from .data import TokenDataset
+from .methods import METHODS, build_predictor, load_runs
 from .model import GPT
 from .predictive import CHUNK_FLOATS, Predictor, score_windows
 from .sources import Source, check_same_tokenizer, resolve_source, split_source, text_source
@@ -391,11 +392,11 @@ def _check_length(source: Source, block: int, stride: int | None) -> int:
     return stride
 
 
-def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, *, text: str | None = None,
+def evaluate(run_dir: str | Path | list, data_dir: str | Path | None = None, *, text: str | None = None,
              split: str = "val", ood: str | None = None, out: str | Path | None = None,
              stride: int | None = None, mc_samples: int | None = None, num_samples: int = 100,
              max_new_tokens: int = 64, sets: str | None = None, tau: float = 0.5, seed: int = 1337,
-             device: str = "auto", batch: int = 16) -> dict[str, Any]:
+             device: str = "auto", batch: int = 16, method: str = "default", temperature: bool = True) -> dict[str, Any]:
     """Evaluate the run in ``run_dir`` on ``split`` of ``data_dir`` or on an external ``text``;
     write and return the results.
 
@@ -403,22 +404,24 @@ def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, *, text: s
     and counted). ood: a second, out-of-domain source (``sources.resolve_source``) scored the
     same way; the ``ood`` section compares every uncertainty score on both. out: the JSON path
     (default ``default_out``); <stem>.reliability.png and <stem>.samples.jsonl go beside it.
-    stride: default block_size // 2. mc_samples: draws of a stochastic head (default: the run's
-    mc_samples). sets: reference sets DATA/targets/NAME, "none" to skip set metrics, or None =
+    stride: default block_size // 2. run_dir: a run, or several ("A,B", a list, a folder of
+    runs) evaluated as their ensemble. method: ``methods.METHODS``; mc_samples: its draws
+    (default: the run's mc_samples; 0 = a Bayesian head's posterior mean); temperature: apply
+    fitted temperatures. sets: reference sets DATA/targets/NAME, "none" to skip set metrics, or None =
     the exact support on the synthetic language, none otherwise. num_samples = 0 skips the
     diversity section. Raises ValueError for a tokenizer mismatch, a text shorter than one
     window, a bad stride, or a sigmoid head asked for set metrics without reference sets.
     """
     from .targets import resolve_device
 
-    run_dir = Path(run_dir)
     if (data_dir is None) == (text is None):
         raise ValueError("give the text to evaluate as either a prepared data folder (--data) or a file (--text)")
-    model, cfg = load_run(run_dir, resolve_device(device))
+    runs = load_runs(run_dir, resolve_device(device))
+    run_dir, model, cfg = runs[0].dir, runs[0].model, runs[0].config
     tokenizer = load_tokenizer(run_dir)
     source = split_source(run_dir, Path(data_dir), split) if text is None else text_source(text, tokenizer)
     stride = _check_length(source, cfg.model.block_size, stride)
-    predictor = Predictor([model], samples=mc_samples, seed=seed)
+    predictor = build_predictor(runs, method, samples=mc_samples, seed=seed, temperature=temperature)
     reference, set_source, train_sets, skipped = _reference_sets(source, sets, model, cfg)
 
     t0 = time.perf_counter()
@@ -426,6 +429,8 @@ def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, *, text: s
                 train_sets=train_sets, tau=tau, batch=batch)
     score_s = time.perf_counter() - t0
     result = _summarise(run_dir, cfg, predictor, source, raw, stride)
+    result.update(runs=[str(r.dir) for r in runs], method=method,
+                  temperature=[m.temperature for m in predictor.members])
     result["sets"] = {"reference": set_source, **_sets(raw["tokens"], raw["curve"], tau)} if set_source else {"skipped": skipped}
     if ood is not None:
         shifted = resolve_source(ood, run_dir, tokenizer, source, split)
@@ -439,7 +444,8 @@ def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, *, text: s
     result["speed"] = {"scoring_tokens_per_s": len(raw["tokens"]["nll"]) / score_s, "scoring_seconds": score_s}
     result["diversity"] = None
     if num_samples > 0:
-        div, samples = sample_diversity(Predictor([model], samples=mc_samples, seed=seed), tokenizer, source.tokens,
+        fresh = build_predictor(runs, method, samples=mc_samples, seed=seed, temperature=temperature)
+        div, samples = sample_diversity(fresh, tokenizer, source.tokens,
                                         num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed)
         result["speed"]["generation_tokens_per_s"] = div.pop("tokens_per_s")
         path = out.with_suffix(".samples.jsonl")
@@ -542,17 +548,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(args.ckpt, args.data, text=args.text, split=args.split, ood=args.ood, out=args.out,
                       stride=args.stride, mc_samples=args.mc_samples, num_samples=args.num_samples,
                       max_new_tokens=args.max_new_tokens, sets=args.sets, tau=args.tau, seed=args.seed,
-                      device=args.device)
+                      device=args.device, method=args.method, temperature=not args.no_temperature)
     print(_format(result))
     where = args.split if args.text is None else f"text:{args.text}"
-    print(f"results in {args.out or default_out(Path(args.ckpt), where)}")
+    print(f"results in {args.out or default_out(Path(result['run']), where)}")
     return 0
 
 
 def register_cli(subparsers) -> None:
     """Add `gptv eval`."""
     p = subparsers.add_parser("eval", help="held-out perplexity, calibration, uncertainty, set quality, diversity and speed of a run")
-    p.add_argument("--ckpt", required=True, help="run folder (written by `gptv train`)")
+    p.add_argument("--ckpt", required=True, help="run folder (written by `gptv train`); several (A,B or a folder of "
+                                                 "runs) are evaluated as their ensemble")
+    p.add_argument("--method", default="default", choices=list(METHODS),
+                   help="uncertainty method: " + "; ".join(f"{k}: {m.description}" for k, m in METHODS.items()))
+    p.add_argument("--no-temperature", action="store_true", help="ignore temperatures fitted by `gptv calibrate`")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--data", default=None, help="prepared data folder with the run's tokenizer")
     what.add_argument("--text", default=None, help="a UTF-8 file, folder (*.txt) or glob, scored with the run's tokenizer")
@@ -562,7 +572,8 @@ def register_cli(subparsers) -> None:
                         "or synthetic?shift=S[&part=transition|emission|both][&seed=N][&tokens=N]")
     p.add_argument("--out", default=None, help="results JSON (default RUN/eval/SPLIT.json); plots and samples go beside it")
     p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default block_size // 2; block_size = disjoint windows)")
-    p.add_argument("--mc-samples", type=int, default=None, help="Bayesian head draws (default: the run's mc_samples)")
+    p.add_argument("--mc-samples", type=int, default=None,
+                   help="draws of the method (default: the run's mc_samples; 0 = a Bayesian head's posterior mean)")
     p.add_argument("--num-samples", type=int, default=100, help="samples for the diversity metrics (0 = skip)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per sample")
     p.add_argument("--sets", default=None, help="reference sets DATA/targets/NAME for set metrics, or 'none' (synthetic data: exact support by default)")

@@ -40,7 +40,7 @@ from .checkpoint import CheckpointError, latest_checkpoint, load_state
 from .config import Config, load_config
 from .data import TokenDataset, prepare
 from .evaluate import TAUS, default_out, evaluate
-from .variants import REGISTRY, get_variant
+from .variants import REGISTRY, get_variant, study_variants
 
 # nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide, block 64, batch 12). The default run, all
 # seven variants at DEFAULT_BUDGET steps with data, oracle sets and evaluation, took 323 s on
@@ -69,9 +69,9 @@ def parse_budget(budget: str) -> tuple[str, float]:
 
 
 def parse_variants(spec: str | None) -> list[str]:
-    """Comma-separated variant names, validated (unknown names raise ValueError); None = all."""
+    """Comma-separated variant names, validated (unknown names raise ValueError); None = the study's."""
     if not spec:
-        return list(REGISTRY)
+        return study_variants()
     names = [n.strip() for n in spec.split(",") if n.strip()]
     for n in names:
         get_variant(n)
@@ -374,7 +374,7 @@ def run_experiment(out: str | Path, data: str = "synthetic:default", variants: l
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    variants = variants or list(REGISTRY)
+    variants = variants or study_variants()
     for v in variants:
         get_variant(v)
     kind, amount = parse_budget(budget)
@@ -459,7 +459,7 @@ def register_cli(subparsers) -> None:
     """Add `gptv experiment`."""
     p = subparsers.add_parser("experiment", help="train and evaluate every variant with one budget; write a report")
     p.add_argument("--data", default="synthetic:default", help="prepared data folder or a `gptv prepare` source (default synthetic:default)")
-    p.add_argument("--variants", default=None, help=f"comma-separated subset of {','.join(REGISTRY)} (default: all)")
+    p.add_argument("--variants", default=None, help=f"comma-separated subset of {','.join(REGISTRY)} (default: the study's {','.join(study_variants())})")
     p.add_argument("--budget", default=DEFAULT_BUDGET, help="steps per variant (600) or training time per variant (90s, 5m, 1h)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--config", default=None, help="TOML file with the model/training shape; replaces the default "

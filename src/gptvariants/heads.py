@@ -227,6 +227,44 @@ class BayesianHead(Head):
         return {"sigma_mean": s.mean().item(), "sigma_min": s.min().item(), "sigma_max": s.max().item()}
 
 
+@register_head("ensemble")
+class HeadEnsemble(Head):
+    """K linear heads on one backbone, each initialised independently and trained on the same
+    objective: loss = 1/K sum_k objective(h W_k^T + b_k); the predictive averages the K readouts
+    (a K-member deep ensemble that shares the backbone; Lakshminarayanan et al. 2017).
+    The token embedding, if tied, shares the first member's weights."""
+
+    def __init__(self, n_embd: int, vocab_size: int, k: int, bias: bool = False, bias_init: float = 0.0) -> None:
+        super().__init__()
+        if k < 1:
+            raise ValueError(f"ensemble_size must be >= 1, got {k}")
+        self.members = nn.ModuleList(LinearHead(n_embd, vocab_size, bias, bias_init) for _ in range(k))
+
+    @classmethod
+    def from_config(cls, n_embd: int, vocab_size: int, cfg: ObjectiveConfig, sigmoid: bool) -> HeadEnsemble:
+        return cls(n_embd, vocab_size, cfg.ensemble_size, bias=cfg.output_bias,
+                   bias_init=sigmoid_bias_init(vocab_size, sigmoid))
+
+    @property
+    def mean_weight(self) -> nn.Parameter:
+        return self.members[0].weight
+
+    def weights(self, sample: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.members[0].weights()
+
+    def loss(self, h, objective, y, sets, chunk_size=0, sample=False):
+        from .objectives import fused_linear_loss
+
+        total = sum(fused_linear_loss(h, m.weight, m.bias, objective, y, sets, chunk_size) for m in self.members)
+        return total / len(self.members), h.new_zeros((), dtype=torch.float32)
+
+    def n_draws(self, samples: int) -> int:
+        return len(self.members)
+
+    def logits(self, h: torch.Tensor, samples: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.cat([m.logits(h) for m in self.members])
+
+
 class RowDraws:
     """A logit sampler with one fixed weight set per row: z_r = W_r h_r + b_r, (1, rows, V)."""
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from .api import load
 from .generate import BAYES_MODES, SIG_MODES
+from .methods import METHODS
 
 # ANSI colours for --show-uncertainty, by entropy as a fraction of its maximum log V
 _COLOURS = ((0.15, "\033[32m"), (0.40, "\033[33m"), (float("inf"), "\033[31m"))  # green, yellow, red
@@ -42,7 +43,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.prompt_file} holds no prompts")
     else:
         prompts = [args.prompt]
-    lm = load(args.ckpt, device=args.device)
+    lm = load(args.ckpt, device=args.device, method=args.method, temperature=not args.no_temperature)
     sampling = dict(
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty,
         greedy=args.greedy, seed=args.seed, use_cache=not args.no_cache, bayes_mode=args.bayes_mode,
@@ -78,7 +79,10 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", default="", help="prompt text (default: empty = start from the end-of-text token, or token 0 without one)")
     src.add_argument("--prompt-file", default=None, help="a file with one prompt per line")
-    p.add_argument("--ckpt", required=True, help="run folder (made by gptv train)")
+    p.add_argument("--ckpt", required=True, help="run folder (made by gptv train); several (A,B or a folder of runs) "
+                                                 "sample from their ensemble")
+    p.add_argument("--method", default="default", choices=list(METHODS), help="uncertainty method of the predictive")
+    p.add_argument("--no-temperature", action="store_true", help="ignore a temperature fitted by `gptv calibrate`")
     p.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=1.0, help="<= 0 means greedy")
@@ -89,8 +93,10 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", nargs="+", default=[], metavar="STR", help="stop strings (\\n and \\t understood); cut from the output")
     p.add_argument("--ignore-eot", action="store_true", help="keep generating past the end-of-text token")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--bayes-mode", choices=BAYES_MODES, default="mean", help="Bayesian heads: posterior mean, MC average per step, or one draw per sequence")
-    p.add_argument("--mc-samples", type=int, default=None, help="draws per step in --bayes-mode step (default: the run's mc_samples)")
+    p.add_argument("--bayes-mode", choices=BAYES_MODES, default=None,
+                   help="Bayesian heads: posterior mean, MC average per step (the default: the run's predictive), "
+                        "or one draw per sequence")
+    p.add_argument("--mc-samples", type=int, default=None, help="draws per step (default: the run's mc_samples)")
     p.add_argument("--sig-mode", choices=SIG_MODES, default="normalize", help="sigmoid heads: sample sigmoid/sum, or among tokens with sigmoid > tau")
     p.add_argument("--tau", type=float, default=0.5, help="threshold of --sig-mode set")
     p.add_argument("--json", action="store_true", help="one JSON line per sample with per-token id, text, prob, entropy (and mi)")

@@ -18,6 +18,7 @@ class Variant:
     objective: str  # an objectives.OBJECTIVES name
     equation: str  # the training loss per position, for docs and `gptv variants`
     defaults: dict[str, Any] = field(default_factory=dict)
+    group: str = "study"  # 'study': the 2024 study's variants (the experiment's default); 'comparator'
 
     @property
     def sigmoid(self) -> bool:
@@ -58,8 +59,18 @@ REGISTRY: dict[str, Variant] = {
         Variant("sig-reg", "linear", "bce", "BCE + lambda (sum_v s(z_v) - 1)^2", {**_SIG, "sum_penalty": 1.0}),
         Variant("sig-pw", "linear", "bce", "-w sum_{v in P} log s(z_v) - sum_{v not in P} log(1 - s(z_v))", {**_SIG, "pos_weight": 5.0}),
         Variant("bayes-sig", "bayesian", "bce", "BCE(z_w) + beta KL(q(w) || p(w)) / N, w ~ q", _SIG),
+        # comparators of the uncertainty study: MC dropout needs dropout in training; K heads, one backbone
+        Variant("baseline-dropout", "linear", "ce", "-log softmax(z)_y, dropout 0.1 (for MC dropout)", {"dropout": 0.1},
+                "comparator"),
+        Variant("ensemble", "ensemble", "ce", "1/K sum_k -log softmax(z_k)_y, K heads on one backbone",
+                {"ensemble_size": 4, "tie_weights": False}, "comparator"),
     ]
 }
+
+
+def study_variants() -> list[str]:
+    """The 2024 study's variants, in registry order (the experiment's default set)."""
+    return [name for name, v in REGISTRY.items() if v.group == "study"]
 
 
 def get_variant(name: str) -> Variant:

@@ -1,0 +1,179 @@
+"""Temperature scaling (Guo et al., ICML 2017) and the `gptv calibrate` / `gptv laplace` commands.
+
+One scalar T > 0 divides a run's logits before the readout, p_s = readout(z_s / T), and is
+fitted by minimising the NLL of the predictive distribution on held-out tokens; it leaves the
+argmax of a softmax head unchanged. For a sigmoid head it scales z before sigmoid and the
+normalised readout, which can reorder nothing either (both are monotone in z per token). T is
+fitted per method (the mixture of a Bayesian head's draws, MC dropout and Laplace each get their
+own; ``point`` for a Bayesian head's posterior mean) and stored in RUN/calibration.json, which
+every consumer of the run applies unless told not to (``methods.Run.temperature``).
+
+Held-out data: the first half of the validation split fits T; the second half reports NLL and
+ECE before and after, so the figures printed are not the ones the fit optimised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import metrics as M
+from .atomic import atomic_write
+from .methods import CALIBRATION_FILE, POINT, Run, build_predictor, load_runs
+from .predictive import Predictor, score_windows
+
+N_BINS = 15
+
+
+def _cache(predictor: Predictor, tokens: np.ndarray, stride: int) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
+    """(hidden states per backbone pass, targets) per chunk: the draws' inputs, fixed once (MC
+    dropout's masks included), so the NLL is a deterministic function of T."""
+    windows = M.sliding_windows(len(tokens), predictor.block_size, stride)
+    return [(draws.hidden, y) for _, y, draws in score_windows(predictor, tokens, windows)]
+
+
+@torch.no_grad()
+def _stats(predictor: Predictor, cache, temperature: float, seed: int) -> dict[str, np.ndarray]:
+    for m in predictor.members:
+        m.temperature = temperature
+    predictor.generator.manual_seed(seed)  # the same head draws for every T
+    parts: dict[str, list[torch.Tensor]] = {"nll": [], "confidence": [], "correct": []}
+    for hs, y in cache:
+        s = predictor.draws(hs).token_stats(y)
+        for k in parts:
+            parts[k].append(s[k])
+    return {k: torch.cat(v).cpu().numpy() for k, v in parts.items()}
+
+
+def golden_section(f, lo: float, hi: float, iters: int = 40) -> float:
+    """argmin of a unimodal f on [lo, hi]."""
+    r = (math.sqrt(5) - 1) / 2
+    a, b = lo, hi
+    c, d = b - r * (b - a), a + r * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(iters):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - r * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + r * (b - a)
+            fd = f(d)
+    return (a + b) / 2
+
+
+def fit_temperature(run: Run, tokens: np.ndarray, *, method: str = "default", samples: int | None = None,
+                    seed: int = 0, stride: int | None = None) -> dict[str, Any]:
+    """Fit T on the first half of ``tokens``; NLL and ECE before/after on the second half."""
+    predictor = build_predictor([run], method, samples=samples, seed=seed, temperature=False)
+    stride = stride or max(1, predictor.block_size // 2)
+    half = len(tokens) // 2
+    if half < predictor.block_size + 1:
+        raise ValueError(f"{len(tokens)} held-out tokens are too few to fit and check a temperature "
+                         f"(at least 2 x (block_size + 1) = {2 * (predictor.block_size + 1)})")
+    fit, check = _cache(predictor, tokens[:half], stride), _cache(predictor, tokens[half:], stride)
+
+    def nll(log_t: float) -> float:
+        return float(_stats(predictor, fit, math.exp(log_t), seed)["nll"].astype(np.float64).mean())
+
+    T = math.exp(golden_section(nll, math.log(0.05), math.log(20.0)))
+    before, after = _stats(predictor, check, 1.0, seed), _stats(predictor, check, T, seed)
+
+    def summary(s: dict[str, np.ndarray]) -> dict[str, float]:
+        return {"nll": float(s["nll"].astype(np.float64).mean()),
+                "ece": M.expected_calibration_error(s["confidence"], s["correct"], N_BINS, "width")}
+
+    key = POINT if method == "default" and run.model.head.stochastic and samples == 0 else method
+    return {"key": key, "temperature": T, "fit_tokens": half, "check_tokens": len(tokens) - half,
+            "before": summary(before), "after": summary(after), "draws": predictor.n_draws}
+
+
+def save_temperature(run_dir: Path, fit: dict[str, Any]) -> dict[str, Any]:
+    """Merge one fitted temperature into RUN/calibration.json (other methods' keys are kept)."""
+    path = Path(run_dir) / CALIBRATION_FILE
+    record: dict[str, Any] = {"temperature": {}, "fits": {}}
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            pass  # a damaged file is replaced by this fit
+    record.setdefault("temperature", {})[fit["key"]] = fit["temperature"]
+    record.setdefault("fits", {})[fit["key"]] = fit
+    atomic_write(path, json.dumps(record, indent=1) + "\n")
+    return record
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _data_tokens(run_dir: Path, data: str | None, split: str) -> np.ndarray:
+    from .sources import split_source
+
+    if data is None:
+        info = Path(run_dir) / "data.json"
+        data = json.loads(info.read_text(encoding="utf-8")).get("path") if info.is_file() else None
+        if not data:
+            raise ValueError(f"{run_dir}/data.json names no data folder: pass --data DIR")
+    return split_source(Path(run_dir), Path(data), split).tokens
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from .targets import resolve_device
+
+    [run] = load_runs(args.ckpt, resolve_device(args.device))
+    fit = fit_temperature(run, _data_tokens(run.dir, args.data, "val"), method=args.method, samples=args.mc_samples,
+                          seed=args.seed)
+    save_temperature(run.dir, fit)
+    b, a = fit["before"], fit["after"]
+    print(f"{run.dir} [{fit['key']}]: T = {fit['temperature']:.4f} (fitted on {fit['fit_tokens']:,} val tokens); "
+          f"on the other {fit['check_tokens']:,}: NLL {b['nll']:.4f} -> {a['nll']:.4f}, ECE {b['ece']:.4f} -> {a['ece']:.4f}")
+    print(f"stored in {run.dir / CALIBRATION_FILE}; eval, sample and the API use it (--no-temperature to ignore)")
+    return 0
+
+
+def _cmd_laplace(args: argparse.Namespace) -> int:
+    from .laplace import fit_laplace
+    from .targets import resolve_device
+
+    [run] = load_runs(args.ckpt, resolve_device(args.device))
+    train = _data_tokens(run.dir, args.data, "train")
+    val = _data_tokens(run.dir, args.data, "val")
+    info = fit_laplace(run.dir, run.model, train, val, kind=args.kind, tokens=args.tokens, heldout=args.heldout_tokens,
+                       samples=args.mc_samples)
+    print(f"{run.dir}: {info['kind']} Laplace over {info['train_positions']:,} training positions, prior precision "
+          f"{info['prior_precision']:.4g}; held-out NLL {info['heldout_nll_map']:.4f} (trained weights) -> "
+          f"{info['heldout_nll']:.4f} ({info['samples']} draws); {info['fit_seconds']:.1f} s")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """Add `gptv calibrate` and `gptv laplace`."""
+    from .methods import METHODS
+
+    p = subparsers.add_parser("calibrate", help="fit a temperature on held-out data (stored with the run)")
+    p.add_argument("ckpt", help="run folder")
+    p.add_argument("--data", default=None, help="prepared data folder (default: the one the run was trained on)")
+    p.add_argument("--method", default="default", choices=list(METHODS), help="the predictive to calibrate")
+    p.add_argument("--mc-samples", type=int, default=None,
+                   help="draws of a stochastic method (0 = a Bayesian head's posterior mean)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_calibrate)
+
+    p = subparsers.add_parser("laplace", help="fit a last-layer Laplace posterior to a softmax run (post hoc)")
+    p.add_argument("ckpt", help="run folder")
+    p.add_argument("--data", default=None, help="prepared data folder (default: the one the run was trained on)")
+    p.add_argument("--kind", default="auto", choices=["auto", "kfac", "diag"],
+                   help="factorisation (auto: kfac up to 4096 tokens of vocabulary, diag above)")
+    p.add_argument("--tokens", type=int, default=100_000, help="training positions for the curvature")
+    p.add_argument("--heldout-tokens", type=int, default=10_000, help="validation positions for the prior precision")
+    p.add_argument("--mc-samples", type=int, default=16, help="draws of the predictive while choosing the prior")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_laplace)

@@ -23,10 +23,11 @@ def _bad(description: str, value: Any) -> ValueError:
 
 
 class Int:
-    """An integer in [lo, hi] (hi defaults to the int64 maximum). Text may be written 1000, 1e3 or 1_000."""
+    """An integer in [lo, hi] (hi defaults to the int64 maximum). Text may be written 1000, 1e3 or 1_000,
+    unless ``text=False`` (values read from JSON files, where a string is a damaged field)."""
 
-    def __init__(self, lo: int | None = None, hi: int | None = INT64_MAX) -> None:
-        self.lo, self.hi = lo, INT64_MAX if hi is None else hi
+    def __init__(self, lo: int | None = None, hi: int | None = INT64_MAX, *, text: bool = True) -> None:
+        self.lo, self.hi, self.text = lo, INT64_MAX if hi is None else hi, text
 
     def describe(self) -> str:
         if self.lo is not None and self.hi < INT64_MAX:
@@ -34,7 +35,7 @@ class Int:
         return f"an integer >= {self.lo}" if self.lo is not None else "an integer"
 
     def __call__(self, value: Any) -> int:
-        number = self._parse(value)
+        number = None if isinstance(value, str) and not self.text else self._parse(value)
         if number is None or (self.lo is not None and number < self.lo) or number > self.hi:
             raise _bad(self.describe(), value)
         return number

@@ -76,7 +76,7 @@ def check_run_files(run_dir: Path) -> None:
             value = read_json(path)
             if name == "checkpoint.json":
                 folder = require(value, "dir", Text(), path)
-                require(value, "step", Int(0), path)
+                require(value, "step", Int(0, text=False), path)
                 if not folder or Path(folder).name != folder or folder in (".", ".."):
                     raise InputError(f"{path}: 'dir' must name a checkpoint folder inside {run_dir}, not {folder!r}")
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
+from ..checks import Float, Int
 from ..data import TokenDataset
 from .base import Teacher, WindowedTeacher, parse_spec
 from .selection import ORACLE_MIN_PROB, _check_rule, _keep, readout_draws, sample_set
@@ -27,13 +29,14 @@ def build_online_teacher(spec: str, data: TokenDataset, device: torch.device) ->
     known = {"k", "select", "top_p", "min_prob", "ratio"}
     if set(opts) - known:
         raise ValueError(f"unknown teacher option(s) {sorted(set(opts) - known)} in {spec!r}; known: {sorted(known)}")
-    teacher = load_teacher(spec.partition("?")[0], data, device)
-    k = min(int(opts.get("k", 50)), teacher.vocab_size)
-    top_p = float(opts["top_p"]) if "top_p" in opts else None
     rule = opts.get("select", "top")
-    min_prob = float(opts.get("min_prob", ORACLE_MIN_PROB if kind == "oracle" and rule == "top" else 0.0))
-    ratio = float(opts.get("ratio", 1.0))
+    k = _option(spec, opts, "k", Int(1), 50)
+    top_p = _option(spec, opts, "top_p", Float(0.0, 1.0, lo_open=True), None)
+    min_prob = _option(spec, opts, "min_prob", Float(0.0, 1.0), ORACLE_MIN_PROB if kind == "oracle" and rule == "top" else 0.0)
+    ratio = _option(spec, opts, "ratio", Float(0.0, 1.0), 1.0)
     _check_rule(rule, top_p, min_prob, ratio, None)
+    teacher = load_teacher(spec.partition("?")[0], data, device)
+    k = min(k, teacher.vocab_size)
 
     @torch.no_grad()
     def sets(x: torch.Tensor) -> torch.Tensor:
@@ -54,6 +57,15 @@ def build_online_teacher(spec: str, data: TokenDataset, device: torch.device) ->
     sets.teacher = teacher  # type: ignore[attr-defined]
     sets.set_draws = readout_draws(rule, k)  # type: ignore[attr-defined]
     return sets
+
+
+def _option(spec: str, opts: dict[str, str], name: str, check: Callable[[str], Any], default: Any) -> Any:
+    if name not in opts:
+        return default
+    try:
+        return check(opts[name])
+    except ValueError as e:
+        raise ValueError(f"teacher option {name} in {spec!r}: {e}") from None
 
 
 def _window_rows(teacher: Teacher, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Iterator
@@ -22,11 +21,13 @@ class CheckpointTeacher(WindowedTeacher):
 
     def __init__(self, run: str, data: TokenDataset, device: torch.device, context: int | None, batch_size: int) -> None:
         from ..checkpoint import load_run
+        from ..inputs import check_run_files, read_json
 
         run_dir = Path(run)
+        check_run_files(run_dir)
         info_path = run_dir / "data.json"
         if info_path.is_file():
-            info = json.loads(info_path.read_text())
+            info = read_json(info_path)
             for key in ("tokenizer", "vocab_size"):
                 if info.get(key) != data.meta.get(key):
                     raise ValueError(f"teacher ckpt:{run} was trained on data with {key} {info.get(key)!r}, this data has {data.meta.get(key)!r}")

@@ -9,7 +9,8 @@ from gptvariants import argtypes as A
 
 
 @pytest.mark.parametrize("fn,good,bad", [
-    (A.positive_int, [("1", 1), ("1e3", 1000), ("7.0", 7), ("1_000", 1000)], ["0", "-3", "2.5", "nan", "inf", "1e400", "x", ""]),
+    (A.positive_int, [("1", 1), ("1e3", 1000), ("7.0", 7), ("1_000", 1000)],
+     ["0", "-3", "2.5", "nan", "inf", "1e400", "x", ""]),
     (A.non_negative_int, [("0", 0), ("12", 12)], ["-1", "0.5", "inf", "9" * 30]),
     (A.finite_float, [("-2.5", -2.5), ("0", 0.0), ("1e-3", 1e-3)], ["nan", "inf", "-inf", "1e400", "one"]),
     (A.non_negative_float, [("0", 0.0), ("3.5", 3.5)], ["-0.1", "nan", "inf"]),

@@ -168,7 +168,8 @@ def test_a_saved_config_json_is_a_config_file(tmp_path):
 def _saved_run(tmp_path, variant="smooth", **overrides):
     run = tmp_path / "run"
     run.mkdir()
-    cfg = load_config(variant, overrides={"n_layer": "2", "bias": "false", "data": "rel/data", "out_dir": "runs/x", **overrides})
+    cfg = load_config(variant, overrides={"n_layer": "2", "bias": "false", "data": "rel/data", "out_dir": "runs/x",
+                                          **overrides})
     cfg.save(run / "config.json")
     (run / "data.json").write_text(json.dumps({"path": "/abs/data", "vocab_size": 65}))
     return run, cfg
@@ -191,9 +192,9 @@ def test_resume_refuses_what_the_checkpoint_fixes_with_the_reason(tmp_path):
     from gptvariants.config import resume_config
 
     run, _ = _saved_run(tmp_path)
-    with pytest.raises(ConfigError, match=r"variant \(saved 'smooth', asked 'baseline'\): a checkpoint continues with its own"):
+    with pytest.raises(ConfigError, match=r"variant \(saved 'smooth', asked 'baseline'\): a checkpoint continues with"):
         resume_config(run, variant="baseline")
-    with pytest.raises(ConfigError, match=r"n_embd \(saved 128, asked 64\): it changes the model's shape.*seed \(saved 1337"):
+    with pytest.raises(ConfigError, match=r"n_embd \(saved 128, asked 64\): it changes the model.s shape.*seed"):
         resume_config(run, overrides={"n_embd": "64", "seed": "1"})
     with pytest.raises(ConfigError, match="unknown config key 'n_layers'"):
         resume_config(run, overrides={"n_layers": "3"})
@@ -235,7 +236,8 @@ def test_a_model_that_cannot_fit_is_refused_before_allocating():
     from gptvariants.sizing import available_bytes, check_fits
 
     cfg = load_config(overrides={"n_layer": "1000", "n_embd": "65536", "n_head": "64"})
-    with pytest.raises(ConfigError, match=r"51,540.5B parameters: training needs at least 768,012.8 GiB .* but (cpu|cuda) has 1,024.0 GiB"):
+    with pytest.raises(ConfigError, match=r"51,540.5B parameters: training needs at least 768,012.8 GiB .* "
+                                          r"but (cpu|cuda) has 1,024.0 GiB"):
         check_fits(cfg, vocab_size=65, available=2**40)  # 1 TiB is not enough for 51.5e12 parameters
-    check_fits(load_config(overrides={"size": "gpt2"}), vocab_size=50257, available=4 * 2**30)  # 124M x 16 B fits in 4 GiB
+    check_fits(load_config(overrides={"size": "gpt2"}), vocab_size=50257, available=4 * 2**30)  # 124M x 16 B < 4 GiB
     assert available_bytes("cpu") > 0

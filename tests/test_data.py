@@ -335,7 +335,8 @@ def test_damaged_meta_json_names_the_file(copy_of, name, content, message):
 
 def test_meta_json_fields_are_checked(copy_of):
     meta = json.loads((copy_of / "meta.json").read_text())
-    for key, value, message in [("vocab_size", "65", "'vocab_size' expected an integer"), ("train_tokens", None, "'train_tokens'"),
+    for key, value, message in [("vocab_size", "65", "'vocab_size' expected an integer"),
+                                ("train_tokens", None, "'train_tokens'"),
                                 ("dtype", "int8", "'dtype' expected one of uint16, uint32")]:
         (copy_of / "meta.json").write_text(json.dumps({**meta, key: value}))
         with pytest.raises(ValueError, match=re.escape(f"{copy_of / 'meta.json'}: {message}")):

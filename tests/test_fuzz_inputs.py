@@ -8,7 +8,6 @@ added later is fuzzed too.
 """
 
 import contextlib
-import dataclasses
 import io
 import json
 import math
@@ -19,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gptvariants.train as train_module
-from gptvariants.checks import INT64_MAX, Bool, Choice, Device, Float, Int, Text
+from gptvariants.checks import Bool, Choice, Device, Float, Int, Text
 from gptvariants.cli import build_parser, main
 from gptvariants.config import KEYS, Config, key_check
 
@@ -124,7 +123,8 @@ def test_bad_config_values_in_a_toml_file(no_training, tiny_data, tmp_path, data
         body = f"{key} = {data.draw(st.integers() | st.floats(allow_nan=False) | st.booleans(), label='value')!r}\n"
         body = body.replace("True", "true").replace("False", "false")
     elif kind == "unknown key":
-        key = data.draw(st.from_regex(r"[a-z][a-z_]{0,15}", fullmatch=True).filter(lambda k: k not in KEYS), label="key")
+        names = st.from_regex(r"[a-z][a-z_]{0,15}", fullmatch=True).filter(lambda k: k not in KEYS)
+        key = data.draw(names, label="key")
         body = f"{key} = 1\n"
     elif kind == "binary":
         body = None

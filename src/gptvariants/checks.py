@@ -62,7 +62,8 @@ class Int:
 class Float:
     """A finite number in the interval given by lo/hi (closed ends unless lo_open/hi_open)."""
 
-    def __init__(self, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False) -> None:
+    def __init__(self, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+                 hi_open: bool = False) -> None:
         self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
 
     def describe(self) -> str:
@@ -89,11 +90,13 @@ class Float:
     def _parse(value: Any) -> float | None:
         if isinstance(value, bool):
             return None
+        if not isinstance(value, (str, int, float)):
+            return None
         try:
-            x = float(value.strip()) if isinstance(value, str) else float(value) if isinstance(value, (int, float)) else None
+            x = float(value.strip() if isinstance(value, str) else value)
         except (ValueError, OverflowError):  # OverflowError: an int too large for a float
             return None
-        return x if x is not None and math.isfinite(x) else None
+        return x if math.isfinite(x) else None
 
 
 class Bool:
@@ -168,7 +171,7 @@ def device_problem(name: str) -> str | None:
     kind, _, index = name.partition(":")
     if kind == "cuda":
         if not torch.cuda.is_available():
-            why = "this PyTorch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+            why = "no CUDA device is visible" if torch.version.cuda else "this PyTorch build has no CUDA support"
             return f"device {name!r} is not available: {why}; use --device cpu (or auto)"
         if index and int(index) >= torch.cuda.device_count():
             return f"device {name!r} is not available: {torch.cuda.device_count()} CUDA device(s) visible"

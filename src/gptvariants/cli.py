@@ -103,7 +103,8 @@ def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     ev = result.last_eval
     tail = f": val ce {ev['val_ce']:.4f}" if ev else ""
     if _rank() == 0:
-        print(f"{'stopped' if result.interrupted else 'finished'} at step {result.step}{tail}; run folder {result.run_dir}")
+        state = "stopped" if result.interrupted else "finished"
+        print(f"{state} at step {result.step}{tail}; run folder {result.run_dir}")
     return 130 if result.interrupted else 0
 
 
@@ -192,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tokenizer", default=None, help="char | gpt2 | bpe:N (default: word for synthetic, char for text, "
                                                      "gpt2 for Hugging Face corpora)")
-    p.add_argument("--seed", type=non_negative_int, default=1337, help="seed of the synthetic language and of splits")
+    p.add_argument("--seed", type=non_negative_int, default=1337, help="seed of the synthetic language and splits")
     p.add_argument("--val-fraction", type=open_unit_interval, default=None,
                    help="validation share (default 0.1 for text; corpora with their own split keep it)")
     p.add_argument("--errors", choices=["strict", "replace"], default="strict",
@@ -206,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (checkpoints, metrics.jsonl, config.json)")
     p.add_argument("--config", default=None, help="TOML config file, or a run's saved config.json")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its checkpoint, with its saved config (safe overrides allowed)")
+                   help="continue the run in --out from its checkpoint with its saved config (safe overrides allowed)")
     p.add_argument("--help-config", action="store_true", help="list every config key with its default")
     p.set_defaults(func=_cmd_train, takes_extra=True)
 
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 2
     try:
         return _run(args, extra)
-    except BrokenPipeError:  # `gptv sample ... | head`: the reader left; stop quietly (Python's documented recipe)
+    except BrokenPipeError:  # `gptv sample ... | head`: the reader left; stop quietly (Python's recipe)
         _discard_stdout()
         return 1
     except KeyboardInterrupt:

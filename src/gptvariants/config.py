@@ -65,7 +65,7 @@ def _objectives() -> list[str]:
 class ModelConfig:
     """The GPT backbone. ``vocab_size`` is taken from the data when left at 0."""
 
-    size: str = key("", Choice(lambda: ["", *MODEL_SIZES]))  # a MODEL_SIZES name; sets n_layer/n_head/n_embd unless given
+    size: str = key("", Choice(lambda: ["", *MODEL_SIZES]))  # a MODEL_SIZES name: n_layer/n_head/n_embd unless given
     n_layer: int = key(4, Int(1, MAX_LAYERS))
     n_head: int = key(4, Int(1, MAX_HEADS))
     n_embd: int = key(128, Int(1, MAX_EMBD))
@@ -88,7 +88,7 @@ class ObjectiveConfig:
     variant: str = key("baseline", Choice(lambda: list(REGISTRY)))
     head: str = key("", Choice(_heads))  # 'linear' | 'bayesian' (from the variant)
     objective: str = key("", Choice(_objectives))  # 'ce' | 'smooth' | 'bce' (from the variant)
-    label_smoothing: float = key(0.1, Float(0.0, 1.0, hi_open=True))  # eps: 1-eps on the true token, eps/(V-1) elsewhere
+    label_smoothing: float = key(0.1, Float(0.0, 1.0, hi_open=True))  # eps: 1-eps on the true token, eps/(V-1) others
     pos_weight: float = key(1.0, Float(0.0, lo_open=True))  # BCE positive-class weight w
     sum_penalty: float = key(0.0, Float(0.0))  # lambda in lambda * (sum_v sigmoid(z_v) - 1)^2
     output_bias: bool = key(False, Bool())  # a bias in the output layer (sigmoid heads start it at -log V)
@@ -212,7 +212,8 @@ def key_check(section_obj: Any, name: str) -> Any:
 
 def _where(source: str) -> str:
     """'FILE: ' for values read from a file; nothing for the command line or a variant."""
-    return f"{source}: " if source and source not in ("command line",) and not source.startswith(("variant ", "[")) else ""
+    from_file = source and source != "command line" and not source.startswith(("variant ", "["))
+    return f"{source}: " if from_file else ""
 
 
 def _check_key(section_obj: Any, name: str, value: Any, source: str = "") -> Any:
@@ -245,7 +246,8 @@ def unknown_key_message(key: str) -> str:
 def _set(cfg: Config, key: str, value: Any, source: str = "") -> None:
     key = key.replace("-", "_")
     if key not in KEYS:
-        raise ConfigError(_where(source) + unknown_key_message(key) + (f" (in {source})" if source and not _where(source) else ""))
+        suffix = f" (in {source})" if source and not _where(source) else ""
+        raise ConfigError(_where(source) + unknown_key_message(key) + suffix)
     section = getattr(cfg, KEYS[key])
     setattr(section, key, _check_key(section, key, value, source))
 
@@ -411,5 +413,6 @@ def fit_world_size(cfg: Config, world: int) -> str | None:
     if world <= 1 or g % world == 0:
         return None
     cfg.train.gradient_accumulation_steps = math.ceil(g / world) * world
-    return (f"gradient_accumulation_steps {g} rounded up to {cfg.train.gradient_accumulation_steps}, a multiple of the "
-            f"{world} processes (global batch {cfg.train.gradient_accumulation_steps * cfg.train.batch_size} sequences)")
+    g_new = cfg.train.gradient_accumulation_steps
+    return (f"gradient_accumulation_steps {g} rounded up to {g_new}, a multiple of the {world} processes "
+            f"(global batch {g_new * cfg.train.batch_size} sequences)")

@@ -305,7 +305,8 @@ class SyntheticLanguage:
         try:
             arrays = load_file(str(path))
         except (SafetensorError, OSError) as e:
-            raise InputError(f"{path}: cannot be read ({e}); the file is damaged or cut short: re-run `gptv prepare`") from None
+            raise InputError(f"{path}: cannot be read ({e}); the file is damaged or cut short: "
+                             "re-run `gptv prepare`") from None
         missing = sorted({"initial", "transition", "emission"} - set(arrays))
         if missing:
             raise InputError(f"{path}: the arrays {missing} are missing; re-run `gptv prepare`")

@@ -135,7 +135,8 @@ def _read_progress(path: Path, identity: dict) -> dict:
 
 def open_partial(path: Path, dtype: Any, rows: int, k: int, resume: bool) -> np.memmap:
     """The (rows, k) memmap ``path``.partial that a split's chunks are written into (reopened to resume)."""
-    return np.memmap(path.with_name(path.name + ".partial"), dtype=dtype, mode="r+" if resume else "w+", shape=(rows, k))
+    partial = path.with_name(path.name + ".partial")
+    return np.memmap(partial, dtype=dtype, mode="r+" if resume else "w+", shape=(rows, k))
 
 
 def _build_split(tokens: np.ndarray, out: Path, split: str, si: int, sel: _Selector, dtype: np.dtype, st: dict,
@@ -174,14 +175,15 @@ def _build_split(tokens: np.ndarray, out: Path, split: str, si: int, sel: _Selec
             "seconds": seconds, "tokens_per_s": done_tokens / seconds if seconds > 0 and done_tokens else None}
 
 
-def _meta(teacher: str, t: Teacher, k: int, dtype: np.dtype, data_hash: str, rules: dict, store_probs: bool, dev: Any,
-          stats: dict) -> dict:
+def _meta(teacher: str, t: Teacher, k: int, dtype: np.dtype, data_hash: str, rules: dict, store_probs: bool,
+          dev: Any, stats: dict) -> dict:
     total_s = sum(s["seconds"] for s in stats.values())
     built = sum(s["tokens_per_s"] * s["seconds"] for s in stats.values() if s["tokens_per_s"])
     rows = sum(s["rows"] for s in stats.values())
     return {
-        "format": FORMAT, "teacher": teacher, "teacher_info": t.info(), "teacher_fit_seconds": getattr(t, "fit_seconds", None),
-        "k": k, "dtype": dtype.name, "data_hash": data_hash, "rules": rules, "store_probs": store_probs, "device": str(dev),
+        "format": FORMAT, "teacher": teacher, "teacher_info": t.info(),
+        "teacher_fit_seconds": getattr(t, "fit_seconds", None), "k": k, "dtype": dtype.name, "data_hash": data_hash,
+        "rules": rules, "store_probs": store_probs, "device": str(dev),
         "splits": stats, "mean_set_size": sum(s["mean_set_size"] * s["rows"] for s in stats.values()) / rows,
         "tokens_per_s": built / total_s if total_s > 0 and built else None,
     }

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..argtypes import above_one, at_least_two, device, non_negative_int, positive_int, probability_open_closed, unit_interval
+from ..argtypes import (above_one, at_least_two, device, non_negative_int, positive_int, probability_open_closed,
+                        unit_interval)
 from ..data import TokenDataset
 from .base import parse_spec
 from .build import build_targets
@@ -20,21 +21,22 @@ def sets_name(data: Path, out: Path) -> str:
     root = (Path(data) / "targets").resolve()
     path = Path(out).resolve()
     if root not in path.parents:
+        inside = Path(data) / "targets" / Path(out).name
         raise ValueError(f"--out {out} is outside {Path(data) / 'targets'}, where `gptv train --targets=NAME` and "
-                         f"`gptv eval --sets NAME` look for sets; use --out {Path(data) / 'targets' / Path(out).name} "
-                         "(or leave --out out)")
+                         f"`gptv eval --sets NAME` look for sets; use --out {inside} (or leave --out out)")
     return path.relative_to(root).as_posix()
 
 
 def large_k_warning(args: argparse.Namespace, vocab_size: int) -> str | None:
     """A warning when top-k sets, uncut by --top-p or --min-prob, would take a large share of the vocabulary."""
-    if args.select != "top" or args.top_p is not None or args.min_prob > 0 or parse_spec(args.teacher)[0] == "oracle":
+    cut = args.top_p is not None or args.min_prob > 0 or parse_spec(args.teacher)[0] == "oracle"  # oracle: 0.01
+    if args.select != "top" or cut:
         return None
     if args.k <= LARGE_K * vocab_size:
         return None
-    return (f"--k {args.k} is {100 * args.k / vocab_size:.0f}% of the {vocab_size}-token vocabulary: every set holds "
-            f"that many tokens, so a sigmoid head learns little from them; use a smaller --k (e.g. {max(1, vocab_size // 10)}), "
-            "--top-p/--min-prob, or --select sample")
+    return (f"--k {args.k} is {100 * args.k / vocab_size:.0f}% of the {vocab_size}-token vocabulary: every set "
+            "holds that many tokens, so a sigmoid head learns little from them; use a smaller --k "
+            f"(e.g. {max(1, vocab_size // 10)}), --top-p/--min-prob, or --select sample")
 
 
 def _cmd_targets(args: argparse.Namespace) -> int:
@@ -48,7 +50,8 @@ def _cmd_targets(args: argparse.Namespace) -> int:
     meta = build_targets(
         data, args.teacher, out, k=args.k, select=args.select, top_p=args.top_p,
         min_prob=args.min_prob, ratio=args.ratio, ppl_filter=args.ppl_filter, ppl_window=args.ppl_window,
-        context=args.context, batch_size=args.batch_size, device=args.device, seed=args.seed, store_probs=args.store_probs,
+        context=args.context, batch_size=args.batch_size, device=args.device, seed=args.seed,
+        store_probs=args.store_probs,
     )
     print(f"teacher sets in {meta['dir']}: mean set size {meta['mean_set_size']:.2f} (k={meta['k']}), "
           + (f"{meta['tokens_per_s']:,.0f} tokens/s" if meta["tokens_per_s"] else "nothing left to build"))
@@ -74,8 +77,10 @@ def register_cli(subparsers) -> None:
     p.add_argument("--ppl-filter", type=above_one, default=None,
                    help="drop candidates that raise the window perplexity above X (study: 100)")
     p.add_argument("--ppl-window", type=at_least_two, default=32, help="tokens in the perplexity-filter window")
-    p.add_argument("--context", type=positive_int, default=None, help="window of hf:/ckpt: teachers (default: their context)")
-    p.add_argument("--batch-size", type=non_negative_int, default=0, help="teacher windows per forward (0: 16384 tokens' worth)")
+    p.add_argument("--context", type=positive_int, default=None,
+                   help="window of hf:/ckpt: teachers (default: their context)")
+    p.add_argument("--batch-size", type=non_negative_int, default=0,
+                   help="teacher windows per forward (0: 16384 tokens' worth)")
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--seed", type=non_negative_int, default=1337, help="seed of the ratio and sample draws")
     p.add_argument("--store-probs", action="store_true", help="also save the teacher probabilities (float16)")

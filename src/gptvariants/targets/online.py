@@ -32,7 +32,8 @@ def build_online_teacher(spec: str, data: TokenDataset, device: torch.device) ->
     rule = opts.get("select", "top")
     k = _option(spec, opts, "k", Int(1), 50)
     top_p = _option(spec, opts, "top_p", Float(0.0, 1.0, lo_open=True), None)
-    min_prob = _option(spec, opts, "min_prob", Float(0.0, 1.0), ORACLE_MIN_PROB if kind == "oracle" and rule == "top" else 0.0)
+    oracle_default = ORACLE_MIN_PROB if kind == "oracle" and rule == "top" else 0.0
+    min_prob = _option(spec, opts, "min_prob", Float(0.0, 1.0), oracle_default)
     ratio = _option(spec, opts, "ratio", Float(0.0, 1.0), 1.0)
     _check_rule(rule, top_p, min_prob, ratio, None)
     teacher = load_teacher(spec.partition("?")[0], data, device)

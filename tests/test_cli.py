@@ -162,6 +162,15 @@ def test_a_damaged_checkpoint_pointer_is_one_line(capsys, tiny_run, tiny_data, t
     _one_line_error(capsys, ["train", "--resume", "--out", str(run)], "gptv train: error:", message)
 
 
+def test_a_damaged_run_tokenizer_is_one_line(capsys, tiny_run, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    (run / "tokenizer_meta.json").write_text('{"kind": "word"}')
+    _one_line_error(capsys, ["sample", "--ckpt", str(run)], "tokenizer_meta.json: the key 'words' is missing")
+    (run / "tokenizer_meta.json").write_text('{"kind": "word", "wo')
+    _one_line_error(capsys, ["sample", "--ckpt", str(run)], "tokenizer_meta.json: not valid JSON")
+
+
 def test_damaged_data_files_are_one_line(capsys, tiny_run, tiny_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)

@@ -200,7 +200,8 @@ def test_sampled_sets_train_with_their_readout(data_dir, tmp_path):
 
 
 def test_top_p_and_min_prob_shrink_the_sets(data_dir, tmp_path):
-    full = build_targets(data_dir, "ngram:2", tmp_path / "a", k=20, progress=False)["mean_set_size"]
+    with pytest.warns(UserWarning, match="k=20 is 31% of the 65-token vocabulary"):  # sets of 20 with no cut
+        full = build_targets(data_dir, "ngram:2", tmp_path / "a", k=20, progress=False)["mean_set_size"]
     nucleus = build_targets(data_dir, "ngram:2", tmp_path / "b", k=20, top_p=0.5, progress=False)["mean_set_size"]
     floor = build_targets(data_dir, "ngram:2", tmp_path / "c", k=20, min_prob=0.05, progress=False)["mean_set_size"]
     assert full == 20 and 1 < nucleus < 10 and 1 < floor < 20
@@ -365,15 +366,20 @@ def test_cli_refuses_bad_values_and_an_out_folder_training_cannot_find(data_dir,
     assert not (tmp_path / "pd").exists()
 
 
-def test_a_large_k_is_warned_about(data_dir, capsys, monkeypatch):
+def test_a_large_k_is_warned_about(data_dir, capsys):
     from gptvariants.cli import main
 
     base = ["targets", "--data", str(data_dir), "--teacher", "ngram:1", "--device", "cpu", "--out",
             str(data_dir / "targets" / "warn")]
     assert main([*base, "--k", "40"]) == 0
     err = capsys.readouterr().err
-    assert "gptv targets: warning: --k 40 is 62% of the 65-token vocabulary" in err
-    assert main([*base, "--k", "10"]) == 0
+    warned = [line for line in err.splitlines() if "warning" in line]
+    assert warned == [line for line in warned if line.startswith("gptv targets: warning: k=40 is 62% of the 65-token")]
+    assert len(warned) == 1
+    for quiet in (["--k", "10"], ["--k", "40", "--min-prob", "0.01"], ["--k", "40", "--select", "sample"]):
+        assert main([*base, *quiet]) == 0
+        assert "warning" not in capsys.readouterr().err
+    assert main([*base[:4], "ngram:abc", "--k", "40"]) == 2  # a bad teacher: the error alone
     assert "warning" not in capsys.readouterr().err
 
 

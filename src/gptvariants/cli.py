@@ -78,6 +78,8 @@ def train_config(args: argparse.Namespace, extra: list[str]) -> Config:
     run = Path(args.out) if args.out else None
     if run is not None and run.is_dir():
         check_run_files(run)
+    elif args.resume and run is not None:
+        raise ConfigError(f"run folder {run} does not exist: there is nothing to resume")
     if args.resume and run is not None and (run / "config.json").is_file():
         cfg = resume_config(run, args.variant, args.config, overrides)
     else:

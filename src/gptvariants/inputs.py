@@ -66,8 +66,10 @@ def require(obj: dict, key: str, check: Callable[[Any], Any], path: Path) -> Any
 
 def check_run_files(run_dir: Path) -> None:
     """Check the JSON files of a run folder that exist (missing ones are reported by their readers):
-    each must parse, and checkpoint.json must name a checkpoint folder inside the run."""
+    each must parse, checkpoint.json must name a checkpoint folder inside the run, and the
+    tokenizer must load."""
     from .checks import Int, Text
+    from .data import read_tokenizer
 
     run_dir = Path(run_dir)
     for name in RUN_JSON_FILES:
@@ -79,6 +81,8 @@ def check_run_files(run_dir: Path) -> None:
                 require(value, "step", Int(0, text=False), path)
                 if not folder or Path(folder).name != folder or folder in (".", ".."):
                     raise InputError(f"{path}: 'dir' must name a checkpoint folder inside {run_dir}, not {folder!r}")
+            elif name == "tokenizer_meta.json":
+                read_tokenizer(run_dir)
 
 
 def _short(value: Any) -> str:

@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from .teachers import load_teacher
 FORMAT = 1
 PROGRESS_FILE = "progress.json"
 PROGRESS_SECONDS = 30.0  # without a terminal: one plain progress line at most this often
+LARGE_K = 0.25  # warn when top-k sets, cut by no other rule, take more than this fraction of the vocabulary
 
 
 def build_targets(
@@ -78,6 +80,10 @@ def build_targets(
 
     dev = resolve_device(device)
     t = load_teacher(teacher, data, dev, context=context, batch_size=batch_size)
+    if select == "top" and top_p is None and min_prob == 0.0 and k > LARGE_K * V:
+        warnings.warn(f"k={k} is {100 * k / V:.0f}% of the {V}-token vocabulary: every set holds that many tokens, so "
+                      f"a sigmoid head learns little from them; use a smaller k (e.g. {max(1, V // 10)}), a top-p or "
+                      "min-prob cut, or the sample rule", stacklevel=2)
     dtype = token_dtype(V)
     sentinel = int(np.iinfo(dtype).max)
     rules = {"select": select, "top_p": top_p, "min_prob": min_prob, "ratio": ratio, "ppl_filter": ppl_filter,

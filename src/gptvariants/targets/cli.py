@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..argtypes import (above_one, at_least_two, device, non_negative_int, positive_int, probability_open_closed,
                         unit_interval)
-from ..data import TokenDataset
-from .base import parse_spec
 from .build import build_targets
-
-LARGE_K = 0.25  # warn when top-k sets take more than this fraction of the vocabulary
 
 
 def sets_name(data: Path, out: Path) -> str:
@@ -27,26 +22,11 @@ def sets_name(data: Path, out: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def large_k_warning(args: argparse.Namespace, vocab_size: int) -> str | None:
-    """A warning when top-k sets, uncut by --top-p or --min-prob, would take a large share of the vocabulary."""
-    cut = args.top_p is not None or args.min_prob > 0 or parse_spec(args.teacher)[0] == "oracle"  # oracle: 0.01
-    if args.select != "top" or cut:
-        return None
-    if args.k <= LARGE_K * vocab_size:
-        return None
-    return (f"--k {args.k} is {100 * args.k / vocab_size:.0f}% of the {vocab_size}-token vocabulary: every set "
-            "holds that many tokens, so a sigmoid head learns little from them; use a smaller --k "
-            f"(e.g. {max(1, vocab_size // 10)}), --top-p/--min-prob, or --select sample")
-
-
 def _cmd_targets(args: argparse.Namespace) -> int:
     data = Path(args.data)
     out = Path(args.out) if args.out else None
     if out is not None:
         sets_name(data, out)  # refuse before building what training could not find
-    warning = large_k_warning(args, TokenDataset(data).vocab_size)
-    if warning:
-        print(f"gptv targets: warning: {warning}", file=sys.stderr)
     meta = build_targets(
         data, args.teacher, out, k=args.k, select=args.select, top_p=args.top_p,
         min_prob=args.min_prob, ratio=args.ratio, ppl_filter=args.ppl_filter, ppl_window=args.ppl_window,

@@ -17,6 +17,7 @@ import glob
 import hashlib
 import json
 import os
+import sys
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
@@ -368,7 +369,8 @@ def write_hf_split(
     arr = np.memmap(tmp, dtype=token_dtype(tok.vocab_size), mode="w+", shape=(max(total, 1),))
     n_shards = max(1, min(1024, len(tokenized) // 64))
     idx = 0
-    for i in tqdm(range(n_shards), desc=f"writing {path.name}"):
+    # a bar in a terminal only: redirected to a log, its carriage returns would fill it
+    for i in tqdm(range(n_shards), desc=f"writing {path.name}", disable=not sys.stderr.isatty()):
         shard = tokenized.shard(num_shards=n_shards, index=i, contiguous=True).with_format("numpy")
         if len(shard) == 0:
             continue

@@ -80,10 +80,8 @@ def build_targets(
 
     dev = resolve_device(device)
     t = load_teacher(teacher, data, dev, context=context, batch_size=batch_size)
-    if select == "top" and top_p is None and min_prob == 0.0 and k > LARGE_K * V:
-        warnings.warn(f"k={k} is {100 * k / V:.0f}% of the {V}-token vocabulary: every set holds that many tokens, so "
-                      f"a sigmoid head learns little from them; use a smaller k (e.g. {max(1, V // 10)}), a top-p or "
-                      "min-prob cut, or the sample rule", stacklevel=2)
+    if select == "top" and top_p is None and min_prob == 0.0:
+        _warn_large_k(k, V)
     dtype = token_dtype(V)
     sentinel = int(np.iinfo(dtype).max)
     rules = {"select": select, "top_p": top_p, "min_prob": min_prob, "ratio": ratio, "ppl_filter": ppl_filter,
@@ -126,6 +124,14 @@ def _check_options(V: int, k: int, ratio: float, top_p: float | None, min_prob: 
         except ValueError as e:
             hint = f" (the vocabulary size is {V})" if name == "k" else ""
             raise ValueError(f"{name}: {e}{hint}") from None
+
+
+def _warn_large_k(k: int, V: int) -> None:
+    """Top-k sets cut by no other rule hold k tokens each: warn when that is a large share of the vocabulary."""
+    if k > LARGE_K * V:
+        warnings.warn(f"k={k} is {100 * k / V:.0f}% of the {V}-token vocabulary: every set holds that many tokens, so "
+                      f"a sigmoid head learns little from them; use a smaller k (e.g. {max(1, V // 10)}), a top-p or "
+                      "min-prob cut, or the sample rule", stacklevel=3)
 
 
 def _read_progress(path: Path, identity: dict) -> dict:

@@ -132,7 +132,7 @@ def write_sets(dir: Path, data_hash: str, split_len: int, k: int = 3) -> np.ndar
     rows[:, 0] = np.arange(split_len) % 7
     rows[:, 1] = (np.arange(split_len) + 1) % 60000
     rows.tofile(dir / "train.bin")
-    (dir / "meta.json").write_text(json.dumps({"k": k, "dtype": "uint16", "data_hash": data_hash}))
+    (dir / "meta.json").write_text(json.dumps({"k": k, "dtype": "uint16", "data_hash": data_hash, "rules": {"select": "top"}}))
     return rows
 
 
@@ -358,3 +358,18 @@ def test_damaged_tokenizer_and_language_files_name_the_file(copy_of):
     arrays.write_bytes(arrays.read_bytes()[:500])  # cut short
     with pytest.raises(ValueError, match=re.escape(f"{arrays}: cannot be read")):
         TokenDataset(copy_of).synthetic
+
+
+def test_damaged_sets_meta_names_the_file(synth_dir, tmp_path):
+    ds = TokenDataset(synth_dir)
+    sets = tmp_path / "sets"
+    write_sets(sets, ds.meta["hash"], len(ds.split("train")))
+    meta_path = sets / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    for content, message in [('{"k": 3, "dtype', "not valid JSON"),
+                             (json.dumps({**meta, "k": "3"}), "'k' expected an integer >= 1, got '3'"),
+                             (json.dumps({k: v for k, v in meta.items() if k != "rules"}), "the key 'rules' is missing"),
+                             (json.dumps({**meta, "rules": [1]}), "'rules' expected a JSON object, got list")]:
+        meta_path.write_text(content)
+        with pytest.raises(ValueError, match=re.escape(f"{meta_path}: {message}")):
+            ds.open_sets(sets, "train")

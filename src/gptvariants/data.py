@@ -538,7 +538,7 @@ class TokenDataset:
 def open_sets(dir: Path, split: str, data_hash: str) -> np.memmap:
     """Open `dir/{split}.bin` as an (n_tokens, K) memmap of next-token candidate sets.
 
-    `dir/meta.json` gives "k", "dtype" and "data_hash"; the latter must equal `data_hash`
+    `dir/meta.json` gives "k", "dtype", "rules" and "data_hash"; the last must equal `data_hash`
     (the dataset's meta["hash"]), otherwise the sets belong to other data.
     """
     dir = Path(dir)
@@ -550,6 +550,7 @@ def open_sets(dir: Path, split: str, data_hash: str) -> np.memmap:
         raise ValueError(f"the candidate sets in {dir} were built for other data (hash mismatch); rebuild them for this dataset")
     k = require(meta, "k", Int(1, text=False), meta_path)
     dtype = np.dtype(require(meta, "dtype", Choice(("uint16", "uint32")), meta_path))
+    require(meta, "rules", _json_object, meta_path)  # training reads the selection rule from it
     path = dir / f"{split}.bin"
     size = path.stat().st_size if path.is_file() else -1
     if size <= 0 or size % (k * dtype.itemsize):
@@ -574,6 +575,12 @@ def _read_meta(path: Path) -> dict:
         require(meta, key, Text(), path)
     require(meta, "eot_token", lambda v: v if v is None else Int(0, vocab - 1, text=False)(v), path)
     return meta
+
+
+def _json_object(value: object) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def read_tokenizer(dir: Path) -> Tokenizer:

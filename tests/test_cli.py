@@ -1,7 +1,15 @@
 """The gptv command: bad input gives a clear, specific error (exit 2), never a traceback."""
 
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 
+from conftest import tiny_overrides
 from gptvariants.cli import main
 
 
@@ -51,3 +59,200 @@ def test_variants_listing(capsys):
     out = capsys.readouterr().out
     for name in ("baseline", "smooth", "bayes", "sig", "sig-reg", "sig-pw", "bayes-sig"):
         assert name in out
+
+
+# ----------------------------------------------------------------------------- parser habits
+
+
+def _subparsers():
+    from gptvariants.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return parser, action.choices
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("gptv ")
+
+
+def test_every_option_takes_both_spellings():
+    _, subs = _subparsers()
+    multi = 0
+    for name, p in subs.items():
+        for action in p._actions:
+            for option in action.option_strings:
+                if option.startswith("--") and ("-" in option[2:] or "_" in option[2:]):
+                    multi += 1
+                    for spelling in ("--" + option[2:].replace("-", "_"), "--" + option[2:].replace("_", "-")):
+                        assert p._option_string_actions[spelling] is action, (name, spelling)
+    assert multi >= 20
+    parser, _ = _subparsers()
+    args = parser.parse_args(["sample", "--ckpt", "r", "--max_new_tokens=20", "--num_samples", "3", "--top-k", "5"])
+    assert (args.max_new_tokens, args.num_samples, args.top_k) == (20, 3, 5)
+    args = parser.parse_args(["prepare", "text:x", "--out", "o", "--val_fraction", "0.2", "--num-proc", "2"])
+    assert (args.val_fraction, args.num_proc) == (0.2, 2)
+
+
+@pytest.mark.parametrize("command,expected", [
+    ("sample", ["--max-new-tokens MAX_NEW_TOKENS", "(default: 200)", "(default: 1.0)"]),
+    ("eval", ["(default: 100)", "(default: 64)", "(default: 0.5)"]),
+    ("targets", ["(default: 50)", "(default: 32)", "(default: auto)"]),
+    ("prepare", ["(default: 1337)", "(default: strict)"]),
+    ("experiment", ["(default: 1337)"]),
+])
+def test_help_shows_defaults(capsys, command, expected):
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    for text in expected:
+        assert text in " ".join(out.split()), (command, text)
+
+
+def test_parse_errors_are_one_line(capsys):
+    assert main(["prepare", "synthetic", "--out", "x", "--seed", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("gptv prepare: error: argument --seed: expected an integer >= 0, got '-1' "
+                   "(see `gptv prepare --help`)\n")
+    assert main(["prepare", "synthetic", "--out", "x", "--val-fraction", "1"]) == 2
+    assert "expected a number in (0, 1), got '1'" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    # the reader goes away before the command writes (`gptv ... | head -c 0`)
+    proc = subprocess.Popen([sys.executable, "-m", "gptvariants.cli", "variants"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1 and err == "", err
+
+
+# ----------------------------------------------------------------------------- damaged files: one line, no traceback
+
+
+def _one_line_error(capsys, argv, *needles):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_data):
+    run = tmp_path_factory.mktemp("runs") / "r"
+    over = [f"--{k}={v}" for k, v in tiny_overrides(tiny_data, run, max_iters=4, eval_interval=2).items()]
+    assert main(["train", "--variant", "smooth", *over]) == 0
+    return run
+
+
+@pytest.mark.parametrize("pointer,message", [
+    ("[1, 2]", "checkpoint.json: expected a JSON object, found list [1, 2]"),
+    ('{"dir": null, "step": 4}', "checkpoint.json: 'dir' expected a string, got None"),
+    ('{"dir": "../../etc", "step": 4}', "'dir' must name a checkpoint folder inside"),
+    ('{"dir": "ckpt-00000004", "st', "checkpoint.json: not valid JSON"),
+])
+def test_a_damaged_checkpoint_pointer_is_one_line(capsys, tiny_run, tiny_data, tmp_path, pointer, message):
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    (run / "checkpoint.json").write_text(pointer)
+    _one_line_error(capsys, ["sample", "--ckpt", str(run), "--prompt", "a"], "gptv sample: error:", message)
+    _one_line_error(capsys, ["eval", "--ckpt", str(run), "--data", str(tiny_data)], "gptv eval: error:", message)
+    _one_line_error(capsys, ["train", "--resume", "--out", str(run)], "gptv train: error:", message)
+
+
+def test_a_damaged_run_tokenizer_is_one_line(capsys, tiny_run, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    (run / "tokenizer_meta.json").write_text('{"kind": "word"}')
+    _one_line_error(capsys, ["sample", "--ckpt", str(run)], "tokenizer_meta.json: the key 'words' is missing")
+    (run / "tokenizer_meta.json").write_text('{"kind": "word", "wo')
+    _one_line_error(capsys, ["sample", "--ckpt", str(run)], "tokenizer_meta.json: not valid JSON")
+
+
+def test_damaged_data_files_are_one_line(capsys, tiny_run, tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    arrays = data / "synthetic.safetensors"
+    arrays.write_bytes(arrays.read_bytes()[:300])
+    _one_line_error(capsys, ["targets", "--data", str(data), "--teacher", "oracle", "--device", "cpu"],
+                    f"gptv targets: error: {arrays}: cannot be read")
+    _one_line_error(capsys, ["eval", "--ckpt", str(tiny_run), "--data", str(data), "--num-samples", "0"],
+                    f"gptv eval: error: {arrays}: cannot be read")
+    (data / "meta.json").write_text('{"format": 1, "vocab')
+    _one_line_error(capsys, ["train", "--data", str(data), "--out", str(tmp_path / "r")],
+                    f"gptv train: error: {data / 'meta.json'}: not valid JSON")
+
+
+def test_bad_values_fail_before_training(capsys, tiny_data, tmp_path):
+    out = str(tmp_path / "r")
+    for arg, message in [("--max_iters=1e400", "max_iters expects an integer >= 0, got '1e400'"),
+                         ("--seed=-1", "seed expects an integer >= 0, got '-1'"),
+                         ("--n_layer=2.5", "n_layer expects an integer in [1, 1000], got '2.5'")]:
+        _one_line_error(capsys, ["train", "--data", str(tiny_data), "--out", out, arg], message)
+    _one_line_error(capsys, ["train", "--data", str(tiny_data), "--out", out, "--n_layer=1000", "--n_embd=65536",
+                             "--n_head=64"], "parameters: training needs at least")
+    assert not (tmp_path / "r").exists()
+
+
+def test_cuda_on_a_machine_without_it_is_refused(capsys, tiny_data, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _one_line_error(capsys, ["train", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--device=cuda"],
+                    "device 'cuda' is not available")
+    _one_line_error(capsys, ["targets", "--data", str(tiny_data), "--teacher", "oracle", "--device", "cuda"],
+                    "argument --device: device 'cuda' is not available")
+
+
+# ----------------------------------------------------------------------------- resume from the run folder
+
+
+def test_resume_from_the_run_folder_alone(capsys, tiny_run, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    assert main(["train", "--resume", "--out", str(run), "--max_iters=6", "--eval_interval=2"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "finished at step 6" in out
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["objective"]["variant"] == "smooth" and saved["train"]["max_iters"] == 6
+    _one_line_error(capsys, ["train", "--resume", "--out", str(run), "--n_embd=64", "--variant", "baseline"],
+                    "cannot resume", "n_embd (saved 32, asked 64): it changes the model's shape",
+                    "variant (saved 'smooth', asked 'baseline')")
+    # a saved config.json seeds a new run
+    assert main(["train", "--config", str(run / "config.json"), "--out", str(tmp_path / "new"), "--max_iters=2"]) == 0
+    again = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert again["objective"]["variant"] == "smooth" and again["model"] == saved["model"]
+
+
+# ----------------------------------------------------------------------------- several processes
+
+
+def test_accumulation_fits_the_processes_and_rank_0_alone_speaks(capsys, tiny_data, tmp_path, monkeypatch):
+    import gptvariants.train as T
+
+    seen = []
+    monkeypatch.setattr(T, "train", lambda cfg, resume=False: seen.append(cfg) or T.TrainResult(tmp_path, 3))
+    argv = ["train", "--data", str(tiny_data), "--out", str(tmp_path / "r")]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        assert main(argv) == 0
+        captured = capsys.readouterr()
+        assert seen[-1].train.gradient_accumulation_steps == 2
+        assert ("rounded up to 2" in captured.err) == (rank == "0") and ("finished" in captured.out) == (rank == "0")
+        assert main([*argv, "--n_layer=2.5"]) == 2
+        assert (capsys.readouterr().err != "") == (rank == "0")
+        assert main(["sample", "--bad-option"]) == 2
+        assert (capsys.readouterr().err != "") == (rank == "0")
+
+
+@pytest.mark.slow
+def test_torchrun_with_the_default_accumulation(tiny_data, tmp_path):
+    over = [f"--{k}={v}" for k, v in tiny_overrides(tiny_data, tmp_path / "r", max_iters=2, eval_interval=2).items()]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                        "gptvariants.cli", "train", *over], capture_output=True, text=True, timeout=240,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("gradient_accumulation_steps 1 rounded up to 2") == 1 and r.stdout.count("finished") == 1

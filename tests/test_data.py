@@ -1,5 +1,9 @@
 import hashlib
 import json
+import os
+import re
+import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +132,7 @@ def write_sets(dir: Path, data_hash: str, split_len: int, k: int = 3) -> np.ndar
     rows[:, 0] = np.arange(split_len) % 7
     rows[:, 1] = (np.arange(split_len) + 1) % 60000
     rows.tofile(dir / "train.bin")
-    (dir / "meta.json").write_text(json.dumps({"k": k, "dtype": "uint16", "data_hash": data_hash}))
+    (dir / "meta.json").write_text(json.dumps({"k": k, "dtype": "uint16", "data_hash": data_hash, "rules": {"select": "top"}}))
     return rows
 
 
@@ -206,8 +210,9 @@ def test_offline_downloads_fail_clearly(tmp_path, monkeypatch):
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
-    with pytest.raises(RuntimeError, match="text:.*tinyshakespeare/input.txt"):
+    with pytest.raises(RuntimeError, match="gptv prepare text:PATH --out DATA") as e:
         prepare("shakespeare", tmp_path / "s")
+    assert "shared" not in str(e.value) and "../" not in str(e.value)  # no development path
     assert not (tmp_path / "s" / "meta.json").exists()
 
     datasets = pytest.importorskip("datasets")
@@ -218,3 +223,153 @@ def test_offline_downloads_fail_clearly(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", no_hub)
     with pytest.raises(RuntimeError, match="'wikitext-2'.*text:"):
         prepare("wikitext-2", tmp_path / "w")
+
+
+# ----------------------------------------------------------------------------- text folders as users have them
+
+
+def test_prepare_folder_skips_hidden_binary_and_duplicate_files_and_normalises_text(tmp_path):
+    src = tmp_path / "corpus"
+    src.mkdir()
+    (src / "a.txt").write_bytes("\ufefffirst line\r\nsecond line\r\n".encode())  # BOM and CRLF (Windows)
+    (src / "b.txt").write_bytes(b"old mac\rline ends\r")  # bare CR
+    (src / "c.txt").write_bytes("first line\nsecond line\n".encode())  # a.txt once normalised
+    (src / ".notes.txt").write_text("hidden")
+    (src / "._a.txt").write_bytes(b"\x00\x05\x16\x07Mac OS X resource fork")  # hidden and binary
+    (src / "blob.txt").write_bytes(b"GIF89a\x00\x01binary")
+    meta = prepare(f"text:{src}", tmp_path / "out", val_fraction=0.5)
+    text = "first line\nsecond line\nold mac\nline ends\n"
+    ds = TokenDataset(tmp_path / "out")
+    assert ds.tokenizer.decode(np.concatenate([ds.split("train"), ds.split("val")])) == text
+    assert "\r" not in ds.tokenizer.chars and "\ufeff" not in ds.tokenizer.chars
+    assert meta["notes"] == [
+        "skipped 2 hidden files: ._a.txt, .notes.txt",
+        "skipped 1 binary (NUL bytes) file: blob.txt",
+        "skipped 1 duplicate (same text as an earlier file) file: c.txt (= a.txt)",
+        "stripped the byte-order mark of 1 file: a.txt",
+        "turned \\r\\n and \\r line ends into \\n in 2 files: a.txt, b.txt",
+    ]
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["notes"] == meta["notes"]
+
+
+def test_a_named_binary_file_is_refused_and_a_folder_of_nothing_says_why(tmp_path):
+    blob = tmp_path / "image.txt"
+    blob.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    with pytest.raises(ValueError, match=re.escape(f"{blob} is not a text file (a NUL byte at byte offset 8)")):
+        prepare(f"text:{blob}", tmp_path / "out")
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / ".hidden.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match="no text files .*skipped 1 hidden file: .hidden.txt"):
+        prepare(f"text:{tmp_path / 'f'}", tmp_path / "out")
+
+
+def test_files_follow_the_umask(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text("hello world, some text\n" * 20)
+    old = os.umask(0o027)
+    try:
+        prepare(f"text:{src}", tmp_path / "out")
+    finally:
+        os.umask(old)
+    for name in ("train.bin", "val.bin", "meta.json", "tokenizer_meta.json"):
+        assert stat.S_IMODE((tmp_path / "out" / name).stat().st_mode) == 0o640, name
+
+
+# ----------------------------------------------------------------------------- damaged datasets
+
+
+@pytest.fixture
+def copy_of(synth_dir, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(synth_dir, out)
+    (out / ".token-ids-checked.json").unlink(missing_ok=True)
+    return out
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_naming_the_file(copy_of):
+    TokenDataset(copy_of)
+    raw = bytearray((copy_of / "val.bin").read_bytes())
+    raw[2 * 1000 : 2 * 1001] = np.array([65000], np.uint16).tobytes()  # a flipped byte: id 65000 at position 1000
+    (copy_of / "val.bin").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=re.escape(f"{copy_of / 'val.bin'}: token id 65000 at position 1000 is outside "
+                                                   "the vocabulary of 65")):
+        TokenDataset(copy_of)
+
+
+def test_a_vocabulary_smaller_than_the_ids_is_refused(copy_of):
+    meta = json.loads((copy_of / "meta.json").read_text())
+    meta["vocab_size"], meta["eot_token"] = 40, 39
+    (copy_of / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"train.bin: token id 64 at position \d+ is outside the vocabulary of 40 "
+                                         r"\(vocab_size in .*meta.json\)"):
+        TokenDataset(copy_of)
+
+
+def test_the_id_check_runs_once_per_file_version(copy_of, monkeypatch):
+    import gptvariants.data as D
+
+    calls = []
+    real = D._max_id
+    monkeypatch.setattr(D, "_max_id", lambda path, dtype: calls.append(path.name) or real(path, dtype))
+    TokenDataset(copy_of)
+    assert calls == ["train.bin", "val.bin"]
+    D._MAX_IDS_SEEN.clear()  # a new process: the file in the folder remembers
+    TokenDataset(copy_of)
+    assert calls == ["train.bin", "val.bin"]
+    os.utime(copy_of / "val.bin", ns=(1, 1))  # another version of val.bin
+    TokenDataset(copy_of)
+    assert calls == ["train.bin", "val.bin", "val.bin"]
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("meta.json", '{"format": 1, "vocab', "meta.json: not valid JSON (Unterminated string"),
+    ("meta.json", "[1, 2]", "meta.json: expected a JSON object, found list [1, 2]"),
+    ("meta.json", b"\xff\xfe", "meta.json: not UTF-8 text (byte 0xff at byte offset 0)"),
+])
+def test_damaged_meta_json_names_the_file(copy_of, name, content, message):
+    path = copy_of / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError, match=re.escape(f"{path}: " + message.split(": ", 1)[1])):
+        TokenDataset(copy_of)
+
+
+def test_meta_json_fields_are_checked(copy_of):
+    meta = json.loads((copy_of / "meta.json").read_text())
+    for key, value, message in [("vocab_size", "65", "'vocab_size' expected an integer"),
+                                ("train_tokens", None, "'train_tokens'"),
+                                ("dtype", "int8", "'dtype' expected one of uint16, uint32")]:
+        (copy_of / "meta.json").write_text(json.dumps({**meta, key: value}))
+        with pytest.raises(ValueError, match=re.escape(f"{copy_of / 'meta.json'}: {message}")):
+            TokenDataset(copy_of)
+    del meta["hash"]
+    (copy_of / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="the key 'hash' is missing"):
+        TokenDataset(copy_of)
+
+
+def test_damaged_tokenizer_and_language_files_name_the_file(copy_of):
+    (copy_of / "tokenizer_meta.json").write_text('{"kind": "word", "wor')
+    with pytest.raises(ValueError, match=re.escape(f"{copy_of / 'tokenizer_meta.json'}: not valid JSON")):
+        TokenDataset(copy_of).tokenizer
+    (copy_of / "tokenizer_meta.json").write_text('{"kind": "word"}')
+    with pytest.raises(ValueError, match=re.escape(f"{copy_of / 'tokenizer_meta.json'}: the key 'words' is missing")):
+        TokenDataset(copy_of).tokenizer
+    arrays = copy_of / "synthetic.safetensors"
+    arrays.write_bytes(arrays.read_bytes()[:500])  # cut short
+    with pytest.raises(ValueError, match=re.escape(f"{arrays}: cannot be read")):
+        TokenDataset(copy_of).synthetic
+
+
+def test_damaged_sets_meta_names_the_file(synth_dir, tmp_path):
+    ds = TokenDataset(synth_dir)
+    sets = tmp_path / "sets"
+    write_sets(sets, ds.meta["hash"], len(ds.split("train")))
+    meta_path = sets / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    for content, message in [('{"k": 3, "dtype', "not valid JSON"),
+                             (json.dumps({**meta, "k": "3"}), "'k' expected an integer >= 1, got '3'"),
+                             (json.dumps({k: v for k, v in meta.items() if k != "rules"}), "the key 'rules' is missing"),
+                             (json.dumps({**meta, "rules": [1]}), "'rules' expected a JSON object, got list")]:
+        meta_path.write_text(content)
+        with pytest.raises(ValueError, match=re.escape(f"{meta_path}: {message}")):
+            ds.open_sets(sets, "train")

@@ -75,7 +75,7 @@ def test_toy_head_and_objective_train_evaluate_and_generate(toy, tiny_data, tmp_
 
 
 def test_unregistered_names_are_refused_with_the_registry():
-    with pytest.raises(ConfigError, match="head must be one of linear, bayesian"):
+    with pytest.raises(ConfigError, match="head expects one of linear, bayesian, ensemble, got .scaled."):
         load_config("baseline", overrides={"head": "scaled"})
-    with pytest.raises(ConfigError, match="objective must be one of"):
+    with pytest.raises(ConfigError, match="objective expects one of ce, smooth, bce, got .brier."):
         load_config("baseline", overrides={"objective": "brier"})

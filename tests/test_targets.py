@@ -1,5 +1,6 @@
 import argparse
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -199,7 +200,8 @@ def test_sampled_sets_train_with_their_readout(data_dir, tmp_path):
 
 
 def test_top_p_and_min_prob_shrink_the_sets(data_dir, tmp_path):
-    full = build_targets(data_dir, "ngram:2", tmp_path / "a", k=20, progress=False)["mean_set_size"]
+    with pytest.warns(UserWarning, match="k=20 is 31% of the 65-token vocabulary"):  # sets of 20 with no cut
+        full = build_targets(data_dir, "ngram:2", tmp_path / "a", k=20, progress=False)["mean_set_size"]
     nucleus = build_targets(data_dir, "ngram:2", tmp_path / "b", k=20, top_p=0.5, progress=False)["mean_set_size"]
     floor = build_targets(data_dir, "ngram:2", tmp_path / "c", k=20, min_prob=0.05, progress=False)["mean_set_size"]
     assert full == 20 and 1 < nucleus < 10 and 1 < floor < 20
@@ -230,8 +232,15 @@ def test_perplexity_filter(data_dir, tmp_path):
 
 
 def test_bad_inputs(data_dir, run_dir, tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match="vocabulary size 65"):
+    with pytest.raises(ValueError, match=re.escape("k: expected an integer in [1, 65], got 66 (the vocabulary size")):
         build_targets(data_dir, "ngram:2", tmp_path / "t", k=66, progress=False)
+    for option, value, message in [("ratio", float("nan"), "ratio: expected a number in [0, 1], got nan"),
+                                   ("ppl_filter", float("nan"), "ppl_filter: expected a finite number > 1"),
+                                   ("batch_size", -1, "batch_size: expected an integer >= 0, got -1"),
+                                   ("top_p", 0.0, "top_p: expected a number in (0, 1], got 0.0"),
+                                   ("k", 2.5, "k: expected an integer in [1, 65], got 2.5")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            build_targets(data_dir, "ngram:2", tmp_path / "t", **{"k": 4, option: value}, progress=False)
     from transformers import GPT2Config, GPT2LMHeadModel
 
     GPT2LMHeadModel(GPT2Config(vocab_size=70, n_layer=1, n_head=2, n_embd=32, n_positions=64)).save_pretrained(tmp_path / "wide")
@@ -324,8 +333,83 @@ def test_training_with_an_online_teacher(data_dir, tmp_path):
 def test_cli(data_dir, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     register_cli(parser.add_subparsers())
-    args = parser.parse_args(["targets", "--data", str(data_dir), "--teacher", "ngram:2", "--out", str(tmp_path / "c"), "--k", "3", "--ratio", "0.5", "--device", "cpu"])
+    out = data_dir / "targets" / "cli" / "c"
+    args = parser.parse_args(["targets", "--data", str(data_dir), "--teacher", "ngram:2", "--out", str(out), "--k", "3",
+                              "--ratio", "0.5", "--device", "cpu"])
     assert args.func(args) == 0
-    out = capsys.readouterr().out
-    assert str(tmp_path / "c") in out and "mean set size" in out and "tokens/s" in out
-    assert json.loads((tmp_path / "c" / "meta.json").read_text())["rules"]["ratio"] == 0.5
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "mean set size" in printed and "tokens/s" in printed
+    assert json.loads((out / "meta.json").read_text())["rules"]["ratio"] == 0.5
+    # the hint names what training finds: the path under DATA/targets
+    assert "--targets=cli/c" in printed
+    TokenDataset(data_dir).open_sets(data_dir / "targets" / "cli/c", "train")
+
+
+def test_cli_refuses_bad_values_and_an_out_folder_training_cannot_find(data_dir, tmp_path, capsys):
+    from gptvariants.cli import main
+
+    base = ["targets", "--data", str(data_dir), "--teacher", "ngram:2", "--device", "cpu"]
+    for option, value, message in [("--batch-size", "-1", "expected an integer >= 0, got '-1'"),
+                                   ("--k", "0", "expected an integer >= 1, got '0'"),
+                                   ("--ratio", "nan", "expected a number in [0, 1], got 'nan'"),
+                                   ("--top-p", "0", "expected a number in (0, 1], got '0'"),
+                                   ("--ppl-filter", "1", "expected a finite number > 1, got '1'"),
+                                   ("--ppl-window", "1", "expected an integer >= 2, got '1'"),
+                                   ("--seed", "-1", "expected an integer >= 0, got '-1'"),
+                                   ("--context", "2.5", "expected an integer >= 1, got '2.5'")]:
+        assert main([*base, option, value]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"gptv targets: error: argument {option}: {message}" in err, err
+    assert main([*base, "--k", "1", "--select", "sample", "--out", str(tmp_path / "pd" / "t_s1")]) == 2
+    err = capsys.readouterr().err
+    assert "is outside" in err and f"use --out {data_dir / 'targets' / 't_s1'}" in err
+    assert not (tmp_path / "pd").exists()
+
+
+def test_a_large_k_is_warned_about(data_dir, capsys):
+    from gptvariants.cli import main
+
+    base = ["targets", "--data", str(data_dir), "--teacher", "ngram:1", "--device", "cpu", "--out",
+            str(data_dir / "targets" / "warn")]
+    assert main([*base, "--k", "40"]) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if "warning" in line]
+    assert warned == [line for line in warned if line.startswith("gptv targets: warning: k=40 is 62% of the 65-token")]
+    assert len(warned) == 1
+    for quiet in (["--k", "10"], ["--k", "40", "--min-prob", "0.01"], ["--k", "40", "--select", "sample"]):
+        assert main([*base, *quiet]) == 0
+        assert "warning" not in capsys.readouterr().err
+    assert main([*base[:4], "ngram:abc", "--k", "40"]) == 2  # a bad teacher: the error alone
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_progress_without_a_terminal_is_plain_lines(data_dir, tmp_path, capsys, monkeypatch):
+    import gptvariants.targets.build as B
+
+    monkeypatch.setattr(B, "PROGRESS_SECONDS", 0.0)
+    build_targets(data_dir, "ngram:1", tmp_path / "p", k=3, chunk_size=4096, progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert lines[0].startswith("ngram:1 train: 1/") and lines[-1].startswith("ngram:1 val: ") and "(100%)" in lines[-1]
+
+
+def test_written_sets_follow_the_umask(data_dir, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        build_targets(data_dir, "ngram:1", tmp_path / "u", k=3, progress=False)
+    finally:
+        os.umask(old)
+    for name in ("train.bin", "val.bin", "meta.json"):
+        assert stat.S_IMODE((tmp_path / "u" / name).stat().st_mode) == 0o644, name
+
+
+def test_online_teacher_options_are_checked_before_loading(data_dir):
+    ds = TokenDataset(data_dir)
+    for spec, message in [("ngram:2?k=0", "teacher option k in 'ngram:2?k=0': expected an integer >= 1"),
+                          ("ngram:2?top_p=nan", "teacher option top_p"), ("ngram:2?ratio=2", "teacher option ratio")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            build_online_teacher(spec, ds, torch.device("cpu"))

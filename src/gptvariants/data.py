@@ -5,6 +5,10 @@ A prepared dataset is a folder holding
     tokenizer files      whatever `Tokenizer.save` writes
     synthetic.*          the ground-truth HMM, for the synthetic language only
     meta.json            written last: its presence marks the folder as complete
+
+Files are written with the mode the umask gives (collaborators can read a shared dataset).
+Reading checks meta.json's fields and, once per file version, that every token id in the
+splits is inside the vocabulary.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import glob
 import hashlib
 import json
 import os
+import sys
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,7 +26,10 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write
+from .checks import Choice, Int, Text
+from .inputs import InputError, read_json, require
 from .synthetic import PRESETS, SyntheticLanguage
+from .tokenizers import META_FILE as TOKENIZER_FILE
 from .tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 
 FORMAT = 1
@@ -34,9 +42,11 @@ HF_SOURCES = {  # source -> (dataset path, config, append EOT after each row)
 }
 SOURCE_FORMS = "synthetic, synthetic:tiny, synthetic:default, text:PATH, shakespeare, " + ", ".join(HF_SOURCES)
 OFFLINE_HINT = (
-    "If you are offline, prepare a local UTF-8 file, folder or glob instead, e.g. "
-    "`gptv prepare text:../shared/data/tinyshakespeare/input.txt`"
+    "If you are offline, prepare a local UTF-8 file, folder or glob instead: "
+    "`gptv prepare text:PATH --out DATA` (PATH: a .txt file, a folder of .txt files, or a glob)"
 )
+ID_CHECK_FILE = ".token-ids-checked.json"  # {split: [size, mtime_ns, max id]}: the range check of each file version
+BINARY_PROBE = 8192  # a NUL byte among a file's first bytes marks it as binary (git's rule)
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -62,7 +72,9 @@ def prepare(
     (file, folder of *.txt or glob; default tokenizer char), "shakespeare", "wikitext-2",
     "wikitext-103", "openwebtext" (downloads; default tokenizer gpt2).
     val_fraction defaults to 0.1 (the last 10% of a text is validation), 0.0005 for openwebtext.
-    errors="strict" rejects non-UTF-8 text; "replace" substitutes U+FFFD.
+    errors="strict" rejects non-UTF-8 text; "replace" substitutes U+FFFD. Text sources skip
+    hidden and binary files, strip byte-order marks, turn \r\n and \r into \n and drop files
+    whose content repeats another's; meta["notes"] says what was done (one line each).
     """
     out = Path(out)
     if errors not in ("strict", "replace"):
@@ -70,6 +82,7 @@ def prepare(
     if val_fraction is not None and not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     kind, _, arg = source.partition(":")
+    notes: list[str] = []
     out.mkdir(parents=True, exist_ok=True)
     # Remove the completion marker first: if this run dies half-way the folder must not look
     # like a finished dataset whose meta.json describes other .bin files.
@@ -78,10 +91,10 @@ def prepare(
     if kind == "synthetic":
         tok, stats, extra = _prepare_synthetic(arg or "default", out, tokenizer, seed)
     elif kind == "text" and arg:
-        text = _read_text(arg, errors)
+        text = _read_text(arg, errors, notes)
         tok, stats, extra = _prepare_text(text, out, tokenizer or "char", val_fraction or 0.1)
     elif kind == "shakespeare" and not arg:
-        text = _download_shakespeare(out).read_text(encoding="utf-8")
+        text = _normalise(_download_shakespeare(out).read_text(encoding="utf-8"))[0]
         tok, stats, extra = _prepare_text(text, out, tokenizer or "char", val_fraction or 0.1)
     elif kind in HF_SOURCES and not arg:
         tok, stats, extra = _prepare_hf(kind, out, tokenizer or "gpt2", val_fraction, seed, num_proc)
@@ -100,9 +113,29 @@ def prepare(
         "hash": _hash_files([out / "train.bin", out / "val.bin"]),
         "seed": seed,
         **extra,
+        **({"notes": notes} if notes else {}),
     }
-    atomic_write(out / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
+    write_file(out / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
     return meta
+
+
+def write_file(path: Path, data: bytes | str) -> None:
+    """``atomic_write``, then the mode a plain open() would give under the umask (mkstemp's is 0600)."""
+    atomic_write(path, data)
+    os.chmod(path, 0o666 & ~current_umask())
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (/proc/self/status)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _prepare_synthetic(preset: str, out: Path, tokenizer: str | None, seed: int) -> tuple[Tokenizer, dict, dict]:
@@ -157,42 +190,104 @@ def _write_splits(out: Path, splits: dict[str, Iterable[int]], vocab_size: int) 
         ids = np.asarray(splits[name], dtype=np.int64)
         if len(ids) and ids.max() >= vocab_size:
             raise AssertionError(f"token id {ids.max()} >= vocab_size {vocab_size}")
-        atomic_write(out / f"{name}.bin", ids.astype(dtype).tobytes())
+        write_file(out / f"{name}.bin", ids.astype(dtype).tobytes())
         stats[f"{name}_tokens"] = len(ids)
     return stats
 
 
-def _resolve_text_files(spec: str) -> list[Path]:
+def _resolve_text_files(spec: str) -> tuple[list[Path], bool]:
+    """(the files behind a file, folder (its *.txt) or glob, whether they were named one by one)."""
     path = Path(spec).expanduser()
     if path.is_file():
-        return [path]
+        return [path], True
     if path.is_dir():
-        files = sorted(path.glob("*.txt"))
+        files = sorted(f for f in path.glob("*.txt") if f.is_file())
         if not files:
             raise FileNotFoundError(f"folder {path} has no *.txt files")
-        return files
+        return files, False
     files = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
     if not files:
         raise FileNotFoundError(f"no text file, folder or glob matches {spec!r}")
-    return files
+    return files, False
 
 
-def _read_text(spec: str, errors: str) -> str:
-    """Concatenate the UTF-8 files behind `spec`, inserting a newline where a file lacks one."""
+def _read_text(spec: str, errors: str, notes: list[str] | None = None) -> str:
+    """Concatenate the UTF-8 files behind `spec`, inserting a newline where a file lacks one.
+
+    From a folder or glob, hidden files (.DS_Store, macOS's ._NAME resource forks) and binary
+    files (a NUL byte among the first 8 KiB) are skipped and files whose text repeats an
+    earlier one are dropped, so no document lands in both splits. Every file loses its
+    byte-order mark and has \r\n and \r line ends turned into \n. What was done is appended
+    to `notes`, one line per kind.
+    """
+    files, explicit = _resolve_text_files(spec)
+    skipped = {"hidden": [], "binary": [], "duplicate": []}
+    normalised = {"bom": [], "newlines": []}
+    seen: dict[bytes, Path] = {}
     parts = []
-    for f in _resolve_text_files(spec):
+    for f in files:
+        if not explicit and f.name.startswith("."):
+            skipped["hidden"].append(f.name)
+            continue
         raw = f.read_bytes()
-        try:
-            text = raw.decode("utf-8", errors=errors)
-        except UnicodeDecodeError as e:
-            raise ValueError(
-                f"{f} is not valid UTF-8: byte 0x{raw[e.start]:02x} at byte offset {e.start} cannot be decoded; "
-                "re-encode the file as UTF-8 or pass --errors replace (errors='replace') to substitute U+FFFD"
-            ) from None
+        nul = raw.find(b"\0", 0, BINARY_PROBE)
+        if nul >= 0:
+            if explicit:
+                raise ValueError(f"{f} is not a text file (a NUL byte at byte offset {nul}); prepare UTF-8 text")
+            skipped["binary"].append(f.name)
+            continue
+        text, changes = _normalise(_decode(f, raw, errors))
+        for change in changes:
+            normalised[change].append(f.name)
+        digest = hashlib.sha256(text.encode("utf-8")).digest()
+        if digest in seen:
+            skipped["duplicate"].append(f"{f.name} (= {seen[digest].name})")
+            continue
+        seen[digest] = f
         if parts and not parts[-1].endswith("\n"):
             parts.append("\n")
         parts.append(text)
+    if not parts:
+        raise FileNotFoundError(f"no text files in {spec!r}: " + "; ".join(_describe_skipped(skipped)))
+    if notes is not None:
+        notes.extend(_describe_skipped(skipped))
+        if normalised["bom"]:
+            notes.append(f"stripped the byte-order mark of {_files(normalised['bom'])}")
+        if normalised["newlines"]:
+            notes.append(f"turned \\r\\n and \\r line ends into \\n in {_files(normalised['newlines'])}")
     return "".join(parts)
+
+
+def _decode(f: Path, raw: bytes, errors: str) -> str:
+    try:
+        return raw.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{f} is not valid UTF-8: byte 0x{raw[e.start]:02x} at byte offset {e.start} cannot be decoded; "
+            "re-encode the file as UTF-8 or pass --errors replace (errors='replace') to substitute U+FFFD"
+        ) from None
+
+
+def _normalise(text: str) -> tuple[str, list[str]]:
+    """(text without a leading byte-order mark and with \n line ends, the changes made: 'bom', 'newlines')."""
+    changes = []
+    if text.startswith("\ufeff"):
+        text, changes = text[1:], ["bom"]
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        changes.append("newlines")
+    return text, changes
+
+
+def _describe_skipped(skipped: dict[str, list[str]]) -> list[str]:
+    why = {"hidden": "hidden", "binary": "binary (NUL bytes)", "duplicate": "duplicate (same text as an earlier file)"}
+    return [f"skipped {_files(names, why[kind])}" for kind, names in skipped.items() if names]
+
+
+def _files(names: list[str], adjective: str = "") -> str:
+    """'3 hidden files: a, b, c' (at most five names)."""
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f"{len(names)} {adjective + ' ' if adjective else ''}file{'s' if len(names) > 1 else ''}: {shown}"
 
 
 def _download_shakespeare(out: Path) -> Path:
@@ -203,7 +298,7 @@ def _download_shakespeare(out: Path) -> Path:
                 data = r.read()
         except OSError as e:  # URLError, timeouts and DNS failures are all OSErrors
             raise RuntimeError(f"could not download Tiny Shakespeare from {SHAKESPEARE_URL} ({e}). {OFFLINE_HINT}") from e
-        atomic_write(path, data)
+        write_file(path, data)
     return path
 
 
@@ -274,7 +369,8 @@ def write_hf_split(
     arr = np.memmap(tmp, dtype=token_dtype(tok.vocab_size), mode="w+", shape=(max(total, 1),))
     n_shards = max(1, min(1024, len(tokenized) // 64))
     idx = 0
-    for i in tqdm(range(n_shards), desc=f"writing {path.name}"):
+    # a bar in a terminal only: redirected to a log, its carriage returns would fill it
+    for i in tqdm(range(n_shards), desc=f"writing {path.name}", disable=not sys.stderr.isatty()):
         shard = tokenized.shard(num_shards=n_shards, index=i, contiguous=True).with_format("numpy")
         if len(shard) == 0:
             continue
@@ -318,14 +414,13 @@ class TokenDataset:
                 f"{self.dir} has no meta.json (never prepared, or preparation was interrupted); "
                 f"run `gptv prepare SOURCE --out {self.dir}` first"
             )
-        self._meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if self._meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path}: unsupported format {self._meta.get('format')!r} (expected {FORMAT}); re-run `gptv prepare`")
+        self._meta = _read_meta(meta_path)
         self.dtype = np.dtype(self._meta["dtype"])
         for name in SPLITS:
             path, expect = self.dir / f"{name}.bin", self._meta[f"{name}_tokens"] * self.dtype.itemsize
             if not path.is_file() or path.stat().st_size != expect:
                 raise ValueError(f"{path} is missing or does not match meta.json ({expect} bytes expected); re-run `gptv prepare`")
+        self._check_ids()
         self._tokenizer: Tokenizer | None = None
         self._synthetic: SyntheticLanguage | None = None
 
@@ -344,7 +439,7 @@ class TokenDataset:
     @property
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.dir)
+            self._tokenizer = read_tokenizer(self.dir)
         return self._tokenizer
 
     @property
@@ -353,6 +448,35 @@ class TokenDataset:
         if self._synthetic is None and "synthetic" in self._meta:
             self._synthetic = SyntheticLanguage.load(self.dir)
         return self._synthetic
+
+    def _check_ids(self) -> None:
+        """Every token id of both splits < vocab_size: a flipped byte or a wrong meta.json fails here,
+        naming the file, not as an index error deep inside the model. np.max runs over each file in
+        chunks (a few ms per 100 M tokens once cached by the OS) and once per file version: the
+        result is kept by (size, mtime) in memory and in ID_CHECK_FILE."""
+        V = self.vocab_size
+        cache_path = self.dir / ID_CHECK_FILE
+        cache = _read_id_cache(cache_path)
+        changed = False
+        for name in SPLITS:
+            path = self.dir / f"{name}.bin"
+            st = path.stat()
+            version = [st.st_size, st.st_mtime_ns]
+            entry = cache.get(name)
+            if not (isinstance(entry, list) and len(entry) == 3 and entry[:2] == version):
+                entry = [*version, _max_id(path, self.dtype)]
+                cache[name], changed = entry, True
+            if entry[2] >= V:
+                bad = _first_at_least(path, self.dtype, V)
+                raise InputError(f"{path}: token id {entry[2]} at position {bad} is outside the vocabulary of {V} "
+                                 f"(vocab_size in {self.dir / 'meta.json'}); the file is damaged or meta.json belongs "
+                                 "to other data: re-run `gptv prepare`")
+        if changed:
+            _MAX_IDS_SEEN.update({str(cache_path): cache})
+            try:
+                write_file(cache_path, json.dumps(cache) + "\n")
+            except OSError:  # a read-only dataset: the in-memory cache still spares this process
+                pass
 
     def split(self, name: str) -> np.memmap:
         """Read-only memmap of a split's token ids."""
@@ -414,19 +538,86 @@ class TokenDataset:
 def open_sets(dir: Path, split: str, data_hash: str) -> np.memmap:
     """Open `dir/{split}.bin` as an (n_tokens, K) memmap of next-token candidate sets.
 
-    `dir/meta.json` gives "k", "dtype" and "data_hash"; the latter must equal `data_hash`
+    `dir/meta.json` gives "k", "dtype", "rules" and "data_hash"; the last must equal `data_hash`
     (the dataset's meta["hash"]), otherwise the sets belong to other data.
     """
     dir = Path(dir)
     meta_path = dir / "meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{dir} has no meta.json; build the candidate sets first")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = read_json(meta_path)
     if meta.get("data_hash") != data_hash:
         raise ValueError(f"the candidate sets in {dir} were built for other data (hash mismatch); rebuild them for this dataset")
-    k, dtype = int(meta["k"]), np.dtype(meta["dtype"])
+    k = require(meta, "k", Int(1, text=False), meta_path)
+    dtype = np.dtype(require(meta, "dtype", Choice(("uint16", "uint32")), meta_path))
+    require(meta, "rules", _json_object, meta_path)  # training reads the selection rule from it
     path = dir / f"{split}.bin"
     size = path.stat().st_size if path.is_file() else -1
     if size <= 0 or size % (k * dtype.itemsize):
         raise ValueError(f"{path} is missing, empty or not a whole number of rows of {k} x {dtype.name}")
     return np.memmap(path, dtype=dtype, mode="r", shape=(size // (k * dtype.itemsize), k))
+
+
+# ---------------------------------------------------------------------------- checks on reading
+
+
+def _read_meta(path: Path) -> dict:
+    """meta.json with the fields every reader relies on checked, each error naming the file."""
+    meta = read_json(path)
+    fmt = meta.get("format")
+    if fmt != FORMAT:
+        raise ValueError(f"{path}: unsupported format {fmt!r} (expected {FORMAT}); re-run `gptv prepare`")
+    vocab = require(meta, "vocab_size", Int(1, 2**32 - 1, text=False), path)
+    require(meta, "dtype", Choice(("uint16", "uint32")), path)
+    for key in ("train_tokens", "val_tokens"):
+        require(meta, key, Int(0, text=False), path)
+    for key in ("hash", "tokenizer", "source"):
+        require(meta, key, Text(), path)
+    require(meta, "eot_token", lambda v: v if v is None else Int(0, vocab - 1, text=False)(v), path)
+    return meta
+
+
+def _json_object(value: object) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def read_tokenizer(dir: Path) -> Tokenizer:
+    """``load_tokenizer(dir)`` with a damaged tokenizer file reported as ``FILE: what is wrong``."""
+    path = Path(dir) / TOKENIZER_FILE
+    if path.is_file():
+        read_json(path)  # parses, and is a JSON object
+    try:
+        return load_tokenizer(Path(dir))
+    except KeyError as e:
+        raise InputError(f"{path}: the key {e} is missing; the file is damaged or not ours") from None
+    except (TypeError, AttributeError) as e:
+        raise InputError(f"{path}: malformed ({e})") from None
+
+
+_MAX_IDS_SEEN: dict[str, dict] = {}  # ID_CHECK_FILE path -> its content, for datasets on read-only disks
+
+
+def _read_id_cache(path: Path) -> dict:
+    if str(path) in _MAX_IDS_SEEN:
+        return dict(_MAX_IDS_SEEN[str(path)])
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):  # absent or damaged: recompute
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _max_id(path: Path, dtype: np.dtype, chunk: int = 1 << 24) -> int:
+    data = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype)
+    return max((int(data[s : s + chunk].max()) for s in range(0, len(data), chunk)), default=-1)
+
+
+def _first_at_least(path: Path, dtype: np.dtype, bound: int, chunk: int = 1 << 24) -> int:
+    data = np.memmap(path, dtype=dtype, mode="r")
+    for s in range(0, len(data), chunk):
+        hits = np.flatnonzero(data[s : s + chunk] >= bound)
+        if len(hits):
+            return s + int(hits[0])
+    return -1

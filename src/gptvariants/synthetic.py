@@ -325,7 +325,31 @@ class SyntheticLanguage:
         """Read what `save` wrote."""
         from safetensors.numpy import load_file
 
+        from safetensors import SafetensorError
+
+        from .checks import Int
+        from .inputs import InputError, read_json, require
+
         dir = Path(dir)
-        arrays = load_file(str(dir / ARRAYS_FILE))
-        info = json.loads((dir / WORDS_FILE).read_text())
-        return cls(arrays["initial"], arrays["transition"], arrays["emission"], info["words"], int(info["eot_token"]))
+        path = dir / ARRAYS_FILE
+        try:
+            arrays = load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise InputError(f"{path}: cannot be read ({e}); the file is damaged or cut short: "
+                             "re-run `gptv prepare`") from None
+        missing = sorted({"initial", "transition", "emission"} - set(arrays))
+        if missing:
+            raise InputError(f"{path}: the arrays {missing} are missing; re-run `gptv prepare`")
+        info = read_json(dir / WORDS_FILE)
+        words = require(info, "words", _word_list, dir / WORDS_FILE)
+        eot = require(info, "eot_token", Int(0, text=False), dir / WORDS_FILE)
+        try:
+            return cls(arrays["initial"], arrays["transition"], arrays["emission"], words, eot)
+        except (ValueError, IndexError) as e:
+            raise InputError(f"{path}: the arrays do not form a language ({e}); re-run `gptv prepare`") from None
+
+
+def _word_list(value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
+        raise ValueError("expected a list of strings")
+    return value

@@ -115,6 +115,7 @@ class TrainConfig:
     eval_iters: int = 200
     log_interval: int = 10
     ckpt_interval: int = 0  # 0 = every eval_interval
+    keep_checkpoints: int = 2  # the last N checkpoints are kept, and the best (lowest val ce) besides
     eval_only: bool = False
     device: str = "auto"  # 'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps'
     dtype: str = "auto"  # 'auto' (bf16 on capable GPUs, else fp16 on GPU, fp32 on CPU) | 'float32' | 'bfloat16' | 'float16'
@@ -129,6 +130,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         _check(self.max_iters >= 0, "max_iters must be >= 0")
+        _check(self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1")
         _check(self.batch_size > 0 and self.gradient_accumulation_steps > 0, "batch_size and gradient_accumulation_steps must be positive")
         _check(self.learning_rate > 0 and self.min_lr >= 0, "learning_rate must be > 0 and min_lr >= 0")
         _check(self.eval_interval > 0 and self.eval_iters > 0 and self.log_interval > 0, "eval_interval, eval_iters and log_interval must be positive")

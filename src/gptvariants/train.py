@@ -329,6 +329,9 @@ class Trainer:
         prev = pointer_step(s.run_dir)
         kept = (f"The last good checkpoint (step {prev}) in {s.run_dir} is kept." if prev is not None
                 else "No checkpoint was written yet.")
+        if math.isfinite(value):  # under DDP: another rank's loss
+            return TrainingDiverged(f"the loss became non-finite on another rank at step {step}; stopped without "
+                                    f"updating the weights. {kept} That rank's message names the cause.")
         return TrainingDiverged(f"{what} became {value}{parts} at step {step}; stopped without updating the weights. "
                                 f"{kept} {self._advice(step, stats)}")
 

@@ -65,7 +65,7 @@ def _reason(e: BaseException) -> str:
 def _space(path: Path) -> str:
     """'1.2 GiB free on DIR' for the nearest existing folder above ``path``, plus a file size limit if one is set."""
     where = Path(path)
-    while not where.exists() and where != where.parent:
+    while not where.is_dir() and where != where.parent:
         where = where.parent
     try:
         free = f"{_size(shutil.disk_usage(where).free)} free on {where}"
@@ -134,6 +134,10 @@ def preallocate(path: Path, nbytes: int, *, fresh: bool, what: str | None = None
                     os.posix_fallocate(fd, 0, nbytes)
                 else:  # pragma: no cover - macOS: write the zeros ourselves
                     _fill_zeros(fd, os.fstat(fd).st_size, nbytes)
+        except BaseException:
+            if fresh:  # give back what was allocated: the file held nothing yet
+                path.unlink(missing_ok=True)
+            raise
         finally:
             os.close(fd)
     return path

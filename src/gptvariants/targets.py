@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_write
+from .atomic import atomic_write, preallocate
 from .data import SPLITS, TokenDataset, token_dtype
 
 FORMAT = 1
@@ -675,7 +675,10 @@ def build_targets(
         paths = [(final, dtype)] + ([(out / f"{split}.probs.bin", np.float16)] if store_probs else [])
         t0, done0 = time.perf_counter(), st["done"]
         if st["done"] < n_chunks:
-            mms = [np.memmap(p.with_name(p.name + ".partial"), dtype=d, mode="r+" if st["done"] else "w+", shape=(n, k)) for p, d in paths]
+            # blocks allocated before mapping: a full disk is a one-line WriteError here, not a SIGBUS mid-write
+            mms = [np.memmap(preallocate(p.with_name(p.name + ".partial"), n * k * np.dtype(d).itemsize, fresh=not st["done"],
+                                         what=f"the {split} teacher sets", intact="the chunks built so far are kept: rerun to resume"),
+                             dtype=d, mode="r+", shape=(n, k)) for p, d in paths]
             bar = _bar(progress, n_chunks, st["done"], f"{t.spec} {split}")
             for c in range(st["done"], n_chunks):
                 a, b = c * chunk_size, min(n, (c + 1) * chunk_size)

@@ -18,7 +18,9 @@ from gptvariants.runtime import DeviceError
 
 def _model(seed=0):
     torch.manual_seed(seed)
-    cfg = load_config("bayes-sig", overrides={"vocab_size": "17", "n_layer": "1", "n_head": "1", "n_embd": "8", "block_size": "8"})
+    cfg = load_config(
+        "bayes-sig", overrides={"vocab_size": "17", "n_layer": "1", "n_head": "1", "n_embd": "8", "block_size": "8"}
+    )
     return GPT(cfg.model, cfg.objective), cfg
 
 
@@ -52,13 +54,16 @@ def test_roundtrip_tied_weights_and_state(tmp_path):
     assert set(manifest["files"]) == {"model.safetensors", "state.pt"} and manifest["step"] == 3
 
 
-@pytest.mark.parametrize("error", [
-    OSError(errno.ENOSPC, "No space left on device"),
-    OSError(errno.EDQUOT, "Disk quota exceeded"),
-    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 452864 vs 452756"),
-    SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })"),
-    ValueError("something numpy-ish"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EDQUOT, "Disk quota exceeded"),
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 452864 vs 452756"),
+        SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })"),
+        ValueError("something numpy-ish"),
+    ],
+)
 def test_any_write_failure_is_one_line_and_keeps_previous(tmp_path, monkeypatch, error):
     _save(tmp_path, 1)
 
@@ -117,13 +122,16 @@ def test_keeps_last_n_and_best(tmp_path):
     assert [p.name for _, p in ck.checkpoints(tmp_path)] == ["ckpt-00000006"]
 
 
-@pytest.mark.parametrize("file,how,problem", [
-    ("model.safetensors", "flip", "model.safetensors does not match its checksum"),
-    ("state.pt", "flip", "state.pt does not match its checksum"),
-    ("state.pt", "truncate", "state.pt has"),
-    ("manifest.json", "flip", "manifest.json is damaged"),
-    ("model.safetensors", "delete", "model.safetensors is missing"),
-])
+@pytest.mark.parametrize(
+    "file,how,problem",
+    [
+        ("model.safetensors", "flip", "model.safetensors does not match its checksum"),
+        ("state.pt", "flip", "state.pt does not match its checksum"),
+        ("state.pt", "truncate", "state.pt has"),
+        ("manifest.json", "flip", "manifest.json is damaged"),
+        ("model.safetensors", "delete", "model.safetensors is missing"),
+    ],
+)
 def test_damaged_latest_falls_back_with_warning(tmp_path, capsys, file, how, problem):
     _save(tmp_path, 1, seed=1)
     latest, _ = _save(tmp_path, 2, seed=2)
@@ -138,7 +146,12 @@ def test_damaged_latest_falls_back_with_warning(tmp_path, capsys, file, how, pro
     expect, _ = _model(seed=1)
     assert torch.equal(model.head.weight_mu, expect.head.weight_mu), "did not fall back to step 1"
     err = capsys.readouterr().err
-    assert "warning: checkpoint" in err and "ckpt-00000002 is unusable" in err and problem in err and "using ckpt-00000001" in err
+    assert (
+        "warning: checkpoint" in err
+        and "ckpt-00000002 is unusable" in err
+        and problem in err
+        and "using ckpt-00000001" in err
+    )
 
 
 def test_no_usable_checkpoint_names_every_problem(tmp_path):
@@ -146,8 +159,11 @@ def test_no_usable_checkpoint_names_every_problem(tmp_path):
     p2, _ = _save(tmp_path, 2)
     _flip(p1 / "model.safetensors")
     (p2 / "state.pt").unlink()
-    with pytest.raises(ck.CheckpointError, match=r"no usable checkpoint .*ckpt-00000002: incomplete: state.pt is missing; "
-                                                 r"ckpt-00000001: model.safetensors does not match"):
+    with pytest.raises(
+        ck.CheckpointError,
+        match=r"no usable checkpoint .*ckpt-00000002: incomplete: state.pt is missing; "
+        r"ckpt-00000001: model.safetensors does not match",
+    ):
         ck.latest_checkpoint(tmp_path)
 
 

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_overrides
+
 from gptvariants.atomic import WriteError, preallocate
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -21,8 +21,16 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 def _namespaces_work() -> bool:
     if not shutil.which("unshare"):
         return False
-    r = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt 2>/dev/null || "
-                        "mount -t tmpfs -o size=64k tmpfs /tmp"], capture_output=True)
+    r = subprocess.run(
+        [
+            "unshare",
+            "-rm",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=64k tmpfs /mnt 2>/dev/null || mount -t tmpfs -o size=64k tmpfs /tmp",
+        ],
+        capture_output=True,
+    )
     return r.returncode == 0
 
 
@@ -34,7 +42,9 @@ def _in_small_disk(tmp_path: Path, script: str) -> subprocess.CompletedProcess:
     disk = tmp_path / "disk"
     disk.mkdir()
     env = {**os.environ, "DISK": str(disk), "PY": sys.executable, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(["unshare", "-rm", "bash", "-c", script], env=env, capture_output=True, text=True, timeout=240)
+    return subprocess.run(
+        ["unshare", "-rm", "bash", "-c", script], env=env, capture_output=True, text=True, timeout=240
+    )
 
 
 @needs_tmpfs
@@ -42,7 +52,9 @@ def test_targets_on_a_full_disk_is_one_line_then_resumes_identically(tiny_data, 
     from gptvariants.targets import build_targets
 
     build_targets(tiny_data, "oracle", tmp_path / "ref", k=8, progress=False)
-    r = _in_small_disk(tmp_path, f"""
+    r = _in_small_disk(
+        tmp_path,
+        f"""
         mount -t tmpfs -o size=400k tmpfs "$DISK" && cp -r {tiny_data} "$DISK/data"
         "$PY" -m gptvariants.cli targets --data "$DISK/data" --teacher oracle --k 8 --out "$DISK/data/t"
         echo "rc=$?"
@@ -50,7 +62,8 @@ def test_targets_on_a_full_disk_is_one_line_then_resumes_identically(tiny_data, 
         "$PY" -m gptvariants.cli targets --data "$DISK/data" --teacher oracle --k 8 --out "$DISK/data/t" > /dev/null
         echo "rc=$?"
         cp "$DISK"/data/t/*.bin {tmp_path}/
-    """)
+    """,
+    )
     assert "Bus error" not in r.stderr and r.stdout.split() == ["rc=2", "rc=0"], r.stdout + r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("gptv targets: error")]
     assert len(errors) == 1 and "(No space left on device)" in errors[0] and " free on " in errors[0], r.stderr
@@ -64,7 +77,9 @@ def test_training_on_a_full_disk_keeps_the_previous_checkpoint(tiny_data, tmp_pa
     o = tiny_overrides(tiny_data, "RUN", eval_interval=5, keep_checkpoints=1)
     args = " ".join(f"--{k}={v}" for k, v in o.items() if k != "out_dir")
     # one checkpoint with room to spare, then the disk shrinks to what is used plus half a checkpoint
-    r = _in_small_disk(tmp_path, f"""
+    r = _in_small_disk(
+        tmp_path,
+        f"""
         mount -t tmpfs -o size=4m tmpfs "$DISK"
         "$PY" -m gptvariants.cli train {args} --max_iters=5 --out_dir="$DISK/run" > /dev/null
         used=$(df -k --output=used "$DISK" | tail -1); ckpt=$(du -sk "$DISK/run/ckpt-00000005" | cut -f1)
@@ -73,7 +88,8 @@ def test_training_on_a_full_disk_keeps_the_previous_checkpoint(tiny_data, tmp_pa
         echo "rc=$?"
         "$PY" -c "from gptvariants.checkpoint import latest_checkpoint as l; print('loadable', l('$DISK/run').name)"
         ls -a "$DISK/run"
-    """)
+    """,
+    )
     errors = [line for line in r.stderr.splitlines() if line.startswith("gptv train: error")]
     assert "rc=2" in r.stdout and len(errors) == 1, r.stdout + r.stderr
     assert "could not write the checkpoint of step 10" in errors[0] and " free on " in errors[0]
@@ -83,11 +99,13 @@ def test_training_on_a_full_disk_keeps_the_previous_checkpoint(tiny_data, tmp_pa
 
 
 def test_preallocate_past_the_file_size_limit_is_one_line(tmp_path):
-    script = (f"import resource, sys; sys.path.insert(0, {SRC!r})\n"
-              "from gptvariants.atomic import WriteError, preallocate\n"
-              "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))\n"
-              f"try:\n    preallocate({str(tmp_path / 'big.bin')!r}, 1 << 20, fresh=True, what='the sets')\n"
-              "except WriteError as e:\n    print(e)\n")
+    script = (
+        f"import resource, sys; sys.path.insert(0, {SRC!r})\n"
+        "from gptvariants.atomic import WriteError, preallocate\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))\n"
+        f"try:\n    preallocate({str(tmp_path / 'big.bin')!r}, 1 << 20, fresh=True, what='the sets')\n"
+        "except WriteError as e:\n    print(e)\n"
+    )
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert r.stdout.startswith("could not write the sets to ") and "File too large" in r.stdout, r.stdout + r.stderr
     assert "file size limit (ulimit -f) 64.0 KiB" in r.stdout and len(r.stdout.strip().splitlines()) == 1

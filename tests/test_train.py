@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 from safetensors.torch import load_file
 
-from conftest import tiny_overrides
 from gptvariants.checkpoint import CheckpointError, latest_checkpoint, load_run, save_checkpoint
 from gptvariants.config import load_config
 from gptvariants.runlock import RunLocked
@@ -32,8 +32,10 @@ def _evals(run: Path) -> list[dict]:
 
 @pytest.mark.parametrize("variant", list(REGISTRY))
 def test_every_variant_learns(variant, tiny_data, tmp_path):
-    cfg = load_config(variant, overrides=tiny_overrides(tiny_data, tmp_path / variant, max_iters=40, eval_interval=40,
-                                                        learning_rate=3e-3))
+    cfg = load_config(
+        variant,
+        overrides=tiny_overrides(tiny_data, tmp_path / variant, max_iters=40, eval_interval=40, learning_rate=3e-3),
+    )
     result = train(cfg)
     first, last = _evals(tmp_path / variant)[0], _evals(tmp_path / variant)[-1]
     assert first["step"] == 0 and last["step"] == 40
@@ -63,7 +65,9 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_data, tmp_path):
     subprocess.run(_cli(*_train_args(tiny_data, tmp_path / "ref")), check=True, env=env, capture_output=True)
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(*_train_args(tiny_data, run)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli(*_train_args(tiny_data, run)), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 60
     while time.time() < deadline:
         ptr = run / "checkpoint.json"
@@ -81,7 +85,10 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_data, tmp_path):
     for k in ref:
         assert torch.equal(ref[k], resumed[k]), k
     # the same loss curve, once per step (records past the checkpoint were rewritten, not duplicated)
-    curve = lambda r: [(x["step"], x.get("loss"), x.get("val_ce")) for x in map(json.loads, (r / "metrics.jsonl").read_text().splitlines())]
+    curve = lambda r: [
+        (x["step"], x.get("loss"), x.get("val_ce"))
+        for x in map(json.loads, (r / "metrics.jsonl").read_text().splitlines())
+    ]
     assert curve(run) == curve(tmp_path / "ref")
 
 
@@ -116,7 +123,10 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_data, tmp_path, monkeypat
         return out
 
     monkeypatch.setattr(model_mod.GPT, "forward", poisoned)
-    cfg = load_config("baseline", overrides=tiny_overrides(tiny_data, tmp_path / "r", max_iters=50, eval_interval=100, ckpt_interval=10))
+    cfg = load_config(
+        "baseline",
+        overrides=tiny_overrides(tiny_data, tmp_path / "r", max_iters=50, eval_interval=100, ckpt_interval=10),
+    )
     with pytest.raises(TrainingDiverged, match=r"at step 12.*last good checkpoint \(step 10\)"):
         train(cfg)
     assert json.loads((tmp_path / "r" / "checkpoint.json").read_text())["step"] == 10
@@ -157,15 +167,30 @@ save_file({k: v.contiguous() for k, v in res.model.state_dict().items() if k != 
 def test_ddp_two_processes_equal_one_process(tiny_data, tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
-    common = tiny_overrides(tiny_data, tmp_path, max_iters=6, eval_interval=6, gradient_accumulation_steps=4, batch_size=4)
+    common = tiny_overrides(
+        tiny_data, tmp_path, max_iters=6, eval_interval=6, gradient_accumulation_steps=4, batch_size=4
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def args(out):
         return [f"{k}={v}" for k, v in {**common, "out_dir": str(out)}.items()]
 
     subprocess.run([sys.executable, str(script), *args(tmp_path / "single")], check=True, env=env, capture_output=True)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-                        *args(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=240)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            *args(tmp_path / "ddp"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     single = load_file(str(tmp_path / "single" / "rank0.safetensors"))
     r0 = load_file(str(tmp_path / "ddp" / "rank0.safetensors"))
@@ -180,7 +205,11 @@ def test_ddp_two_processes_equal_one_process(tiny_data, tmp_path):
 
 def _snapshot(run: Path) -> dict[str, bytes]:
     """Every file of a run folder (except the lock) and its bytes."""
-    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file() and p.name != "train.lock"}
+    return {
+        str(p.relative_to(run)): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and p.name != "train.lock"
+    }
 
 
 def test_max_iters_0_and_short_resume_never_overwrite_a_trained_run(tiny_data, tmp_path, capsys):
@@ -204,8 +233,14 @@ def test_fresh_max_iters_0_writes_the_initial_model(tiny_data, tmp_path):
 
 def test_keeps_last_checkpoints_and_the_best(tiny_data, tmp_path):
     run = tmp_path / "r"
-    train(load_config("baseline", overrides=tiny_overrides(tiny_data, run, max_iters=30, eval_interval=5, keep_checkpoints=2,
-                                                           learning_rate=3e-2, decay_lr=False)))
+    train(
+        load_config(
+            "baseline",
+            overrides=tiny_overrides(
+                tiny_data, run, max_iters=30, eval_interval=5, keep_checkpoints=2, learning_rate=3e-2, decay_lr=False
+            ),
+        )
+    )
     evals = {r["step"]: r["val_ce"] for r in _evals(run) if r["step"] > 0}
     best = min(evals, key=evals.get)
     kept = sorted(int(p.name[5:]) for p in run.glob("ckpt-*"))
@@ -229,7 +264,9 @@ def test_damaged_checkpoint_falls_back_and_resumes_exactly(tiny_data, tmp_path, 
     state.write_bytes(bytes(data))
     res = train(load_config("bayes", overrides=tiny_overrides(tiny_data, run, max_iters=25, **kw)), resume=True)
     err = capsys.readouterr().err
-    assert "ckpt-00000020 is damaged (state.pt does not match its checksum" in err and "resuming from ckpt-00000015" in err
+    assert (
+        "ckpt-00000020 is damaged (state.pt does not match its checksum" in err and "resuming from ckpt-00000015" in err
+    )
     assert (run / "damaged-ckpt-00000020").is_dir() and res.step == 25
     for (n, a), (_, b) in zip(ref.model.state_dict().items(), res.model.state_dict().items()):
         assert torch.equal(a, b), n
@@ -262,9 +299,17 @@ def test_torn_metrics_line_is_repaired_on_resume(tiny_data, tmp_path, capsys):
 def test_second_writer_is_refused_with_pid_and_host(tiny_data, tmp_path, capsys):
     run = tmp_path / "r"
     run.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from gptvariants.runlock import RunLock; "
-                               "RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)", str(run)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from gptvariants.runlock import RunLock; "
+            "RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)",
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunLocked, match=rf"pid {holder.pid} on host {socket.gethostname()}"):
@@ -273,7 +318,9 @@ def test_second_writer_is_refused_with_pid_and_host(tiny_data, tmp_path, capsys)
     finally:
         holder.kill()
         holder.wait()
-    train(load_config("baseline", overrides=tiny_overrides(tiny_data, run, max_iters=5)))  # the stale lock is taken over
+    train(
+        load_config("baseline", overrides=tiny_overrides(tiny_data, run, max_iters=5))
+    )  # the stale lock is taken over
     assert f"took over the stale lock of {run} (pid {holder.pid}" in capsys.readouterr().out
     assert not (run / "train.lock").exists()
 
@@ -297,8 +344,11 @@ sys.exit(main(sys.argv[1:]))
 
 def test_sigkill_during_save_leaves_a_loadable_run_and_no_strays(tiny_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = ["train", "--variant", "bayes"] + [f"--{k}={v}" for k, v in tiny_overrides(
-        tiny_data, tmp_path / "x", max_iters=25, eval_interval=5, dropout=0.1).items() if k != "out_dir"]
+    args = ["train", "--variant", "bayes"] + [
+        f"--{k}={v}"
+        for k, v in tiny_overrides(tiny_data, tmp_path / "x", max_iters=25, eval_interval=5, dropout=0.1).items()
+        if k != "out_dir"
+    ]
     subprocess.run(_cli(*args, f"--out_dir={tmp_path / 'ref'}"), check=True, env=env, capture_output=True)
     run = tmp_path / "r"
     r = subprocess.run([sys.executable, "-c", KILL_IN_SAVE, *args, f"--out_dir={run}"], env=env, capture_output=True)
@@ -315,9 +365,17 @@ def test_sigkill_during_save_leaves_a_loadable_run_and_no_strays(tiny_data, tmp_
 
 def test_sigterm_names_the_step_of_the_value_it_prints(tiny_data, tmp_path):
     run = tmp_path / "run"
-    args = [a for a in _train_args(tiny_data, run) if not a.startswith(("--max_iters", "--eval_interval", "--ckpt_interval"))]
-    proc = subprocess.Popen(_cli(*args, "--max_iters=100000", "--eval_interval=1000", "--ckpt_interval=1000"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        a
+        for a in _train_args(tiny_data, run)
+        if not a.startswith(("--max_iters", "--eval_interval", "--ckpt_interval"))
+    ]
+    proc = subprocess.Popen(
+        _cli(*args, "--max_iters=100000", "--eval_interval=1000", "--ckpt_interval=1000"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not (run / "metrics.jsonl").exists():
         time.sleep(0.05)
@@ -336,7 +394,9 @@ def test_sigterm_names_the_step_of_the_value_it_prints(tiny_data, tmp_path):
 
 def test_non_finite_kl_stops_before_the_update(tiny_data, tmp_path):
     # posterior sigma 1e-90 is 0 in float32: KL = inf while the objective is finite
-    cfg = load_config("bayes", overrides=tiny_overrides(tiny_data, tmp_path / "r", max_iters=5, posterior_sigma_init=1e-90))
+    cfg = load_config(
+        "bayes", overrides=tiny_overrides(tiny_data, tmp_path / "r", max_iters=5, posterior_sigma_init=1e-90)
+    )
     with pytest.raises(TrainingDiverged, match=r"loss became inf \(objective [0-9.]+, kl inf\) at step 0") as info:
         train(cfg)
     assert "KL is not finite" in str(info.value) and "learning_rate" not in str(info.value)
@@ -344,7 +404,9 @@ def test_non_finite_kl_stops_before_the_update(tiny_data, tmp_path):
 
 def test_bayesian_progress_line_and_record_show_kl(tiny_data, tmp_path, capsys):
     train(load_config("bayes", overrides=tiny_overrides(tiny_data, tmp_path / "r", max_iters=5, eval_interval=5)))
-    rec = next(r for r in map(json.loads, (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train")
+    rec = next(
+        r for r in map(json.loads, (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"
+    )
     assert rec["kl"] > 0 and rec["loss"] == pytest.approx(rec["objective"] + rec["kl"] / 40009 * 1.0, rel=1e-6)
     assert re.search(r"step 5: loss [0-9.]+ \(objective [0-9.]+, kl [0-9.e+]+\)", capsys.readouterr().out)
 
@@ -358,7 +420,10 @@ def test_non_finite_state_in_a_checkpoint_is_named_not_the_learning_rate(tiny_da
     first["exp_avg_sq"].fill_(float("nan"))  # saved that way (checksums match): not damage, bad values
     save_checkpoint(run, res.model, state)
     with pytest.raises(TrainingDiverged, match=r"at step 1[01]") as info:
-        train(load_config("baseline", overrides=tiny_overrides(tiny_data, run, max_iters=20, eval_interval=5)), resume=True)
+        train(
+            load_config("baseline", overrides=tiny_overrides(tiny_data, run, max_iters=20, eval_interval=5)),
+            resume=True,
+        )
     msg = str(info.value)
     assert "exp_avg_sq" in msg and "ckpt-00000010" in msg and "earlier checkpoint" in msg and "learning_rate" not in msg
 
@@ -390,11 +455,30 @@ except TrainingDiverged as e:
 def test_ddp_non_finite_loss_on_one_rank_stops_every_rank(tiny_data, tmp_path):
     script = tmp_path / "poison.py"
     script.write_text(DDP_POISON)
-    o = tiny_overrides(tiny_data, tmp_path / "ddp", max_iters=10, eval_interval=10, gradient_accumulation_steps=4,
-                       batch_size=4, grad_clip=0)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-                        *[f"{k}={v}" for k, v in o.items()]], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                       capture_output=True, text=True, timeout=240)
+    o = tiny_overrides(
+        tiny_data,
+        tmp_path / "ddp",
+        max_iters=10,
+        eval_interval=10,
+        gradient_accumulation_steps=4,
+        batch_size=4,
+        grad_clip=0,
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            *[f"{k}={v}" for k, v in o.items()],
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     msgs = [(tmp_path / "ddp" / f"rank{i}.txt") for i in (0, 1)]
     assert all(m.exists() for m in msgs), r.stdout + r.stderr[-3000:]
     assert msgs[0].read_text().startswith("the loss became non-finite on another rank at step 3")
@@ -406,7 +490,10 @@ def test_ddp_non_finite_loss_on_one_rank_stops_every_rank(tiny_data, tmp_path):
 
 def test_wandb_without_package_or_key_fails_before_the_run_folder(tiny_data, tmp_path, monkeypatch):
     run = tmp_path / "r"
-    cfg = lambda: load_config("baseline", overrides=tiny_overrides(tiny_data, run, max_iters=2, wandb_log="true"))
+
+    def cfg():
+        return load_config("baseline", overrides=tiny_overrides(tiny_data, run, max_iters=2, wandb_log="true"))
+
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setitem(sys.modules, "wandb", None)  # not installed, even where it is
@@ -417,7 +504,8 @@ def test_wandb_without_package_or_key_fails_before_the_run_folder(tiny_data, tmp
     (fake / "wandb").mkdir(parents=True)
     (fake / "wandb" / "__init__.py").write_text(
         "logged = []\nclass _Run:\n    def log(self, d, step): logged.append((step, d))\n    def finish(self): pass\n"
-        "def init(**kw):\n    return _Run()\n")
+        "def init(**kw):\n    return _Run()\n"
+    )
     monkeypatch.syspath_prepend(str(fake))
     with pytest.raises(ValueError, match=r"needs WANDB_API_KEY in the environment \(keys are never read from files\)"):
         train(cfg())
@@ -436,14 +524,22 @@ def test_missing_tensorboard_is_one_line_not_a_failure(tiny_data, tmp_path, monk
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as when not installed
     monkeypatch.setattr(trainlog, "_told", set())
     for name in ("a", "b"):
-        train(load_config("baseline", overrides=tiny_overrides(tiny_data, tmp_path / name, max_iters=2, tensorboard="true")))
+        train(
+            load_config(
+                "baseline", overrides=tiny_overrides(tiny_data, tmp_path / name, max_iters=2, tensorboard="true")
+            )
+        )
     lines = [line for line in capsys.readouterr().err.splitlines() if "TensorBoard" in line]
-    assert lines == ["TensorBoard is not installed, so metrics go to metrics.jsonl only (pip install tensorboard to get RUN/tb)"]
+    assert lines == [
+        "TensorBoard is not installed, so metrics go to metrics.jsonl only (pip install tensorboard to get RUN/tb)"
+    ]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_on_a_cpu_build_is_one_line_before_anything_is_written(tiny_data, tmp_path):
-    with pytest.raises(DeviceError, match=r"device 'cuda' asked for, but this PyTorch build .* has no CUDA support") as info:
+    with pytest.raises(
+        DeviceError, match=r"device 'cuda' asked for, but this PyTorch build .* has no CUDA support"
+    ) as info:
         train(load_config("baseline", overrides=tiny_overrides(tiny_data, tmp_path / "r", max_iters=2, device="cuda")))
     assert "\n" not in str(info.value) and not (tmp_path / "r").exists()
 

@@ -26,7 +26,9 @@ class Batches:
         self.B, self.T = cfg.train.batch_size, cfg.model.block_size
         self.G = cfg.train.gradient_accumulation_steps
         if self.G % rt.world:
-            raise ValueError(f"gradient_accumulation_steps ({self.G}) must be a multiple of the number of processes ({rt.world})")
+            raise ValueError(
+                f"gradient_accumulation_steps ({self.G}) must be a multiple of the number of processes ({rt.world})"
+            )
         self.seed = cfg.train.seed
         self.sets = {s: data.open_sets(sets_dir, s) for s in ("train", "val")} if sets_dir else {}
         self.set_draws = 1  # how the sets were drawn: m of the sigmoid readout (objectives.SigmoidBCE)
@@ -46,7 +48,10 @@ class Batches:
         self.n = {split: len(data.split(split)) for split in ("train", "val")}
         for split, n in self.n.items():
             if self.T >= n:
-                raise ValueError(f"block_size {self.T} is larger than the {split} split ({n} tokens); use a smaller block_size or more data")
+                raise ValueError(
+                    f"block_size {self.T} is larger than the {split} split ({n} tokens); "
+                    "use a smaller block_size or more data"
+                )
 
     def _offsets(self, split: str, count: int, step: int, stream: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(step_seed(self.seed, step, 0, stream))

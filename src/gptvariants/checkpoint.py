@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -49,7 +50,11 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def warn(message: str, _said: set[str] = set()) -> None:  # noqa: B006 - once per message per process
+_said: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """Print ``warning: message`` to stderr, once per message per process."""
     if message not in _said:
         _said.add(message)
         print(f"warning: {message}", file=sys.stderr, flush=True)
@@ -58,8 +63,9 @@ def warn(message: str, _said: set[str] = set()) -> None:  # noqa: B006 - once pe
 # ----------------------------------------------------------------------------- writing
 
 
-def save_checkpoint(run_dir: Path, model: torch.nn.Module, state: dict[str, Any], keep: int = 2,
-                    val_ce: float | None = None) -> Path:
+def save_checkpoint(
+    run_dir: Path, model: torch.nn.Module, state: dict[str, Any], keep: int = 2, val_ce: float | None = None
+) -> Path:
     """Write ckpt-<step>/ atomically with its manifest, move the pointer to it, then keep the last
     ``keep`` checkpoints and the best one (lowest ``val_ce``, the validation cross-entropy at its step).
 
@@ -69,7 +75,9 @@ def save_checkpoint(run_dir: Path, model: torch.nn.Module, state: dict[str, Any]
     step = int(state["step"])
     name = f"ckpt-{step:08d}"
     prev = pointer_step(run_dir)
-    intact = f"the previous checkpoint (step {prev}) is intact" if prev is not None else "no checkpoint had been written yet"
+    intact = (
+        f"the previous checkpoint (step {prev}) is intact" if prev is not None else "no checkpoint had been written yet"
+    )
     with reporting_write_failure(f"the checkpoint of step {step}", run_dir / name, intact):
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{name}.", suffix=TMP_SUFFIX))
@@ -89,8 +97,14 @@ def _write_files(folder: Path, model: torch.nn.Module, state: dict[str, Any], va
     for f in FILES:
         with open(folder / f, "rb") as fh:
             os.fsync(fh.fileno())
-    manifest = {"format": 1, "step": int(state["step"]), "val_ce": val_ce, "config": state.get("config"),
-                "algorithm": DEFAULT_ALGORITHM, "files": describe_files(folder, FILES)}
+    manifest = {
+        "format": 1,
+        "step": int(state["step"]),
+        "val_ce": val_ce,
+        "config": state.get("config"),
+        "algorithm": DEFAULT_ALGORITHM,
+        "files": describe_files(folder, FILES),
+    }
     manifest["digest"] = _manifest_digest(manifest)
     with open(folder / MANIFEST, "w", encoding="utf-8") as fh:
         fh.write(json.dumps(manifest, indent=1) + "\n")
@@ -118,7 +132,7 @@ def _rotate(run_dir: Path, step: int, keep: int) -> None:
     """Delete checkpoints up to ``step`` beyond the last ``keep`` and the best (renamed away first, so a
     crash in the middle leaves a hidden temporary folder, never a half-deleted checkpoint)."""
     done = [(s, p) for s, p in checkpoints(run_dir) if s <= step]
-    kept = {p for _, p in done[-max(1, keep):]}
+    kept = {p for _, p in done[-max(1, keep) :]}
     best = best_checkpoint(run_dir)
     if best is not None:
         kept.add(best)
@@ -154,7 +168,11 @@ def set_aside(ckpt: Path) -> Path:
 def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, folder) of every ``ckpt-<step>`` folder, by step."""
     run_dir = Path(run_dir)
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := CKPT_RE.match(p.name)) and p.is_dir()] if run_dir.is_dir() else []
+    found = (
+        [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := CKPT_RE.match(p.name)) and p.is_dir()]
+        if run_dir.is_dir()
+        else []
+    )
     return sorted(found)
 
 
@@ -211,8 +229,15 @@ def verify_checkpoint(ckpt: Path, files: tuple[str, ...] = FILES) -> list[str]:
     missing = [f"incomplete: {f} is missing" for f in files if not (ckpt / f).is_file()]
     if missing:
         return missing
-    key = (str(ckpt.resolve()), files, tuple((f, (ckpt / f).stat().st_size, (ckpt / f).stat().st_mtime_ns)
-                                              for f in (*files, MANIFEST) if (ckpt / f).exists()))
+    key = (
+        str(ckpt.resolve()),
+        files,
+        tuple(
+            (f, (ckpt / f).stat().st_size, (ckpt / f).stat().st_mtime_ns)
+            for f in (*files, MANIFEST)
+            if (ckpt / f).exists()
+        ),
+    )
     if key not in _verified:
         try:
             manifest = read_manifest(ckpt)
@@ -221,7 +246,9 @@ def verify_checkpoint(ckpt: Path, files: tuple[str, ...] = FILES) -> list[str]:
         else:
             if manifest is None:
                 warn(f"{ckpt} has no checksums (saved by an older version); loading it unverified")
-            _verified[key] = [] if manifest is None else check_files(ckpt, manifest["files"], manifest["algorithm"], files)
+            _verified[key] = (
+                [] if manifest is None else check_files(ckpt, manifest["files"], manifest["algorithm"], files)
+            )
     return _verified[key]
 
 
@@ -250,7 +277,9 @@ def find_checkpoint(run_dir: Path) -> tuple[Path, list[tuple[Path, list[str]]]]:
         if not problems:
             return ckpt, skipped
         skipped.append((ckpt, problems))
-    raise CheckpointError(f"no usable checkpoint in {run_dir}: " + "; ".join(f"{c.name}: {', '.join(p)}" for c, p in skipped))
+    raise CheckpointError(
+        f"no usable checkpoint in {run_dir}: " + "; ".join(f"{c.name}: {', '.join(p)}" for c, p in skipped)
+    )
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
@@ -269,7 +298,7 @@ def best_checkpoint(run_dir: Path) -> Path | None:
             val = (read_manifest(p) or {}).get("val_ce")
         except CheckpointError:
             continue
-        if isinstance(val, (int, float)) and val == val:
+        if isinstance(val, (int, float)) and math.isfinite(val):
             scored.append((val, p))
     return min(scored)[1] if scored else None
 
@@ -284,12 +313,24 @@ def load_state(ckpt: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file
         text = str(e)
-        if "Unsupported global" in text or "WeightsUnpickler" in text:  # never relay torch's "weights_only=False" advice
-            detail = text[text.find("WeightsUnpickler"):].splitlines()[0] if "WeightsUnpickler" in text else "unsupported object"
-            raise CheckpointError(f"cannot read {path}: it holds Python objects other than tensors and plain values "
-                                  f"({detail}); it was not written by gptvariants and is refused") from None
+        if (
+            "Unsupported global" in text or "WeightsUnpickler" in text
+        ):  # never relay torch's "weights_only=False" advice
+            detail = (
+                text[text.find("WeightsUnpickler") :].splitlines()[0]
+                if "WeightsUnpickler" in text
+                else "unsupported object"
+            )
+            raise CheckpointError(
+                f"cannot read {path}: it holds Python objects other than tensors and plain values "
+                f"({detail}); it was not written by gptvariants and is refused"
+            ) from None
         raise CheckpointError(f"cannot read {path}: {(text.splitlines() or [type(e).__name__])[0]}") from None
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or not isinstance(state.get("config"), dict):
+    if (
+        not isinstance(state, dict)
+        or not isinstance(state.get("step"), int)
+        or not isinstance(state.get("config"), dict)
+    ):
         raise CheckpointError(f"{path} is not a gptvariants training state (no step or config)")
     return state
 
@@ -308,7 +349,10 @@ def load_weights(ckpt: Path, model: torch.nn.Module) -> None:
     except Exception as e:
         raise CheckpointError(f"cannot load weights from {ckpt}: {(str(e).splitlines() or [''])[0]}") from None
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint {ckpt} does not fit this model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        raise CheckpointError(
+            f"checkpoint {ckpt} does not fit this model: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
 
 
 def check_compatible(state: dict[str, Any], config: dict[str, Any], data_meta: dict[str, Any] | None) -> None:

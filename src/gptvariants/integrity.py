@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -67,10 +68,15 @@ def files_digest(paths: Iterable[Path]) -> str:
 
 def describe_files(folder: Path, names: Iterable[str], algorithm: str = DEFAULT_ALGORITHM) -> dict[str, dict[str, Any]]:
     """{name: {"bytes", "digest"}} for files in ``folder``: the manifest entries written with a checkpoint."""
-    return {n: {"bytes": (Path(folder) / n).stat().st_size, "digest": file_digest(Path(folder) / n, algorithm)} for n in names}
+    return {
+        n: {"bytes": (Path(folder) / n).stat().st_size, "digest": file_digest(Path(folder) / n, algorithm)}
+        for n in names
+    }
 
 
-def check_files(folder: Path, entries: dict[str, dict[str, Any]], algorithm: str, names: Iterable[str] | None = None) -> list[str]:
+def check_files(
+    folder: Path, entries: dict[str, dict[str, Any]], algorithm: str, names: Iterable[str] | None = None
+) -> list[str]:
     """What is wrong with the files of ``folder`` against their manifest ``entries`` ([] when all match).
 
     Sizes first (a truncated file costs nothing to spot), then full digests.
@@ -122,10 +128,20 @@ def check_data(data_dir: Path, saved: dict[str, dict[str, Any]], meta_hash: str,
     leave the sampled blocks alone.
     """
     now = data_fingerprint(data_dir, splits)
-    problems = [f"{name}: {_data_change(saved[name], info)}" for name, info in now.items()
-                if name in saved and _data_change(saved[name], info)]
+    problems = [
+        f"{name}: {_data_change(saved[name], info)}"
+        for name, info in now.items()
+        if name in saved and _data_change(saved[name], info)
+    ]
     touched = any(name in saved and saved[name].get("mtime_ns") != info["mtime_ns"] for name, info in now.items())
     if not problems and touched:
+        size = sum(info["bytes"] for info in now.values()) / 1e6
+        print(
+            f"the data splits in {data_dir} were modified since the checkpoint; checking all {size:,.0f} MB "
+            "against meta.json's hash",
+            file=sys.stderr,
+            flush=True,
+        )
         if files_digest(Path(data_dir) / f"{s}.bin" for s in splits) != meta_hash:
             problems.append("the splits were modified (modification time moved) and no longer match meta.json's hash")
     return problems

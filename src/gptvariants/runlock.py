@@ -63,8 +63,13 @@ class RunLock:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
-        self.info: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(), "start": _proc_start(os.getpid()),
-                                     "since": time.strftime("%Y-%m-%d %H:%M:%S"), "token": uuid.uuid4().hex}
+        self.info: dict[str, Any] = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "start": _proc_start(os.getpid()),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "token": uuid.uuid4().hex,
+        }
         self.held = False
         self.took_over: dict[str, Any] | None = None  # the stale lock replaced, if any
 
@@ -140,15 +145,23 @@ class RunLock:
             self.took_over = seen or {}
         except OSError as e:
             if e.errno not in (errno.ENOENT,):
-                raise RunLocked(f"could not take over the stale lock {self.path} ({e.strerror}); delete it if no "
-                                "training process uses this folder") from None
+                raise RunLocked(
+                    f"could not take over the stale lock {self.path} ({e.strerror}); delete it if no "
+                    "training process uses this folder"
+                ) from None
         finally:
             os.close(fd)
 
     def _refusal(self, holder: dict[str, Any]) -> str:
-        where = f"pid {holder['pid']} on host {holder.get('host', '?')}" + (f", since {holder['since']}" if holder.get("since") else "")
+        where = f"pid {holder['pid']} on host {holder.get('host', '?')}" + (
+            f", since {holder['since']}" if holder.get("since") else ""
+        )
         if holder.get("host") == self.info["host"]:
-            return (f"{self.run_dir} is being written by another training process ({where}); wait for it to finish, "
-                    "stop it, or choose another --out")
-        return (f"{self.run_dir} is locked by a training process on another machine ({where}); if that process is "
-                f"gone, delete {self.path}")
+            return (
+                f"{self.run_dir} is being written by another training process ({where}); wait for it to finish, "
+                "stop it, or choose another --out"
+            )
+        return (
+            f"{self.run_dir} is locked by a training process on another machine ({where}); if that process is "
+            f"gone, delete {self.path}"
+        )

@@ -38,7 +38,7 @@ class Runtime:
 
 
 def check_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch.device ('auto' picks CUDA, then MPS, then CPU); a one-line DeviceError when it is not there."""
+    """``device`` as a torch.device ('auto': CUDA, else MPS, else CPU); a one-line DeviceError when it is not there."""
     name = str(device)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
@@ -48,12 +48,16 @@ def check_device(device: str | torch.device) -> torch.device:
         raise DeviceError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda":
         if torch.version.cuda is None and torch.version.hip is None:
-            raise DeviceError(f"device {name!r} asked for, but this PyTorch build ({torch.__version__}) has no CUDA support; "
-                              "install a CUDA build of torch or use --device cpu")
+            raise DeviceError(
+                f"device {name!r} asked for, but this PyTorch build ({torch.__version__}) has no CUDA support; "
+                "install a CUDA build of torch or use --device cpu"
+            )
         count = torch.cuda.device_count()
         if count == 0:
-            raise DeviceError(f"device {name!r} asked for, but no CUDA GPU is visible (check the driver and "
-                              "CUDA_VISIBLE_DEVICES); use --device cpu")
+            raise DeviceError(
+                f"device {name!r} asked for, but no CUDA GPU is visible (check the driver and "
+                "CUDA_VISIBLE_DEVICES); use --device cpu"
+            )
         if dev.index is not None and dev.index >= count:
             raise DeviceError(f"device {name!r} asked for, but only {count} CUDA GPU(s) are visible")
     elif dev.type == "mps" and not torch.backends.mps.is_available():

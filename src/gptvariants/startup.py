@@ -10,19 +10,29 @@ the model is built (hashing releases the GIL), so verification adds little to st
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from .atomic import atomic_write
 from .batches import Batches
-from .checkpoint import (CheckpointError, check_compatible, clean_leftovers, find_checkpoint, has_checkpoint,
-                         load_state, load_weights, set_aside, warn)
+from .checkpoint import (
+    CheckpointError,
+    check_compatible,
+    clean_leftovers,
+    find_checkpoint,
+    has_checkpoint,
+    load_state,
+    load_weights,
+    set_aside,
+    warn,
+)
 from .config import Config
 from .data import SPLITS, TokenDataset
 from .integrity import check_data, data_fingerprint
@@ -50,8 +60,14 @@ class Session:
 
     def state_dict(self, step: int) -> dict[str, Any]:
         """What state.pt holds besides the weights."""
-        return {"step": step, "best_val": self.best_val, "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "config": self.cfg.to_dict(), "data": self.data_info}
+        return {
+            "step": step,
+            "best_val": self.best_val,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "config": self.cfg.to_dict(),
+            "data": self.data_info,
+        }
 
 
 def open_data(cfg: Config, rt: Runtime) -> tuple[TokenDataset, Batches]:
@@ -69,14 +85,19 @@ def open_data(cfg: Config, rt: Runtime) -> tuple[TokenDataset, Batches]:
     if (cfg.objective.targets or cfg.objective.teacher) and cfg.objective.objective != "bce":
         raise ValueError(f"targets and teacher are only used by sigmoid variants, not {cfg.objective.variant!r}")
     if sets_dir is not None and not (sets_dir / "meta.json").is_file():
-        raise FileNotFoundError(f"no teacher sets in {sets_dir}; build them with `gptv targets --data {cfg.train.data} --teacher SPEC --out {sets_dir}`")
+        raise FileNotFoundError(
+            f"no teacher sets in {sets_dir}; build them with "
+            f"`gptv targets --data {cfg.train.data} --teacher SPEC --out {sets_dir}`"
+        )
     batches = Batches(data, cfg, rt, sets_dir)
     if cfg.objective.objective == "bce":
         if cfg.objective.set_draws == 0:
             cfg.objective.set_draws = batches.set_draws
         elif cfg.objective.set_draws != batches.set_draws:
-            raise ValueError(f"set_draws={cfg.objective.set_draws} does not match the sets, which imply {batches.set_draws} "
-                             "(sampled sets: their k; top-k sets or the true token alone: 1); leave set_draws unset")
+            raise ValueError(
+                f"set_draws={cfg.objective.set_draws} does not match the sets, which imply {batches.set_draws} "
+                "(sampled sets: their k; top-k sets or the true token alone: 1); leave set_draws unset"
+            )
     return data, batches
 
 
@@ -95,7 +116,10 @@ def run_lock(run_dir: Path, rt: Runtime) -> Iterator[None]:
             _remove_if_empty(run_dir)
         raise error or RunLocked(f"rank 0 could not lock {run_dir}")
     if lock.took_over is not None:
-        print(f"took over the stale lock of {run_dir} (pid {lock.took_over.get('pid', '?')} is no longer running)", flush=True)
+        print(
+            f"took over the stale lock of {run_dir} (pid {lock.took_over.get('pid', '?')} is no longer running)",
+            flush=True,
+        )
     try:
         yield
     except BaseException:
@@ -141,11 +165,26 @@ def start_session(cfg: Config, rt: Runtime, data: TokenDataset, batches: Batches
     pending = pool.submit(_choose_checkpoint, run_dir, rt) if pool else None
     try:
         model = build_model(cfg, rt)
-        optimizer = model.configure_optimizer(cfg.train.weight_decay, cfg.train.learning_rate, (cfg.train.beta1, cfg.train.beta2), rt.device.type)
-        info = {"tokenizer": data.meta["tokenizer"], "vocab_size": data.vocab_size, "hash": data.meta["hash"],
-                "files": data_fingerprint(data.dir, SPLITS)}
-        s = Session(cfg, rt, run_dir, data, batches, model, optimizer,
-                    torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16), info)
+        optimizer = model.configure_optimizer(
+            cfg.train.weight_decay, cfg.train.learning_rate, (cfg.train.beta1, cfg.train.beta2), rt.device.type
+        )
+        info = {
+            "tokenizer": data.meta["tokenizer"],
+            "vocab_size": data.vocab_size,
+            "hash": data.meta["hash"],
+            "files": data_fingerprint(data.dir, SPLITS),
+        }
+        s = Session(
+            cfg,
+            rt,
+            run_dir,
+            data,
+            batches,
+            model,
+            optimizer,
+            torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16),
+            info,
+        )
         if pending is not None:
             restore(s, _agree(rt, pending))
     finally:
@@ -171,8 +210,10 @@ def _agree(rt: Runtime, pending: Future) -> Path:
             name = str(ckpt)
             for bad, problems in damaged:
                 kept = set_aside(bad)
-                warn(f"checkpoint {bad} is damaged ({', '.join(problems)}); resuming from {ckpt.name} instead. "
-                     f"The damaged one was moved to {kept.name}: delete it once you have looked")
+                warn(
+                    f"checkpoint {bad} is damaged ({', '.join(problems)}); resuming from {ckpt.name} instead. "
+                    f"The damaged one was moved to {kept.name}: delete it once you have looked"
+                )
     if rt.distributed:
         box = [name, error]
         dist.broadcast_object_list(box, src=0)
@@ -190,8 +231,10 @@ def restore(s: Session, ckpt: Path) -> None:
     if isinstance(saved_files, dict):
         changed = check_data(s.data.dir, saved_files, s.data.meta["hash"], SPLITS)
         if changed:
-            raise ValueError(f"the data in {s.data.dir} changed since {ckpt.name} was saved ({'; '.join(changed)}); "
-                             "a resumed run must see the tokens it was trained on: restore the data, or start a new run")
+            raise ValueError(
+                f"the data in {s.data.dir} changed since {ckpt.name} was saved ({'; '.join(changed)}); "
+                "a resumed run must see the tokens it was trained on: restore the data, or start a new run"
+            )
     load_weights(ckpt, s.model)
     try:
         s.optimizer.load_state_dict(state["optimizer"])
@@ -210,4 +253,7 @@ def write_run_files(s: Session) -> None:
         return
     s.cfg.save(s.run_dir / "config.json")
     s.data.tokenizer.save(s.run_dir)
-    atomic_write(s.run_dir / "data.json", json.dumps({**s.data.meta, "path": str(Path(s.cfg.train.data).resolve())}, indent=2) + "\n")
+    atomic_write(
+        s.run_dir / "data.json",
+        json.dumps({**s.data.meta, "path": str(Path(s.cfg.train.data).resolve())}, indent=2) + "\n",
+    )

@@ -36,8 +36,19 @@ from .runtime import Runtime, all_ranks_any, setup_runtime, step_seed
 from .startup import Session, build_model, open_data, run_lock, start_session, write_run_files
 from .trainlog import Logger, StepStats, check_backends, peak_flops, train_record
 
-__all__ = ["Batches", "Runtime", "TrainResult", "Trainer", "TrainingDiverged", "build_model", "estimate_losses",
-           "lr_at", "setup_runtime", "step_seed", "train"]
+__all__ = [
+    "Batches",
+    "Runtime",
+    "TrainResult",
+    "Trainer",
+    "TrainingDiverged",
+    "build_model",
+    "estimate_losses",
+    "lr_at",
+    "setup_runtime",
+    "step_seed",
+    "train",
+]
 
 
 class TrainingDiverged(RuntimeError):
@@ -48,7 +59,9 @@ class TrainingDiverged(RuntimeError):
 class TrainResult:
     run_dir: Path
     step: int
-    last_eval: dict[str, float] = field(default_factory=dict)  # the evaluation at ``step``; {} when ``step`` was not evaluated
+    last_eval: dict[str, float] = field(
+        default_factory=dict
+    )  # the evaluation at ``step``; {} when ``step`` was not evaluated
     interrupted: bool = False
     model: GPT | None = None  # the trained model (unwrapped from DDP)
     latest_eval: dict[str, float] = field(default_factory=dict)  # the most recent evaluation, with its "step"
@@ -92,8 +105,11 @@ def report_only(s: Session) -> TrainResult:
     """A resumed run already at or past max_iters: evaluate the checkpoint and say so; write nothing."""
     ev = estimate_losses(s.model, s.batches, s.rt, s.cfg.train.eval_iters)
     if s.rt.main:
-        print(f"{s.run_dir} is already at step {s.start} (max_iters={s.cfg.train.max_iters}): nothing to train, "
-              f"nothing written; val ce {ev['val_ce']:.4f} at step {s.start}", flush=True)
+        print(
+            f"{s.run_dir} is already at step {s.start} (max_iters={s.cfg.train.max_iters}): nothing to train, "
+            f"nothing written; val ce {ev['val_ce']:.4f} at step {s.start}",
+            flush=True,
+        )
     return TrainResult(s.run_dir, s.start, last_eval=ev, model=s.model, latest_eval={"step": s.start, **ev})
 
 
@@ -156,7 +172,11 @@ class _StopFlag:
         if self.requested:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
         self.requested = True
-        print("\ninterrupt received: finishing this step, saving a checkpoint, then stopping (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+        print(
+            "\ninterrupt received: finishing this step, saving a checkpoint, then stopping (Ctrl-C again to abort)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -192,7 +212,11 @@ class Trainer:
         self.s, self.cfg, self.rt = s, s.cfg, s.rt
         if self.cfg.train.compile:
             s.model.transformer.compile()
-        self.net = DDP(s.model, device_ids=[self.rt.local_rank] if self.rt.device.type == "cuda" else None) if self.rt.distributed else s.model
+        self.net = (
+            DDP(s.model, device_ids=[self.rt.local_rank] if self.rt.device.type == "cuda" else None)
+            if self.rt.distributed
+            else s.model
+        )
         t = self.cfg.train
         self.G_local = t.gradient_accumulation_steps // self.rt.world
         self.ckpt_interval = t.ckpt_interval or t.eval_interval
@@ -258,7 +282,9 @@ class Trainer:
         if t.grad_clip > 0:
             s.scaler.unscale_(s.optimizer)
             stats.grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), t.grad_clip).item()
-            if not math.isfinite(stats.grad_norm) and not s.scaler.is_enabled():  # fp16's scaler skips such steps itself
+            if (
+                not math.isfinite(stats.grad_norm) and not s.scaler.is_enabled()
+            ):  # fp16's scaler skips such steps itself
                 raise self._diverged(step, stats, "gradient norm")
         s.scaler.step(s.optimizer)
         s.scaler.update()
@@ -291,7 +317,10 @@ class Trainer:
         self.s.best_val = min(self.s.best_val, ev["val_ce"])
         obj = self.cfg.objective.objective
         own = "" if obj == "ce" else f", val {obj} {ev['val_objective']:.4f}"
-        self.logger.log({"kind": "eval", "step": step, **ev}, f"step {step}: val ce {ev['val_ce']:.4f}, train ce {ev['train_ce']:.4f}{own}")
+        self.logger.log(
+            {"kind": "eval", "step": step, **ev},
+            f"step {step}: val ce {ev['val_ce']:.4f}, train ce {ev['train_ce']:.4f}{own}",
+        )
         self.result.last_eval, self.result.latest_eval = ev, {"step": step, **ev}
         return ev
 
@@ -301,8 +330,13 @@ class Trainer:
         if self.rt.main:
             ev = self.result.latest_eval
             try:
-                save_checkpoint(self.s.run_dir, self.s.model, self.s.state_dict(step), keep=self.cfg.train.keep_checkpoints,
-                                val_ce=ev["val_ce"] if ev.get("step") == step else None)
+                save_checkpoint(
+                    self.s.run_dir,
+                    self.s.model,
+                    self.s.state_dict(step),
+                    keep=self.cfg.train.keep_checkpoints,
+                    val_ce=ev["val_ce"] if ev.get("step") == step else None,
+                )
             except (OSError, CheckpointError) as e:
                 error = e
         if all_ranks_any(self.rt, error is not None)[0]:
@@ -310,15 +344,22 @@ class Trainer:
         self.saved_step = step
 
     def stop(self, step: int) -> None:
-        """Save (unless this step was just saved) and report where the run stopped and which evaluation is the latest."""
+        """Save (unless just saved); say where the run stopped and the step of its last evaluation."""
         if self.saved_step != step:
             self.checkpoint(step)
         self.result.interrupted = True
         ev = self.result.latest_eval
         if ev.get("step") != step:
             self.result.last_eval = {}
-        seen = "" if not ev else (f": val ce {ev['val_ce']:.4f}" if ev["step"] == step else
-                                  f" (last evaluated at step {ev['step']}: val ce {ev['val_ce']:.4f})")
+        seen = (
+            ""
+            if not ev
+            else (
+                f": val ce {ev['val_ce']:.4f}"
+                if ev["step"] == step
+                else f" (last evaluated at step {ev['step']}: val ce {ev['val_ce']:.4f})"
+            )
+        )
         self.logger.log({"kind": "interrupt", "step": step}, f"stopped at step {step}{seen}; resume with --resume")
 
     def _diverged(self, step: int, stats: StepStats, what: str) -> TrainingDiverged:
@@ -327,27 +368,42 @@ class Trainer:
         value = stats.loss if what == "loss" else stats.grad_norm
         parts = f" (objective {stats.objective}, kl {stats.kl})" if s.model.bayesian else ""
         prev = pointer_step(s.run_dir)
-        kept = (f"The last good checkpoint (step {prev}) in {s.run_dir} is kept." if prev is not None
-                else "No checkpoint was written yet.")
+        kept = (
+            f"The last good checkpoint (step {prev}) in {s.run_dir} is kept."
+            if prev is not None
+            else "No checkpoint was written yet."
+        )
         if math.isfinite(value):  # under DDP: another rank's loss
-            return TrainingDiverged(f"the loss became non-finite on another rank at step {step}; stopped without "
-                                    f"updating the weights. {kept} That rank's message names the cause.")
-        return TrainingDiverged(f"{what} became {value}{parts} at step {step}; stopped without updating the weights. "
-                                f"{kept} {self._advice(step, stats)}")
+            return TrainingDiverged(
+                f"the loss became non-finite on another rank at step {step}; stopped without "
+                f"updating the weights. {kept} That rank's message names the cause."
+            )
+        return TrainingDiverged(
+            f"{what} became {value}{parts} at step {step}; stopped without updating the weights. "
+            f"{kept} {self._advice(step, stats)}"
+        )
 
     def _advice(self, step: int, stats: StepStats) -> str:
         s = self.s
         bad = _non_finite(s.model, s.optimizer)
         if bad:
-            origin = f"were loaded from {s.resumed_from}" if s.resumed_from is not None else "came from the initial weights"
-            return (f"The weights or optimizer state hold non-finite values ({', '.join(bad)}), which {origin}; "
-                    "resume from an earlier checkpoint (rename the later ones to damaged-ckpt-...).")
+            origin = (
+                f"were loaded from {s.resumed_from}" if s.resumed_from is not None else "came from the initial weights"
+            )
+            return (
+                f"The weights or optimizer state hold non-finite values ({', '.join(bad)}), which {origin}; "
+                "resume from an earlier checkpoint (rename the later ones to damaged-ckpt-...)."
+            )
         if s.model.bayesian and not math.isfinite(stats.kl):
-            return ("The Bayesian head's KL is not finite (a posterior sigma of 0 or an extreme prior): check "
-                    "posterior_sigma_init and prior_sigma, or kl_beta.")
+            return (
+                "The Bayesian head's KL is not finite (a posterior sigma of 0 or an extreme prior): check "
+                "posterior_sigma_init and prior_sigma, or kl_beta."
+            )
         if s.resumed_from is not None and step == s.start:
-            return (f"This is the first step after resuming from {s.resumed_from.name}, whose checksums and values "
-                    "are sound: the run was already diverging there; resume from an earlier checkpoint.")
+            return (
+                f"This is the first step after resuming from {s.resumed_from.name}, whose checksums and values "
+                "are sound: the run was already diverging there; resume from an earlier checkpoint."
+            )
         return "Try a lower learning_rate, grad_clip, or dtype=float32."
 
 

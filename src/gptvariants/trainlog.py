@@ -30,11 +30,15 @@ def check_backends(cfg: Config) -> None:
     if not cfg.train.wandb_log:
         return
     if importlib.util.find_spec("wandb") is None:
-        raise ValueError("wandb_log=true needs the wandb package: pip install wandb (or pip install 'gptvariants[wandb]')")
+        raise ValueError(
+            "wandb_log=true needs the wandb package: pip install wandb (or pip install 'gptvariants[wandb]')"
+        )
     offline = os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun")
     if not offline and not os.environ.get("WANDB_API_KEY"):
-        raise ValueError("wandb_log=true needs WANDB_API_KEY in the environment (keys are never read from files): "
-                         "export WANDB_API_KEY=..., or set WANDB_MODE=offline")
+        raise ValueError(
+            "wandb_log=true needs WANDB_API_KEY in the environment (keys are never read from files): "
+            "export WANDB_API_KEY=..., or set WANDB_MODE=offline"
+        )
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -42,7 +46,15 @@ def peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    for key, flops in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12), ("A10", 125e12), ("V100", 125e12), ("4090", 165e12)):
+    for key, flops in (
+        ("H200", 989e12),
+        ("H100", 989e12),
+        ("A100", 312e12),
+        ("L4", 121e12),
+        ("A10", 125e12),
+        ("V100", 125e12),
+        ("4090", 165e12),
+    ):
         if key in name:
             return flops
     return None
@@ -59,12 +71,21 @@ class StepStats:
     grad_norm: float  # before clipping; nan when clipping is off
 
 
-def train_record(step: int, s: StepStats, ms_per_step: float, tokens_per_step: int, model: Any,
-                 flops: float | None) -> tuple[dict[str, Any], str]:
+def train_record(
+    step: int, s: StepStats, ms_per_step: float, tokens_per_step: int, model: Any, flops: float | None
+) -> tuple[dict[str, Any], str]:
     """(metrics.jsonl record, progress line) of training step ``step``."""
     tps = tokens_per_step / (ms_per_step / 1000)
-    rec: dict[str, Any] = {"kind": "train", "step": step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm,
-                           "ms_per_step": ms_per_step, "tokens_per_s": tps, "tflops": model.estimate_mfu(tps, 1e12)}
+    rec: dict[str, Any] = {
+        "kind": "train",
+        "step": step,
+        "loss": s.loss,
+        "lr": s.lr,
+        "grad_norm": s.grad_norm,
+        "ms_per_step": ms_per_step,
+        "tokens_per_s": tps,
+        "tflops": model.estimate_mfu(tps, 1e12),
+    }
     if flops:
         rec["mfu"] = model.estimate_mfu(tps, flops)
     line = f"step {step}: loss {s.loss:.4f}"
@@ -119,14 +140,18 @@ class Logger:
         if cfg.train.wandb_log:
             import wandb  # check_backends made sure it is there and WANDB_API_KEY is in the environment
 
-            self.wandb = wandb.init(project=cfg.train.wandb_project, name=cfg.train.wandb_run_name or None, config=cfg.to_dict())
+            self.wandb = wandb.init(
+                project=cfg.train.wandb_project, name=cfg.train.wandb_run_name or None, config=cfg.to_dict()
+            )
 
     def log(self, record: dict[str, Any], message: str | None = None) -> None:
         if not self.enabled:
             return
-        with reporting_write_failure("a metrics record", self.path, "the checkpoints are intact"):
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+        with (
+            reporting_write_failure("a metrics record", self.path, "the checkpoints are intact"),
+            open(self.path, "a", encoding="utf-8") as f,
+        ):
+            f.write(json.dumps(record) + "\n")
         step = record["step"]
         if self.tb is not None:
             for k, v in record.items():
@@ -168,7 +193,11 @@ def _tensorboard(run_dir: Path):
     except ImportError:
         if "tb" not in _told:
             _told.add("tb")
-            print("TensorBoard is not installed, so metrics go to metrics.jsonl only (pip install tensorboard to get RUN/tb)",
-                  file=sys.stderr, flush=True)
+            print(
+                "TensorBoard is not installed, so metrics go to metrics.jsonl only "
+                "(pip install tensorboard to get RUN/tb)",
+                file=sys.stderr,
+                flush=True,
+            )
         return None
     return SummaryWriter(str(run_dir / "tb"))

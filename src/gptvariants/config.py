@@ -137,6 +137,7 @@ class TrainConfig:
     eval_iters: int = key(200, Int(1))
     log_interval: int = key(10, Int(1))
     ckpt_interval: int = key(0, Int(0))  # 0 = every eval_interval
+    keep_checkpoints: int = key(2, Int(1, 1000))  # the last N checkpoints are kept, and the best (lowest val ce)
     eval_only: bool = key(False, Bool())
     device: str = key("auto", Device())  # 'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps'
     # 'auto' (bf16 on capable GPUs, else fp16 on GPU, fp32 on CPU) | 'float32' | 'bfloat16' | 'float16'

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import preallocate
 from ..checks import Float, Int
 from ..data import SPLITS, TokenDataset, token_dtype, write_file
 from .base import Teacher, parse_spec, resolve_device
@@ -145,10 +146,15 @@ def _read_progress(path: Path, identity: dict) -> dict:
     return prog
 
 
-def open_partial(path: Path, dtype: Any, rows: int, k: int, resume: bool) -> np.memmap:
-    """The (rows, k) memmap ``path``.partial that a split's chunks are written into (reopened to resume)."""
-    partial = path.with_name(path.name + ".partial")
-    return np.memmap(partial, dtype=dtype, mode="r+" if resume else "w+", shape=(rows, k))
+def open_partial(path: Path, dtype: Any, rows: int, k: int, resume: bool, split: str = "") -> np.memmap:
+    """The (rows, k) memmap ``path``.partial that a split's chunks are written into (reopened to resume).
+
+    Its blocks are allocated before mapping: a full disk is a one-line WriteError here, not a
+    SIGBUS (a silent "Bus error") in the middle of a write."""
+    partial = preallocate(path.with_name(path.name + ".partial"), rows * k * np.dtype(dtype).itemsize, fresh=not resume,
+                          what=f"the {split} teacher sets".replace("the  ", "the "),
+                          intact="the chunks built so far are kept: rerun to resume")
+    return np.memmap(partial, dtype=dtype, mode="r+", shape=(rows, k))
 
 
 def _build_split(tokens: np.ndarray, out: Path, split: str, si: int, sel: _Selector, dtype: np.dtype, st: dict,
@@ -160,7 +166,7 @@ def _build_split(tokens: np.ndarray, out: Path, split: str, si: int, sel: _Selec
     paths = [(out / f"{split}.bin", dtype)] + ([(out / f"{split}.probs.bin", np.float16)] if store_probs else [])
     t0, done0 = time.perf_counter(), st["done"]
     if st["done"] < n_chunks:
-        mms = [open_partial(p, d, n, k, resume=st["done"] > 0) for p, d in paths]
+        mms = [open_partial(p, d, n, k, resume=st["done"] > 0, split=split) for p, d in paths]
         bar = _Progress(progress, n_chunks, st["done"], f"{sel.t.spec} {split}")
         for c in range(st["done"], n_chunks):
             a, b = c * chunk_size, min(n, (c + 1) * chunk_size)

@@ -1,0 +1,82 @@
+"""One writer per run folder: a live holder is named, a dead one's lock is taken over by exactly one process."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gptvariants.runlock import LOCK_NAME, RunLock, RunLocked
+
+HOLD = """
+import sys, time
+from gptvariants.runlock import RunLock
+lock = RunLock(sys.argv[1]); lock.acquire(); print("locked", flush=True); time.sleep(60)
+"""
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_live_holder_is_named_and_refused(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLocked, match=rf"pid {holder.pid} on host {socket.gethostname()}"):
+            RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+    # killed but not yet reaped (a zombie), then reaped: the lock is stale either way
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    assert lock.took_over["pid"] == holder.pid
+    holder.wait()
+    lock.release()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_lock_of_another_host_is_not_taken_over(tmp_path):
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": "then"}))
+    with pytest.raises(RunLocked, match=r"another machine \(pid 1 on host elsewhere.*delete .*train.lock"):
+        RunLock(tmp_path).acquire()
+
+
+def test_reused_pid_is_stale(tmp_path):
+    # our own pid, but a different process start time: the pid was reused by a later process
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "start": 1}))
+    if not os.path.exists(f"/proc/{os.getpid()}/stat"):
+        pytest.skip("no /proc")
+    with RunLock(tmp_path) as lock:
+        assert lock.took_over["pid"] == os.getpid()
+
+
+RACE = """
+import sys, time
+from gptvariants.runlock import RunLock, RunLocked
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+try:
+    RunLock(sys.argv[1]).acquire()
+    print("WIN", flush=True)
+    time.sleep(3)
+except RunLocked:
+    print("LOST", flush=True)
+"""
+
+
+def test_stale_take_over_has_one_winner(tmp_path):
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))
+    start = str(time.time() + 2.0)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", RACE, str(tmp_path), start], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert sorted(outs) == ["LOST", "LOST", "LOST", "WIN"], outs

@@ -260,3 +260,37 @@ def test_bayesian_draw_matches_autograd_composition(prior_mu):
     torch.testing.assert_close(kl1, kl2, rtol=1e-5, atol=1e-3)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("obj,ref", [CASES[0], CASES[3]], ids=["ce", "bce"])
+def test_local_reparameterisation_matches_the_dense_equation(obj, ref):
+    """The chunked local-reparameterised loss equals objective(h mu^T + b + sqrt(h^2 var^T + b_var) eps)
+    written densely with the same eps, in value and in the gradients of h, mu, var and the bias terms."""
+    from gptvariants.objectives import local_reparam_loss
+
+    h, W, b, y, sets = _inputs(seed=5)
+    var = torch.rand(V, C, dtype=torch.float64) * 0.3
+    b_var = torch.rand(V, dtype=torch.float64) * 0.3
+    leaves = [t.clone().requires_grad_() for t in (h, W, var, b, b_var)]
+    torch.manual_seed(7)
+    loss = local_reparam_loss(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], obj, y, sets, chunk_size=4)
+    loss.backward()
+    torch.manual_seed(7)  # the same eps, drawn chunk by chunk in the same order
+    eps = torch.cat([torch.randn(min(4, N - s), V, dtype=torch.float64) for s in range(0, N, 4)])
+    dense = [t.clone().requires_grad_() for t in (h, W, var, b, b_var)]
+    z = dense[0] @ dense[1].T + dense[3] + (dense[0].square() @ dense[2].T + dense[4]).sqrt() * eps
+    ref_loss = ref(z, y, sets).mean()
+    ref_loss.backward()
+    torch.testing.assert_close(loss, ref_loss)
+    for a, r in zip(leaves, dense):
+        torch.testing.assert_close(a.grad, r.grad)
+
+
+def test_bayesian_head_local_reparameterisation_trains_rho():
+    head = BayesianHead(6, 9, bias=True, posterior_sigma_init=0.05, reparam="local").double()
+    h, y = torch.randn(20, 6, dtype=torch.float64), torch.randint(9, (20,))
+    obj, kl = head.loss(h, CrossEntropy(), y, None, sample=True)
+    (obj + kl / 1000).backward()
+    assert head.weight_rho.grad.abs().sum() > 0 and head.bias_rho.grad.abs().sum() > 0
+    point, _ = head.loss(h, CrossEntropy(), y, None, sample=False)  # evaluation: the posterior mean
+    torch.testing.assert_close(point, torch.nn.functional.cross_entropy(h @ head.weight_mu.T + head.bias_mu, y))

@@ -99,6 +99,9 @@ class ObjectiveConfig:
     prior_mu: float = key(0.0, Float())  # Bayesian head prior N(prior_mu, prior_sigma^2)
     prior_sigma: float = key(0.02, Float(0.0, lo_open=True))
     posterior_sigma_init: float = key(1e-3, Float(0.0, lo_open=True))
+    # Bayesian training noise: 'weight' (one weight draw per forward pass, one matmul) or 'local'
+    # (local reparameterisation: independent logit noise per position, two matmuls, lower variance)
+    reparam: str = key("weight", Choice(("weight", "local")))
     kl_beta: float = key(1.0, Float(0.0))  # loss = objective + kl_beta * KL / N_train_tokens
     kl_warmup_iters: int = key(0, Int(0, BIG))  # the KL weight ramps linearly from 0 to kl_beta over these steps
     rho_lr_mult: float = key(1.0, Float(0.0, lo_open=True))  # learning-rate multiplier of a Bayesian head's rho

@@ -322,3 +322,67 @@ def fused_linear_loss(
     chunk = chunk_size or auto_chunk_size(weight.shape[0], h.device)
     with torch.autocast(dev, enabled=False):
         return _FusedLinearLoss.apply(h2, weight, bias, objective, y2, s2, chunk, compute_dtype, torch.is_grad_enabled())
+
+
+class _LocalReparamLoss(torch.autograd.Function):
+    """mean objective(z) with z = h mu^T + b_mu + sqrt(h^2 var^T + b_var) * eps, eps ~ N(0, 1) per
+    (position, token), chunked like ``_FusedLinearLoss`` with the gradients formed in the same pass:
+      dL/dmu = dz^T h,   dL/dvar = g^T h^2,   dL/dh = dz mu + 2 h (g var),   g = dz * eps / (2 s),
+    where s = sqrt(h^2 var^T + b_var) and dz = dL/dz (and the bias terms: dz and g summed over positions)."""
+
+    @staticmethod
+    def forward(ctx, h, mu, var, b_mu, b_var, objective, y, sets, chunk_size, grad_enabled):
+        N = h.shape[0]
+        valid = (y >= 0).sum().clamp(min=1)
+        need = grad_enabled and any(ctx.needs_input_grad[:5])
+        acc = torch.promote_types(h.dtype, torch.float32)
+        h32, mu32, var32 = h.to(acc), mu.to(acc), var.to(acc)
+        grads = {"h": torch.empty_like(h32), "mu": torch.zeros_like(mu32), "var": torch.zeros_like(var32)} if need else {}
+        if need and b_mu is not None:
+            grads["b_mu"], grads["b_var"] = torch.zeros_like(b_mu, dtype=acc), torch.zeros_like(b_var, dtype=acc)
+        total = torch.zeros((), dtype=acc, device=h.device)
+        for s0 in range(0, N, chunk_size):
+            hc, yc = h32[s0 : s0 + chunk_size], y[s0 : s0 + chunk_size]
+            sd = torch.addmm(b_var.to(acc), hc.square(), var32.t()) if b_var is not None else hc.square() @ var32.t()
+            sd = sd.sqrt_()
+            eps = torch.randn_like(sd)
+            z = torch.addcmul(torch.addmm(b_mu.to(acc), hc, mu32.t()) if b_mu is not None else hc @ mu32.t(), sd, eps)
+            loss, dz = objective.loss_and_grad(z, yc, None if sets is None else sets[s0 : s0 + chunk_size], need)
+            keep = (yc >= 0).to(acc)
+            total += (loss * keep).sum()
+            if not need:
+                continue
+            dz.mul_(keep[:, None])
+            g = eps.mul_(dz).div_(sd.mul_(2))  # dL/d(s^2)
+            grads["h"][s0 : s0 + chunk_size] = dz @ mu32 + 2 * hc * (g @ var32)
+            grads["mu"].addmm_(dz.t(), hc)
+            grads["var"].addmm_(g.t(), hc.square())
+            if "b_mu" in grads:
+                grads["b_mu"] += dz.sum(0)
+                grads["b_var"] += g.sum(0)
+        inv = 1.0 / valid.to(acc)
+        names = ("h", "mu", "var", "b_mu", "b_var")
+        out = [grads[k].mul_(inv) if k in grads else None for k in names]
+        ctx.save_for_backward(*[t if t is not None else torch.empty(0) for t in out])
+        ctx.has = [t is not None for t in out]
+        ctx.dtypes = [t.dtype if t is not None else None for t in (h, mu, var, b_mu, b_var)]
+        return total * inv
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        saved = ctx.saved_tensors
+        grads = [(saved[i] * grad_out).to(ctx.dtypes[i]) if ctx.has[i] else None for i in range(5)]
+        return (*grads, None, None, None, None, None)
+
+
+def local_reparam_loss(h: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, b_mu: torch.Tensor | None,
+                       b_var: torch.Tensor | None, objective: Objective, y: torch.Tensor,
+                       sets: torch.Tensor | None = None, chunk_size: int = 0) -> torch.Tensor:
+    """Mean over positions with y >= 0 of objective(z) for Gaussian logits z ~ N(h mu^T + b_mu, h^2 var^T + b_var),
+    drawn independently per position (``_LocalReparamLoss``); h (..., C), mu and var (V, C)."""
+    C = h.shape[-1]
+    h2, y2 = h.reshape(-1, C), y.reshape(-1)
+    s2 = sets.reshape(-1, sets.shape[-1]) if sets is not None else None
+    chunk = chunk_size or auto_chunk_size(mu.shape[0], h.device)
+    with torch.autocast(h.device.type, enabled=False):
+        return _LocalReparamLoss.apply(h2, mu, var, b_mu, b_var, objective, y2, s2, chunk, torch.is_grad_enabled())

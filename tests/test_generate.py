@@ -316,8 +316,13 @@ def test_cli_bayesian_json_has_mutual_information(tmp_path, capsys):
 
 def test_cli_plain_text_and_uncertainty_colours(run_dir, capsys):
     sample_cli(["--ckpt", str(run_dir), "--prompt", "ab", "--max-new-tokens", "5", "--greedy", "--show-uncertainty"])
-    out = capsys.readouterr().out
-    assert out.startswith("ab") and "\033[" not in out  # not a terminal: plain text
+    captured = capsys.readouterr()
+    assert captured.out.startswith("ab") and "\033[" not in captured.out  # not a terminal: plain text, and why
+    assert "stdout is not a terminal" in captured.err
+    sample_cli(["--ckpt", str(run_dir), "--prompt", "ab", "--max-new-tokens", "5", "--greedy", "--show-uncertainty",
+                "--color", "always"])
+    captured = capsys.readouterr()
+    assert "\033[3" in captured.out and "entropy / log V" in captured.err  # colours and their legend
     coloured = colour_by_entropy([{"text": "x", "entropy": 0.0}, {"text": "y", "entropy": 10.0}], 30)
     assert coloured == "\033[32mx\033[0m\033[31my\033[0m"
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .argtypes import device, non_negative_int, positive_int
 from . import metrics as M
 from .atomic import atomic_write
 from .methods import CALIBRATION_FILE, POINT, Run, build_predictor, load_runs
@@ -161,10 +162,10 @@ def register_cli(subparsers) -> None:
     p.add_argument("ckpt", help="run folder")
     p.add_argument("--data", default=None, help="prepared data folder (default: the one the run was trained on)")
     p.add_argument("--method", default="default", choices=list(METHODS), help="the predictive to calibrate")
-    p.add_argument("--mc-samples", type=int, default=None,
+    p.add_argument("--mc-samples", type=non_negative_int, default=None,
                    help="draws of a stochastic method (0 = a Bayesian head's posterior mean)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--device", type=device, default="auto")
     p.set_defaults(func=_cmd_calibrate)
 
     p = subparsers.add_parser("laplace", help="fit a last-layer Laplace posterior to a softmax run (post hoc)")
@@ -172,8 +173,8 @@ def register_cli(subparsers) -> None:
     p.add_argument("--data", default=None, help="prepared data folder (default: the one the run was trained on)")
     p.add_argument("--kind", default="auto", choices=["auto", "kfac", "diag"],
                    help="factorisation (auto: kfac up to 4096 tokens of vocabulary, diag above)")
-    p.add_argument("--tokens", type=int, default=100_000, help="training positions for the curvature")
-    p.add_argument("--heldout-tokens", type=int, default=10_000, help="validation positions for the prior precision")
-    p.add_argument("--mc-samples", type=int, default=16, help="draws of the predictive while choosing the prior")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--tokens", type=positive_int, default=100_000, help="training positions for the curvature")
+    p.add_argument("--heldout-tokens", type=positive_int, default=10_000, help="validation positions for the prior precision")
+    p.add_argument("--mc-samples", type=positive_int, default=16, help="draws of the predictive while choosing the prior")
+    p.add_argument("--device", type=device, default="auto")
     p.set_defaults(func=_cmd_laplace)

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .argtypes import device, non_negative_int, open_unit_interval, positive_int
 from . import metrics as M
 from .atomic import atomic_write
 from .checkpoint import latest_checkpoint, load_state
@@ -571,13 +572,13 @@ def register_cli(subparsers) -> None:
                    help="out-of-domain text to compare uncertainty scores on: a prepared data folder, text:PATH, "
                         "or synthetic?shift=S[&part=transition|emission|both][&seed=N][&tokens=N]")
     p.add_argument("--out", default=None, help="results JSON (default RUN/eval/SPLIT.json); plots and samples go beside it")
-    p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default block_size // 2; block_size = disjoint windows)")
-    p.add_argument("--mc-samples", type=int, default=None,
+    p.add_argument("--stride", type=positive_int, default=None, help="sliding-window stride (default block_size // 2; block_size = disjoint windows)")
+    p.add_argument("--mc-samples", type=non_negative_int, default=None,
                    help="draws of the method (default: the run's mc_samples; 0 = a Bayesian head's posterior mean)")
-    p.add_argument("--num-samples", type=int, default=100, help="samples for the diversity metrics (0 = skip)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per sample")
+    p.add_argument("--num-samples", type=non_negative_int, default=100, help="samples for the diversity metrics (0 = skip)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens generated per sample")
     p.add_argument("--sets", default=None, help="reference sets DATA/targets/NAME for set metrics, or 'none' (synthetic data: exact support by default)")
-    p.add_argument("--tau", type=float, default=0.5, help="set threshold on sigmoid (or softmax) probabilities")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--tau", type=open_unit_interval, default=0.5, help="set threshold on sigmoid (or softmax) probabilities")
+    p.add_argument("--seed", type=non_negative_int, default=1337)
+    p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.set_defaults(func=_cmd_eval)

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .argtypes import non_negative_int, positive_int
 from .atomic import atomic_write
 from .checkpoint import CheckpointError, latest_checkpoint, load_state
 from .config import Config, load_config
@@ -461,11 +462,11 @@ def register_cli(subparsers) -> None:
     p.add_argument("--data", default="synthetic:default", help="prepared data folder or a `gptv prepare` source (default synthetic:default)")
     p.add_argument("--variants", default=None, help=f"comma-separated subset of {','.join(REGISTRY)} (default: the study's {','.join(study_variants())})")
     p.add_argument("--budget", default=DEFAULT_BUDGET, help="steps per variant (600) or training time per variant (90s, 5m, 1h)")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=non_negative_int, default=1337)
     p.add_argument("--config", default=None, help="TOML file with the model/training shape; replaces the default "
                    "(nanoGPT's CPU recipe), keys it leaves out take the `gptv train` defaults")
-    p.add_argument("--num-samples", type=int, default=100, help="samples per variant for the diversity metrics")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per sample")
+    p.add_argument("--num-samples", type=non_negative_int, default=100, help="samples per variant for the diversity metrics")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens per sample")
     p.add_argument("--sets", choices=("top", "sample"), default="top",
                    help="teacher sets of the sigmoid variants: the study's top candidates, or sampled sets (see gptv targets --select)")
     p.add_argument("--out", required=True, help="experiment folder")

@@ -9,6 +9,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from .argtypes import (device, non_negative_float, non_negative_int, positive_float, positive_int,
+                       probability_open_closed, unit_interval, utf8_file)
 from .api import load
 from .generate import BAYES_MODES, SIG_MODES
 from .methods import METHODS
@@ -58,7 +60,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         )
     for msg in dict.fromkeys(str(w.message) for w in caught):  # once per distinct prompt
         print(f"gptv sample: warning: {msg}", file=sys.stderr)
-    colour = args.show_uncertainty and sys.stdout.isatty()
+    colour = args.show_uncertainty and (args.color == "always" or (args.color == "auto" and sys.stdout.isatty()))
+    if args.show_uncertainty and not colour and not args.json:
+        print("gptv sample: --show-uncertainty prints plain text: stdout is not a terminal "
+              "(--color always keeps the colours; --json gives the entropies)", file=sys.stderr)
     for k, res in enumerate(results):
         records = [t.to_dict() for t in res.tokens]
         if args.json:
@@ -78,32 +83,34 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", default="", help="prompt text (default: empty = start from the end-of-text token, or token 0 without one)")
-    src.add_argument("--prompt-file", default=None, help="a file with one prompt per line")
+    src.add_argument("--prompt-file", type=utf8_file, default=None, help="a file with one prompt per line")
     p.add_argument("--ckpt", required=True, help="run folder (made by gptv train); several (A,B or a folder of runs) "
                                                  "sample from their ensemble")
     p.add_argument("--method", default="default", choices=list(METHODS), help="uncertainty method of the predictive")
     p.add_argument("--no-temperature", action="store_true", help="ignore a temperature fitted by `gptv calibrate`")
-    p.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=1.0, help="<= 0 means greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL penalty (> 1 discourages repeats)")
+    p.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt")
+    p.add_argument("--max-new-tokens", type=positive_int, default=200)
+    p.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 means greedy")
+    p.add_argument("--top-k", type=positive_int, default=None)
+    p.add_argument("--top-p", type=probability_open_closed, default=None, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="CTRL penalty (> 1 discourages repeats)")
     p.add_argument("--greedy", action="store_true", help="argmax decoding")
     p.add_argument("--stop", nargs="+", default=[], metavar="STR", help="stop strings (\\n and \\t understood); cut from the output")
     p.add_argument("--ignore-eot", action="store_true", help="keep generating past the end-of-text token")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=non_negative_int, default=None)
     p.add_argument("--bayes-mode", choices=BAYES_MODES, default=None,
                    help="Bayesian heads: posterior mean, MC average per step (the default: the run's predictive), "
                         "or one draw per sequence")
-    p.add_argument("--mc-samples", type=int, default=None, help="draws per step (default: the run's mc_samples)")
+    p.add_argument("--mc-samples", type=positive_int, default=None, help="draws per step (default: the run's mc_samples)")
     p.add_argument("--sig-mode", choices=SIG_MODES, default="normalize", help="sigmoid heads: sample sigmoid/sum, or among tokens with sigmoid > tau")
-    p.add_argument("--tau", type=float, default=0.5, help="threshold of --sig-mode set")
+    p.add_argument("--tau", type=unit_interval, default=0.5, help="threshold of --sig-mode set")
     p.add_argument("--json", action="store_true", help="one JSON line per sample with per-token id, text, prob, entropy (and mi)")
-    p.add_argument("--show-uncertainty", action="store_true", help="colour tokens by entropy in a terminal")
+    p.add_argument("--show-uncertainty", action="store_true", help="colour tokens by entropy, with a legend")
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                   help="colours of --show-uncertainty: auto = only when stdout is a terminal")
     p.add_argument("--unknown", choices=["error", "skip"], default="error", help="prompt text the tokenizer cannot encode")
     p.add_argument("--no-cache", action="store_true", help="recompute the context every step (slow; for checking)")
-    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | mps | auto")
+    p.add_argument("--device", type=device, default="auto", help="cpu | cuda | cuda:N | mps | auto")
 
 
 def register_cli(subparsers) -> None:

@@ -139,7 +139,9 @@ def build_sets(data_dir: Path, teacher: str, name: str, select: str = "top") -> 
 def run_config(variant: str, data_dir: Path, run_dir: Path, max_iters: int, seed: int,
                config_file: str | None, targets: str | None) -> Config:
     """The training config of one variant: DEFAULT_SHAPE < config file < the experiment's keys."""
-    overrides: dict[str, Any] = {} if config_file else dict(DEFAULT_SHAPE)
+    # a variant's own defaults (the dropout of baseline-dropout) win over the default shape
+    own = get_variant(variant).defaults
+    overrides: dict[str, Any] = {} if config_file else {k: v for k, v in DEFAULT_SHAPE.items() if k not in own}
     overrides.update({
         "data": str(data_dir), "out_dir": str(run_dir), "max_iters": max_iters, "seed": seed,
         "eval_interval": max(1, max_iters // EVAL_POINTS), "eval_iters": EVAL_ITERS,
@@ -305,7 +307,7 @@ def plot_ppl_vs_selfbleu(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def write_report(out: Path, rows: list[dict[str, Any]], evals: dict[str, dict[str, Any]],
-                 plan: dict[str, Any], command: str) -> Path:
+                 plan: dict[str, Any], command: str, sections: list[str] = ()) -> Path:
     """report.md, results.json and results.csv in ``out``."""
     atomic_write(out / "results.json", json.dumps({"command": command, "plan": plan, "rows": rows, "evals": evals},
                                                        indent=1) + "\n")
@@ -354,6 +356,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], evals: dict[str, dict[st
         "",
         "Curves: `curves.png` (validation CE on one scale for every variant), `reliability.png`, `ppl_vs_selfbleu.png`; "
         "per-variant details in `runs/VARIANT/eval/val.json` with samples in `val.samples.jsonl`.", "",
+        *sections,
         "## Command", "", "```", command, "```", "",
     ]
     atomic_write(out / "report.md", "\n".join(lines))
@@ -365,94 +368,140 @@ def write_report(out: Path, rows: list[dict[str, Any]], evals: dict[str, dict[st
 
 def run_experiment(out: str | Path, data: str = "synthetic:default", variants: list[str] | None = None,
                    budget: str = DEFAULT_BUDGET, seed: int = 1337, config_file: str | None = None,
-                   num_samples: int = 100, max_new_tokens: int = 64, command: str | None = None, sets: str = "top") -> Path:
+                   num_samples: int = 100, max_new_tokens: int = 64, command: str | None = None, sets: str = "top",
+                   methods: list[str] | None = None, ood: str | None = None) -> Path:
     """Run (or resume) the whole experiment into ``out``; returns the path of report.md.
 
     ``sets``: the sigmoid variants' teacher sets, "top" (the study's rule) or "sample".
+    ``methods``: uncertainty comparators (``comparators.METHOD_CHOICES``) for the report's
+    "Uncertainty" section, with ``ood`` as the shifted text (default: a shifted synthetic language).
     """
+    from . import comparators as U
+
     if sets not in ("top", "sample"):
         raise ValueError(f"sets must be 'top' or 'sample', not {sets!r}")
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    variants = variants or study_variants()
+    methods = methods or []
+    variants = list(dict.fromkeys((variants or study_variants()) + U.extra_variants(methods)))
+    if methods and "baseline" not in variants:
+        raise ValueError("the uncertainty comparison (--methods) needs the baseline among the variants")
     for v in variants:
         get_variant(v)
-    kind, amount = parse_budget(budget)
-    argv = ["--data", data, "--variants", ",".join(variants), "--budget", budget, "--seed", str(seed),
-            "--num-samples", str(num_samples), "--max-new-tokens", str(max_new_tokens), "--out", str(out)]
-    argv += ["--sets", sets] if sets != "top" else []
-    command = command or "gptv experiment " + " ".join(shlex.quote(a) for a in argv + (["--config", config_file] if config_file else []))
-    plan_path = out / "plan.json"
-    plan = json.loads(plan_path.read_text()) if plan_path.is_file() else {}
-    if plan and (plan["budget"], plan["seed"], plan["source"], plan["config"], plan.get("sets", "top")) != (budget, seed, data, config_file, sets):
-        raise ValueError(f"{out} holds an experiment with budget {plan['budget']}, seed {plan['seed']}, data {plan['source']!r}, "
-                         f"config {plan['config']!r} and {plan.get('sets', 'top')} sets; use another --out to change them")
-    plan.update({"budget": budget, "budget_kind": kind, "seed": seed, "source": data, "config": config_file, "sets": sets})
-    plan.setdefault("max_iters", {})
-    plan.setdefault("train_seconds", {})
-
+    command = command or _command(data, variants, budget, seed, num_samples, max_new_tokens, out, sets, config_file,
+                                  methods, ood)
+    plan, save_plan = _plan(out, budget, seed, data, config_file, sets)
     data_dir = resolve_data(data, out)
     plan["data"] = str(data_dir)
     dataset = TokenDataset(data_dir)
+    if methods and ood is None and dataset.synthetic is None:
+        raise ValueError("the uncertainty comparison needs shifted text on this data: pass --ood text:PATH (or a "
+                         "prepared folder with the same tokenizer)")
     teacher = teacher_for(dataset, variants, out)
     if teacher and sets == "sample":
         teacher = (teacher[0], f"{teacher[1]}-sample{SAMPLE_K}")
-    targets = teacher[1] if teacher else None
-    plan["targets"] = targets
+    plan["targets"] = teacher[1] if teacher else None
     # a checkpoint teacher must be trained before the sigmoid variants that learn from it
     order = sorted(variants, key=lambda v: v != "baseline")
     runs = {v: out / "runs" / v for v in order}
-
-    def save_plan() -> None:
-        atomic_write(plan_path, json.dumps(plan, indent=1) + "\n")
-
     for v in order:
         if teacher and get_variant(v).sigmoid:
             build_sets(data_dir, *teacher, select=sets)
-        if v not in plan["max_iters"]:
-            if kind == "steps":
-                plan["max_iters"][v] = int(amount)
-            else:
-                plan["max_iters"][v], ms = calibrate_steps(v, data_dir, out, amount, seed, config_file, targets)
-                _log(f"{v}: {ms:.0f} ms/step -> {plan['max_iters'][v]} steps for {budget}")
-            save_plan()
-        cfg = run_config(v, data_dir, runs[v], plan["max_iters"][v], seed, config_file, targets)
-        _log(f"train {v}: {cfg.train.max_iters} steps into {runs[v]}")
-        t0 = time.perf_counter()
-        done = train_variant(cfg)
-        if done != "skipped":
-            plan["train_seconds"][v] = plan["train_seconds"].get(v, 0.0) + time.perf_counter() - t0
-            save_plan()
-        _log(f"train {v}: {done}")
+        _train_one(v, v, runs[v], data_dir, out, plan, save_plan, seed, config_file)
+    seed_runs = []
+    if "ensemble" in methods:  # a deep ensemble: the baseline and more runs of it with other seeds
+        for s in U.ensemble_seeds(seed):
+            seed_runs.append(out / "runs" / f"baseline-seed{s}")
+            _train_one(f"baseline-seed{s}", "baseline", seed_runs[-1], data_dir, out, plan, save_plan, s, config_file)
 
-    evals: dict[str, dict[str, Any]] = {}
-    for v in order:
-        path = default_out(runs[v], "val")
-        ev = json.loads(path.read_text()) if path.is_file() else None
-        if ev is None or ev["step"] != plan["max_iters"][v]:
-            _log(f"eval {v}")
-            ev = evaluate(runs[v], data_dir, out=path, sets=None if dataset.synthetic is not None else (targets or "none"),
-                          num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed)
-        else:
-            _log(f"eval {v}: {path} (already done)")
-        evals[v] = ev
-
+    evals = {v: _evaluate_one(v, runs[v], data_dir, dataset, plan, num_samples, max_new_tokens, seed) for v in order}
     rows = [_summary(v, evals[v], plan, runs[v]) for v in order]
     plot_curves(runs, out / "curves.png", dataset.meta.get("synthetic", {}).get("cross_entropy_val"))
     plot_reliability_bins(evals, out / "reliability.png")
     plot_ppl_vs_selfbleu(rows, out / "ppl_vs_selfbleu.png")
+    section: list[str] = []
+    if methods:
+        _, section = U.run_uncertainty(out, data_dir, order, methods, runs, seed_runs, ood or U.DEFAULT_OOD, seed, _log)
     plan["last_wall_seconds"] = time.perf_counter() - t_start
     save_plan()
-    report = write_report(out, rows, evals, plan, command)
+    report = write_report(out, rows, evals, plan, command, section)
     print(markdown_table(rows))
     _log(f"report: {report} ({plan['last_wall_seconds']:.0f} s this run)")
     return report
 
 
+def _command(data, variants, budget, seed, num_samples, max_new_tokens, out, sets, config_file, methods, ood) -> str:
+    argv = ["--data", data, "--variants", ",".join(variants), "--budget", budget, "--seed", str(seed),
+            "--num-samples", str(num_samples), "--max-new-tokens", str(max_new_tokens), "--out", str(out)]
+    argv += ["--sets", sets] if sets != "top" else []
+    argv += ["--methods", ",".join(methods)] if methods else []
+    argv += ["--ood", ood] if ood else []
+    argv += ["--config", config_file] if config_file else []
+    return "gptv experiment " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _plan(out: Path, budget: str, seed: int, data: str, config_file: str | None, sets: str):
+    """OUT/plan.json (the resolved budget of every run), refusing a rerun that changes what it fixes."""
+    plan_path = out / "plan.json"
+    plan = json.loads(plan_path.read_text()) if plan_path.is_file() else {}
+    fixed = (budget, seed, data, config_file, sets)
+    if plan and (plan["budget"], plan["seed"], plan["source"], plan["config"], plan.get("sets", "top")) != fixed:
+        raise ValueError(f"{out} holds an experiment with budget {plan['budget']}, seed {plan['seed']}, data "
+                         f"{plan['source']!r}, config {plan['config']!r} and {plan.get('sets', 'top')} sets; "
+                         "use another --out to change them")
+    kind, _ = parse_budget(budget)
+    plan.update({"budget": budget, "budget_kind": kind, "seed": seed, "source": data, "config": config_file, "sets": sets})
+    plan.setdefault("max_iters", {})
+    plan.setdefault("train_seconds", {})
+
+    def save_plan() -> None:
+        atomic_write(plan_path, json.dumps(plan, indent=1) + "\n")
+
+    return plan, save_plan
+
+
+def _train_one(name: str, variant: str, run_dir: Path, data_dir: Path, out: Path, plan: dict[str, Any], save_plan,
+               seed: int, config_file: str | None) -> None:
+    """Resolve the run's step budget (timing it for a wall-time budget), then train, resume or skip it."""
+    kind, amount = parse_budget(plan["budget"])
+    targets = plan["targets"]
+    if name not in plan["max_iters"]:
+        if kind == "steps":
+            plan["max_iters"][name] = int(amount)
+        else:
+            plan["max_iters"][name], ms = calibrate_steps(variant, data_dir, out, amount, seed, config_file, targets)
+            _log(f"{name}: {ms:.0f} ms/step -> {plan['max_iters'][name]} steps for {plan['budget']}")
+        save_plan()
+    cfg = run_config(variant, data_dir, run_dir, plan["max_iters"][name], seed, config_file, targets)
+    _log(f"train {name}: {cfg.train.max_iters} steps into {run_dir}")
+    t0 = time.perf_counter()
+    done = train_variant(cfg)
+    if done != "skipped":
+        plan["train_seconds"][name] = plan["train_seconds"].get(name, 0.0) + time.perf_counter() - t0
+        save_plan()
+    _log(f"train {name}: {done}")
+
+
+def _evaluate_one(v: str, run_dir: Path, data_dir: Path, dataset: TokenDataset, plan: dict[str, Any],
+                  num_samples: int, max_new_tokens: int, seed: int) -> dict[str, Any]:
+    path = default_out(run_dir, "val")
+    ev = json.loads(path.read_text()) if path.is_file() else None
+    if ev is not None and ev["step"] == plan["max_iters"][v]:
+        _log(f"eval {v}: {path} (already done)")
+        return ev
+    _log(f"eval {v}")
+    sets = None if dataset.synthetic is not None else (plan["targets"] or "none")
+    return evaluate(run_dir, data_dir, out=path, sets=sets, num_samples=num_samples, max_new_tokens=max_new_tokens,
+                    seed=seed, temperature=False)
+
+
 def _cmd_experiment(args: argparse.Namespace) -> int:
+    from .comparators import parse_methods
+
     run_experiment(args.out, args.data, parse_variants(args.variants), args.budget, args.seed, args.config,
-                   args.num_samples, args.max_new_tokens, sets=args.sets)
+                   args.num_samples, args.max_new_tokens, sets=args.sets, methods=parse_methods(args.methods),
+                   ood=args.ood)
     return 0
 
 
@@ -469,5 +518,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens per sample")
     p.add_argument("--sets", choices=("top", "sample"), default="top",
                    help="teacher sets of the sigmoid variants: the study's top candidates, or sampled sets (see gptv targets --select)")
+    p.add_argument("--methods", default=None, help="uncertainty comparators for the report's Uncertainty section: "
+                   "comma-separated from temperature, mc_dropout, ensemble, laplace, or all")
+    p.add_argument("--ood", default=None, help="shifted text of the Uncertainty section: text:PATH, a prepared folder, "
+                   "or synthetic?shift=S (default on the synthetic language: synthetic?shift=0.5)")
     p.add_argument("--out", required=True, help="experiment folder")
     p.set_defaults(func=_cmd_experiment)

@@ -37,7 +37,8 @@ MAX_BODY_BYTES = 1 << 20
 ASSET_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; object-src 'none'; base-uri 'none'",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; object-src 'none'; "
+                               "base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
@@ -100,25 +101,22 @@ def create_app(runs: dict[str, Run], report: Report | None = None, *, workers: i
     app.add_middleware(Guard)
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
-    pool = ModelPool(workers, max_pending)
-    app.state.pool = pool
+    app.state.pool = ModelPool(workers, max_pending)
+    _add_error_handlers(app)
+    _add_files(app, report)
+    _add_model_api(app, runs, app.state.pool, has_report=report is not None)
+    return app
+
+
+def _add_files(app: FastAPI, report: Report | None) -> None:
+    """The page, its assets, the report and its files: each looked up by name in a table made
+    here, never joined to a path from the request."""
     assets = load_assets()
     report_html = render_report(report) if report else None
-
-    def get_run(name: str) -> Run:
-        if name not in runs:
-            raise HTTPException(404, f"unknown run {name!r}; this server has {', '.join(runs)}")
-        return runs[name]
-
-    _add_error_handlers(app)
 
     @app.get("/", include_in_schema=False)
     async def index() -> Response:
         return Response(assets["index.html"][0], media_type=assets["index.html"][1])
-
-    @app.get("/favicon.ico", include_in_schema=False)
-    async def favicon() -> Response:
-        return await static("favicon.svg")
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str) -> Response:
@@ -127,9 +125,9 @@ def create_app(runs: dict[str, Run], report: Report | None = None, *, workers: i
         body, media = assets[name]
         return Response(body, media_type=media, headers={"Cache-Control": "no-cache"})
 
-    @app.get("/api/runs")
-    async def list_runs() -> dict[str, Any]:
-        return {"runs": [r.info() for r in runs.values()], "report": report is not None, "limits": LIMITS}
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return await static("favicon.svg")
 
     @app.get("/api/report")
     async def get_report() -> dict[str, Any]:
@@ -142,6 +140,19 @@ def create_app(runs: dict[str, Run], report: Report | None = None, *, workers: i
         if report is None or name not in report.files:
             raise HTTPException(404, f"no report file {name!r}")
         return FileResponse(report.files[name])
+
+
+def _add_model_api(app: FastAPI, runs: dict[str, Run], pool: ModelPool, has_report: bool) -> None:
+    """GET /api/runs, POST /api/score, POST /api/generate."""
+
+    def get_run(name: str) -> Run:
+        if name not in runs:
+            raise HTTPException(404, f"unknown run {name!r}; this server has {', '.join(runs)}")
+        return runs[name]
+
+    @app.get("/api/runs")
+    async def list_runs() -> dict[str, Any]:
+        return {"runs": [r.info() for r in runs.values()], "report": has_report, "limits": LIMITS}
 
     @app.post("/api/score")
     async def score(req: ScoreRequest) -> dict[str, Any]:
@@ -175,7 +186,6 @@ def create_app(runs: dict[str, Run], report: Report | None = None, *, workers: i
         return StreamingResponse(_events(pool, run, req, first, records, t0), media_type="text/event-stream",
                                  headers=headers)
 
-    return app
 
 
 async def _events(pool: ModelPool, run: Run, req: GenerateRequest, first: TokenRecord | None,

@@ -81,7 +81,8 @@ def discover(paths: list[str | Path]) -> tuple[dict[str, Path], Report | None]:
         inner = path / "runs" if (path / "runs").is_dir() else path
         runs = _runs_in(inner)
         if not runs:
-            raise ServeError(f"{path} holds no run: no {POINTER} in it or in its subfolders (train one with gptv train --out)")
+            raise ServeError(f"{path} holds no run: no {POINTER} in it or in its subfolders "
+                             "(train one with gptv train --out)")
         found.extend(runs)
         # the report of an experiment sits beside its runs/ folder
         experiment = path.parent if inner == path and path.name == "runs" else path

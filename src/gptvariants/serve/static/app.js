@@ -291,7 +291,10 @@ class Column {
     if (t.text.trim() === "" && t.text !== "\n") span.classList.add("ws");
     span._tok = t; span._run = this.run;
     this.tokens.push(t); this.spans.push(span);
-    this.text.append(span);
+    const box = this.text;
+    const following = box.scrollHeight - box.scrollTop - box.clientHeight < 40; // the reader is at the end
+    box.append(span);
+    if (following) box.scrollTop = box.scrollHeight;
     this.colouring.refresh();
   }
   error(message) {

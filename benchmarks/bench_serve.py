@@ -4,10 +4,11 @@
    V = 65, random weights: speed does not depend on them), one prompt, the same sampling settings
    (temperature 0.8, top-k 40, seed 0, N new tokens). Measured side by side, alternating, R rounds:
    ``lm.generate`` in this process (the path of ``gptv sample``) and ``POST /api/generate`` to a
-   ``gptv serve`` subprocess on 127.0.0.1, read as a stream by the client here. Reported: the
-   client's time to the first token event, and tokens/s of each path (the server's from request to
-   last token, as a user sees it) with their ratio per round (median and range). The server is
-   also measured with ``top_n=8``, the page's default (alternatives, draws, sets per token).
+   ``gptv serve`` subprocess on 127.0.0.1, read as a stream by the client here (the order of the
+   paths rotates from round to round). Reported: the client's time to the first token event, and
+   tokens/s of each path (the server's from request to last token, as a user sees it) with their
+   ratio per round (median and range). The server is also measured with ``top_n=8``, the page's
+   default (alternatives, draws, sets per token).
 2. Load. A tiny run (2 layers, 32 wide, block 64, V = 65) in its own ``gptv serve``: each request's
    solo time (median of 5 sequential requests), then 20 concurrent requests of each kind
    (generate: 64 streamed tokens; score: 200 characters), started together from 20 client threads.
@@ -115,20 +116,27 @@ def streaming(run: Path, new_tokens: int, rounds: int) -> dict:
         with httpx.Client() as client:
             lm.generate(PROMPT, 16, **SETTINGS)  # warm-up both paths
             stream_generate(client, server.url, {**body, "max_new_tokens": 16})
-            for _ in range(rounds):
-                t0 = time.perf_counter()
-                text = lm.generate(PROMPT, new_tokens, **SETTINGS)
-                lib = time.perf_counter() - t0
-                assert len(lm.tokenizer.encode(text)) == new_tokens
-                first, total, n = stream_generate(client, server.url, {**body, "top_n": 0})
-                assert n == new_tokens, n
-                first8, total8, _ = stream_generate(client, server.url, {**body, "top_n": 8})
-                lib_tps.append(new_tokens / lib)
-                srv_tps.append(n / total)
-                srv8_tps.append(n / total8)
-                firsts.append(first * 1e3)
-                firsts8.append(first8 * 1e3)
-                ratios.append((n / total) / (new_tokens / lib))
+            for r in range(rounds):
+                got: dict[str, tuple[float, float]] = {}  # path -> (seconds to first token, tokens/s)
+                paths = ["library", "server", "server8"]
+                for path in paths[r % 3:] + paths[: r % 3]:  # rotate the order: no path always runs first
+                    if path == "library":
+                        t0 = time.perf_counter()
+                        text = lm.generate(PROMPT, new_tokens, **SETTINGS)
+                        seconds = time.perf_counter() - t0
+                        assert len(lm.tokenizer.encode(text)) == new_tokens
+                        got[path] = (float("nan"), new_tokens / seconds)
+                    else:
+                        top_n = 8 if path == "server8" else 0
+                        first, total, n = stream_generate(client, server.url, {**body, "top_n": top_n})
+                        assert n == new_tokens, n
+                        got[path] = (first * 1e3, n / total)
+                lib_tps.append(got["library"][1])
+                srv_tps.append(got["server"][1])
+                srv8_tps.append(got["server8"][1])
+                firsts.append(got["server"][0])
+                firsts8.append(got["server8"][0])
+                ratios.append(got["server"][1] / got["library"][1])
     finally:
         server.close()
     med = statistics.median

@@ -116,6 +116,15 @@ def test_cli_gives_a_clear_error_for_a_folder_without_runs(tmp_path, capsys):
     assert "holds no run" in err and "Traceback" not in err
 
 
+def test_cli_refuses_a_port_in_use_before_loading(experiment, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main(["serve", str(experiment), "--port", str(busy.getsockname()[1])]) == 2
+    err = capsys.readouterr().err
+    assert "cannot listen on 127.0.0.1" in err and "--port" in err and "loading" not in err
+
+
 # ----------------------------------------------------------------------------------- the API
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import socket
 import sys
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")
@@ -25,6 +26,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_port(host: str, port: int) -> None:
+    """Fail now, before the runs load, when the address cannot be listened on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise OSError(f"cannot listen on {host}:{port} ({e.strerror}): pass another --port or --host") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Load every run once, then serve the page and the API until Ctrl-C."""
     try:
@@ -36,6 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .runs import discover, load_runs
 
     paths, report = discover(args.paths)
+    check_port(args.host, args.port)
     print(f"loading {len(paths)} run(s): {', '.join(paths)}", file=sys.stderr)
     runs = load_runs(paths, device=args.device)
     local = is_loopback(args.host)

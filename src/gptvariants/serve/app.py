@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
@@ -97,14 +98,21 @@ def create_app(runs: dict[str, Run], report: Report | None = None, *, workers: i
     """The application over loaded runs (``runs.load_runs``) and an optional experiment report.
     ``allowed_hosts``: Host header names accepted (a page on another site that resolves its
     name to 127.0.0.1 then cannot use the server); None accepts any."""
-    app = FastAPI(title="gptvariants playground", docs_url=None, redoc_url=None, openapi_url=None)
+    pool = ModelPool(workers, max_pending)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        pool.shutdown()  # queued slices are cancelled: a generation still running stops within one slice
+
+    app = FastAPI(title="gptvariants playground", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.add_middleware(Guard)
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
-    app.state.pool = ModelPool(workers, max_pending)
+    app.state.pool = pool
     _add_error_handlers(app)
     _add_files(app, report)
-    _add_model_api(app, runs, app.state.pool, has_report=report is not None)
+    _add_model_api(app, runs, pool, has_report=report is not None)
     return app
 
 

@@ -244,7 +244,8 @@ function setupTips() {
 // runs and columns
 
 function badges(run) {
-  const b = el("span", "badges", null, el("span", "badge variant", run.variant));
+  const b = el("span", "badges");
+  if (run.variant !== run.name) b.append(el("span", "badge variant", run.variant));
   if (run.bayesian) b.append(el("span", "badge bayes", "Bayesian"));
   if (run.sigmoid) b.append(el("span", "badge sig", "sigmoid"));
   return b;

@@ -323,8 +323,8 @@ def test_a_slow_stream_does_not_block_other_requests():
         got: list[int] = []
 
         async def consume() -> float:
-            async for item in pool.stream(slow_tokens()):
-                got.append(item)
+            async for batch in pool.stream(slow_tokens()):
+                got.extend(batch)
             return time.perf_counter() - t0
 
         stream = asyncio.create_task(consume())
@@ -349,8 +349,8 @@ def test_stream_errors_reach_the_consumer_and_admission_is_bounded():
         pool = ModelPool(workers=1, max_pending=1)
         got = []
         with pytest.raises(ValueError, match="bad option"):
-            async for item in pool.stream(failing()):
-                got.append(item)
+            async for batch in pool.stream(failing()):
+                got.extend(batch)
         with pool.admit():
             with pytest.raises(Busy, match="server busy"):
                 pool.acquire()

@@ -205,9 +205,9 @@ async def _events(pool: ModelPool, run: Run, req: GenerateRequest, first: TokenR
         if first is not None:
             done.append(first)
             yield _sse("token", token_json(first))
-            async for rec in pool.stream(records):
-                done.append(rec)
-                yield _sse("token", token_json(rec))
+            async for batch in pool.stream(records):  # one write per batch of tokens
+                done.extend(batch)
+                yield "".join(_sse("token", token_json(rec)) for rec in batch)
         seconds = time.perf_counter() - t0
         reason = "length" if len(done) >= req.max_new_tokens else "stop"
         yield _sse("done", {"run": run.name, "finish_reason": reason, "seconds": seconds, "first_token_ms": first_ms,

@@ -5,7 +5,10 @@ Torch releases the GIL inside its kernels, so a pool of a few threads keeps the 
 answering (the page, ``GET /api/runs``) while models compute. A generation is not one task:
 its token iterator is advanced for at most ``slice_s`` seconds per task and then goes back to
 the end of the pool's queue, so a long generation cannot hold a worker while later requests
-wait, and each token is handed to the event loop as soon as it exists. Requests beyond
+wait. Items reach the event loop in batches: the first at once (the first token's latency),
+then whatever was produced in the last ``flush_s`` seconds, so that a fast stream does not wake
+the event loop (and the client) once per token; on a busy machine each wake-up can wait for a
+core, which costs more than the token itself on a small model. Requests beyond
 ``max_pending`` in progress are refused at once (``Busy``: HTTP 503) instead of queueing
 without bound.
 """
@@ -39,11 +42,11 @@ def _no_grad(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 class ModelPool:
     """``workers`` threads for model work; at most ``max_pending`` requests admitted at once."""
 
-    def __init__(self, workers: int = 4, max_pending: int = 64, slice_s: float = 0.05) -> None:
+    def __init__(self, workers: int = 4, max_pending: int = 64, slice_s: float = 0.05, flush_s: float = 0.02) -> None:
         if workers < 1 or max_pending < 1:
             raise ValueError(f"workers and max_pending must be >= 1, got {workers} and {max_pending}")
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="gptv-model")
-        self.workers, self.max_pending, self.slice_s = workers, max_pending, slice_s
+        self.workers, self.max_pending, self.slice_s, self.flush_s = workers, max_pending, slice_s, flush_s
         self.pending = 0  # touched only on the event loop's thread
 
     def acquire(self) -> None:
@@ -69,30 +72,40 @@ class ModelPool:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(_no_grad, fn, *args, **kwargs))
 
-    async def stream(self, items: Iterator[T]) -> AsyncIterator[T]:
+    async def stream(self, items: Iterator[T]) -> AsyncIterator[list[T]]:
         """The items of a (model-computing) iterator, advanced on the workers one time slice per
-        task. Closing the async iterator (a client that went away) stops it after the current item."""
+        task, in batches (module docstring). Closing the async iterator (a client that went away)
+        stops the work after the current item."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
+        first = True
 
         def run_slice() -> bool:  # True when the iterator is exhausted
-            end = time.perf_counter() + self.slice_s
+            nonlocal first
+            now = time.perf_counter()
+            end, flush_at, batch = now + self.slice_s, now, []
             try:
                 for item in items:
-                    loop.call_soon_threadsafe(queue.put_nowait, item)
-                    if stop.is_set() or time.perf_counter() >= end:
+                    batch.append(item)
+                    now = time.perf_counter()
+                    if first or now >= flush_at:
+                        loop.call_soon_threadsafe(queue.put_nowait, batch)
+                        first, flush_at, batch = False, now + self.flush_s, []
+                    if stop.is_set() or now >= end:
                         return False
                 return True
-            finally:  # scheduled after the items, so the consumer sees them first
+            finally:  # the rest of the batch, then the end of the slice
+                loop.call_soon_threadsafe(queue.put_nowait, batch)
                 loop.call_soon_threadsafe(queue.put_nowait, _SLICE_END)
 
         task = None
         try:
             while True:
                 task = loop.run_in_executor(self.executor, functools.partial(_no_grad, run_slice))
-                while (item := await queue.get()) is not _SLICE_END:
-                    yield item
+                while (batch := await queue.get()) is not _SLICE_END:
+                    if batch:
+                        yield batch
                 if await task:  # re-raises the slice's exception
                     return
         finally:

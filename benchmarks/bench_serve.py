@@ -13,7 +13,8 @@
    solo time (median of 5 sequential requests), then 20 concurrent requests of each kind
    (generate: 64 streamed tokens; score: 200 characters), started together from 20 client threads.
    Bounded: one round of each kind, a 120 s timeout per request, only 127.0.0.1. Reported: errors,
-   and each kind's slowest and median concurrent time as a multiple of its solo time.
+   and each kind's slowest and median concurrent time as a multiple of its solo time. For reference,
+   what batching would buy: 20 copies of the prompt decoded as one batch by the library, over one.
 
     python benchmarks/bench_serve.py [--new-tokens 200] [--rounds 5] [--threads N] [--json] [--run RUN_DIR]
 """
@@ -195,6 +196,23 @@ def load_test(run: Path, concurrency: int = 20) -> list[dict]:
     return rows
 
 
+def batched_reference(run: Path, concurrency: int = 20, rounds: int = 5) -> float:
+    """What batching would buy: ``generate_details`` of ``concurrency`` copies of the load test's
+    prompt in one batch, over the time of one (median of ``rounds`` ratios), in this process."""
+    lm = load(run)
+    opts = {"top_n": 8, **SETTINGS}
+    lm.generate_details([PROMPT] * concurrency, 64, **opts)  # warm-up
+    ratios = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        lm.generate_details(PROMPT, 64, **opts)
+        one = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        lm.generate_details([PROMPT] * concurrency, 64, **opts)
+        ratios.append((time.perf_counter() - t0) / one)
+    return statistics.median(ratios)
+
+
 def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # as `gptv` does
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -214,9 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         tiny = make_run(Path(tmp) / "tiny", n_layer=2, n_head=2, n_embd=32, block_size=64)
         stream = streaming(big, args.new_tokens, args.rounds)
         loads = load_test(tiny)
+        batched = batched_reference(tiny)
     load_avg = os.getloadavg()[0]
     if args.json:
-        print(json.dumps({"streaming": stream, "load": loads, "load_average": load_avg}))
+        print(json.dumps({"streaming": stream, "load": loads, "batched_20_over_1": batched, "load_average": load_avg}))
     else:
         s = stream
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load_avg:.1f}")
@@ -231,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in loads:
             print(f"load: {r['concurrent']} concurrent {r['kind']}: {r['errors']} errors, solo {r['solo_ms']:.0f} ms, "
                   f"median {r['median_x_solo']:.1f}x solo, slowest {r['max_x_solo']:.1f}x solo")
+        print(f"reference: 20 prompts decoded as one batch (lm.generate_details) take {batched:.2f}x one prompt")
     ok = (stream["first_token_ms_median"] <= 300 and stream["ratio_median"] >= 0.9
           and all(r["errors"] == 0 and r["max_x_solo"] is not None and r["max_x_solo"] <= 5 for r in loads))
     return 0 if ok else 1

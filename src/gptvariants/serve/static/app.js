@@ -130,7 +130,7 @@ class Colouring {
 
 const tip = { node: null, pinned: null };
 
-function tipContent(t, run) {
+function tipContent(t, run, span) {
   const box = el("div");
   const head = el("div", "tip-head", null, el("code", "tip-token", visible(t.text)),
     el("span", "tip-id", `id ${t.id} · ${run.name}`));
@@ -156,7 +156,7 @@ function tipContent(t, run) {
     box.append(list);
   }
   if (t.set) {
-    const tau = Number($("#o-tau").value || 0.5);
+    const tau = span._tau ?? 0.5;
     box.append(el("div", "tip-title", `Sigmoid set {v : σ(z_v) > ${fmt(tau, 2)}}: ${t.set_size} token${t.set_size === 1 ? "" : "s"}`));
     const chips = el("div", "chips");
     for (const s of t.set) chips.append(el("code", same(s, t.text) ? "chip chosen" : "chip", visible(s)));
@@ -202,7 +202,7 @@ function drawsChart(draws, mean) {
 function showTip(span) {
   const t = span._tok, run = span._run;
   if (!t) return;
-  tip.node.replaceChildren(tipContent(t, run));
+  tip.node.replaceChildren(tipContent(t, run, span));
   tip.node.hidden = false;
   const r = span.getBoundingClientRect();
   const tw = tip.node.offsetWidth, th = tip.node.offsetHeight;
@@ -290,7 +290,7 @@ class Column {
   addToken(t) {
     const span = el("span", "tok", t.text === "\n" ? "↵\n" : t.text);
     if (t.text.trim() === "" && t.text !== "\n") span.classList.add("ws");
-    span._tok = t; span._run = this.run;
+    span._tok = t; span._run = this.run; span._tau = this.tau; // the tau the set was computed with
     this.tokens.push(t); this.spans.push(span);
     const box = this.text;
     const following = box.scrollHeight - box.scrollTop - box.clientHeight < 40; // the reader is at the end
@@ -358,12 +358,14 @@ function sampling(run) {
 }
 
 async function generateOne(col, prompt, signal) {
+  const options = sampling(col.run);
+  col.tau = options.tau;
   const t0 = performance.now();
   let first = null;
   col.setStats([["status", "waiting…"]]);
   const response = await fetch("/api/generate", {
     method: "POST", headers: { "Content-Type": "application/json" }, signal,
-    body: JSON.stringify({ run: col.run.name, prompt, ...sampling(col.run) }),
+    body: JSON.stringify({ run: col.run.name, prompt, ...options }),
   });
   if (!response.ok) { col.setStats([]); col.error(await errorOf(response)); return; }
   for await (const { event, data } of sseEvents(response)) {
@@ -466,7 +468,9 @@ function sparkline(col) {
 
 async function scoreOne(col, text) {
   col.setStats([["status", "scoring…"]]);
-  const body = { run: col.run.name, text, top_n: 8, tau: Number($("#o-tau").value || 0.5) };
+  col.tau = numberOr("#s-tau", 0.5);
+  const body = { run: col.run.name, text, top_n: numberOr("#s-top_n", 0), tau: col.tau, seed: numberOr("#s-seed") };
+  if (col.run.bayesian) { body.bayes_mode = $("#s-bayes_mode").value; body.mc_samples = numberOr("#s-mc_samples"); }
   const response = await fetch("/api/score", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   if (!response.ok) { col.setStats([]); col.error(await errorOf(response)); return; }
   const data = await response.json();

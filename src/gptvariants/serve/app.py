@@ -23,7 +23,7 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -166,15 +166,10 @@ def _add_model_api(app: FastAPI, runs: dict[str, Run], pool: ModelPool, has_repo
     async def score(req: ScoreRequest) -> dict[str, Any]:
         run = get_run(req.run)
         with pool.admit():
-            t0 = time.perf_counter()
-            try:
-                records = await pool.call(run.lm.score, req.text, **req.options())
+            try:  # the answer is built on the worker too: a long text's tokens are many dicts
+                return await pool.call(_scored, run, req)
             except (ValueError, TypeError) as e:
                 raise HTTPException(400, str(e)) from None
-        scored = "".join(r.text for r in records)
-        prefix = req.text[: len(req.text) - len(scored)] if req.text.endswith(scored) else ""
-        return {"run": run.name, "prefix": prefix, "tokens": [token_json(r) for r in records],
-                **_summary(records), "seconds": time.perf_counter() - t0}
 
     @app.post("/api/generate")
     async def generate(req: GenerateRequest) -> StreamingResponse:
@@ -194,6 +189,15 @@ def _add_model_api(app: FastAPI, runs: dict[str, Run], pool: ModelPool, has_repo
         return StreamingResponse(_events(pool, run, req, first, records, t0), media_type="text/event-stream",
                                  headers=headers)
 
+
+def _scored(run: Run, req: ScoreRequest) -> dict[str, Any]:
+    """The answer of POST /api/score. ``prefix``: the start of the text that has no score."""
+    t0 = time.perf_counter()
+    records = run.lm.score(req.text, **req.options())
+    scored = "".join(r.text for r in records)
+    prefix = req.text[: len(req.text) - len(scored)] if req.text.endswith(scored) else ""
+    return {"run": run.name, "prefix": prefix, "tokens": [token_json(r) for r in records], **_summary(records),
+            "seconds": time.perf_counter() - t0}
 
 
 async def _events(pool: ModelPool, run: Run, req: GenerateRequest, first: TokenRecord | None,

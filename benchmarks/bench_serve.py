@@ -1,0 +1,260 @@
+"""The playground's server against the library: first streamed token, tokens/s, and a bounded load test.
+
+1. Streaming. One run (default: nanoGPT's shakespeare_char shape, 6 layers, 384 wide, block 256,
+   V = 65, random weights: speed does not depend on them), one prompt, the same sampling settings
+   (temperature 0.8, top-k 40, seed 0, N new tokens). Measured side by side, alternating, R rounds:
+   ``lm.generate`` in this process (the path of ``gptv sample``) and ``POST /api/generate`` to a
+   ``gptv serve`` subprocess on 127.0.0.1, read as a stream by the client here (the order of the
+   paths rotates from round to round). Reported: the client's time to the first token event, and
+   tokens/s of each path (the server's from request to last token, as a user sees it) with their
+   ratio per round (median and range). The server is also measured with ``top_n=8``, the page's
+   default (alternatives, draws, sets per token).
+2. Load. A tiny run (2 layers, 32 wide, block 64, V = 65) in its own ``gptv serve``: each request's
+   solo time (median of 5 sequential requests), then 20 concurrent requests of each kind
+   (generate: 64 streamed tokens; score: 200 characters), started together from 20 client threads.
+   Bounded: one round of each kind, a 120 s timeout per request, only 127.0.0.1. Reported: errors,
+   and each kind's slowest and median concurrent time as a multiple of its solo time. For reference,
+   what batching would buy: 20 copies of the prompt decoded as one batch by the library, over one.
+
+    python benchmarks/bench_serve.py [--new-tokens 200] [--rounds 5] [--threads N] [--json] [--run RUN_DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import httpx
+import torch
+
+from gptvariants.allocator import keep_freed_memory
+from gptvariants.api import load
+from gptvariants.checkpoint import save_checkpoint
+from gptvariants.config import load_config
+from gptvariants.model import GPT
+from gptvariants.tokenizers import CharTokenizer
+
+CHARS = list("\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")  # Tiny Shakespeare's 65
+PROMPT = "ROMEO:\nBut soft, what light through yonder window breaks?\n"
+SETTINGS = {"temperature": 0.8, "top_k": 40, "seed": 0, "stop_at_eot": False}
+
+
+def make_run(folder: Path, **shape) -> Path:
+    """A run folder (checkpoint, config, char tokenizer) of a randomly initialised model."""
+    tok = CharTokenizer(CHARS)
+    torch.manual_seed(0)
+    cfg = load_config("baseline", overrides=dict(vocab_size=tok.vocab_size, **shape))
+    save_checkpoint(folder, GPT(cfg.model, cfg.objective), {"step": 0, "config": cfg.to_dict()})
+    cfg.save(folder / "config.json")
+    tok.save(folder)
+    return folder
+
+
+class Server:
+    """``gptv serve RUN`` in a subprocess on a free 127.0.0.1 port."""
+
+    def __init__(self, run: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same intra-op threads as here
+        cmd = [sys.executable, "-m", "gptvariants.cli", "serve", str(run), "--port", str(self.port), "--device", "cpu"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/api/runs", timeout=1).read()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.close()
+                    raise RuntimeError(f"gptv serve did not start: {self.proc.stderr.read()}")
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def stream_generate(client: httpx.Client, url: str, body: dict) -> tuple[float, float, int]:
+    """(seconds to the first token event, seconds to the end, tokens) of one streamed generation."""
+    t0 = time.perf_counter()
+    first, n = None, 0
+    with client.stream("POST", url + "/api/generate", json=body, timeout=120) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {r.read().decode()}")
+        for line in r.iter_lines():
+            if line == "event: token":
+                n += 1
+                if first is None:
+                    first = time.perf_counter() - t0
+            elif line == "event: error":
+                raise RuntimeError("error event in the stream")
+    return first or float("nan"), time.perf_counter() - t0, n
+
+
+def streaming(run: Path, new_tokens: int, rounds: int) -> dict:
+    """Library vs server, alternating, ``rounds`` times."""
+    lm = load(run)
+    server = Server(run)
+    body = {"run": run.name, "prompt": PROMPT, "max_new_tokens": new_tokens, **SETTINGS}
+    lib_tps, srv_tps, srv8_tps, firsts, firsts8, ratios = [], [], [], [], [], []
+    try:
+        with httpx.Client() as client:
+            lm.generate(PROMPT, 16, **SETTINGS)  # warm-up both paths
+            stream_generate(client, server.url, {**body, "max_new_tokens": 16})
+            for r in range(rounds):
+                got: dict[str, tuple[float, float]] = {}  # path -> (seconds to first token, tokens/s)
+                paths = ["library", "server", "server8"]
+                for path in paths[r % 3:] + paths[: r % 3]:  # rotate the order: no path always runs first
+                    if path == "library":
+                        t0 = time.perf_counter()
+                        text = lm.generate(PROMPT, new_tokens, **SETTINGS)
+                        seconds = time.perf_counter() - t0
+                        assert len(lm.tokenizer.encode(text)) == new_tokens
+                        got[path] = (float("nan"), new_tokens / seconds)
+                    else:
+                        top_n = 8 if path == "server8" else 0
+                        first, total, n = stream_generate(client, server.url, {**body, "top_n": top_n})
+                        assert n == new_tokens, n
+                        got[path] = (first * 1e3, n / total)
+                lib_tps.append(got["library"][1])
+                srv_tps.append(got["server"][1])
+                srv8_tps.append(got["server8"][1])
+                firsts.append(got["server"][0])
+                firsts8.append(got["server8"][0])
+                ratios.append(got["server"][1] / got["library"][1])
+    finally:
+        server.close()
+    med = statistics.median
+    return {"new_tokens": new_tokens, "rounds": rounds, "library_tokens_per_s": med(lib_tps),
+            "server_tokens_per_s": med(srv_tps), "server_top8_tokens_per_s": med(srv8_tps),
+            "ratio_median": med(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "first_token_ms_median": med(firsts), "first_token_ms_max": max(firsts),
+            "first_token_top8_ms_median": med(firsts8)}
+
+
+def one_request(client: httpx.Client, url: str, kind: str, body: dict) -> float:
+    t0 = time.perf_counter()
+    if kind == "generate":
+        stream_generate(client, url, body)
+    else:
+        r = client.post(url + "/api/score", json=body, timeout=120)
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {r.text}")
+    return time.perf_counter() - t0
+
+
+def load_test(run: Path, concurrency: int = 20) -> list[dict]:
+    """Each kind's solo time, then ``concurrency`` simultaneous requests of it (one round)."""
+    server = Server(run)
+    text = (PROMPT * 4)[:200]
+    bodies = {"generate": {"run": run.name, "prompt": PROMPT, "max_new_tokens": 64, "top_n": 8, **SETTINGS},
+              "score": {"run": run.name, "text": text, "top_n": 8}}
+    rows = []
+    try:
+        with httpx.Client(limits=httpx.Limits(max_connections=concurrency)) as client:
+            for kind, body in bodies.items():
+                one_request(client, server.url, kind, body)  # warm-up
+                solo = statistics.median(one_request(client, server.url, kind, body) for _ in range(5))
+                times: list[float] = []
+                errors: list[str] = []
+                barrier = threading.Barrier(concurrency)
+
+                def worker() -> None:
+                    barrier.wait()
+                    try:
+                        times.append(one_request(client, server.url, kind, body))
+                    except Exception as e:  # counted, reported
+                        errors.append(f"{type(e).__name__}: {e}")
+
+                threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(150)
+                rows.append({"kind": kind, "concurrent": concurrency, "errors": len(errors), "solo_ms": solo * 1e3,
+                             "median_x_solo": statistics.median(times) / solo if times else None,
+                             "max_x_solo": max(times) / solo if times else None,
+                             "first_error": errors[0] if errors else None})
+    finally:
+        server.close()
+    return rows
+
+
+def batched_reference(run: Path, concurrency: int = 20, rounds: int = 5) -> float:
+    """What batching would buy: ``generate_details`` of ``concurrency`` copies of the load test's
+    prompt in one batch, over the time of one (median of ``rounds`` ratios), in this process."""
+    lm = load(run)
+    opts = {"top_n": 8, **SETTINGS}
+    lm.generate_details([PROMPT] * concurrency, 64, **opts)  # warm-up
+    ratios = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        lm.generate_details(PROMPT, 64, **opts)
+        one = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        lm.generate_details([PROMPT] * concurrency, 64, **opts)
+        ratios.append((time.perf_counter() - t0) / one)
+    return statistics.median(ratios)
+
+
+def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # as `gptv` does
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--new-tokens", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--run", default=None,
+                    help="a run folder for the streaming comparison (default: a random shakespeare_char-shape model)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch intra-op threads, here and in the server (0 = torch's default)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        shape = dict(n_layer=6, n_head=6, n_embd=384, block_size=256)
+        big = Path(args.run) if args.run else make_run(Path(tmp) / "char-6x384", **shape)
+        tiny = make_run(Path(tmp) / "tiny", n_layer=2, n_head=2, n_embd=32, block_size=64)
+        stream = streaming(big, args.new_tokens, args.rounds)
+        loads = load_test(tiny)
+        batched = batched_reference(tiny)
+    load_avg = os.getloadavg()[0]
+    if args.json:
+        print(json.dumps({"streaming": stream, "load": loads, "batched_20_over_1": batched, "load_average": load_avg}))
+    else:
+        s = stream
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load_avg:.1f}")
+        print(f"streaming ({s['new_tokens']} tokens, median of {s['rounds']} rounds):")
+        print(f"  gptv sample path (lm.generate) {s['library_tokens_per_s']:.1f} tok/s; server stream "
+              f"{s['server_tokens_per_s']:.1f} tok/s = {s['ratio_median']:.3f}x "
+              f"(range {s['ratio_min']:.3f}-{s['ratio_max']:.3f}); "
+              f"with top_n=8 {s['server_top8_tokens_per_s']:.1f} tok/s")
+        print(f"  first streamed token {s['first_token_ms_median']:.0f} ms median, "
+              f"{s['first_token_ms_max']:.0f} ms max "
+              f"(top_n=8: {s['first_token_top8_ms_median']:.0f} ms)")
+        for r in loads:
+            print(f"load: {r['concurrent']} concurrent {r['kind']}: {r['errors']} errors, solo {r['solo_ms']:.0f} ms, "
+                  f"median {r['median_x_solo']:.1f}x solo, slowest {r['max_x_solo']:.1f}x solo")
+        print(f"reference: 20 prompts decoded as one batch (lm.generate_details) take {batched:.2f}x one prompt")
+    ok = (stream["first_token_ms_median"] <= 300 and stream["ratio_median"] >= 0.9
+          and all(r["errors"] == 0 and r["max_x_solo"] is not None and r["max_x_solo"] <= 5 for r in loads))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""``gptv serve``: a local web playground that puts runs side by side, token by token.
+
+Generate (one prompt, one column per run, tokens streamed), Score (a text coloured by each
+run's surprisal, entropy or mutual information) and Report (an experiment's report.md and
+plots). The web server (FastAPI on uvicorn) is the optional extra ``serve``; importing this
+package does not need it, so ``gptv`` starts without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import socket
+import sys
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost")
+INSTALL_HINT = 'gptv serve needs the web server: pip install -e ".[serve]" (fastapi, uvicorn, markdown-it-py)'
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail now, before the runs load, when the address cannot be listened on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise OSError(f"cannot listen on {host}:{port} ({e.strerror}): pass another --port or --host") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Load every run once, then serve the page and the API until Ctrl-C."""
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as e:
+        raise RuntimeError(f"{INSTALL_HINT} ({e})") from None
+    from .runs import discover, load_runs
+
+    paths, report = discover(args.paths)
+    check_port(args.host, args.port)
+    print(f"loading {len(paths)} run(s): {', '.join(paths)}", file=sys.stderr)
+    runs = load_runs(paths, device=args.device)
+    local = is_loopback(args.host)
+    if not local:
+        print(f"gptv serve: warning: listening on {args.host}: anyone who can reach it can run the models",
+              file=sys.stderr)
+    app = create_app(runs, report, workers=args.workers, max_pending=args.max_pending,
+                     allowed_hosts=[*LOOPBACK_NAMES, args.host] if local else None)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"gptv serve: http://{shown}:{args.port}/" + (" (with the experiment report)" if report else ""),
+          file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=2)
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """Add ``gptv serve`` to the ``gptv`` subcommands."""
+    p = subparsers.add_parser("serve", help="a web playground: runs side by side, coloured by uncertainty",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("paths", nargs="+", metavar="RUN",
+                   help="run folders, folders of runs, or an experiment folder (then the Report view shows its report)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | mps | auto")
+    p.add_argument("--workers", type=int, default=4, help="threads for model work")
+    p.add_argument("--max-pending", type=int, default=64, help="requests in progress before new ones get 503")
+    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)

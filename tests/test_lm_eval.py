@@ -319,9 +319,11 @@ def test_bad_model_arguments_are_refused(runs, harness):
 def test_lm_eval_argv_sets_the_model_and_passes_the_rest():
     argv = lm_eval_argv("runs/b", "hellaswag", bayes_mode="mean", model_args="seed=3", extra=["--limit", "5"])
     assert argv == ["run", "--model", "gptv", "--model_args", "run=runs/b,bayes_mode=mean,seed=3", "--tasks",
-                    "hellaswag", "--device", "auto", "--limit", "5"]
+                    "hellaswag", "--device", "auto", "--batch_size", "16", "--limit", "5"]
     with pytest.raises(ValueError, match="sets --model itself"):
         lm_eval_argv("runs/b", "x", extra=["--model", "hf"])
+    with pytest.raises(ValueError, match="sets --batch_size itself"):
+        lm_eval_argv("runs/b", "x", extra=["--batch_size=4"])
     with pytest.raises(ValueError, match="cannot carry a run path"):
         lm_eval_argv("runs/a,b", "x")
 

@@ -45,23 +45,27 @@ def run_lm_eval(argv: Sequence[str]) -> None:
 
 
 def lm_eval_argv(run: str, tasks: str, *, bayes_mode: str | None = None, mc_samples: int | None = None,
-                 model_args: str | None = None, device: str = "auto", extra: Sequence[str] = ()) -> list[str]:
+                 model_args: str | None = None, device: str = "auto", batch_size: int = 16,
+                 extra: Sequence[str] = ()) -> list[str]:
     """The lm-eval ``run`` arguments that evaluate the run folder ``run`` on ``tasks``."""
     if "," in run or "=" in run:
         raise ValueError(f"lm-eval's --model_args cannot carry a run path with ',' or '=': {run!r}")
-    for flag in ("--model", "--model_args", "--model-args"):
+    for flag in ("--model", "--model_args", "--model-args", "--batch_size", "--device"):
         if any(a == flag or a.startswith(flag + "=") for a in extra):
-            raise ValueError(f"gptv lm-eval sets {flag} itself; add model arguments with --model-args K=V,...")
+            raise ValueError(f"gptv lm-eval sets {flag} itself: use its own options (--model-args K=V,..., "
+                             "--batch-size, --device)")
     args = [f"run={run}"]
     args += [f"bayes_mode={bayes_mode}"] if bayes_mode else []
     args += [f"mc_samples={mc_samples}"] if mc_samples is not None else []
     args += [model_args] if model_args else []
-    return ["run", "--model", "gptv", "--model_args", ",".join(args), "--tasks", tasks, "--device", device, *extra]
+    return ["run", "--model", "gptv", "--model_args", ",".join(args), "--tasks", tasks, "--device", device,
+            "--batch_size", str(batch_size), *extra]
 
 
 def _cmd_lm_eval(args: argparse.Namespace, extra: list[str]) -> int:
     run_lm_eval(lm_eval_argv(args.run, args.tasks, bayes_mode=args.bayes_mode, mc_samples=args.mc_samples,
-                             model_args=args.model_args, device=args.device, extra=extra))
+                             model_args=args.model_args, device=args.device, batch_size=args.batch_size,
+                             extra=extra))
     return 0
 
 
@@ -82,5 +86,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("--model-args", "--model_args", default=None,
                    help="more gptv model arguments, K=V,...: seed (default 1337), unknown (skip|error), "
                         "max_gen_toks (default 256)")
+    p.add_argument("--batch-size", "--batch_size", type=int, default=16,
+                   help="windows (loglikelihood) or prompts (generation) per forward pass (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     p.set_defaults(func=_cmd_lm_eval, takes_extra=True)

@@ -125,7 +125,7 @@ class Request:
 # ----------------------------------------------------------------------------- windows
 
 
-def test_continuation_windows_cut_long_contexts_and_chunk_long_continuations():
+def test_continuation_windows_cut_long_contexts_and_chunk_long_continuations(harness):
     from gptvariants.harness.model import continuation_windows
 
     # (begin, end, first scored target): x = tokens[begin:end-1]
@@ -311,6 +311,8 @@ def test_bad_model_arguments_are_refused(runs, harness):
     assert lm.device.type == "cpu"  # lm-eval's default --device falls back to the CPU
     with pytest.raises(ValueError, match="no token the run's tokenizer can encode"):
         lm.loglikelihood([Request("the king", "€")], disable_tqdm=True)
+    with pytest.raises(ValueError, match="no token the run's tokenizer can encode"):
+        lm.loglikelihood([Request("", "€")], disable_tqdm=True)
     strict = GPTVariantsLM(run=str(run["baseline"]), device="cpu", unknown="error")
     with pytest.raises(ValueError, match="not in the char vocabulary"):
         strict.loglikelihood([Request("the king", " €")], disable_tqdm=True)

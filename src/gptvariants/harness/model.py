@@ -7,9 +7,10 @@ loglikelihood          (context, continuation): log p(continuation | context) = 
                        every one of them is the argmax of p. Context and continuation are encoded
                        together (lm-eval's ``TemplateLM`` convention); an empty context is the
                        end-of-text token (token 0 for tokenizers without one, like ``generate``).
-                       A context is cut to the block_size - 1 tokens before the first scored
-                       token; a continuation longer than block_size is scored in chunks of
-                       block_size targets, each from the block_size tokens before its end.
+                       One window of block_size tokens ends before the last target (lm-eval's
+                       Hugging Face convention), so a long context keeps its end; a continuation
+                       longer than block_size is scored in chunks of block_size targets, each
+                       from the block_size tokens before its own last target.
 loglikelihood_rolling  the whole text, end-of-text prepended when the tokenizer has one (else the
                        first token is context only), in disjoint windows of block_size: exactly
                        ``gptv eval --text FILE --stride block_size`` (same windows, batches and,
@@ -147,13 +148,19 @@ class GPTVariantsLM(TemplateLM):
 
     # ------------------------------------------------------------------ loglikelihood
 
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        for context, continuation in (r.args for r in requests):
+            if not context and not self.lm.tokenizer.encode(continuation, unknown="skip"):
+                raise ValueError(f"the continuation {continuation!r} has no token the run's tokenizer can encode")
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+
     def _loglikelihood_tokens(self, requests: list[tuple[tuple[str, str], list[int], list[int]]],
                               disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
         """(sum of log p, all greedy) per (strings, context ids, continuation ids), in order."""
         self._report_dropped()
         block = self.max_length
         plans = []
-        for (strings, ctx, cont) in requests:
+        for strings, ctx, cont in requests:
             ctx = ctx or [self.prefix_token_id]  # a blank context, emptied by moving its spaces to the continuation
             if not cont:
                 raise ValueError(f"the continuation {strings[1]!r} has no token the run's tokenizer can encode")
@@ -178,11 +185,11 @@ class GPTVariantsLM(TemplateLM):
         for s in tqdm(range(0, len(rows), self.batch_size), disable=disable_tqdm, desc="gptv loglikelihood"):
             batch = rows[s : s + self.batch_size]
             x = torch.zeros(len(batch), batch[0][0] - 1, dtype=torch.long)
-            for r, (length, i, k) in enumerate(batch):
+            for r, (_, i, k) in enumerate(batch):
                 b, e, _ = plans[i][1][k]
                 x[r, : e - 1 - b] = torch.tensor(plans[i][0][b : e - 1])
             hs = self.predictor.encode(x.to(self.device))
-            for r, (length, i, k) in enumerate(batch):
+            for r, (_, i, k) in enumerate(batch):
                 b, e, first = plans[i][1][k]
                 parts.setdefault(i, {})[k] = [h[r, first - b - 1 : e - b - 1] for h in hs]
                 if len(parts[i]) == len(plans[i][1]):

@@ -27,7 +27,7 @@ from .train import TrainingDiverged
 from .variants import REGISTRY
 
 # modules that add their own subcommands
-PLUGINS: tuple[str, ...] = ("sample", "targets", "evaluate", "calibration", "experiment", "export", "serve")
+PLUGINS: tuple[str, ...] = ("sample", "targets", "evaluate", "calibration", "experiment", "export", "serve", "harness")
 
 # errors that are the user's input, not our bug: print the message, no traceback
 USER_ERRORS = (ConfigError, CheckpointError, TrainingDiverged, FileNotFoundError, ValueError, RuntimeError, OSError)

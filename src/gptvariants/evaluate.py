@@ -338,7 +338,8 @@ CONVENTIONS = {
                  "abstains on the errors first",
     "ood": "out-of-domain detection: the --ood source's tokens are the positives, the evaluated text's the negatives; "
            "scores are oriented so that higher = more uncertain (max_prob enters as 1 - max_prob; 'mean' reports "
-           "max_prob itself); token level uses every scored token, sequence level the means over consecutive "
+           "max_prob itself); the out-of-domain text is cut to as many tokens as the in-domain one; token level uses "
+           "every scored token, sequence level the means over consecutive "
            "segments of block_size tokens; fpr95 = the share of in-domain tokens (sequences) flagged at the highest "
            "threshold that flags 95 % of the out-of-domain ones",
     "text": "--text / text:PATH sources are encoded with the run's tokenizer; pieces it cannot encode are dropped and "
@@ -435,6 +436,9 @@ def evaluate(run_dir: str | Path | list, data_dir: str | Path | None = None, *, 
     result["sets"] = {"reference": set_source, **_sets(raw["tokens"], raw["curve"], tau)} if set_source else {"skipped": skipped}
     if ood is not None:
         shifted = resolve_source(ood, run_dir, tokenizer, source, split)
+        if len(shifted.tokens) > len(source.tokens):  # as many tokens on both sides: the AUROCs compare like with like
+            shifted.info["tokens_available"] = len(shifted.tokens)
+            shifted.tokens = shifted.tokens[: len(source.tokens)]
         _check_length(shifted, cfg.model.block_size, stride)
         out_tokens = score(predictor, shifted.tokens, stride=stride, batch=batch, point=False)["tokens"]
         result["ood"] = {**ood_summary(raw["tokens"], out_tokens, cfg.model.block_size, shifted.name),

@@ -83,9 +83,18 @@ def test_head_ensemble_loss_and_predictive(tiny_data, tmp_path):
     x = torch.randint(0, 30, (2, 8))
     y = torch.roll(x, -1, 1)
     h = model.transformer(x)
+    flat, yf = h.reshape(-1, h.shape[-1]), y.reshape(-1)
+    # split training: position n trains member n mod 4 only
     loss, _ = model.head.loss(h, model.objective, y, None)
-    per_head = [torch.nn.functional.cross_entropy(m.logits(h.reshape(-1, h.shape[-1]))[0], y.reshape(-1))
-                for m in model.head.members]
+    by_position = torch.stack([torch.nn.functional.cross_entropy(model.head.members[n % 4].logits(flat[n : n + 1])[0],
+                                                                 yf[n : n + 1]) for n in range(len(yf))])
+    assert loss.item() == pytest.approx(by_position.mean().item(), rel=1e-5)
+    loss.backward()
+    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in model.head.members)
+    # every member on every position
+    model.head.split = False
+    loss, _ = model.head.loss(h, model.objective, y, None)
+    per_head = [torch.nn.functional.cross_entropy(m.logits(flat)[0], yf) for m in model.head.members]
     assert len(per_head) == 4 and loss.item() == pytest.approx(sum(per_head).item() / 4, rel=1e-5)
     draws = Predictor([model]).draws([h.reshape(-1, h.shape[-1])])
     mean = torch.stack([torch.softmax(m.logits(h.reshape(-1, h.shape[-1]))[0], -1) for m in model.head.members]).mean(0)

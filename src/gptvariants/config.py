@@ -107,6 +107,7 @@ class ObjectiveConfig:
     rho_lr_mult: float = key(1.0, Float(0.0, lo_open=True))  # learning-rate multiplier of a Bayesian head's rho
     mc_samples: int = key(8, Int(1, 10_000))  # Monte-Carlo draws for Bayesian prediction
     ensemble_size: int = key(4, Int(1, 1024))  # K heads of the `ensemble` head
+    ensemble_split: bool = key(True, Bool())  # each position trains one member (one head's cost), else all K
     targets: str = key("", Text())  # cached teacher sets under DATA/targets/<name>; '' = the true token only
     # m of the sigmoid readout (objectives.SigmoidBCE); 0 = from the sets, set by training
     set_draws: int = key(0, Int(0, BIG))

@@ -247,21 +247,28 @@ class BayesianHead(Head):
 
 @register_head("ensemble")
 class HeadEnsemble(Head):
-    """K linear heads on one backbone, each initialised independently and trained on the same
-    objective: loss = 1/K sum_k objective(h W_k^T + b_k); the predictive averages the K readouts
-    (a K-member deep ensemble that shares the backbone; Lakshminarayanan et al. 2017).
+    """K linear heads on one backbone, each initialised independently; the predictive averages the
+    K readouts (a K-member deep ensemble that shares the backbone; Lakshminarayanan et al. 2017).
+
+    Training, ``split`` (the default): position n of the flattened micro-batch trains member
+    k = n mod K only, loss = 1/N sum_n objective(h_n W_{k(n)}^T + b_{k(n)}), so the K heads cost one
+    head's matmuls, as BatchEnsemble (Wen et al. 2020) splits its batch among members; each member
+    sees a different quarter of the data, which also decorrelates them. ``split=False``: every
+    member on every position, loss = 1/K sum_k objective(h W_k^T + b_k), K times the head's cost.
     The token embedding, if tied, shares the first member's weights."""
 
-    def __init__(self, n_embd: int, vocab_size: int, k: int, bias: bool = False, bias_init: float = 0.0) -> None:
+    def __init__(self, n_embd: int, vocab_size: int, k: int, bias: bool = False, bias_init: float = 0.0,
+                 split: bool = True) -> None:
         super().__init__()
         if k < 1:
             raise ValueError(f"ensemble_size must be >= 1, got {k}")
         self.members = nn.ModuleList(LinearHead(n_embd, vocab_size, bias, bias_init) for _ in range(k))
+        self.split = split
 
     @classmethod
     def from_config(cls, n_embd: int, vocab_size: int, cfg: ObjectiveConfig, sigmoid: bool) -> HeadEnsemble:
         return cls(n_embd, vocab_size, cfg.ensemble_size, bias=cfg.output_bias,
-                   bias_init=sigmoid_bias_init(vocab_size, sigmoid))
+                   bias_init=sigmoid_bias_init(vocab_size, sigmoid), split=cfg.ensemble_split)
 
     @property
     def mean_weight(self) -> nn.Parameter:
@@ -273,8 +280,19 @@ class HeadEnsemble(Head):
     def loss(self, h, objective, y, sets, chunk_size=0, sample=False):
         from .objectives import fused_linear_loss
 
-        total = sum(fused_linear_loss(h, m.weight, m.bias, objective, y, sets, chunk_size) for m in self.members)
-        return total / len(self.members), h.new_zeros((), dtype=torch.float32)
+        K, zero = len(self.members), h.new_zeros((), dtype=torch.float32)
+        if not self.split:
+            return sum(fused_linear_loss(h, m.weight, m.bias, objective, y, sets, chunk_size) for m in self.members) / K, zero
+        h2, y2 = h.reshape(-1, h.shape[-1]), y.reshape(-1)
+        s2 = None if sets is None else sets.reshape(-1, sets.shape[-1])
+        total = zero
+        for k, m in enumerate(self.members):  # member k: positions k, k + K, ...; weighted by its positions
+            yk = y2[k::K]
+            if len(yk):
+                part = fused_linear_loss(h2[k::K], m.weight, m.bias, objective, yk, None if s2 is None else s2[k::K],
+                                         chunk_size)
+                total = total + part * (yk >= 0).sum()
+        return total / (y2 >= 0).sum().clamp(min=1), zero
 
     def n_draws(self, samples: int) -> int:
         return len(self.members)

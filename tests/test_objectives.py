@@ -196,7 +196,7 @@ def test_sampled_set_readout_inverts_membership():
     z = torch.randn(3, 10)
     torch.testing.assert_close(SigmoidBCE(set_draws=1).log_probs(z), torch.log(torch.sigmoid(z) / torch.sigmoid(z).sum(-1, keepdim=True)))
     # extreme logits stay finite (saturated members, vanishing non-members)
-    assert torch.isfinite(SigmoidBCE(set_draws=8).log_probs(torch.tensor([[40.0, -40.0, 0.0]]))).all()
+    assert torch.isfinite(SigmoidBCE(set_draws=8).log_probs(torch.tensor([[40.0, -40.0, 0.0, -200.0]]))).all()
     with pytest.raises(ValueError, match="set_draws"):
         SigmoidBCE(set_draws=0)
 

@@ -208,7 +208,8 @@ class SigmoidBCE(Objective):
         if self.set_draws == 1:
             ls = F.logsigmoid(z.float())
         else:
-            ls = torch.log(-torch.expm1(F.logsigmoid(-z.float()) / self.set_draws))
+            member = -torch.expm1(F.logsigmoid(-z.float()) / self.set_draws)  # 0 for z below about -100
+            ls = member.clamp_min(torch.finfo(member.dtype).tiny).log()
         return ls - torch.logsumexp(ls, dim=-1, keepdim=True)
 
     def __repr__(self) -> str:

@@ -75,18 +75,19 @@ class Draws:
                  logits: torch.Tensor | None = None) -> None:
         self.log_ps = log_ps
         self.set_probs = set_probs
-        self.hidden: list[torch.Tensor] | None = None  # the hidden states read out, when the caller keeps them
         self._logits = logits
-        S = log_ps.shape[0]
-        self.log_p = log_ps[0] if S == 1 else torch.logsumexp(log_ps, dim=0) - math.log(S)
+        self.hidden: list[torch.Tensor] | None = None  # the hidden states read out, when the caller keeps them
+        if log_ps.shape[0] == 1:
+            self._ps, self.probs = None, log_ps[0].exp()
+            self.log_p = log_ps[0]
+        else:  # the mixture in probability space: one exp pass over the draws serves p and their entropies
+            self._ps = log_ps.exp()
+            self.probs = self._ps.mean(0)
+            self.log_p = self.probs.clamp_min(torch.finfo(self.probs.dtype).tiny).log()
 
     @property
     def samples(self) -> int:
         return self.log_ps.shape[0]
-
-    @property
-    def probs(self) -> torch.Tensor:
-        return self.log_p.exp()
 
     @property
     def scores(self) -> torch.Tensor:
@@ -97,8 +98,10 @@ class Draws:
         return M.entropy(self.probs)
 
     def expected_entropy(self) -> torch.Tensor:
-        """1/S sum_s H[p_s] (n,); one draw at a time, so no second (S, n, V) buffer."""
-        return sum(M.entropy(lp.exp()) for lp in self.log_ps) / self.samples
+        """1/S sum_s H[p_s] (n,), as -1/S sum_s <p_s, log p_s> (one fused dot product per draw and row)."""
+        if self._ps is None:
+            return self.entropy()
+        return -torch.linalg.vecdot(self._ps, self.log_ps).mean(0)
 
     def mutual_information(self) -> torch.Tensor:
         """H[p] - 1/S sum_s H[p_s] (n,): >= 0 by Jensen's inequality; rounding below 0 reads 0."""

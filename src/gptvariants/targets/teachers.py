@@ -17,7 +17,8 @@ from .ngram import NgramTeacher
 
 
 class CheckpointTeacher(WindowedTeacher):
-    """``ckpt:RUN``: a gptvariants model; its predictive distribution (softmax or normalised sigmoid)."""
+    """``ckpt:RUN``: a gptvariants run; its predictive distribution (``predictive.Predictor``: softmax, a
+    sigmoid head's readout, a Bayesian head's mixture of draws, its fitted temperature)."""
 
     def __init__(self, run: str, data: TokenDataset, device: torch.device, context: int | None, batch_size: int) -> None:
         from ..checkpoint import load_run
@@ -38,6 +39,9 @@ class CheckpointTeacher(WindowedTeacher):
         self.context = min(context or cfg.model.block_size, cfg.model.block_size)
         self.batch_size = batch_size or max(1, TOKENS_PER_FORWARD // self.context)
         self.variant = cfg.objective.variant
+        from ..methods import Run, build_predictor
+
+        self.predictor = build_predictor([Run(run_dir, self.model, cfg)], seed=0)
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else torch.autocast("cpu", enabled=False)
@@ -47,13 +51,14 @@ class CheckpointTeacher(WindowedTeacher):
             return self.model.transformer(windows)
 
     def probs_from_hidden(self, h: torch.Tensor) -> torch.Tensor:
-        return self.model.objective.log_probs(self._logits(h)).exp()
+        p = self.predictor.draws([h]).probs[:, : self.vocab_size]  # a padded vocabulary's ids never occur in the data
+        return p / p.sum(-1, keepdim=True) if p.shape[-1] < self.predictor.vocab_size else p
 
     def softmax_logits(self, h: torch.Tensor) -> torch.Tensor | None:
-        return None if self.model.objective.sigmoid else self._logits(h)
-
-    def _logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.model.logits(h)[:, : self.vocab_size]  # a padded vocabulary's extra ids never occur in the data
+        """The logits when the predictive is one softmax draw (the ranking fast path), else None."""
+        if self.predictor.n_draws > 1 or self.model.objective.sigmoid:
+            return None
+        return self.predictor.members[0].logits(h, 0, None)[0, :, : self.vocab_size]  # z / T, no (m, V) exp
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "context": self.context, "variant": self.variant}

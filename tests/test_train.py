@@ -176,21 +176,7 @@ def test_ddp_two_processes_equal_one_process(tiny_data, tmp_path):
         return [f"{k}={v}" for k, v in {**common, "out_dir": str(out)}.items()]
 
     subprocess.run([sys.executable, str(script), *args(tmp_path / "single")], check=True, env=env, capture_output=True)
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(script),
-            *args(tmp_path / "ddp"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    r = _torchrun(script, args(tmp_path / "ddp"))
     assert r.returncode == 0, r.stderr[-3000:]
     single = load_file(str(tmp_path / "single" / "rank0.safetensors"))
     r0 = load_file(str(tmp_path / "ddp" / "rank0.safetensors"))
@@ -201,6 +187,12 @@ def test_ddp_two_processes_equal_one_process(tiny_data, tmp_path):
 
 
 # ----------------------------------------------------------------------------- losing nothing
+
+
+def _torchrun(script: Path, args: list[str]) -> subprocess.CompletedProcess:
+    """``script`` under torchrun with two CPU processes (gloo), one thread each."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), *args]
+    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
 
 
 def _snapshot(run: Path) -> dict[str, bytes]:
@@ -464,21 +456,7 @@ def test_ddp_non_finite_loss_on_one_rank_stops_every_rank(tiny_data, tmp_path):
         batch_size=4,
         grad_clip=0,
     )
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(script),
-            *[f"{k}={v}" for k, v in o.items()],
-        ],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    r = _torchrun(script, [f"{k}={v}" for k, v in o.items()])
     msgs = [(tmp_path / "ddp" / f"rank{i}.txt") for i in (0, 1)]
     assert all(m.exists() for m in msgs), r.stdout + r.stderr[-3000:]
     assert msgs[0].read_text().startswith("the loss became non-finite on another rank at step 3")

@@ -218,3 +218,20 @@ def test_load_run_on_a_missing_device_is_one_line(tmp_path):
     with pytest.raises(DeviceError, match="no CUDA") as info:
         ck.load_run(tmp_path, device="cuda")
     assert "\n" not in str(info.value)
+
+
+def test_checkpoints_and_written_files_follow_the_umask(tmp_path):
+    """Collaborators on a shared cluster read what a run writes: no 0600 files or 0700 folders."""
+    import os
+
+    from gptvariants.atomic import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        ckpt, _ = _save(tmp_path / "run", step=1)
+        atomic_write(tmp_path / "run" / "notes.json", "{}")
+    finally:
+        os.umask(old)
+    assert ckpt.stat().st_mode & 0o777 == 0o755
+    for f in (*ckpt.iterdir(), tmp_path / "run" / "checkpoint.json", tmp_path / "run" / "notes.json"):
+        assert f.stat().st_mode & 0o777 == 0o644, f

@@ -98,13 +98,33 @@ def reporting_write_failure(what: str, path: Path, intact: str) -> Iterator[None
         raise write_failure(what, path, e, intact) from e
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (/proc/self/status)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: Path, folder: bool = False) -> None:
+    """Give ``path`` the mode a plain open() / mkdir() would under the umask: tempfile's mkstemp
+    and mkdtemp make 0600 files and 0700 folders, which collaborators could not read."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
+
+
 def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    """Write to a temporary file beside ``path``, fsync it, then rename it over ``path`` (mode as the umask gives)."""
     path = Path(path)
     with reporting_write_failure(path.name, path, f"the previous {path.name} is intact"):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
         try:
+            follow_umask(Path(tmp))
             with os.fdopen(fd, "wb") as f:
                 f.write(data.encode("utf-8") if isinstance(data, str) else data)
                 f.flush()

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
-from .atomic import TMP_SUFFIX, atomic_write, clean_temporaries, fsync_dir, reporting_write_failure
+from .atomic import TMP_SUFFIX, atomic_write, clean_temporaries, follow_umask, fsync_dir, reporting_write_failure
 from .integrity import DEFAULT_ALGORITHM, check_files, describe_files
 
 POINTER = "checkpoint.json"
@@ -82,6 +82,7 @@ def save_checkpoint(
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{name}.", suffix=TMP_SUFFIX))
         try:
+            follow_umask(tmp, folder=True)
             _write_files(tmp, model, state, val_ce)
             _publish(run_dir, tmp, name, step)
         except BaseException:
@@ -95,6 +96,7 @@ def _write_files(folder: Path, model: torch.nn.Module, state: dict[str, Any], va
     save_model(_unwrap(model), str(folder / "model.safetensors"))
     torch.save(state, folder / "state.pt")
     for f in FILES:
+        follow_umask(folder / f)
         with open(folder / f, "rb") as fh:
             os.fsync(fh.fileno())
     manifest = {

@@ -115,27 +115,11 @@ def prepare(
         **extra,
         **({"notes": notes} if notes else {}),
     }
-    write_file(out / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
+    atomic_write(out / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
     return meta
 
 
-def write_file(path: Path, data: bytes | str) -> None:
-    """``atomic_write``, then the mode a plain open() would give under the umask (mkstemp's is 0600)."""
-    atomic_write(path, data)
-    os.chmod(path, 0o666 & ~current_umask())
 
-
-def current_umask() -> int:
-    """The process umask, read without changing it where Linux shows it (/proc/self/status)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _prepare_synthetic(preset: str, out: Path, tokenizer: str | None, seed: int) -> tuple[Tokenizer, dict, dict]:
@@ -190,7 +174,7 @@ def _write_splits(out: Path, splits: dict[str, Iterable[int]], vocab_size: int) 
         ids = np.asarray(splits[name], dtype=np.int64)
         if len(ids) and ids.max() >= vocab_size:
             raise AssertionError(f"token id {ids.max()} >= vocab_size {vocab_size}")
-        write_file(out / f"{name}.bin", ids.astype(dtype).tobytes())
+        atomic_write(out / f"{name}.bin", ids.astype(dtype).tobytes())
         stats[f"{name}_tokens"] = len(ids)
     return stats
 
@@ -298,7 +282,7 @@ def _download_shakespeare(out: Path) -> Path:
                 data = r.read()
         except OSError as e:  # URLError, timeouts and DNS failures are all OSErrors
             raise RuntimeError(f"could not download Tiny Shakespeare from {SHAKESPEARE_URL} ({e}). {OFFLINE_HINT}") from e
-        write_file(path, data)
+        atomic_write(path, data)
     return path
 
 
@@ -474,7 +458,7 @@ class TokenDataset:
         if changed:
             _MAX_IDS_SEEN.update({str(cache_path): cache})
             try:
-                write_file(cache_path, json.dumps(cache) + "\n")
+                atomic_write(cache_path, json.dumps(cache) + "\n")
             except OSError:  # a read-only dataset: the in-memory cache still spares this process
                 pass
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import preallocate
+from ..atomic import atomic_write, preallocate
 from ..checks import Float, Int
-from ..data import SPLITS, TokenDataset, token_dtype, write_file
+from ..data import SPLITS, TokenDataset, token_dtype
 from .base import Teacher, parse_spec, resolve_device
 from .selection import ORACLE_MIN_PROB, _check_rule, _Selector
 from .teachers import load_teacher
@@ -94,7 +94,7 @@ def build_targets(
     sel = _Selector(t, k, top_p, min_prob, ratio, ppl_filter, ppl_window, batch_size, seed, sentinel, select)
 
     def save() -> None:
-        write_file(prog_path, json.dumps(prog, indent=1) + "\n")
+        atomic_write(prog_path, json.dumps(prog, indent=1) + "\n")
 
     stats = {}
     for si, split in enumerate(SPLITS):
@@ -102,7 +102,7 @@ def build_targets(
         stats[split] = _build_split(data.split(split), out, split, si, sel, dtype, st, save, chunk_size=chunk_size,
                                     store_probs=store_probs, progress=progress, on_chunk=on_chunk)
     meta = _meta(teacher, t, k, dtype, data.meta["hash"], rules, store_probs, dev, stats)
-    write_file(out / "meta.json", json.dumps(meta, indent=1) + "\n")
+    atomic_write(out / "meta.json", json.dumps(meta, indent=1) + "\n")
     prog_path.unlink(missing_ok=True)
     meta["dir"] = str(out)
     return meta

@@ -200,3 +200,26 @@ def test_ood_against_a_shifted_synthetic_language(tiny, tmp_path):
     assert baseline["ood"]["auroc"]["token"]["surprisal"] == pytest.approx(0.5)  # the same text on both sides
     with pytest.raises(ValueError, match="shift"):
         E.evaluate(runs["bayes"], root / "data", ood="synthetic?strength=1", num_samples=0)
+
+
+def test_eval_scalars_reach_the_runs_tensorboard(tmp_path, monkeypatch, tiny):
+    root, _ = tiny
+    import gptvariants.trainlog as TL
+
+    written = []
+
+    class Writer:
+        def add_scalar(self, tag, value, step):
+            written.append((tag, value, step))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(TL, "_tensorboard", lambda run_dir: Writer())
+    run = _train(root / "data", tmp_path / "tb", "baseline", steps=4, tensorboard=True)
+    written.clear()  # training's own records
+    r = E.evaluate(run, root / "data", num_samples=0, out=tmp_path / "e.json", log_to_run=True,
+                   ood="synthetic?shift=1.0&tokens=2000")
+    tags = {t for t, _, s in written if s == 4}
+    assert r["logged_to"] == [str(run / "tb")]
+    assert {"eval-val/ece", "eval-val/perplexity", "eval-val/aurc_entropy", "eval-val/ood_auroc_entropy"} <= tags

@@ -53,6 +53,7 @@ from .data import TokenDataset
 from .methods import METHODS, build_predictor, load_runs
 from .model import GPT
 from .predictive import CHUNK_FLOATS, Predictor, score_windows
+from .progress import Progress
 from .sources import Source, check_same_tokenizer, resolve_source, split_source, text_source
 from .tokenizers import load_tokenizer
 from .uncertainty import ood_summary, selective_summary
@@ -137,7 +138,7 @@ class _SetCounts:
 @torch.no_grad()
 def score(predictor: Predictor | GPT, tokens: np.ndarray, *, stride: int, truth=None,
           reference: np.memmap | None = None, train_sets: np.memmap | None = None,
-          tau: float = 0.5, batch: int = 16, point: bool = True) -> dict[str, Any]:
+          tau: float = 0.5, batch: int = 16, point: bool = True, progress: bool = False) -> dict[str, Any]:
     """One pass over ``tokens`` (targets 1..n-1 in order): per-token statistics and set counts.
 
     predictor: the run's predictive distribution (a bare GPT means its default predictor).
@@ -146,6 +147,7 @@ def score(predictor: Predictor | GPT, tokens: np.ndarray, *, stride: int, truth=
     memmaps aligned with ``tokens`` (row i = candidates for token i+1), the first for set
     metrics, the second for the sigmoid head's raw BCE as trained. point: also score the
     heads' point estimates (posterior mean) when the predictor draws from a head posterior.
+    progress: a bar in a terminal, plain lines in a log (``progress.Progress``).
     Returns {"tokens": {name: (n-1,) array} of the predictive distribution (``Draws.token_stats``,
     plus truth_* and set_* counts when available), "point": the same for the point estimate or
     None, "curve": (tp, n_pred) summed per tau of TAUS or None, "raw_bce_sum": summed BCE
@@ -164,8 +166,10 @@ def score(predictor: Predictor | GPT, tokens: np.ndarray, *, stride: int, truth=
     raw_bce = 0.0
     windows = M.sliding_windows(len(tokens), predictor.block_size, stride)
     budget = CHUNK_FLOATS // 2  # the draws' log-probabilities and their probabilities
+    bar = Progress(progress, len(tokens) - 1, desc="gptv eval: scoring", unit="token")
     for t, y, draws in score_windows(predictor, tokens, windows, batch=batch, set_probs=want_sets, budget=budget):
         n = len(y)
+        bar.update(n)
         stats = draws.token_stats(y)
         if draws.samples == 1:
             stats.pop("expected_entropy"), stats.pop("mutual_information")
@@ -186,6 +190,7 @@ def score(predictor: Predictor | GPT, tokens: np.ndarray, *, stride: int, truth=
         if want_sets:
             ref = _as_reference(reference[t - 1 : t - 1 + n]) if reference is not None else exact_support(p_true)
             sets.add(per_token, draws.set_probs, ref.to(y.device))
+    bar.close()
     return {
         "tokens": _cat(per_token),
         "point": _cat(point_tokens) if point_tokens else None,
@@ -398,7 +403,8 @@ def evaluate(run_dir: str | Path | list, data_dir: str | Path | None = None, *, 
              split: str = "val", ood: str | None = None, out: str | Path | None = None,
              stride: int | None = None, mc_samples: int | None = None, num_samples: int = 100,
              max_new_tokens: int = 64, sets: str | None = None, tau: float = 0.5, seed: int = 1337,
-             device: str = "auto", batch: int = 16, method: str = "default", temperature: bool = True) -> dict[str, Any]:
+             device: str = "auto", batch: int = 16, method: str = "default", temperature: bool = True,
+             progress: bool = False, log_to_run: bool = False) -> dict[str, Any]:
     """Evaluate the run in ``run_dir`` on ``split`` of ``data_dir`` or on an external ``text``;
     write and return the results.
 
@@ -428,7 +434,7 @@ def evaluate(run_dir: str | Path | list, data_dir: str | Path | None = None, *, 
 
     t0 = time.perf_counter()
     raw = score(predictor, source.tokens, stride=stride, truth=source.truth, reference=reference,
-                train_sets=train_sets, tau=tau, batch=batch)
+                train_sets=train_sets, tau=tau, batch=batch, progress=progress)
     score_s = time.perf_counter() - t0
     result = _summarise(run_dir, cfg, predictor, source, raw, stride)
     result.update(runs=[str(r.dir) for r in runs], method=method,
@@ -440,7 +446,7 @@ def evaluate(run_dir: str | Path | list, data_dir: str | Path | None = None, *, 
             shifted.info["tokens_available"] = len(shifted.tokens)
             shifted.tokens = shifted.tokens[: len(source.tokens)]
         _check_length(shifted, cfg.model.block_size, stride)
-        out_tokens = score(predictor, shifted.tokens, stride=stride, batch=batch, point=False)["tokens"]
+        out_tokens = score(predictor, shifted.tokens, stride=stride, batch=batch, point=False, progress=progress)["tokens"]
         result["ood"] = {**ood_summary(raw["tokens"], out_tokens, cfg.model.block_size, shifted.name),
                          "out_source": shifted.describe()}
     out = Path(out) if out is not None else default_out(run_dir, split if text is None else f"text:{text}")
@@ -457,7 +463,27 @@ def evaluate(run_dir: str | Path | list, data_dir: str | Path | None = None, *, 
         atomic_write(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
         result["diversity"] = {**div, "samples_file": path.name}
     atomic_write(out, json.dumps(result, indent=1, allow_nan=True) + "\n")
+    if log_to_run:
+        from .trainlog import log_eval_scalars
+
+        tag = source.split if text is None else "text"
+        result["logged_to"] = log_eval_scalars(run_dir, cfg, result["step"], scalars(result, f"eval-{tag}"))
     return result
+
+
+def scalars(result: dict[str, Any], prefix: str) -> dict[str, float]:
+    """The headline numbers of an eval result, flat, for TensorBoard and W&B."""
+    p, c, u = result["perplexity"], result["calibration"], result["uncertainty"]
+    out = {"nats_per_token": p["nats_per_token"], "perplexity": p["perplexity"], "ece": c["ece_width"],
+           "brier": c["brier"], "accuracy": c["accuracy"], "auroc_entropy": u["auroc_entropy"],
+           **{f"aurc_{k}": v for k, v in result["selective"]["aurc"].items()}}
+    if "mean_mutual_information" in u:
+        out["mean_mutual_information"] = u["mean_mutual_information"]
+    if result.get("ood"):
+        out.update({f"ood_auroc_{k}": v for k, v in result["ood"]["auroc"]["token"].items()})
+    if result.get("ground_truth"):
+        out["kl_to_truth"] = result["ground_truth"]["kl_true_model"]
+    return {f"{prefix}/{k}": float(v) for k, v in out.items() if v is not None and np.isfinite(v)}
 
 
 def _summarise(run_dir: Path, cfg, predictor: Predictor, source: Source, raw: dict[str, Any],
@@ -553,10 +579,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(args.ckpt, args.data, text=args.text, split=args.split, ood=args.ood, out=args.out,
                       stride=args.stride, mc_samples=args.mc_samples, num_samples=args.num_samples,
                       max_new_tokens=args.max_new_tokens, sets=args.sets, tau=args.tau, seed=args.seed,
-                      device=args.device, method=args.method, temperature=not args.no_temperature)
+                      device=args.device, method=args.method, temperature=not args.no_temperature, progress=True,
+                      log_to_run=True)
     print(_format(result))
     where = args.split if args.text is None else f"text:{args.text}"
-    print(f"results in {args.out or default_out(Path(result['run']), where)}")
+    print(f"results in {args.out or default_out(Path(result['run']), where)}"
+          + (f"; scalars also in {' and '.join(result['logged_to'])}" if result.get("logged_to") else ""))
     return 0
 
 

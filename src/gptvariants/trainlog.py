@@ -143,8 +143,10 @@ class Logger:
             import wandb  # check_backends made sure it is there and WANDB_API_KEY is in the environment
 
             self.wandb = wandb.init(
-                project=cfg.train.wandb_project, name=cfg.train.wandb_run_name or None, config=cfg.to_dict()
+                project=cfg.train.wandb_project, name=cfg.train.wandb_run_name or None, config=cfg.to_dict(),
+                id=_wandb_id(run_dir), resume="allow",
             )
+            atomic_write(run_dir / WANDB_FILE, json.dumps({"id": self.wandb.id, "project": cfg.train.wandb_project}) + "\n")
 
     def log(self, record: dict[str, Any], message: str | None = None) -> None:
         if not self.enabled:
@@ -186,6 +188,43 @@ class Logger:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+WANDB_FILE = "wandb.json"  # the W&B run id: a resumed run and `gptv eval` log into the same W&B run
+
+
+def _wandb_id(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / WANDB_FILE).read_text(encoding="utf-8"))["id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def log_eval_scalars(run_dir: Path, cfg: Config, step: int, scalars: dict[str, float]) -> list[str]:
+    """Write ``gptv eval``'s scalars into the run's TensorBoard log and W&B run (as training set them
+    up), at the checkpoint's step; returns where they went. W&B is skipped, with a word, when its
+    package or key is missing now."""
+    where = []
+    if cfg.train.tensorboard:
+        tb = _tensorboard(run_dir)
+        if tb is not None:
+            for k, v in scalars.items():
+                tb.add_scalar(k, v, step)
+            tb.close()
+            where.append(str(run_dir / "tb"))
+    if cfg.train.wandb_log:
+        try:
+            check_backends(cfg)
+        except ValueError as e:
+            print(f"gptv eval: not logged to W&B: {e}", file=sys.stderr)
+            return where
+        import wandb
+
+        run = wandb.init(project=cfg.train.wandb_project, id=_wandb_id(run_dir), resume="allow", config=cfg.to_dict())
+        run.log(scalars, step=step)
+        run.finish()
+        where.append("W&B")
+    return where
 
 
 def _tensorboard(run_dir: Path):

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..atomic import atomic_write, preallocate
 from ..checks import Float, Int
+from ..progress import Progress
 from ..data import SPLITS, TokenDataset, token_dtype
 from .base import Teacher, parse_spec, resolve_device
 from .selection import ORACLE_MIN_PROB, _check_rule, _Selector
@@ -167,7 +168,7 @@ def _build_split(tokens: np.ndarray, out: Path, split: str, si: int, sel: _Selec
     t0, done0 = time.perf_counter(), st["done"]
     if st["done"] < n_chunks:
         mms = [open_partial(p, d, n, k, resume=st["done"] > 0, split=split) for p, d in paths]
-        bar = _Progress(progress, n_chunks, st["done"], f"{sel.t.spec} {split}")
+        bar = Progress(progress, n_chunks, st["done"], f"{sel.t.spec} {split}", every=PROGRESS_SECONDS)
         for c in range(st["done"], n_chunks):
             a, b = c * chunk_size, min(n, (c + 1) * chunk_size)
             ids, probs, n_teacher = sel.chunk(tokens, a, b, si, c)
@@ -205,32 +206,6 @@ def _meta(teacher: str, t: Teacher, k: int, dtype: np.dtype, data_hash: str, rul
         "splits": stats, "mean_set_size": sum(s["mean_set_size"] * s["rows"] for s in stats.values()) / rows,
         "tokens_per_s": built / total_s if total_s > 0 and built else None,
     }
-
-
-class _Progress:
-    """A tqdm bar in a terminal; elsewhere (a redirected log) a plain line at most every PROGRESS_SECONDS
-    and at the end, never carriage returns; nothing when disabled."""
-
-    def __init__(self, enabled: bool, total: int, initial: int, desc: str) -> None:
-        self.total, self.done, self.desc, self.bar = total, initial, desc, None
-        self.enabled, self.start, self.last = enabled, time.perf_counter(), time.perf_counter()
-        if enabled and sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="chunk", dynamic_ncols=True)
-
-    def update(self) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update(1)
-        elif self.enabled and (time.perf_counter() - self.last >= PROGRESS_SECONDS or self.done == self.total):
-            self.last = time.perf_counter()
-            print(f"{self.desc}: {self.done}/{self.total} chunks ({100 * self.done / self.total:.0f}%), "
-                  f"{self.last - self.start:.0f} s", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _sanitise(spec: str) -> str:

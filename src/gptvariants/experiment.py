@@ -339,7 +339,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], evals: dict[str, dict[st
         "- **Perplexity** is exp(nats/token) of the predictive distribution on the *held-out* split, every token "
         f"scored once with sliding windows (block {any_eval['perplexity']['block_size']}, stride "
         f"{any_eval['perplexity']['stride']}); sigmoid heads are scored on their readout of sigmoid(z) (normalised; "
-        "for sampled sets first inverted, 1 - (1 - s)^(1/k)), Bayesian heads on the mean over head-weight draws. Lower is better; the study scored random windows of the training split.",
+        "for sampled sets first inverted, 1 - (1 - s)^(1/k)), Bayesian heads on the mixture of their posterior draws (the run's mc_samples). Lower is better; the study scored random windows of the training split.",
         f"- **Self-BLEU** (0-100, lower = more diverse) and **Distinct-4** (the study's unique 4-grams / words) over "
         f"{div.get('num_samples', 0)} samples of {div.get('max_new_tokens', 0)} tokens from {div.get('prompt_tokens', 0)}-token "
         "validation prompts, temperature 1. Diversity alone rewards word salad: read it next to perplexity.",
@@ -351,7 +351,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], evals: dict[str, dict[st
         + "), with the mean predicted set size; **Best set F1** is the best over "
         "thresholds tau in {" + ", ".join(map(str, TAUS)) + "} (a softmax head must spread 1 over the set, so it needs a low tau).",
         "- **KL to truth**: mean KL(p_true || p_model) in nats, synthetic language only (0 = exact). **MI**: mean "
-        "mutual information between the next token and the head weights (Bayesian heads only).",
+        "mutual information between the next token and the posterior draws (Bayesian heads only).",
         "- **ms/step**: median training step time on this machine.",
         "",
         "Curves: `curves.png` (validation CE on one scale for every variant), `reliability.png`, `ppl_vs_selfbleu.png`; "

@@ -441,14 +441,7 @@ def evaluate(run_dir: str | Path | list, data_dir: str | Path | None = None, *, 
                   temperature=[m.temperature for m in predictor.members])
     result["sets"] = {"reference": set_source, **_sets(raw["tokens"], raw["curve"], tau)} if set_source else {"skipped": skipped}
     if ood is not None:
-        shifted = resolve_source(ood, run_dir, tokenizer, source, split)
-        if len(shifted.tokens) > len(source.tokens):  # as many tokens on both sides: the AUROCs compare like with like
-            shifted.info["tokens_available"] = len(shifted.tokens)
-            shifted.tokens = shifted.tokens[: len(source.tokens)]
-        _check_length(shifted, cfg.model.block_size, stride)
-        out_tokens = score(predictor, shifted.tokens, stride=stride, batch=batch, point=False, progress=progress)["tokens"]
-        result["ood"] = {**ood_summary(raw["tokens"], out_tokens, cfg.model.block_size, shifted.name),
-                         "out_source": shifted.describe()}
+        result["ood"] = _ood(predictor, ood, run_dir, tokenizer, source, raw["tokens"], stride, batch, progress)
     out = Path(out) if out is not None else default_out(run_dir, split if text is None else f"text:{text}")
     out.parent.mkdir(parents=True, exist_ok=True)
     result["calibration"]["reliability_png"] = _plot(result, raw, out).name
@@ -456,12 +449,7 @@ def evaluate(run_dir: str | Path | list, data_dir: str | Path | None = None, *, 
     result["diversity"] = None
     if num_samples > 0:
         fresh = build_predictor(runs, method, samples=mc_samples, seed=seed, temperature=temperature)
-        div, samples = sample_diversity(fresh, tokenizer, source.tokens,
-                                        num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed)
-        result["speed"]["generation_tokens_per_s"] = div.pop("tokens_per_s")
-        path = out.with_suffix(".samples.jsonl")
-        atomic_write(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
-        result["diversity"] = {**div, "samples_file": path.name}
+        result["diversity"] = _diversity(fresh, tokenizer, source.tokens, result, out, num_samples, max_new_tokens, seed)
     atomic_write(out, json.dumps(result, indent=1, allow_nan=True) + "\n")
     if log_to_run:
         from .trainlog import log_eval_scalars
@@ -469,6 +457,29 @@ def evaluate(run_dir: str | Path | list, data_dir: str | Path | None = None, *, 
         tag = source.split if text is None else "text"
         result["logged_to"] = log_eval_scalars(run_dir, cfg, result["step"], scalars(result, f"eval-{tag}"))
     return result
+
+
+def _ood(predictor: Predictor, spec: str, run_dir: Path, tokenizer, source: Source, inside: dict[str, np.ndarray],
+         stride: int, batch: int, progress: bool) -> dict[str, Any]:
+    """The ``ood`` section: ``spec`` scored like the evaluated text, as many tokens as it, compared score by score."""
+    shifted = resolve_source(spec, run_dir, tokenizer, source, source.split or "val")
+    if len(shifted.tokens) > len(source.tokens):  # as many tokens on both sides: the AUROCs compare like with like
+        shifted.info["tokens_available"] = len(shifted.tokens)
+        shifted.tokens = shifted.tokens[: len(source.tokens)]
+    _check_length(shifted, predictor.block_size, stride)
+    outside = score(predictor, shifted.tokens, stride=stride, batch=batch, point=False, progress=progress)["tokens"]
+    return {**ood_summary(inside, outside, predictor.block_size, shifted.name), "out_source": shifted.describe()}
+
+
+def _diversity(predictor: Predictor, tokenizer, tokens: np.ndarray, result: dict[str, Any], out: Path,
+               num_samples: int, max_new_tokens: int, seed: int) -> dict[str, Any]:
+    """The ``diversity`` section; the samples go to <out stem>.samples.jsonl, the speed into ``result``."""
+    div, samples = sample_diversity(predictor, tokenizer, tokens, num_samples=num_samples,
+                                    max_new_tokens=max_new_tokens, seed=seed)
+    result["speed"]["generation_tokens_per_s"] = div.pop("tokens_per_s")
+    path = out.with_suffix(".samples.jsonl")
+    atomic_write(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    return {**div, "samples_file": path.name}
 
 
 def scalars(result: dict[str, Any], prefix: str) -> dict[str, float]:

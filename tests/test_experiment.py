@@ -122,3 +122,29 @@ def test_duration_budget_is_turned_into_steps(tmp_path):
     assert plan["budget_kind"] == "seconds" and steps > X.CALIBRATION_STEPS  # a tiny step takes well under 250 ms
     assert json.loads((out / "results.json").read_text())["rows"][0]["steps"] == steps
     assert not (out / "calibration" / "baseline").exists()
+
+
+def test_methods_add_the_uncertainty_section(tmp_path, capsys):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_TOML)
+    out = tmp_path / "unc"
+    argv = ["experiment", "--data", "synthetic:tiny", "--variants", "baseline", "--budget", "8", "--num-samples", "2",
+            "--max-new-tokens", "4", "--config", str(config), "--methods", "all",
+            "--ood", "synthetic?shift=1.0&tokens=3000", "--out", str(out)]
+    assert _cli(argv) == 0
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == ["baseline", "baseline-dropout", "baseline-seed1338", "baseline-seed1339", "baseline-seed1340",
+                    "ensemble"]
+    results = json.loads((out / "uncertainty.json").read_text())
+    rows = {r["system"]: r for r in results["rows"]}
+    assert list(rows) == ["baseline", "baseline-dropout", "ensemble", "baseline-dropout + MC dropout",
+                          "baseline x 4 runs", "baseline + Laplace"]
+    assert rows["baseline"]["train_cost"] == 1.0 and rows["baseline"]["auroc_token_mi"] is None
+    for name in ("ensemble", "baseline-dropout + MC dropout", "baseline x 4 runs", "baseline + Laplace"):
+        assert rows[name]["auroc_token_mi"] is not None and rows[name]["draws"] > 1, name
+    assert rows["baseline x 4 runs"]["draws"] == 4 and rows["baseline x 4 runs"]["train_cost"] > 3
+    assert all(r["nll_half_t"] <= r["nll_half"] * 1.01 for r in rows.values())  # T fitted on one half, checked on the other
+    report = (out / "report.md").read_text()
+    assert "## Uncertainty" in report and "| baseline + Laplace |" in report and "--methods" in report
+    assert (out / "uncertainty.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "runs" / "baseline" / "calibration.json").read_text())["temperature"]["default"] > 0

@@ -481,7 +481,8 @@ def test_wandb_without_package_or_key_fails_before_the_run_folder(tiny_data, tmp
     fake = tmp_path / "fake"
     (fake / "wandb").mkdir(parents=True)
     (fake / "wandb" / "__init__.py").write_text(
-        "logged = []\nclass _Run:\n    def log(self, d, step): logged.append((step, d))\n    def finish(self): pass\n"
+        "logged = []\nclass _Run:\n    id = 'fake-id'\n    def log(self, d, step): logged.append((step, d))\n"
+        "    def finish(self): pass\n"
         "def init(**kw):\n    return _Run()\n"
     )
     monkeypatch.syspath_prepend(str(fake))
@@ -494,6 +495,7 @@ def test_wandb_without_package_or_key_fails_before_the_run_folder(tiny_data, tmp
     import wandb
 
     assert [s for s, _ in wandb.logged] == [0, 2, 2]  # eval at 0, train record and eval at 2
+    assert json.loads((run / "wandb.json").read_text())["id"] == "fake-id"  # eval and a resume log into this run
 
 
 def test_missing_tensorboard_is_one_line_not_a_failure(tiny_data, tmp_path, monkeypatch, capsys):

@@ -252,8 +252,11 @@ class Decoder:
         if self.chosen is not None and self.rows:
             self.window.append(self.chosen)
         self.chosen = None
-        joining = [r for r in self.joining if not r.cancelled]
-        self.joining = []
+        joining, self.joining = self.joining, []
+        for r in joining:
+            if r.cancelled:
+                r.finish("cancelled")
+        joining = [r for r in joining if not r.done]
         if not joining:
             return
         self.window.add([r.prompt for r in joining])

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +52,12 @@ class TokenRecord:
         return math.exp(self.logprob)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: id, text, prob, logprob, entropy, and mi / top / set / draws when available."""
-        d = asdict(self)
+        """JSON-ready: id, text, prob, logprob, entropy, and mi / top / set / draws when available
+        (the record's own lists, not copies: dataclasses.asdict's deep copy was most of a streamed
+        token's cost on the server)."""
+        d = {k: v for k, v in vars(self).items() if v is not None}
         d["prob"] = self.prob
-        return {k: v for k, v in d.items() if v is not None}
+        return d
 
 
 @dataclass
@@ -133,6 +135,7 @@ class LanguageModel:
         self.runs = list(runs) if runs is not None else [Run(Path("."), self.model, config)]
         self.method, self.temperature = method, temperature
         self.start_token = tokenizer.eot_token if tokenizer.eot_token is not None else 0
+        self._token_texts: dict[int, str] = {}
 
     @property
     def device(self) -> torch.device:
@@ -227,10 +230,17 @@ class LanguageModel:
         options = dict(max_new_tokens=max_new_tokens, stop_tokens=stops, details=return_details, **sampling)
         return TokenStream(self, ids, stop, options, (bayes_mode, mc_samples, use_cache, slide))
 
+    def token_text(self, token: int) -> str:
+        """The text of one token alone (cached: alternatives and sets name the same tokens again and again)."""
+        text = self._token_texts.get(token)
+        if text is None:
+            text = self._token_texts[token] = self.tokenizer.decode([token])
+        return text
+
     def _record(self, g: Generation, k: int, text: str) -> TokenRecord:
-        decode = self.tokenizer.decode
-        top = None if g.top is None else [(decode([i]), p) for i, p in g.top[k]]
-        sets = None if g.sets is None else [decode([i]) for i in g.sets[k]]
+        decode = self.token_text
+        top = None if g.top is None else [(decode(i), p) for i, p in g.top[k]]
+        sets = None if g.sets is None else [decode(i) for i in g.sets[k]]
         return TokenRecord(g.tokens[k], text, g.logprob[k], g.entropy[k], None if g.mi is None else g.mi[k],
                            top, sets, None if g.draws is None else g.draws[k])
 

@@ -174,8 +174,8 @@ class _BatchOptions:
     want_sets: bool
 
     @classmethod
-    def of(cls, rows: list[Row], predictor: Predictor) -> _BatchOptions:
-        device, opts = predictor.device, [r.options for r in rows]
+    def of(cls, rows: list[Row], predictor: Predictor, device: torch.device) -> _BatchOptions:
+        opts = [r.options for r in rows]
         sampled = [j for j, o in enumerate(opts) if not o.greedy]
         picked = [opts[j] for j in sampled]
         set_rows = _column([predictor.sigmoid and o.sig_mode == "set" for o in opts], device)
@@ -198,12 +198,12 @@ class Decoder:
     ``use_cache`` / ``slide``: as ``window.ContextWindow``."""
 
     def __init__(self, predictor: Predictor, *, use_cache: bool = True, slide: int | None = None) -> None:
-        self.predictor = predictor
+        self.predictor, self.device = predictor, predictor.device
         self.window = ContextWindow(predictor, use_cache=use_cache, slide=slide)
         self.rows: list[Row] = []  # the window's rows, in its order
         self.joining: list[Row] = []
         self.chosen: torch.Tensor | None = None  # each row's last token, not fed to the window yet
-        self.present = torch.zeros(0, predictor.vocab_size, dtype=torch.bool, device=predictor.device)
+        self.present = torch.zeros(0, predictor.vocab_size, dtype=torch.bool, device=self.device)
         self.options: _BatchOptions | None = None
         self.row_weights = [m.sampler for m in predictor.members if isinstance(m.sampler, RowWeights)]
 
@@ -217,7 +217,7 @@ class Decoder:
         check_prompt(row.prompt, self.predictor.vocab_size)
         o, many = row.options, self.predictor.n_draws > 1
         seed = o.seed if o.seed is not None else int(torch.randint(2**62, (1,)))
-        row.generator = torch.Generator(device=self.predictor.device).manual_seed(seed)
+        row.generator = torch.Generator(device=self.device).manual_seed(seed)
         full = o.top_n > 0
         row.gen = Generation(mi=[] if many and o.details else None, top=[] if full else None,
                              sets=[] if full and self.predictor.sigmoid else None, draws=[] if full and many else None)
@@ -242,7 +242,7 @@ class Decoder:
         details = self._details(draws, chosen) if o.details else None
         touched = list(self.rows)
         for j, (row, token) in enumerate(zip(touched, chosen.tolist())):
-            self._record(row, token, details[j] if details else None)
+            self._record(row, token, details, j)
         self.chosen = chosen
         self._leave()
         return touched
@@ -267,7 +267,7 @@ class Decoder:
         self.present = torch.cat([self.present, present])
         for w in self.row_weights:
             w.add([r.generator for r in joining])
-        self.options = _BatchOptions.of(self.rows, self.predictor)
+        self.options = _BatchOptions.of(self.rows, self.predictor, self.device)
 
     def _leave(self) -> None:
         """Drop the rows that ended or were cancelled, with their state."""
@@ -285,7 +285,7 @@ class Decoder:
             self.chosen = self.chosen.index_select(0, index)
         for w in self.row_weights:
             w.select(keep)
-        self.options = _BatchOptions.of(self.rows, self.predictor) if self.rows else None
+        self.options = _BatchOptions.of(self.rows, self.predictor, self.device) if self.rows else None
 
     def _choose(self, draws: Draws) -> torch.Tensor:
         """Each row's next token: greedy rows take the argmax, the others draw from their own
@@ -304,8 +304,8 @@ class Decoder:
         index = torch.tensor(o.sampled, dtype=torch.long, device=drawn.device)
         return scores.argmax(-1).index_copy(0, index, drawn)
 
-    def _details(self, draws: Draws, chosen: torch.Tensor) -> list[dict]:
-        """Per row: the predictive's account of the chosen token (``Generation``)."""
+    def _details(self, draws: Draws, chosen: torch.Tensor) -> dict[str, list]:
+        """The predictive's account of each row's chosen token (``Generation``), as one list per field."""
         o = self.options
         cols = {"logprob": draws.logprob(chosen).tolist(), "entropy": draws.entropy().tolist()}
         if draws.samples > 1:
@@ -319,24 +319,25 @@ class Decoder:
             if draws.set_probs is not None:
                 cols["sets"] = [torch.nonzero(s > r.options.tau).squeeze(1).tolist() if r.options.top_n else None
                                 for s, r in zip(draws.set_probs, self.rows)]
-        return [{k: v[j] for k, v in cols.items()} for j in range(len(chosen))]
+        return cols
 
     @staticmethod
-    def _record(row: Row, token: int, d: dict | None) -> None:
+    def _record(row: Row, token: int, details: dict[str, list] | None, j: int) -> None:
+        """Row j's token and, when it asked for them, its details; ends the row when it should."""
         o, g = row.options, row.gen
         if token in o.stop_tokens:
             row.finish("stop_token")
             return
         g.tokens.append(token)
-        if d is not None and o.details:
-            g.logprob.append(d["logprob"])
-            g.prob.append(math.exp(d["logprob"]))
-            g.entropy.append(d["entropy"])
+        if details is not None and o.details:
+            g.logprob.append(details["logprob"][j])
+            g.prob.append(math.exp(details["logprob"][j]))
+            g.entropy.append(details["entropy"][j])
             for key in ("mi", "sets", "draws"):
                 if getattr(g, key) is not None:
-                    getattr(g, key).append(d[key])
+                    getattr(g, key).append(details[key][j])
             if g.top is not None:
-                g.top.append(d["top"][: o.top_n])
+                g.top.append(details["top"][j][: o.top_n])
         if o.stop_fn is not None and o.stop_fn(g.tokens):
             row.finish("stop_fn")
         elif len(g.tokens) >= o.max_new_tokens:

@@ -268,7 +268,7 @@ class GPT(nn.Module):
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         c = self.config
-        p = next(self.parameters())
+        p = self.transformer.wte.weight  # the first parameter: next(self.parameters()) walks the module tree
         return KVCache(c.n_layer, batch, c.n_head, max_len or c.block_size, c.n_embd // c.n_head, p.device, p.dtype)
 
     def kl_weight(self, step: int) -> float:

@@ -50,7 +50,7 @@ class ContextWindow:
 
     def __init__(self, predictor: Predictor, tokens: torch.Tensor | Sequence[Sequence[int]] | None = None, *,
                  use_cache: bool = True, slide: int | None = None) -> None:
-        self.predictor = predictor
+        self.predictor, self.device = predictor, predictor.device
         self.block_size = predictor.block_size
         self.keep = keep_tokens(self.block_size, slide)
         self.history: list[list[int]] = []
@@ -88,7 +88,7 @@ class ContextWindow:
         """Keep only ``rows``, in that order."""
         self.history = [self.history[r] for r in rows]
         self.starts = [self.starts[r] for r in rows]
-        index = torch.tensor(rows, dtype=torch.long, device=self.predictor.device)
+        index = torch.tensor(rows, dtype=torch.long, device=self.device)
         self.hidden = [h.index_select(0, index) for h in self.hidden]
         for cache in self.caches or []:
             cache.select(rows)
@@ -126,7 +126,7 @@ class ContextWindow:
         sees its padding), and the (empty) ``caches`` keep each row's real tokens only."""
         n = [len(w) for w in windows]
         T = max(n)
-        device = self.predictor.device
+        device = self.device
         x = torch.tensor([w + [0] * (T - len(w)) for w in windows], dtype=torch.long, device=device)
         if min(n) == T:
             return [h[:, -1] for h in self.predictor.encode(x, caches)]

@@ -47,6 +47,9 @@ SECURITY_HEADERS = {
 }
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False)  # made once: json.dumps with options builds one per call
+
+
 def token_json(rec: TokenRecord) -> dict[str, Any]:
     """A token for the page: TokenRecord.to_dict() plus surprisal (-log p, nats) and the set's size
     (its texts listed up to MAX_SET_TEXTS)."""
@@ -77,7 +80,7 @@ def render_report(report: Report) -> str:
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+    return f"event: {event}\ndata: {_JSON.encode(data)}\n\n"
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -180,7 +183,8 @@ def _add_model_api(app: FastAPI, runs: dict[str, Run], pool: ModelPool, batcher:
         stream = None
         try:  # the first tokens are computed before answering, so that bad options are a 4xx, not a broken stream
             t0 = time.perf_counter()
-            tokens = await pool.call(run.lm.token_stream, req.prompt, req.max_new_tokens, **req.sampling())
+            # on the event loop: tokenizing a prompt (<= 4,000 characters) is quick, a thread hop is not
+            tokens = run.lm.token_stream(req.prompt, req.max_new_tokens, **req.sampling())
             stream = batcher.submit(run, tokens)
             records = aiter(stream)
             first = await anext(records, [])

@@ -62,7 +62,7 @@ class _Batch:
 class Batcher:
     """The running batches of one server, by (run, predictive key); see the module docstring."""
 
-    def __init__(self, pool: ModelPool, slice_s: float = 0.05, flush_s: float = 0.02) -> None:
+    def __init__(self, pool: ModelPool, slice_s: float = 0.05, flush_s: float = 0.05) -> None:
         self.pool, self.slice_s, self.flush_s = pool, slice_s, flush_s
         self.batches: dict[tuple, _Batch] = {}
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import statistics
@@ -207,7 +208,7 @@ def load_test(run: Path, concurrency: int = 20, rounds: int = 3) -> list[dict]:
                 solo = [statistics.median(one_request(client, server.url, kind, b) for _ in range(3)) for b in bodies]
                 for r in range(rounds):
                     times, errors = concurrent_round(client, server.url, kind, bodies)
-                    ratios = [t / s for t, s in zip(times, solo) if t == t]  # nan: failed
+                    ratios = [t / s for t, s in zip(times, solo) if not math.isnan(t)]  # nan: failed
                     rows.append({"kind": kind, "round": r + 1, "concurrent": concurrency, "errors": len(errors),
                                  "solo_ms_median": statistics.median(solo) * 1e3,
                                  "median_x_solo": statistics.median(ratios) if ratios else None,
@@ -220,21 +221,23 @@ def load_test(run: Path, concurrency: int = 20, rounds: int = 3) -> list[dict]:
 
 def batched_reference(run: Path, concurrency: int = 20, rounds: int = 5) -> float:
     """The library's batching: the load test's ``concurrency`` generate prompts (different lengths,
-    seeds, top-k and temperatures) decoded as one batch by ``Decoder``, over the median time of
-    one of them alone (the median over prompts), median of ``rounds`` rounds, in this process."""
-    from gptvariants.decoder import Decoder
-
+    seeds, top-k and temperatures) decoded as one batch (``decoder.Decoder``, as the server does),
+    over the median time of one of them alone, median of ``rounds`` rounds, in this process."""
     lm = load(run)
     bodies = load_bodies(run, concurrency)["generate"]
 
     def decode(batch: list[dict]) -> float:
         t0 = time.perf_counter()
-        decoder = Decoder(lm.decoding_predictor("mean"))
-        for b in batch:
-            opts = {k: v for k, v in b.items() if k not in ("run", "prompt", "max_new_tokens")}
-            decoder.add(lm.token_stream(b["prompt"], b["max_new_tokens"], **opts).row)
+        rows = [lm.token_stream(b["prompt"], b["max_new_tokens"], bayes_mode="mean",
+                                **{k: v for k, v in b.items() if k not in ("run", "prompt", "max_new_tokens")})
+                for b in batch]
+        decoder = lm.new_decoder(rows[0].key)
+        for r in rows:
+            decoder.add(r.row)
         while decoder.active:
             decoder.step()
+            for r in rows:
+                r.take()
         return time.perf_counter() - t0
 
     decode(bodies)  # warm-up

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -70,13 +70,23 @@ class Completion:
     finish_reason: str  # 'length' | 'stop_token' (end-of-text or another stop token) | 'stop_string'
 
 
+class DecoderKey(NamedTuple):
+    """What a decoder needs beyond its rows: rows with equal keys can share one (``LanguageModel.new_decoder``)."""
+
+    bayes_mode: str | None
+    mc_samples: int | None
+    use_cache: bool
+    slide: int | None
+
+
 class TokenStream:
     """One prompt's continuation as ``TokenRecord``s while it is decoded (``LanguageModel.token_stream``):
-    ``row`` (a ``decoder.Row``) goes into a decoder, and ``take()`` returns the records of the
-    tokens decoded since the last call. A stop string ends the row; the token that completes it
-    is not given. ``key``: (bayes_mode, mc_samples, use_cache, slide), what its decoder needs."""
+    ``row`` (a ``decoder.Row``) goes into a decoder made for ``key``, and ``take()`` returns the
+    records of the tokens decoded since the last call. A stop string ends the row; the token that
+    completes it is not given."""
 
-    def __init__(self, lm: LanguageModel, ids: list[int], stop: list[str], options: dict[str, Any], key: tuple) -> None:
+    def __init__(self, lm: LanguageModel, ids: list[int], stop: list[str], options: dict[str, Any],
+                 key: DecoderKey) -> None:
         self.lm, self.stop, self.key = lm, stop, key
         self.longest = max(map(len, stop), default=0)
         self.pieces = lm.tokenizer.pieces(ids)
@@ -209,8 +219,7 @@ class LanguageModel:
         generated. Options as ``generate``; a stop string ends the stream before the token that
         completes it (that token's text is not yielded)."""
         tokens = self.token_stream(prompt, max_new_tokens, **options)
-        decoder = Decoder(self.decoding_predictor(*tokens.key[:2], seed=tokens.row.options.seed),
-                          use_cache=tokens.key[2], slide=tokens.key[3])
+        decoder = self.new_decoder(tokens.key, seed=tokens.row.options.seed)
         decoder.add(tokens.row)
         while decoder.active:
             decoder.step()
@@ -221,14 +230,20 @@ class LanguageModel:
                      bayes_mode: str | None = None, mc_samples: int | None = None, use_cache: bool = True,
                      slide: int | None = None, return_details: bool = True, **sampling: Any) -> TokenStream:
         """``stream``'s row before it is decoded (ValueError for a bad prompt or option), for a
-        caller that decodes many in one batch (``gptv serve``): add ``.row`` to a ``Decoder`` over
-        ``decoding_predictor(*key[:2])`` with use_cache, slide = key[2:]; rows whose keys are equal
-        can share one. ``sampling``: the options of ``decoder.RowOptions``."""
+        caller that decodes many in one batch (``gptv serve``): add ``.row`` to
+        ``new_decoder(.key)``, which rows with equal keys can share. ``sampling``: the options of
+        ``decoder.RowOptions``."""
         ids = self.encode_prompt(prompt, unknown)
         stop, stops = self._stops(stop, stop_at_eot, stop_tokens)
         self._check_bayes(bayes_mode, mc_samples, generation=True)
         options = dict(max_new_tokens=max_new_tokens, stop_tokens=stops, details=return_details, **sampling)
-        return TokenStream(self, ids, stop, options, (bayes_mode, mc_samples, use_cache, slide))
+        return TokenStream(self, ids, stop, options, DecoderKey(bayes_mode, mc_samples, use_cache, slide))
+
+    def new_decoder(self, key: DecoderKey, seed: int | None = None) -> Decoder:
+        """An empty running batch for rows of ``key`` (``decoder.Decoder``); ``seed`` seeds the
+        predictive's own draws (MC dropout), rows have their own."""
+        return Decoder(self.decoding_predictor(key.bayes_mode, key.mc_samples, seed), use_cache=key.use_cache,
+                       slide=key.slide)
 
     def token_text(self, token: int) -> str:
         """The text of one token alone (cached: alternatives and sets name the same tokens again and again)."""

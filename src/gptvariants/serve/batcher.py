@@ -71,9 +71,7 @@ class Batcher:
         key = (run.name, tokens.key)
         batch = self.batches.get(key)
         if batch is None:
-            bayes_mode, mc_samples, use_cache, slide = tokens.key
-            predictor = run.lm.decoding_predictor(bayes_mode, mc_samples)
-            batch = self.batches[key] = _Batch(Decoder(predictor, use_cache=use_cache, slide=slide))
+            batch = self.batches[key] = _Batch(run.lm.new_decoder(tokens.key))
         stream = RowStream(tokens)
         batch.inbox.put(stream)
         if batch.task is None:
@@ -107,11 +105,9 @@ class Batcher:
         now = time.perf_counter()
         end, flush_at = now + self.slice_s, now + self.flush_s
         while True:
-            while not batch.inbox.empty():
-                stream = batch.inbox.get_nowait()
-                batch.decoder.add(stream.tokens.row)
-                batch.rows.append(stream)
+            self._admit(batch, call_soon)
             if not batch.decoder.active:
+                self._deliver(batch, call_soon, True)  # rows that ended without a step
                 return
             batch.decoder.step()
             now = time.perf_counter()
@@ -121,6 +117,18 @@ class Batcher:
                 flush_at = now + self.flush_s
             if now >= end:
                 return
+
+    @staticmethod
+    def _admit(batch: _Batch, call_soon: Callable) -> None:
+        """The waiting rows join the decoder (a row it refuses gets its own error)."""
+        while not batch.inbox.empty():
+            stream = batch.inbox.get_nowait()
+            try:
+                batch.decoder.add(stream.tokens.row)
+            except ValueError as e:
+                call_soon(stream.queue.put_nowait, e)
+                continue
+            batch.rows.append(stream)
 
     @staticmethod
     def _deliver(batch: _Batch, call_soon: Callable, due: bool) -> None:

@@ -13,8 +13,13 @@ from gptvariants.checkpoint import CheckpointError, save_checkpoint
 from gptvariants.config import load_config
 from gptvariants.generate import (
     ContextWindow,
+    Decoder,
+    Row,
+    RowOptions,
     apply_repetition_penalty,
+    draw_rows,
     generate,
+    predictor_for,
     sampling_probs,
     top_k_filter,
     top_p_filter,
@@ -76,8 +81,8 @@ def test_cached_and_uncached_logits_agree_across_slides(variant):
             torch.testing.assert_close(model.logits(cached.hidden[0]), model.logits(plain.hidden[0]), atol=2e-4, rtol=1e-4)
             cached.append(tok)
             plain.append(tok)
-            assert cached.start == plain.start and cached.context.shape[1] <= BLOCK
-            starts.add(cached.start)
+            assert cached.starts == plain.starts and max(len(cached.window(r)) for r in range(2)) <= BLOCK
+            starts.add(tuple(cached.starts))
     assert len(starts) >= 3  # the window slid at least twice
 
 
@@ -127,6 +132,122 @@ def test_stop_tokens_end_a_row_and_are_not_returned():
         assert out[1].tokens == free[1].tokens and out[1].finish_reason == "length"
 
 
+# --------------------------------------------------------------------------------------- continuous batching
+
+# 1 to 26 tokens: every row's window slides, most of them at different steps
+PROMPTS = [[5], [1, 2, 3, 4, 5, 6, 7], [9, 8, 7], [3, 1] * 13, [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26]]
+
+
+@pytest.mark.parametrize("variant", ["baseline", "sig", "bayes"])
+def test_rows_of_different_lengths_cached_match_uncached_across_slides(variant):
+    model = tiny(variant)
+    feed = torch.randint(0, 40, (40, len(PROMPTS)), generator=torch.Generator().manual_seed(3))
+    point = Predictor([model], samples=0)
+    with torch.no_grad():
+        cached = ContextWindow(point, PROMPTS, use_cache=True)
+        plain = ContextWindow(point, PROMPTS, use_cache=False)
+        some_rows_slid = 0
+        for tok in feed:
+            torch.testing.assert_close(model.logits(cached.hidden[0]), model.logits(plain.hidden[0]),
+                                       atol=2e-4, rtol=1e-4)
+            before = list(cached.starts)
+            cached.append(tok)
+            plain.append(tok)
+            assert cached.starts == plain.starts and all(len(cached.window(r)) <= BLOCK for r in range(len(PROMPTS)))
+            moved = sum(a != b for a, b in zip(before, cached.starts))
+            some_rows_slid += 0 < moved < len(PROMPTS)
+    assert some_rows_slid >= 5  # rows slid while others did not
+
+
+@pytest.mark.parametrize("variant", ["baseline", "sig", "bayes"])
+def test_rows_of_different_lengths_decode_as_they_would_alone(variant):
+    """Batched and cached (per-row lengths, positions and masks) against each row alone and
+    uncached (its window recomputed from scratch each step), across several slides."""
+    model = tiny(variant)
+    n = 3 * BLOCK
+    batched = generate(model, PROMPTS, n, greedy=True, return_details=True)
+    for p, got in zip(PROMPTS, batched):
+        alone = generate(model, [p], n, greedy=True, use_cache=False, return_details=True)[0]
+        assert got.tokens == alone.tokens and varied(got.tokens)
+        assert got.prob == pytest.approx(alone.prob, abs=1e-5)
+        assert got.entropy == pytest.approx(alone.entropy, abs=1e-4)
+    assert generate(model, PROMPTS, n, greedy=True, use_cache=False) == [g.tokens for g in batched]
+
+
+def _decode(model, mode: str, rows: list[tuple[list[int], dict]], n: int = 24):
+    """Each (prompt, options) as a row of one decoder, all joining at the first step."""
+    decoder = Decoder(predictor_for(model, mode, mc_samples=4 if mode == "step" else None))
+    added = [decoder.add(Row(p, RowOptions(n, details=True, **o))) for p, o in rows]
+    while decoder.active:
+        decoder.step()
+    return [r.gen for r in added]
+
+
+SAMPLED_ROWS = [
+    ([1, 2], dict(temperature=0.9, top_k=10, seed=11)),
+    ([5, 6, 7, 8], dict(temperature=1.3, top_p=0.9, repetition_penalty=1.3, seed=12)),
+    ([3] * 20, dict(greedy=True, seed=15)),  # greedy, but Bayesian step draws are random
+    ([4, 4], dict(temperature=0.7, seed=13, sig_mode="set", tau=0.3, top_n=3)),
+    ([7, 1, 7], dict(temperature=1.0, seed=14)),
+]
+
+
+@pytest.mark.parametrize("variant,mode",
+                         [("baseline", "mean"), ("sig", "mean"), ("bayes", "step"), ("bayes", "sequence")])
+def test_a_seeded_row_samples_the_same_tokens_whatever_its_batch(variant, mode):
+    """Each row its own options and its own generator: its tokens (and its Bayesian draws) do
+    not depend on the rows beside it, nor on its place in the batch."""
+    model = tiny(variant)
+    with torch.no_grad():
+        if variant == "bayes":
+            model.head.weight_rho.fill_(math.log(math.expm1(0.3)))  # draws that differ
+    batch = _decode(model, mode, SAMPLED_ROWS)
+    other = _decode(model, mode, SAMPLED_ROWS[::-1] + [([2, 2, 2], dict(temperature=2.0, seed=99))])[:-1][::-1]
+    for row, got, again in zip(SAMPLED_ROWS, batch, other):
+        alone = _decode(model, mode, [row])[0]
+        assert got.tokens == alone.tokens == again.tokens
+        assert got.prob == pytest.approx(alone.prob, abs=1e-5) and again.prob == pytest.approx(alone.prob, abs=1e-5)
+    assert all(varied(g.tokens) for g in batch)
+    assert _decode(model, mode, [(SAMPLED_ROWS[0][0], {**SAMPLED_ROWS[0][1], "seed": 0})])[0].tokens != batch[0].tokens
+
+
+def test_a_row_added_mid_way_decodes_as_it_would_alone():
+    model = tiny()
+    decoder = Decoder(predictor_for(model))
+    first = decoder.add(Row([1, 2, 3], RowOptions(3 * BLOCK, greedy=True)))
+    short = decoder.add(Row([6, 6], RowOptions(5, temperature=0.8, seed=1)))
+    for _ in range(9):
+        decoder.step()
+    assert short.done and short.gen.finish_reason == "length" and len(decoder.rows) == 1
+    late = decoder.add(Row(list(range(1, 30)), RowOptions(2 * BLOCK, temperature=0.8, top_k=10, seed=3, details=True)))
+    cancelled = decoder.add(Row([4], RowOptions(50, greedy=True)))
+    decoder.step()
+    cancelled.cancel()
+    while decoder.active:
+        decoder.step()
+    assert cancelled.gen.finish_reason == "cancelled" and len(cancelled.gen.tokens) == 1
+    assert first.gen.tokens == generate(model, [[1, 2, 3]], 3 * BLOCK, greedy=True)[0]
+    assert short.gen.tokens == generate(model, [[6, 6]], 5, temperature=0.8, seed=1)[0]
+    alone = generate(model, [list(range(1, 30))], 2 * BLOCK, temperature=0.8, top_k=10, seed=3, return_details=True)[0]
+    assert late.gen.tokens == alone.tokens and varied(alone.tokens)
+    assert late.gen.prob == pytest.approx(alone.prob, abs=1e-5)
+
+
+def test_ensembles_and_mc_dropout_decode_rows_of_different_lengths():
+    """Predictors with several backbone passes, each with its own per-row cache."""
+    a, b = tiny(seed=0), tiny(seed=1)
+    ensemble = Predictor([a, b])
+    batched = generate(ensemble, PROMPTS, 2 * BLOCK, greedy=True, return_details=True)
+    for p, got in zip(PROMPTS, batched):
+        alone = generate(ensemble, [p], 2 * BLOCK, greedy=True, use_cache=False, return_details=True)[0]
+        assert got.tokens == alone.tokens and got.mi == pytest.approx(alone.mi, abs=1e-5)
+    dropout = tiny(dropout=0.2)
+    runs = [generate(Predictor([dropout], dropout_samples=3, seed=0), PROMPTS, 20, seed=5, return_details=True)
+            for _ in range(2)]
+    assert [g.tokens for g in runs[0]] == [g.tokens for g in runs[1]]  # seeded: reproducible
+    assert all(min(g.mi) > 0 for g in runs[0])
+
+
 # --------------------------------------------------------------------------------------- filters
 
 
@@ -151,6 +272,24 @@ def test_top_k_top_p_temperature_on_a_hand_distribution():
     assert torch.allclose(sampling_probs(scores, 1.0, top_p=0.75), torch.tensor([[2 / 3, 1 / 3, 0, 0, 0]]))
     with pytest.raises(ValueError, match="greedy"):
         sampling_probs(scores, 0.0)
+    # one value per row: row 0 keeps 1 token / p 0.3, row 1 keeps 4 / everything
+    two = scores.expand(2, -1)
+    assert torch.isinf(top_k_filter(two, torch.tensor([[1], [4]]))).tolist() == [[False, True, True, True, True],
+                                                                              [False, False, False, False, False]]
+    assert torch.isinf(top_p_filter(two, torch.tensor([[0.3], [1.0]]))).tolist() == [[False, True, True, True, True],
+                                                                                  [False, False, False, False, False]]
+    per_row = sampling_probs(two, torch.tensor([[2.0], [1.0]]))
+    assert torch.allclose(per_row, torch.cat([t2, p]))
+
+
+def test_draw_rows_follows_each_rows_distribution_from_its_own_generator():
+    p = torch.tensor([[0.5, 0.25, 0.0, 0.25], [0.0, 0.0, 1.0, 0.0], [0.1, 0.0, 0.0, 0.0]])  # the last unnormalised
+    gens = [torch.Generator().manual_seed(i) for i in range(3 * 4000)]
+    drawn = draw_rows(p.repeat(4000, 1), gens).view(4000, 3)
+    counts = torch.stack([torch.bincount(drawn[:, r], minlength=4) for r in range(3)]).float() / 4000
+    assert torch.allclose(counts[0], p[0], atol=0.03) and counts[1].tolist() == [0, 0, 1, 0] and counts[2, 0] == 1
+    again = draw_rows(p[:1], [torch.Generator().manual_seed(0)])  # a row's draw depends on its generator only
+    assert again.tolist() == drawn[:1, 0].tolist()
 
 
 def test_repetition_penalty_hand_case():

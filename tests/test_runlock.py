@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +33,11 @@ def test_live_holder_is_named_and_refused(tmp_path):
             RunLock(tmp_path).acquire()
     finally:
         holder.kill()
-    # killed but not yet reaped (a zombie), then reaped: the lock is stale either way
+    # killed but not yet reaped (a zombie), then reaped: the lock is stale either way. SIGKILL is
+    # delivered asynchronously: wait until the process has become a zombie
+    deadline = time.time() + 10
+    while time.time() < deadline and Path(f"/proc/{holder.pid}/stat").read_text().split()[2] != "Z":
+        time.sleep(0.01)
     lock = RunLock(tmp_path)
     lock.acquire()
     assert lock.took_over["pid"] == holder.pid

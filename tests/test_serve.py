@@ -26,7 +26,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 from conftest import tiny_overrides  # noqa: E402
 from gptvariants.cli import main  # noqa: E402
 from gptvariants.config import load_config  # noqa: E402
+from gptvariants.decoder import Decoder  # noqa: E402
 from gptvariants.serve.app import create_app  # noqa: E402
+from gptvariants.serve.batcher import Batcher  # noqa: E402
 from gptvariants.serve.runs import Report, ServeError, discover, load_runs  # noqa: E402
 from gptvariants.serve.worker import Busy, ModelPool  # noqa: E402
 from gptvariants.tokenizers import load_tokenizer  # noqa: E402
@@ -360,6 +362,98 @@ def test_stream_errors_reach_the_consumer_and_admission_is_bounded():
         return got
 
     assert asyncio.run(scenario()) == [1]
+
+
+# ----------------------------------------------------------------------------------- continuous batching
+
+
+def _concurrently(app, bodies: list[dict]) -> list:
+    """POST /api/generate with every body at once, on one event loop (responses read whole)."""
+    import httpx
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+            responses = await asyncio.gather(*(c.post("/api/generate", json=b) for b in bodies))
+        app.state.pool.shutdown()
+        return responses
+
+    return asyncio.run(scenario())
+
+
+def test_concurrent_generations_share_a_batch_and_give_the_library_tokens(runs, words, monkeypatch):
+    """Different prompts and options (greedy, top-k, top-p, penalty, set mode, seeds) decode as one
+    batch per run and predictive, and each request gets what the library gives it alone."""
+    loaded, report = runs
+    sizes: list[int] = []
+    step = Decoder.step
+
+    def counted(self):
+        touched = step(self)
+        sizes.append(len(touched))
+        return touched
+
+    monkeypatch.setattr(Decoder, "step", counted)
+    w = words.split()
+    options = [{"greedy": True}, {"temperature": 0.7, "top_k": 5}, {"temperature": 1.2, "top_p": 0.8},
+               {"repetition_penalty": 1.5, "temperature": 0.9}, {"sig_mode": "set", "tau": 0.2}, {"temperature": 2.0}]
+    bodies = [{"run": run, "prompt": " ".join(w[: k + 1]), "max_new_tokens": 40 + 3 * k, "seed": k, "top_n": 3,
+               "stop_at_eot": False, **o} for run in ("sig", "bayes") for k, o in enumerate(options)]
+    bodies.append({"run": "bayes", "prompt": w[0], "max_new_tokens": 30, "bayes_mode": "step", "mc_samples": 3,
+                   "seed": 9, "stop_at_eot": False})
+    responses = _concurrently(create_app(loaded, report, workers=2), bodies)
+    for body, r in zip(bodies, responses):
+        events = sse(r)
+        assert r.status_code == 200 and events[-1][0] == "done", r.text
+        tokens = [d for e, d in events if e == "token"]
+        opts = {"bayes_mode": "mean", **{k: v for k, v in body.items() if k not in ("run", "prompt", "max_new_tokens")}}
+        ref = loaded[body["run"]].lm.generate_details(body["prompt"], body["max_new_tokens"], **opts)
+        assert [t["id"] for t in tokens] == [t.id for t in ref.tokens] and len(tokens) == body["max_new_tokens"]
+        assert [t["logprob"] for t in tokens] == pytest.approx([t.logprob for t in ref.tokens], abs=1e-5)
+    assert max(sizes) >= 4  # requests did share a batch
+
+
+def test_a_short_request_is_not_held_by_a_long_one_and_a_gone_client_leaves_the_batch(runs, words):
+    loaded, _ = runs
+    run = loaded["baseline"]
+    prompt = " ".join(words.split()[:3])
+
+    async def scenario():
+        pool = ModelPool(workers=1)
+        batcher = Batcher(pool)
+        long = batcher.submit(run, run.lm.token_stream(prompt, 1000, seed=0, stop_at_eot=False))
+        await anext(aiter(long))
+        short = batcher.submit(run, run.lm.token_stream(prompt, 5, seed=1, stop_at_eot=False))
+        got = [t async for batch in short for t in batch]
+        assert len(got) == 5 and not long.tokens.row.done  # the short one ended while the long one decodes
+        long.cancel()
+        async for _ in long:
+            pass
+        while batcher.batches:  # the idle batch goes
+            await asyncio.sleep(0.01)
+        pool.shutdown()
+        return long.tokens.row.gen
+
+    gen = asyncio.run(scenario())
+    assert gen.finish_reason == "cancelled" and len(gen.tokens) < 1000
+
+
+def test_a_failing_batch_answers_its_requests_and_the_next_batch_works(runs, words, monkeypatch):
+    loaded, report = runs
+    prompt = words.split()[0]
+
+    def broken(self, draws):
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as m:
+        m.setattr(Decoder, "_choose", broken)
+        app = create_app(loaded, report)
+        with TestClient(app, raise_server_exceptions=False) as c:
+            r = c.post("/api/generate", json={"run": "sig", "prompt": prompt, "max_new_tokens": 3})
+            assert r.status_code == 500 and r.json() == {"error": "internal error (RuntimeError; see the server log)"}
+            assert app.state.pool.pending == 0
+            m.undo()
+            events = sse(c.post("/api/generate", json={"run": "sig", "prompt": prompt, "max_new_tokens": 3}))
+            assert [e for e, _ in events] == ["token"] * 3 + ["done"]
 
 
 # ----------------------------------------------------------------------------------- a real browser

@@ -18,15 +18,16 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from .generate import Generation, generate, keep_tokens, predictor_for, stream, window_start
+from .decoder import Decoder, Generation, Row, RowOptions
+from .generate import generate, keep_tokens, predictor_for, window_start
 from .methods import Run, build_predictor, get_method, load_runs
-from .predictive import Draws, score_windows
+from .predictive import Draws, Predictor, score_windows
 from .tokenizers import load_tokenizer
 
 
@@ -54,10 +55,12 @@ class TokenRecord:
         return math.exp(self.logprob)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: id, text, prob, logprob, entropy, and mi / top / set / draws when available."""
-        d = asdict(self)
+        """JSON-ready: id, text, prob, logprob, entropy, and mi / top / set / draws when available
+        (the record's own lists, not copies: dataclasses.asdict's deep copy was most of a streamed
+        token's cost on the server)."""
+        d = {k: v for k, v in vars(self).items() if v is not None}
         d["prob"] = self.prob
-        return {k: v for k, v in d.items() if v is not None}
+        return d
 
 
 @dataclass
@@ -68,6 +71,45 @@ class Completion:
     text: str
     tokens: list[TokenRecord]
     finish_reason: str  # 'length' | 'stop_token' (end-of-text or another stop token) | 'stop_string'
+
+
+class DecoderKey(NamedTuple):
+    """What a decoder needs beyond its rows: rows with equal keys can share one (``LanguageModel.new_decoder``)."""
+
+    bayes_mode: str | None
+    mc_samples: int | None
+    use_cache: bool
+    slide: int | None
+
+
+class TokenStream:
+    """One prompt's continuation as ``TokenRecord``s while it is decoded (``LanguageModel.token_stream``):
+    ``row`` (a ``decoder.Row``) goes into a decoder made for ``key``, and ``take()`` returns the
+    records of the tokens decoded since the last call. A stop string ends the row; the token that
+    completes it is not given."""
+
+    def __init__(self, lm: LanguageModel, ids: list[int], stop: list[str], options: dict[str, Any],
+                 key: DecoderKey) -> None:
+        self.lm, self.stop, self.key = lm, stop, key
+        self.longest = max(map(len, stop), default=0)
+        self.pieces = lm.tokenizer.pieces(ids)
+        self.text = ""
+        self.pending: list[TokenRecord] = []
+        self.row = Row(ids, RowOptions(**options, stop_fn=self._on_token))
+
+    def _on_token(self, tokens: list[int]) -> bool:
+        """After each token (in the decoding thread): its text, and True when a stop string appears."""
+        k = len(tokens) - 1
+        piece = self.pieces.next(tokens[k])
+        self.text += piece
+        if self.stop and any(s in self.text[-(len(piece) + self.longest) :] for s in self.stop):
+            return True
+        self.pending.append(self.lm._record(self.row.gen, k, piece))
+        return False
+
+    def take(self) -> list[TokenRecord]:
+        out, self.pending = self.pending, []
+        return out
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -106,6 +148,7 @@ class LanguageModel:
         self.runs = list(runs) if runs is not None else [Run(Path("."), self.model, config)]
         self.method, self.temperature = method, temperature
         self.start_token = tokenizer.eot_token if tokenizer.eot_token is not None else 0
+        self._token_texts: dict[int, str] = {}
 
     @property
     def device(self) -> torch.device:
@@ -166,7 +209,7 @@ class LanguageModel:
             # decoding with the prompt joins the text as the tokenizer would (word spacing)
             return any(s in decode(ids[row] + new)[len(decode(ids[row])) :] for s in stop)
 
-        source, sampling = self._source(len(ids), sampling)
+        source, sampling = self._source(sampling)
         gens = generate(
             source, ids, max_new_tokens, stop_tokens=stops, stop_fn=hit_stop_string if stop else None,
             return_details=True, **sampling,
@@ -174,28 +217,48 @@ class LanguageModel:
         out = [self._completion(p, i, g, stop) for p, i, g in zip(prompts, ids, gens)]
         return out[0] if single else out
 
-    def stream(self, prompt: str, max_new_tokens: int = 200, *, stop: str | Sequence[str] = (),
-               stop_at_eot: bool = True, unknown: str = "error", stop_tokens: Sequence[int] = (),
-               **sampling: Any) -> Iterator[TokenRecord]:
+    def stream(self, prompt: str, max_new_tokens: int = 200, **options: Any) -> Iterator[TokenRecord]:
         """Yield the continuation of one prompt token by token, as ``TokenRecord``s, while it is
         generated. Options as ``generate``; a stop string ends the stream before the token that
         completes it (that token's text is not yielded)."""
+        tokens = self.token_stream(prompt, max_new_tokens, **options)
+        decoder = self.new_decoder(tokens.key, seed=tokens.row.options.seed)
+        decoder.add(tokens.row)
+        while decoder.active:
+            decoder.step()
+            yield from tokens.take()
+
+    def token_stream(self, prompt: str, max_new_tokens: int = 200, *, stop: str | Sequence[str] = (),
+                     stop_at_eot: bool = True, unknown: str = "error", stop_tokens: Sequence[int] = (),
+                     bayes_mode: str | None = None, mc_samples: int | None = None, use_cache: bool = True,
+                     slide: int | None = None, return_details: bool = True, **sampling: Any) -> TokenStream:
+        """``stream``'s row before it is decoded (ValueError for a bad prompt or option), for a
+        caller that decodes many in one batch (``gptv serve``): add ``.row`` to
+        ``new_decoder(.key)``, which rows with equal keys can share. ``sampling``: the options of
+        ``decoder.RowOptions``."""
         ids = self.encode_prompt(prompt, unknown)
         stop, stops = self._stops(stop, stop_at_eot, stop_tokens)
-        pieces = self.tokenizer.pieces(ids)
-        text = ""
-        source, sampling = self._source(1, sampling)
-        for k, g in stream(source, ids, max_new_tokens, stop_tokens=stops, **sampling):
-            piece = pieces.next(g.tokens[k])
-            text += piece
-            if any(x in text for x in stop):
-                return
-            yield self._record(g, k, piece)
+        self._check_bayes(bayes_mode, mc_samples, generation=True)
+        options = dict(max_new_tokens=max_new_tokens, stop_tokens=stops, details=return_details, **sampling)
+        return TokenStream(self, ids, stop, options, DecoderKey(bayes_mode, mc_samples, use_cache, slide))
+
+    def new_decoder(self, key: DecoderKey, seed: int | None = None) -> Decoder:
+        """An empty running batch for rows of ``key`` (``decoder.Decoder``); ``seed`` seeds the
+        predictive's own draws (MC dropout), rows have their own."""
+        return Decoder(self.decoding_predictor(key.bayes_mode, key.mc_samples, seed), use_cache=key.use_cache,
+                       slide=key.slide)
+
+    def token_text(self, token: int) -> str:
+        """The text of one token alone (cached: alternatives and sets name the same tokens again and again)."""
+        text = self._token_texts.get(token)
+        if text is None:
+            text = self._token_texts[token] = self.tokenizer.decode([token])
+        return text
 
     def _record(self, g: Generation, k: int, text: str) -> TokenRecord:
-        decode = self.tokenizer.decode
-        top = None if g.top is None else [(decode([i]), p) for i, p in g.top[k]]
-        sets = None if g.sets is None else [decode([i]) for i in g.sets[k]]
+        decode = self.token_text
+        top = None if g.top is None else [(decode(i), p) for i, p in g.top[k]]
+        sets = None if g.sets is None else [decode(i) for i in g.sets[k]]
         return TokenRecord(g.tokens[k], text, g.logprob[k], g.entropy[k], None if g.mi is None else g.mi[k],
                            top, sets, None if g.draws is None else g.draws[k])
 
@@ -216,25 +279,40 @@ class LanguageModel:
         """The predictive distribution (``predictive.Predictor``) of the runs under this model's
         method. ``bayes_mode`` 'mean' asks for a Bayesian head's posterior mean (its point
         estimate); None or 'step' for the method's draws (``mc_samples`` of them)."""
-        if bayes_mode not in (None, "mean", "step"):
+        self._check_bayes(bayes_mode, mc_samples)
+        samples = 0 if bayes_mode == "mean" else mc_samples
+        return build_predictor(self.runs, self.method, samples=samples, seed=seed, temperature=self.temperature)
+
+    def decoding_predictor(self, bayes_mode: str | None = None, mc_samples: int | None = None,
+                           seed: int | None = None) -> Predictor:
+        """The predictor that generation decodes from: ``predictor``, or for Bayesian 'sequence'
+        mode one weight draw per row (one Bayesian run, default method)."""
+        if bayes_mode == "sequence":
+            self._check_bayes(bayes_mode, mc_samples, generation=True)
+            return predictor_for(self.model, "sequence", mc_samples, seed)
+        return self.predictor(bayes_mode, mc_samples, seed)
+
+    def _check_bayes(self, bayes_mode: str | None, mc_samples: int | None, generation: bool = False) -> None:
+        """ValueError for a Bayesian mode or draw count this model cannot give."""
+        if generation and bayes_mode == "sequence":
+            if self.method != "default" or len(self.runs) > 1:
+                raise ValueError("bayes_mode='sequence' is for one Bayesian run with the default method")
+            if not self.model.head.stochastic:
+                raise ValueError("bayes_mode='sequence' needs a Bayesian head; this model's head is deterministic "
+                                 "(use 'mean')")
+        elif bayes_mode not in (None, "mean", "step"):
             raise ValueError(f"bayes_mode must be 'mean' or 'step' here, got {bayes_mode!r} ('sequence' draws one "
                              "weight set per generated row: generation only)")
         if bayes_mode == "step" and not any(r.model.head.stochastic for r in self.runs):
             raise ValueError("bayes_mode='step' needs a Bayesian head; this model's head is deterministic (use 'mean')")
         if mc_samples is not None and mc_samples < 1:
             raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
-        samples = 0 if bayes_mode == "mean" else mc_samples
-        return build_predictor(self.runs, self.method, samples=samples, seed=seed, temperature=self.temperature)
 
-    def _source(self, rows: int, sampling: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """What ``generate`` decodes from: the predictor, or the bare model for 'sequence' mode."""
+    def _source(self, sampling: dict[str, Any]) -> tuple[Predictor, dict[str, Any]]:
+        """What ``generate`` decodes from, and the rest of the options."""
         sampling = dict(sampling)
         mode, samples = sampling.pop("bayes_mode", None), sampling.pop("mc_samples", None)
-        if mode == "sequence":
-            if self.method != "default" or len(self.runs) > 1:
-                raise ValueError("bayes_mode='sequence' is for one Bayesian run with the default method")
-            return self.model, {**sampling, "bayes_mode": mode, "mc_samples": samples}
-        return self.predictor(mode, samples, sampling.get("seed")), sampling
+        return self.decoding_predictor(mode, samples, sampling.get("seed")), sampling
 
     @torch.no_grad()
     def score(

@@ -3,7 +3,8 @@
 One backbone serves every variant: token + learned position embeddings, pre-LayerNorm
 blocks (causal self-attention through scaled_dot_product_attention, GELU MLP), a final
 LayerNorm, then a head (``heads.py``) whose weights the objective (``objectives.py``)
-consumes in chunks. A KV cache makes generation cost O(T) per token instead of O(T^2).
+consumes in chunks. A KV cache makes generation cost O(T) per token instead of O(T^2); it keeps
+one length per row, so rows of different lengths decode as one batch, each at its own positions.
 """
 
 from __future__ import annotations
@@ -32,18 +33,89 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+@dataclass
+class CacheStep:
+    """Where T new tokens per row go in a KVCache, computed once per forward pass for every layer.
+
+    pos: their positions, (T,) when every row holds the same number of tokens (``start``), else
+    (B, T). end: the cache entries attended to are [0, end). mask: (B, 1, T, end) or (T, end),
+    True where a query may attend (each row's own entries up to its token); None when plain
+    causal attention (or, for one token, attending to everything) is exact.
+    """
+
+    pos: torch.Tensor
+    start: int | None
+    end: int
+    mask: torch.Tensor | None
+    rows: torch.Tensor | None = None  # (B, 1) row indices for scattered writes
+
+
 class KVCache:
-    """Per-layer keys and values of the tokens seen so far, (B, H, T_max, D) each."""
+    """Per-layer keys and values of the tokens seen so far, (B, H, max_len, D) each, and each row's
+    length (``lengths``, kept on the host, which plans each step): the tokens it holds, which is
+    also the position of its next token. Rows may hold different numbers of tokens; attention
+    then masks each row's entries past its own length. Rows are dropped (``select``), appended
+    (``extend``) and overwritten (``put``) between steps."""
 
     def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int, device, dtype) -> None:
         shape = (batch, n_head, max_len, head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.length = 0  # tokens stored; also the position of the next token
+        self.lengths = [0] * batch
         self.max_len = max_len
 
     def reset(self) -> None:
-        self.length = 0
+        self.lengths = [0] * len(self.lengths)
+
+    def advance(self, n: int | list[int]) -> None:
+        """Count n more tokens in every row, or n[b] in row b."""
+        steps = n if isinstance(n, list) else [n] * len(self.lengths)
+        self.lengths = [a + b for a, b in zip(self.lengths, steps)]
+
+    def select(self, rows: list[int]) -> None:
+        """Keep only ``rows``, in that order."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.k[0].device)
+        self.k = [k.index_select(0, index) for k in self.k]
+        self.v = [v.index_select(0, index) for v in self.v]
+        self.lengths = [self.lengths[r] for r in rows]
+
+    def extend(self, other: KVCache) -> None:
+        """Append the rows of ``other`` (a cache of the same model and max_len)."""
+        self.k = [torch.cat([a, b]) for a, b in zip(self.k, other.k)]
+        self.v = [torch.cat([a, b]) for a, b in zip(self.v, other.v)]
+        self.lengths = self.lengths + other.lengths
+
+    def put(self, rows: list[int], other: KVCache) -> None:
+        """Overwrite ``rows`` with the rows of ``other``, in order."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.k[0].device)
+        for mine, theirs in zip(self.k + self.v, other.k + other.v):
+            mine.index_copy_(0, index, theirs)
+        for r, n in zip(rows, other.lengths):
+            self.lengths[r] = n
+
+    def plan(self, T: int, device: torch.device) -> CacheStep:
+        """The positions and mask of T tokens appended to every row (``CacheStep``)."""
+        first = self.lengths[0] if self.lengths else 0
+        end = max(self.lengths, default=0) + T
+        if all(n == first for n in self.lengths):
+            pos = torch.arange(first, first + T, device=device)
+            mask = None if T == 1 or first == 0 else torch.ones(T, end, dtype=torch.bool, device=device).tril(first)
+            return CacheStep(pos, first, end, mask)
+        pos = torch.tensor(self.lengths)[:, None] + torch.arange(T)
+        mask = torch.arange(end)[None, None, :] <= pos[:, :, None]
+        rows = torch.arange(len(self.lengths), device=device)[:, None]
+        return CacheStep(pos.to(device), None, end, mask[:, None].to(device), rows)
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, step: CacheStep) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write one layer's new keys and values (B, H, T, D) at ``step``; return the entries to attend to."""
+        K, V = self.k[layer], self.v[layer]
+        if step.start is not None:
+            K[:, :, step.start : step.start + k.shape[2]] = k
+            V[:, :, step.start : step.start + v.shape[2]] = v
+        else:  # (B, T) positions: index (B, T, H, D)
+            K[step.rows, :, step.pos] = k.transpose(1, 2)
+            V[step.rows, :, step.pos] = v.transpose(1, 2)
+        return K[:, :, : step.end], V[:, :, : step.end]
 
 
 class CausalSelfAttention(nn.Module):
@@ -55,25 +127,18 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                step: CacheStep | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         p = self.dropout if self.training else 0.0  # also with a cache: MC dropout decodes with it
-        if cache is None:
+        if cache is None:  # causal: a right-padded row's tokens never see its padding
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
-            start = cache.length
-            cache.k[layer][:, :, start : start + T] = k
-            cache.v[layer][:, :, start : start + T] = v
-            k, v = cache.k[layer][:, :, : start + T], cache.v[layer][:, :, : start + T]
-            if T == 1:  # one new token attends to everything before it
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
-            elif start == 0:
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-            else:  # a chunk appended to a non-empty cache: causal with an offset
-                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            k, v = cache.store(layer, k, v, step)
+            causal = step.mask is None and T > 1  # a chunk into an empty cache
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=step.mask, dropout_p=p, is_causal=causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -98,8 +163,9 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(cfg.n_embd, cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                step: CacheStep | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer, step)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -115,17 +181,24 @@ class Backbone(nn.Module):
         self.h = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = LayerNorm(cfg.n_embd, cfg.bias)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
+                lengths: list[int] | None = None) -> torch.Tensor:
+        """With a cache, the T tokens of each row are appended to it at that row's own positions.
+        ``lengths`` (B,): how many of them are real when rows are right-padded (a prefill of
+        prompts of different lengths into an empty cache); the rest are not kept."""
         T = idx.shape[1]
-        start = cache.length if cache is not None else 0
-        if start + T > self.cfg.block_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.cfg.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
+        step = cache.plan(T, idx.device) if cache is not None else None
+        end = step.end if step is not None else T
+        if end > self.cfg.block_size:
+            raise ValueError(f"sequence of {end} tokens exceeds block_size {self.cfg.block_size}")
+        if cache is not None and end > cache.max_len:
+            raise ValueError(f"sequence of {end} tokens exceeds the cache's {cache.max_len}")
+        pos = step.pos if step is not None else torch.arange(T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for i, block in enumerate(self.h):
-            x = block(x, cache, i)
+            x = block(x, cache, i, step)
         if cache is not None:
-            cache.length += T
+            cache.advance(T if lengths is None else lengths)
         return self.ln_f(x)
 
 
@@ -196,7 +269,7 @@ class GPT(nn.Module):
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
         c = self.config
-        p = next(self.parameters())
+        p = self.transformer.wte.weight  # the first parameter: next(self.parameters()) walks the module tree
         return KVCache(c.n_layer, batch, c.n_head, max_len or c.block_size, c.n_embd // c.n_head, p.device, p.dtype)
 
     def kl_weight(self, step: int) -> float:

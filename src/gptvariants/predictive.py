@@ -38,6 +38,7 @@ from . import metrics as M
 # (h (n, C), samples, generator) -> (S, n, V) fp32 logits
 Sampler = Callable[[torch.Tensor, int, "torch.Generator | None"], torch.Tensor]
 CHUNK_FLOATS = 2**23  # ~32 MiB of fp32 (n, V) values per draw and chunk
+Generators = torch.Generator | list[torch.Generator] | None  # one stream, or one per row
 
 
 @dataclass
@@ -57,8 +58,21 @@ class Member:
     def n_draws(self, samples: int) -> int:
         return (self.sampler or self.model.head).n_draws(samples)
 
-    def logits(self, h: torch.Tensor, samples: int, generator: torch.Generator | None) -> torch.Tensor:
-        z = (self.sampler or self.model.head.logits)(h, samples, generator)
+    def draws_randomly(self, samples: int) -> bool:
+        """Whether ``logits`` draws from a generator: a stochastic head or a sampler asked for
+        draws (a sampler whose ``random`` is False made its draws beforehand)."""
+        if samples == 0:
+            return False
+        return getattr(self.sampler, "random", True) if self.sampler is not None else self.model.head.stochastic
+
+    def logits(self, h: torch.Tensor, samples: int, generator: Generators) -> torch.Tensor:
+        """(S, n, V) draws at h (n, C). ``generator``: one for all rows, or a list of one per row,
+        so that each row's draws come from its own stream and do not depend on the other rows."""
+        draw = self.sampler or self.model.head.logits
+        if isinstance(generator, list) and self.draws_randomly(samples):
+            z = torch.cat([draw(h[j : j + 1], samples, g) for j, g in enumerate(generator)], dim=1)
+        else:
+            z = draw(h, samples, None if isinstance(generator, list) else generator)
         return z if self.temperature == 1.0 else z / self.temperature
 
 
@@ -201,13 +215,15 @@ class Predictor:
         return [m.model.new_cache(batch, max_len) for m, _ in self.replicas]
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor, caches: Sequence | None = None) -> list[torch.Tensor]:
-        """Final hidden states (B, T, C) of token ids x (B, T), one per backbone pass."""
+    def encode(self, x: torch.Tensor, caches: Sequence | None = None,
+               lengths: list[int] | None = None) -> list[torch.Tensor]:
+        """Final hidden states (B, T, C) of token ids x (B, T), one per backbone pass. With caches,
+        ``lengths`` (B,) counts the real tokens of right-padded rows (``model.Backbone``)."""
         out = []
         for r, (member, dropout) in enumerate(self.replicas):
             cache = caches[r] if caches is not None else None
             with self._dropout_active(member.model) if dropout else nullcontext():
-                out.append(member.model.transformer(x, cache))
+                out.append(member.model.transformer(x, cache, lengths))
         return out
 
     @contextmanager
@@ -223,12 +239,14 @@ class Predictor:
                 model.transformer.eval()
 
     @torch.no_grad()
-    def draws(self, hs: Sequence[torch.Tensor], *, set_probs: bool = False) -> Draws:
-        """The predictive at hidden states ``hs`` (one (n, C) per backbone pass, as ``encode``)."""
+    def draws(self, hs: Sequence[torch.Tensor], *, set_probs: bool = False, generators: Generators = None) -> Draws:
+        """The predictive at hidden states ``hs`` (one (n, C) per backbone pass, as ``encode``).
+        ``generators``: one per row makes each row's draws its own (``Member.logits``); default:
+        this predictor's generator. MC dropout's masks are drawn in ``encode``, over the batch."""
         log_ps, sets = [], []
         z = None
         for (member, _), h in zip(self.replicas, hs, strict=True):
-            z = member.logits(h, self.samples_of(member), self.generator)
+            z = member.logits(h, self.samples_of(member), self.generator if generators is None else generators)
             log_ps.append(member.model.objective.log_probs(z))
             if set_probs:
                 q = torch.sigmoid(z) if member.model.objective.sigmoid else log_ps[-1].exp()

@@ -2,6 +2,7 @@
 
     GET  /api/runs       the runs: variant, head, sizes; whether there is a report; the limits
     POST /api/generate   server-sent events: one ``token`` event per generated token, then ``done``
+                         (concurrent generations of a run decode as one batch: ``batcher.Batcher``)
     POST /api/score      per-token scores of a text, nats/token and perplexity
     GET  /api/report     the experiment's report.md as HTML, and its plots
     GET  /report/NAME    one report file (an allowlist built at startup; nothing else is served)
@@ -16,7 +17,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
@@ -28,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ..api import TokenRecord
+from .batcher import Batcher, RowStream
 from .runs import Report, Run
 from .schemas import LIMITS, MAX_SET_TEXTS, GenerateRequest, ScoreRequest
 from .worker import Busy, ModelPool
@@ -43,6 +45,9 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+
+
+_JSON = json.JSONEncoder(ensure_ascii=False)  # made once: json.dumps with options builds one per call
 
 
 def token_json(rec: TokenRecord) -> dict[str, Any]:
@@ -75,7 +80,7 @@ def render_report(report: Report) -> str:
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+    return f"event: {event}\ndata: {_JSON.encode(data)}\n\n"
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -112,7 +117,7 @@ def create_app(runs: dict[str, Run], report: Report | None = None, *, workers: i
     app.state.pool = pool
     _add_error_handlers(app)
     _add_files(app, report)
-    _add_model_api(app, runs, pool, has_report=report is not None)
+    _add_model_api(app, runs, pool, Batcher(pool), has_report=report is not None)
     return app
 
 
@@ -150,7 +155,7 @@ def _add_files(app: FastAPI, report: Report | None) -> None:
         return FileResponse(report.files[name])
 
 
-def _add_model_api(app: FastAPI, runs: dict[str, Run], pool: ModelPool, has_report: bool) -> None:
+def _add_model_api(app: FastAPI, runs: dict[str, Run], pool: ModelPool, batcher: Batcher, has_report: bool) -> None:
     """GET /api/runs, POST /api/score, POST /api/generate."""
 
     def get_run(name: str) -> Run:
@@ -175,18 +180,24 @@ def _add_model_api(app: FastAPI, runs: dict[str, Run], pool: ModelPool, has_repo
     async def generate(req: GenerateRequest) -> StreamingResponse:
         run = get_run(req.run)
         pool.acquire()
-        try:  # the first token is computed before answering, so that bad options are a 4xx, not a broken stream
+        stream = None
+        try:  # the first tokens are computed before answering, so that bad options are a 4xx, not a broken stream
             t0 = time.perf_counter()
-            records = run.lm.stream(req.prompt, req.max_new_tokens, **req.sampling())
-            first = await pool.call(next, records, None)
+            # on the event loop: tokenizing a prompt (<= 4,000 characters) is quick, a thread hop is not
+            tokens = run.lm.token_stream(req.prompt, req.max_new_tokens, **req.sampling())
+            stream = batcher.submit(run, tokens)
+            records = aiter(stream)
+            first = await anext(records, [])
         except (ValueError, TypeError) as e:
             pool.release()
             raise HTTPException(400, str(e)) from None
         except BaseException:
+            if stream is not None:
+                stream.cancel()
             pool.release()
             raise
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(_events(pool, run, req, first, records, t0), media_type="text/event-stream",
+        return StreamingResponse(_events(pool, run, req, stream, first, records, t0), media_type="text/event-stream",
                                  headers=headers)
 
 
@@ -200,16 +211,15 @@ def _scored(run: Run, req: ScoreRequest) -> dict[str, Any]:
             "seconds": time.perf_counter() - t0}
 
 
-async def _events(pool: ModelPool, run: Run, req: GenerateRequest, first: TokenRecord | None,
-                  records: Iterator[TokenRecord], t0: float) -> AsyncIterator[str]:
+async def _events(pool: ModelPool, run: Run, req: GenerateRequest, stream: RowStream, first: list[TokenRecord],
+                  records: AsyncIterator[list[TokenRecord]], t0: float) -> AsyncIterator[str]:
     """The SSE stream of one generation: ``token`` events, then ``done`` (or ``error``)."""
-    done: list[TokenRecord] = []
+    done: list[TokenRecord] = list(first)
     first_ms = (time.perf_counter() - t0) * 1e3
     try:
-        if first is not None:
-            done.append(first)
-            yield _sse("token", token_json(first))
-            async for batch in pool.stream(records):  # one write per batch of tokens
+        if first:
+            yield "".join(_sse("token", token_json(rec)) for rec in first)
+            async for batch in records:  # one write per batch of tokens
                 done.extend(batch)
                 yield "".join(_sse("token", token_json(rec)) for rec in batch)
         seconds = time.perf_counter() - t0
@@ -221,7 +231,8 @@ async def _events(pool: ModelPool, run: Run, req: GenerateRequest, first: TokenR
     except Exception:
         log.exception("generation failed on run %s", run.name)
         yield _sse("error", {"error": "internal error (see the server log)"})
-    finally:
+    finally:  # also when the client went away: its row leaves the batch at the next step
+        stream.cancel()
         pool.release()
 
 

@@ -2,13 +2,14 @@
 advanced in time slices so that requests take turns.
 
 Torch releases the GIL inside its kernels, so a pool of a few threads keeps the server
-answering (the page, ``GET /api/runs``) while models compute. A generation is not one task:
-its token iterator is advanced for at most ``slice_s`` seconds per task and then goes back to
-the end of the pool's queue, so a long generation cannot hold a worker while later requests
-wait. Items reach the event loop in batches: the first at once (the first token's latency),
-then whatever was produced in the last ``flush_s`` seconds, so that a fast stream does not wake
-the event loop (and the client) once per token; on a busy machine each wake-up can wait for a
-core, which costs more than the token itself on a small model. Requests beyond
+answering (the page, ``GET /api/runs``) while models compute. Long work is not one task:
+``stream`` advances an iterator for at most ``slice_s`` seconds per task, then sends it back to
+the end of the pool's queue, so that it cannot hold a worker while later requests wait (the
+server's generations go through ``batcher.Batcher``, which advances its running batches in the
+same way). Items reach the event loop in batches: the first at once (the first token's
+latency), then whatever was produced in the last ``flush_s`` seconds, so that a fast stream does
+not wake the event loop (and the client) once per token; on a busy machine each wake-up can wait
+for a core, which costs more than the token itself on a small model. Requests beyond
 ``max_pending`` in progress are refused at once (``Busy``: HTTP 503) instead of queueing
 without bound.
 """

@@ -44,13 +44,14 @@ def by_bin(values: np.ndarray, freq: np.ndarray) -> list[float]:
 
 def frequency_table(model, freq: np.ndarray, sides: dict[str, dict[str, np.ndarray]]) -> dict:
     sigma_rows = F.softplus(model.head.weight_rho.detach().float()).mean(1).numpy()
-    out = {"bins": BINS.tolist(), "sigma": by_bin(sigma_rows, freq),
-           "vocab_share": by_bin(np.ones_like(freq), freq)}
+    out = {"bins": BINS.tolist(), "sigma": by_bin(sigma_rows, freq), "vocab_share": by_bin(np.ones_like(freq), freq)}
     for name, t in sides.items():
         f = freq[t["target"]]
-        out[name] = {"mi": by_bin(t["mi"], f), "share": [float(x) for x in np.bincount(np.digitize(f, BINS[1:-1]),
-                                                                                     minlength=len(BINS) - 1) / len(f)],
-                     "mi_mean": float(t["mi"].mean())}
+        out[name] = {
+            "mi": by_bin(t["mi"], f),
+            "share": [float(x) for x in np.bincount(np.digitize(f, BINS[1:-1]), minlength=len(BINS) - 1) / len(f)],
+            "mi_mean": float(t["mi"].mean()),
+        }
     return out
 
 
@@ -61,8 +62,15 @@ def checkpoints(run: Path, model, cfg, tokens_in, tokens_out, samples: int, batc
         step = int(ckpt.name.split("-")[1])
         a, b = per_token(model, tokens_in, samples), per_token(model, tokens_out, samples)
         sigma = F.softplus(model.head.weight_rho.detach().float()).mean().item()
-        rows.append({"step": step, "train_tokens": step * batch_tokens, "sigma_mean": sigma,
-                     "mi_in": float(a["mi"].mean()), "mi_out": float(b["mi"].mean())})
+        rows.append(
+            {
+                "step": step,
+                "train_tokens": step * batch_tokens,
+                "sigma_mean": sigma,
+                "mi_in": float(a["mi"].mean()),
+                "mi_out": float(b["mi"].mean()),
+            }
+        )
     return rows
 
 
@@ -77,18 +85,33 @@ def plot(table: dict, curve: list[dict], path: Path) -> None:
     x = np.arange(len(labels))
     for k, name in enumerate(n for n in table if isinstance(table[n], dict)):
         axes[0].bar(x + 0.25 * (k - 1), table[name]["mi"], 0.25, label=f"{name} (mean {table[name]['mi_mean']:.4f})")
-    axes[0].set(xticks=x, xticklabels=labels, xlabel="training frequency of the target token",
-                ylabel="mean MI (nats)", title="MI by token frequency")
+    axes[0].set(
+        xticks=x,
+        xticklabels=labels,
+        xlabel="training frequency of the target token",
+        ylabel="mean MI (nats)",
+        title="MI by token frequency",
+    )
     axes[0].legend(fontsize="small")
     axes[1].bar(x, table["sigma"])
-    axes[1].set(xticks=x, xticklabels=labels, xlabel="training frequency of the row's token",
-                ylabel="mean posterior sigma", title="Posterior width by token frequency")
+    axes[1].set(
+        xticks=x,
+        xticklabels=labels,
+        xlabel="training frequency of the row's token",
+        ylabel="mean posterior sigma",
+        title="Posterior width by token frequency",
+    )
     if curve:
         t = [c["train_tokens"] for c in curve]
         axes[2].plot(t, [c["mi_in"] for c in curve], marker="o", label="in-domain")
         axes[2].plot(t, [c["mi_out"] for c in curve], marker="o", label="shifted")
-        axes[2].set(xscale="log", yscale="log", xlabel="training tokens", ylabel="mean MI (nats)",
-                    title="MI against training tokens")
+        axes[2].set(
+            xscale="log",
+            yscale="log",
+            xlabel="training tokens",
+            ylabel="mean MI (nats)",
+            title="MI against training tokens",
+        )
         axes[2].legend(fontsize="small")
     for ax in axes:
         ax.tick_params(axis="x", labelsize="small")
@@ -130,10 +153,14 @@ def main() -> None:
         print(f"| share of positions, {name} | " + " | ".join(f"{v:.3f}" for v in row["share"]) + " | |")
     print("| posterior sigma of the row | " + " | ".join(f"{v:.4f}" for v in table["sigma"]) + " | |")
     if curve:
-        print("\n| step | training tokens | sigma mean | MI in-domain | MI shifted | ratio |\n|---|---|---|---|---|---|")
+        print(
+            "\n| step | training tokens | sigma mean | MI in-domain | MI shifted | ratio |\n|---|---|---|---|---|---|"
+        )
         for c in curve:
-            print(f"| {c['step']} | {c['train_tokens']:,} | {c['sigma_mean']:.4f} | {c['mi_in']:.4f} | {c['mi_out']:.4f} "
-                  f"| {c['mi_out'] / c['mi_in']:.2f} |")
+            print(
+                f"| {c['step']} | {c['train_tokens']:,} | {c['sigma_mean']:.4f} | {c['mi_in']:.4f} | {c['mi_out']:.4f} "
+                f"| {c['mi_out'] / c['mi_in']:.2f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -69,10 +69,16 @@ def measure(variant: str, root: Path, args) -> dict:
         theirs = hf(x).logits.float()
         diff = (theirs - z) if plain else (torch.log_softmax(theirs, -1) - model.objective.log_probs(z))
     size = sum(f.stat().st_size for f in out.iterdir())
-    return {"variant": variant, "folder": "GPT2LMHeadModel" if plain else "modeling code",
-            "load_run_s": round(t_load, 2), "export_s": round(t_export, 2), "hf_load_s": round(t_hf, 2),
-            "max_abs_diff": float(diff.abs().max()),
-            "size_mib": round(size / 2**20), "params_m": round(model.num_params(non_embedding=False) / 1e6, 1)}
+    return {
+        "variant": variant,
+        "folder": "GPT2LMHeadModel" if plain else "modeling code",
+        "load_run_s": round(t_load, 2),
+        "export_s": round(t_export, 2),
+        "hf_load_s": round(t_hf, 2),
+        "max_abs_diff": float(diff.abs().max()),
+        "size_mib": round(size / 2**20),
+        "params_m": round(model.num_params(non_embedding=False) / 1e6, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| variant | folder | params (M) | export s | load_run alone s | HF load s | size MiB | max abs logit diff |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['folder']} | {r['params_m']} | {r['export_s']} | {r['load_run_s']} "
-              f"| {r['hf_load_s']} | {r['size_mib']} | {r['max_abs_diff']:.1e} |")
+        print(
+            f"| {r['variant']} | {r['folder']} | {r['params_m']} | {r['export_s']} | {r['load_run_s']} "
+            f"| {r['hf_load_s']} | {r['size_mib']} | {r['max_abs_diff']:.1e} |"
+        )
     return 0
 
 

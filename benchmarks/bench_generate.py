@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=500)
     ap.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
-    ap.add_argument("--vocab", type=int, default=65, help="vocabulary size (65: Tiny Shakespeare characters; 50257: GPT-2)")
+    ap.add_argument(
+        "--vocab", type=int, default=65, help="vocabulary size (65: Tiny Shakespeare characters; 50257: GPT-2)"
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,8 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     assert outputs["cached"] == outputs["uncached"], "cached greedy output differs from uncached"
 
     rows = [
-        {"mode": name, "new_tokens": n, "seconds": round(s, 3), "tokens_per_s": round(n / s, 1),
-         "speedup_vs_uncached": round(seconds["uncached"] / s, 2)}
+        {
+            "mode": name,
+            "new_tokens": n,
+            "seconds": round(s, 3),
+            "tokens_per_s": round(n / s, 1),
+            "speedup_vs_uncached": round(seconds["uncached"] / s, 2),
+        }
         for name, s in seconds.items()
     ]
     speedup = seconds["uncached"] / seconds["cached"]
@@ -72,12 +79,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(rows))
     else:
-        print(f"model 6 layers, 384 wide, block 256, V = {args.vocab}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+        print(
+            f"model 6 layers, 384 wide, block 256, V = {args.vocab}; torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads"
+        )
         print(f"{'mode':<10} {'new_tokens':>10} {'seconds':>8} {'tokens/s':>9} {'vs uncached':>12}")
         for r in rows:
-            print(f"{r['mode']:<10} {r['new_tokens']:>10} {r['seconds']:>8.2f} {r['tokens_per_s']:>9.1f} {r['speedup_vs_uncached']:>11.2f}x")
-        print(f"cached output identical to uncached: yes; cached speedup {speedup:.1f}x (target >= 5x); "
-              f"MC-8 step costs {mc_cost:.2f}x a single draw (target <= 2x)")
+            print(
+                f"{r['mode']:<10} {r['new_tokens']:>10} {r['seconds']:>8.2f} {r['tokens_per_s']:>9.1f} "
+                f"{r['speedup_vs_uncached']:>11.2f}x"
+            )
+        print(
+            f"cached output identical to uncached: yes; cached speedup {speedup:.1f}x (target >= 5x); "
+            f"MC-8 step costs {mc_cost:.2f}x a single draw (target <= 2x)"
+        )
     return 0 if speedup >= 5 and mc_cost <= 2 else 1
 
 

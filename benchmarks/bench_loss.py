@@ -17,8 +17,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from bench_step import PeakRSS, release_memory
+
 from gptvariants.heads import BayesianHead
 from gptvariants.objectives import CrossEntropy, SigmoidBCE, SmoothedCrossEntropy, fused_linear_loss
 
@@ -57,7 +57,11 @@ def run_one(name: str, mode: str, n: int, c: int, v: int, k: int, device: torch.
     h = torch.randn(n, c, generator=g).to(device).requires_grad_()
     y = torch.randint(v, (n,), generator=g).to(device)
     # distinct ids per row, as a teacher's top-k gives
-    sets = torch.stack([torch.randperm(v, generator=g)[:k] for _ in range(min(n, 64))]).repeat(n // min(n, 64) + 1, 1)[:n].to(device)
+    sets = (
+        torch.stack([torch.randperm(v, generator=g)[:k] for _ in range(min(n, 64))])
+        .repeat(n // min(n, 64) + 1, 1)[:n]
+        .to(device)
+    )
     if name == "bayes":
         torch.manual_seed(0)
         head = BayesianHead(c, v, bias=False).to(device)
@@ -104,18 +108,34 @@ def main() -> None:
         torch.testing.assert_close(fused[0], dense[0], rtol=1e-4, atol=1e-5)
         for a, b in zip(fused[1], dense[1]):
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
-        rows.append({"objective": name, "n": args.n, "vocab": args.v, "n_embd": args.c,
-                     "dense_peak_mb": round(dense[2] / 2**20), "fused_peak_mb": round(fused[2] / 2**20),
-                     "memory_reduction": round(dense[2] / max(fused[2], 1), 2),
-                     "dense_ms": round(dense[3]), "fused_ms": round(fused[3]), "values_and_grads_equal": True})
+        rows.append(
+            {
+                "objective": name,
+                "n": args.n,
+                "vocab": args.v,
+                "n_embd": args.c,
+                "dense_peak_mb": round(dense[2] / 2**20),
+                "fused_peak_mb": round(fused[2] / 2**20),
+                "memory_reduction": round(dense[2] / max(fused[2], 1), 2),
+                "dense_ms": round(dense[3]),
+                "fused_ms": round(fused[3]),
+                "values_and_grads_equal": True,
+            }
+        )
         del fused, dense
     if args.json:
         print(json.dumps(rows, indent=1))
         return
     print(f"N = {args.n}, V = {args.v}, C = {args.c}, K = {args.k}, device {device}, torch {torch.__version__}")
-    print("| objective | dense peak MiB | fused peak MiB | reduction | dense ms | fused ms | equal |\n|---|---|---|---|---|---|---|")
+    print(
+        "| objective | dense peak MiB | fused peak MiB | reduction | dense ms | fused ms | equal |\n"
+        "|---|---|---|---|---|---|---|"
+    )
     for r in rows:
-        print(f"| {r['objective']} | {r['dense_peak_mb']} | {r['fused_peak_mb']} | {r['memory_reduction']:.1f}x | {r['dense_ms']} | {r['fused_ms']} | yes |")
+        print(
+            f"| {r['objective']} | {r['dense_peak_mb']} | {r['fused_peak_mb']} | {r['memory_reduction']:.1f}x | "
+            f"{r['dense_ms']} | {r['fused_ms']} | yes |"
+        )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,9 @@ SYSTEMS = {  # name: (variant, predictor options, reference)
 
 def model(variant: str, shape: tuple[int, ...]) -> GPT:
     n_layer, n_head, n_embd, block, vocab = shape
-    cfg = load_config(variant, overrides=dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block,
-                                              vocab_size=vocab))
+    cfg = load_config(
+        variant, overrides=dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block, vocab_size=vocab)
+    )
     torch.manual_seed(0)
     return GPT(cfg.model, cfg.objective).eval()
 
@@ -56,7 +57,7 @@ def run(shape_name: str, tokens: int, rounds: int) -> list[dict]:
     times: dict[str, list[float]] = {name: [] for name in SYSTEMS}
     names = list(SYSTEMS)
     for r in range(rounds + 1):  # round 0 warms up
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
             score(predictors[name], stream, stride=shape[3] // 2, point=False)
             if r:
@@ -64,9 +65,17 @@ def run(shape_name: str, tokens: int, rounds: int) -> list[dict]:
     out = []
     for name, (_, _, ref) in SYSTEMS.items():
         ratios = [a / b for a, b in zip(times[name], times[ref])] if ref else [1.0] * rounds
-        out.append({"shape": shape_name, "system": name, "reference": ref or "-",
-                    "seconds": statistics.median(times[name]), "ratio": statistics.median(ratios),
-                    "ratio_range": (min(ratios), max(ratios)), "tokens_per_s": tokens / statistics.median(times[name])})
+        out.append(
+            {
+                "shape": shape_name,
+                "system": name,
+                "reference": ref or "-",
+                "seconds": statistics.median(times[name]),
+                "ratio": statistics.median(ratios),
+                "ratio_range": (min(ratios), max(ratios)),
+                "tokens_per_s": tokens / statistics.median(times[name]),
+            }
+        )
     return out
 
 
@@ -83,8 +92,11 @@ def main() -> None:
     for shape in args.shapes.split(","):
         for r in run(shape, args.tokens, args.rounds):
             lo, hi = r["ratio_range"]
-            print(f"| {r['shape']} | {r['system']} | {r['reference']} | {r['seconds']:.2f} | {r['ratio']:.2f}x | "
-                  f"{lo:.2f}-{hi:.2f} | {r['tokens_per_s']:,.0f} |", flush=True)
+            print(
+                f"| {r['shape']} | {r['system']} | {r['reference']} | {r['seconds']:.2f} | {r['ratio']:.2f}x | "
+                f"{lo:.2f}-{hi:.2f} | {r['tokens_per_s']:,.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

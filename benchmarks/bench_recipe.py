@@ -34,7 +34,9 @@ RECIPE = Path(__file__).resolve().parents[1] / "configs" / "shakespeare-char-cpu
 
 def plain_loop(data_dir: Path, iters: int, seed: int = 1337) -> list[float]:
     """ms per iteration, per block of 10 iterations, of a nanoGPT-style loop."""
-    cfg = load_config(file=RECIPE, overrides={"vocab_size": str(json.loads((data_dir / "meta.json").read_text())["vocab_size"])})
+    cfg = load_config(
+        file=RECIPE, overrides={"vocab_size": str(json.loads((data_dir / "meta.json").read_text())["vocab_size"])}
+    )
     m, t = cfg.model, cfg.train
     torch.manual_seed(seed)
     backbone = Backbone(m)
@@ -43,8 +45,11 @@ def plain_loop(data_dir: Path, iters: int, seed: int = 1337) -> list[float]:
     params = [p for p in set(backbone.parameters()) | set(head.parameters())]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=t.learning_rate, betas=(t.beta1, t.beta2))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=t.learning_rate,
+        betas=(t.beta1, t.beta2),
+    )
     data = np.memmap(data_dir / "train.bin", dtype=np.uint16, mode="r")
 
     def get_batch():
@@ -74,9 +79,20 @@ def plain_loop(data_dir: Path, iters: int, seed: int = 1337) -> list[float]:
 def toolkit_loop(data_dir: Path, iters: int) -> list[float]:
     """ms per iteration, per block of 10 iterations, of `gptv train` on the recipe (from metrics.jsonl)."""
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(file=RECIPE, overrides={"data": str(data_dir), "out_dir": tmp + "/run", "max_iters": str(iters),
-                                                  "lr_decay_iters": str(iters), "eval_interval": str(iters), "eval_iters": "2",
-                                                  "log_interval": "10", "progress": "lines", "tensorboard": "false"})
+        cfg = load_config(
+            file=RECIPE,
+            overrides={
+                "data": str(data_dir),
+                "out_dir": tmp + "/run",
+                "max_iters": str(iters),
+                "lr_decay_iters": str(iters),
+                "eval_interval": str(iters),
+                "eval_iters": "2",
+                "log_interval": "10",
+                "progress": "lines",
+                "tensorboard": "false",
+            },
+        )
         train(cfg)
         records = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     return [r["ms_per_step"] for r in records if r["kind"] == "train"]
@@ -85,7 +101,9 @@ def toolkit_loop(data_dir: Path, iters: int) -> list[float]:
 def main() -> None:
     keep_freed_memory()  # as `gptv` does; GPTV_MALLOC_TUNING=0 measures without it
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True, help="char-level Tiny Shakespeare, from `gptv prepare text:.../input.txt`")
+    ap.add_argument(
+        "--data", type=Path, required=True, help="char-level Tiny Shakespeare, from `gptv prepare text:.../input.txt`"
+    )
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
@@ -94,8 +112,11 @@ def main() -> None:
         ours += toolkit_loop(args.data, args.iters)[1:]  # the first block includes start-up
         plain += plain_loop(args.data, args.iters)[1:]
     p, o = statistics.median(plain), statistics.median(ours)
-    print(f"nanoGPT CPU recipe (4L/4H/128, block 64, batch 12), torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.rounds} rounds x {args.iters} iterations")
+    print(
+        f"nanoGPT CPU recipe (4L/4H/128, block 64, batch 12), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, "
+        f"{args.rounds} rounds x {args.iters} iterations"
+    )
     print("| loop | median ms/iter | ratio |\n|---|---|---|")
     print(f"| plain nanoGPT-style loop | {p:.1f} | 1.00x |")
     print(f"| gptv train | {o:.1f} | {o / p:.2f}x |")

@@ -71,10 +71,23 @@ def corpus(path: str, chars: int) -> tuple[str, str]:
 def tiny_run(text: str, root: Path, steps: int) -> Path:
     (root / "text.txt").write_text(text, encoding="utf-8")
     prepare(f"text:{root / 'text.txt'}", root / "data")
-    cfg = load_config("baseline", None, {**SHAPE, "data": str(root / "data"), "out_dir": str(root / "run"),
-                                         "max_iters": steps, "batch_size": 12, "eval_interval": 10**6,
-                                         "eval_iters": 1, "progress": "lines", "tensorboard": False,
-                                         "device": "cpu", "log_interval": 10**6})
+    cfg = load_config(
+        "baseline",
+        None,
+        {
+            **SHAPE,
+            "data": str(root / "data"),
+            "out_dir": str(root / "run"),
+            "max_iters": steps,
+            "batch_size": 12,
+            "eval_interval": 10**6,
+            "eval_iters": 1,
+            "progress": "lines",
+            "tensorboard": False,
+            "device": "cpu",
+            "log_interval": 10**6,
+        },
+    )
     train(cfg)
     return root / "run"
 
@@ -138,8 +151,9 @@ def profile(lm: LanguageModel, text: str, top: int = 18) -> str:
     return buf.getvalue()
 
 
-def measure(lm: LanguageModel, text: str, ids: list[int], batch: int,
-            check: bool = True) -> tuple[dict[str, tuple[float, float]], float]:
+def measure(
+    lm: LanguageModel, text: str, ids: list[int], batch: int, check: bool = True
+) -> tuple[dict[str, tuple[float, float]], float]:
     """(wall, CPU) seconds of the reference, score() and score() with batched windows, side by side;
     and the largest difference between their log-probabilities (asserted < 1e-4)."""
     ref, *t_ref = timed(reference, lm, ids, batch)
@@ -151,13 +165,22 @@ def measure(lm: LanguageModel, text: str, ids: list[int], batch: int,
         assert len(got) == len(ref), (len(got), len(ref))
         diff = max(diff, float((torch.tensor(got) - ref).abs().max()))
     assert diff < 1e-4 or not check, f"score() and the reference disagree by {diff}"
-    return {"reference (batched forward)": tuple(t_ref), "score()": tuple(t_score),
-            "score(), batched windows (proposed)": tuple(t_batched)}, diff
+    return {
+        "reference (batched forward)": tuple(t_ref),
+        "score()": tuple(t_score),
+        "score(), batched windows (proposed)": tuple(t_batched),
+    }, diff
 
 
 def row(name: str, n: int, t: tuple[float, float], ref: tuple[float, float]) -> dict:
-    return {"what": name, "wall_s": round(t[0], 2), "cpu_s": round(t[1], 2), "tokens_per_cpu_s": round(n / t[1]),
-            "wall_vs_reference": round(t[0] / ref[0], 2), "cpu_vs_reference": round(t[1] / ref[1], 2)}
+    return {
+        "what": name,
+        "wall_s": round(t[0], 2),
+        "cpu_s": round(t[1], 2),
+        "tokens_per_cpu_s": round(n / t[1]),
+        "wall_vs_reference": round(t[0] / ref[0], 2),
+        "cpu_vs_reference": round(t[1] / ref[1], 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,8 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chars", type=int, default=1_000_000)
     ap.add_argument("--batch", type=int, default=64, help="windows per forward pass of the reference")
     ap.add_argument("--steps", type=int, default=20, help="training steps of the tiny model")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch intra-op threads (default 1: on a shared machine, idle OpenMP threads spin)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: on a shared machine, idle OpenMP threads spin)",
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--overhead", action="store_true", help="also time the three without the transformer blocks")
     ap.add_argument("--profile", action="store_true", help="also profile score() (cProfile)")
@@ -191,11 +218,14 @@ def main(argv: list[str] | None = None) -> int:
         bare, _ = measure(lm, text, ids, args.batch, check=False)
         rows += [row(f"{name}, no blocks", n, t, ref) for name, t in bare.items()]
     if args.json:
-        print(json.dumps({"chars": len(text), "tokens_scored": n, "source": source, "max_abs_diff": diff,
-                          "rows": rows}))
+        print(
+            json.dumps({"chars": len(text), "tokens_scored": n, "source": source, "max_abs_diff": diff, "rows": rows})
+        )
         return 0
-    print(f"{len(text):,} characters of {source}, {n:,} tokens scored; model {SHAPE}, V = {lm.tokenizer.vocab_size}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; max |score - reference| = {diff:.1e}")
+    print(
+        f"{len(text):,} characters of {source}, {n:,} tokens scored; model {SHAPE}, V = {lm.tokenizer.vocab_size}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; max |score - reference| = {diff:.1e}"
+    )
     print(table(rows))
     score = times["score()"]
     print(f"score() / reference = {score[1] / ref[1]:.2f}x in CPU time, {score[0] / ref[0]:.2f}x wall (target <= 1.1x)")
@@ -205,9 +235,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(rows: list[dict]) -> str:
     lines = [f"{'what':<48} {'wall s':>8} {'CPU s':>8} {'tokens/CPU s':>13} {'wall vs ref':>12} {'CPU vs ref':>11}"]
-    lines += [f"{r['what']:<48} {r['wall_s']:>8.2f} {r['cpu_s']:>8.2f} {r['tokens_per_cpu_s']:>13,} "
-              f"{r['wall_vs_reference']:>11.2f}x {r['cpu_vs_reference']:>10.2f}x" for r in rows]
+    lines += [
+        f"{r['what']:<48} {r['wall_s']:>8.2f} {r['cpu_s']:>8.2f} {r['tokens_per_cpu_s']:>13,} "
+        f"{r['wall_vs_reference']:>11.2f}x {r['cpu_vs_reference']:>10.2f}x"
+        for r in rows
+    ]
     return "\n".join(lines)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -85,7 +85,7 @@ class Server:
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.close()
-                    raise RuntimeError(f"gptv serve did not start: {self.proc.stderr.read()}")
+                    raise RuntimeError(f"gptv serve did not start: {self.proc.stderr.read()}") from None
                 time.sleep(0.2)
 
     def close(self) -> None:
@@ -126,7 +126,7 @@ def streaming(run: Path, new_tokens: int, rounds: int) -> dict:
             for r in range(rounds):
                 got: dict[str, tuple[float, float]] = {}  # path -> (seconds to first token, tokens/s)
                 paths = ["library", "server", "server8"]
-                for path in paths[r % 3:] + paths[: r % 3]:  # rotate the order: no path always runs first
+                for path in paths[r % 3 :] + paths[: r % 3]:  # rotate the order: no path always runs first
                     if path == "library":
                         t0 = time.perf_counter()
                         text = lm.generate(PROMPT, new_tokens, **SETTINGS)
@@ -147,11 +147,19 @@ def streaming(run: Path, new_tokens: int, rounds: int) -> dict:
     finally:
         server.close()
     med = statistics.median
-    return {"new_tokens": new_tokens, "rounds": rounds, "library_tokens_per_s": med(lib_tps),
-            "server_tokens_per_s": med(srv_tps), "server_top8_tokens_per_s": med(srv8_tps),
-            "ratio_median": med(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
-            "first_token_ms_median": med(firsts), "first_token_ms_max": max(firsts),
-            "first_token_top8_ms_median": med(firsts8)}
+    return {
+        "new_tokens": new_tokens,
+        "rounds": rounds,
+        "library_tokens_per_s": med(lib_tps),
+        "server_tokens_per_s": med(srv_tps),
+        "server_top8_tokens_per_s": med(srv8_tps),
+        "ratio_median": med(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "first_token_ms_median": med(firsts),
+        "first_token_ms_max": max(firsts),
+        "first_token_top8_ms_median": med(firsts8),
+    }
 
 
 def one_request(client: httpx.Client, url: str, kind: str, body: dict) -> float:
@@ -172,8 +180,18 @@ def load_bodies(run: Path, concurrency: int) -> dict[str, list[dict]]:
     gen, score = [], []
     for k in range(concurrency):
         start, n = (k * 37) % len(PROMPT), 3 + (k * 23) % 58  # 3 .. 60 characters, all different
-        gen.append({"run": run.name, "prompt": text[start : start + n], "max_new_tokens": 64, "top_n": 8,
-                    "temperature": 0.6 + 0.05 * (k % 9), "top_k": 20 + k, "seed": k, "stop_at_eot": False})
+        gen.append(
+            {
+                "run": run.name,
+                "prompt": text[start : start + n],
+                "max_new_tokens": 64,
+                "top_n": 8,
+                "temperature": 0.6 + 0.05 * (k % 9),
+                "top_k": 20 + k,
+                "seed": k,
+                "stop_at_eot": False,
+            }
+        )
         score.append({"run": run.name, "text": text[start : start + 100 + 10 * k], "top_n": 8})
     return {"generate": gen, "score": score}
 
@@ -212,11 +230,18 @@ def load_test(run: Path, concurrency: int = 20, rounds: int = 3) -> list[dict]:
                 for r in range(rounds):
                     times, errors = concurrent_round(client, server.url, kind, bodies)
                     ratios = [t / s for t, s in zip(times, solo) if not math.isnan(t)]  # nan: failed
-                    rows.append({"kind": kind, "round": r + 1, "concurrent": concurrency, "errors": len(errors),
-                                 "solo_ms_median": statistics.median(solo) * 1e3,
-                                 "median_x_solo": statistics.median(ratios) if ratios else None,
-                                 "max_x_solo": max(ratios) if ratios else None,
-                                 "first_error": errors[0] if errors else None})
+                    rows.append(
+                        {
+                            "kind": kind,
+                            "round": r + 1,
+                            "concurrent": concurrency,
+                            "errors": len(errors),
+                            "solo_ms_median": statistics.median(solo) * 1e3,
+                            "median_x_solo": statistics.median(ratios) if ratios else None,
+                            "max_x_solo": max(ratios) if ratios else None,
+                            "first_error": errors[0] if errors else None,
+                        }
+                    )
     finally:
         server.close()
     return rows
@@ -231,9 +256,15 @@ def batched_reference(run: Path, concurrency: int = 20, rounds: int = 5) -> floa
 
     def decode(batch: list[dict]) -> float:
         t0 = time.perf_counter()
-        rows = [lm.token_stream(b["prompt"], b["max_new_tokens"], bayes_mode="mean",
-                                **{k: v for k, v in b.items() if k not in ("run", "prompt", "max_new_tokens")})
-                for b in batch]
+        rows = [
+            lm.token_stream(
+                b["prompt"],
+                b["max_new_tokens"],
+                bayes_mode="mean",
+                **{k: v for k, v in b.items() if k not in ("run", "prompt", "max_new_tokens")},
+            )
+            for b in batch
+        ]
         decoder = lm.new_decoder(rows[0].key)
         for r in rows:
             decoder.add(r.row)
@@ -258,10 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--load-rounds", type=int, default=3, help="rounds of the concurrent load test")
     ap.add_argument("--skip-streaming", action="store_true", help="only the load test and its reference")
-    ap.add_argument("--run", default=None,
-                    help="a run folder for the streaming comparison (default: a random shakespeare_char-shape model)")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch intra-op threads, here and in the server (0 = torch's default)")
+    ap.add_argument(
+        "--run",
+        default=None,
+        help="a run folder for the streaming comparison (default: a random shakespeare_char-shape model)",
+    )
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads, here and in the server (0 = torch's default)"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
@@ -280,15 +315,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load_avg:.1f}")
         print_streaming(stream)
         for r in loads:
-            print(f"load round {r['round']}: {r['concurrent']} concurrent {r['kind']}: {r['errors']} errors, solo "
-                  f"{r['solo_ms_median']:.0f} ms (median), each over its solo: median {r['median_x_solo']:.2f}x, "
-                  f"slowest {r['max_x_solo']:.2f}x")
+            print(
+                f"load round {r['round']}: {r['concurrent']} concurrent {r['kind']}: {r['errors']} errors, solo "
+                f"{r['solo_ms_median']:.0f} ms (median), each over its solo: median {r['median_x_solo']:.2f}x, "
+                f"slowest {r['max_x_solo']:.2f}x"
+            )
         print(f"reference: the 20 generate prompts decoded as one batch (decoder.Decoder) take {batched:.2f}x one")
     # targets: first token <= 300 ms, tokens/s within 10 % of the library, no error, and no generate request
     # slower than 5x its solo time (score requests are not batched across requests: reported, not held to it)
-    ok = ((stream is None or (stream["first_token_ms_median"] <= 300 and stream["ratio_median"] >= 0.9))
-          and all(r["errors"] == 0 for r in loads)
-          and all(r["max_x_solo"] is not None and r["max_x_solo"] <= 5 for r in loads if r["kind"] == "generate"))
+    ok = (
+        (stream is None or (stream["first_token_ms_median"] <= 300 and stream["ratio_median"] >= 0.9))
+        and all(r["errors"] == 0 for r in loads)
+        and all(r["max_x_solo"] is not None and r["max_x_solo"] <= 5 for r in loads if r["kind"] == "generate")
+    )
     return 0 if ok else 1
 
 
@@ -296,13 +335,17 @@ def print_streaming(s: dict | None) -> None:
     if s is None:
         return
     print(f"streaming ({s['new_tokens']} tokens, median of {s['rounds']} rounds):")
-    print(f"  gptv sample path (lm.generate) {s['library_tokens_per_s']:.1f} tok/s; server stream "
-          f"{s['server_tokens_per_s']:.1f} tok/s = {s['ratio_median']:.3f}x "
-          f"(range {s['ratio_min']:.3f}-{s['ratio_max']:.3f}); "
-          f"with top_n=8 {s['server_top8_tokens_per_s']:.1f} tok/s")
-    print(f"  first streamed token {s['first_token_ms_median']:.0f} ms median, "
-          f"{s['first_token_ms_max']:.0f} ms max "
-          f"(top_n=8: {s['first_token_top8_ms_median']:.0f} ms)")
+    print(
+        f"  gptv sample path (lm.generate) {s['library_tokens_per_s']:.1f} tok/s; server stream "
+        f"{s['server_tokens_per_s']:.1f} tok/s = {s['ratio_median']:.3f}x "
+        f"(range {s['ratio_min']:.3f}-{s['ratio_max']:.3f}); "
+        f"with top_n=8 {s['server_top8_tokens_per_s']:.1f} tok/s"
+    )
+    print(
+        f"  first streamed token {s['first_token_ms_median']:.0f} ms median, "
+        f"{s['first_token_ms_max']:.0f} ms max "
+        f"(top_n=8: {s['first_token_top8_ms_median']:.0f} ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ from gptvariants.config import load_config
 from gptvariants.model import GPT
 from gptvariants.variants import REGISTRY
 
-
 WARMUP = 2  # untimed steps per variant and round
 
 
@@ -105,7 +104,14 @@ def release_memory(device: torch.device) -> None:
 
 
 def shape_overrides(shape: Shape) -> dict:
-    return dict(n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd, block_size=shape.block, vocab_size=shape.vocab, dropout=0.0)
+    return dict(
+        n_layer=shape.n_layer,
+        n_head=shape.n_head,
+        n_embd=shape.n_embd,
+        block_size=shape.block,
+        vocab_size=shape.vocab,
+        dropout=0.0,
+    )
 
 
 def online_teacher(shape: Shape, device: torch.device, workdir: Path, k: int):
@@ -119,8 +125,17 @@ def online_teacher(shape: Shape, device: torch.device, workdir: Path, k: int):
     dtype = token_dtype(shape.vocab)
     for split in ("train", "val"):
         np.random.default_rng(0).integers(0, shape.vocab, 4096).astype(dtype).tofile(data / f"{split}.bin")
-    meta = {"format": FORMAT, "source": "random", "tokenizer": "none", "vocab_size": shape.vocab, "dtype": np.dtype(dtype).name,
-            "eot_token": None, "train_tokens": 4096, "val_tokens": 4096, "hash": "random"}
+    meta = {
+        "format": FORMAT,
+        "source": "random",
+        "tokenizer": "none",
+        "vocab_size": shape.vocab,
+        "dtype": np.dtype(dtype).name,
+        "eot_token": None,
+        "train_tokens": 4096,
+        "val_tokens": 4096,
+        "hash": "random",
+    }
     (data / "meta.json").write_text(json.dumps(meta))
     cfg = load_config("baseline", overrides=shape_overrides(shape))
     torch.manual_seed(1)
@@ -141,9 +156,17 @@ def measure(variant: str, shape: Shape, device: torch.device, dtype: torch.dtype
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(shape.vocab, (shape.batch, shape.block), generator=g).to(device)
     y = torch.randint(shape.vocab, (shape.batch, shape.block), generator=g).to(device)
-    sets = torch.randint(shape.vocab, (shape.batch, shape.block, k), generator=g).to(device) if cfg.objective.objective == "bce" else None
+    sets = (
+        torch.randint(shape.vocab, (shape.batch, shape.block, k), generator=g).to(device)
+        if cfg.objective.objective == "bce"
+        else None
+    )
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else torch.autocast(device.type, enabled=False)
+    autocast = (
+        torch.autocast(device.type, dtype=dtype)
+        if dtype != torch.float32
+        else torch.autocast(device.type, enabled=False)
+    )
     times = []
     with PeakRSS() as rss:
         torch.manual_seed(seed)
@@ -168,14 +191,22 @@ def measure(variant: str, shape: Shape, device: torch.device, dtype: torch.dtype
     return times, peak
 
 
-def run(shape_names: list[str], variants: list[str], rounds: int, steps: int, k: int, device: torch.device, dtype: torch.dtype) -> list[dict]:
+def run(
+    shape_names: list[str],
+    variants: list[str],
+    rounds: int,
+    steps: int,
+    k: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> list[dict]:
     results = []
     for shape in (shapes(device)[s] for s in shape_names):
         times = {v: [] for v in variants}
         round_ms = {v: [] for v in variants}  # per-round medians: ratios within a round cancel slow drift
         peaks = {v: 0 for v in variants}
         for r in range(rounds):
-            for v in variants[r % len(variants):] + variants[: r % len(variants)]:  # rotate who goes first
+            for v in variants[r % len(variants) :] + variants[: r % len(variants)]:  # rotate who goes first
                 t, p = measure(v, shape, device, dtype, steps, k)
                 times[v] += t
                 round_ms[v].append(statistics.median(t))
@@ -183,14 +214,21 @@ def run(shape_names: list[str], variants: list[str], rounds: int, steps: int, k:
         for v in variants:
             ms = statistics.median(times[v])
             ratios = [a / b for a, b in zip(round_ms[v], round_ms["baseline"])]
-            results.append({
-                "variant": v, "shape": shape.name, "ms_per_step": round(ms, 2), "peak_mem_mb": round(peaks[v] / 2**20, 1),
-                "ratio_to_baseline": round(statistics.median(ratios), 3),
-                "ratio_min": round(min(ratios), 3), "ratio_max": round(max(ratios), 3),
-                "mem_ratio_to_baseline": round(peaks[v] / peaks["baseline"], 3),
-                "tokens_per_s": round(shape.batch * shape.block / ms * 1000, 1),
-                "config": f"{shape.n_layer}L {shape.n_embd}w V={shape.vocab} block {shape.block} batch {shape.batch} K={k}",
-            })
+            results.append(
+                {
+                    "variant": v,
+                    "shape": shape.name,
+                    "ms_per_step": round(ms, 2),
+                    "peak_mem_mb": round(peaks[v] / 2**20, 1),
+                    "ratio_to_baseline": round(statistics.median(ratios), 3),
+                    "ratio_min": round(min(ratios), 3),
+                    "ratio_max": round(max(ratios), 3),
+                    "mem_ratio_to_baseline": round(peaks[v] / peaks["baseline"], 3),
+                    "tokens_per_s": round(shape.batch * shape.block / ms * 1000, 1),
+                    "config": f"{shape.n_layer}L {shape.n_embd}w V={shape.vocab} block {shape.block} batch "
+                    "{shape.batch} K={k}",
+                }
+            )
     return results
 
 
@@ -208,7 +246,12 @@ def main() -> None:
     p.add_argument("--json-out", default=None, help="also write the JSON list to this file")
     args = p.parse_args()
     device = torch.device(args.device)
-    dtype = getattr(torch, "bfloat16" if args.dtype == "auto" and device.type == "cuda" else ("float32" if args.dtype == "auto" else args.dtype))
+    dtype = getattr(
+        torch,
+        "bfloat16"
+        if args.dtype == "auto" and device.type == "cuda"
+        else ("float32" if args.dtype == "auto" else args.dtype),
+    )
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     variants = args.variants.split(",")
@@ -223,10 +266,16 @@ def main() -> None:
         return
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {dev}; dtype {dtype}; torch {torch.__version__}; {args.rounds} rounds x {args.steps} steps, median")
-    print(f"| shape | variant | ms/step | ratio | ratio range over rounds | peak MiB | mem ratio | tokens/s |\n|---|---|---|---|---|---|---|---|")
+    print(
+        "| shape | variant | ms/step | ratio | ratio range over rounds | peak MiB | mem ratio | tokens/s |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
     for r in results:
-        print(f"| {r['shape']} | {r['variant']} | {r['ms_per_step']:.1f} | {r['ratio_to_baseline']:.2f}x | {r['ratio_min']:.2f}-{r['ratio_max']:.2f} "
-              f"| {r['peak_mem_mb']:.0f} | {r['mem_ratio_to_baseline']:.2f}x | {r['tokens_per_s']:.0f} |")
+        print(
+            f"| {r['shape']} | {r['variant']} | {r['ms_per_step']:.1f} | {r['ratio_to_baseline']:.2f}x | "
+            f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f} "
+            f"| {r['peak_mem_mb']:.0f} | {r['mem_ratio_to_baseline']:.2f}x | {r['tokens_per_s']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -119,16 +119,26 @@ def main() -> None:
             row["build_vs_forward"] = row["build_tok_s"] / row["forward_tok_s"]
             rows.append(row)
 
-    env = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "data": args.data or args.source}
+    env = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "data": args.data or args.source,
+    }
     if args.json:
         print(json.dumps({"env": env, "rows": rows}, indent=1))
         return
     print(f"device {env['device']}, torch {env['torch']}, {env['threads']} threads, data {env['data']}")
-    print(f"{'teacher':<12} {'tokens':>9} {'V':>5} {'k':>3} {'set':>6} {'build tok/s':>12} {'forward tok/s':>14} {'no-overlap':>11} {'build/fwd':>9}")
+    print(
+        f"{'teacher':<12} {'tokens':>9} {'V':>5} {'k':>3} {'set':>6} {'build tok/s':>12} {'forward tok/s':>14} "
+        f"{'no-overlap':>11} {'build/fwd':>9}"
+    )
     for r in rows:
         no = f"{r['no_overlap_tok_s']:>11,.0f}" if "no_overlap_tok_s" in r else f"{'-':>11}"
-        print(f"{r['teacher']:<12} {r['train_tokens']:>9,} {r['vocab']:>5} {r['k']:>3} {r['mean_set_size']:>6.2f} "
-              f"{r['build_tok_s']:>12,.0f} {r['forward_tok_s']:>14,.0f} {no} {r['build_vs_forward']:>9.2f}")
+        print(
+            f"{r['teacher']:<12} {r['train_tokens']:>9,} {r['vocab']:>5} {r['k']:>3} {r['mean_set_size']:>6.2f} "
+            f"{r['build_tok_s']:>12,.0f} {r['forward_tok_s']:>14,.0f} {no} {r['build_vs_forward']:>9.2f}"
+        )
 
 
 if __name__ == "__main__":

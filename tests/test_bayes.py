@@ -3,14 +3,21 @@
 import json
 
 from conftest import tiny_overrides
+
 from gptvariants.config import load_config
 from gptvariants.train import train
 
 
 def test_posterior_moves_and_is_logged(tiny_data, tmp_path, capsys):
     run = tmp_path / "bayes"
-    cfg = load_config("bayes", overrides=tiny_overrides(tiny_data, run, max_iters=60, eval_interval=60, log_interval=20))
-    assert (cfg.objective.reparam, cfg.objective.posterior_sigma_init, cfg.objective.rho_lr_mult) == ("local", 0.01, 10.0)
+    cfg = load_config(
+        "bayes", overrides=tiny_overrides(tiny_data, run, max_iters=60, eval_interval=60, log_interval=20)
+    )
+    assert (cfg.objective.reparam, cfg.objective.posterior_sigma_init, cfg.objective.rho_lr_mult) == (
+        "local",
+        0.01,
+        10.0,
+    )
     train(cfg)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["kind"] == "train"]
@@ -22,8 +29,12 @@ def test_posterior_moves_and_is_logged(tiny_data, tmp_path, capsys):
 
 
 def test_kl_warm_up_ramps_the_weight(tiny_data, tmp_path):
-    cfg = load_config("bayes", overrides=tiny_overrides(tiny_data, tmp_path / "w", max_iters=20, eval_interval=20,
-                                                        log_interval=5, kl_warmup_iters=10))
+    cfg = load_config(
+        "bayes",
+        overrides=tiny_overrides(
+            tiny_data, tmp_path / "w", max_iters=20, eval_interval=20, log_interval=5, kl_warmup_iters=10
+        ),
+    )
     train(cfg)
     steps = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
     weights = [(r["step"], r["kl_weight"]) for r in steps if r["kind"] == "train"]

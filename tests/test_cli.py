@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import tiny_overrides
+
 from gptvariants.cli import main
 
 
@@ -42,7 +42,9 @@ def test_block_size_larger_than_data(capsys, tiny_data, tmp_path):
 
 
 def test_missing_targets(capsys, tiny_data, tmp_path):
-    code, err = _err(capsys, ["train", "--variant", "sig", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--targets=nope"])
+    code, err = _err(
+        capsys, ["train", "--variant", "sig", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--targets=nope"]
+    )
     assert code == 2 and "gptv targets" in err
 
 
@@ -95,13 +97,16 @@ def test_every_option_takes_both_spellings():
     assert (args.val_fraction, args.num_proc) == (0.2, 2)
 
 
-@pytest.mark.parametrize("command,expected", [
-    ("sample", ["--max-new-tokens MAX_NEW_TOKENS", "(default: 200)", "(default: 1.0)"]),
-    ("eval", ["(default: 100)", "(default: 64)", "(default: 0.5)"]),
-    ("targets", ["(default: 50)", "(default: 32)", "(default: auto)"]),
-    ("prepare", ["(default: 1337)", "(default: strict)"]),
-    ("experiment", ["(default: 1337)"]),
-])
+@pytest.mark.parametrize(
+    "command,expected",
+    [
+        ("sample", ["--max-new-tokens MAX_NEW_TOKENS", "(default: 200)", "(default: 1.0)"]),
+        ("eval", ["(default: 100)", "(default: 64)", "(default: 0.5)"]),
+        ("targets", ["(default: 50)", "(default: 32)", "(default: auto)"]),
+        ("prepare", ["(default: 1337)", "(default: strict)"]),
+        ("experiment", ["(default: 1337)"]),
+    ],
+)
 def test_help_shows_defaults(capsys, command, expected):
     assert main([command, "--help"]) == 0
     out = capsys.readouterr().out
@@ -112,16 +117,21 @@ def test_help_shows_defaults(capsys, command, expected):
 def test_parse_errors_are_one_line(capsys):
     assert main(["prepare", "synthetic", "--out", "x", "--seed", "-1"]) == 2
     err = capsys.readouterr().err
-    assert err == ("gptv prepare: error: argument --seed: expected an integer >= 0, got '-1' "
-                   "(see `gptv prepare --help`)\n")
+    assert err == (
+        "gptv prepare: error: argument --seed: expected an integer >= 0, got '-1' (see `gptv prepare --help`)\n"
+    )
     assert main(["prepare", "synthetic", "--out", "x", "--val-fraction", "1"]) == 2
     assert "expected a number in (0, 1), got '1'" in capsys.readouterr().err
 
 
 def test_a_closed_pipe_ends_quietly(tmp_path):
     # the reader goes away before the command writes (`gptv ... | head -c 0`)
-    proc = subprocess.Popen([sys.executable, "-m", "gptvariants.cli", "variants"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptvariants.cli", "variants"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     proc.stdout.close()
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 1 and err == "", err
@@ -147,12 +157,15 @@ def tiny_run(tmp_path_factory, tiny_data):
     return run
 
 
-@pytest.mark.parametrize("pointer,message", [
-    ("[1, 2]", "checkpoint.json: expected a JSON object, found list [1, 2]"),
-    ('{"dir": null, "step": 4}', "checkpoint.json: 'dir' expected a string, got None"),
-    ('{"dir": "../../etc", "step": 4}', "'dir' must name a checkpoint folder inside"),
-    ('{"dir": "ckpt-00000004", "st', "checkpoint.json: not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "pointer,message",
+    [
+        ("[1, 2]", "checkpoint.json: expected a JSON object, found list [1, 2]"),
+        ('{"dir": null, "step": 4}', "checkpoint.json: 'dir' expected a string, got None"),
+        ('{"dir": "../../etc", "step": 4}', "'dir' must name a checkpoint folder inside"),
+        ('{"dir": "ckpt-00000004", "st', "checkpoint.json: not valid JSON"),
+    ],
+)
 def test_a_damaged_checkpoint_pointer_is_one_line(capsys, tiny_run, tiny_data, tmp_path, pointer, message):
     run = tmp_path / "copy"
     shutil.copytree(tiny_run, run)
@@ -176,23 +189,37 @@ def test_damaged_data_files_are_one_line(capsys, tiny_run, tiny_data, tmp_path):
     shutil.copytree(tiny_data, data)
     arrays = data / "synthetic.safetensors"
     arrays.write_bytes(arrays.read_bytes()[:300])
-    _one_line_error(capsys, ["targets", "--data", str(data), "--teacher", "oracle", "--device", "cpu"],
-                    f"gptv targets: error: {arrays}: cannot be read")
-    _one_line_error(capsys, ["eval", "--ckpt", str(tiny_run), "--data", str(data), "--num-samples", "0"],
-                    f"gptv eval: error: {arrays}: cannot be read")
+    _one_line_error(
+        capsys,
+        ["targets", "--data", str(data), "--teacher", "oracle", "--device", "cpu"],
+        f"gptv targets: error: {arrays}: cannot be read",
+    )
+    _one_line_error(
+        capsys,
+        ["eval", "--ckpt", str(tiny_run), "--data", str(data), "--num-samples", "0"],
+        f"gptv eval: error: {arrays}: cannot be read",
+    )
     (data / "meta.json").write_text('{"format": 1, "vocab')
-    _one_line_error(capsys, ["train", "--data", str(data), "--out", str(tmp_path / "r")],
-                    f"gptv train: error: {data / 'meta.json'}: not valid JSON")
+    _one_line_error(
+        capsys,
+        ["train", "--data", str(data), "--out", str(tmp_path / "r")],
+        f"gptv train: error: {data / 'meta.json'}: not valid JSON",
+    )
 
 
 def test_bad_values_fail_before_training(capsys, tiny_data, tmp_path):
     out = str(tmp_path / "r")
-    for arg, message in [("--max_iters=1e400", "max_iters expects an integer >= 0, got '1e400'"),
-                         ("--seed=-1", "seed expects an integer >= 0, got '-1'"),
-                         ("--n_layer=2.5", "n_layer expects an integer in [1, 1000], got '2.5'")]:
+    for arg, message in [
+        ("--max_iters=1e400", "max_iters expects an integer >= 0, got '1e400'"),
+        ("--seed=-1", "seed expects an integer >= 0, got '-1'"),
+        ("--n_layer=2.5", "n_layer expects an integer in [1, 1000], got '2.5'"),
+    ]:
         _one_line_error(capsys, ["train", "--data", str(tiny_data), "--out", out, arg], message)
-    _one_line_error(capsys, ["train", "--data", str(tiny_data), "--out", out, "--n_layer=1000", "--n_embd=65536",
-                             "--n_head=64"], "parameters: training needs at least")
+    _one_line_error(
+        capsys,
+        ["train", "--data", str(tiny_data), "--out", out, "--n_layer=1000", "--n_embd=65536", "--n_head=64"],
+        "parameters: training needs at least",
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -200,10 +227,16 @@ def test_cuda_on_a_machine_without_it_is_refused(capsys, tiny_data, tmp_path, mo
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    _one_line_error(capsys, ["train", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--device=cuda"],
-                    "device 'cuda' is not available")
-    _one_line_error(capsys, ["targets", "--data", str(tiny_data), "--teacher", "oracle", "--device", "cuda"],
-                    "argument --device: device 'cuda' is not available")
+    _one_line_error(
+        capsys,
+        ["train", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--device=cuda"],
+        "device 'cuda' is not available",
+    )
+    _one_line_error(
+        capsys,
+        ["targets", "--data", str(tiny_data), "--teacher", "oracle", "--device", "cuda"],
+        "argument --device: device 'cuda' is not available",
+    )
 
 
 # ----------------------------------------------------------------------------- resume from the run folder
@@ -217,9 +250,13 @@ def test_resume_from_the_run_folder_alone(capsys, tiny_run, tmp_path):
     assert "resuming" in out and "finished at step 6" in out
     saved = json.loads((run / "config.json").read_text())
     assert saved["objective"]["variant"] == "smooth" and saved["train"]["max_iters"] == 6
-    _one_line_error(capsys, ["train", "--resume", "--out", str(run), "--n_embd=64", "--variant", "baseline"],
-                    "cannot resume", "n_embd (saved 32, asked 64): it changes the model's shape",
-                    "variant (saved 'smooth', asked 'baseline')")
+    _one_line_error(
+        capsys,
+        ["train", "--resume", "--out", str(run), "--n_embd=64", "--variant", "baseline"],
+        "cannot resume",
+        "n_embd (saved 32, asked 64): it changes the model's shape",
+        "variant (saved 'smooth', asked 'baseline')",
+    )
     # a saved config.json seeds a new run
     assert main(["train", "--config", str(run / "config.json"), "--out", str(tmp_path / "new"), "--max_iters=2"]) == 0
     again = json.loads((tmp_path / "new" / "config.json").read_text())
@@ -251,8 +288,22 @@ def test_accumulation_fits_the_processes_and_rank_0_alone_speaks(capsys, tiny_da
 @pytest.mark.slow
 def test_torchrun_with_the_default_accumulation(tiny_data, tmp_path):
     over = [f"--{k}={v}" for k, v in tiny_overrides(tiny_data, tmp_path / "r", max_iters=2, eval_interval=2).items()]
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-                        "gptvariants.cli", "train", *over], capture_output=True, text=True, timeout=240,
-                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "gptvariants.cli",
+            "train",
+            *over,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count("gradient_accumulation_steps 1 rounded up to 2") == 1 and r.stdout.count("finished") == 1

@@ -36,8 +36,15 @@ def test_unknown_variant():
 
 
 def test_types_and_validation():
-    cfg = load_config(overrides=parse_overrides(["--learning_rate=3e-4", "--compile", "--bias=false", "--max_iters=1e3"]))
-    assert cfg.train.learning_rate == 3e-4 and cfg.train.compile is True and cfg.model.bias is False and cfg.train.max_iters == 1000
+    cfg = load_config(
+        overrides=parse_overrides(["--learning_rate=3e-4", "--compile", "--bias=false", "--max_iters=1e3"])
+    )
+    assert (
+        cfg.train.learning_rate == 3e-4
+        and cfg.train.compile is True
+        and cfg.model.bias is False
+        and cfg.train.max_iters == 1000
+    )
     with pytest.raises(ConfigError, match="batch_size expects an integer"):
         load_config(overrides={"batch_size": "many"})
     with pytest.raises(ConfigError, match="divisible by n_head"):
@@ -93,15 +100,18 @@ def test_bad_values_are_refused_on_the_command_line(key, value, message):
         load_config(overrides=parse_overrides([f"--{key}={value}"]))
 
 
-@pytest.mark.parametrize("literal,message", [
-    ("n_layer = 2.5", "n_layer expects an integer"),
-    ("n_layer = 99999999999999999999", "n_layer expects an integer in [1, 1000]"),
-    ("grad_clip = nan", "grad_clip expects a finite number"),
-    ("min_lr = inf", "min_lr expects a finite number"),
-    ("batch_size = true", "batch_size expects an integer"),
-    ("compile = 1", "compile expects true or false"),
-    ("device = 0", "device expects"),
-])
+@pytest.mark.parametrize(
+    "literal,message",
+    [
+        ("n_layer = 2.5", "n_layer expects an integer"),
+        ("n_layer = 99999999999999999999", "n_layer expects an integer in [1, 1000]"),
+        ("grad_clip = nan", "grad_clip expects a finite number"),
+        ("min_lr = inf", "min_lr expects a finite number"),
+        ("batch_size = true", "batch_size expects an integer"),
+        ("compile = 1", "compile expects true or false"),
+        ("device = 0", "device expects"),
+    ],
+)
 def test_bad_values_in_a_file_name_the_file(tmp_path, literal, message):
     f = tmp_path / "bad.toml"
     f.write_text(literal + "\n")
@@ -168,8 +178,9 @@ def test_a_saved_config_json_is_a_config_file(tmp_path):
 def _saved_run(tmp_path, variant="smooth", **overrides):
     run = tmp_path / "run"
     run.mkdir()
-    cfg = load_config(variant, overrides={"n_layer": "2", "bias": "false", "data": "rel/data", "out_dir": "runs/x",
-                                          **overrides})
+    cfg = load_config(
+        variant, overrides={"n_layer": "2", "bias": "false", "data": "rel/data", "out_dir": "runs/x", **overrides}
+    )
     cfg.save(run / "config.json")
     (run / "data.json").write_text(json.dumps({"path": "/abs/data", "vocab_size": 65}))
     return run, cfg
@@ -183,8 +194,11 @@ def test_resume_takes_the_saved_config_and_the_recorded_data(tmp_path):
     assert cfg.objective.variant == "smooth" and cfg.model.n_layer == 2 and cfg.model.bias is False
     assert cfg.train.data == "/abs/data" and cfg.train.out_dir == str(run)
     # safe overrides apply; values equal to the saved ones are accepted whatever they are
-    cfg = resume_config(run, variant="smooth", overrides={"max_iters": "9000", "learning_rate": "1e-4", "n_layer": "2",
-                                                          "data": "elsewhere"})
+    cfg = resume_config(
+        run,
+        variant="smooth",
+        overrides={"max_iters": "9000", "learning_rate": "1e-4", "n_layer": "2", "data": "elsewhere"},
+    )
     assert cfg.train.max_iters == 9000 and cfg.train.learning_rate == 1e-4 and cfg.train.data == "elsewhere"
 
 
@@ -236,8 +250,11 @@ def test_a_model_that_cannot_fit_is_refused_before_allocating():
     from gptvariants.sizing import available_bytes, check_fits
 
     cfg = load_config(overrides={"n_layer": "1000", "n_embd": "65536", "n_head": "64"})
-    with pytest.raises(ConfigError, match=r"51,540.5B parameters: training needs at least 768,012.8 GiB .* "
-                                          r"but (cpu|cuda) has 1,024.0 GiB"):
+    with pytest.raises(
+        ConfigError,
+        match=r"51,540.5B parameters: training needs at least 768,012.8 GiB .* "
+        r"but (cpu|cuda) has 1,024.0 GiB",
+    ):
         check_fits(cfg, vocab_size=65, available=2**40)  # 1 TiB is not enough for 51.5e12 parameters
     check_fits(load_config(overrides={"size": "gpt2"}), vocab_size=50257, available=4 * 2**30)  # 124M x 16 B < 4 GiB
     assert available_bytes("cpu") > 0

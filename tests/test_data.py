@@ -132,7 +132,9 @@ def write_sets(dir: Path, data_hash: str, split_len: int, k: int = 3) -> np.ndar
     rows[:, 0] = np.arange(split_len) % 7
     rows[:, 1] = (np.arange(split_len) + 1) % 60000
     rows.tofile(dir / "train.bin")
-    (dir / "meta.json").write_text(json.dumps({"k": k, "dtype": "uint16", "data_hash": data_hash, "rules": {"select": "top"}}))
+    (dir / "meta.json").write_text(
+        json.dumps({"k": k, "dtype": "uint16", "data_hash": data_hash, "rules": {"select": "top"}})
+    )
     return rows
 
 
@@ -186,7 +188,9 @@ def test_hf_split_writer_streams_to_memmap(tmp_path):
     datasets = pytest.importorskip("datasets")
     texts = ["the cat sat\n", "on the mat\n", ""] * 50
     tok = build_tokenizer("bpe:280", "".join(texts))
-    stats = write_hf_split(datasets.Dataset.from_dict({"text": texts}), tok, tmp_path / "train.bin", "train", append_eot=True)
+    stats = write_hf_split(
+        datasets.Dataset.from_dict({"text": texts}), tok, tmp_path / "train.bin", "train", append_eot=True
+    )
     ids = np.fromfile(tmp_path / "train.bin", dtype=token_dtype(tok.vocab_size))
     expected = [i for t in texts for i in tok.encode(t) + [tok.eot_token]]
     assert ids.tolist() == expected
@@ -233,7 +237,7 @@ def test_prepare_folder_skips_hidden_binary_and_duplicate_files_and_normalises_t
     src.mkdir()
     (src / "a.txt").write_bytes("\ufefffirst line\r\nsecond line\r\n".encode())  # BOM and CRLF (Windows)
     (src / "b.txt").write_bytes(b"old mac\rline ends\r")  # bare CR
-    (src / "c.txt").write_bytes("first line\nsecond line\n".encode())  # a.txt once normalised
+    (src / "c.txt").write_bytes(b"first line\nsecond line\n")  # a.txt once normalised
     (src / ".notes.txt").write_text("hidden")
     (src / "._a.txt").write_bytes(b"\x00\x05\x16\x07Mac OS X resource fork")  # hidden and binary
     (src / "blob.txt").write_bytes(b"GIF89a\x00\x01binary")
@@ -291,8 +295,10 @@ def test_token_ids_outside_the_vocabulary_are_refused_naming_the_file(copy_of):
     raw = bytearray((copy_of / "val.bin").read_bytes())
     raw[2 * 1000 : 2 * 1001] = np.array([65000], np.uint16).tobytes()  # a flipped byte: id 65000 at position 1000
     (copy_of / "val.bin").write_bytes(bytes(raw))
-    with pytest.raises(ValueError, match=re.escape(f"{copy_of / 'val.bin'}: token id 65000 at position 1000 is outside "
-                                                   "the vocabulary of 65")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(f"{copy_of / 'val.bin'}: token id 65000 at position 1000 is outside the vocabulary of 65"),
+    ):
         TokenDataset(copy_of)
 
 
@@ -300,8 +306,11 @@ def test_a_vocabulary_smaller_than_the_ids_is_refused(copy_of):
     meta = json.loads((copy_of / "meta.json").read_text())
     meta["vocab_size"], meta["eot_token"] = 40, 39
     (copy_of / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"train.bin: token id 64 at position \d+ is outside the vocabulary of 40 "
-                                         r"\(vocab_size in .*meta.json\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"train.bin: token id 64 at position \d+ is outside the vocabulary of 40 "
+        r"\(vocab_size in .*meta.json\)",
+    ):
         TokenDataset(copy_of)
 
 
@@ -321,11 +330,14 @@ def test_the_id_check_runs_once_per_file_version(copy_of, monkeypatch):
     assert calls == ["train.bin", "val.bin", "val.bin"]
 
 
-@pytest.mark.parametrize("name,content,message", [
-    ("meta.json", '{"format": 1, "vocab', "meta.json: not valid JSON (Unterminated string"),
-    ("meta.json", "[1, 2]", "meta.json: expected a JSON object, found list [1, 2]"),
-    ("meta.json", b"\xff\xfe", "meta.json: not UTF-8 text (byte 0xff at byte offset 0)"),
-])
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("meta.json", '{"format": 1, "vocab', "meta.json: not valid JSON (Unterminated string"),
+        ("meta.json", "[1, 2]", "meta.json: expected a JSON object, found list [1, 2]"),
+        ("meta.json", b"\xff\xfe", "meta.json: not UTF-8 text (byte 0xff at byte offset 0)"),
+    ],
+)
 def test_damaged_meta_json_names_the_file(copy_of, name, content, message):
     path = copy_of / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -335,9 +347,11 @@ def test_damaged_meta_json_names_the_file(copy_of, name, content, message):
 
 def test_meta_json_fields_are_checked(copy_of):
     meta = json.loads((copy_of / "meta.json").read_text())
-    for key, value, message in [("vocab_size", "65", "'vocab_size' expected an integer"),
-                                ("train_tokens", None, "'train_tokens'"),
-                                ("dtype", "int8", "'dtype' expected one of uint16, uint32")]:
+    for key, value, message in [
+        ("vocab_size", "65", "'vocab_size' expected an integer"),
+        ("train_tokens", None, "'train_tokens'"),
+        ("dtype", "int8", "'dtype' expected one of uint16, uint32"),
+    ]:
         (copy_of / "meta.json").write_text(json.dumps({**meta, key: value}))
         with pytest.raises(ValueError, match=re.escape(f"{copy_of / 'meta.json'}: {message}")):
             TokenDataset(copy_of)
@@ -350,14 +364,14 @@ def test_meta_json_fields_are_checked(copy_of):
 def test_damaged_tokenizer_and_language_files_name_the_file(copy_of):
     (copy_of / "tokenizer_meta.json").write_text('{"kind": "word", "wor')
     with pytest.raises(ValueError, match=re.escape(f"{copy_of / 'tokenizer_meta.json'}: not valid JSON")):
-        TokenDataset(copy_of).tokenizer
+        _ = TokenDataset(copy_of).tokenizer
     (copy_of / "tokenizer_meta.json").write_text('{"kind": "word"}')
     with pytest.raises(ValueError, match=re.escape(f"{copy_of / 'tokenizer_meta.json'}: the key 'words' is missing")):
-        TokenDataset(copy_of).tokenizer
+        _ = TokenDataset(copy_of).tokenizer
     arrays = copy_of / "synthetic.safetensors"
     arrays.write_bytes(arrays.read_bytes()[:500])  # cut short
     with pytest.raises(ValueError, match=re.escape(f"{arrays}: cannot be read")):
-        TokenDataset(copy_of).synthetic
+        _ = TokenDataset(copy_of).synthetic
 
 
 def test_damaged_sets_meta_names_the_file(synth_dir, tmp_path):
@@ -366,10 +380,12 @@ def test_damaged_sets_meta_names_the_file(synth_dir, tmp_path):
     write_sets(sets, ds.meta["hash"], len(ds.split("train")))
     meta_path = sets / "meta.json"
     meta = json.loads(meta_path.read_text())
-    for content, message in [('{"k": 3, "dtype', "not valid JSON"),
-                             (json.dumps({**meta, "k": "3"}), "'k' expected an integer >= 1, got '3'"),
-                             (json.dumps({k: v for k, v in meta.items() if k != "rules"}), "the key 'rules' is missing"),
-                             (json.dumps({**meta, "rules": [1]}), "'rules' expected a JSON object, got list")]:
+    for content, message in [
+        ('{"k": 3, "dtype', "not valid JSON"),
+        (json.dumps({**meta, "k": "3"}), "'k' expected an integer >= 1, got '3'"),
+        (json.dumps({k: v for k, v in meta.items() if k != "rules"}), "the key 'rules' is missing"),
+        (json.dumps({**meta, "rules": [1]}), "'rules' expected a JSON object, got list"),
+    ]:
         meta_path.write_text(content)
         with pytest.raises(ValueError, match=re.escape(f"{meta_path}: {message}")):
             ds.open_sets(sets, "train")

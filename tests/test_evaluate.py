@@ -15,9 +15,18 @@ from gptvariants.data import TokenDataset, prepare
 from gptvariants.predictive import Predictor
 from gptvariants.train import train
 
-TINY = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 8, "eval_iters": 1,
-        "eval_interval": 1000, "warmup_iters": 2, "progress": "lines", "tensorboard": False}
-
+TINY = {
+    "n_layer": 2,
+    "n_head": 2,
+    "n_embd": 32,
+    "block_size": 32,
+    "batch_size": 8,
+    "eval_iters": 1,
+    "eval_interval": 1000,
+    "warmup_iters": 2,
+    "progress": "lines",
+    "tensorboard": False,
+}
 
 
 def _train(data, out, variant, steps=20, **extra):
@@ -97,7 +106,7 @@ def test_eval_writes_every_section(tiny, tmp_path):
     assert r["speed"]["scoring_tokens_per_s"] > 0 and r["speed"]["generation_tokens_per_s"] > 0
     assert json.loads(out.read_text())["variant"] == "bayes"
     assert out.with_suffix(".reliability.png").read_bytes()[:4] == b"\x89PNG"
-    samples = [json.loads(l) for l in out.with_suffix(".samples.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in out.with_suffix(".samples.jsonl").read_text().splitlines()]
     assert len(samples) == 6 and all(s["new_tokens"] == 8 for s in samples)
 
 
@@ -117,8 +126,23 @@ def test_eval_cli(tiny, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     E.register_cli(parser.add_subparsers())
     out = tmp_path / "cli.json"
-    args = parser.parse_args(["eval", "--ckpt", str(runs["baseline"]), "--data", str(root / "data"), "--out", str(out),
-                              "--stride", "32", "--num-samples", "3", "--max-new-tokens", "4"])
+    args = parser.parse_args(
+        [
+            "eval",
+            "--ckpt",
+            str(runs["baseline"]),
+            "--data",
+            str(root / "data"),
+            "--out",
+            str(out),
+            "--stride",
+            "32",
+            "--num-samples",
+            "3",
+            "--max-new-tokens",
+            "4",
+        ]
+    )
     assert args.func(args) == 0
     assert "perplexity" in capsys.readouterr().out
     assert json.loads(out.read_text())["perplexity"]["stride"] == 32
@@ -184,8 +208,9 @@ def test_eval_on_external_text_counts_unknown_characters(tmp_path):
 
 def test_ood_against_a_shifted_synthetic_language(tiny, tmp_path):
     root, runs = tiny
-    r = E.evaluate(runs["bayes"], root / "data", ood="synthetic?shift=1.0&tokens=3000", num_samples=0,
-                   out=tmp_path / "ood.json")
+    r = E.evaluate(
+        runs["bayes"], root / "data", ood="synthetic?shift=1.0&tokens=3000", num_samples=0, out=tmp_path / "ood.json"
+    )
     o = r["ood"]
     assert set(o["auroc"]["token"]) == {"surprisal", "entropy", "max_prob", "mi", "expected_entropy"}
     assert o["n_tokens"]["out"] == 3000 - 1 and o["n_tokens"]["in"] == r["perplexity"]["tokens_scored"]
@@ -195,7 +220,9 @@ def test_ood_against_a_shifted_synthetic_language(tiny, tmp_path):
     assert o["auroc"]["token"]["surprisal"] > 0.7 and o["auroc"]["sequence"]["surprisal"] > 0.95
     assert 0 <= o["fpr95"]["sequence"]["surprisal"] < 0.5
     assert set(r["selective"]["aurc"]) == {"entropy", "max_prob", "mi", "expected_entropy"}
-    baseline = E.evaluate(runs["baseline"], root / "data", ood=str(root / "data"), num_samples=0, out=tmp_path / "b.json")
+    baseline = E.evaluate(
+        runs["baseline"], root / "data", ood=str(root / "data"), num_samples=0, out=tmp_path / "b.json"
+    )
     assert set(baseline["ood"]["auroc"]["token"]) == {"surprisal", "entropy", "max_prob"}  # one draw: no MI
     assert baseline["ood"]["auroc"]["token"]["surprisal"] == pytest.approx(0.5)  # the same text on both sides
     with pytest.raises(ValueError, match="shift"):
@@ -218,8 +245,14 @@ def test_eval_scalars_reach_the_runs_tensorboard(tmp_path, monkeypatch, tiny):
     monkeypatch.setattr(TL, "_tensorboard", lambda run_dir: Writer())
     run = _train(root / "data", tmp_path / "tb", "baseline", steps=4, tensorboard=True)
     written.clear()  # training's own records
-    r = E.evaluate(run, root / "data", num_samples=0, out=tmp_path / "e.json", log_to_run=True,
-                   ood="synthetic?shift=1.0&tokens=2000")
+    r = E.evaluate(
+        run,
+        root / "data",
+        num_samples=0,
+        out=tmp_path / "e.json",
+        log_to_run=True,
+        ood="synthetic?shift=1.0&tokens=2000",
+    )
     tags = {t for t, _, s in written if s == 4}
     assert r["logged_to"] == [str(run / "tb")]
     assert {"eval-val/ece", "eval-val/perplexity", "eval-val/aurc_entropy", "eval-val/ood_auroc_entropy"} <= tags

@@ -5,7 +5,6 @@ import csv
 import json
 
 import pytest
-import torch
 
 from gptvariants import experiment as X
 from gptvariants.train import train
@@ -23,7 +22,6 @@ warmup_iters = 2
 """
 
 
-
 def _cli(argv):
     parser = argparse.ArgumentParser(prog="gptv")
     X.register_cli(parser.add_subparsers())
@@ -31,8 +29,10 @@ def _cli(argv):
     return args.func(args)
 
 
-@pytest.mark.parametrize("text,expected", [("600", ("steps", 600)), ("90s", ("seconds", 90.0)),
-                                           ("5m", ("seconds", 300.0)), ("1.5h", ("seconds", 5400.0))])
+@pytest.mark.parametrize(
+    "text,expected",
+    [("600", ("steps", 600)), ("90s", ("seconds", 90.0)), ("5m", ("seconds", 300.0)), ("1.5h", ("seconds", 5400.0))],
+)
 def test_parse_budget(text, expected):
     assert X.parse_budget(text) == expected
 
@@ -56,8 +56,23 @@ def test_experiment_runs_reports_and_resumes(tmp_path, capsys):
     config = tmp_path / "tiny.toml"
     config.write_text(TINY_TOML)
     out = tmp_path / "exp"
-    argv = ["experiment", "--data", "synthetic:tiny", "--variants", "baseline,bayes,sig", "--budget", "16",
-            "--num-samples", "5", "--max-new-tokens", "8", "--config", str(config), "--out", str(out)]
+    argv = [
+        "experiment",
+        "--data",
+        "synthetic:tiny",
+        "--variants",
+        "baseline,bayes,sig",
+        "--budget",
+        "16",
+        "--num-samples",
+        "5",
+        "--max-new-tokens",
+        "8",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+    ]
 
     # a half-finished sig run (checkpoint at step 8 of 16) must be resumed, not restarted
     data = X.resolve_data("synthetic:tiny", out)
@@ -100,7 +115,9 @@ def test_sampled_sets_experiment(tmp_path):
     config = tmp_path / "tiny.toml"
     config.write_text(TINY_TOML)
     out = tmp_path / "exp"
-    X.run_experiment(out, "synthetic:tiny", ["sig"], "4", config_file=str(config), num_samples=2, max_new_tokens=4, sets="sample")
+    X.run_experiment(
+        out, "synthetic:tiny", ["sig"], "4", config_file=str(config), num_samples=2, max_new_tokens=4, sets="sample"
+    )
     plan = json.loads((out / "plan.json").read_text())
     assert plan["sets"] == "sample" and plan["targets"] == f"oracle-sample{X.SAMPLE_K}"
     meta = json.loads((out / "data" / "targets" / plan["targets"] / "meta.json").read_text())
@@ -116,7 +133,9 @@ def test_duration_budget_is_turned_into_steps(tmp_path):
     config = tmp_path / "tiny.toml"
     config.write_text(TINY_TOML)
     out = tmp_path / "exp"
-    X.run_experiment(out, "synthetic:tiny", ["baseline"], "2s", config_file=str(config), num_samples=2, max_new_tokens=4)
+    X.run_experiment(
+        out, "synthetic:tiny", ["baseline"], "2s", config_file=str(config), num_samples=2, max_new_tokens=4
+    )
     plan = json.loads((out / "plan.json").read_text())
     steps = plan["max_iters"]["baseline"]
     assert plan["budget_kind"] == "seconds" and steps > X.CALIBRATION_STEPS  # a tiny step takes well under 250 ms
@@ -128,22 +147,54 @@ def test_methods_add_the_uncertainty_section(tmp_path, capsys):
     config = tmp_path / "tiny.toml"
     config.write_text(TINY_TOML)
     out = tmp_path / "unc"
-    argv = ["experiment", "--data", "synthetic:tiny", "--variants", "baseline", "--budget", "8", "--num-samples", "2",
-            "--max-new-tokens", "4", "--config", str(config), "--methods", "all",
-            "--ood", "synthetic?shift=1.0&tokens=3000", "--out", str(out)]
+    argv = [
+        "experiment",
+        "--data",
+        "synthetic:tiny",
+        "--variants",
+        "baseline",
+        "--budget",
+        "8",
+        "--num-samples",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--config",
+        str(config),
+        "--methods",
+        "all",
+        "--ood",
+        "synthetic?shift=1.0&tokens=3000",
+        "--out",
+        str(out),
+    ]
     assert _cli(argv) == 0
     runs = sorted(p.name for p in (out / "runs").iterdir())
-    assert runs == ["baseline", "baseline-dropout", "baseline-seed1338", "baseline-seed1339", "baseline-seed1340",
-                    "ensemble"]
+    assert runs == [
+        "baseline",
+        "baseline-dropout",
+        "baseline-seed1338",
+        "baseline-seed1339",
+        "baseline-seed1340",
+        "ensemble",
+    ]
     results = json.loads((out / "uncertainty.json").read_text())
     rows = {r["system"]: r for r in results["rows"]}
-    assert list(rows) == ["baseline", "baseline-dropout", "ensemble", "baseline-dropout + MC dropout",
-                          "baseline x 4 runs", "baseline + Laplace"]
+    assert list(rows) == [
+        "baseline",
+        "baseline-dropout",
+        "ensemble",
+        "baseline-dropout + MC dropout",
+        "baseline x 4 runs",
+        "baseline + Laplace",
+    ]
     assert rows["baseline"]["train_cost"] == 1.0 and rows["baseline"]["auroc_token_mi"] is None
     for name in ("ensemble", "baseline-dropout + MC dropout", "baseline x 4 runs", "baseline + Laplace"):
         assert rows[name]["auroc_token_mi"] is not None and rows[name]["draws"] > 1, name
     assert rows["baseline x 4 runs"]["draws"] == 4 and rows["baseline x 4 runs"]["train_cost"] > 3
-    assert all(r["nll_half_t"] <= r["nll_half"] * 1.01 for r in rows.values())  # T fitted on one half, checked on the other
+    assert all(
+        r["nll_half_t"] <= r["nll_half"] * 1.01 for r in rows.values()
+    )  # T fitted on one half, checked on the other
     report = (out / "report.md").read_text()
     assert "## Uncertainty" in report and "| baseline + Laplace |" in report and "--methods" in report
     assert (out / "uncertainty.png").read_bytes()[:4] == b"\x89PNG"

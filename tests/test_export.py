@@ -5,8 +5,8 @@ import os
 
 import pytest
 import torch
-
 from conftest import SHARED_DATA, tiny_overrides
+
 from gptvariants.checkpoint import CheckpointError, load_run, save_checkpoint
 from gptvariants.config import load_config
 from gptvariants.data import prepare
@@ -20,8 +20,10 @@ from gptvariants.train import train
 transformers = pytest.importorskip("transformers")
 
 # a char corpus with the whitespace a tokenizer could lose: runs of spaces, tabs, blank lines
-TEXT = "".join(f"Line {i}:  the king is {'dead' if i % 3 else 'alive'},\tlong live the king!\n" + "\n" * (i % 2)
-               for i in range(150))
+TEXT = "".join(
+    f"Line {i}:  the king is {'dead' if i % 3 else 'alive'},\tlong live the king!\n" + "\n" * (i % 2)
+    for i in range(150)
+)
 
 
 @pytest.fixture(autouse=True)
@@ -71,8 +73,12 @@ def runs(request, tmp_path_factory):
             variant, data_fixture, extra = RUNS[name]
             data = request.getfixturevalue(data_fixture)
             root = tmp_path_factory.mktemp(name)
-            cfg = load_config(variant, overrides=tiny_overrides(data, root / "run", max_iters=12, eval_interval=12,
-                                                                eval_iters=1, learning_rate=3e-3, **extra))
+            cfg = load_config(
+                variant,
+                overrides=tiny_overrides(
+                    data, root / "run", max_iters=12, eval_interval=12, eval_iters=1, learning_rate=3e-3, **extra
+                ),
+            )
             train(cfg)
             export(root / "run", root / "hf")
             cache[name] = (root / "run", root / "hf")
@@ -116,8 +122,9 @@ def test_sigmoid_heads_export_their_predictive_log_probs(runs, name):
     model, cfg = load_run(run)
     conf = json.loads((folder / "config.json").read_text())
     assert conf["model_type"] == "gptvariants" and conf["gptvariants"]["readout"] == "sigmoid"
-    hf, info = transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True,
-                                                                 output_loading_info=True)
+    hf, info = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, trust_remote_code=True, output_loading_info=True
+    )
     assert not info["missing_keys"] and not info["unexpected_keys"]
     x = _ids(model)
     with torch.no_grad():
@@ -206,8 +213,10 @@ def test_gpt2_tokenizer_exports_when_its_vocabulary_is_available(tmp_path):
     try:
         tok = build_tokenizer("gpt2")
     except RuntimeError:
-        pytest.skip("GPT-2 vocabulary not available offline (tiktoken downloads it); "
-                    "tests/test_tokenizers.py converts a small one")
+        pytest.skip(
+            "GPT-2 vocabulary not available offline (tiktoken downloads it); "
+            "tests/test_tokenizers.py converts a small one"
+        )
     tok.to_hf().save(str(tmp_path / "tokenizer.json"))
     hf = _fast(tmp_path / "tokenizer.json")
     text = TEXT[:2000] + " ünïcode ✓ <|endoftext|>"

@@ -59,7 +59,8 @@ def test_targets_on_a_full_disk_is_one_line_then_resumes_identically(tiny_data, 
         "$PY" -m gptvariants.cli targets --data "$DISK/data" --teacher oracle --k 8 --out "$DISK/data/targets/t"
         echo "rc=$?"
         mount -o remount,size=4m "$DISK"
-        "$PY" -m gptvariants.cli targets --data "$DISK/data" --teacher oracle --k 8 --out "$DISK/data/targets/t" > /dev/null
+        "$PY" -m gptvariants.cli targets --data "$DISK/data" --teacher oracle --k 8 \
+            --out "$DISK/data/targets/t" > /dev/null
         echo "rc=$?"
         cp "$DISK"/data/targets/t/*.bin {tmp_path}/
     """,

@@ -22,28 +22,38 @@ from gptvariants.checks import Bool, Choice, Device, Float, Int, Text
 from gptvariants.cli import build_parser, main
 from gptvariants.config import KEYS, Config, key_check
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
-                derandomize=True)
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], derandomize=True
+)
 WORDS = st.text(alphabet=string.ascii_letters + "!#%&*/:@^~", min_size=1, max_size=10)
 
 
 def bad_text(check) -> st.SearchStrategy[str]:
     """Text that ``check`` must refuse."""
     if isinstance(check, Int):
-        options = [st.sampled_from(["nan", "inf", "-inf", "1e400", "2.5", "0x10", "true", "1,000", ""]), WORDS,
-                   st.floats(allow_nan=False, allow_infinity=False).filter(lambda x: not x.is_integer()).map(repr),
-                   st.integers(min_value=check.hi + 1).map(str)]
+        options = [
+            st.sampled_from(["nan", "inf", "-inf", "1e400", "2.5", "0x10", "true", "1,000", ""]),
+            WORDS,
+            st.floats(allow_nan=False, allow_infinity=False).filter(lambda x: not x.is_integer()).map(repr),
+            st.integers(min_value=check.hi + 1).map(str),
+        ]
         if check.lo is not None:
             options.append(st.integers(max_value=check.lo - 1).map(str))
         return st.one_of(options)
     if isinstance(check, Float):
         options = [st.sampled_from(["nan", "-nan", "inf", "-inf", "1e400", "-1e999", "NaN", "two", ""]), WORDS]
         if check.lo is not None:
-            options.append(st.floats(max_value=check.lo, exclude_max=not check.lo_open, allow_nan=False,
-                                     allow_infinity=False).map(repr))
+            options.append(
+                st.floats(max_value=check.lo, exclude_max=not check.lo_open, allow_nan=False, allow_infinity=False).map(
+                    repr
+                )
+            )
         if check.hi is not None:
-            options.append(st.floats(min_value=check.hi, exclude_min=not check.hi_open, allow_nan=False,
-                                     allow_infinity=False).map(repr))
+            options.append(
+                st.floats(min_value=check.hi, exclude_min=not check.hi_open, allow_nan=False, allow_infinity=False).map(
+                    repr
+                )
+            )
         return st.one_of(options)
     if isinstance(check, Bool):
         return WORDS.filter(lambda t: t.strip().lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"))
@@ -130,12 +140,25 @@ def test_bad_config_values_in_a_toml_file(no_training, tiny_data, tmp_path, data
         body = None
         path.write_bytes(b"\xff" + data.draw(st.binary(max_size=40), label="bytes"))
     else:
-        body = data.draw(st.sampled_from(["n_layer = [\n", "[model\nn_layer = 2\n", "n_layer = 2 2\n", "= 3\n",
-                                          "[[train]]\nmax_iters = 1\n", "[optimizer]\nlr = 1\n"]), label="body")
+        body = data.draw(
+            st.sampled_from(
+                [
+                    "n_layer = [\n",
+                    "[model\nn_layer = 2\n",
+                    "n_layer = 2 2\n",
+                    "= 3\n",
+                    "[[train]]\nmax_iters = 1\n",
+                    "[optimizer]\nlr = 1\n",
+                ]
+            ),
+            label="body",
+        )
     if body is not None:
         path.write_text(body)
-    _fails_in_one_line(["train", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--config", str(path)],
-                       str(path) if kind in ("binary", "syntax", "value", "text key") else "")
+    _fails_in_one_line(
+        ["train", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--config", str(path)],
+        str(path) if kind in ("binary", "syntax", "value", "text key") else "",
+    )
 
 
 def _options_with_checks() -> list[tuple[str, str, object, list[str]]]:
@@ -161,8 +184,15 @@ OPTIONS = _options_with_checks()
 
 def test_the_fuzzed_options_cover_prepare_and_targets():
     covered = {(c, o) for c, o, _, _ in OPTIONS}
-    assert {("targets", "--k"), ("targets", "--batch-size"), ("targets", "--ratio"), ("targets", "--top-p"),
-            ("targets", "--device"), ("prepare", "--seed"), ("prepare", "--val-fraction")} <= covered
+    assert {
+        ("targets", "--k"),
+        ("targets", "--batch-size"),
+        ("targets", "--ratio"),
+        ("targets", "--top-p"),
+        ("targets", "--device"),
+        ("prepare", "--seed"),
+        ("prepare", "--val-fraction"),
+    } <= covered
 
 
 @FUZZ

@@ -78,7 +78,9 @@ def test_cached_and_uncached_logits_agree_across_slides(variant):
         starts = set()
         for tok in feed:
             # mean weights for the Bayesian head: logits() without sampling
-            torch.testing.assert_close(model.logits(cached.hidden[0]), model.logits(plain.hidden[0]), atol=2e-4, rtol=1e-4)
+            torch.testing.assert_close(
+                model.logits(cached.hidden[0]), model.logits(plain.hidden[0]), atol=2e-4, rtol=1e-4
+            )
             cached.append(tok)
             plain.append(tok)
             assert cached.starts == plain.starts and max(len(cached.window(r)) for r in range(2)) <= BLOCK
@@ -148,8 +150,9 @@ def test_rows_of_different_lengths_cached_match_uncached_across_slides(variant):
         plain = ContextWindow(point, PROMPTS, use_cache=False)
         some_rows_slid = 0
         for tok in feed:
-            torch.testing.assert_close(model.logits(cached.hidden[0]), model.logits(plain.hidden[0]),
-                                       atol=2e-4, rtol=1e-4)
+            torch.testing.assert_close(
+                model.logits(cached.hidden[0]), model.logits(plain.hidden[0]), atol=2e-4, rtol=1e-4
+            )
             before = list(cached.starts)
             cached.append(tok)
             plain.append(tok)
@@ -192,8 +195,9 @@ SAMPLED_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("variant,mode",
-                         [("baseline", "mean"), ("sig", "mean"), ("bayes", "step"), ("bayes", "sequence")])
+@pytest.mark.parametrize(
+    "variant,mode", [("baseline", "mean"), ("sig", "mean"), ("bayes", "step"), ("bayes", "sequence")]
+)
 def test_a_seeded_row_samples_the_same_tokens_whatever_its_batch(variant, mode):
     """Each row its own options and its own generator: its tokens (and its Bayesian draws) do
     not depend on the rows beside it, nor on its place in the batch."""
@@ -242,8 +246,10 @@ def test_ensembles_and_mc_dropout_decode_rows_of_different_lengths():
         alone = generate(ensemble, [p], 2 * BLOCK, greedy=True, use_cache=False, return_details=True)[0]
         assert got.tokens == alone.tokens and got.mi == pytest.approx(alone.mi, abs=1e-5)
     dropout = tiny(dropout=0.2)
-    runs = [generate(Predictor([dropout], dropout_samples=3, seed=0), PROMPTS, 20, seed=5, return_details=True)
-            for _ in range(2)]
+    runs = [
+        generate(Predictor([dropout], dropout_samples=3, seed=0), PROMPTS, 20, seed=5, return_details=True)
+        for _ in range(2)
+    ]
     assert [g.tokens for g in runs[0]] == [g.tokens for g in runs[1]]  # seeded: reproducible
     assert all(min(g.mi) > 0 for g in runs[0])
 
@@ -274,10 +280,14 @@ def test_top_k_top_p_temperature_on_a_hand_distribution():
         sampling_probs(scores, 0.0)
     # one value per row: row 0 keeps 1 token / p 0.3, row 1 keeps 4 / everything
     two = scores.expand(2, -1)
-    assert torch.isinf(top_k_filter(two, torch.tensor([[1], [4]]))).tolist() == [[False, True, True, True, True],
-                                                                              [False, False, False, False, False]]
-    assert torch.isinf(top_p_filter(two, torch.tensor([[0.3], [1.0]]))).tolist() == [[False, True, True, True, True],
-                                                                                  [False, False, False, False, False]]
+    assert torch.isinf(top_k_filter(two, torch.tensor([[1], [4]]))).tolist() == [
+        [False, True, True, True, True],
+        [False, False, False, False, False],
+    ]
+    assert torch.isinf(top_p_filter(two, torch.tensor([[0.3], [1.0]]))).tolist() == [
+        [False, True, True, True, True],
+        [False, False, False, False, False],
+    ]
     per_row = sampling_probs(two, torch.tensor([[2.0], [1.0]]))
     assert torch.allclose(per_row, torch.cat([t2, p]))
 
@@ -409,7 +419,9 @@ def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     tok = CharTokenizer(CHARS)
     torch.manual_seed(0)
-    cfg = load_config("baseline", overrides=dict(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, vocab_size=tok.vocab_size))
+    cfg = load_config(
+        "baseline", overrides=dict(n_layer=2, n_head=2, n_embd=32, block_size=BLOCK, vocab_size=tok.vocab_size)
+    )
     save_checkpoint(run, GPT(cfg.model, cfg.objective), {"step": 1, "config": cfg.to_dict()})
     cfg.save(run / "config.json")
     tok.save(run)
@@ -424,7 +436,24 @@ def sample_cli(argv: list[str]) -> int:
 
 
 def test_cli_json_round_trips(run_dir, capsys):
-    assert sample_cli(["--ckpt", str(run_dir), "--prompt", "ab", "--num-samples", "2", "--max-new-tokens", "7", "--json", "--seed", "1"]) == 0
+    assert (
+        sample_cli(
+            [
+                "--ckpt",
+                str(run_dir),
+                "--prompt",
+                "ab",
+                "--num-samples",
+                "2",
+                "--max-new-tokens",
+                "7",
+                "--json",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2
     for k, line in enumerate(lines):
@@ -438,13 +467,17 @@ def test_cli_json_round_trips(run_dir, capsys):
 
 def test_cli_bayesian_json_has_mutual_information(tmp_path, capsys):
     tok = CharTokenizer(CHARS)
-    cfg = load_config("bayes", overrides=dict(n_layer=1, n_head=2, n_embd=16, block_size=BLOCK, vocab_size=tok.vocab_size))
+    cfg = load_config(
+        "bayes", overrides=dict(n_layer=1, n_head=2, n_embd=16, block_size=BLOCK, vocab_size=tok.vocab_size)
+    )
     model = GPT(cfg.model, cfg.objective)
     with torch.no_grad():
         model.head.weight_rho.fill_(math.log(math.expm1(2.0)))  # wide posterior: the draws disagree
     save_checkpoint(tmp_path, model, {"step": 1, "config": cfg.to_dict()})
     tok.save(tmp_path)
-    sample_cli(["--ckpt", str(tmp_path), "--max-new-tokens", "4", "--json", "--bayes-mode", "step", "--mc-samples", "4"])
+    sample_cli(
+        ["--ckpt", str(tmp_path), "--max-new-tokens", "4", "--json", "--bayes-mode", "step", "--mc-samples", "4"]
+    )
     rec = json.loads(capsys.readouterr().out)
     assert len(rec["tokens"]) == 4 and all(t["mi"] > 1e-3 for t in rec["tokens"])
     sample_cli(["--ckpt", str(tmp_path), "--max-new-tokens", "4", "--json"])  # the run's predictive: MC draws
@@ -458,8 +491,20 @@ def test_cli_plain_text_and_uncertainty_colours(run_dir, capsys):
     captured = capsys.readouterr()
     assert captured.out.startswith("ab") and "\033[" not in captured.out  # not a terminal: plain text, and why
     assert "stdout is not a terminal" in captured.err
-    sample_cli(["--ckpt", str(run_dir), "--prompt", "ab", "--max-new-tokens", "5", "--greedy", "--show-uncertainty",
-                "--color", "always"])
+    sample_cli(
+        [
+            "--ckpt",
+            str(run_dir),
+            "--prompt",
+            "ab",
+            "--max-new-tokens",
+            "5",
+            "--greedy",
+            "--show-uncertainty",
+            "--color",
+            "always",
+        ]
+    )
     captured = capsys.readouterr()
     assert "\033[3" in captured.out and "entropy / log V" in captured.err  # colours and their legend
     coloured = colour_by_entropy([{"text": "x", "entropy": 0.0}, {"text": "y", "entropy": 10.0}], 30)
@@ -549,7 +594,9 @@ def test_word_tokenizer_starts_from_eot_and_keeps_spaces(tmp_path):
     from gptvariants.tokenizers import WordTokenizer
 
     tok = WordTokenizer(["the", "cat", "sat", "on", "mat"])
-    cfg = load_config("baseline", overrides=dict(n_layer=1, n_head=2, n_embd=16, block_size=BLOCK, vocab_size=tok.vocab_size))
+    cfg = load_config(
+        "baseline", overrides=dict(n_layer=1, n_head=2, n_embd=16, block_size=BLOCK, vocab_size=tok.vocab_size)
+    )
     lm = LanguageModel(tiny(vocab=tok.vocab_size), cfg, tok)
     assert lm.encode_prompt("") == [tok.eot_token]
     res = lm.generate_details("the cat", 6, greedy=True, stop_at_eot=False)

@@ -24,8 +24,19 @@ from gptvariants.harness import INSTALL_HINT, lm_eval_argv
 from gptvariants.train import train
 
 WIKITEXT = SHARED_DATA / "wikitext-2" / "valid.txt"
-TINY = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "batch_size": 8, "eval_iters": 1,
-        "eval_interval": 1000, "warmup_iters": 2, "progress": "lines", "tensorboard": False, "device": "cpu"}
+TINY = {
+    "n_layer": 2,
+    "n_head": 2,
+    "n_embd": 32,
+    "block_size": 32,
+    "batch_size": 8,
+    "eval_iters": 1,
+    "eval_interval": 1000,
+    "warmup_iters": 2,
+    "progress": "lines",
+    "tensorboard": False,
+    "device": "cpu",
+}
 ROLLING_YAML = """task: {name}
 dataset_path: json
 dataset_kwargs:
@@ -65,8 +76,9 @@ def _corpus() -> tuple[str, str]:
         return text[:30_000], text[30_000:34_000] + " 5 € each\n"
     words = "the king said that a lord of the north would ride to the sea and never come home".split()
     g = torch.Generator().manual_seed(0)
-    lines = [" ".join(words[i] for i in torch.randint(len(words), (12,), generator=g).tolist()) + " .\n"
-             for _ in range(700)]
+    lines = [
+        " ".join(words[i] for i in torch.randint(len(words), (12,), generator=g).tolist()) + " .\n" for _ in range(700)
+    ]
     return "".join(lines[:600]), "".join(lines[600:]) + "5 € each\n"
 
 
@@ -80,11 +92,15 @@ def runs(tmp_path_factory):
     prepare(f"text:{root / 'train.txt'}", root / "char")
     prepare("synthetic:tiny", root / "synthetic")
     out = {}
-    for name, variant, data, extra in [("baseline", "baseline", "char", {}), ("sig", "sig", "char", {}),
-                                       ("bayes", "bayes", "char", {"posterior_sigma_init": 0.3}),
-                                       ("word", "baseline", "synthetic", {})]:
-        cfg = load_config(variant, None, {**TINY, "data": str(root / data), "out_dir": str(root / name),
-                                          "max_iters": 20, **extra})
+    for name, variant, data, extra in [
+        ("baseline", "baseline", "char", {}),
+        ("sig", "sig", "char", {}),
+        ("bayes", "bayes", "char", {"posterior_sigma_init": 0.3}),
+        ("word", "baseline", "synthetic", {}),
+    ]:
+        cfg = load_config(
+            variant, None, {**TINY, "data": str(root / data), "out_dir": str(root / name), "max_iters": 20, **extra}
+        )
         train(cfg)
         out[name] = root / name
     word = load(out["word"])
@@ -108,9 +124,18 @@ def harness():
         data.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
         (tmp / "tasks" / f"{name}.yaml").write_text(yaml.format(name=name, data=data, cache=tmp / "hf-cache"))
         manager = TaskManager(include_path=str(tmp / "tasks"), include_defaults=False)
-        return lm_eval.simple_evaluate(model="gptv", model_args=model_args, tasks=[name], task_manager=manager,
-                                       log_samples=True, device="cpu", random_seed=None, numpy_random_seed=None,
-                                       torch_random_seed=None, fewshot_random_seed=None)
+        return lm_eval.simple_evaluate(
+            model="gptv",
+            model_args=model_args,
+            tasks=[name],
+            task_manager=manager,
+            log_samples=True,
+            device="cpu",
+            random_seed=None,
+            numpy_random_seed=None,
+            torch_random_seed=None,
+            fewshot_random_seed=None,
+        )
 
     return evaluate_task, GPTVariantsLM
 
@@ -202,8 +227,10 @@ def test_multiple_choice_loglikelihood_checked_by_hand(runs, harness, tmp_path, 
     text = (root / "eval.txt").read_text(encoding="utf-8").replace("€", "")
     short = text[:12].rstrip()  # lm-eval would move a trailing space into the continuation
     greedy = lm.generate(short, max_new_tokens=3, greedy=True, bayes_mode=mode)  # the argmax continuation
-    docs = [{"question": short, "choices": [greedy, text[12:15], text[100:103]], "label": 0},
-            {"question": text[:200], "choices": [text[200:230], text[300:310], text[200:201]], "label": 1}]
+    docs = [
+        {"question": short, "choices": [greedy, text[12:15], text[100:103]], "label": 0},
+        {"question": text[:200], "choices": [text[200:230], text[300:310], text[200:201]], "label": 1},
+    ]
     args = f"run={run[name]}" + (f",bayes_mode={mode}" if mode else "")
     r = evaluate_task(tmp_path, CHOICE_YAML, docs, args)
     samples = sorted(r["samples"]["local"], key=lambda s: s["doc_id"])
@@ -214,7 +241,7 @@ def test_multiple_choice_loglikelihood_checked_by_hand(runs, harness, tmp_path, 
             # lm-eval moves the context's trailing whitespace into the continuation
             context = doc["question"].rstrip()
             ctx = lm.tokenizer.encode(context)
-            cont = lm.tokenizer.encode(doc["question"][len(context):] + choice)
+            cont = lm.tokenizer.encode(doc["question"][len(context) :] + choice)
             expected.append(_by_hand(run[name], ctx + cont, len(ctx)))
         got = [tuple(resp[0]) for resp in sample["resps"]]
         assert [g[0] for g in got] == pytest.approx([e[0] for e in expected], abs=1e-4)
@@ -231,8 +258,12 @@ def test_long_continuation_and_batching(runs, harness):
     _, GPTVariantsLM = harness
     text = (root / "eval.txt").read_text(encoding="utf-8").replace("€", "").lstrip()
     lm = GPTVariantsLM(run=str(run["baseline"]), device="cpu", batch_size=1)
-    requests = [Request(text[:1], text[1:65]), Request(text[:50], text[50:53]), Request(text[:5], text[5:40]),
-                Request(" ", "the sea")]  # a blank context is the start token, as an empty one
+    requests = [
+        Request(text[:1], text[1:65]),
+        Request(text[:50], text[50:53]),
+        Request(text[:5], text[5:40]),
+        Request(" ", "the sea"),
+    ]  # a blank context is the start token, as an empty one
     one = lm.loglikelihood(requests, disable_tqdm=True)
     # 1 + 64 characters with block_size 32: the same windows as gptv eval's disjoint ones
     assert one[0][0] == pytest.approx(lm.loglikelihood_rolling([Request(text[:65])], disable_tqdm=True)[0], abs=1e-5)
@@ -288,8 +319,10 @@ def test_generate_until_stops_and_matches_generate(runs, harness):
         assert text == lm.generate(req.args[0], kw["max_gen_toks"], greedy=True, stop=kw["until"])
         assert not any(s in text for s in kw["until"])
     assert len(lm.tokenizer.encode(out[-1])) <= 5
-    sampled = model.generate_until([Request(prompts[0], {"until": [], "max_gen_toks": 8, "do_sample": True,
-                                                         "temperature": 1.0})], disable_tqdm=True)
+    sampled = model.generate_until(
+        [Request(prompts[0], {"until": [], "max_gen_toks": 8, "do_sample": True, "temperature": 1.0})],
+        disable_tqdm=True,
+    )
     assert sampled == [lm.generate(prompts[0], 8, temperature=1.0, seed=1337)]
 
 
@@ -320,8 +353,21 @@ def test_bad_model_arguments_are_refused(runs, harness):
 
 def test_lm_eval_argv_sets_the_model_and_passes_the_rest():
     argv = lm_eval_argv("runs/b", "hellaswag", bayes_mode="mean", model_args="seed=3", extra=["--limit", "5"])
-    assert argv == ["run", "--model", "gptv", "--model_args", "run=runs/b,bayes_mode=mean,seed=3", "--tasks",
-                    "hellaswag", "--device", "auto", "--batch_size", "16", "--limit", "5"]
+    assert argv == [
+        "run",
+        "--model",
+        "gptv",
+        "--model_args",
+        "run=runs/b,bayes_mode=mean,seed=3",
+        "--tasks",
+        "hellaswag",
+        "--device",
+        "auto",
+        "--batch_size",
+        "16",
+        "--limit",
+        "5",
+    ]
     with pytest.raises(ValueError, match="sets --model itself"):
         lm_eval_argv("runs/b", "x", extra=["--model", "hf"])
     with pytest.raises(ValueError, match="sets --batch_size itself"):
@@ -340,8 +386,9 @@ def _rolling_task(root: Path, tmp: Path, name: str) -> Path:
     text = (root / "eval.txt").read_text(encoding="utf-8")
     (tmp / "tasks").mkdir()
     (tmp / "doc.jsonl").write_text(json.dumps({"text": text}) + "\n", encoding="utf-8")
-    (tmp / "tasks" / f"{name}.yaml").write_text(ROLLING_YAML.format(name=name, data=tmp / "doc.jsonl",
-                                                                    cache=tmp / "hf-cache"))
+    (tmp / "tasks" / f"{name}.yaml").write_text(
+        ROLLING_YAML.format(name=name, data=tmp / "doc.jsonl", cache=tmp / "hf-cache")
+    )
     return tmp / "tasks"
 
 
@@ -354,8 +401,20 @@ def test_gptv_lm_eval_command(runs, harness, tmp_path):
     """`gptv lm-eval RUN --tasks ...` through lm-eval's own command line."""
     root, run = runs
     tasks = _rolling_task(root, tmp_path, "local_cli")
-    code = cli.main(["lm-eval", str(run["sig"]), "--tasks", "local_cli", "--include_path", str(tasks),
-                     "--device", "cpu", "--output_path", str(tmp_path / "out")])
+    code = cli.main(
+        [
+            "lm-eval",
+            str(run["sig"]),
+            "--tasks",
+            "local_cli",
+            "--include_path",
+            str(tasks),
+            "--device",
+            "cpu",
+            "--output_path",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 0
     ref = evaluate(run["sig"], text=str(root / "eval.txt"), stride=32, num_samples=0, out=tmp_path / "e.json")
     assert _bits_per_byte(tmp_path / "out", "local_cli") == pytest.approx(ref["perplexity"]["bits_per_byte"], abs=1e-6)
@@ -365,8 +424,21 @@ def test_python_m_harness_is_lm_eval_with_the_gptv_model(runs, harness, tmp_path
     """The documented `python -m gptvariants.harness --model gptv --model_args run=RUN ...`, as a user runs it."""
     root, run = runs
     tasks = _rolling_task(root, tmp_path, "local_m")
-    cmd = [sys.executable, "-m", "gptvariants.harness", "--model", "gptv", "--model_args", f"run={run['baseline']}",
-           "--tasks", "local_m", "--include_path", str(tasks), "--output_path", str(tmp_path / "out")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gptvariants.harness",
+        "--model",
+        "gptv",
+        "--model_args",
+        f"run={run['baseline']}",
+        "--tasks",
+        "local_m",
+        "--include_path",
+        str(tasks),
+        "--output_path",
+        str(tmp_path / "out"),
+    ]
     # no --device: lm-eval's default, cuda:0, falls back to the CPU where CUDA is absent
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_overrides
+
 from gptvariants.api import load
 from gptvariants.calibration import fit_temperature, golden_section, save_temperature
 from gptvariants.checkpoint import save_checkpoint
@@ -26,8 +26,12 @@ CHARS = ["a", "b"]
 def constant_run(folder, logits, variant="baseline", **kw):
     """A 2-token run whose logits are ``logits`` whatever the context: zero weights, bias = logits."""
     tok = CharTokenizer(CHARS)
-    cfg = load_config(variant, overrides=dict(n_layer=1, n_head=1, n_embd=4, block_size=8, vocab_size=2,
-                                              output_bias=True, tie_weights=False, **kw))
+    cfg = load_config(
+        variant,
+        overrides=dict(
+            n_layer=1, n_head=1, n_embd=4, block_size=8, vocab_size=2, output_bias=True, tie_weights=False, **kw
+        ),
+    )
     model = GPT(cfg.model, cfg.objective)
     with torch.no_grad():
         model.head.weight.zero_()
@@ -86,8 +90,12 @@ def test_head_ensemble_loss_and_predictive(tiny_data, tmp_path):
     flat, yf = h.reshape(-1, h.shape[-1]), y.reshape(-1)
     # split training: position n trains member n mod 4 only
     loss, _ = model.head.loss(h, model.objective, y, None)
-    by_position = torch.stack([torch.nn.functional.cross_entropy(model.head.members[n % 4].logits(flat[n : n + 1])[0],
-                                                                 yf[n : n + 1]) for n in range(len(yf))])
+    by_position = torch.stack(
+        [
+            torch.nn.functional.cross_entropy(model.head.members[n % 4].logits(flat[n : n + 1])[0], yf[n : n + 1])
+            for n in range(len(yf))
+        ]
+    )
     assert loss.item() == pytest.approx(by_position.mean().item(), rel=1e-5)
     loss.backward()
     assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in model.head.members)
@@ -103,8 +111,10 @@ def test_head_ensemble_loss_and_predictive(tiny_data, tmp_path):
 
 
 def test_mc_dropout_is_the_mean_of_stochastic_passes(tiny_data, tmp_path):
-    cfg = load_config("baseline-dropout", overrides=tiny_overrides(tiny_data, tmp_path / "d", max_iters=5,
-                                                                   eval_iters=1, eval_interval=5))
+    cfg = load_config(
+        "baseline-dropout",
+        overrides=tiny_overrides(tiny_data, tmp_path / "d", max_iters=5, eval_iters=1, eval_interval=5),
+    )
     run = Run(tmp_path / "d", train(cfg).model.eval(), cfg)
     assert cfg.model.dropout == 0.1
     p = build_predictor([run], "mc_dropout", samples=6, seed=0)
@@ -126,7 +136,9 @@ def test_mc_dropout_is_the_mean_of_stochastic_passes(tiny_data, tmp_path):
 def _dense_ggn(h, p, bias):
     """sum_n (diag p_n - p_n p_n^T) (x) x_n x_n^T, the exact last-layer GGN, weights ordered (v, c)."""
     x = torch.cat([h, torch.ones(len(h), 1)], 1) if bias else h
-    return sum(torch.kron(torch.diag(pn) - torch.outer(pn, pn), torch.outer(xn, xn)) for xn, pn in zip(x.double(), p.double()))
+    return sum(
+        torch.kron(torch.diag(pn) - torch.outer(pn, pn), torch.outer(xn, xn)) for xn, pn in zip(x.double(), p.double())
+    )
 
 
 @pytest.mark.parametrize("kind", ["kfac", "diag"])
@@ -161,7 +173,9 @@ def test_laplace_statistics_and_logit_covariance_by_hand(tiny_data, tmp_path, ki
     J = torch.kron(torch.eye(3, dtype=torch.float64), x.double())
     cov = J @ torch.linalg.inv(precision) @ J.t()
     z = post.sampler(model)(x, 40_000, torch.Generator().manual_seed(0))[:, 0].double()
-    torch.testing.assert_close(z.mean(0), model.logits(x)[0].double(), atol=3 * cov.diagonal().max().sqrt() / 200, rtol=0)
+    torch.testing.assert_close(
+        z.mean(0), model.logits(x)[0].double(), atol=3 * cov.diagonal().max().sqrt() / 200, rtol=0
+    )
     torch.testing.assert_close(torch.cov(z.t()), cov, atol=0.03 * cov.diagonal().max(), rtol=0)
 
 

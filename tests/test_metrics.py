@@ -9,11 +9,12 @@ import torch
 
 from gptvariants import metrics as M
 
-
 # ----------------------------------------------------------------------------- perplexity
 
-@pytest.mark.parametrize("n_tokens,block,stride", [(2, 4, 4), (10, 4, 4), (11, 4, 2), (100, 16, 5),
-                                                   (17, 16, 1), (5, 8, 3), (33, 8, 8)])
+
+@pytest.mark.parametrize(
+    "n_tokens,block,stride", [(2, 4, 4), (10, 4, 4), (11, 4, 2), (100, 16, 5), (17, 16, 1), (5, 8, 3), (33, 8, 8)]
+)
 def test_sliding_windows_score_each_token_once_with_context(n_tokens, block, stride):
     windows = M.sliding_windows(n_tokens, block, stride)
     scored = []
@@ -56,6 +57,7 @@ def test_perplexity_summary_hand_values():
 
 # ------------------------------------------------------------------ per-token statistics
 
+
 def test_token_stats_three_class_hand_case():
     probs = torch.tensor([[0.7, 0.2, 0.1], [0.5, 0.0, 0.5], [0.2, 0.3, 0.5]])
     targets = torch.tensor([0, 1, 1])
@@ -95,6 +97,7 @@ def test_mc_stats_mutual_information():
 
 # ----------------------------------------------------------------------------- calibration
 
+
 def test_ece_perfectly_calibrated_is_near_zero():
     rng = np.random.default_rng(0)
     conf = rng.uniform(0.05, 1.0, 200_000)
@@ -108,8 +111,7 @@ def test_ece_overconfident_hand_value(scheme):
     conf = np.full(1000, 0.9)
     correct = np.arange(1000) < 600  # accuracy 0.6
     assert M.expected_calibration_error(conf, correct, scheme=scheme) == pytest.approx(0.3)
-    assert M.expected_calibration_error(torch.tensor(conf), torch.tensor(correct), scheme=scheme) \
-        == pytest.approx(0.3)
+    assert M.expected_calibration_error(torch.tensor(conf), torch.tensor(correct), scheme=scheme) == pytest.approx(0.3)
 
 
 def test_reliability_curve_two_bins_hand_case():
@@ -148,21 +150,20 @@ def test_kl_and_calibration_vs_truth():
     torch.testing.assert_close(c["confidence"], torch.tensor([0.75, 0.5]))
     torch.testing.assert_close(c["true_prob_of_pred"], torch.tensor([0.5, 0.5]))
     # bins of width 1/2: {0.5} and {0.75} -> 0.5*|0.5-0.5| + 0.5*|0.75-0.5|
-    assert M.true_probability_ece(c["confidence"], c["true_prob_of_pred"], n_bins=2) \
-        == pytest.approx(0.125)
+    assert M.true_probability_ece(c["confidence"], c["true_prob_of_pred"], n_bins=2) == pytest.approx(0.125)
 
 
 def test_plot_reliability_writes_png(tmp_path):
     rng = np.random.default_rng(1)
     conf = rng.uniform(0.2, 1.0, 500)
-    curves = {"calibrated": (conf, rng.random(500) < conf),
-              "overconfident": (conf, rng.random(500) < conf - 0.2)}
+    curves = {"calibrated": (conf, rng.random(500) < conf), "overconfident": (conf, rng.random(500) < conf - 0.2)}
     path = M.plot_reliability(curves, tmp_path / "sub" / "rel.png", title="test")
     data = path.read_bytes()
     assert len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ---------------------------------------------------------------------------------- AUROC
+
 
 def _auroc_pairs(scores, labels):
     pos = [s for s, y in zip(scores, labels) if y]
@@ -190,13 +191,10 @@ def test_auroc_separation_and_degenerate():
 
 # ---------------------------------------------------------------------- multi-label sets
 
+
 def test_set_counts_and_prf_hand_case():
-    probs = torch.tensor([[0.9, 0.6, 0.1, 0.0],
-                          [0.2, 0.2, 0.2, 0.2],
-                          [0.7, 0.1, 0.8, 0.5]])
-    refs = torch.tensor([[0, 2, -1],
-                         [3, -1, -1],
-                         [2, 3, 3]])  # duplicate 3 counts once
+    probs = torch.tensor([[0.9, 0.6, 0.1, 0.0], [0.2, 0.2, 0.2, 0.2], [0.7, 0.1, 0.8, 0.5]])
+    refs = torch.tensor([[0, 2, -1], [3, -1, -1], [2, 3, 3]])  # duplicate 3 counts once
     tp, n_pred, n_ref = M.set_counts(probs, refs, tau=0.5)
     assert tp.tolist() == [1, 0, 2] and n_pred.tolist() == [2, 0, 3] and n_ref.tolist() == [2, 1, 2]
     tp_b, n_pred_b, _ = M.set_counts(probs >= 0.5, refs)
@@ -226,6 +224,7 @@ def test_set_curve_matches_set_counts():
 
 # ------------------------------------------------------------------------------ diversity
 
+
 def test_self_bleu_identical_and_disjoint():
     text = "the cat sat on the mat and looked out of the window at the rain"
     assert M.self_bleu([text] * 3) == pytest.approx(100.0)
@@ -244,8 +243,7 @@ def test_self_bleu_equals_sacrebleu_sentence_bleu_average():
     vocab = ["the", "cat", "sat", "on", "mat", "dog", "ran", ",", "it's", "(a)", "rain."]
     texts = [" ".join(rng.choice(vocab, size=rng.integers(1, 25))) for _ in range(12)]
     texts += [texts[0], "", texts[3] + " extra words here"]  # duplicates, empty, near-copy
-    expected = np.mean([sacrebleu.sentence_bleu(h, texts[:i] + texts[i + 1:]).score
-                        for i, h in enumerate(texts)])
+    expected = np.mean([sacrebleu.sentence_bleu(h, texts[:i] + texts[i + 1 :]).score for i, h in enumerate(texts)])
     assert M.self_bleu(texts) == pytest.approx(expected, rel=1e-9)
 
 

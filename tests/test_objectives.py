@@ -171,8 +171,9 @@ def test_repeated_ids_in_an_external_set_count_once():
         assert row[0] == first and sorted(v for v in row if v >= 0) == want
     z = torch.randn(2, V, dtype=torch.float64)
     deduped = torch.tensor([[5, -1, -1, -1], [2, 7, -1, -1]])
-    torch.testing.assert_close(SigmoidBCE().loss_and_grad(z.clone(), y, sets, True)[0],
-                               ref_bce(1.0, 0.0)(z, y, deduped))
+    torch.testing.assert_close(
+        SigmoidBCE().loss_and_grad(z.clone(), y, sets, True)[0], ref_bce(1.0, 0.0)(z, y, deduped)
+    )
 
 
 def test_bayesian_kl_keeps_float64():
@@ -194,7 +195,9 @@ def test_sampled_set_readout_inverts_membership():
         torch.testing.assert_close(lp.double(), p.log(), rtol=1e-4, atol=1e-4)
     # m = 1 is the study's normalised sigmoid
     z = torch.randn(3, 10)
-    torch.testing.assert_close(SigmoidBCE(set_draws=1).log_probs(z), torch.log(torch.sigmoid(z) / torch.sigmoid(z).sum(-1, keepdim=True)))
+    torch.testing.assert_close(
+        SigmoidBCE(set_draws=1).log_probs(z), torch.log(torch.sigmoid(z) / torch.sigmoid(z).sum(-1, keepdim=True))
+    )
     # extreme logits stay finite (saturated members, vanishing non-members)
     assert torch.isfinite(SigmoidBCE(set_draws=8).log_probs(torch.tensor([[40.0, -40.0, 0.0, -200.0]]))).all()
     with pytest.raises(ValueError, match="set_draws"):
@@ -252,7 +255,11 @@ def test_bayesian_draw_matches_autograd_composition(prior_mu):
             w, b = head.weights(sample=True)
             kl = head.kl()
         ((w * gw_out).sum() + (b * gb_out).sum() + 3.0 * kl).backward()
-        return w.detach(), kl.detach(), [p.grad.clone() for p in (head.weight_mu, head.weight_rho, head.bias_mu, head.bias_rho)]
+        return (
+            w.detach(),
+            kl.detach(),
+            [p.grad.clone() for p in (head.weight_mu, head.weight_rho, head.bias_mu, head.bias_rho)],
+        )
 
     w1, kl1, g1 = run(True)
     w2, kl2, g2 = run(False)

@@ -1,8 +1,8 @@
 """Incremental decoding (Tokenizer.pieces): each token's share of the text, in constant time per token."""
 
 import pytest
-
 from conftest import SHARED_DATA
+
 from gptvariants.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, WordTokenizer
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\n héllo wörld — ✓ 日本語 <|endoftext|> end\n"

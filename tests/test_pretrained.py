@@ -14,13 +14,13 @@ transformers = pytest.importorskip("transformers")
 V, N_POS = 100, 64
 
 
-
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     """A small randomly initialised GPT2LMHeadModel saved the way from_pretrained reads it."""
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=N_POS, vocab_size=V, bos_token_id=0,
-                                  eos_token_id=0)
+    cfg = transformers.GPT2Config(
+        n_layer=2, n_head=2, n_embd=32, n_positions=N_POS, vocab_size=V, bos_token_id=0, eos_token_id=0
+    )
     model = transformers.GPT2LMHeadModel(cfg)
     with torch.no_grad():  # move the LayerNorms off their (1, 0) init so a swapped weight/bias would show
         for name, p in model.named_parameters():
@@ -88,13 +88,36 @@ def test_offline_name_without_cache_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def test_hf_shape_reads_every_shape_key(hf_dir, tmp_path):
-    assert hf_shape(str(hf_dir)) == {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": N_POS, "vocab_size": V,
-                                     "bias": True, "tie_weights": True, "gelu": "tanh"}
-    cfg = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=8, vocab_size=50,
-                                  activation_function="gelu", tie_word_embeddings=False)
+    assert hf_shape(str(hf_dir)) == {
+        "n_layer": 2,
+        "n_head": 2,
+        "n_embd": 32,
+        "block_size": N_POS,
+        "vocab_size": V,
+        "bias": True,
+        "tie_weights": True,
+        "gelu": "tanh",
+    }
+    cfg = transformers.GPT2Config(
+        n_layer=1,
+        n_head=2,
+        n_embd=16,
+        n_positions=8,
+        vocab_size=50,
+        activation_function="gelu",
+        tie_word_embeddings=False,
+    )
     transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
-    assert hf_shape(str(tmp_path)) == {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8, "vocab_size": 50,
-                                       "bias": True, "tie_weights": False, "gelu": "exact"}
+    assert hf_shape(str(tmp_path)) == {
+        "n_layer": 1,
+        "n_head": 2,
+        "n_embd": 16,
+        "block_size": 8,
+        "vocab_size": 50,
+        "bias": True,
+        "tie_weights": False,
+        "gelu": "exact",
+    }
     # the shape is all a model needs to take the weights
     model = ours("baseline", **{k: v for k, v in hf_shape(str(tmp_path)).items()})
     load_gpt2_weights(model, str(tmp_path))

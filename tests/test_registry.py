@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-
 from conftest import tiny_overrides
+
 from gptvariants import evaluate as E
 from gptvariants.api import load
 from gptvariants.config import ConfigError, load_config
@@ -44,7 +44,7 @@ class Brier(Objective):
 
     def loss(self, z, y, sets):
         p = torch.softmax(z, dim=-1)
-        return (p.square().sum(-1) - 2 * p.gather(1, y.clamp(min=0)[:, None]).squeeze(1) + 1)
+        return p.square().sum(-1) - 2 * p.gather(1, y.clamp(min=0)[:, None]).squeeze(1) + 1
 
 
 @pytest.fixture
@@ -56,14 +56,19 @@ def toy(monkeypatch):
 
 def test_toy_head_and_objective_train_evaluate_and_generate(toy, tiny_data, tmp_path):
     run = tmp_path / "toy"
-    cfg = load_config("toy", overrides=tiny_overrides(tiny_data, run, max_iters=30, eval_interval=30,
-                                                      learning_rate=1e-2, tie_weights=False))
+    cfg = load_config(
+        "toy",
+        overrides=tiny_overrides(tiny_data, run, max_iters=30, eval_interval=30, learning_rate=1e-2, tie_weights=False),
+    )
     result = train(cfg)
     model = result.model
     assert isinstance(model.head, ScaledHead) and isinstance(model.objective, Brier)
     assert model.head.log_scale.item() != 0.0  # the autograd gradient reached the head's own parameter
-    evals = [r for r in map(__import__("json").loads, (run / "metrics.jsonl").read_text().splitlines())
-             if r["kind"] == "eval"]
+    evals = [
+        r
+        for r in map(__import__("json").loads, (run / "metrics.jsonl").read_text().splitlines())
+        if r["kind"] == "eval"
+    ]
     assert evals[-1]["val_ce"] < evals[0]["val_ce"] - 0.2  # the predictive distribution improved
     assert 0 < evals[-1]["val_objective"] < 2  # the Brier score, on its own scale
     r = E.evaluate(run, tiny_data, out=tmp_path / "eval.json", num_samples=2, max_new_tokens=4)

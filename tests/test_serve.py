@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
+from conftest import tiny_overrides  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import tiny_overrides  # noqa: E402
 from gptvariants.cli import main  # noqa: E402
 from gptvariants.config import load_config  # noqa: E402
 from gptvariants.decoder import Decoder  # noqa: E402
@@ -171,8 +171,10 @@ def test_score_returns_the_library_scores(client, runs, words, variant):
 def test_generate_streams_the_library_tokens(client, runs, words):
     prompt = " ".join(words.split()[:3])
     opts = {"max_new_tokens": 6, "temperature": 0.7, "top_k": 10, "seed": 5, "stop_at_eot": False}
-    r = client.post("/api/generate", json={"run": "bayes", "prompt": prompt, "bayes_mode": "step", "mc_samples": 3,
-                                           "top_n": 3, **opts})
+    r = client.post(
+        "/api/generate",
+        json={"run": "bayes", "prompt": prompt, "bayes_mode": "step", "mc_samples": 3, "top_n": 3, **opts},
+    )
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     events = sse(r)
     kinds = [e for e, _ in events]
@@ -189,12 +191,27 @@ def test_generate_streams_the_library_tokens(client, runs, words):
 
 def test_generate_honours_stop_strings(client, words):
     prompt = words.split()[0]
-    full = sse(client.post("/api/generate", json={"run": "baseline", "prompt": prompt, "max_new_tokens": 12, "seed": 1,
-                                                  "stop_at_eot": False}))
+    full = sse(
+        client.post(
+            "/api/generate",
+            json={"run": "baseline", "prompt": prompt, "max_new_tokens": 12, "seed": 1, "stop_at_eot": False},
+        )
+    )
     text = "".join(d["text"] for e, d in full if e == "token")
     stop = text.split()[3]
-    cut = sse(client.post("/api/generate", json={"run": "baseline", "prompt": prompt, "max_new_tokens": 12, "seed": 1,
-                                                 "stop_at_eot": False, "stop": [stop]}))
+    cut = sse(
+        client.post(
+            "/api/generate",
+            json={
+                "run": "baseline",
+                "prompt": prompt,
+                "max_new_tokens": 12,
+                "seed": 1,
+                "stop_at_eot": False,
+                "stop": [stop],
+            },
+        )
+    )
     got = "".join(d["text"] for e, d in cut if e == "token")
     assert stop not in got and text.startswith(got) and cut[-1][1]["finish_reason"] == "stop"
 
@@ -210,8 +227,12 @@ BAD = [
     ("/api/generate", {"run": "baseline", "prompt": "ab", "repetition_penalty": 0}, 422, "repetition_penalty"),
     ("/api/generate", {"run": "baseline", "prompt": "ab", "tau": 2}, 422, "tau"),
     ("/api/generate", {"run": "baseline", "prompt": "ab", "temprature": 1}, 422, "temprature: Extra inputs"),
-    ("/api/generate", {"run": "baseline", "prompt": "ab", "unknown": "skip", "bayes_mode": "step"}, 400,
-     "needs a Bayesian head"),
+    (
+        "/api/generate",
+        {"run": "baseline", "prompt": "ab", "unknown": "skip", "bayes_mode": "step"},
+        400,
+        "needs a Bayesian head",
+    ),
     ("/api/generate", {"run": "baseline", "prompt": "qqqzzz"}, 400, "not in the word vocabulary"),
     ("/api/generate", {"run": "baseline", "prompt": 5}, 422, "prompt"),
     ("/api/score", {"run": "sig", "text": ""}, 422, "text"),
@@ -298,10 +319,22 @@ def test_no_file_outside_the_runs_report_and_assets(experiment, runs, tmp_path):
         report = Report.scan(experiment)
         assert "leak.md" not in report.files
         with TestClient(create_app(runs[0], report)) as c:
-            for url in ["/report/leak.md", "/report/../runs/sig/config.json", "/report/..%2fruns%2fsig%2fconfig.json",
-                        "/report/%2e%2e/%2e%2e/etc/passwd", "/report/%2Fetc%2Fpasswd", "/report//etc/passwd",
-                        "/static/../../api.py", "/static/%2e%2e%2fapp.py", "/static/app.py", "/static/%2Fetc%2Fpasswd",
-                        "/etc/passwd", "/runs/sig/config.json", f"/report/{secret}", "/static/..%5c..%5capp.py"]:
+            for url in [
+                "/report/leak.md",
+                "/report/../runs/sig/config.json",
+                "/report/..%2fruns%2fsig%2fconfig.json",
+                "/report/%2e%2e/%2e%2e/etc/passwd",
+                "/report/%2Fetc%2Fpasswd",
+                "/report//etc/passwd",
+                "/static/../../api.py",
+                "/static/%2e%2e%2fapp.py",
+                "/static/app.py",
+                "/static/%2Fetc%2Fpasswd",
+                "/etc/passwd",
+                "/runs/sig/config.json",
+                f"/report/{secret}",
+                "/static/..%5c..%5capp.py",
+            ]:
                 r = c.get(url)
                 assert r.status_code == 404 and "secret" not in r.text and "root:" not in r.text, url
     finally:
@@ -394,12 +427,38 @@ def test_concurrent_generations_share_a_batch_and_give_the_library_tokens(runs, 
 
     monkeypatch.setattr(Decoder, "step", counted)
     w = words.split()
-    options = [{"greedy": True}, {"temperature": 0.7, "top_k": 5}, {"temperature": 1.2, "top_p": 0.8},
-               {"repetition_penalty": 1.5, "temperature": 0.9}, {"sig_mode": "set", "tau": 0.2}, {"temperature": 2.0}]
-    bodies = [{"run": run, "prompt": " ".join(w[: k + 1]), "max_new_tokens": 40 + 3 * k, "seed": k, "top_n": 3,
-               "stop_at_eot": False, **o} for run in ("sig", "bayes") for k, o in enumerate(options)]
-    bodies.append({"run": "bayes", "prompt": w[0], "max_new_tokens": 30, "bayes_mode": "step", "mc_samples": 3,
-                   "seed": 9, "stop_at_eot": False})
+    options = [
+        {"greedy": True},
+        {"temperature": 0.7, "top_k": 5},
+        {"temperature": 1.2, "top_p": 0.8},
+        {"repetition_penalty": 1.5, "temperature": 0.9},
+        {"sig_mode": "set", "tau": 0.2},
+        {"temperature": 2.0},
+    ]
+    bodies = [
+        {
+            "run": run,
+            "prompt": " ".join(w[: k + 1]),
+            "max_new_tokens": 40 + 3 * k,
+            "seed": k,
+            "top_n": 3,
+            "stop_at_eot": False,
+            **o,
+        }
+        for run in ("sig", "bayes")
+        for k, o in enumerate(options)
+    ]
+    bodies.append(
+        {
+            "run": "bayes",
+            "prompt": w[0],
+            "max_new_tokens": 30,
+            "bayes_mode": "step",
+            "mc_samples": 3,
+            "seed": 9,
+            "stop_at_eot": False,
+        }
+    )
     responses = _concurrently(create_app(loaded, report, workers=2), bodies)
     for body, r in zip(bodies, responses):
         events = sse(r)
@@ -489,9 +548,12 @@ def server(chromium, experiment, tmp_path_factory):
     for v in ("baseline", "bayes"):
         shutil.copytree(experiment / "runs" / v, root / "runs" / v)
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gptvariants.cli", "serve", str(root), "--port", str(port),
-                             "--device", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptvariants.cli", "serve", str(root), "--port", str(port), "--device", "cpu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:

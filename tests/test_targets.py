@@ -11,11 +11,28 @@ import torch
 
 from gptvariants.config import load_config
 from gptvariants.data import TokenDataset, prepare
-from gptvariants.targets import NgramTeacher, build_online_teacher, build_targets, load_teacher, register_cli, sample_set
+from gptvariants.targets import (
+    NgramTeacher,
+    build_online_teacher,
+    build_targets,
+    load_teacher,
+    register_cli,
+    sample_set,
+)
 from gptvariants.train import train
 
 SENTINEL = np.iinfo(np.uint16).max
-TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=4, eval_iters=1, progress="lines", tensorboard=False, device="cpu")
+TINY = dict(
+    n_layer=1,
+    n_head=2,
+    n_embd=32,
+    block_size=32,
+    batch_size=4,
+    eval_iters=1,
+    progress="lines",
+    tensorboard=False,
+    device="cpu",
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +45,12 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run_dir(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "r"
-    train(load_config("baseline", overrides={**TINY, "data": str(data_dir), "out_dir": str(out), "max_iters": 5, "eval_interval": 5}))
+    train(
+        load_config(
+            "baseline",
+            overrides={**TINY, "data": str(data_dir), "out_dir": str(out), "max_iters": 5, "eval_interval": 5},
+        )
+    )
     return out
 
 
@@ -74,7 +96,19 @@ def test_default_folder_and_training_with_cached_sets(data_dir, tmp_path):
     meta = build_targets(data_dir, "ngram:2", k=4, ratio=0.5, progress=False)
     assert Path(meta["dir"]) == data_dir / "targets" / "ngram_2"
     assert 0.45 < meta["splits"]["train"]["teacher_rows_fraction"] < 0.55
-    r = train(load_config("sig", overrides={**TINY, "data": str(data_dir), "out_dir": str(tmp_path / "run"), "max_iters": 3, "eval_interval": 3, "targets": "ngram_2"}))
+    r = train(
+        load_config(
+            "sig",
+            overrides={
+                **TINY,
+                "data": str(data_dir),
+                "out_dir": str(tmp_path / "run"),
+                "max_iters": 3,
+                "eval_interval": 3,
+                "targets": "ngram_2",
+            },
+        )
+    )
     assert np.isfinite(r.last_eval["val_ce"])
 
 
@@ -110,7 +144,9 @@ def test_stored_probs_are_the_teachers(data_dir, tmp_path):
     tokens = np.asarray(ds.split("val"))
     i = np.arange(100, 200)
     dense = teacher.dense(tokens[i, None].astype(np.int64), np.ones(len(i), np.int64))
-    np.testing.assert_allclose(probs[i].astype(np.float32), np.take_along_axis(dense, sets[i].astype(np.int64), 1), rtol=2e-3)
+    np.testing.assert_allclose(
+        probs[i].astype(np.float32), np.take_along_axis(dense, sets[i].astype(np.int64), 1), rtol=2e-3
+    )
 
 
 def test_ngram_is_deterministic_and_normalised(data_dir, tmp_path):
@@ -126,7 +162,7 @@ def test_ngram_is_deterministic_and_normalised(data_dir, tmp_path):
     # streaming computes each distinct context once and expands: the same rows as dense
     streamed = torch.cat([q for _, q in t.stream_probs(val, 0, 500)]).numpy()
     np.testing.assert_array_equal(streamed, p)
-    (_, distinct, inverse), = t.stream_unique(val, 0, 500)
+    ((_, distinct, inverse),) = t.stream_unique(val, 0, 500)
     assert len(distinct) < 400 and inverse.shape == (500,)
     np.testing.assert_allclose(t.prob_of(hist, avail, val[1:501]), p[np.arange(500), val[1:501]], rtol=1e-5)
     # an unseen context falls back to the lower order; seen bigrams get more mass than unseen ones
@@ -173,7 +209,7 @@ def test_sampled_sets_train_with_their_readout(data_dir, tmp_path):
     meta = build_targets(data_dir, "oracle", tmp_path / "t", k=6, select="sample", chunk_size=4096, progress=False)
     check_sets(data_dir, tmp_path / "t", 6)
     assert meta["rules"]["select"] == "sample" and 1.0 < meta["mean_set_size"] < 6
-    again = build_targets(data_dir, "oracle", tmp_path / "t2", k=6, select="sample", chunk_size=4096, progress=False)
+    build_targets(data_dir, "oracle", tmp_path / "t2", k=6, select="sample", chunk_size=4096, progress=False)
     assert (tmp_path / "t" / "train.bin").read_bytes() == (tmp_path / "t2" / "train.bin").read_bytes()
     # the oracle's sampled sets: the true token plus draws from the exact distribution
     ds = TokenDataset(data_dir)
@@ -234,16 +270,20 @@ def test_perplexity_filter(data_dir, tmp_path):
 def test_bad_inputs(data_dir, run_dir, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=re.escape("k: expected an integer in [1, 65], got 66 (the vocabulary size")):
         build_targets(data_dir, "ngram:2", tmp_path / "t", k=66, progress=False)
-    for option, value, message in [("ratio", float("nan"), "ratio: expected a number in [0, 1], got nan"),
-                                   ("ppl_filter", float("nan"), "ppl_filter: expected a finite number > 1"),
-                                   ("batch_size", -1, "batch_size: expected an integer >= 0, got -1"),
-                                   ("top_p", 0.0, "top_p: expected a number in (0, 1], got 0.0"),
-                                   ("k", 2.5, "k: expected an integer in [1, 65], got 2.5")]:
+    for option, value, message in [
+        ("ratio", float("nan"), "ratio: expected a number in [0, 1], got nan"),
+        ("ppl_filter", float("nan"), "ppl_filter: expected a finite number > 1"),
+        ("batch_size", -1, "batch_size: expected an integer >= 0, got -1"),
+        ("top_p", 0.0, "top_p: expected a number in (0, 1], got 0.0"),
+        ("k", 2.5, "k: expected an integer in [1, 65], got 2.5"),
+    ]:
         with pytest.raises(ValueError, match=re.escape(message)):
             build_targets(data_dir, "ngram:2", tmp_path / "t", **{"k": 4, option: value}, progress=False)
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    GPT2LMHeadModel(GPT2Config(vocab_size=70, n_layer=1, n_head=2, n_embd=32, n_positions=64)).save_pretrained(tmp_path / "wide")
+    GPT2LMHeadModel(GPT2Config(vocab_size=70, n_layer=1, n_head=2, n_embd=32, n_positions=64)).save_pretrained(
+        tmp_path / "wide"
+    )
     with pytest.raises(ValueError, match="70 tokens, the data 65"):
         build_targets(data_dir, f"hf:{tmp_path / 'wide'}", tmp_path / "t", k=4, progress=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -266,7 +306,18 @@ def test_bad_inputs(data_dir, run_dir, tmp_path, monkeypatch):
     build_targets(twin, "ngram:2", twin / "targets" / "x", k=4, progress=False)
     shutil.copytree(twin / "targets" / "x", data_dir / "targets" / "foreign")
     with pytest.raises(ValueError, match="hash mismatch"):
-        train(load_config("sig", overrides={**TINY, "data": str(data_dir), "out_dir": str(tmp_path / "r"), "max_iters": 1, "targets": "foreign"}))
+        train(
+            load_config(
+                "sig",
+                overrides={
+                    **TINY,
+                    "data": str(data_dir),
+                    "out_dir": str(tmp_path / "r"),
+                    "max_iters": 1,
+                    "targets": "foreign",
+                },
+            )
+        )
 
 
 def test_online_teacher_is_aligned_with_y(data_dir, run_dir):
@@ -305,7 +356,12 @@ def test_online_teacher_is_aligned_with_y(data_dir, run_dir):
 def test_top_from_hidden_equals_topk_of_the_probabilities(data_dir, run_dir, hf_dir, tmp_path):
     ds = TokenDataset(data_dir)
     sig_run = tmp_path / "sig"
-    train(load_config("sig", overrides={**TINY, "data": str(data_dir), "out_dir": str(sig_run), "max_iters": 2, "eval_interval": 2}))
+    train(
+        load_config(
+            "sig",
+            overrides={**TINY, "data": str(data_dir), "out_dir": str(sig_run), "max_iters": 2, "eval_interval": 2},
+        )
+    )
     x = torch.from_numpy(np.asarray(ds.split("val")[:64], dtype=np.int64)).view(2, 32)
     for spec in (f"ckpt:{run_dir}", f"ckpt:{sig_run}", f"hf:{hf_dir}"):
         with warnings.catch_warnings():
@@ -323,8 +379,14 @@ def test_top_from_hidden_equals_topk_of_the_probabilities(data_dir, run_dir, hf_
 def test_training_with_an_online_teacher(data_dir, tmp_path):
     base = {**TINY, "data": str(data_dir), "max_iters": 3, "eval_interval": 3, "log_interval": 1}
     plain = train(load_config("sig", overrides={**base, "out_dir": str(tmp_path / "plain")}))
-    taught = train(load_config("sig", overrides={**base, "out_dir": str(tmp_path / "taught"), "teacher": "ngram:2?k=5"}))
-    loss = lambda r: [json.loads(l)["loss"] for l in (r.run_dir / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    taught = train(
+        load_config("sig", overrides={**base, "out_dir": str(tmp_path / "taught"), "teacher": "ngram:2?k=5"})
+    )
+
+    def loss(r):
+        lines = (r.run_dir / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["loss"] for line in lines if '"train"' in line]
+
     # same init and batches: the extra positives raise the step-1 BCE (more terms of -log s(z) ~ log V)
     assert all(np.isfinite(loss(taught))) and loss(taught)[0] > loss(plain)[0] + 1.0
     assert taught.last_eval["val_objective"] > plain.last_eval["val_objective"]
@@ -334,8 +396,23 @@ def test_cli(data_dir, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     register_cli(parser.add_subparsers())
     out = data_dir / "targets" / "cli" / "c"
-    args = parser.parse_args(["targets", "--data", str(data_dir), "--teacher", "ngram:2", "--out", str(out), "--k", "3",
-                              "--ratio", "0.5", "--device", "cpu"])
+    args = parser.parse_args(
+        [
+            "targets",
+            "--data",
+            str(data_dir),
+            "--teacher",
+            "ngram:2",
+            "--out",
+            str(out),
+            "--k",
+            "3",
+            "--ratio",
+            "0.5",
+            "--device",
+            "cpu",
+        ]
+    )
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert str(out) in printed and "mean set size" in printed and "tokens/s" in printed
@@ -349,14 +426,16 @@ def test_cli_refuses_bad_values_and_an_out_folder_training_cannot_find(data_dir,
     from gptvariants.cli import main
 
     base = ["targets", "--data", str(data_dir), "--teacher", "ngram:2", "--device", "cpu"]
-    for option, value, message in [("--batch-size", "-1", "expected an integer >= 0, got '-1'"),
-                                   ("--k", "0", "expected an integer >= 1, got '0'"),
-                                   ("--ratio", "nan", "expected a number in [0, 1], got 'nan'"),
-                                   ("--top-p", "0", "expected a number in (0, 1], got '0'"),
-                                   ("--ppl-filter", "1", "expected a finite number > 1, got '1'"),
-                                   ("--ppl-window", "1", "expected an integer >= 2, got '1'"),
-                                   ("--seed", "-1", "expected an integer >= 0, got '-1'"),
-                                   ("--context", "2.5", "expected an integer >= 1, got '2.5'")]:
+    for option, value, message in [
+        ("--batch-size", "-1", "expected an integer >= 0, got '-1'"),
+        ("--k", "0", "expected an integer >= 1, got '0'"),
+        ("--ratio", "nan", "expected a number in [0, 1], got 'nan'"),
+        ("--top-p", "0", "expected a number in (0, 1], got '0'"),
+        ("--ppl-filter", "1", "expected a finite number > 1, got '1'"),
+        ("--ppl-window", "1", "expected an integer >= 2, got '1'"),
+        ("--seed", "-1", "expected an integer >= 0, got '-1'"),
+        ("--context", "2.5", "expected an integer >= 1, got '2.5'"),
+    ]:
         assert main([*base, option, value]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"gptv targets: error: argument {option}: {message}" in err, err
@@ -369,8 +448,17 @@ def test_cli_refuses_bad_values_and_an_out_folder_training_cannot_find(data_dir,
 def test_a_large_k_is_warned_about(data_dir, capsys):
     from gptvariants.cli import main
 
-    base = ["targets", "--data", str(data_dir), "--teacher", "ngram:1", "--device", "cpu", "--out",
-            str(data_dir / "targets" / "warn")]
+    base = [
+        "targets",
+        "--data",
+        str(data_dir),
+        "--teacher",
+        "ngram:1",
+        "--device",
+        "cpu",
+        "--out",
+        str(data_dir / "targets" / "warn"),
+    ]
     assert main([*base, "--k", "40"]) == 0
     err = capsys.readouterr().err
     warned = [line for line in err.splitlines() if "warning" in line]
@@ -409,7 +497,10 @@ def test_written_sets_follow_the_umask(data_dir, tmp_path):
 
 def test_online_teacher_options_are_checked_before_loading(data_dir):
     ds = TokenDataset(data_dir)
-    for spec, message in [("ngram:2?k=0", "teacher option k in 'ngram:2?k=0': expected an integer >= 1"),
-                          ("ngram:2?top_p=nan", "teacher option top_p"), ("ngram:2?ratio=2", "teacher option ratio")]:
+    for spec, message in [
+        ("ngram:2?k=0", "teacher option k in 'ngram:2?k=0': expected an integer >= 1"),
+        ("ngram:2?top_p=nan", "teacher option top_p"),
+        ("ngram:2?ratio=2", "teacher option ratio"),
+    ]:
         with pytest.raises(ValueError, match=re.escape(message)):
             build_online_teacher(spec, ds, torch.device("cpu"))

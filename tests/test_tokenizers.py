@@ -86,6 +86,7 @@ def test_gpt2_works_or_fails_clearly():
 
 # ---------------------------------------------------------------- Hugging Face form (gptv export)
 
+
 def _hf_round_trip(tok, texts, id_seqs=()):
     """The `tokenizers` form of `tok` gives the same ids for each text and the same text for each id sequence."""
     hf = tok.to_hf()

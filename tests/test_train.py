@@ -84,11 +84,12 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_data, tmp_path):
     assert ref.keys() == resumed.keys()
     for k in ref:
         assert torch.equal(ref[k], resumed[k]), k
+
     # the same loss curve, once per step (records past the checkpoint were rewritten, not duplicated)
-    curve = lambda r: [
-        (x["step"], x.get("loss"), x.get("val_ce"))
-        for x in map(json.loads, (r / "metrics.jsonl").read_text().splitlines())
-    ]
+    def curve(r):
+        records = map(json.loads, (r / "metrics.jsonl").read_text().splitlines())
+        return [(x["step"], x.get("loss"), x.get("val_ce")) for x in records]
+
     assert curve(run) == curve(tmp_path / "ref")
 
 

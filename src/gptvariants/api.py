@@ -30,7 +30,6 @@ from .methods import Run, build_predictor, get_method, load_runs
 from .predictive import Draws, Predictor, score_windows
 from .tokenizers import load_tokenizer
 
-
 SCORE_BATCH = 16  # windows per forward pass of score(): one window at a time costs ~1.3x one batched pass
 
 
@@ -88,8 +87,9 @@ class TokenStream:
     records of the tokens decoded since the last call. A stop string ends the row; the token that
     completes it is not given."""
 
-    def __init__(self, lm: LanguageModel, ids: list[int], stop: list[str], options: dict[str, Any],
-                 key: DecoderKey) -> None:
+    def __init__(
+        self, lm: LanguageModel, ids: list[int], stop: list[str], options: dict[str, Any], key: DecoderKey
+    ) -> None:
         self.lm, self.stop, self.key = lm, stop, key
         self.longest = max(map(len, stop), default=0)
         self.pieces = lm.tokenizer.pieces(ids)
@@ -118,8 +118,13 @@ def _device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def load(run_dir: str | Path | Sequence[str | Path], device: str | torch.device = "cpu", *, method: str = "default",
-         temperature: bool = True) -> LanguageModel:
+def load(
+    run_dir: str | Path | Sequence[str | Path],
+    device: str | torch.device = "cpu",
+    *,
+    method: str = "default",
+    temperature: bool = True,
+) -> LanguageModel:
     """A run folder's current checkpoint and tokenizer as a ``LanguageModel`` (CheckpointError
     when the checkpoint is missing or half-written). ``device='auto'`` picks CUDA when present.
 
@@ -130,8 +135,9 @@ def load(run_dir: str | Path | Sequence[str | Path], device: str | torch.device 
     runs = load_runs(run_dir, _device(device))
     get_method(method).check(runs)
     first = runs[0]
-    return LanguageModel(first.model, first.config, load_tokenizer(first.dir), runs=runs, method=method,
-                         temperature=temperature)
+    return LanguageModel(
+        first.model, first.config, load_tokenizer(first.dir), runs=runs, method=method, temperature=temperature
+    )
 
 
 class LanguageModel:
@@ -142,8 +148,16 @@ class LanguageModel:
     under ``method``, with their fitted temperatures unless ``temperature`` is False.
     """
 
-    def __init__(self, model, config, tokenizer, *, runs: Sequence[Run] | None = None, method: str = "default",
-                 temperature: bool = True) -> None:
+    def __init__(
+        self,
+        model,
+        config,
+        tokenizer,
+        *,
+        runs: Sequence[Run] | None = None,
+        method: str = "default",
+        temperature: bool = True,
+    ) -> None:
         self.model, self.config, self.tokenizer = model.eval(), config, tokenizer
         self.runs = list(runs) if runs is not None else [Run(Path("."), self.model, config)]
         self.method, self.temperature = method, temperature
@@ -162,7 +176,10 @@ class LanguageModel:
         ids = self.tokenizer.encode(prompt, unknown=unknown) or [self.start_token]
         block = self.model.config.block_size
         if len(ids) > block:
-            warnings.warn(f"prompt of {len(ids)} tokens is longer than block_size {block}: keeping its last {block} tokens", stacklevel=3)
+            warnings.warn(
+                f"prompt of {len(ids)} tokens is longer than block_size {block}: keeping its last {block} tokens",
+                stacklevel=3,
+            )
             ids = ids[-block:]
         return ids
 
@@ -178,7 +195,9 @@ class LanguageModel:
         out = self.generate_details(prompt, max_new_tokens, **kwargs)
         return out.text if isinstance(out, Completion) else [c.text for c in out]
 
-    def _stops(self, stop: str | Sequence[str], stop_at_eot: bool, stop_tokens: Sequence[int]) -> tuple[list[str], list[int]]:
+    def _stops(
+        self, stop: str | Sequence[str], stop_at_eot: bool, stop_tokens: Sequence[int]
+    ) -> tuple[list[str], list[int]]:
         strings = [stop] if isinstance(stop, str) else list(stop)
         if not all(isinstance(x, str) for x in strings):
             raise TypeError(f"stop must be a string or a list of strings, got {stop!r}")
@@ -211,8 +230,13 @@ class LanguageModel:
 
         source, sampling = self._source(sampling)
         gens = generate(
-            source, ids, max_new_tokens, stop_tokens=stops, stop_fn=hit_stop_string if stop else None,
-            return_details=True, **sampling,
+            source,
+            ids,
+            max_new_tokens,
+            stop_tokens=stops,
+            stop_fn=hit_stop_string if stop else None,
+            return_details=True,
+            **sampling,
         )
         out = [self._completion(p, i, g, stop) for p, i, g in zip(prompts, ids, gens)]
         return out[0] if single else out
@@ -228,10 +252,22 @@ class LanguageModel:
             decoder.step()
             yield from tokens.take()
 
-    def token_stream(self, prompt: str, max_new_tokens: int = 200, *, stop: str | Sequence[str] = (),
-                     stop_at_eot: bool = True, unknown: str = "error", stop_tokens: Sequence[int] = (),
-                     bayes_mode: str | None = None, mc_samples: int | None = None, use_cache: bool = True,
-                     slide: int | None = None, return_details: bool = True, **sampling: Any) -> TokenStream:
+    def token_stream(
+        self,
+        prompt: str,
+        max_new_tokens: int = 200,
+        *,
+        stop: str | Sequence[str] = (),
+        stop_at_eot: bool = True,
+        unknown: str = "error",
+        stop_tokens: Sequence[int] = (),
+        bayes_mode: str | None = None,
+        mc_samples: int | None = None,
+        use_cache: bool = True,
+        slide: int | None = None,
+        return_details: bool = True,
+        **sampling: Any,
+    ) -> TokenStream:
         """``stream``'s row before it is decoded (ValueError for a bad prompt or option), for a
         caller that decodes many in one batch (``gptv serve``): add ``.row`` to
         ``new_decoder(.key)``, which rows with equal keys can share. ``sampling``: the options of
@@ -245,8 +281,9 @@ class LanguageModel:
     def new_decoder(self, key: DecoderKey, seed: int | None = None) -> Decoder:
         """An empty running batch for rows of ``key`` (``decoder.Decoder``); ``seed`` seeds the
         predictive's own draws (MC dropout), rows have their own."""
-        return Decoder(self.decoding_predictor(key.bayes_mode, key.mc_samples, seed), use_cache=key.use_cache,
-                       slide=key.slide)
+        return Decoder(
+            self.decoding_predictor(key.bayes_mode, key.mc_samples, seed), use_cache=key.use_cache, slide=key.slide
+        )
 
     def token_text(self, token: int) -> str:
         """The text of one token alone (cached: alternatives and sets name the same tokens again and again)."""
@@ -259,8 +296,16 @@ class LanguageModel:
         decode = self.token_text
         top = None if g.top is None else [(decode(i), p) for i, p in g.top[k]]
         sets = None if g.sets is None else [decode(i) for i in g.sets[k]]
-        return TokenRecord(g.tokens[k], text, g.logprob[k], g.entropy[k], None if g.mi is None else g.mi[k],
-                           top, sets, None if g.draws is None else g.draws[k])
+        return TokenRecord(
+            g.tokens[k],
+            text,
+            g.logprob[k],
+            g.entropy[k],
+            None if g.mi is None else g.mi[k],
+            top,
+            sets,
+            None if g.draws is None else g.draws[k],
+        )
 
     def _completion(self, prompt: str, ids: list[int], g: Generation, stop: Sequence[str]) -> Completion:
         pieces = self.tokenizer.pieces(ids).all(g.tokens)
@@ -272,8 +317,9 @@ class LanguageModel:
             text, reason = text[:cut], "stop_string"
             while n and sum(map(len, pieces[:n])) > cut:
                 n -= 1
-        return Completion(prompt=prompt, text=text, tokens=[self._record(g, k, pieces[k]) for k in range(n)],
-                          finish_reason=reason)
+        return Completion(
+            prompt=prompt, text=text, tokens=[self._record(g, k, pieces[k]) for k in range(n)], finish_reason=reason
+        )
 
     def predictor(self, bayes_mode: str | None = None, mc_samples: int | None = None, seed: int | None = None):
         """The predictive distribution (``predictive.Predictor``) of the runs under this model's
@@ -283,8 +329,9 @@ class LanguageModel:
         samples = 0 if bayes_mode == "mean" else mc_samples
         return build_predictor(self.runs, self.method, samples=samples, seed=seed, temperature=self.temperature)
 
-    def decoding_predictor(self, bayes_mode: str | None = None, mc_samples: int | None = None,
-                           seed: int | None = None) -> Predictor:
+    def decoding_predictor(
+        self, bayes_mode: str | None = None, mc_samples: int | None = None, seed: int | None = None
+    ) -> Predictor:
         """The predictor that generation decodes from: ``predictor``, or for Bayesian 'sequence'
         mode one weight draw per row (one Bayesian run, default method)."""
         if bayes_mode == "sequence":
@@ -298,11 +345,14 @@ class LanguageModel:
             if self.method != "default" or len(self.runs) > 1:
                 raise ValueError("bayes_mode='sequence' is for one Bayesian run with the default method")
             if not self.model.head.stochastic:
-                raise ValueError("bayes_mode='sequence' needs a Bayesian head; this model's head is deterministic "
-                                 "(use 'mean')")
+                raise ValueError(
+                    "bayes_mode='sequence' needs a Bayesian head; this model's head is deterministic (use 'mean')"
+                )
         elif bayes_mode not in (None, "mean", "step"):
-            raise ValueError(f"bayes_mode must be 'mean' or 'step' here, got {bayes_mode!r} ('sequence' draws one "
-                             "weight set per generated row: generation only)")
+            raise ValueError(
+                f"bayes_mode must be 'mean' or 'step' here, got {bayes_mode!r} ('sequence' draws one "
+                "weight set per generated row: generation only)"
+            )
         if bayes_mode == "step" and not any(r.model.head.stochastic for r in self.runs):
             raise ValueError("bayes_mode='step' needs a Bayesian head; this model's head is deterministic (use 'mean')")
         if mc_samples is not None and mc_samples < 1:
@@ -348,13 +398,19 @@ class LanguageModel:
         pieces = self.tokenizer.pieces(ids[:1]).all(ids[1:])
         records: list[TokenRecord] = []
         want_sets = top_n > 0 and predictor.sigmoid
-        for _, y, draws in score_windows(predictor, ids, generation_windows(len(ids), predictor.block_size, slide),
-                                         batch=SCORE_BATCH, set_probs=want_sets):
+        for _, y, draws in score_windows(
+            predictor,
+            ids,
+            generation_windows(len(ids), predictor.block_size, slide),
+            batch=SCORE_BATCH,
+            set_probs=want_sets,
+        ):
             records.extend(self._scored(draws, y, pieces, len(records), top_n, tau))
         return records
 
-    def _scored(self, draws: Draws, y: torch.Tensor, pieces: list[str], done: int, top_n: int,
-                tau: float) -> list[TokenRecord]:
+    def _scored(
+        self, draws: Draws, y: torch.Tensor, pieces: list[str], done: int, top_n: int, tau: float
+    ) -> list[TokenRecord]:
         """TokenRecords of one scored chunk of targets y."""
         cols: dict[str, list] = {"lp": draws.logprob(y).tolist(), "h": draws.entropy().tolist()}
         cols["mi"] = draws.mutual_information().tolist() if draws.samples > 1 else [None] * len(y)
@@ -364,16 +420,37 @@ class LanguageModel:
             p, i = draws.probs.topk(min(top_n, draws.log_p.shape[-1]), dim=-1)
             cols["top"] = [[(decode([a]), b) for a, b in zip(ii, pp)] for ii, pp in zip(i.tolist(), p.tolist())]
             if draws.set_probs is not None:
-                cols["set"] = [[decode([v]) for v in torch.nonzero(r > tau).squeeze(1).tolist()] for r in draws.set_probs]
+                cols["set"] = [
+                    [decode([v]) for v in torch.nonzero(r > tau).squeeze(1).tolist()] for r in draws.set_probs
+                ]
             if draws.samples > 1:
-                cols["draws"] = draws.log_ps.gather(-1, y[None, :, None].expand(draws.samples, -1, 1)).squeeze(-1).exp().t().tolist()
-        return [TokenRecord(t, pieces[done + k], cols["lp"][k], cols["h"][k], cols["mi"][k], cols["top"][k],
-                            cols["set"][k], cols["draws"][k]) for k, t in enumerate(y.tolist())]
+                cols["draws"] = (
+                    draws.log_ps.gather(-1, y[None, :, None].expand(draws.samples, -1, 1))
+                    .squeeze(-1)
+                    .exp()
+                    .t()
+                    .tolist()
+                )
+        return [
+            TokenRecord(
+                t,
+                pieces[done + k],
+                cols["lp"][k],
+                cols["h"][k],
+                cols["mi"][k],
+                cols["top"][k],
+                cols["set"][k],
+                cols["draws"][k],
+            )
+            for k, t in enumerate(y.tolist())
+        ]
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"LanguageModel(variant={c.objective.variant!r}, n_layer={c.model.n_layer}, n_embd={c.model.n_embd}, "
-                f"block_size={c.model.block_size}, tokenizer={self.tokenizer.name!r}, device={self.device})")
+        return (
+            f"LanguageModel(variant={c.objective.variant!r}, n_layer={c.model.n_layer}, n_embd={c.model.n_embd}, "
+            f"block_size={c.model.block_size}, tokenizer={self.tokenizer.name!r}, device={self.device})"
+        )
 
 
 def generation_windows(n_tokens: int, block_size: int, slide: int | None = None) -> list[tuple[int, int, int]]:

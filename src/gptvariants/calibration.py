@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .argtypes import device, non_negative_int, positive_int
 from . import metrics as M
+from .argtypes import device, non_negative_int, positive_int
 from .atomic import atomic_write
 from .methods import CALIBRATION_FILE, POINT, Run, build_predictor, load_runs
 from .predictive import Predictor, score_windows
@@ -70,15 +70,24 @@ def golden_section(f, lo: float, hi: float, iters: int = 40) -> float:
     return (a + b) / 2
 
 
-def fit_temperature(run: Run, tokens: np.ndarray, *, method: str = "default", samples: int | None = None,
-                    seed: int = 0, stride: int | None = None) -> dict[str, Any]:
+def fit_temperature(
+    run: Run,
+    tokens: np.ndarray,
+    *,
+    method: str = "default",
+    samples: int | None = None,
+    seed: int = 0,
+    stride: int | None = None,
+) -> dict[str, Any]:
     """Fit T on the first half of ``tokens``; NLL and ECE before/after on the second half."""
     predictor = build_predictor([run], method, samples=samples, seed=seed, temperature=False)
     stride = stride or max(1, predictor.block_size // 2)
     half = len(tokens) // 2
     if half < predictor.block_size + 1:
-        raise ValueError(f"{len(tokens)} held-out tokens are too few to fit and check a temperature "
-                         f"(at least 2 x (block_size + 1) = {2 * (predictor.block_size + 1)})")
+        raise ValueError(
+            f"{len(tokens)} held-out tokens are too few to fit and check a temperature "
+            f"(at least 2 x (block_size + 1) = {2 * (predictor.block_size + 1)})"
+        )
     fit, check = _cache(predictor, tokens[:half], stride), _cache(predictor, tokens[half:], stride)
 
     def nll(log_t: float) -> float:
@@ -88,12 +97,21 @@ def fit_temperature(run: Run, tokens: np.ndarray, *, method: str = "default", sa
     before, after = _stats(predictor, check, 1.0, seed), _stats(predictor, check, T, seed)
 
     def summary(s: dict[str, np.ndarray]) -> dict[str, float]:
-        return {"nll": float(s["nll"].astype(np.float64).mean()),
-                "ece": M.expected_calibration_error(s["confidence"], s["correct"], N_BINS, "width")}
+        return {
+            "nll": float(s["nll"].astype(np.float64).mean()),
+            "ece": M.expected_calibration_error(s["confidence"], s["correct"], N_BINS, "width"),
+        }
 
     key = POINT if method == "default" and run.model.head.stochastic and samples == 0 else method
-    return {"key": key, "temperature": T, "fit_tokens": half, "check_tokens": len(tokens) - half,
-            "before": summary(before), "after": summary(after), "draws": predictor.n_draws}
+    return {
+        "key": key,
+        "temperature": T,
+        "fit_tokens": half,
+        "check_tokens": len(tokens) - half,
+        "before": summary(before),
+        "after": summary(after),
+        "draws": predictor.n_draws,
+    }
 
 
 def save_temperature(run_dir: Path, fit: dict[str, Any]) -> dict[str, Any]:
@@ -129,12 +147,16 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from .targets import resolve_device
 
     [run] = load_runs(args.ckpt, resolve_device(args.device))
-    fit = fit_temperature(run, _data_tokens(run.dir, args.data, "val"), method=args.method, samples=args.mc_samples,
-                          seed=args.seed)
+    fit = fit_temperature(
+        run, _data_tokens(run.dir, args.data, "val"), method=args.method, samples=args.mc_samples, seed=args.seed
+    )
     save_temperature(run.dir, fit)
     b, a = fit["before"], fit["after"]
-    print(f"{run.dir} [{fit['key']}]: T = {fit['temperature']:.4f} (fitted on {fit['fit_tokens']:,} val tokens); "
-          f"on the other {fit['check_tokens']:,}: NLL {b['nll']:.4f} -> {a['nll']:.4f}, ECE {b['ece']:.4f} -> {a['ece']:.4f}")
+    print(
+        f"{run.dir} [{fit['key']}]: T = {fit['temperature']:.4f} (fitted on {fit['fit_tokens']:,} val tokens); "
+        f"on the other {fit['check_tokens']:,}: NLL {b['nll']:.4f} -> {a['nll']:.4f}, ECE {b['ece']:.4f} -> "
+        f"{a['ece']:.4f}"
+    )
     print(f"stored in {run.dir / CALIBRATION_FILE}; eval, sample and the API use it (--no-temperature to ignore)")
     return 0
 
@@ -146,11 +168,21 @@ def _cmd_laplace(args: argparse.Namespace) -> int:
     [run] = load_runs(args.ckpt, resolve_device(args.device))
     train = _data_tokens(run.dir, args.data, "train")
     val = _data_tokens(run.dir, args.data, "val")
-    info = fit_laplace(run.dir, run.model, train, val, kind=args.kind, tokens=args.tokens, heldout=args.heldout_tokens,
-                       samples=args.mc_samples)
-    print(f"{run.dir}: {info['kind']} Laplace over {info['train_positions']:,} training positions, prior precision "
-          f"{info['prior_precision']:.4g}; held-out NLL {info['heldout_nll_map']:.4f} (trained weights) -> "
-          f"{info['heldout_nll']:.4f} ({info['samples']} draws); {info['fit_seconds']:.1f} s")
+    info = fit_laplace(
+        run.dir,
+        run.model,
+        train,
+        val,
+        kind=args.kind,
+        tokens=args.tokens,
+        heldout=args.heldout_tokens,
+        samples=args.mc_samples,
+    )
+    print(
+        f"{run.dir}: {info['kind']} Laplace over {info['train_positions']:,} training positions, prior precision "
+        f"{info['prior_precision']:.4g}; held-out NLL {info['heldout_nll_map']:.4f} (trained weights) -> "
+        f"{info['heldout_nll']:.4f} ({info['samples']} draws); {info['fit_seconds']:.1f} s"
+    )
     return 0
 
 
@@ -162,8 +194,12 @@ def register_cli(subparsers) -> None:
     p.add_argument("ckpt", help="run folder")
     p.add_argument("--data", default=None, help="prepared data folder (default: the one the run was trained on)")
     p.add_argument("--method", default="default", choices=list(METHODS), help="the predictive to calibrate")
-    p.add_argument("--mc-samples", type=non_negative_int, default=None,
-                   help="draws of a stochastic method (0 = a Bayesian head's posterior mean)")
+    p.add_argument(
+        "--mc-samples",
+        type=non_negative_int,
+        default=None,
+        help="draws of a stochastic method (0 = a Bayesian head's posterior mean)",
+    )
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--device", type=device, default="auto")
     p.set_defaults(func=_cmd_calibrate)
@@ -171,10 +207,18 @@ def register_cli(subparsers) -> None:
     p = subparsers.add_parser("laplace", help="fit a last-layer Laplace posterior to a softmax run (post hoc)")
     p.add_argument("ckpt", help="run folder")
     p.add_argument("--data", default=None, help="prepared data folder (default: the one the run was trained on)")
-    p.add_argument("--kind", default="auto", choices=["auto", "kfac", "diag"],
-                   help="factorisation (auto: kfac up to 4096 tokens of vocabulary, diag above)")
+    p.add_argument(
+        "--kind",
+        default="auto",
+        choices=["auto", "kfac", "diag"],
+        help="factorisation (auto: kfac up to 4096 tokens of vocabulary, diag above)",
+    )
     p.add_argument("--tokens", type=positive_int, default=100_000, help="training positions for the curvature")
-    p.add_argument("--heldout-tokens", type=positive_int, default=10_000, help="validation positions for the prior precision")
-    p.add_argument("--mc-samples", type=positive_int, default=16, help="draws of the predictive while choosing the prior")
+    p.add_argument(
+        "--heldout-tokens", type=positive_int, default=10_000, help="validation positions for the prior precision"
+    )
+    p.add_argument(
+        "--mc-samples", type=positive_int, default=16, help="draws of the predictive while choosing the prior"
+    )
     p.add_argument("--device", type=device, default="auto")
     p.set_defaults(func=_cmd_laplace)

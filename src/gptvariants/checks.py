@@ -62,8 +62,9 @@ class Int:
 class Float:
     """A finite number in the interval given by lo/hi (closed ends unless lo_open/hi_open)."""
 
-    def __init__(self, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-                 hi_open: bool = False) -> None:
+    def __init__(
+        self, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False
+    ) -> None:
         self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
 
     def describe(self) -> str:

@@ -50,12 +50,21 @@ def _say(command: str, kind: str, message: str) -> None:
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from .data import prepare
 
-    meta = prepare(args.source, Path(args.out), args.tokenizer, seed=args.seed, val_fraction=args.val_fraction,
-                   errors=args.errors, num_proc=args.num_proc)
+    meta = prepare(
+        args.source,
+        Path(args.out),
+        args.tokenizer,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        errors=args.errors,
+        num_proc=args.num_proc,
+    )
     for note in meta.get("notes", []):
         _say("prepare", "note", note)
-    print(f"prepared {args.source} in {args.out}: vocab {meta['vocab_size']}, {meta['train_tokens']:,} train / "
-          f"{meta['val_tokens']:,} val tokens ({meta['tokenizer']})")
+    print(
+        f"prepared {args.source} in {args.out}: vocab {meta['vocab_size']}, {meta['train_tokens']:,} train / "
+        f"{meta['val_tokens']:,} val tokens ({meta['tokenizer']})"
+    )
     if "synthetic" in meta:
         print(f"true entropy rate of the val split: {meta['synthetic']['entropy_rate_val']:.4f} nats/token")
     return 0
@@ -114,7 +123,10 @@ def _cmd_variants(args: argparse.Namespace) -> int:
     width = max(len(n) for n in REGISTRY)
     for v in REGISTRY.values():
         defaults = ", ".join(f"{k}={val}" for k, val in v.defaults.items())
-        print(f"{v.name:<{width}}  head={v.head:<8} objective={v.objective:<6} {v.equation}" + (f"  [{defaults}]" if defaults else ""))
+        print(
+            f"{v.name:<{width}}  head={v.head:<8} objective={v.objective:<6} {v.equation}"
+            + (f"  [{defaults}]" if defaults else "")
+        )
     return 0
 
 
@@ -190,16 +202,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="tokenize a corpus into train.bin/val.bin/meta.json")
-    p.add_argument("source", help="synthetic[:tiny|default], text:PATH (file, folder or glob), shakespeare, "
-                                  "wikitext-2, wikitext-103, openwebtext")
+    p.add_argument(
+        "source",
+        help="synthetic[:tiny|default], text:PATH (file, folder or glob), shakespeare, "
+        "wikitext-2, wikitext-103, openwebtext",
+    )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--tokenizer", default=None, help="char | gpt2 | bpe:N (default: word for synthetic, char for text, "
-                                                     "gpt2 for Hugging Face corpora)")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="char | gpt2 | bpe:N (default: word for synthetic, char for text, gpt2 for Hugging Face corpora)",
+    )
     p.add_argument("--seed", type=non_negative_int, default=1337, help="seed of the synthetic language and splits")
-    p.add_argument("--val-fraction", type=open_unit_interval, default=None,
-                   help="validation share (default 0.1 for text; corpora with their own split keep it)")
-    p.add_argument("--errors", choices=["strict", "replace"], default="strict",
-                   help="non-UTF-8 bytes: fail naming the offset, or replace them")
+    p.add_argument(
+        "--val-fraction",
+        type=open_unit_interval,
+        default=None,
+        help="validation share (default 0.1 for text; corpora with their own split keep it)",
+    )
+    p.add_argument(
+        "--errors",
+        choices=["strict", "replace"],
+        default="strict",
+        help="non-UTF-8 bytes: fail naming the offset, or replace them",
+    )
     p.add_argument("--num-proc", type=positive_int, default=None, help="processes for tokenizing large corpora")
     p.set_defaults(func=_cmd_prepare)
 
@@ -208,8 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="prepared data folder (with --resume: the run's, by default)")
     p.add_argument("--out", default=None, help="run folder (checkpoints, metrics.jsonl, config.json)")
     p.add_argument("--config", default=None, help="TOML config file, or a run's saved config.json")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its checkpoint with its saved config (safe overrides allowed)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint with its saved config (safe overrides allowed)",
+    )
     p.add_argument("--help-config", action="store_true", help="list every config key with its default")
     p.set_defaults(func=_cmd_train, takes_extra=True)
 

@@ -72,8 +72,15 @@ class System:
 def systems(variants: list[str], methods: list[str], runs: dict[str, Path], seed_runs: list[Path]) -> list[System]:
     rows = [System(v, [runs[v]], variant=v, train_runs=[runs[v]]) for v in variants]
     if "mc_dropout" in methods:
-        rows.append(System("baseline-dropout + MC dropout", [runs["baseline-dropout"]], "mc_dropout",
-                           "baseline-dropout", [runs["baseline-dropout"]]))
+        rows.append(
+            System(
+                "baseline-dropout + MC dropout",
+                [runs["baseline-dropout"]],
+                "mc_dropout",
+                "baseline-dropout",
+                [runs["baseline-dropout"]],
+            )
+        )
     if "ensemble" in methods:
         members = [runs["baseline"], *seed_runs]
         rows.append(System(f"baseline x {len(members)} runs", members, variant="baseline", train_runs=members))
@@ -101,11 +108,26 @@ def evaluate_system(system: System, data_dir: Path, ood: str, seed: int, out: Pa
         fit = fit_temperature(run, split_source(run.dir, data_dir, "val").tokens, method=system.method, seed=seed)
         save_temperature(run.dir, fit)
         fits.append(fit)
-    ev = evaluate(system.runs, data_dir, out=out / "val.json", temperature=False, ood=ood, num_samples=0, seed=seed,
-                  method=system.method, sets="none")
-    return {"system": system.name, "method": system.method, "runs": [str(r) for r in system.runs],
-            "temperature": [f["temperature"] for f in fits], "fits": fits, "eval": ev,
-            "train_ms_per_step": sum(_ms_per_step(r) for r in system.train_runs)}
+    ev = evaluate(
+        system.runs,
+        data_dir,
+        out=out / "val.json",
+        temperature=False,
+        ood=ood,
+        num_samples=0,
+        seed=seed,
+        method=system.method,
+        sets="none",
+    )
+    return {
+        "system": system.name,
+        "method": system.method,
+        "runs": [str(r) for r in system.runs],
+        "temperature": [f["temperature"] for f in fits],
+        "fits": fits,
+        "eval": ev,
+        "train_ms_per_step": sum(_ms_per_step(r) for r in system.train_runs),
+    }
 
 
 def _row(res: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
@@ -138,13 +160,24 @@ def _row(res: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
 
 
 COLUMNS = [  # (key, header, format)
-    ("system", "System", "{}"), ("nll", "NLL", "{:.4f}"), ("ece", "ECE", "{:.4f}"),
-    ("ece_half", "ECE (half)", "{:.4f}"), ("ece_half_t", "ECE after T", "{:.4f}"), ("temperature", "T", "{:.3f}"),
-    ("nll_half", "NLL (half)", "{:.4f}"), ("nll_half_t", "NLL after T", "{:.4f}"),
-    ("auroc_token_entropy", "OOD AUROC tok H", "{:.3f}"), ("auroc_token_mi", "tok MI", "{:.3f}"),
-    ("auroc_seq_entropy", "seq H", "{:.3f}"), ("auroc_seq_mi", "seq MI", "{:.3f}"),
-    ("mi_in", "MI in", "{:.2e}"), ("mi_out", "MI out", "{:.2e}"), ("aurc_entropy", "AURC (H)", "{:.4f}"),
-    ("train_cost", "train cost", "{:.2f}x"), ("eval_cost", "eval cost", "{:.2f}x"), ("draws", "draws", "{}"),
+    ("system", "System", "{}"),
+    ("nll", "NLL", "{:.4f}"),
+    ("ece", "ECE", "{:.4f}"),
+    ("ece_half", "ECE (half)", "{:.4f}"),
+    ("ece_half_t", "ECE after T", "{:.4f}"),
+    ("temperature", "T", "{:.3f}"),
+    ("nll_half", "NLL (half)", "{:.4f}"),
+    ("nll_half_t", "NLL after T", "{:.4f}"),
+    ("auroc_token_entropy", "OOD AUROC tok H", "{:.3f}"),
+    ("auroc_token_mi", "tok MI", "{:.3f}"),
+    ("auroc_seq_entropy", "seq H", "{:.3f}"),
+    ("auroc_seq_mi", "seq MI", "{:.3f}"),
+    ("mi_in", "MI in", "{:.2e}"),
+    ("mi_out", "MI out", "{:.2e}"),
+    ("aurc_entropy", "AURC (H)", "{:.4f}"),
+    ("train_cost", "train cost", "{:.2f}x"),
+    ("eval_cost", "eval cost", "{:.2f}x"),
+    ("draws", "draws", "{}"),
 ]
 
 
@@ -173,8 +206,11 @@ def plot(results: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path) 
     for res in results:
         curve = res["eval"]["selective"]["curve"]["entropy"]
         bx.plot(curve["coverage"], curve["risk"], label=res["system"], linewidth=1)
-    bx.set(xlabel="coverage (least uncertain first)", ylabel="top-1 error of the kept tokens",
-           title="Risk-coverage (entropy)")
+    bx.set(
+        xlabel="coverage (least uncertain first)",
+        ylabel="top-1 error of the kept tokens",
+        title="Risk-coverage (entropy)",
+    )
     bx.legend(fontsize="x-small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -186,12 +222,16 @@ def section(rows: list[dict[str, Any]], ood: str, plot_name: str) -> list[str]:
     best = max(rows, key=lambda r: max(r["auroc_token_mi"] or 0, 0))
     base = rows[0]
     lines = [
-        "## Uncertainty", "",
+        "## Uncertainty",
+        "",
         f"Every system on the validation split and, as shifted text, `{ood}`. Temperature T is fitted on the first "
-        "half of the validation split and checked on the second half (the *half* columns).", "",
-        markdown(rows), "",
+        "half of the validation split and checked on the second half (the *half* columns).",
+        "",
+        markdown(rows),
+        "",
         "- **OOD AUROC**: how well a score separates the shifted text's tokens (tok), or its block_size-token "
-        "sequences (seq, the mean score), from the in-domain ones; H = predictive entropy, MI = mutual information between the "
+        "sequences (seq, the mean score), from the in-domain ones; H = predictive entropy, MI = mutual information "
+        "between the "
         "token and the draws (epistemic; systems with several draws). 0.5 = no better than chance.",
         "- **AURC (H)**: area under the risk-coverage curve of the top-1 prediction when the most uncertain tokens "
         "are abstained on first (lower is better).",
@@ -199,15 +239,26 @@ def section(rows: list[dict[str, Any]], ood: str, plot_name: str) -> list[str]:
         "ratios to the baseline's, measured in this run on this machine.",
     ]
     if best["auroc_token_mi"] is not None:
-        verdict = ("beats" if best["auroc_token_mi"] > base["auroc_token_entropy"] else "does not beat")
-        lines.append(f"- The best epistemic score (MI of {best['system']}, token AUROC {best['auroc_token_mi']:.3f}) "
-                     f"{verdict} the baseline's predictive entropy ({base['auroc_token_entropy']:.3f}).")
+        verdict = "beats" if best["auroc_token_mi"] > base["auroc_token_entropy"] else "does not beat"
+        lines.append(
+            f"- The best epistemic score (MI of {best['system']}, token AUROC {best['auroc_token_mi']:.3f}) "
+            f"{verdict} the baseline's predictive entropy ({base['auroc_token_entropy']:.3f})."
+        )
     lines += ["", f"![uncertainty]({plot_name})", ""]
     return lines
 
 
-def run_uncertainty(out: Path, data_dir: Path, variants: list[str], methods: list[str], runs: dict[str, Path],
-                    seed_runs: list[Path], ood: str, seed: int, log) -> tuple[list[dict[str, Any]], list[str]]:
+def run_uncertainty(
+    out: Path,
+    data_dir: Path,
+    variants: list[str],
+    methods: list[str],
+    runs: dict[str, Path],
+    seed_runs: list[Path],
+    ood: str,
+    seed: int,
+    log,
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Fit, evaluate and tabulate every system; results in OUT/uncertainty.json, the plot beside it.
     Returns the rows and the report section."""
     from .laplace import LaplacePosterior, fit_laplace
@@ -221,8 +272,12 @@ def run_uncertainty(out: Path, data_dir: Path, variants: list[str], methods: lis
             log(f"laplace: {base} (already fitted)")
         except ValueError:
             [run] = load_runs(base)
-            info = fit_laplace(base, run.model, split_source(base, data_dir, "train").tokens,
-                               split_source(base, data_dir, "val").tokens)
+            info = fit_laplace(
+                base,
+                run.model,
+                split_source(base, data_dir, "train").tokens,
+                split_source(base, data_dir, "val").tokens,
+            )
             log(f"laplace: {info['kind']}, prior precision {info['prior_precision']:.3g}, {info['fit_seconds']:.1f} s")
     results = []
     for system in systems(variants, methods, runs, seed_runs):
@@ -230,7 +285,13 @@ def run_uncertainty(out: Path, data_dir: Path, variants: list[str], methods: lis
         log(f"uncertainty: {system.name}")
         results.append(evaluate_system(system, data_dir, ood, seed, folder))
     rows = [_row(r, results[0]) for r in results]
-    atomic_write(out / "uncertainty.json", json.dumps({"ood": ood, "rows": rows, "results": [
-        {k: v for k, v in r.items() if k != "eval"} for r in results]}, indent=1) + "\n")
+    atomic_write(
+        out / "uncertainty.json",
+        json.dumps(
+            {"ood": ood, "rows": rows, "results": [{k: v for k, v in r.items() if k != "eval"} for r in results]},
+            indent=1,
+        )
+        + "\n",
+    )
     plot(results, rows, out / "uncertainty.png")
     return rows, section(rows, ood, "uncertainty.png")

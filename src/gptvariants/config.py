@@ -171,7 +171,7 @@ class Config:
         return {s: dataclasses.asdict(getattr(self, s)) for s in self.SECTIONS}
 
     @classmethod
-    def from_dict(cls, d: dict[str, dict[str, Any]], source: str = "") -> "Config":
+    def from_dict(cls, d: dict[str, dict[str, Any]], source: str = "") -> Config:
         cfg = cls()
         for section, values in d.items():
             if section not in cls.SECTIONS or not isinstance(values, dict):
@@ -314,12 +314,16 @@ def load_config(
 
     file_values = read_config_file(file) if file is not None else {}
     overrides = dict(overrides or {})
-    name = variant or overrides.pop("variant", None) or file_values.pop("variant", None) or "baseline"
-    overrides.pop("variant", None)
-    file_values.pop("variant", None)
+    from_file = file_values.pop("variant", None)
+    from_overrides = overrides.pop("variant", None)
+    name = variant or from_overrides or from_file or "baseline"
+    where = "command line" if variant or from_overrides else str(file) if from_file else "default"
 
     cfg = Config()
-    spec = get_variant(name)
+    try:
+        spec = get_variant(name if isinstance(name, str) else repr(name))
+    except ValueError as e:
+        raise ConfigError(f"{e} ({where})") from None
     cfg.objective.variant = spec.name
     cfg.objective.head = spec.head
     cfg.objective.objective = spec.objective
@@ -347,7 +351,10 @@ def apply_size(model: ModelConfig, explicit: set[str] = frozenset()) -> None:
         return
     if model.size not in MODEL_SIZES:
         close = difflib.get_close_matches(model.size, list(MODEL_SIZES), n=3)
-        raise ConfigError(f"unknown model size {model.size!r}; known: {', '.join(MODEL_SIZES)}" + (f" (did you mean {close[0]}?)" if close else ""))
+        raise ConfigError(
+            f"unknown model size {model.size!r}; known: {', '.join(MODEL_SIZES)}"
+            + (f" (did you mean {close[0]}?)" if close else "")
+        )
     for key, value in zip(("n_layer", "n_head", "n_embd"), MODEL_SIZES[model.size]):
         if key not in explicit:
             setattr(model, key, value)
@@ -356,13 +363,42 @@ def apply_size(model: ModelConfig, explicit: set[str] = frozenset()) -> None:
 # ----------------------------------------------------------------------------- resuming and processes
 
 # keys a resumed run may change: schedule, cadence, devices, logging (the rest fix what the checkpoint is)
-RESUME_SAFE = frozenset({
-    "max_iters", "eval_interval", "eval_iters", "log_interval", "ckpt_interval", "keep_checkpoints", "eval_only",
-    "progress", "device", "dtype", "compile", "backend", "tensorboard", "wandb_log", "wandb_project", "wandb_run_name",
-    "learning_rate", "min_lr", "warmup_iters", "lr_decay_iters", "decay_lr", "weight_decay", "beta1", "beta2",
-    "grad_clip", "batch_size", "gradient_accumulation_steps", "dropout", "mc_samples", "loss_chunk_size", "data",
-    "out_dir",
-})
+RESUME_SAFE = frozenset(
+    {
+        "max_iters",
+        "eval_interval",
+        "eval_iters",
+        "log_interval",
+        "ckpt_interval",
+        "keep_checkpoints",
+        "eval_only",
+        "progress",
+        "device",
+        "dtype",
+        "compile",
+        "backend",
+        "tensorboard",
+        "wandb_log",
+        "wandb_project",
+        "wandb_run_name",
+        "learning_rate",
+        "min_lr",
+        "warmup_iters",
+        "lr_decay_iters",
+        "decay_lr",
+        "weight_decay",
+        "beta1",
+        "beta2",
+        "grad_clip",
+        "batch_size",
+        "gradient_accumulation_steps",
+        "dropout",
+        "mc_samples",
+        "loss_chunk_size",
+        "data",
+        "out_dir",
+    }
+)
 _SHAPE = {"size", "n_layer", "n_head", "n_embd", "block_size", "bias", "tie_weights", "gelu", "output_bias"}
 
 
@@ -382,8 +418,9 @@ def _resume_refusal(key: str) -> str:
     return "it defines the run's objective"
 
 
-def resume_config(run_dir: Path, variant: str | None = None, file: str | Path | None = None,
-                  overrides: dict[str, Any] | None = None) -> Config:
+def resume_config(
+    run_dir: Path, variant: str | None = None, file: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> Config:
     """The saved config of ``run_dir`` (its config.json) with the explicitly asked values applied.
 
     A value equal to the saved one is always accepted; a different one only for the keys in
@@ -433,5 +470,7 @@ def fit_world_size(cfg: Config, world: int) -> str | None:
         return None
     cfg.train.gradient_accumulation_steps = math.ceil(g / world) * world
     g_new = cfg.train.gradient_accumulation_steps
-    return (f"gradient_accumulation_steps {g} rounded up to {g_new}, a multiple of the {world} processes "
-            f"(global batch {g_new * cfg.train.batch_size} sequences)")
+    return (
+        f"gradient_accumulation_steps {g} rounded up to {g_new}, a multiple of the {world} processes "
+        f"(global batch {g_new * cfg.train.batch_size} sequences)"
+    )

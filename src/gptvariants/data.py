@@ -119,9 +119,6 @@ def prepare(
     return meta
 
 
-
-
-
 def _prepare_synthetic(preset: str, out: Path, tokenizer: str | None, seed: int) -> tuple[Tokenizer, dict, dict]:
     if preset not in PRESETS:
         raise ValueError(f"unknown synthetic preset {preset!r}; choose from {sorted(PRESETS)}")
@@ -137,17 +134,21 @@ def _prepare_synthetic(preset: str, out: Path, tokenizer: str | None, seed: int)
     lang.save(out)
     stats = _write_splits(out, {"train": train, "val": val}, tok.vocab_size)
     train_text, val_text = tok.decode(train), tok.decode(val)
-    return tok, stats, {
-        "train_bytes": len(train_text.encode()),
-        "val_bytes": len(val_text.encode()),
-        "val_words": len(val_text.split()),
-        "synthetic": {
-            "preset": preset,
-            "seed": seed,
-            "entropy_rate_val": lang.entropy_rate(val),
-            "cross_entropy_val": lang.cross_entropy(val),
+    return (
+        tok,
+        stats,
+        {
+            "train_bytes": len(train_text.encode()),
+            "val_bytes": len(val_text.encode()),
+            "val_words": len(val_text.split()),
+            "synthetic": {
+                "preset": preset,
+                "seed": seed,
+                "entropy_rate_val": lang.entropy_rate(val),
+                "cross_entropy_val": lang.cross_entropy(val),
+            },
         },
-    }
+    )
 
 
 def _prepare_text(text: str, out: Path, spec: str, val_fraction: float) -> tuple[Tokenizer, dict, dict]:
@@ -281,7 +282,9 @@ def _download_shakespeare(out: Path) -> Path:
             with urllib.request.urlopen(SHAKESPEARE_URL, timeout=30) as r:
                 data = r.read()
         except OSError as e:  # URLError, timeouts and DNS failures are all OSErrors
-            raise RuntimeError(f"could not download Tiny Shakespeare from {SHAKESPEARE_URL} ({e}). {OFFLINE_HINT}") from e
+            raise RuntimeError(
+                f"could not download Tiny Shakespeare from {SHAKESPEARE_URL} ({e}). {OFFLINE_HINT}"
+            ) from e
         atomic_write(path, data)
     return path
 
@@ -292,14 +295,18 @@ def _prepare_hf(
     try:
         import datasets
     except ImportError:
-        raise RuntimeError(f"{name} needs the Hugging Face datasets library: pip install 'gptvariants[hf]', "
-                           "or prepare a local copy with text:PATH") from None
+        raise RuntimeError(
+            f"{name} needs the Hugging Face datasets library: pip install 'gptvariants[hf]', "
+            "or prepare a local copy with text:PATH"
+        ) from None
 
     path, config, append_eot = HF_SOURCES[name]
     try:
         ds = datasets.load_dataset(path, config, num_proc=num_proc)
     except Exception as e:  # the hub raises many types (ConnectionError, OSError, HfHubHTTPError, ...)
-        raise RuntimeError(f"could not load {name!r} from the Hugging Face hub ({type(e).__name__}: {e}). {OFFLINE_HINT}") from e
+        raise RuntimeError(
+            f"could not load {name!r} from the Hugging Face hub ({type(e).__name__}: {e}). {OFFLINE_HINT}"
+        ) from e
     if name == "openwebtext":  # train only: hold out a random slice, as nanoGPT does
         ds = ds["train"].train_test_split(test_size=val_fraction or 0.0005, seed=seed, shuffle=True)
         train, val = ds["train"], ds["test"]
@@ -347,7 +354,9 @@ def write_hf_split(
             "words": [len(t.split()) for t in batch["text"]],
         }
 
-    tokenized = data.map(process, batched=True, remove_columns=data.column_names, num_proc=num_proc, desc=f"tokenizing {split}")
+    tokenized = data.map(
+        process, batched=True, remove_columns=data.column_names, num_proc=num_proc, desc=f"tokenizing {split}"
+    )
     total = int(np.sum(tokenized["len"], dtype=np.int64))
     tmp = path.with_name(path.name + ".tmp")
     arr = np.memmap(tmp, dtype=token_dtype(tok.vocab_size), mode="w+", shape=(max(total, 1),))
@@ -391,7 +400,9 @@ class TokenDataset:
     def __init__(self, dir: Path):
         self.dir = Path(dir)
         if not self.dir.is_dir():
-            raise FileNotFoundError(f"dataset folder {self.dir} does not exist; run `gptv prepare SOURCE --out {self.dir}` first")
+            raise FileNotFoundError(
+                f"dataset folder {self.dir} does not exist; run `gptv prepare SOURCE --out {self.dir}` first"
+            )
         meta_path = self.dir / "meta.json"
         if not meta_path.is_file():
             raise FileNotFoundError(
@@ -403,7 +414,9 @@ class TokenDataset:
         for name in SPLITS:
             path, expect = self.dir / f"{name}.bin", self._meta[f"{name}_tokens"] * self.dtype.itemsize
             if not path.is_file() or path.stat().st_size != expect:
-                raise ValueError(f"{path} is missing or does not match meta.json ({expect} bytes expected); re-run `gptv prepare`")
+                raise ValueError(
+                    f"{path} is missing or does not match meta.json ({expect} bytes expected); re-run `gptv prepare`"
+                )
         self._check_ids()
         self._tokenizer: Tokenizer | None = None
         self._synthetic: SyntheticLanguage | None = None
@@ -452,9 +465,11 @@ class TokenDataset:
                 cache[name], changed = entry, True
             if entry[2] >= V:
                 bad = _first_at_least(path, self.dtype, V)
-                raise InputError(f"{path}: token id {entry[2]} at position {bad} is outside the vocabulary of {V} "
-                                 f"(vocab_size in {self.dir / 'meta.json'}); the file is damaged or meta.json belongs "
-                                 "to other data: re-run `gptv prepare`")
+                raise InputError(
+                    f"{path}: token id {entry[2]} at position {bad} is outside the vocabulary of {V} "
+                    f"(vocab_size in {self.dir / 'meta.json'}); the file is damaged or meta.json belongs "
+                    "to other data: re-run `gptv prepare`"
+                )
         if changed:
             _MAX_IDS_SEEN.update({str(cache_path): cache})
             try:
@@ -467,7 +482,9 @@ class TokenDataset:
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
         if self._meta[f"{name}_tokens"] == 0:
-            raise ValueError(f"the {name} split of {self.dir} is empty (0 tokens); prepare more data or change val_fraction")
+            raise ValueError(
+                f"the {name} split of {self.dir} is empty (0 tokens); prepare more data or change val_fraction"
+            )
         # A fresh memmap per call, as nanoGPT does: a long-lived one keeps every page it ever
         # touched mapped, which shows up as ever-growing memory on big corpora.
         return np.memmap(self.dir / f"{name}.bin", dtype=self.dtype, mode="r")
@@ -531,7 +548,9 @@ def open_sets(dir: Path, split: str, data_hash: str) -> np.memmap:
         raise FileNotFoundError(f"{dir} has no meta.json; build the candidate sets first")
     meta = read_json(meta_path)
     if meta.get("data_hash") != data_hash:
-        raise ValueError(f"the candidate sets in {dir} were built for other data (hash mismatch); rebuild them for this dataset")
+        raise ValueError(
+            f"the candidate sets in {dir} were built for other data (hash mismatch); rebuild them for this dataset"
+        )
     k = require(meta, "k", Int(1, text=False), meta_path)
     dtype = np.dtype(require(meta, "dtype", Choice(("uint16", "uint32")), meta_path))
     require(meta, "rules", _json_object, meta_path)  # training reads the selection rule from it

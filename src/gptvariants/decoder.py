@@ -44,8 +44,16 @@ class Generation:
     finish_reason: str = "length"
 
 
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None, repetition_penalty: float,
-                   sig_mode: str, tau: float, max_new_tokens: int, top_n: int) -> None:
+def check_sampling(
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    repetition_penalty: float,
+    sig_mode: str,
+    tau: float,
+    max_new_tokens: int,
+    top_n: int,
+) -> None:
     if not math.isfinite(temperature):
         raise ValueError(f"temperature must be finite (<= 0 means greedy), got {temperature}")
     if max_new_tokens < 0 or isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens:
@@ -98,8 +106,16 @@ class RowOptions:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        check_sampling(self.temperature, self.top_k, self.top_p, self.repetition_penalty, self.sig_mode, self.tau,
-                       self.max_new_tokens, self.top_n)
+        check_sampling(
+            self.temperature,
+            self.top_k,
+            self.top_p,
+            self.repetition_penalty,
+            self.sig_mode,
+            self.tau,
+            self.max_new_tokens,
+            self.top_n,
+        )
         self.greedy = bool(self.greedy or self.temperature <= 0)
         self.details = bool(self.details or self.top_n > 0)
         self.stop_tokens = frozenset(int(t) for t in self.stop_tokens)
@@ -181,12 +197,15 @@ class _BatchOptions:
         set_rows = _column([predictor.sigmoid and o.sig_mode == "set" for o in opts], device)
         top_n = max(o.top_n for o in opts)
         return cls(
-            penalty=_column([float(o.repetition_penalty) for o in opts], device), set_rows=set_rows,
-            tau=_column([float(o.tau) for o in opts], device), sampled=sampled,
+            penalty=_column([float(o.repetition_penalty) for o in opts], device),
+            set_rows=set_rows,
+            tau=_column([float(o.tau) for o in opts], device),
+            sampled=sampled,
             temperature=_column([float(o.temperature) for o in picked], device),
             top_k=_column([o.top_k for o in picked], device, off=predictor.vocab_size),
             top_p=_column([o.top_p for o in picked], device, off=1.0),
-            details=any(o.details for o in opts), top_n=top_n,
+            details=any(o.details for o in opts),
+            top_n=top_n,
             want_sets=predictor.sigmoid and (set_rows is not False or top_n > 0),
         )
 
@@ -219,8 +238,12 @@ class Decoder:
         seed = o.seed if o.seed is not None else int(torch.randint(2**62, (1,)))
         row.generator = torch.Generator(device=self.device).manual_seed(seed)
         full = o.top_n > 0
-        row.gen = Generation(mi=[] if many and o.details else None, top=[] if full else None,
-                             sets=[] if full and self.predictor.sigmoid else None, draws=[] if full and many else None)
+        row.gen = Generation(
+            mi=[] if many and o.details else None,
+            top=[] if full else None,
+            sets=[] if full and self.predictor.sigmoid else None,
+            draws=[] if full and many else None,
+        )
         if o.max_new_tokens == 0:
             row.finish("length")
         else:
@@ -234,8 +257,9 @@ class Decoder:
         if not self.rows:
             return []
         o = self.options
-        draws = self.predictor.draws(self.window.hidden, set_probs=o.want_sets,
-                                     generators=[r.generator for r in self.rows])
+        draws = self.predictor.draws(
+            self.window.hidden, set_probs=o.want_sets, generators=[r.generator for r in self.rows]
+        )
         chosen = self._choose(draws)
         if isinstance(o.penalty, torch.Tensor) or o.penalty != 1.0:  # only penalised rows read it
             self.present[torch.arange(len(chosen), device=chosen.device), chosen] = True
@@ -296,8 +320,9 @@ class Decoder:
             scores = restrict_to_sets(scores, draws.set_probs, o.tau, o.set_rows)
         if not o.sampled:
             return scores.argmax(-1)
-        probs = sampling_probs(scores[o.sampled] if len(o.sampled) < len(self.rows) else scores,
-                               o.temperature, o.top_k, o.top_p)
+        probs = sampling_probs(
+            scores[o.sampled] if len(o.sampled) < len(self.rows) else scores, o.temperature, o.top_k, o.top_p
+        )
         drawn = draw_rows(probs, [self.rows[j].generator for j in o.sampled])
         if len(o.sampled) == len(self.rows):
             return drawn
@@ -317,8 +342,10 @@ class Decoder:
                 per_draw = draws.log_ps.gather(-1, chosen[None, :, None].expand(draws.samples, -1, 1)).squeeze(-1)
                 cols["draws"] = per_draw.exp().t().tolist()
             if draws.set_probs is not None:
-                cols["sets"] = [torch.nonzero(s > r.options.tau).squeeze(1).tolist() if r.options.top_n else None
-                                for s, r in zip(draws.set_probs, self.rows)]
+                cols["sets"] = [
+                    torch.nonzero(s > r.options.tau).squeeze(1).tolist() if r.options.top_n else None
+                    for s, r in zip(draws.set_probs, self.rows)
+                ]
         return cols
 
     @staticmethod

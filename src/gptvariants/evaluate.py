@@ -43,10 +43,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .argtypes import device, non_negative_int, open_unit_interval, positive_int
 from . import metrics as M
+from .argtypes import device, non_negative_int, open_unit_interval, positive_int
 from .atomic import atomic_write
 from .checkpoint import latest_checkpoint, load_state
 from .data import TokenDataset
@@ -54,7 +53,7 @@ from .methods import METHODS, build_predictor, load_runs
 from .model import GPT
 from .predictive import CHUNK_FLOATS, Predictor, score_windows
 from .progress import Progress
-from .sources import Source, check_same_tokenizer, resolve_source, split_source, text_source
+from .sources import Source, resolve_source, split_source, text_source
 from .tokenizers import load_tokenizer
 from .uncertainty import ood_summary, selective_summary
 
@@ -70,7 +69,9 @@ PROMPT_TOKENS = 16
 def _open_reference_sets(data: TokenDataset, name: str, split: str, n_tokens: int) -> np.memmap:
     sets_dir = data.dir / "targets" / name
     if not (sets_dir / "meta.json").is_file():
-        raise FileNotFoundError(f"no reference sets {sets_dir}; build them with `gptv targets --data {data.dir} --teacher SPEC`")
+        raise FileNotFoundError(
+            f"no reference sets {sets_dir}; build them with `gptv targets --data {data.dir} --teacher SPEC`"
+        )
     sets = data.open_sets(sets_dir, split)
     if len(sets) != n_tokens:
         raise ValueError(f"{sets_dir}: {len(sets)} rows for a {split} split of {n_tokens} tokens")
@@ -104,7 +105,7 @@ class _Rows:
                 self.buffer = next(self.chunks)[1]
             parts.append(self.buffer[:need])
             need -= len(parts[-1])
-            self.buffer = self.buffer[len(parts[-1]):]
+            self.buffer = self.buffer[len(parts[-1]) :]
         return torch.from_numpy(np.concatenate(parts))
 
 
@@ -136,9 +137,19 @@ class _SetCounts:
 
 
 @torch.no_grad()
-def score(predictor: Predictor | GPT, tokens: np.ndarray, *, stride: int, truth=None,
-          reference: np.memmap | None = None, train_sets: np.memmap | None = None,
-          tau: float = 0.5, batch: int = 16, point: bool = True, progress: bool = False) -> dict[str, Any]:
+def score(
+    predictor: Predictor | GPT,
+    tokens: np.ndarray,
+    *,
+    stride: int,
+    truth=None,
+    reference: np.memmap | None = None,
+    train_sets: np.memmap | None = None,
+    tau: float = 0.5,
+    batch: int = 16,
+    point: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
     """One pass over ``tokens`` (targets 1..n-1 in order): per-token statistics and set counts.
 
     predictor: the run's predictive distribution (a bare GPT means its default predictor).
@@ -214,7 +225,11 @@ def _calibration(t: dict[str, np.ndarray]) -> dict[str, Any]:
         "nll": float(t["nll"].astype(np.float64).mean()),
         "accuracy": float(correct.mean()),
         "mean_confidence": float(conf.mean()),
-        "reliability": {"confidence": curve.confidence.tolist(), "accuracy": curve.accuracy.tolist(), "count": curve.count.tolist()},
+        "reliability": {
+            "confidence": curve.confidence.tolist(),
+            "accuracy": curve.accuracy.tolist(),
+            "count": curve.count.tolist(),
+        },
     }
 
 
@@ -234,13 +249,15 @@ def _sets(t: dict[str, np.ndarray], curve: tuple[np.ndarray, np.ndarray], tau: f
     points = []
     for tau_i, tp, n_pred in zip(TAUS, *curve):
         tp, n_pred = float(tp), float(n_pred)
-        points.append({
-            "tau": tau_i,
-            "micro_precision": tp / n_pred if n_pred else 0.0,
-            "micro_recall": tp / n_ref if n_ref else 0.0,
-            "micro_f1": 2 * tp / (n_pred + n_ref) if n_pred + n_ref else 0.0,
-            "mean_pred_size": n_pred / n_tokens,
-        })
+        points.append(
+            {
+                "tau": tau_i,
+                "micro_precision": tp / n_pred if n_pred else 0.0,
+                "micro_recall": tp / n_ref if n_ref else 0.0,
+                "micro_f1": 2 * tp / (n_pred + n_ref) if n_pred + n_ref else 0.0,
+                "mean_pred_size": n_pred / n_tokens,
+            }
+        )
     best = max(points, key=lambda p: p["micro_f1"])
     return {"tau": tau, **at_tau, "curve": points, "best_micro_f1": best["micro_f1"], "best_tau": best["tau"]}
 
@@ -252,15 +269,21 @@ def _ground_truth(t: dict[str, np.ndarray]) -> dict[str, float]:
         "true_nats_per_token": nll_true,
         "excess_nats_per_token": float(t["nll"].astype(np.float64).mean()) - nll_true,
         "kl_true_model": float(t["truth_kl"].astype(np.float64).mean()),
-        "ece_vs_truth_width": M.true_probability_ece(t["truth_confidence"], t["truth_true_prob_of_pred"], N_BINS, "width"),
-        "ece_vs_truth_mass": M.true_probability_ece(t["truth_confidence"], t["truth_true_prob_of_pred"], N_BINS, "mass"),
+        "ece_vs_truth_width": M.true_probability_ece(
+            t["truth_confidence"], t["truth_true_prob_of_pred"], N_BINS, "width"
+        ),
+        "ece_vs_truth_mass": M.true_probability_ece(
+            t["truth_confidence"], t["truth_true_prob_of_pred"], N_BINS, "mass"
+        ),
     }
 
 
 # ----------------------------------------------------------------------------- diversity
 
 
-def pick_prompts(tokens: np.ndarray, n: int, length: int = PROMPT_TOKENS, seed: int = 1337) -> tuple[list[list[int]], bool]:
+def pick_prompts(
+    tokens: np.ndarray, n: int, length: int = PROMPT_TOKENS, seed: int = 1337
+) -> tuple[list[list[int]], bool]:
     """n prompts of ``length`` tokens from the split: distinct non-overlapping windows at
     offsets k * length chosen with a fixed seed, drawn with replacement only when n exceeds
     the number of windows. Returns (prompts, drawn_with_replacement)."""
@@ -272,8 +295,9 @@ def pick_prompts(tokens: np.ndarray, n: int, length: int = PROMPT_TOKENS, seed: 
     return [tokens[k * length : (k + 1) * length].astype(np.int64).tolist() for k in picks], replace
 
 
-def sample_diversity(predictor: Predictor, tokenizer, tokens: np.ndarray, *, num_samples: int, max_new_tokens: int,
-                     seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def sample_diversity(
+    predictor: Predictor, tokenizer, tokens: np.ndarray, *, num_samples: int, max_new_tokens: int, seed: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Sample continuations of prompts from ``tokens`` and measure their diversity.
 
     Prompts: pick_prompts(tokens, num_samples, PROMPT_TOKENS, seed). Sampling: exactly
@@ -289,8 +313,10 @@ def sample_diversity(predictor: Predictor, tokenizer, tokens: np.ndarray, *, num
     new = generate(predictor, prompts, max_new_tokens, temperature=1.0, seed=seed, sig_mode="normalize")
     seconds = time.perf_counter() - t0
     texts = [tokenizer.decode(ids) for ids in new]
-    samples = [{"prompt": tokenizer.decode(p), "continuation": t, "new_tokens": len(ids)}
-               for p, t, ids in zip(prompts, texts, new)]
+    samples = [
+        {"prompt": tokenizer.decode(p), "continuation": t, "new_tokens": len(ids)}
+        for p, t, ids in zip(prompts, texts, new)
+    ]
     n_new = sum(len(ids) for ids in new)
     metrics = {
         "num_samples": len(texts),
@@ -312,46 +338,46 @@ def sample_diversity(predictor: Predictor, tokenizer, tokens: np.ndarray, *, num
 
 CONVENTIONS = {
     "nll": "natural log (nats); perplexity = exp(nats_per_token); bits_per_byte = sum NLL / (split bytes * ln 2); "
-           "word_perplexity = exp(sum NLL / split words); bytes and words count the whole split",
+    "word_perplexity = exp(sum NLL / split words); bytes and words count the whole split",
     "windows": "every token 1..n-1 of the split scored once with sliding windows of block_size tokens "
-               "advanced by `stride` (stride = block_size: lm-evaluation-harness's disjoint windows)",
+    "advanced by `stride` (stride = block_size: lm-evaluation-harness's disjoint windows)",
     "distribution": "softmax(z); sigmoid heads: sigmoid(z_v) / sum_u sigmoid(z_u); Bayesian heads: the mean of "
-                    "that distribution over mc_samples draws of the head weights (backbone deterministic); "
-                    "`posterior_mean` uses the mean weights instead",
+    "that distribution over mc_samples draws of the head weights (backbone deterministic); "
+    "`posterior_mean` uses the mean weights instead",
     "raw_bce": "sigmoid heads: the training objective (BCE summed over the vocabulary, mean over tokens) with the "
-               "posterior-mean weights, against the run's training target sets when present for this data, else "
-               "the true token only",
+    "posterior-mean weights, against the run's training target sets when present for this data, else "
+    "the true token only",
     "calibration": f"top-1 confidence vs correctness; ECE with {N_BINS} equal-width ('width') and equal-mass ('mass') "
-                   "bins; Brier = sum_v (p_v - 1[v=y])^2 in [0, 2]",
+    "bins; Brier = sum_v (p_v - 1[v=y])^2 in [0, 2]",
     "uncertainty": "AUROC of an uncertainty score for predicting a wrong top-1 token (0.5 = uninformative); "
-                   "Bayesian: entropy of the mean = expected entropy + mutual information",
+    "Bayesian: entropy of the mean = expected entropy + mutual information",
     "sets": "predicted set {v : q_v >= tau}; q = sigmoid(z) for sigmoid heads (Bayesian: mean over draws), the "
-            f"predictive probability for softmax heads; reference: cached sets DATA/targets/NAME, or on the "
-            f"synthetic language the exact support {{v : p_true(v) > {EXACT_SUPPORT_THRESHOLD}}}; micro = pooled "
-            "counts, macro = mean over tokens, an empty predicted set has precision 0",
+    f"predictive probability for softmax heads; reference: cached sets DATA/targets/NAME, or on the "
+    f"synthetic language the exact support {{v : p_true(v) > {EXACT_SUPPORT_THRESHOLD}}}; micro = pooled "
+    "counts, macro = mean over tokens, an empty predicted set has precision 0",
     "ground_truth": "synthetic language only: true_entropy_rate = mean H(p_true); true_nats_per_token = mean "
-                    "-log p_true(y), the ideal model's score; kl_true_model = mean KL(p_true || p_model); "
-                    "ece_vs_truth replaces each 0/1 outcome by p_true(argmax p_model)",
+    "-log p_true(y), the ideal model's score; kl_true_model = mean KL(p_true || p_model); "
+    "ece_vs_truth replaces each 0/1 outcome by p_true(argmax p_model)",
     "diversity": f"continuations of {PROMPT_TOKENS}-token prompts taken at seeded random non-overlapping offsets of "
-                 "the split (with replacement only when more samples than windows are asked for); exactly max_new_tokens "
-                 "tokens each at temperature 1 (Bayesian: MC mean of fresh head draws at every step); "
-                 "Self-BLEU (0-100, sacrebleu 13a tokenization, each sample vs all others) and Distinct-n over "
-                 "whitespace words of the decoded text; distinct_4_study = unique 4-grams / words (the study's)",
+    "the split (with replacement only when more samples than windows are asked for); exactly max_new_tokens "
+    "tokens each at temperature 1 (Bayesian: MC mean of fresh head draws at every step); "
+    "Self-BLEU (0-100, sacrebleu 13a tokenization, each sample vs all others) and Distinct-n over "
+    "whitespace words of the decoded text; distinct_4_study = unique 4-grams / words (the study's)",
     "selective": "selective prediction of the top-1 token: keep the least uncertain tokens first; risk = top-1 error "
-                 "rate of the kept tokens; aurc = area under the risk-coverage curve (lower is better) per label-free "
-                 "score (entropy, max_prob as 1 - max_prob, mi, expected_entropy); aurc_optimal = an oracle that "
-                 "abstains on the errors first",
+    "rate of the kept tokens; aurc = area under the risk-coverage curve (lower is better) per label-free "
+    "score (entropy, max_prob as 1 - max_prob, mi, expected_entropy); aurc_optimal = an oracle that "
+    "abstains on the errors first",
     "ood": "out-of-domain detection: the --ood source's tokens are the positives, the evaluated text's the negatives; "
-           "scores are oriented so that higher = more uncertain (max_prob enters as 1 - max_prob; 'mean' reports "
-           "max_prob itself); the out-of-domain text is cut to as many tokens as the in-domain one; token level uses "
-           "every scored token, sequence level the means over consecutive "
-           "segments of block_size tokens; fpr95 = the share of in-domain tokens (sequences) flagged at the highest "
-           "threshold that flags 95 % of the out-of-domain ones",
+    "scores are oriented so that higher = more uncertain (max_prob enters as 1 - max_prob; 'mean' reports "
+    "max_prob itself); the out-of-domain text is cut to as many tokens as the in-domain one; token level uses "
+    "every scored token, sequence level the means over consecutive "
+    "segments of block_size tokens; fpr95 = the share of in-domain tokens (sequences) flagged at the highest "
+    "threshold that flags 95 % of the out-of-domain ones",
     "text": "--text / text:PATH sources are encoded with the run's tokenizer; pieces it cannot encode are dropped and "
-            "counted in source.unknown; an end-of-text token (when the tokenizer has one) is prepended so that the "
-            "first token is scored",
+    "counted in source.unknown; an end-of-text token (when the tokenizer has one) is prepended so that the "
+    "first token is scored",
     "speed": "scoring: scored tokens / wall time of the whole scoring pass (forward, head and per-token metrics); "
-             "generation: new tokens / wall time of generate()",
+    "generation: new tokens / wall time of generate()",
 }
 
 
@@ -377,7 +403,8 @@ def _reference_sets(source: Source, sets: str | None, model: GPT, cfg) -> tuple[
         raise ValueError(
             f"set metrics of the sigmoid head need reference sets, and {data.dir} is not the synthetic language: "
             f"build them with `gptv targets --data {data.dir} --teacher ngram:3` (or ckpt:RUN) and pass --sets NAME, "
-            "or pass --sets none to skip them")
+            "or pass --sets none to skip them"
+        )
     elif sets is None:
         skipped = "no reference sets (pass --sets NAME)"
     train_sets = None
@@ -391,20 +418,38 @@ def _reference_sets(source: Source, sets: str | None, model: GPT, cfg) -> tuple[
 
 def _check_length(source: Source, block: int, stride: int | None) -> int:
     if len(source.tokens) < block + 1:
-        raise ValueError(f"{source.name} has {len(source.tokens)} tokens, fewer than one window of "
-                         f"block_size + 1 = {block + 1}; evaluate on a longer text")
+        raise ValueError(
+            f"{source.name} has {len(source.tokens)} tokens, fewer than one window of "
+            f"block_size + 1 = {block + 1}; evaluate on a longer text"
+        )
     stride = stride or max(1, block // 2)
     if not 1 <= stride <= block:
         raise ValueError(f"stride must be in 1..block_size={block}, got {stride}")
     return stride
 
 
-def evaluate(run_dir: str | Path | list, data_dir: str | Path | None = None, *, text: str | None = None,
-             split: str = "val", ood: str | None = None, out: str | Path | None = None,
-             stride: int | None = None, mc_samples: int | None = None, num_samples: int = 100,
-             max_new_tokens: int = 64, sets: str | None = None, tau: float = 0.5, seed: int = 1337,
-             device: str = "auto", batch: int = 16, method: str = "default", temperature: bool = True,
-             progress: bool = False, log_to_run: bool = False) -> dict[str, Any]:
+def evaluate(
+    run_dir: str | Path | list,
+    data_dir: str | Path | None = None,
+    *,
+    text: str | None = None,
+    split: str = "val",
+    ood: str | None = None,
+    out: str | Path | None = None,
+    stride: int | None = None,
+    mc_samples: int | None = None,
+    num_samples: int = 100,
+    max_new_tokens: int = 64,
+    sets: str | None = None,
+    tau: float = 0.5,
+    seed: int = 1337,
+    device: str = "auto",
+    batch: int = 16,
+    method: str = "default",
+    temperature: bool = True,
+    progress: bool = False,
+    log_to_run: bool = False,
+) -> dict[str, Any]:
     """Evaluate the run in ``run_dir`` on ``split`` of ``data_dir`` or on an external ``text``;
     write and return the results.
 
@@ -433,13 +478,25 @@ def evaluate(run_dir: str | Path | list, data_dir: str | Path | None = None, *, 
     reference, set_source, train_sets, skipped = _reference_sets(source, sets, model, cfg)
 
     t0 = time.perf_counter()
-    raw = score(predictor, source.tokens, stride=stride, truth=source.truth, reference=reference,
-                train_sets=train_sets, tau=tau, batch=batch, progress=progress)
+    raw = score(
+        predictor,
+        source.tokens,
+        stride=stride,
+        truth=source.truth,
+        reference=reference,
+        train_sets=train_sets,
+        tau=tau,
+        batch=batch,
+        progress=progress,
+    )
     score_s = time.perf_counter() - t0
     result = _summarise(run_dir, cfg, predictor, source, raw, stride)
-    result.update(runs=[str(r.dir) for r in runs], method=method,
-                  temperature=[m.temperature for m in predictor.members])
-    result["sets"] = {"reference": set_source, **_sets(raw["tokens"], raw["curve"], tau)} if set_source else {"skipped": skipped}
+    result.update(
+        runs=[str(r.dir) for r in runs], method=method, temperature=[m.temperature for m in predictor.members]
+    )
+    result["sets"] = (
+        {"reference": set_source, **_sets(raw["tokens"], raw["curve"], tau)} if set_source else {"skipped": skipped}
+    )
     if ood is not None:
         result["ood"] = _ood(predictor, ood, run_dir, tokenizer, source, raw["tokens"], stride, batch, progress)
     out = Path(out) if out is not None else default_out(run_dir, split if text is None else f"text:{text}")
@@ -449,7 +506,9 @@ def evaluate(run_dir: str | Path | list, data_dir: str | Path | None = None, *, 
     result["diversity"] = None
     if num_samples > 0:
         fresh = build_predictor(runs, method, samples=mc_samples, seed=seed, temperature=temperature)
-        result["diversity"] = _diversity(fresh, tokenizer, source.tokens, result, out, num_samples, max_new_tokens, seed)
+        result["diversity"] = _diversity(
+            fresh, tokenizer, source.tokens, result, out, num_samples, max_new_tokens, seed
+        )
     atomic_write(out, json.dumps(result, indent=1, allow_nan=True) + "\n")
     if log_to_run:
         from .trainlog import log_eval_scalars
@@ -459,8 +518,17 @@ def evaluate(run_dir: str | Path | list, data_dir: str | Path | None = None, *, 
     return result
 
 
-def _ood(predictor: Predictor, spec: str, run_dir: Path, tokenizer, source: Source, inside: dict[str, np.ndarray],
-         stride: int, batch: int, progress: bool) -> dict[str, Any]:
+def _ood(
+    predictor: Predictor,
+    spec: str,
+    run_dir: Path,
+    tokenizer,
+    source: Source,
+    inside: dict[str, np.ndarray],
+    stride: int,
+    batch: int,
+    progress: bool,
+) -> dict[str, Any]:
     """The ``ood`` section: ``spec`` scored like the evaluated text, as many tokens as it, compared score by score."""
     shifted = resolve_source(spec, run_dir, tokenizer, source, source.split or "val")
     if len(shifted.tokens) > len(source.tokens):  # as many tokens on both sides: the AUROCs compare like with like
@@ -471,11 +539,20 @@ def _ood(predictor: Predictor, spec: str, run_dir: Path, tokenizer, source: Sour
     return {**ood_summary(inside, outside, predictor.block_size, shifted.name), "out_source": shifted.describe()}
 
 
-def _diversity(predictor: Predictor, tokenizer, tokens: np.ndarray, result: dict[str, Any], out: Path,
-               num_samples: int, max_new_tokens: int, seed: int) -> dict[str, Any]:
+def _diversity(
+    predictor: Predictor,
+    tokenizer,
+    tokens: np.ndarray,
+    result: dict[str, Any],
+    out: Path,
+    num_samples: int,
+    max_new_tokens: int,
+    seed: int,
+) -> dict[str, Any]:
     """The ``diversity`` section; the samples go to <out stem>.samples.jsonl, the speed into ``result``."""
-    div, samples = sample_diversity(predictor, tokenizer, tokens, num_samples=num_samples,
-                                    max_new_tokens=max_new_tokens, seed=seed)
+    div, samples = sample_diversity(
+        predictor, tokenizer, tokens, num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed
+    )
     result["speed"]["generation_tokens_per_s"] = div.pop("tokens_per_s")
     path = out.with_suffix(".samples.jsonl")
     atomic_write(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
@@ -485,9 +562,15 @@ def _diversity(predictor: Predictor, tokenizer, tokens: np.ndarray, result: dict
 def scalars(result: dict[str, Any], prefix: str) -> dict[str, float]:
     """The headline numbers of an eval result, flat, for TensorBoard and W&B."""
     p, c, u = result["perplexity"], result["calibration"], result["uncertainty"]
-    out = {"nats_per_token": p["nats_per_token"], "perplexity": p["perplexity"], "ece": c["ece_width"],
-           "brier": c["brier"], "accuracy": c["accuracy"], "auroc_entropy": u["auroc_entropy"],
-           **{f"aurc_{k}": v for k, v in result["selective"]["aurc"].items()}}
+    out = {
+        "nats_per_token": p["nats_per_token"],
+        "perplexity": p["perplexity"],
+        "ece": c["ece_width"],
+        "brier": c["brier"],
+        "accuracy": c["accuracy"],
+        "auroc_entropy": u["auroc_entropy"],
+        **{f"aurc_{k}": v for k, v in result["selective"]["aurc"].items()},
+    }
     if "mean_mutual_information" in u:
         out["mean_mutual_information"] = u["mean_mutual_information"]
     if result.get("ood"):
@@ -497,8 +580,9 @@ def scalars(result: dict[str, Any], prefix: str) -> dict[str, float]:
     return {f"{prefix}/{k}": float(v) for k, v in out.items() if v is not None and np.isfinite(v)}
 
 
-def _summarise(run_dir: Path, cfg, predictor: Predictor, source: Source, raw: dict[str, Any],
-               stride: int) -> dict[str, Any]:
+def _summarise(
+    run_dir: Path, cfg, predictor: Predictor, source: Source, raw: dict[str, Any], stride: int
+) -> dict[str, Any]:
     """The scored sections of the eval JSON (perplexity, calibration, uncertainty, selective
     prediction, posterior mean, ground truth) from ``score``'s per-token statistics."""
     tok, model = raw["tokens"], predictor.model
@@ -508,13 +592,24 @@ def _summarise(run_dir: Path, cfg, predictor: Predictor, source: Source, raw: di
         return M.perplexity_summary(float(nll.astype(np.float64).sum()), len(nll), source.n_bytes, source.n_words)
 
     result: dict[str, Any] = {
-        "run": str(run_dir), "data": str(source.data.dir) if source.data else None, "split": source.split,
-        "source": source.describe(), "step": int(load_state(latest_checkpoint(run_dir))["step"]),
-        "variant": cfg.objective.variant, "head": cfg.objective.head, "objective": cfg.objective.objective,
-        "sigmoid": model.objective.sigmoid, "bayesian": model.bayesian, "mc_samples": S,
+        "run": str(run_dir),
+        "data": str(source.data.dir) if source.data else None,
+        "split": source.split,
+        "source": source.describe(),
+        "step": int(load_state(latest_checkpoint(run_dir))["step"]),
+        "variant": cfg.objective.variant,
+        "head": cfg.objective.head,
+        "objective": cfg.objective.objective,
+        "sigmoid": model.objective.sigmoid,
+        "bayesian": model.bayesian,
+        "mc_samples": S,
         "conventions": CONVENTIONS,
-        "perplexity": {"tokens_scored": len(tok["nll"]), "block_size": cfg.model.block_size, "stride": stride,
-                       **ppl(tok["nll"])},
+        "perplexity": {
+            "tokens_scored": len(tok["nll"]),
+            "block_size": cfg.model.block_size,
+            "stride": stride,
+            **ppl(tok["nll"]),
+        },
         "calibration": _calibration(tok),
         "uncertainty": _uncertainty(tok),
         "selective": selective_summary(tok),
@@ -524,8 +619,11 @@ def _summarise(run_dir: Path, cfg, predictor: Predictor, source: Source, raw: di
         trained_on = cfg.objective.targets if raw.get("train_sets_used") else "true token only"
         result["perplexity"]["raw_bce_targets"] = trained_on
     if raw["point"] is not None:
-        result["posterior_mean"] = {"perplexity": ppl(raw["point"]["nll"]), "calibration": _calibration(raw["point"]),
-                                    "uncertainty": _uncertainty(raw["point"])}
+        result["posterior_mean"] = {
+            "perplexity": ppl(raw["point"]["nll"]),
+            "calibration": _calibration(raw["point"]),
+            "uncertainty": _uncertainty(raw["point"]),
+        }
     result["ground_truth"] = _ground_truth(tok) if source.truth is not None else None
     return result
 
@@ -534,8 +632,10 @@ def _plot(result: dict[str, Any], raw: dict[str, Any], out: Path) -> Path:
     tok = raw["tokens"]
     curves = {"predictive": (tok["confidence"], tok["correct"])}
     if raw["point"] is not None:
-        curves = {f"MC mean, S={result['mc_samples']}": curves["predictive"],
-                  "posterior mean": (raw["point"]["confidence"], raw["point"]["correct"])}
+        curves = {
+            f"MC mean, S={result['mc_samples']}": curves["predictive"],
+            "posterior mean": (raw["point"]["confidence"], raw["point"]["correct"]),
+        }
     where = result["split"] or result["source"]["name"]
     title = f"{result['variant']}, step {result['step']}, {where} ({len(tok['nll']):,} tokens)"
     return M.plot_reliability(curves, out.with_suffix(".reliability.png"), N_BINS, title=title)
@@ -544,84 +644,159 @@ def _plot(result: dict[str, Any], raw: dict[str, Any], out: Path) -> Path:
 def _format(result: dict[str, Any]) -> str:
     p, c, u = result["perplexity"], result["calibration"], result["uncertainty"]
     src = result["source"]
-    lines = [f"{result['variant']} (step {result['step']}) on {src['name']}: {p['tokens_scored']:,} tokens, "
-             f"stride {p['stride']}"]
+    lines = [
+        f"{result['variant']} (step {result['step']}) on {src['name']}: {p['tokens_scored']:,} tokens, "
+        f"stride {p['stride']}"
+    ]
     if src.get("unknown", {}).get("count"):
         unk = src["unknown"]
-        lines.append(f"  {unk['count']:,} piece(s) the tokenizer cannot encode were dropped ({unk['distinct']} distinct, "
-                     f"e.g. {', '.join(repr(k) for k in list(unk['examples'])[:5])})")
-    lines += [f"  perplexity {p['perplexity']:.4f}  nats/token {p['nats_per_token']:.4f}"
-              + (f"  bits/byte {p['bits_per_byte']:.4f}" if p["bits_per_byte"] else "")
-              + (f"  raw BCE {p['raw_bce_per_token']:.4f}" if "raw_bce_per_token" in p else ""),
-              f"  ECE {c['ece_width']:.4f} (mass {c['ece_mass']:.4f})  Brier {c['brier']:.4f}  accuracy {c['accuracy']:.4f}"
-              f"  AUROC(entropy) {u['auroc_entropy']:.4f}",
-              "  selective prediction AURC: " + ", ".join(f"{k} {v:.4f}" for k, v in result["selective"]["aurc"].items())
-              + f" (oracle {result['selective']['aurc_optimal']:.4f})"]
+        lines.append(
+            f"  {unk['count']:,} piece(s) the tokenizer cannot encode were dropped ({unk['distinct']} distinct, "
+            f"e.g. {', '.join(repr(k) for k in list(unk['examples'])[:5])})"
+        )
+    lines += [
+        f"  perplexity {p['perplexity']:.4f}  nats/token {p['nats_per_token']:.4f}"
+        + (f"  bits/byte {p['bits_per_byte']:.4f}" if p["bits_per_byte"] else "")
+        + (f"  raw BCE {p['raw_bce_per_token']:.4f}" if "raw_bce_per_token" in p else ""),
+        f"  ECE {c['ece_width']:.4f} (mass {c['ece_mass']:.4f})  Brier {c['brier']:.4f}  accuracy {c['accuracy']:.4f}"
+        f"  AUROC(entropy) {u['auroc_entropy']:.4f}",
+        "  selective prediction AURC: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in result["selective"]["aurc"].items())
+        + f" (oracle {result['selective']['aurc_optimal']:.4f})",
+    ]
     if "posterior_mean" in result:
-        lines.append(f"  posterior mean: perplexity {result['posterior_mean']['perplexity']['perplexity']:.4f}; "
-                     f"mutual information {u['mean_mutual_information']:.5f} nats, AUROC(MI) {u['auroc_mutual_information']:.4f}")
+        lines.append(
+            f"  posterior mean: perplexity {result['posterior_mean']['perplexity']['perplexity']:.4f}; "
+            f"mutual information {u['mean_mutual_information']:.5f} nats, AUROC(MI) {u['auroc_mutual_information']:.4f}"
+        )
     s = result["sets"]
     if "micro_f1" in s:
-        lines.append(f"  sets vs {s['reference']}: F1 {s['micro_f1']:.4f} at tau {s['tau']} (best {s['best_micro_f1']:.4f} at {s['best_tau']}), "
-                     f"mean size {s['mean_pred_size']:.2f} (reference {s['mean_ref_size']:.2f})")
+        lines.append(
+            f"  sets vs {s['reference']}: F1 {s['micro_f1']:.4f} at tau {s['tau']} (best "
+            f"{s['best_micro_f1']:.4f} at {s['best_tau']}), "
+            f"mean size {s['mean_pred_size']:.2f} (reference {s['mean_ref_size']:.2f})"
+        )
     g = result["ground_truth"]
     if g:
-        lines.append(f"  truth: entropy rate {g['true_entropy_rate']:.4f}, ideal nats/token {g['true_nats_per_token']:.4f}, "
-                     f"KL {g['kl_true_model']:.4f}, ECE vs truth {g['ece_vs_truth_width']:.4f}")
+        lines.append(
+            f"  truth: entropy rate {g['true_entropy_rate']:.4f}, ideal nats/token {g['true_nats_per_token']:.4f}, "
+            f"KL {g['kl_true_model']:.4f}, ECE vs truth {g['ece_vs_truth_width']:.4f}"
+        )
     if result.get("ood"):
         o = result["ood"]
-        lines.append(f"  OOD vs {o['source']} ({o['n_tokens']['out']:,} tokens): AUROC token / sequence "
-                     + ", ".join(f"{k} {o['auroc']['token'][k]:.3f}/{o['auroc']['sequence'][k]:.3f}" for k in o["auroc"]["token"]))
-        lines.append("    mean in -> out: " + ", ".join(f"{k} {o['mean']['in'][k]:.4g} -> {o['mean']['out'][k]:.4g}"
-                                                     for k in o["mean"]["in"]))
+        lines.append(
+            f"  OOD vs {o['source']} ({o['n_tokens']['out']:,} tokens): AUROC token / sequence "
+            + ", ".join(
+                f"{k} {o['auroc']['token'][k]:.3f}/{o['auroc']['sequence'][k]:.3f}" for k in o["auroc"]["token"]
+            )
+        )
+        lines.append(
+            "    mean in -> out: "
+            + ", ".join(f"{k} {o['mean']['in'][k]:.4g} -> {o['mean']['out'][k]:.4g}" for k in o["mean"]["in"])
+        )
     d = result["diversity"]
     if d:
         bleu = "-" if d["self_bleu"] is None else f"{d['self_bleu']:.2f}"
-        lines.append(f"  {d['num_samples']} samples: Self-BLEU {bleu}, Distinct-4 words {d['distinct_4']:.4f} "
-                     f"(study's {d['distinct_4_study']:.4f}), Distinct-4 tokens {d['distinct_4_tokens']:.4f}, "
-                     f"mean length {d['mean_length_words']:.1f} words")
+        lines.append(
+            f"  {d['num_samples']} samples: Self-BLEU {bleu}, Distinct-4 words {d['distinct_4']:.4f} "
+            f"(study's {d['distinct_4_study']:.4f}), Distinct-4 tokens {d['distinct_4_tokens']:.4f}, "
+            f"mean length {d['mean_length_words']:.1f} words"
+        )
     sp = result["speed"]
-    lines.append(f"  speed: scoring {sp['scoring_tokens_per_s']:,.0f} tok/s"
-                 + (f", generation {sp['generation_tokens_per_s']:,.0f} tok/s" if sp.get("generation_tokens_per_s") else ""))
+    lines.append(
+        f"  speed: scoring {sp['scoring_tokens_per_s']:,.0f} tok/s"
+        + (f", generation {sp['generation_tokens_per_s']:,.0f} tok/s" if sp.get("generation_tokens_per_s") else "")
+    )
     return "\n".join(lines)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    result = evaluate(args.ckpt, args.data, text=args.text, split=args.split, ood=args.ood, out=args.out,
-                      stride=args.stride, mc_samples=args.mc_samples, num_samples=args.num_samples,
-                      max_new_tokens=args.max_new_tokens, sets=args.sets, tau=args.tau, seed=args.seed,
-                      device=args.device, method=args.method, temperature=not args.no_temperature, progress=True,
-                      log_to_run=True)
+    result = evaluate(
+        args.ckpt,
+        args.data,
+        text=args.text,
+        split=args.split,
+        ood=args.ood,
+        out=args.out,
+        stride=args.stride,
+        mc_samples=args.mc_samples,
+        num_samples=args.num_samples,
+        max_new_tokens=args.max_new_tokens,
+        sets=args.sets,
+        tau=args.tau,
+        seed=args.seed,
+        device=args.device,
+        method=args.method,
+        temperature=not args.no_temperature,
+        progress=True,
+        log_to_run=True,
+    )
     print(_format(result))
     where = args.split if args.text is None else f"text:{args.text}"
-    print(f"results in {args.out or default_out(Path(result['run']), where)}"
-          + (f"; scalars also in {' and '.join(result['logged_to'])}" if result.get("logged_to") else ""))
+    print(
+        f"results in {args.out or default_out(Path(result['run']), where)}"
+        + (f"; scalars also in {' and '.join(result['logged_to'])}" if result.get("logged_to") else "")
+    )
     return 0
 
 
 def register_cli(subparsers) -> None:
     """Add `gptv eval`."""
-    p = subparsers.add_parser("eval", help="held-out perplexity, calibration, uncertainty, set quality, diversity and speed of a run")
-    p.add_argument("--ckpt", required=True, help="run folder (written by `gptv train`); several (A,B or a folder of "
-                                                 "runs) are evaluated as their ensemble")
-    p.add_argument("--method", default="default", choices=list(METHODS),
-                   help="uncertainty method: " + "; ".join(f"{k}: {m.description}" for k, m in METHODS.items()))
+    p = subparsers.add_parser(
+        "eval", help="held-out perplexity, calibration, uncertainty, set quality, diversity and speed of a run"
+    )
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        help="run folder (written by `gptv train`); several (A,B or a folder of runs) are evaluated as their ensemble",
+    )
+    p.add_argument(
+        "--method",
+        default="default",
+        choices=list(METHODS),
+        help="uncertainty method: " + "; ".join(f"{k}: {m.description}" for k, m in METHODS.items()),
+    )
     p.add_argument("--no-temperature", action="store_true", help="ignore temperatures fitted by `gptv calibrate`")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--data", default=None, help="prepared data folder with the run's tokenizer")
-    what.add_argument("--text", default=None, help="a UTF-8 file, folder (*.txt) or glob, scored with the run's tokenizer")
+    what.add_argument(
+        "--text", default=None, help="a UTF-8 file, folder (*.txt) or glob, scored with the run's tokenizer"
+    )
     p.add_argument("--split", default="val", choices=["train", "val"], help="split of --data")
-    p.add_argument("--ood", default=None, metavar="SOURCE",
-                   help="out-of-domain text to compare uncertainty scores on: a prepared data folder, text:PATH, "
-                        "or synthetic?shift=S[&part=transition|emission|both][&seed=N][&tokens=N]")
-    p.add_argument("--out", default=None, help="results JSON (default RUN/eval/SPLIT.json); plots and samples go beside it")
-    p.add_argument("--stride", type=positive_int, default=None, help="sliding-window stride (default block_size // 2; block_size = disjoint windows)")
-    p.add_argument("--mc-samples", type=non_negative_int, default=None,
-                   help="draws of the method (default: the run's mc_samples; 0 = a Bayesian head's posterior mean)")
-    p.add_argument("--num-samples", type=non_negative_int, default=100, help="samples for the diversity metrics (0 = skip)")
+    p.add_argument(
+        "--ood",
+        default=None,
+        metavar="SOURCE",
+        help="out-of-domain text to compare uncertainty scores on: a prepared data folder, text:PATH, "
+        "or synthetic?shift=S[&part=transition|emission|both][&seed=N][&tokens=N]",
+    )
+    p.add_argument(
+        "--out", default=None, help="results JSON (default RUN/eval/SPLIT.json); plots and samples go beside it"
+    )
+    p.add_argument(
+        "--stride",
+        type=positive_int,
+        default=None,
+        help="sliding-window stride (default block_size // 2; block_size = disjoint windows)",
+    )
+    p.add_argument(
+        "--mc-samples",
+        type=non_negative_int,
+        default=None,
+        help="draws of the method (default: the run's mc_samples; 0 = a Bayesian head's posterior mean)",
+    )
+    p.add_argument(
+        "--num-samples", type=non_negative_int, default=100, help="samples for the diversity metrics (0 = skip)"
+    )
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens generated per sample")
-    p.add_argument("--sets", default=None, help="reference sets DATA/targets/NAME for set metrics, or 'none' (synthetic data: exact support by default)")
-    p.add_argument("--tau", type=open_unit_interval, default=0.5, help="set threshold on sigmoid (or softmax) probabilities")
+    p.add_argument(
+        "--sets",
+        default=None,
+        help="reference sets DATA/targets/NAME for set metrics, or 'none' (synthetic data: exact support by default)",
+    )
+    p.add_argument(
+        "--tau", type=open_unit_interval, default=0.5, help="set threshold on sigmoid (or softmax) probabilities"
+    )
     p.add_argument("--seed", type=non_negative_int, default=1337)
     p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.set_defaults(func=_cmd_eval)

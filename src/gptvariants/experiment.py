@@ -47,8 +47,15 @@ from .variants import REGISTRY, get_variant, study_variants
 # seven variants at DEFAULT_BUDGET steps with data, oracle sets and evaluation, took 323 s on
 # an idle 2-core CPU (59-70 ms/step; benchmarks/README.md), so it fits a laptop's coffee break.
 DEFAULT_SHAPE: dict[str, Any] = {
-    "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12,
-    "learning_rate": 1e-3, "min_lr": 1e-4, "warmup_iters": 50, "dropout": 0.0,
+    "n_layer": 4,
+    "n_head": 4,
+    "n_embd": 128,
+    "block_size": 64,
+    "batch_size": 12,
+    "learning_rate": 1e-3,
+    "min_lr": 1e-4,
+    "warmup_iters": 50,
+    "dropout": 0.0,
 }
 DEFAULT_BUDGET = "400"
 EVAL_POINTS = 10  # validation evaluations per run (the curves)
@@ -60,7 +67,7 @@ SAMPLE_K = 8  # draws per position of --sets sample, the true token included
 
 
 def parse_budget(budget: str) -> tuple[str, float]:
-    """"600" -> ("steps", 600); "90s" / "5m" / "1.5h" -> ("seconds", 90 / 300 / 5400)."""
+    """ "600" -> ("steps", 600); "90s" / "5m" / "1.5h" -> ("seconds", 90 / 300 / 5400)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(budget))
     if not m or float(m.group(1)) <= 0 or (not m.group(2) and "." in m.group(1)):
         raise ValueError(f"budget {budget!r}: give a number of steps (600) or a duration per variant (90s, 5m, 1h)")
@@ -136,24 +143,34 @@ def build_sets(data_dir: Path, teacher: str, name: str, select: str = "top") -> 
     _log(f"targets: mean set size {meta['mean_set_size']:.2f}")
 
 
-def run_config(variant: str, data_dir: Path, run_dir: Path, max_iters: int, seed: int,
-               config_file: str | None, targets: str | None) -> Config:
+def run_config(
+    variant: str, data_dir: Path, run_dir: Path, max_iters: int, seed: int, config_file: str | None, targets: str | None
+) -> Config:
     """The training config of one variant: DEFAULT_SHAPE < config file < the experiment's keys."""
     # a variant's own defaults (the dropout of baseline-dropout) win over the default shape
     own = get_variant(variant).defaults
     overrides: dict[str, Any] = {} if config_file else {k: v for k, v in DEFAULT_SHAPE.items() if k not in own}
-    overrides.update({
-        "data": str(data_dir), "out_dir": str(run_dir), "max_iters": max_iters, "seed": seed,
-        "eval_interval": max(1, max_iters // EVAL_POINTS), "eval_iters": EVAL_ITERS,
-        "log_interval": max(1, max_iters // 20), "progress": "lines", "tensorboard": False,
-    })
+    overrides.update(
+        {
+            "data": str(data_dir),
+            "out_dir": str(run_dir),
+            "max_iters": max_iters,
+            "seed": seed,
+            "eval_interval": max(1, max_iters // EVAL_POINTS),
+            "eval_iters": EVAL_ITERS,
+            "log_interval": max(1, max_iters // 20),
+            "progress": "lines",
+            "tensorboard": False,
+        }
+    )
     if targets and get_variant(variant).sigmoid:
         overrides["targets"] = targets
     return load_config(variant, config_file, overrides)
 
 
-def calibrate_steps(variant: str, data_dir: Path, out: Path, seconds: float, seed: int,
-                    config_file: str | None, targets: str | None) -> tuple[int, float]:
+def calibrate_steps(
+    variant: str, data_dir: Path, out: Path, seconds: float, seed: int, config_file: str | None, targets: str | None
+) -> tuple[int, float]:
     """(max_iters, ms/step) so that training ``variant`` takes about ``seconds``: times
     CALIBRATION_STEPS steps in a scratch run and takes the median ms/step of all but the first two."""
     from .train import train
@@ -163,7 +180,7 @@ def calibrate_steps(variant: str, data_dir: Path, out: Path, seconds: float, see
     cfg = run_config(variant, data_dir, scratch, CALIBRATION_STEPS, seed, config_file, targets)
     cfg.train.eval_interval, cfg.train.eval_iters, cfg.train.log_interval = 10**9, 1, 1
     train(cfg)
-    records = [json.loads(l) for l in (scratch / "metrics.jsonl").read_text().splitlines() if l]
+    records = [json.loads(line) for line in (scratch / "metrics.jsonl").read_text().splitlines() if line]
     ms = float(np.median([r["ms_per_step"] for r in records if r["kind"] == "train" and r["step"] > 2]))
     shutil.rmtree(scratch, ignore_errors=True)
     return max(1, int(seconds * 1000 / ms)), ms
@@ -197,7 +214,7 @@ def _summary(variant: str, ev: dict[str, Any], plan: dict[str, Any], run_dir: Pa
     """One row of the results table from an eval JSON."""
     p, c, u = ev["perplexity"], ev["calibration"], ev["uncertainty"]
     d, s, g = ev.get("diversity") or {}, ev["sets"], ev.get("ground_truth") or {}
-    records = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     ms = [r["ms_per_step"] for r in records if r["kind"] == "train"]
     return {
         "variant": variant,
@@ -225,12 +242,23 @@ def _summary(variant: str, ev: dict[str, Any], plan: dict[str, Any], run_dir: Pa
 
 
 COLUMNS = [  # (key, header, format)
-    ("variant", "Variant", "{}"), ("perplexity", "Perplexity", "{:.4f}"), ("self_bleu", "Self-BLEU", "{:.2f}"),
-    ("distinct_4_study", "Distinct-4 (study)", "{:.4f}"), ("steps", "Steps", "{}"), ("nats_per_token", "Nats/token", "{:.4f}"),
-    ("bits_per_byte", "Bits/byte", "{:.4f}"), ("ece", "ECE", "{:.4f}"), ("brier", "Brier", "{:.4f}"),
-    ("auroc_entropy", "AUROC (entropy)", "{:.3f}"), ("set_f1", "Set F1", "{:.3f}"), ("set_size", "Set size", "{:.2f}"),
-    ("set_f1_best", "Best set F1", "{:.3f}"), ("set_best_tau", "at tau", "{}"),
-    ("kl_to_truth", "KL to truth", "{:.4f}"), ("mutual_information", "MI (nats)", "{:.2e}"), ("ms_per_step", "ms/step", "{:.0f}"),
+    ("variant", "Variant", "{}"),
+    ("perplexity", "Perplexity", "{:.4f}"),
+    ("self_bleu", "Self-BLEU", "{:.2f}"),
+    ("distinct_4_study", "Distinct-4 (study)", "{:.4f}"),
+    ("steps", "Steps", "{}"),
+    ("nats_per_token", "Nats/token", "{:.4f}"),
+    ("bits_per_byte", "Bits/byte", "{:.4f}"),
+    ("ece", "ECE", "{:.4f}"),
+    ("brier", "Brier", "{:.4f}"),
+    ("auroc_entropy", "AUROC (entropy)", "{:.3f}"),
+    ("set_f1", "Set F1", "{:.3f}"),
+    ("set_size", "Set size", "{:.2f}"),
+    ("set_f1_best", "Best set F1", "{:.3f}"),
+    ("set_best_tau", "at tau", "{}"),
+    ("kl_to_truth", "KL to truth", "{:.4f}"),
+    ("mutual_information", "MI (nats)", "{:.2e}"),
+    ("ms_per_step", "ms/step", "{:.0f}"),
 ]
 
 
@@ -263,11 +291,14 @@ def plot_curves(runs: dict[str, Path], path: Path, ideal: float | None = None) -
     if ideal is not None:
         ax.axhline(ideal, color="grey", linestyle="--", linewidth=1, label="true distribution")
     for name, run_dir in runs.items():
-        evals = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l]
+        evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
         evals = [r for r in evals if r["kind"] == "eval"]
         ax.plot([r["step"] for r in evals], [r["val_ce"] for r in evals], marker="o", markersize=3, label=name)
-    ax.set(xlabel="step", ylabel="validation cross-entropy (nats/token)",
-           title="Validation CE of the predictive distribution (fixed batches)")
+    ax.set(
+        xlabel="step",
+        ylabel="validation cross-entropy (nats/token)",
+        title="Validation CE of the predictive distribution (fixed batches)",
+    )
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -281,10 +312,20 @@ def plot_reliability_bins(evals: dict[str, dict[str, Any]], path: Path) -> Path:
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
     for name, ev in evals.items():
         c = ev["calibration"]
-        ax.plot(c["reliability"]["confidence"], c["reliability"]["accuracy"], marker="o", markersize=3,
-                label=f"{name} (ECE {c['ece_width']:.3f})")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max probability)", ylabel="accuracy",
-           title="Reliability, top-1, validation split")
+        ax.plot(
+            c["reliability"]["confidence"],
+            c["reliability"]["accuracy"],
+            marker="o",
+            markersize=3,
+            label=f"{name} (ECE {c['ece_width']:.3f})",
+        )
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="confidence (max probability)",
+        ylabel="accuracy",
+        title="Reliability, top-1, validation split",
+    )
     ax.legend(fontsize="small", loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -297,20 +338,36 @@ def plot_ppl_vs_selfbleu(rows: list[dict[str, Any]], path: Path) -> Path:
     for r in rows:
         if r["self_bleu"] is not None:
             ax.scatter(r["perplexity"], r["self_bleu"])
-            ax.annotate(r["variant"], (r["perplexity"], r["self_bleu"]), fontsize="small",
-                        xytext=(3, 3), textcoords="offset points")
-    ax.set(xlabel="validation perplexity (lower is better)", ylabel="Self-BLEU (lower = more diverse)",
-           title="Quality vs diversity")
+            ax.annotate(
+                r["variant"],
+                (r["perplexity"], r["self_bleu"]),
+                fontsize="small",
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+    ax.set(
+        xlabel="validation perplexity (lower is better)",
+        ylabel="Self-BLEU (lower = more diverse)",
+        title="Quality vs diversity",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
 
 
-def write_report(out: Path, rows: list[dict[str, Any]], evals: dict[str, dict[str, Any]],
-                 plan: dict[str, Any], command: str, sections: list[str] = ()) -> Path:
+def write_report(
+    out: Path,
+    rows: list[dict[str, Any]],
+    evals: dict[str, dict[str, Any]],
+    plan: dict[str, Any],
+    command: str,
+    sections: list[str] = (),
+) -> Path:
     """report.md, results.json and results.csv in ``out``."""
-    atomic_write(out / "results.json", json.dumps({"command": command, "plan": plan, "rows": rows, "evals": evals},
-                                                       indent=1) + "\n")
+    atomic_write(
+        out / "results.json",
+        json.dumps({"command": command, "plan": plan, "rows": rows, "evals": evals}, indent=1) + "\n",
+    )
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -320,44 +377,76 @@ def write_report(out: Path, rows: list[dict[str, Any]], evals: dict[str, dict[st
     div = any_eval.get("diversity") or {}
     sets = any_eval["sets"].get("reference", "none")
     budget = plan["budget"]
+    steps = plan["budget_kind"] == "steps"
+    budget_kind = "optimizer steps" if steps else "training wall time, converted to steps by timing each variant"
     lines = [
-        "# gptvariants experiment", "",
+        "# gptvariants experiment",
+        "",
         f"Data: `{plan['data']}` ({any_eval['perplexity']['tokens_scored']:,} validation tokens scored). "
-        f"Budget: {budget} per variant ({'optimizer steps' if plan['budget_kind'] == 'steps' else 'training wall time, converted to steps by timing each variant'}), "
-        f"seed {plan['seed']}."
-        + (f" Sigmoid variants train on the teacher sets `{plan['targets']}` ("
-           + ("sampled: the distinct tokens among k teacher draws, the true token one of them" if plan.get("sets") == "sample"
-              else "the study's top rule: the teacher's most probable tokens plus the true one") + ")."
-           if plan.get("targets") else ""), "",
-        markdown_table(rows), "",
+        f"Budget: {budget} per variant ({budget_kind}), seed {plan['seed']}."
+        + (
+            f" Sigmoid variants train on the teacher sets `{plan['targets']}` ("
+            + (
+                "sampled: the distinct tokens among k teacher draws, the true token one of them"
+                if plan.get("sets") == "sample"
+                else "the study's top rule: the teacher's most probable tokens plus the true one"
+            )
+            + ")."
+            if plan.get("targets")
+            else ""
+        ),
+        "",
+        markdown_table(rows),
+        "",
     ]
     if truth:
-        lines += [f"Ground truth: the ideal model scores {truth['true_nats_per_token']:.4f} nats/token "
-                  f"(perplexity {np.exp(truth['true_nats_per_token']):.4f}); true entropy rate {truth['true_entropy_rate']:.4f} nats.", ""]
+        lines += [
+            f"Ground truth: the ideal model scores {truth['true_nats_per_token']:.4f} nats/token "
+            f"(perplexity {np.exp(truth['true_nats_per_token']):.4f}); true entropy rate "
+            f"{truth['true_entropy_rate']:.4f} nats.",
+            "",
+        ]
     lines += [
-        "## How to read this", "",
+        "## How to read this",
+        "",
         "- **Perplexity** is exp(nats/token) of the predictive distribution on the *held-out* split, every token "
         f"scored once with sliding windows (block {any_eval['perplexity']['block_size']}, stride "
         f"{any_eval['perplexity']['stride']}); sigmoid heads are scored on their readout of sigmoid(z) (normalised; "
-        "for sampled sets first inverted, 1 - (1 - s)^(1/k)), Bayesian heads on the mixture of their posterior draws (the run's mc_samples). Lower is better; the study scored random windows of the training split.",
+        "for sampled sets first inverted, 1 - (1 - s)^(1/k)), Bayesian heads on the mixture of their posterior draws "
+        "(the run's mc_samples). Lower is better; the study scored random windows of the training split.",
         f"- **Self-BLEU** (0-100, lower = more diverse) and **Distinct-4** (the study's unique 4-grams / words) over "
-        f"{div.get('num_samples', 0)} samples of {div.get('max_new_tokens', 0)} tokens from {div.get('prompt_tokens', 0)}-token "
+        f"{div.get('num_samples', 0)} samples of {div.get('max_new_tokens', 0)} tokens from "
+        f"{div.get('prompt_tokens', 0)}-token "
         "validation prompts, temperature 1. Diversity alone rewards word salad: read it next to perplexity.",
-        "- **ECE** (15 equal-width bins, top-1) and **Brier**: calibration, lower is better. **AUROC (entropy)**: how well "
-        "the predictive entropy flags a wrong top-1 guess (0.5 = not at all).",
-        f"- **Set F1**: micro F1 of {{v : q_v >= 0.5}} (sigmoid(z) for sigmoid heads, the probability for softmax heads) "
+        "- **ECE** (15 equal-width bins, top-1) and **Brier**: calibration, lower is better. **AUROC (entropy)**: "
+        "how well the predictive entropy flags a wrong top-1 guess (0.5 = not at all).",
+        f"- **Set F1**: micro F1 of {{v : q_v >= 0.5}} (sigmoid(z) for sigmoid heads, the probability for "
+        "softmax heads) "
         f"against the reference sets ({sets}"
-        + ("; built by the baseline itself, so the baseline's own set scores are not independent" if "ckpt_baseline" in sets else "")
+        + (
+            "; built by the baseline itself, so the baseline's own set scores are not independent"
+            if "ckpt_baseline" in sets
+            else ""
+        )
         + "), with the mean predicted set size; **Best set F1** is the best over "
-        "thresholds tau in {" + ", ".join(map(str, TAUS)) + "} (a softmax head must spread 1 over the set, so it needs a low tau).",
+        "thresholds tau in {"
+        + ", ".join(map(str, TAUS))
+        + "} (a softmax head must spread 1 over the set, so it needs a low tau).",
         "- **KL to truth**: mean KL(p_true || p_model) in nats, synthetic language only (0 = exact). **MI**: mean "
         "mutual information between the next token and the posterior draws (Bayesian heads only).",
         "- **ms/step**: median training step time on this machine.",
         "",
-        "Curves: `curves.png` (validation CE on one scale for every variant), `reliability.png`, `ppl_vs_selfbleu.png`; "
-        "per-variant details in `runs/VARIANT/eval/val.json` with samples in `val.samples.jsonl`.", "",
+        "Curves: `curves.png` (validation CE on one scale for every variant), `reliability.png`, "
+        "`ppl_vs_selfbleu.png`; per-variant details in `runs/VARIANT/eval/val.json` with samples in "
+        "`val.samples.jsonl`.",
+        "",
         *sections,
-        "## Command", "", "```", command, "```", "",
+        "## Command",
+        "",
+        "```",
+        command,
+        "```",
+        "",
     ]
     atomic_write(out / "report.md", "\n".join(lines))
     return out / "report.md"
@@ -366,10 +455,20 @@ def write_report(out: Path, rows: list[dict[str, Any]], evals: dict[str, dict[st
 # ----------------------------------------------------------------------------- driver
 
 
-def run_experiment(out: str | Path, data: str = "synthetic:default", variants: list[str] | None = None,
-                   budget: str = DEFAULT_BUDGET, seed: int = 1337, config_file: str | None = None,
-                   num_samples: int = 100, max_new_tokens: int = 64, command: str | None = None, sets: str = "top",
-                   methods: list[str] | None = None, ood: str | None = None) -> Path:
+def run_experiment(
+    out: str | Path,
+    data: str = "synthetic:default",
+    variants: list[str] | None = None,
+    budget: str = DEFAULT_BUDGET,
+    seed: int = 1337,
+    config_file: str | None = None,
+    num_samples: int = 100,
+    max_new_tokens: int = 64,
+    command: str | None = None,
+    sets: str = "top",
+    methods: list[str] | None = None,
+    ood: str | None = None,
+) -> Path:
     """Run (or resume) the whole experiment into ``out``; returns the path of report.md.
 
     ``sets``: the sigmoid variants' teacher sets, "top" (the study's rule) or "sample".
@@ -389,15 +488,18 @@ def run_experiment(out: str | Path, data: str = "synthetic:default", variants: l
         raise ValueError("the uncertainty comparison (--methods) needs the baseline among the variants")
     for v in variants:
         get_variant(v)
-    command = command or _command(data, variants, budget, seed, num_samples, max_new_tokens, out, sets, config_file,
-                                  methods, ood)
+    command = command or _command(
+        data, variants, budget, seed, num_samples, max_new_tokens, out, sets, config_file, methods, ood
+    )
     plan, save_plan = _plan(out, budget, seed, data, config_file, sets)
     data_dir = resolve_data(data, out)
     plan["data"] = str(data_dir)
     dataset = TokenDataset(data_dir)
     if methods and ood is None and dataset.synthetic is None:
-        raise ValueError("the uncertainty comparison needs shifted text on this data: pass --ood text:PATH (or a "
-                         "prepared folder with the same tokenizer)")
+        raise ValueError(
+            "the uncertainty comparison needs shifted text on this data: pass --ood text:PATH (or a "
+            "prepared folder with the same tokenizer)"
+        )
     teacher = teacher_for(dataset, variants, out)
     if teacher and sets == "sample":
         teacher = (teacher[0], f"{teacher[1]}-sample{SAMPLE_K}")
@@ -432,8 +534,22 @@ def run_experiment(out: str | Path, data: str = "synthetic:default", variants: l
 
 
 def _command(data, variants, budget, seed, num_samples, max_new_tokens, out, sets, config_file, methods, ood) -> str:
-    argv = ["--data", data, "--variants", ",".join(variants), "--budget", budget, "--seed", str(seed),
-            "--num-samples", str(num_samples), "--max-new-tokens", str(max_new_tokens), "--out", str(out)]
+    argv = [
+        "--data",
+        data,
+        "--variants",
+        ",".join(variants),
+        "--budget",
+        budget,
+        "--seed",
+        str(seed),
+        "--num-samples",
+        str(num_samples),
+        "--max-new-tokens",
+        str(max_new_tokens),
+        "--out",
+        str(out),
+    ]
     argv += ["--sets", sets] if sets != "top" else []
     argv += ["--methods", ",".join(methods)] if methods else []
     argv += ["--ood", ood] if ood else []
@@ -447,11 +563,15 @@ def _plan(out: Path, budget: str, seed: int, data: str, config_file: str | None,
     plan = json.loads(plan_path.read_text()) if plan_path.is_file() else {}
     fixed = (budget, seed, data, config_file, sets)
     if plan and (plan["budget"], plan["seed"], plan["source"], plan["config"], plan.get("sets", "top")) != fixed:
-        raise ValueError(f"{out} holds an experiment with budget {plan['budget']}, seed {plan['seed']}, data "
-                         f"{plan['source']!r}, config {plan['config']!r} and {plan.get('sets', 'top')} sets; "
-                         "use another --out to change them")
+        raise ValueError(
+            f"{out} holds an experiment with budget {plan['budget']}, seed {plan['seed']}, data "
+            f"{plan['source']!r}, config {plan['config']!r} and {plan.get('sets', 'top')} sets; "
+            "use another --out to change them"
+        )
     kind, _ = parse_budget(budget)
-    plan.update({"budget": budget, "budget_kind": kind, "seed": seed, "source": data, "config": config_file, "sets": sets})
+    plan.update(
+        {"budget": budget, "budget_kind": kind, "seed": seed, "source": data, "config": config_file, "sets": sets}
+    )
     plan.setdefault("max_iters", {})
     plan.setdefault("train_seconds", {})
 
@@ -461,8 +581,17 @@ def _plan(out: Path, budget: str, seed: int, data: str, config_file: str | None,
     return plan, save_plan
 
 
-def _train_one(name: str, variant: str, run_dir: Path, data_dir: Path, out: Path, plan: dict[str, Any], save_plan,
-               seed: int, config_file: str | None) -> None:
+def _train_one(
+    name: str,
+    variant: str,
+    run_dir: Path,
+    data_dir: Path,
+    out: Path,
+    plan: dict[str, Any],
+    save_plan,
+    seed: int,
+    config_file: str | None,
+) -> None:
     """Resolve the run's step budget (timing it for a wall-time budget), then train, resume or skip it."""
     kind, amount = parse_budget(plan["budget"])
     targets = plan["targets"]
@@ -483,8 +612,16 @@ def _train_one(name: str, variant: str, run_dir: Path, data_dir: Path, out: Path
     _log(f"train {name}: {done}")
 
 
-def _evaluate_one(v: str, run_dir: Path, data_dir: Path, dataset: TokenDataset, plan: dict[str, Any],
-                  num_samples: int, max_new_tokens: int, seed: int) -> dict[str, Any]:
+def _evaluate_one(
+    v: str,
+    run_dir: Path,
+    data_dir: Path,
+    dataset: TokenDataset,
+    plan: dict[str, Any],
+    num_samples: int,
+    max_new_tokens: int,
+    seed: int,
+) -> dict[str, Any]:
     path = default_out(run_dir, "val")
     ev = json.loads(path.read_text()) if path.is_file() else None
     if ev is not None and ev["step"] == plan["max_iters"][v]:
@@ -492,35 +629,82 @@ def _evaluate_one(v: str, run_dir: Path, data_dir: Path, dataset: TokenDataset, 
         return ev
     _log(f"eval {v}")
     sets = None if dataset.synthetic is not None else (plan["targets"] or "none")
-    return evaluate(run_dir, data_dir, out=path, sets=sets, num_samples=num_samples, max_new_tokens=max_new_tokens,
-                    seed=seed, temperature=False)
+    return evaluate(
+        run_dir,
+        data_dir,
+        out=path,
+        sets=sets,
+        num_samples=num_samples,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        temperature=False,
+    )
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
     from .comparators import parse_methods
 
-    run_experiment(args.out, args.data, parse_variants(args.variants), args.budget, args.seed, args.config,
-                   args.num_samples, args.max_new_tokens, sets=args.sets, methods=parse_methods(args.methods),
-                   ood=args.ood)
+    run_experiment(
+        args.out,
+        args.data,
+        parse_variants(args.variants),
+        args.budget,
+        args.seed,
+        args.config,
+        args.num_samples,
+        args.max_new_tokens,
+        sets=args.sets,
+        methods=parse_methods(args.methods),
+        ood=args.ood,
+    )
     return 0
 
 
 def register_cli(subparsers) -> None:
     """Add `gptv experiment`."""
     p = subparsers.add_parser("experiment", help="train and evaluate every variant with one budget; write a report")
-    p.add_argument("--data", default="synthetic:default", help="prepared data folder or a `gptv prepare` source (default synthetic:default)")
-    p.add_argument("--variants", default=None, help=f"comma-separated subset of {','.join(REGISTRY)} (default: the study's {','.join(study_variants())})")
-    p.add_argument("--budget", default=DEFAULT_BUDGET, help="steps per variant (600) or training time per variant (90s, 5m, 1h)")
+    p.add_argument(
+        "--data",
+        default="synthetic:default",
+        help="prepared data folder or a `gptv prepare` source (default synthetic:default)",
+    )
+    p.add_argument(
+        "--variants",
+        default=None,
+        help=f"comma-separated subset of {','.join(REGISTRY)} (default: the study's {','.join(study_variants())})",
+    )
+    p.add_argument(
+        "--budget", default=DEFAULT_BUDGET, help="steps per variant (600) or training time per variant (90s, 5m, 1h)"
+    )
     p.add_argument("--seed", type=non_negative_int, default=1337)
-    p.add_argument("--config", default=None, help="TOML file with the model/training shape; replaces the default "
-                   "(nanoGPT's CPU recipe), keys it leaves out take the `gptv train` defaults")
-    p.add_argument("--num-samples", type=non_negative_int, default=100, help="samples per variant for the diversity metrics")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="TOML file with the model/training shape; replaces the default "
+        "(nanoGPT's CPU recipe), keys it leaves out take the `gptv train` defaults",
+    )
+    p.add_argument(
+        "--num-samples", type=non_negative_int, default=100, help="samples per variant for the diversity metrics"
+    )
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens per sample")
-    p.add_argument("--sets", choices=("top", "sample"), default="top",
-                   help="teacher sets of the sigmoid variants: the study's top candidates, or sampled sets (see gptv targets --select)")
-    p.add_argument("--methods", default=None, help="uncertainty comparators for the report's Uncertainty section: "
-                   "comma-separated from temperature, mc_dropout, ensemble, laplace, or all")
-    p.add_argument("--ood", default=None, help="shifted text of the Uncertainty section: text:PATH, a prepared folder, "
-                   "or synthetic?shift=S (default on the synthetic language: synthetic?shift=0.5)")
+    p.add_argument(
+        "--sets",
+        choices=("top", "sample"),
+        default="top",
+        help="teacher sets of the sigmoid variants: the study's top candidates, or sampled sets "
+        "(see gptv targets --select)",
+    )
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="uncertainty comparators for the report's Uncertainty section: "
+        "comma-separated from temperature, mc_dropout, ensemble, laplace, or all",
+    )
+    p.add_argument(
+        "--ood",
+        default=None,
+        help="shifted text of the Uncertainty section: text:PATH, a prepared folder, "
+        "or synthetic?shift=S (default on the synthetic language: synthetic?shift=0.5)",
+    )
     p.add_argument("--out", required=True, help="experiment folder")
     p.set_defaults(func=_cmd_experiment)

@@ -40,8 +40,15 @@ from .tokenizers import EOT_TEXT, load_tokenizer
 FORMATS = ("hf",)
 MODELING = "modeling_gptvariants"
 # every file an export may write: --force replaces these and leaves any other file alone
-EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                f"{MODELING}.py", "README.md")
+EXPORT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    f"{MODELING}.py",
+    "README.md",
+)
 
 
 class ExportError(ValueError):
@@ -71,11 +78,17 @@ def readout_of(model) -> dict[str, Any]:
     z = 4 * torch.randn(8, model.config.vocab_size, generator=torch.Generator().manual_seed(0))
     err = (readout_log_probs(z, readout, set_draws) - objective.log_probs(z)).abs().max().item()
     if not err <= 1e-5:
-        raise ExportError(f"cannot export {objective!r} exactly: its predictive distribution is not the "
-                          f"{readout} readout (max |log p difference| {err:.2e} on random logits)")
+        raise ExportError(
+            f"cannot export {objective!r} exactly: its predictive distribution is not the "
+            f"{readout} readout (max |log p difference| {err:.2e} on random logits)"
+        )
     _, bias = model.head.weights(sample=False)
-    return {"readout": readout, "set_draws": set_draws, "output_bias": bias is not None,
-            "plain": readout == "softmax" and bias is None}
+    return {
+        "readout": readout,
+        "set_draws": set_draws,
+        "output_bias": bias is not None,
+        "plain": readout == "softmax" and bias is None,
+    }
 
 
 def hf_state_dict(model, with_bias: bool) -> dict[str, torch.Tensor]:
@@ -105,14 +118,22 @@ def _meta(cfg, readout: dict[str, Any], step: int | None, tokenizer, run_dir: Pa
     from . import __version__
 
     bayes = cfg.objective.head == "bayesian"
-    what = {"softmax": "softmax(z)",
-            "sigmoid": "q / sum(q), q = 1 - (1 - sigmoid(z))^(1/set_draws)"}[readout["readout"]]
+    what = {"softmax": "softmax(z)", "sigmoid": "q / sum(q), q = 1 - (1 - sigmoid(z))^(1/set_draws)"}[
+        readout["readout"]
+    ]
     if bayes:
         what += ", z from the posterior mean of the Bayesian head's weights (no Monte-Carlo draws)"
     return {
-        "version": __version__, "run": run_dir.name, "step": step, "variant": cfg.objective.variant,
-        "head": cfg.objective.head, "objective": cfg.objective.objective, "readout": readout["readout"],
-        "set_draws": readout["set_draws"], "bias": cfg.model.bias, "output_bias": readout["output_bias"],
+        "version": __version__,
+        "run": run_dir.name,
+        "step": step,
+        "variant": cfg.objective.variant,
+        "head": cfg.objective.head,
+        "objective": cfg.objective.objective,
+        "readout": readout["readout"],
+        "set_draws": readout["set_draws"],
+        "bias": cfg.model.bias,
+        "output_bias": readout["output_bias"],
         "tokenizer": tokenizer.name,
         "predictive": f"p = {what}",
     }
@@ -122,23 +143,41 @@ def _config(cfg, meta: dict[str, Any], plain: bool, eot: int | None):
     from transformers import GPT2Config
 
     m = cfg.model
-    kw = dict(vocab_size=m.vocab_size, n_positions=m.block_size, n_embd=m.n_embd, n_layer=m.n_layer, n_head=m.n_head,
-              n_inner=None, activation_function="gelu_new" if m.gelu == "tanh" else "gelu", resid_pdrop=m.dropout,
-              embd_pdrop=m.dropout, attn_pdrop=m.dropout, layer_norm_epsilon=1e-5, bos_token_id=eot, eos_token_id=eot,
-              tie_word_embeddings=m.tie_weights, **{META_KEY: meta})
+    kw = dict(
+        vocab_size=m.vocab_size,
+        n_positions=m.block_size,
+        n_embd=m.n_embd,
+        n_layer=m.n_layer,
+        n_head=m.n_head,
+        n_inner=None,
+        activation_function="gelu_new" if m.gelu == "tanh" else "gelu",
+        resid_pdrop=m.dropout,
+        embd_pdrop=m.dropout,
+        attn_pdrop=m.dropout,
+        layer_norm_epsilon=1e-5,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        tie_word_embeddings=m.tie_weights,
+        **{META_KEY: meta},
+    )
     if plain:
         return GPT2Config(architectures=["GPT2LMHeadModel"], **kw)
     from .hf_modeling.modeling_gptvariants import GPTVariantsConfig
 
-    auto_map = {"AutoConfig": f"{MODELING}.GPTVariantsConfig",
-                "AutoModelForCausalLM": f"{MODELING}.GPTVariantsForCausalLM"}
+    auto_map = {
+        "AutoConfig": f"{MODELING}.GPTVariantsConfig",
+        "AutoModelForCausalLM": f"{MODELING}.GPTVariantsForCausalLM",
+    }
     return GPTVariantsConfig(architectures=["GPTVariantsForCausalLM"], auto_map=auto_map, **kw)
 
 
 def _write_tokenizer(tokenizer, folder: Path, block_size: int) -> None:
     tokenizer.to_hf().save(str(folder / "tokenizer.json"))
-    conf: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
-                            "model_max_length": block_size}
+    conf: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": block_size,
+    }
     if tokenizer.eot_token is not None:
         conf.update(bos_token=EOT_TEXT, eos_token=EOT_TEXT)
     (folder / "tokenizer_config.json").write_text(json.dumps(conf, indent=2) + "\n", encoding="utf-8")
@@ -146,15 +185,18 @@ def _write_tokenizer(tokenizer, folder: Path, block_size: int) -> None:
 
 def _readme(meta: dict[str, Any], plain: bool, folder_name: str, block_size: int) -> str:
     remote = "" if plain else ", trust_remote_code=True"
-    contract = ("a plain GPT-2 (GPT2LMHeadModel): softmax(logits) is the run's predictive distribution" if plain else
-                f"GPT-2 with the run's output layer ({MODELING}.py, loaded with trust_remote_code=True); "
-                "its logits are the log-probabilities of the run's predictive distribution, "
-                "so softmax(logits) is that distribution")
-    return f"""# {meta['run']}: gptvariants `{meta['variant']}` (step {meta['step']})
+    contract = (
+        "a plain GPT-2 (GPT2LMHeadModel): softmax(logits) is the run's predictive distribution"
+        if plain
+        else f"GPT-2 with the run's output layer ({MODELING}.py, loaded with trust_remote_code=True); "
+        "its logits are the log-probabilities of the run's predictive distribution, "
+        "so softmax(logits) is that distribution"
+    )
+    return f"""# {meta["run"]}: gptvariants `{meta["variant"]}` (step {meta["step"]})
 
-Exported by `gptv export` (gptvariants {meta['version']}) as {contract}.
+Exported by `gptv export` (gptvariants {meta["version"]}) as {contract}.
 
-Predictive distribution: {meta['predictive']}.
+Predictive distribution: {meta["predictive"]}.
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -162,7 +204,7 @@ model = AutoModelForCausalLM.from_pretrained("{folder_name}"{remote})
 tokenizer = AutoTokenizer.from_pretrained("{folder_name}"{remote})
 ```
 
-Tokenizer: `{meta['tokenizer']}`. The context is {block_size} tokens (the run's block_size); config.json
+Tokenizer: `{meta["tokenizer"]}`. The context is {block_size} tokens (the run's block_size); config.json
 holds the run's settings under `{META_KEY}`.
 """
 
@@ -181,8 +223,9 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "hf", force: bool = 
     if out.exists() and run_dir.exists() and out.resolve() == run_dir.resolve():
         raise ExportError(f"{out} is the run folder itself: export into another folder")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise ExportError(f"{out} exists and is not empty: choose another folder, "
-                          "or pass --force to replace the export files in it")
+        raise ExportError(
+            f"{out} exists and is not empty: choose another folder, or pass --force to replace the export files in it"
+        )
     _require_transformers()
     model, cfg = load_run(run_dir)
     try:
@@ -190,8 +233,9 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "hf", force: bool = 
     except (RuntimeError, FileNotFoundError) as e:
         raise ExportError(f"cannot export the tokenizer of {run_dir}: {e}") from None
     if tokenizer.vocab_size > cfg.model.vocab_size:
-        raise ExportError(f"{run_dir}: the tokenizer has {tokenizer.vocab_size} ids "
-                          f"but the model only {cfg.model.vocab_size}")
+        raise ExportError(
+            f"{run_dir}: the tokenizer has {tokenizer.vocab_size} ids but the model only {cfg.model.vocab_size}"
+        )
     readout = readout_of(model)
     step = json.loads((run_dir / POINTER).read_text()).get("step")
     meta = _meta(cfg, readout, step, tokenizer, run_dir)
@@ -221,8 +265,9 @@ def _umask() -> int:
     return mask
 
 
-def _write_folder(folder: Path, model, cfg, tokenizer, readout: dict[str, Any], meta: dict[str, Any],
-                  name: str) -> None:
+def _write_folder(
+    folder: Path, model, cfg, tokenizer, readout: dict[str, Any], meta: dict[str, Any], name: str
+) -> None:
     from safetensors.torch import save_file
     from transformers import GenerationConfig
 
@@ -243,18 +288,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = export(args.run, args.out, args.format, force=args.force)
     meta = json.loads((out / "config.json").read_text())[META_KEY]
     remote = (out / f"{MODELING}.py").exists()
-    print(f"exported {args.run} ({meta['variant']}, step {meta['step']}) to {out}: load it with "
-          f"AutoModelForCausalLM.from_pretrained({str(out)!r}{', trust_remote_code=True' if remote else ''})")
+    print(
+        f"exported {args.run} ({meta['variant']}, step {meta['step']}) to {out}: load it with "
+        f"AutoModelForCausalLM.from_pretrained({str(out)!r}{', trust_remote_code=True' if remote else ''})"
+    )
     return 0
 
 
 def register_cli(subparsers) -> None:
     """Add ``gptv export`` to the ``gptv`` subcommands."""
-    p = subparsers.add_parser("export", help="write a run as a Hugging Face transformers folder",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = subparsers.add_parser(
+        "export",
+        help="write a run as a Hugging Face transformers folder",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("run", help="run folder (made by gptv train)")
     p.add_argument("out", help="output folder (new or empty)")
     p.add_argument("--format", default="hf", help=f"export format: {', '.join(FORMATS)}")
-    p.add_argument("--force", action="store_true",
-                   help="write into a non-empty OUT, replacing the files of an earlier export")
+    p.add_argument(
+        "--force", action="store_true", help="write into a non-empty OUT, replacing the files of an earlier export"
+    )
     p.set_defaults(func=cmd_export)

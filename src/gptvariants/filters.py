@@ -24,8 +24,9 @@ def apply_repetition_penalty(scores: torch.Tensor, present: torch.Tensor, penalt
     return torch.where(present, penalised, scores)
 
 
-def restrict_to_sets(scores: torch.Tensor, set_probs: torch.Tensor, tau: Option,
-                     rows: bool | torch.Tensor = True) -> torch.Tensor:
+def restrict_to_sets(
+    scores: torch.Tensor, set_probs: torch.Tensor, tau: Option, rows: bool | torch.Tensor = True
+) -> torch.Tensor:
     """Sigmoid ``set`` mode: the scores of tokens outside {v : s_v > tau} become -inf, where s are
     the draw-averaged sigmoid scores (``set_probs``); if no token clears tau, all but the argmax
     of s. ``rows``: True for every row, or (B, 1) bool for the rows in set mode."""
@@ -67,8 +68,12 @@ def top_p_filter(scores: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
     return scores.masked_fill(drop, float("-inf"))
 
 
-def sampling_probs(scores: torch.Tensor, temperature: Option = 1.0, top_k: int | torch.Tensor | None = None,
-                   top_p: Option | None = None) -> torch.Tensor:
+def sampling_probs(
+    scores: torch.Tensor,
+    temperature: Option = 1.0,
+    top_k: int | torch.Tensor | None = None,
+    top_p: Option | None = None,
+) -> torch.Tensor:
     """The distribution one samples from: softmax of scores / temperature after top-k, then top-p."""
     if not isinstance(temperature, torch.Tensor) and temperature <= 0:
         raise ValueError("temperature <= 0 means greedy decoding; take the argmax instead")

@@ -69,7 +69,9 @@ def predictor_for(model, bayes_mode: str = "mean", mc_samples: int | None = None
     if bayes_mode not in BAYES_MODES:
         raise ValueError(f"bayes_mode must be one of {BAYES_MODES}, got {bayes_mode!r}")
     if bayes_mode != "mean" and not model.head.stochastic:
-        raise ValueError(f"bayes_mode={bayes_mode!r} needs a Bayesian head; this model's head is deterministic (use 'mean')")
+        raise ValueError(
+            f"bayes_mode={bayes_mode!r} needs a Bayesian head; this model's head is deterministic (use 'mean')"
+        )
     if mc_samples is not None and mc_samples < 1:
         raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
     if bayes_mode == "mean":
@@ -138,24 +140,62 @@ def generate(
     Returns the new tokens per row, or ``Generation`` records when ``return_details`` (with
     the top alternatives, sets and per-draw probabilities when ``top_n`` > 0).
     """
-    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                   greedy=greedy, stop_tokens=stop_tokens, sig_mode=sig_mode, tau=tau,
-                   details=return_details or top_n > 0, top_n=top_n)
-    decoder, rows = _decoder(model, prompts, max_new_tokens, options, stop_fn=stop_fn, seed=seed, use_cache=use_cache,
-                             slide=slide, bayes_mode=bayes_mode, mc_samples=mc_samples)
+    options = dict(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        greedy=greedy,
+        stop_tokens=stop_tokens,
+        sig_mode=sig_mode,
+        tau=tau,
+        details=return_details or top_n > 0,
+        top_n=top_n,
+    )
+    decoder, rows = _decoder(
+        model,
+        prompts,
+        max_new_tokens,
+        options,
+        stop_fn=stop_fn,
+        seed=seed,
+        use_cache=use_cache,
+        slide=slide,
+        bayes_mode=bayes_mode,
+        mc_samples=mc_samples,
+    )
     while decoder.active:
         decoder.step()
     return [r.gen for r in rows] if return_details else [r.gen.tokens for r in rows]
 
 
-def stream(model, prompt: Sequence[int], max_new_tokens: int, *, seed: int | None = None, use_cache: bool = True,
-           slide: int | None = None, bayes_mode: str = "mean", mc_samples: int | None = None,
-           return_details: bool = True, **options) -> Iterator[tuple[int, Generation]]:
+def stream(
+    model,
+    prompt: Sequence[int],
+    max_new_tokens: int,
+    *,
+    seed: int | None = None,
+    use_cache: bool = True,
+    slide: int | None = None,
+    bayes_mode: str = "mean",
+    mc_samples: int | None = None,
+    return_details: bool = True,
+    **options,
+) -> Iterator[tuple[int, Generation]]:
     """Decode one prompt lazily: yield (index, generation) as each new token is appended to
     ``generation`` (its ``tokens[-1]``); options as ``generate``."""
     options["details"] = return_details or options.get("top_n", 0) > 0
-    decoder, (row,) = _decoder(model, [prompt], max_new_tokens, options, seed=seed, use_cache=use_cache, slide=slide,
-                               bayes_mode=bayes_mode, mc_samples=mc_samples)
+    decoder, (row,) = _decoder(
+        model,
+        [prompt],
+        max_new_tokens,
+        options,
+        seed=seed,
+        use_cache=use_cache,
+        slide=slide,
+        bayes_mode=bayes_mode,
+        mc_samples=mc_samples,
+    )
     while decoder.active:
         n = len(row.gen.tokens)
         decoder.step()
@@ -163,9 +203,19 @@ def stream(model, prompt: Sequence[int], max_new_tokens: int, *, seed: int | Non
             yield n, row.gen
 
 
-def _decoder(model, prompts, max_new_tokens: int, options: dict, *, stop_fn=None, seed: int | None = None,
-             use_cache: bool = True, slide: int | None = None, bayes_mode: str = "mean",
-             mc_samples: int | None = None) -> tuple[Decoder, list[Row]]:
+def _decoder(
+    model,
+    prompts,
+    max_new_tokens: int,
+    options: dict,
+    *,
+    stop_fn=None,
+    seed: int | None = None,
+    use_cache: bool = True,
+    slide: int | None = None,
+    bayes_mode: str = "mean",
+    mc_samples: int | None = None,
+) -> tuple[Decoder, list[Row]]:
     """A decoder holding one row per prompt (see ``generate``)."""
     ids = [list(map(int, r)) for r in (prompts.tolist() if isinstance(prompts, torch.Tensor) else prompts)]
     predictor = as_predictor(model, bayes_mode, mc_samples, seed)
@@ -175,15 +225,33 @@ def _decoder(model, prompts, max_new_tokens: int, options: dict, *, stop_fn=None
     decoder = Decoder(predictor, use_cache=use_cache, slide=slide)
     rows = []
     for i, r in enumerate(ids):
-        row_options = RowOptions(max_new_tokens, stop_fn=None if stop_fn is None else partial(stop_fn, i),
-                                 seed=row_seed(seed, i), **options)
+        row_options = RowOptions(
+            max_new_tokens, stop_fn=None if stop_fn is None else partial(stop_fn, i), seed=row_seed(seed, i), **options
+        )
         rows.append(decoder.add(Row(r, row_options)))
     return decoder, rows
 
 
 __all__ = [
-    "BAYES_MODES", "SIG_MODES", "ContextWindow", "Decoder", "Generation", "Row", "RowOptions",
-    "apply_repetition_penalty", "as_predictor", "default_slide", "draw_rows", "generate", "keep_tokens",
-    "predictor_for", "restrict_to_sets", "row_seed", "sampling_probs", "stream", "top_k_filter", "top_p_filter",
+    "BAYES_MODES",
+    "SIG_MODES",
+    "ContextWindow",
+    "Decoder",
+    "Generation",
+    "Row",
+    "RowOptions",
+    "apply_repetition_penalty",
+    "as_predictor",
+    "default_slide",
+    "draw_rows",
+    "generate",
+    "keep_tokens",
+    "predictor_for",
+    "restrict_to_sets",
+    "row_seed",
+    "sampling_probs",
+    "stream",
+    "top_k_filter",
+    "top_p_filter",
     "window_start",
 ]

@@ -73,8 +73,15 @@ class Head(nn.Module):
         w, b = self.weights(sample)
         return w, b, w.new_zeros(())
 
-    def loss(self, h: torch.Tensor, objective: Objective, y: torch.Tensor, sets: torch.Tensor | None,
-             chunk_size: int = 0, sample: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(
+        self,
+        h: torch.Tensor,
+        objective: Objective,
+        y: torch.Tensor,
+        sets: torch.Tensor | None,
+        chunk_size: int = 0,
+        sample: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean objective over positions with y >= 0, KL) of one training forward pass."""
         from .objectives import fused_linear_loss
 
@@ -138,9 +145,17 @@ class BayesianHead(Head):
 
     stochastic = True
 
-    def __init__(self, n_embd: int, vocab_size: int, bias: bool = False, bias_init: float = 0.0,
-                 prior_mu: float = 0.0, prior_sigma: float = 0.02, posterior_sigma_init: float = 1e-3,
-                 reparam: str = "weight") -> None:
+    def __init__(
+        self,
+        n_embd: int,
+        vocab_size: int,
+        bias: bool = False,
+        bias_init: float = 0.0,
+        prior_mu: float = 0.0,
+        prior_sigma: float = 0.02,
+        posterior_sigma_init: float = 1e-3,
+        reparam: str = "weight",
+    ) -> None:
         super().__init__()
         if reparam not in ("weight", "local"):
             raise ValueError(f"reparam must be 'weight' or 'local', got {reparam!r}")
@@ -159,9 +174,16 @@ class BayesianHead(Head):
 
     @classmethod
     def from_config(cls, n_embd: int, vocab_size: int, cfg: ObjectiveConfig, sigmoid: bool) -> BayesianHead:
-        return cls(n_embd, vocab_size, bias=cfg.output_bias, bias_init=sigmoid_bias_init(vocab_size, sigmoid),
-                   prior_mu=cfg.prior_mu, prior_sigma=cfg.prior_sigma, posterior_sigma_init=cfg.posterior_sigma_init,
-                   reparam=cfg.reparam)
+        return cls(
+            n_embd,
+            vocab_size,
+            bias=cfg.output_bias,
+            bias_init=sigmoid_bias_init(vocab_size, sigmoid),
+            prior_mu=cfg.prior_mu,
+            prior_sigma=cfg.prior_sigma,
+            posterior_sigma_init=cfg.posterior_sigma_init,
+            reparam=cfg.reparam,
+        )
 
     @property
     def mean_weight(self) -> nn.Parameter:
@@ -257,8 +279,9 @@ class HeadEnsemble(Head):
     member on every position, loss = 1/K sum_k objective(h W_k^T + b_k), K times the head's cost.
     The token embedding, if tied, shares the first member's weights."""
 
-    def __init__(self, n_embd: int, vocab_size: int, k: int, bias: bool = False, bias_init: float = 0.0,
-                 split: bool = True) -> None:
+    def __init__(
+        self, n_embd: int, vocab_size: int, k: int, bias: bool = False, bias_init: float = 0.0, split: bool = True
+    ) -> None:
         super().__init__()
         if k < 1:
             raise ValueError(f"ensemble_size must be >= 1, got {k}")
@@ -267,8 +290,14 @@ class HeadEnsemble(Head):
 
     @classmethod
     def from_config(cls, n_embd: int, vocab_size: int, cfg: ObjectiveConfig, sigmoid: bool) -> HeadEnsemble:
-        return cls(n_embd, vocab_size, cfg.ensemble_size, bias=cfg.output_bias,
-                   bias_init=sigmoid_bias_init(vocab_size, sigmoid), split=cfg.ensemble_split)
+        return cls(
+            n_embd,
+            vocab_size,
+            cfg.ensemble_size,
+            bias=cfg.output_bias,
+            bias_init=sigmoid_bias_init(vocab_size, sigmoid),
+            split=cfg.ensemble_split,
+        )
 
     @property
     def mean_weight(self) -> nn.Parameter:
@@ -282,15 +311,18 @@ class HeadEnsemble(Head):
 
         K, zero = len(self.members), h.new_zeros((), dtype=torch.float32)
         if not self.split:
-            return sum(fused_linear_loss(h, m.weight, m.bias, objective, y, sets, chunk_size) for m in self.members) / K, zero
+            return sum(
+                fused_linear_loss(h, m.weight, m.bias, objective, y, sets, chunk_size) for m in self.members
+            ) / K, zero
         h2, y2 = h.reshape(-1, h.shape[-1]), y.reshape(-1)
         s2 = None if sets is None else sets.reshape(-1, sets.shape[-1])
         total = zero
         for k, m in enumerate(self.members):  # member k: positions k, k + K, ...; weighted by its positions
             yk = y2[k::K]
             if len(yk):
-                part = fused_linear_loss(h2[k::K], m.weight, m.bias, objective, yk, None if s2 is None else s2[k::K],
-                                         chunk_size)
+                part = fused_linear_loss(
+                    h2[k::K], m.weight, m.bias, objective, yk, None if s2 is None else s2[k::K], chunk_size
+                )
                 total = total + part * (yk >= 0).sum()
         return total / (y2 >= 0).sum().clamp(min=1), zero
 
@@ -321,7 +353,10 @@ def gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor, prior_mu: float, prior_si
     dtype = torch.promote_types(mu.dtype, torch.float32)
     mu, sigma = mu.to(dtype), sigma.to(dtype)
     return (
-        math.log(prior_sigma) - torch.log(sigma) + (sigma.square() + (mu - prior_mu).square()) / (2 * prior_sigma**2) - 0.5
+        math.log(prior_sigma)
+        - torch.log(sigma)
+        + (sigma.square() + (mu - prior_mu).square()) / (2 * prior_sigma**2)
+        - 0.5
     ).sum()
 
 
@@ -344,7 +379,11 @@ class _GaussianDraw(torch.autograd.Function):
         acc = torch.promote_types(mu.dtype, torch.float32)
         s32, d32 = sigma.to(acc).reshape(-1), d.to(acc).reshape(-1)
         var_p = prior_sigma**2
-        kl = mu.numel() * (math.log(prior_sigma) - 0.5) - torch.log(s32).sum() + (s32.dot(s32) + d32.dot(d32)) / (2 * var_p)
+        kl = (
+            mu.numel() * (math.log(prior_sigma) - 0.5)
+            - torch.log(s32).sum()
+            + (s32.dot(s32) + d32.dot(d32)) / (2 * var_p)
+        )
         eps = torch.randn_like(mu)
         w = torch.addcmul(mu, sigma, eps)
         ctx.save_for_backward(d, rho, sigma, eps)  # d and rho are the parameters themselves when mu_p = 0

@@ -9,8 +9,9 @@ key at fault and what was expected.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # the run folder's JSON files that sample/eval/train --resume read before anything else
 RUN_JSON_FILES = ("checkpoint.json", "config.json", "data.json", "tokenizer_meta.json")
@@ -44,8 +45,10 @@ def read_json(path: Path, expect: type = dict) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
-                         "the file is damaged or was cut short") from None
+        raise InputError(
+            f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
+            "the file is damaged or was cut short"
+        ) from None
     if not isinstance(value, expect):
         want = {dict: "a JSON object", list: "a JSON array"}.get(expect, expect.__name__)
         raise InputError(f"{path}: expected {want}, found {type(value).__name__} {_short(value)}")

@@ -100,11 +100,16 @@ class LaplacePosterior:
         try:
             meta = json.loads((Path(run_dir) / META).read_text(encoding="utf-8"))
             tensors = load_tensors((Path(run_dir) / FILE).read_bytes())
-            return cls(meta["kind"], {k: v.to(device) for k, v in tensors.items()}, int(meta["n"]),
-                       float(meta["prior_precision"]))
+            return cls(
+                meta["kind"],
+                {k: v.to(device) for k, v in tensors.items()},
+                int(meta["n"]),
+                float(meta["prior_precision"]),
+            )
         except (ValueError, KeyError, OSError) as e:
-            raise ValueError(f"the Laplace posterior in {run_dir} is unreadable ({e}); refit it with "
-                             f"`gptv laplace {run_dir}`") from None
+            raise ValueError(
+                f"the Laplace posterior in {run_dir} is unreadable ({e}); refit it with `gptv laplace {run_dir}`"
+            ) from None
 
 
 class LaplaceSampler:
@@ -144,7 +149,9 @@ def spread_windows(n_tokens: int, block: int, budget: int) -> list[tuple[int, in
 
 
 @torch.no_grad()
-def curvature(model: torch.nn.Module, tokens: np.ndarray, kind: str, budget: int) -> tuple[dict[str, torch.Tensor], int]:
+def curvature(
+    model: torch.nn.Module, tokens: np.ndarray, kind: str, budget: int
+) -> tuple[dict[str, torch.Tensor], int]:
     """The summed GGN statistics (``from_statistics``) of ``model`` over ~``budget`` positions."""
     windows = spread_windows(len(tokens), model.config.block_size, budget)
     predictor = Predictor([model], samples=0)
@@ -167,8 +174,14 @@ def _add(stats: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def heldout_nll(model: torch.nn.Module, posterior: LaplacePosterior | None, hidden: list[torch.Tensor],
-                targets: list[torch.Tensor], samples: int, seed: int = 0) -> float:
+def heldout_nll(
+    model: torch.nn.Module,
+    posterior: LaplacePosterior | None,
+    hidden: list[torch.Tensor],
+    targets: list[torch.Tensor],
+    samples: int,
+    seed: int = 0,
+) -> float:
     """Mean -log p(y) of the MC predictive (the MAP when ``posterior`` is None) on cached hidden states."""
     sampler = posterior.sampler(model) if posterior is not None else None
     predictor = Predictor([Member(model, sampler=sampler)], samples=samples if sampler else 0, seed=seed)
@@ -190,24 +203,38 @@ def _cache(model: torch.nn.Module, tokens: np.ndarray, budget: int) -> tuple[lis
 
 def fit_prior_precision(model, base: LaplacePosterior, hidden, targets, samples: int) -> tuple[float, list[dict]]:
     """The lambda of lowest held-out NLL: the GRID, then 9 points between the best one's neighbours."""
-    curve = [{"prior_precision": float(lam), "nll": heldout_nll(model, base.with_prior(lam), hidden, targets, samples)}
-             for lam in GRID]
+    curve = [
+        {"prior_precision": float(lam), "nll": heldout_nll(model, base.with_prior(lam), hidden, targets, samples)}
+        for lam in GRID
+    ]
     best = min(range(len(curve)), key=lambda i: curve[i]["nll"])
     lo, hi = GRID[max(best - 1, 0)], GRID[min(best + 1, len(GRID) - 1)]
     for lam in np.logspace(math.log10(lo), math.log10(hi), 9)[1:-1]:
-        curve.append({"prior_precision": float(lam),
-                      "nll": heldout_nll(model, base.with_prior(lam), hidden, targets, samples)})
+        curve.append(
+            {"prior_precision": float(lam), "nll": heldout_nll(model, base.with_prior(lam), hidden, targets, samples)}
+        )
     best = min(curve, key=lambda c: c["nll"])
     return best["prior_precision"], sorted(curve, key=lambda c: c["prior_precision"])
 
 
-def fit_laplace(run_dir: Path, model: torch.nn.Module, train_tokens: np.ndarray, heldout_tokens: np.ndarray, *,
-                kind: str = "auto", tokens: int = 100_000, heldout: int = 10_000, samples: int = 16) -> dict[str, Any]:
+def fit_laplace(
+    run_dir: Path,
+    model: torch.nn.Module,
+    train_tokens: np.ndarray,
+    heldout_tokens: np.ndarray,
+    *,
+    kind: str = "auto",
+    tokens: int = 100_000,
+    heldout: int = 10_000,
+    samples: int = 16,
+) -> dict[str, Any]:
     """Fit, choose lambda, save into ``run_dir``; returns the record written to laplace.json."""
     if model.objective.sigmoid or model.head.stochastic:
-        raise ValueError("the last-layer Laplace approximation here is for softmax heads with point weights "
-                         f"(this run: head {model.head.name!r}, objective {model.objective.name!r}); a Bayesian "
-                         "head already has a posterior, and a sigmoid head's BCE curvature is not implemented")
+        raise ValueError(
+            "the last-layer Laplace approximation here is for softmax heads with point weights "
+            f"(this run: head {model.head.name!r}, objective {model.objective.name!r}); a Bayesian "
+            "head already has a posterior, and a sigmoid head's BCE curvature is not implemented"
+        )
     V = model.config.vocab_size
     kind = ("kfac" if V <= KFAC_MAX_VOCAB else "diag") if kind == "auto" else kind
     t0 = time.perf_counter()
@@ -218,10 +245,14 @@ def fit_laplace(run_dir: Path, model: torch.nn.Module, train_tokens: np.ndarray,
     prior, curve = fit_prior_precision(model, base, hidden, targets, samples)
     posterior = base.with_prior(prior)
     info = {
-        "train_positions": n, "heldout_positions": int(sum(len(y) for y in targets)), "samples": samples,
+        "train_positions": n,
+        "heldout_positions": int(sum(len(y) for y in targets)),
+        "samples": samples,
         "heldout_nll_map": heldout_nll(model, None, hidden, targets, samples),
-        "heldout_nll": min(c["nll"] for c in curve), "search": curve,
-        "curvature_seconds": curvature_s, "fit_seconds": time.perf_counter() - t0,
+        "heldout_nll": min(c["nll"] for c in curve),
+        "search": curve,
+        "curvature_seconds": curvature_s,
+        "fit_seconds": time.perf_counter() - t0,
     }
     posterior.save(run_dir, info)
     return {"kind": kind, "prior_precision": prior, **info}

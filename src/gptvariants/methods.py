@@ -83,8 +83,10 @@ def load_runs(spec: str | Path | Sequence[str | Path], device: str | torch.devic
     first = runs[0]
     for r in runs[1:]:
         if _tokenizer_of(r.dir) != _tokenizer_of(first.dir):
-            raise ValueError(f"{r.dir} and {first.dir} were trained with different tokenizers: they cannot be "
-                             "averaged token by token")
+            raise ValueError(
+                f"{r.dir} and {first.dir} were trained with different tokenizers: they cannot be "
+                "averaged token by token"
+            )
     return runs
 
 
@@ -107,8 +109,9 @@ class Method:
     def members(self, runs: Sequence[Run], temperature: bool, key: str) -> list[Member]:
         return [Member(r.model, r.temperature(key) if temperature else 1.0) for r in runs]
 
-    def predictor(self, runs: Sequence[Run], *, samples: int | None = None, seed: int | None = None,
-                  temperature: bool = True) -> Predictor:
+    def predictor(
+        self, runs: Sequence[Run], *, samples: int | None = None, seed: int | None = None, temperature: bool = True
+    ) -> Predictor:
         raise NotImplementedError
 
 
@@ -146,13 +149,19 @@ class MCDropout(Method):
     def check(self, runs):
         for r in runs:
             if r.config.model.dropout <= 0:
-                raise ValueError(f"MC dropout needs a run trained with dropout > 0; {r.dir} has dropout = 0 "
-                                 "(train one with --dropout=0.1, or the variant baseline-dropout)")
+                raise ValueError(
+                    f"MC dropout needs a run trained with dropout > 0; {r.dir} has dropout = 0 "
+                    "(train one with --dropout=0.1, or the variant baseline-dropout)"
+                )
 
     def predictor(self, runs, *, samples=None, seed=None, temperature=True):
         self.check(runs)
-        return Predictor(self.members(runs, temperature, self.name), samples=0,
-                         dropout_samples=samples or self.default_samples, seed=seed)
+        return Predictor(
+            self.members(runs, temperature, self.name),
+            samples=0,
+            dropout_samples=samples or self.default_samples,
+            seed=seed,
+        )
 
 
 @register_method
@@ -179,7 +188,13 @@ class LaplaceMethod(Method):
         return Predictor(self.members(runs, temperature, self.name), samples=samples, seed=seed)
 
 
-def build_predictor(runs: Sequence[Run], method: str = "default", *, samples: int | None = None,
-                    seed: int | None = None, temperature: bool = True) -> Predictor:
+def build_predictor(
+    runs: Sequence[Run],
+    method: str = "default",
+    *,
+    samples: int | None = None,
+    seed: int | None = None,
+    temperature: bool = True,
+) -> Predictor:
     """The predictive distribution of ``runs`` under ``method`` (fitted temperatures unless disabled)."""
     return get_method(method).predictor(runs, samples=samples, seed=seed, temperature=temperature)

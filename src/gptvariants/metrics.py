@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple, Sequence
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ def _np(x: ArrayLike) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- perplexity
+
 
 def sliding_windows(n_tokens: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
     """Plan strided sliding-window scoring of a token stream of length n_tokens.
@@ -62,8 +64,9 @@ def sliding_windows(n_tokens: int, block_size: int, stride: int) -> list[tuple[i
     return windows
 
 
-def perplexity_summary(sum_nll_nats: float, n_tokens: int, n_bytes: int | None = None,
-                       n_words: int | None = None) -> dict[str, float | None]:
+def perplexity_summary(
+    sum_nll_nats: float, n_tokens: int, n_bytes: int | None = None, n_words: int | None = None
+) -> dict[str, float | None]:
     """Summarise a summed negative log-likelihood (lm-evaluation-harness definitions).
 
     nats_per_token = L / n_tokens, perplexity = exp(L / n_tokens),
@@ -83,6 +86,7 @@ def perplexity_summary(sum_nll_nats: float, n_tokens: int, n_bytes: int | None =
 
 
 # ------------------------------------------------------------------ per-token statistics
+
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
     """Shannon entropy H(p) = -sum_v p_v log p_v in nats over the last dim (0 log 0 = 0)."""
@@ -137,15 +141,18 @@ def mc_token_stats(draw_probs: torch.Tensor, targets: torch.Tensor) -> dict[str,
 
 # ----------------------------------------------------------------------------- calibration
 
+
 class ReliabilityCurve(NamedTuple):
     """Non-empty bins only: mean confidence, accuracy (mean of `correct`) and count per bin."""
+
     confidence: np.ndarray
     accuracy: np.ndarray
     count: np.ndarray
 
 
-def reliability_curve(confidence: ArrayLike, correct: ArrayLike, n_bins: int = 15,
-                      scheme: BinScheme = "width") -> ReliabilityCurve:
+def reliability_curve(
+    confidence: ArrayLike, correct: ArrayLike, n_bins: int = 15, scheme: BinScheme = "width"
+) -> ReliabilityCurve:
     """Bin tokens by confidence and average confidence and correctness within each bin.
 
     scheme="width": bins [b/B, (b+1)/B) on [0, 1], the last one closed (Guo et al. 2017).
@@ -175,8 +182,9 @@ def reliability_curve(confidence: ArrayLike, correct: ArrayLike, n_bins: int = 1
     )
 
 
-def expected_calibration_error(confidence: ArrayLike, correct: ArrayLike, n_bins: int = 15,
-                               scheme: BinScheme = "width") -> float:
+def expected_calibration_error(
+    confidence: ArrayLike, correct: ArrayLike, n_bins: int = 15, scheme: BinScheme = "width"
+) -> float:
     """ECE = sum_b (n_b / N) |mean confidence_b - accuracy_b| over the bins of reliability_curve."""
     curve = reliability_curve(confidence, correct, n_bins, scheme)
     weights = curve.count / curve.count.sum()
@@ -213,8 +221,9 @@ def calibration_vs_truth(p_model: torch.Tensor, p_true: torch.Tensor) -> dict[st
     }
 
 
-def true_probability_ece(confidence: ArrayLike, true_prob_of_pred: ArrayLike, n_bins: int = 15,
-                         scheme: BinScheme = "width") -> float:
+def true_probability_ece(
+    confidence: ArrayLike, true_prob_of_pred: ArrayLike, n_bins: int = 15, scheme: BinScheme = "width"
+) -> float:
     """ECE against the true distribution: sum_b (n_b/N) |mean conf_b - mean p_true(argmax)_b|.
 
     Same bins as expected_calibration_error, but each 0/1 outcome is replaced by its
@@ -224,9 +233,13 @@ def true_probability_ece(confidence: ArrayLike, true_prob_of_pred: ArrayLike, n_
     return expected_calibration_error(confidence, true_prob_of_pred, n_bins, scheme)
 
 
-def plot_reliability(curves: dict[str, tuple[ArrayLike, ArrayLike]], path: str | Path,
-                     n_bins: int = 15, title: str = "Reliability diagram",
-                     scheme: BinScheme = "width") -> Path:
+def plot_reliability(
+    curves: dict[str, tuple[ArrayLike, ArrayLike]],
+    path: str | Path,
+    n_bins: int = 15,
+    title: str = "Reliability diagram",
+    scheme: BinScheme = "width",
+) -> Path:
     """Reliability diagram of one or several models, saved as a PNG; returns the path.
 
     curves maps a label to (confidence, correct). Top panel: accuracy vs. mean confidence
@@ -244,8 +257,7 @@ def plot_reliability(curves: dict[str, tuple[ArrayLike, ArrayLike]], path: str |
     for label, (conf, corr) in curves.items():
         curve = reliability_curve(conf, corr, n_bins, scheme)
         ece = expected_calibration_error(conf, corr, n_bins, scheme)
-        ax.plot(curve.confidence, curve.accuracy, marker="o", markersize=3,
-                label=f"{label} (ECE {ece:.3f})")
+        ax.plot(curve.confidence, curve.accuracy, marker="o", markersize=3, label=f"{label} (ECE {ece:.3f})")
         hist.hist(_np(conf), bins=n_bins, range=(0.0, 1.0), histtype="step", label=label)
     ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=title)
     ax.legend(loc="upper left", fontsize="small")
@@ -258,6 +270,7 @@ def plot_reliability(curves: dict[str, tuple[ArrayLike, ArrayLike]], path: str |
 
 
 # ---------------------------------------------------------------------------------- AUROC
+
 
 def auroc(scores: ArrayLike, labels: ArrayLike) -> float:
     """Area under the ROC curve = P(score of a random positive > score of a random negative),
@@ -348,6 +361,7 @@ def risk_coverage(uncertainty: ArrayLike, wrong: ArrayLike) -> RiskCoverage:
 
 # ---------------------------------------------------------------------- multi-label sets
 
+
 def _reference_mask(reference_sets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted reference ids (-1 padding) and a mask of valid, first-occurrence entries."""
     refs, _ = reference_sets.long().sort(dim=1)
@@ -357,8 +371,9 @@ def _reference_mask(reference_sets: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 
 @torch.no_grad()
-def set_counts(pred: torch.Tensor, reference_sets: torch.Tensor,
-               tau: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def set_counts(
+    pred: torch.Tensor, reference_sets: torch.Tensor, tau: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token counts comparing a predicted set with a reference set.
 
     pred: (N, V) probabilities, predicted set = {v : p_v >= tau}, or an (N, V) bool mask.
@@ -372,8 +387,9 @@ def set_counts(pred: torch.Tensor, reference_sets: torch.Tensor,
 
 
 @torch.no_grad()
-def set_curve(probs: torch.Tensor, reference_sets: torch.Tensor,
-              taus: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def set_curve(
+    probs: torch.Tensor, reference_sets: torch.Tensor, taus: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """set_counts for several thresholds in one call: (tp (T, N), n_pred (T, N), n_ref (N,)).
 
     The reference probabilities are gathered once; each threshold costs one chunk-sized
@@ -419,6 +435,7 @@ def set_prf(tp: ArrayLike, n_pred: ArrayLike, n_ref: ArrayLike) -> dict[str, flo
 
 # ------------------------------------------------------------------------------ diversity
 
+
 def self_bleu(texts: Sequence[str]) -> float:
     """Self-BLEU on the 0-100 scale: mean_i BLEU-4(texts[i], references = all other texts).
 
@@ -437,8 +454,7 @@ def self_bleu(texts: Sequence[str]) -> float:
         raise ValueError("Self-BLEU needs at least two texts")
     tokenize = Tokenizer13a()
     words = [tokenize(t.rstrip()).split() for t in texts]
-    counts = [Counter(tuple(w[k:k + n]) for n in range(1, 5) for k in range(len(w) - n + 1))
-              for w in words]
+    counts = [Counter(tuple(w[k : k + n]) for n in range(1, 5) for k in range(len(w) - n + 1)) for w in words]
     top: dict[tuple[str, ...], list[int]] = {}  # n-gram -> [largest count, its text, 2nd largest]
     for i, c in enumerate(counts):
         for gram, k in c.items():
@@ -459,8 +475,9 @@ def self_bleu(texts: Sequence[str]) -> float:
             correct[len(gram) - 1] += min(k, second if owner == i else best)
         # closest reference length, ties to the shorter one (sacrebleu's rule)
         ref_len = min((abs(n - lengths[i]), n) for j, n in enumerate(lengths) if j != i)[1]
-        scores.append(BLEU.compute_bleu(correct, total, lengths[i], ref_len,
-                                        smooth_method="exp", effective_order=True).score)
+        scores.append(
+            BLEU.compute_bleu(correct, total, lengths[i], ref_len, smooth_method="exp", effective_order=True).score
+        )
     return float(np.mean(scores))
 
 
@@ -471,7 +488,7 @@ def _word_ngrams(texts: Sequence[str], n: int) -> list[tuple[str, ...]]:
     grams: list[tuple[str, ...]] = []
     for text in texts:
         words = text.split()
-        grams.extend(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+        grams.extend(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
     return grams
 
 

@@ -127,8 +127,9 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                step: CacheStep | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, step: CacheStep | None = None
+    ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
@@ -163,8 +164,9 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(cfg.n_embd, cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
-                step: CacheStep | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, step: CacheStep | None = None
+    ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer, step)
         return x + self.mlp(self.ln_2(x))
 
@@ -181,8 +183,9 @@ class Backbone(nn.Module):
         self.h = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = LayerNorm(cfg.n_embd, cfg.bias)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
-                lengths: list[int] | None = None) -> torch.Tensor:
+    def forward(
+        self, idx: torch.Tensor, cache: KVCache | None = None, lengths: list[int] | None = None
+    ) -> torch.Tensor:
         """With a cache, the T tokens of each row are appended to it at that row's own positions.
         ``lengths`` (B,): how many of them are real when rows are right-padded (a prefill of
         prompts of different lengths into an empty cache); the rest are not kept."""
@@ -246,7 +249,11 @@ class GPT(nn.Module):
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor, sets: torch.Tensor | None = None, n_train_tokens: int = 0,
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor,
+        sets: torch.Tensor | None = None,
+        n_train_tokens: int = 0,
         kl_scale: float = 1.0,
     ) -> Output:
         """The ELBO-style training loss: objective(h, W, b) + kl_scale * kl_beta * KL(q || p) / n_train_tokens.
@@ -257,7 +264,9 @@ class GPT(nn.Module):
         warm-up (``kl_weight``).
         """
         h = self.transformer(idx)
-        obj, kl = self.head.loss(h, self.objective, targets, sets, self.obj_config.loss_chunk_size, sample=self.training)
+        obj, kl = self.head.loss(
+            h, self.objective, targets, sets, self.obj_config.loss_chunk_size, sample=self.training
+        )
         loss = obj
         if self.obj_config.kl_beta > 0 and self.head.stochastic:
             loss = obj + kl_scale * self.obj_config.kl_beta * kl / max(n_train_tokens, 1)
@@ -277,7 +286,9 @@ class GPT(nn.Module):
         warmup = self.obj_config.kl_warmup_iters
         return 1.0 if warmup <= 0 else min(1.0, step / warmup)
 
-    def configure_optimizer(self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str):
+    def configure_optimizer(
+        self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str
+    ):
         """AdamW with decay on matrices and none on biases/norms or on a Bayesian head's rho, which
         has a group of its own whose ``lr_mult`` (rho_lr_mult) scales the schedule's learning rate:
         Adam moves a parameter by about lr per step, and sigma's useful range spans several units of rho."""

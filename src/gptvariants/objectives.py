@@ -322,7 +322,9 @@ def fused_linear_loss(
     compute_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
     chunk = chunk_size or auto_chunk_size(weight.shape[0], h.device)
     with torch.autocast(dev, enabled=False):
-        return _FusedLinearLoss.apply(h2, weight, bias, objective, y2, s2, chunk, compute_dtype, torch.is_grad_enabled())
+        return _FusedLinearLoss.apply(
+            h2, weight, bias, objective, y2, s2, chunk, compute_dtype, torch.is_grad_enabled()
+        )
 
 
 class _LocalReparamLoss(torch.autograd.Function):
@@ -338,7 +340,9 @@ class _LocalReparamLoss(torch.autograd.Function):
         need = grad_enabled and any(ctx.needs_input_grad[:5])
         acc = torch.promote_types(h.dtype, torch.float32)
         h32, mu32, var32 = h.to(acc), mu.to(acc), var.to(acc)
-        grads = {"h": torch.empty_like(h32), "mu": torch.zeros_like(mu32), "var": torch.zeros_like(var32)} if need else {}
+        grads = (
+            {"h": torch.empty_like(h32), "mu": torch.zeros_like(mu32), "var": torch.zeros_like(var32)} if need else {}
+        )
         if need and b_mu is not None:
             grads["b_mu"], grads["b_var"] = torch.zeros_like(b_mu, dtype=acc), torch.zeros_like(b_var, dtype=acc)
         total = torch.zeros((), dtype=acc, device=h.device)
@@ -376,9 +380,17 @@ class _LocalReparamLoss(torch.autograd.Function):
         return (*grads, None, None, None, None, None)
 
 
-def local_reparam_loss(h: torch.Tensor, mu: torch.Tensor, var: torch.Tensor, b_mu: torch.Tensor | None,
-                       b_var: torch.Tensor | None, objective: Objective, y: torch.Tensor,
-                       sets: torch.Tensor | None = None, chunk_size: int = 0) -> torch.Tensor:
+def local_reparam_loss(
+    h: torch.Tensor,
+    mu: torch.Tensor,
+    var: torch.Tensor,
+    b_mu: torch.Tensor | None,
+    b_var: torch.Tensor | None,
+    objective: Objective,
+    y: torch.Tensor,
+    sets: torch.Tensor | None = None,
+    chunk_size: int = 0,
+) -> torch.Tensor:
     """Mean over positions with y >= 0 of objective(z) for Gaussian logits z ~ N(h mu^T + b_mu, h^2 var^T + b_var),
     drawn independently per position (``_LocalReparamLoss``); h (..., C), mu and var (V, C)."""
     C = h.shape[-1]

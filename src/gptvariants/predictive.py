@@ -25,7 +25,6 @@ of rows at a time.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -85,8 +84,9 @@ class Draws:
     act on, with softmax(scores) = p: the logits of a single softmax draw, log p otherwise.
     """
 
-    def __init__(self, log_ps: torch.Tensor, set_probs: torch.Tensor | None = None,
-                 logits: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, log_ps: torch.Tensor, set_probs: torch.Tensor | None = None, logits: torch.Tensor | None = None
+    ) -> None:
         self.log_ps = log_ps
         self.set_probs = set_probs
         self._logits = logits
@@ -142,8 +142,14 @@ class Predictor:
     every draw reproducible.
     """
 
-    def __init__(self, members: Sequence[Member | torch.nn.Module], *, samples: int | None = None,
-                 dropout_samples: int = 0, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        members: Sequence[Member | torch.nn.Module],
+        *,
+        samples: int | None = None,
+        dropout_samples: int = 0,
+        seed: int | None = None,
+    ) -> None:
         self.members = [m if isinstance(m, Member) else Member(m) for m in members]
         if not self.members:
             raise ValueError("a predictor needs at least one model")
@@ -151,8 +157,10 @@ class Predictor:
         for m in self.members[1:]:
             c = m.model.config
             if (c.vocab_size, c.block_size) != (first.vocab_size, first.block_size):
-                raise ValueError(f"members disagree: vocab_size/block_size {c.vocab_size}/{c.block_size} vs "
-                                 f"{first.vocab_size}/{first.block_size}")
+                raise ValueError(
+                    f"members disagree: vocab_size/block_size {c.vocab_size}/{c.block_size} vs "
+                    f"{first.vocab_size}/{first.block_size}"
+                )
         if samples is not None and samples < 0:
             raise ValueError(f"samples must be >= 0, got {samples}")
         if dropout_samples < 0:
@@ -215,8 +223,9 @@ class Predictor:
         return [m.model.new_cache(batch, max_len) for m, _ in self.replicas]
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor, caches: Sequence | None = None,
-               lengths: list[int] | None = None) -> list[torch.Tensor]:
+    def encode(
+        self, x: torch.Tensor, caches: Sequence | None = None, lengths: list[int] | None = None
+    ) -> list[torch.Tensor]:
         """Final hidden states (B, T, C) of token ids x (B, T), one per backbone pass. With caches,
         ``lengths`` (B,) counts the real tokens of right-padded rows (``model.Backbone``)."""
         out = []
@@ -253,7 +262,9 @@ class Predictor:
                 sets.append(q.sum(0))
         lp = torch.cat(log_ps)
         single_softmax = len(hs) == 1 and z.shape[0] == 1 and not self.members[0].model.objective.sigmoid
-        return Draws(lp, torch.stack(sets).sum(0) / lp.shape[0] if set_probs else None, z[0] if single_softmax else None)
+        return Draws(
+            lp, torch.stack(sets).sum(0) / lp.shape[0] if set_probs else None, z[0] if single_softmax else None
+        )
 
     @torch.no_grad()
     def nll(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -272,9 +283,15 @@ class Predictor:
         return out.view(y.shape)
 
 
-def score_windows(predictor: Predictor, tokens: np.ndarray | torch.Tensor, windows: Sequence[tuple[int, int, int]],
-                  *, batch: int = 16, set_probs: bool = False,
-                  budget: int = CHUNK_FLOATS) -> Iterator[tuple[int, torch.Tensor, Draws]]:
+def score_windows(
+    predictor: Predictor,
+    tokens: np.ndarray | torch.Tensor,
+    windows: Sequence[tuple[int, int, int]],
+    *,
+    batch: int = 16,
+    set_probs: bool = False,
+    budget: int = CHUNK_FLOATS,
+) -> Iterator[tuple[int, torch.Tensor, Draws]]:
     """Score a token stream: yield (t, y, draws) for consecutive targets y = tokens[t : t + n].
 
     windows: (begin, end, score_from) triples (``metrics.sliding_windows`` or generation's

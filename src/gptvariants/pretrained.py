@@ -38,10 +38,12 @@ class PretrainedError(RuntimeError):
 
 
 def _hint(name: str) -> str:
-    return (f"could not load GPT-2 weights {name!r}: it is not a local folder and the weights could not be "
-            f"downloaded from the Hugging Face Hub (offline, or no such model) nor found in its cache. "
-            f"Pass a local folder saved with GPT2LMHeadModel.save_pretrained (config.json + weights), "
-            f"or one of {', '.join(GPT2_NAMES)} with internet access")
+    return (
+        f"could not load GPT-2 weights {name!r}: it is not a local folder and the weights could not be "
+        f"downloaded from the Hugging Face Hub (offline, or no such model) nor found in its cache. "
+        f"Pass a local folder saved with GPT2LMHeadModel.save_pretrained (config.json + weights), "
+        f"or one of {', '.join(GPT2_NAMES)} with internet access"
+    )
 
 
 def _hf_config(name_or_path: str):
@@ -73,9 +75,16 @@ def hf_shape(name_or_path: str) -> dict[str, Any]:
     if c.activation_function not in _GELU:
         raise PretrainedError(f"{name_or_path}: activation {c.activation_function!r} is not GELU (ours: tanh or exact)")
     meta = getattr(c, META_KEY, None) or {}
-    return {"n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd, "block_size": c.n_positions,
-            "vocab_size": c.vocab_size, "bias": bool(meta.get("bias", True)),
-            "tie_weights": bool(c.tie_word_embeddings), "gelu": _GELU[c.activation_function]}
+    return {
+        "n_layer": c.n_layer,
+        "n_head": c.n_head,
+        "n_embd": c.n_embd,
+        "block_size": c.n_positions,
+        "vocab_size": c.vocab_size,
+        "bias": bool(meta.get("bias", True)),
+        "tie_weights": bool(c.tie_word_embeddings),
+        "gelu": _GELU[c.activation_function],
+    }
 
 
 def apply_hf_shape(model_cfg, name_or_path: str, explicit: Collection[str] = ()) -> dict[str, Any]:
@@ -96,8 +105,11 @@ def config_from_hf(name_or_path: str) -> dict[str, int]:
 
 
 def _check_fits(cfg, hf) -> None:
-    problems = [f"{k} = {getattr(cfg, k)} (GPT-2: {getattr(hf, k)})"
-                for k in ("n_layer", "n_head", "n_embd", "vocab_size") if getattr(cfg, k) != getattr(hf, k)]
+    problems = [
+        f"{k} = {getattr(cfg, k)} (GPT-2: {getattr(hf, k)})"
+        for k in ("n_layer", "n_head", "n_embd", "vocab_size")
+        if getattr(cfg, k) != getattr(hf, k)
+    ]
     if cfg.block_size > hf.n_positions:
         problems.append(f"block_size = {cfg.block_size} (GPT-2 has {hf.n_positions} positions)")
     gelu = _GELU.get(hf.activation_function)
@@ -110,12 +122,18 @@ def _check_fits(cfg, hf) -> None:
     if hf.n_inner not in (None, 4 * hf.n_embd):
         problems.append(f"n_inner = {hf.n_inner} (ours: 4 * n_embd)")
     # our blocks hard-code these GPT-2 defaults; a folder saved with others would not match
-    if abs(hf.layer_norm_epsilon - 1e-5) > 1e-12 or getattr(hf, "scale_attn_by_inverse_layer_idx", False) \
-            or not getattr(hf, "scale_attn_weights", True):
+    if (
+        abs(hf.layer_norm_epsilon - 1e-5) > 1e-12
+        or getattr(hf, "scale_attn_by_inverse_layer_idx", False)
+        or not getattr(hf, "scale_attn_weights", True)
+    ):
         problems.append("layer_norm_epsilon != 1e-5, scale_attn_by_inverse_layer_idx or not scale_attn_weights")
     if problems:
-        raise PretrainedError("the model config does not match the GPT-2 weights: " + "; ".join(problems)
-                              + ". hf_shape() gives the matching keys")
+        raise PretrainedError(
+            "the model config does not match the GPT-2 weights: "
+            + "; ".join(problems)
+            + ". hf_shape() gives the matching keys"
+        )
 
 
 def _folder(name_or_path: str) -> Path:
@@ -151,9 +169,11 @@ def read_weights(name_or_path: str) -> dict[str, torch.Tensor]:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
-            raise PretrainedError(f"{path} holds pickled objects besides tensors and gptvariants never runs pickled "
-                                  "code: convert it to model.safetensors with a tool you trust "
-                                  "(save_pretrained(safe_serialization=True))") from None
+            raise PretrainedError(
+                f"{path} holds pickled objects besides tensors and gptvariants never runs pickled "
+                "code: convert it to model.safetensors with a tool you trust "
+                "(save_pretrained(safe_serialization=True))"
+            ) from None
     else:
         raise PretrainedError(f"{folder} holds no weights (model.safetensors, its shards, or pytorch_model.bin)")
     return {k.removeprefix("transformer."): v for k, v in sd.items()}
@@ -175,8 +195,9 @@ def load_gpt2_weights(model, name_or_path: str) -> None:
     if not cfg.bias:
         nonzero = [k for k, v in sd.items() if k.endswith(".bias") and k.startswith(("h.", "ln_f.")) and v.any()]
         if nonzero:
-            raise PretrainedError(f"bias = False but the weights have non-zero biases ({nonzero[0]}, ...): "
-                                  "set bias = true")
+            raise PretrainedError(
+                f"bias = False but the weights have non-zero biases ({nonzero[0]}, ...): set bias = true"
+            )
     for name, p in model.transformer.named_parameters():
         if name not in sd:
             raise PretrainedError(f"{name_or_path}: the weights have no {name}")

@@ -12,8 +12,15 @@ PROGRESS_SECONDS = 30.0
 class Progress:
     """``update(n)`` after each piece of work of ``total``; ``close()`` at the end."""
 
-    def __init__(self, enabled: bool, total: int, initial: int = 0, desc: str = "", unit: str = "chunk",
-                 every: float = PROGRESS_SECONDS) -> None:
+    def __init__(
+        self,
+        enabled: bool,
+        total: int,
+        initial: int = 0,
+        desc: str = "",
+        unit: str = "chunk",
+        every: float = PROGRESS_SECONDS,
+    ) -> None:
         self.total, self.done, self.desc, self.unit, self.every, self.bar = total, initial, desc, unit, every, None
         self.enabled, self.start, self.last = enabled, time.perf_counter(), time.perf_counter()
         if enabled and sys.stderr.isatty():
@@ -27,8 +34,13 @@ class Progress:
             self.bar.update(n)
         elif self.enabled and (time.perf_counter() - self.last >= self.every or self.done >= self.total):
             self.last = time.perf_counter()
-            print(f"{self.desc}: {self.done:,}/{self.total:,} {self.unit}s ({100 * self.done / max(self.total, 1):.0f}%), "
-                  f"{self.last - self.start:.0f} s", file=sys.stderr, flush=True)
+            print(
+                f"{self.desc}: {self.done:,}/{self.total:,} {self.unit}s "
+                f"({100 * self.done / max(self.total, 1):.0f}%), "
+                f"{self.last - self.start:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:

@@ -87,8 +87,15 @@ def split_source(run_dir: Path, data_dir: Path, split: str) -> Source:
     """A split of a prepared folder made with the run's tokenizer."""
     data = TokenDataset(Path(data_dir))
     check_same_tokenizer(run_dir, data)
-    return Source(f"{split} split of {data.dir}", np.asarray(data.split(split)), data.meta.get(f"{split}_bytes"),
-                  data.meta.get(f"{split}_words"), data.synthetic, data, split)
+    return Source(
+        f"{split} split of {data.dir}",
+        np.asarray(data.split(split)),
+        data.meta.get(f"{split}_bytes"),
+        data.meta.get(f"{split}_words"),
+        data.synthetic,
+        data,
+        split,
+    )
 
 
 def text_source(spec: str, tokenizer: Tokenizer, errors: str = "strict") -> Source:
@@ -104,10 +111,14 @@ def text_source(spec: str, tokenizer: Tokenizer, errors: str = "strict") -> Sour
     ids = tokenizer.encode(text, unknown="skip")
     if tokenizer.eot_token is not None:
         ids = [tokenizer.eot_token] + ids  # every token of the text then has a context
-    unknown = {"count": sum(missing.values()), "distinct": len(missing),
-               "examples": dict(missing.most_common(UNKNOWN_EXAMPLES))}
-    return Source(f"text:{path}", np.asarray(ids, dtype=np.int64), len(text.encode("utf-8")), len(text.split()),
-                  unknown=unknown)
+    unknown = {
+        "count": sum(missing.values()),
+        "distinct": len(missing),
+        "examples": dict(missing.most_common(UNKNOWN_EXAMPLES)),
+    }
+    return Source(
+        f"text:{path}", np.asarray(ids, dtype=np.int64), len(text.encode("utf-8")), len(text.split()), unknown=unknown
+    )
 
 
 def shift_spec(spec: str) -> dict[str, Any]:
@@ -116,11 +127,17 @@ def shift_spec(spec: str) -> dict[str, Any]:
     raw = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
     unknown = set(raw) - {"shift", "part", "seed", "tokens"}
     if unknown or "shift" not in raw:
-        raise ValueError(f"{spec!r}: write synthetic?shift=S[&part={'|'.join(SHIFT_PARTS)}][&seed=N][&tokens=N]"
-                         + (f"; unknown option(s) {', '.join(sorted(unknown))}" if unknown else ""))
+        raise ValueError(
+            f"{spec!r}: write synthetic?shift=S[&part={'|'.join(SHIFT_PARTS)}][&seed=N][&tokens=N]"
+            + (f"; unknown option(s) {', '.join(sorted(unknown))}" if unknown else "")
+        )
     try:
-        opts = {"shift": float(raw["shift"]), "part": raw.get("part", "both"), "seed": int(raw.get("seed", 1)),
-                "tokens": int(raw["tokens"]) if "tokens" in raw else None}
+        opts = {
+            "shift": float(raw["shift"]),
+            "part": raw.get("part", "both"),
+            "seed": int(raw.get("seed", 1)),
+            "tokens": int(raw["tokens"]) if "tokens" in raw else None,
+        }
     except ValueError:
         raise ValueError(f"{spec!r}: shift is a number in [0, 1], seed and tokens integers") from None
     if opts["tokens"] is not None and opts["tokens"] < 2:
@@ -131,14 +148,20 @@ def shift_spec(spec: str) -> dict[str, Any]:
 def shifted_source(spec: str, base: SyntheticLanguage | None, n_tokens: int) -> Source:
     """Tokens sampled from a shifted sibling of ``base`` (the in-domain synthetic language)."""
     if base is None:
-        raise ValueError(f"{spec!r} shifts the synthetic language, and the in-domain data is not synthetic: "
-                         "pass a prepared folder or text:PATH as --ood instead")
+        raise ValueError(
+            f"{spec!r} shifts the synthetic language, and the in-domain data is not synthetic: "
+            "pass a prepared folder or text:PATH as --ood instead"
+        )
     opts = shift_spec(spec)
     language = base.shifted(opts["shift"], opts["part"], opts["seed"])
     n = opts["tokens"] or n_tokens
     tokens = language.sample(n, np.random.default_rng(opts["seed"] + 7919))[:n]
-    return Source(f"synthetic?shift={opts['shift']}&part={opts['part']}&seed={opts['seed']}", tokens,
-                  truth=language, info={"shift": opts["shift"], "part": opts["part"], "seed": opts["seed"]})
+    return Source(
+        f"synthetic?shift={opts['shift']}&part={opts['part']}&seed={opts['seed']}",
+        tokens,
+        truth=language,
+        info={"shift": opts["shift"], "part": opts["part"], "seed": opts["seed"]},
+    )
 
 
 def resolve_source(spec: str, run_dir: Path, tokenizer: Tokenizer, in_domain: Source, split: str = "val") -> Source:

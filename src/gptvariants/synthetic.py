@@ -57,7 +57,9 @@ def make_words(n: int, rng: np.random.Generator) -> list[str]:
     while len(words) < n:
         n_syl = rng.choice([1, 2, 3], p=[0.3, 0.5, 0.2])
         w = "".join(
-            _ONSETS[rng.integers(len(_ONSETS))] + _VOWELS[rng.integers(len(_VOWELS))] + _CODAS[rng.integers(len(_CODAS))]
+            _ONSETS[rng.integers(len(_ONSETS))]
+            + _VOWELS[rng.integers(len(_VOWELS))]
+            + _CODAS[rng.integers(len(_CODAS))]
             for _ in range(n_syl)
         )
         if w not in seen:
@@ -158,7 +160,8 @@ class SyntheticLanguage:
             mix(self.initial, q.initial, part == "both"),
             mix(self.transition, q.transition, part in ("transition", "both")),
             mix(self.emission, q.emission, part in ("emission", "both")),
-            list(self.words), self.eot_token,
+            list(self.words),
+            self.eot_token,
         )
 
     # ------------------------------------------------------------------ sampling
@@ -323,9 +326,8 @@ class SyntheticLanguage:
     @classmethod
     def load(cls, dir: Path) -> SyntheticLanguage:
         """Read what `save` wrote."""
-        from safetensors.numpy import load_file
-
         from safetensors import SafetensorError
+        from safetensors.numpy import load_file
 
         from .checks import Int
         from .inputs import InputError, read_json, require
@@ -335,8 +337,9 @@ class SyntheticLanguage:
         try:
             arrays = load_file(str(path))
         except (SafetensorError, OSError) as e:
-            raise InputError(f"{path}: cannot be read ({e}); the file is damaged or cut short: "
-                             "re-run `gptv prepare`") from None
+            raise InputError(
+                f"{path}: cannot be read ({e}); the file is damaged or cut short: re-run `gptv prepare`"
+            ) from None
         missing = sorted({"initial", "transition", "emission"} - set(arrays))
         if missing:
             raise InputError(f"{path}: the arrays {missing} are missing; re-run `gptv prepare`")

@@ -122,8 +122,7 @@ class CharTokenizer(Tokenizer):
                 return [stoi[c] for c in text if c in stoi]
             shown = ", ".join(repr(c) for c in missing[:20]) + (" ..." if len(missing) > 20 else "")
             raise ValueError(
-                f"{len(missing)} character(s) not in the char vocabulary: {shown}; "
-                "pass unknown='skip' to drop them"
+                f"{len(missing)} character(s) not in the char vocabulary: {shown}; pass unknown='skip' to drop them"
             ) from None
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -242,10 +241,15 @@ class WordTokenizer(Tokenizer):
         hf = HFTokenizer(models.WordLevel({w: i for i, w in enumerate(self.itos)}, unk_token=None))
         hf.normalizer = normalizers.Replace("\n", f" {EOT_TEXT} ")
         hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        hf.decoder = decoders.Sequence([
-            decoders.Replace(EOT_TEXT, "\n"), decoders.WordPiece(prefix=" ", cleanup=False), decoders.Fuse(),
-            decoders.Replace(" \n", "\n"), decoders.Replace("\n ", "\n"),
-        ])
+        hf.decoder = decoders.Sequence(
+            [
+                decoders.Replace(EOT_TEXT, "\n"),
+                decoders.WordPiece(prefix=" ", cleanup=False),
+                decoders.Fuse(),
+                decoders.Replace(" \n", "\n"),
+                decoders.Replace("\n ", "\n"),
+            ]
+        )
         hf.add_special_tokens([AddedToken(EOT_TEXT, special=True, normalized=False)])
         return hf
 
@@ -441,10 +445,12 @@ def tiktoken_to_hf(enc) -> HFTokenizer:
     in_order = sorted(ranks, key=ranks.__getitem__)
     merges = [tuple(map(text, _merge_of(ranks, t))) for t in in_order if len(t) > 1]
     hf = HFTokenizer(models.BPE({text(t): r for t, r in ranks.items()}, merges, fuse_unk=False))
-    hf.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(enc._pat_str), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    hf.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(enc._pat_str), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     hf.decoder = decoders.ByteLevel()
     for name, i in sorted(enc._special_tokens.items(), key=lambda kv: kv[1]):
         hf.add_special_tokens([AddedToken(name, special=True, normalized=False)])

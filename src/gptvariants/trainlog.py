@@ -143,10 +143,15 @@ class Logger:
             import wandb  # check_backends made sure it is there and WANDB_API_KEY is in the environment
 
             self.wandb = wandb.init(
-                project=cfg.train.wandb_project, name=cfg.train.wandb_run_name or None, config=cfg.to_dict(),
-                id=_wandb_id(run_dir), resume="allow",
+                project=cfg.train.wandb_project,
+                name=cfg.train.wandb_run_name or None,
+                config=cfg.to_dict(),
+                id=_wandb_id(run_dir),
+                resume="allow",
             )
-            atomic_write(run_dir / WANDB_FILE, json.dumps({"id": self.wandb.id, "project": cfg.train.wandb_project}) + "\n")
+            atomic_write(
+                run_dir / WANDB_FILE, json.dumps({"id": self.wandb.id, "project": cfg.train.wandb_project}) + "\n"
+            )
 
     def log(self, record: dict[str, Any], message: str | None = None) -> None:
         if not self.enabled:

@@ -44,8 +44,9 @@ def uncertainty_of(tokens: dict[str, np.ndarray], score: str) -> np.ndarray:
     return sign * tokens[key].astype(np.float64)
 
 
-def ood_summary(inside: dict[str, np.ndarray], outside: dict[str, np.ndarray], seq_len: int,
-                source: str) -> dict[str, Any]:
+def ood_summary(
+    inside: dict[str, np.ndarray], outside: dict[str, np.ndarray], seq_len: int, source: str
+) -> dict[str, Any]:
     """In-domain vs out-of-domain per-token statistics -> the ``ood`` section of the eval JSON:
     {"source", "n_tokens": {"in", "out"}, "n_sequences": {...}, "sequence_tokens", "mean": {"in": {score: x},
     "out": {...}}, "auroc": {"token": {score: x}, "sequence": {...}}, "fpr95": {"token": ..., "sequence": ...}}."""
@@ -54,19 +55,26 @@ def ood_summary(inside: dict[str, np.ndarray], outside: dict[str, np.ndarray], s
         "source": source,
         "n_tokens": {"in": int(len(inside["nll"])), "out": int(len(outside["nll"]))},
         "sequence_tokens": seq_len,
-        "mean": {side: {s: float(t[SCORES[s][0]].astype(np.float64).mean()) for s in names}
-                 for side, t in (("in", inside), ("out", outside))},
+        "mean": {
+            side: {s: float(t[SCORES[s][0]].astype(np.float64).mean()) for s in names}
+            for side, t in (("in", inside), ("out", outside))
+        },
         "auroc": {"token": {}, "sequence": {}},
         "fpr95": {"token": {}, "sequence": {}},
     }
     for s in names:
         a, b = uncertainty_of(inside, s), uncertainty_of(outside, s)
-        for level, (x, y) in (("token", (a, b)), ("sequence", (M.segment_means(a, seq_len), M.segment_means(b, seq_len)))):
+        for level, (x, y) in (
+            ("token", (a, b)),
+            ("sequence", (M.segment_means(a, seq_len), M.segment_means(b, seq_len))),
+        ):
             scores = np.concatenate([x, y])
             labels = np.r_[np.zeros(len(x), bool), np.ones(len(y), bool)]
             out["auroc"][level][s] = M.auroc(scores, labels)
             out["fpr95"][level][s] = M.fpr_at_tpr(scores, labels, 0.95)
-    out["n_sequences"] = {side: len(M.segment_means(t["nll"], seq_len)) for side, t in (("in", inside), ("out", outside))}
+    out["n_sequences"] = {
+        side: len(M.segment_means(t["nll"], seq_len)) for side, t in (("in", inside), ("out", outside))
+    }
     return out
 
 

@@ -58,17 +58,41 @@ REGISTRY: dict[str, Variant] = {
     v.name: v
     for v in [
         Variant("baseline", "linear", "ce", "-log softmax(z)_y"),
-        Variant("smooth", "linear", "smooth", "-(1-eps) log p_y - eps/(V-1) sum_{v!=y} log p_v, p = softmax(z)", {"label_smoothing": 0.1}),
+        Variant(
+            "smooth",
+            "linear",
+            "smooth",
+            "-(1-eps) log p_y - eps/(V-1) sum_{v!=y} log p_v, p = softmax(z)",
+            {"label_smoothing": 0.1},
+        ),
         Variant("bayes", "bayesian", "ce", "-log softmax(z_w)_y + beta KL(q(w) || p(w)) / N, w ~ q", _BAYES),
         Variant("sig", "linear", "bce", "-sum_{v in P} log s(z_v) - sum_{v not in P} log(1 - s(z_v))", _SIG),
         Variant("sig-reg", "linear", "bce", "BCE + lambda (sum_v s(z_v) - 1)^2", {**_SIG, "sum_penalty": 1.0}),
-        Variant("sig-pw", "linear", "bce", "-w sum_{v in P} log s(z_v) - sum_{v not in P} log(1 - s(z_v))", {**_SIG, "pos_weight": 5.0}),
+        Variant(
+            "sig-pw",
+            "linear",
+            "bce",
+            "-w sum_{v in P} log s(z_v) - sum_{v not in P} log(1 - s(z_v))",
+            {**_SIG, "pos_weight": 5.0},
+        ),
         Variant("bayes-sig", "bayesian", "bce", "BCE(z_w) + beta KL(q(w) || p(w)) / N, w ~ q", {**_SIG, **_BAYES}),
         # comparators of the uncertainty study: MC dropout needs dropout in training; K heads, one backbone
-        Variant("baseline-dropout", "linear", "ce", "-log softmax(z)_y, dropout 0.1 (for MC dropout)", {"dropout": 0.1},
-                "comparator"),
-        Variant("ensemble", "ensemble", "ce", "1/K sum_k -log softmax(z_k)_y, K heads on one backbone",
-                {"ensemble_size": 4, "tie_weights": False}, "comparator"),
+        Variant(
+            "baseline-dropout",
+            "linear",
+            "ce",
+            "-log softmax(z)_y, dropout 0.1 (for MC dropout)",
+            {"dropout": 0.1},
+            "comparator",
+        ),
+        Variant(
+            "ensemble",
+            "ensemble",
+            "ce",
+            "1/K sum_k -log softmax(z_k)_y, K heads on one backbone",
+            {"ensemble_size": 4, "tie_weights": False},
+            "comparator",
+        ),
     ]
 }
 

@@ -48,8 +48,14 @@ class ContextWindow:
     the others, then merged) and leave with ``select``.
     """
 
-    def __init__(self, predictor: Predictor, tokens: torch.Tensor | Sequence[Sequence[int]] | None = None, *,
-                 use_cache: bool = True, slide: int | None = None) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        tokens: torch.Tensor | Sequence[Sequence[int]] | None = None,
+        *,
+        use_cache: bool = True,
+        slide: int | None = None,
+    ) -> None:
         self.predictor, self.device = predictor, predictor.device
         self.block_size = predictor.block_size
         self.keep = keep_tokens(self.block_size, slide)

@@ -1,6 +1,6 @@
 """``python -m gptvariants.harness ARGS``: lm-eval's command line with the ``gptv`` model registered.
 
-    python -m gptvariants.harness --model gptv --model_args run=RUN --tasks TASKS [lm-eval options]
+python -m gptvariants.harness --model gptv --model_args run=RUN --tasks TASKS [lm-eval options]
 """
 
 import sys

@@ -88,16 +88,27 @@ class GPTVariantsLM(TemplateLM):
     pass), max_gen_toks (default 256). device comes from lm-eval's --device.
     """
 
-    def __init__(self, run: str | None = None, bayes_mode: str | None = None, mc_samples: int | None = None,
-                 seed: int = 1337, unknown: str = "skip", batch_size: int | str | None = 16,
-                 max_gen_toks: int = 256, device: str | None = None, **unused: Any) -> None:
+    def __init__(
+        self,
+        run: str | None = None,
+        bayes_mode: str | None = None,
+        mc_samples: int | None = None,
+        seed: int = 1337,
+        unknown: str = "skip",
+        batch_size: int | str | None = 16,
+        max_gen_toks: int = 256,
+        device: str | None = None,
+        **unused: Any,
+    ) -> None:
         super().__init__()
         if not run:
             raise ValueError("the gptv model needs the run folder: --model_args run=RUN")
         unused = {k: v for k, v in unused.items() if v is not None and k != "max_batch_size"}
         if unused:
-            raise ValueError(f"unknown gptv model_args {sorted(unused)}; known: run, bayes_mode, mc_samples, seed, "
-                             "unknown, batch_size, max_gen_toks")
+            raise ValueError(
+                f"unknown gptv model_args {sorted(unused)}; known: run, bayes_mode, mc_samples, seed, "
+                "unknown, batch_size, max_gen_toks"
+            )
         if unknown not in UNKNOWN:
             raise ValueError(f"unknown must be one of {UNKNOWN}, got {unknown!r}")
         self.lm = load(run, _auto_device(device))
@@ -136,14 +147,22 @@ class GPTVariantsLM(TemplateLM):
 
     def get_model_info(self) -> dict[str, Any]:
         c = self.lm.config
-        return {"gptv_run": self.run, "gptv_variant": c.objective.variant, "gptv_bayes_mode": self.bayes_mode,
-                "gptv_mc_samples": self.predictor.n_draws, "gptv_seed": self.seed}
+        return {
+            "gptv_run": self.run,
+            "gptv_variant": c.objective.variant,
+            "gptv_bayes_mode": self.bayes_mode,
+            "gptv_mc_samples": self.predictor.n_draws,
+            "gptv_seed": self.seed,
+        }
 
     def _report_dropped(self) -> None:
         if self.dropped:
             shown = ", ".join(f"{k!r} x{v}" for k, v in self.dropped.most_common(5))
-            log.warning("dropped %d piece(s) the run's tokenizer cannot encode (%s); pass unknown=error to refuse them",
-                        sum(self.dropped.values()), shown)
+            log.warning(
+                "dropped %d piece(s) the run's tokenizer cannot encode (%s); pass unknown=error to refuse them",
+                sum(self.dropped.values()),
+                shown,
+            )
             self.dropped.clear()
 
     # ------------------------------------------------------------------ loglikelihood
@@ -154,8 +173,9 @@ class GPTVariantsLM(TemplateLM):
                 raise ValueError(f"the continuation {continuation!r} has no token the run's tokenizer can encode")
         return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
 
-    def _loglikelihood_tokens(self, requests: list[tuple[tuple[str, str], list[int], list[int]]],
-                              disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(
+        self, requests: list[tuple[tuple[str, str], list[int], list[int]]], disable_tqdm: bool = False, **kwargs: Any
+    ) -> list[tuple[float, bool]]:
         """(sum of log p, all greedy) per (strings, context ids, continuation ids), in order."""
         self._report_dropped()
         block = self.max_length
@@ -169,18 +189,20 @@ class GPTVariantsLM(TemplateLM):
         out: list[tuple[float, bool] | None] = [None] * len(requests)
         for i, hidden in self._encoded(plans, disable_tqdm):
             tokens, windows = plans[i]
-            y = torch.tensor(tokens[windows[0][2]:], device=self.device)
+            y = torch.tensor(tokens[windows[0][2] :], device=self.device)
             out[i] = self._continuation_score(hidden, y)
             self.cache_hook.add_partial("loglikelihood", requests[i][0], out[i])
         return out  # type: ignore[return-value]
 
-    def _encoded(self, plans: list[tuple[list[int], list[Window]]],
-                 disable_tqdm: bool) -> Iterator[tuple[int, list[torch.Tensor]]]:
+    def _encoded(
+        self, plans: list[tuple[list[int], list[Window]]], disable_tqdm: bool
+    ) -> Iterator[tuple[int, list[torch.Tensor]]]:
         """Run every window through the backbone, batch_size at a time, longest first (right padding
         is invisible to a causal model); yield (request, hidden states of its targets, one (n, C)
         per backbone pass) as soon as all of a request's windows are done."""
-        rows = sorted(((e - b, i, k) for i, (_, windows) in enumerate(plans) for k, (b, e, _) in enumerate(windows)),
-                      reverse=True)
+        rows = sorted(
+            ((e - b, i, k) for i, (_, windows) in enumerate(plans) for k, (b, e, _) in enumerate(windows)), reverse=True
+        )
         parts: dict[int, dict[int, list[torch.Tensor]]] = {}
         for s in tqdm(range(0, len(rows), self.batch_size), disable=disable_tqdm, desc="gptv loglikelihood"):
             batch = rows[s : s + self.batch_size]
@@ -264,8 +286,13 @@ class GPTVariantsLM(TemplateLM):
         kw = dict(normalize_gen_kwargs(gen_kwargs, self.max_gen_toks))
         until, max_new = kw.pop("until"), kw.pop("max_gen_toks")
         sample = bool(kw.pop("do_sample", False)) and float(kw.get("temperature") or 0.0) > 0.0
-        options: dict[str, Any] = {"stop": [s for s in until if s], "unknown": self.unknown, "seed": self.seed,
-                                   "bayes_mode": self.predictor_mode, "mc_samples": self.mc_samples}
+        options: dict[str, Any] = {
+            "stop": [s for s in until if s],
+            "unknown": self.unknown,
+            "seed": self.seed,
+            "bayes_mode": self.predictor_mode,
+            "mc_samples": self.mc_samples,
+        }
         options.update({k: kw.pop(k) for k in SAMPLING_KEYS if k in kw} if sample else {"greedy": True})
         for k in SAMPLING_KEYS:
             kw.pop(k, None)
@@ -277,4 +304,3 @@ class GPTVariantsLM(TemplateLM):
     def predictor_mode(self) -> str:
         """The Bayesian mode of ``self.predictor`` as ``generate`` names it."""
         return self.bayes_mode or ("step" if self.lm.model.head.stochastic else "mean")
-

@@ -66,8 +66,8 @@ class GPTVariantsForCausalLM(GPT2LMHeadModel):
         fields["logits"] = logits = readout_log_probs(out.logits, self.readout, self.set_draws)
         if labels is not None:  # -log p(next token); logsumexp(logits) = 0 so this is the cross-entropy
             labels = labels.to(logits.device)
-            fields["loss"] = F.cross_entropy(logits[..., :-1, :].flatten(0, -2), labels[..., 1:].flatten(),
-                                             ignore_index=-100)
+            fields["loss"] = F.cross_entropy(
+                logits[..., :-1, :].flatten(0, -2), labels[..., 1:].flatten(), ignore_index=-100
+            )
         result = type(out)(**fields)
         return result.to_tuple() if return_dict is False else result
-

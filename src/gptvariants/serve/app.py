@@ -37,11 +37,15 @@ from .worker import Busy, ModelPool
 log = logging.getLogger("gptvariants.serve")
 
 MAX_BODY_BYTES = 1 << 20
-ASSET_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-               ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
+ASSET_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; object-src 'none'; "
-                               "base-uri 'none'",
+    "base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
@@ -94,12 +98,23 @@ def _summary(records: list[TokenRecord]) -> dict[str, Any]:
     n = len(records)
     nats = -sum(r.logprob for r in records) / n
     mis = [r.mi for r in records if r.mi is not None]
-    return {"n_tokens": n, "nats_per_token": nats, "perplexity": math.exp(min(nats, 700.0)),
-            "mean_entropy": sum(r.entropy for r in records) / n, "mean_mi": sum(mis) / len(mis) if mis else None}
+    return {
+        "n_tokens": n,
+        "nats_per_token": nats,
+        "perplexity": math.exp(min(nats, 700.0)),
+        "mean_entropy": sum(r.entropy for r in records) / n,
+        "mean_mi": sum(mis) / len(mis) if mis else None,
+    }
 
 
-def create_app(runs: dict[str, Run], report: Report | None = None, *, workers: int = 4, max_pending: int = 64,
-               allowed_hosts: list[str] | None = None) -> FastAPI:
+def create_app(
+    runs: dict[str, Run],
+    report: Report | None = None,
+    *,
+    workers: int = 4,
+    max_pending: int = 64,
+    allowed_hosts: list[str] | None = None,
+) -> FastAPI:
     """The application over loaded runs (``runs.load_runs``) and an optional experiment report.
     ``allowed_hosts``: Host header names accepted (a page on another site that resolves its
     name to 127.0.0.1 then cannot use the server); None accepts any."""
@@ -197,8 +212,9 @@ def _add_model_api(app: FastAPI, runs: dict[str, Run], pool: ModelPool, batcher:
             pool.release()
             raise
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(_events(pool, run, req, stream, first, records, t0), media_type="text/event-stream",
-                                 headers=headers)
+        return StreamingResponse(
+            _events(pool, run, req, stream, first, records, t0), media_type="text/event-stream", headers=headers
+        )
 
 
 def _scored(run: Run, req: ScoreRequest) -> dict[str, Any]:
@@ -207,12 +223,24 @@ def _scored(run: Run, req: ScoreRequest) -> dict[str, Any]:
     records = run.lm.score(req.text, **req.options())
     scored = "".join(r.text for r in records)
     prefix = req.text[: len(req.text) - len(scored)] if req.text.endswith(scored) else ""
-    return {"run": run.name, "prefix": prefix, "tokens": [token_json(r) for r in records], **_summary(records),
-            "seconds": time.perf_counter() - t0}
+    return {
+        "run": run.name,
+        "prefix": prefix,
+        "tokens": [token_json(r) for r in records],
+        **_summary(records),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
-async def _events(pool: ModelPool, run: Run, req: GenerateRequest, stream: RowStream, first: list[TokenRecord],
-                  records: AsyncIterator[list[TokenRecord]], t0: float) -> AsyncIterator[str]:
+async def _events(
+    pool: ModelPool,
+    run: Run,
+    req: GenerateRequest,
+    stream: RowStream,
+    first: list[TokenRecord],
+    records: AsyncIterator[list[TokenRecord]],
+    t0: float,
+) -> AsyncIterator[str]:
     """The SSE stream of one generation: ``token`` events, then ``done`` (or ``error``)."""
     done: list[TokenRecord] = list(first)
     first_ms = (time.perf_counter() - t0) * 1e3
@@ -224,8 +252,17 @@ async def _events(pool: ModelPool, run: Run, req: GenerateRequest, stream: RowSt
                 yield "".join(_sse("token", token_json(rec)) for rec in batch)
         seconds = time.perf_counter() - t0
         reason = "length" if len(done) >= req.max_new_tokens else "stop"
-        yield _sse("done", {"run": run.name, "finish_reason": reason, "seconds": seconds, "first_token_ms": first_ms,
-                            "tokens_per_s": len(done) / seconds if seconds > 0 else None, **_summary(done)})
+        yield _sse(
+            "done",
+            {
+                "run": run.name,
+                "finish_reason": reason,
+                "seconds": seconds,
+                "first_token_ms": first_ms,
+                "tokens_per_s": len(done) / seconds if seconds > 0 else None,
+                **_summary(done),
+            },
+        )
     except (ValueError, TypeError) as e:
         yield _sse("error", {"error": str(e)})
     except Exception:

@@ -81,8 +81,9 @@ def discover(paths: list[str | Path]) -> tuple[dict[str, Path], Report | None]:
         inner = path / "runs" if (path / "runs").is_dir() else path
         runs = _runs_in(inner)
         if not runs:
-            raise ServeError(f"{path} holds no run: no {POINTER} in it or in its subfolders "
-                             "(train one with gptv train --out)")
+            raise ServeError(
+                f"{path} holds no run: no {POINTER} in it or in its subfolders (train one with gptv train --out)"
+            )
         found.extend(runs)
         # the report of an experiment sits beside its runs/ folder
         experiment = path.parent if inner == path and path.name == "runs" else path
@@ -119,11 +120,22 @@ class Run:
         """What the page and ``GET /api/runs`` show of a run."""
         m, o = self.lm.config.model, self.lm.config.objective
         return {
-            "name": self.name, "variant": o.variant, "head": o.head, "objective": o.objective,
-            "bayesian": self.bayesian, "sigmoid": self.sigmoid, "mc_samples": o.mc_samples,
-            "vocab_size": m.vocab_size, "block_size": m.block_size, "n_layer": m.n_layer, "n_head": m.n_head,
-            "n_embd": m.n_embd, "params": self.lm.model.num_params(), "tokenizer": self.lm.tokenizer.name,
-            "step": self.step, "path": str(self.path),
+            "name": self.name,
+            "variant": o.variant,
+            "head": o.head,
+            "objective": o.objective,
+            "bayesian": self.bayesian,
+            "sigmoid": self.sigmoid,
+            "mc_samples": o.mc_samples,
+            "vocab_size": m.vocab_size,
+            "block_size": m.block_size,
+            "n_layer": m.n_layer,
+            "n_head": m.n_head,
+            "n_embd": m.n_embd,
+            "params": self.lm.model.num_params(),
+            "tokenizer": self.lm.tokenizer.name,
+            "step": self.step,
+            "path": str(self.path),
         }
 
 

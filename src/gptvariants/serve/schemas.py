@@ -58,5 +58,10 @@ class ScoreRequest(_Request):
         return self.model_dump(exclude={"run", "text"})
 
 
-LIMITS = {"prompt_chars": MAX_PROMPT_CHARS, "text_chars": MAX_TEXT_CHARS, "max_new_tokens": MAX_NEW_TOKENS,
-          "top_n": MAX_TOP_N, "mc_samples": MAX_MC_SAMPLES}
+LIMITS = {
+    "prompt_chars": MAX_PROMPT_CHARS,
+    "text_chars": MAX_TEXT_CHARS,
+    "max_new_tokens": MAX_NEW_TOKENS,
+    "top_n": MAX_TOP_N,
+    "mc_samples": MAX_MC_SAMPLES,
+}

@@ -45,8 +45,24 @@ from .selection import ORACLE_MIN_PROB, readout_draws, sample_set, select
 from .teachers import CheckpointTeacher, HFTeacher, OracleTeacher, load_teacher
 
 __all__ = [
-    "ALTERNATIVES", "FORMAT", "ORACLE_MIN_PROB", "PROGRESS_FILE", "TOKENS_PER_FORWARD", "CheckpointTeacher",
-    "HFTeacher", "NgramTeacher", "OracleTeacher", "Teacher", "WindowedTeacher", "build_online_teacher",
-    "build_targets", "load_teacher", "parse_spec", "readout_draws", "register_cli", "resolve_device", "sample_set",
+    "ALTERNATIVES",
+    "FORMAT",
+    "ORACLE_MIN_PROB",
+    "PROGRESS_FILE",
+    "TOKENS_PER_FORWARD",
+    "CheckpointTeacher",
+    "HFTeacher",
+    "NgramTeacher",
+    "OracleTeacher",
+    "Teacher",
+    "WindowedTeacher",
+    "build_online_teacher",
+    "build_targets",
+    "load_teacher",
+    "parse_spec",
+    "readout_draws",
+    "register_cli",
+    "resolve_device",
+    "sample_set",
     "select",
 ]

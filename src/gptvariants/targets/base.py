@@ -27,7 +27,9 @@ class Teacher:
     device: torch.device = torch.device("cpu")
 
     def next_token_probs(self, windows: torch.Tensor) -> torch.Tensor:
-        raise ValueError(f"teacher {self.spec!r} cannot score arbitrary windows (online use and the perplexity filter need it)")
+        raise ValueError(
+            f"teacher {self.spec!r} cannot score arbitrary windows (online use and the perplexity filter need it)"
+        )
 
     def token_log_probs(self, windows: torch.Tensor) -> torch.Tensor:
         """(B, T-1) log p(windows[:, t+1] | windows[:, :t+1])."""
@@ -37,7 +39,9 @@ class Teacher:
     def stream_probs(self, tokens: np.ndarray, a: int, b: int) -> Iterator[tuple[int, torch.Tensor]]:
         raise NotImplementedError
 
-    def stream_unique(self, tokens: np.ndarray, a: int, b: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
+    def stream_unique(
+        self, tokens: np.ndarray, a: int, b: int
+    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
         """``stream_probs`` as (offset, distinct rows (u, V), row of each position (m,) or None for
         the identity): teachers whose prediction depends on a short context compute it once per
         distinct context, and set selection then works on distinct rows only."""
@@ -116,7 +120,6 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     kind, _, arg = body.partition(":")
     opts = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in query.split("&") if kv)
     return kind, arg, opts
-
 
 
 def resolve_device(device: str) -> torch.device:

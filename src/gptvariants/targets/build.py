@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -17,8 +16,8 @@ import numpy as np
 
 from ..atomic import atomic_write, preallocate
 from ..checks import Float, Int
-from ..progress import Progress
 from ..data import SPLITS, TokenDataset, token_dtype
+from ..progress import Progress
 from .base import Teacher, parse_spec, resolve_device
 from .selection import ORACLE_MIN_PROB, _check_rule, _Selector
 from .teachers import load_teacher
@@ -86,10 +85,23 @@ def build_targets(
         _warn_large_k(k, V)
     dtype = token_dtype(V)
     sentinel = int(np.iinfo(dtype).max)
-    rules = {"select": select, "top_p": top_p, "min_prob": min_prob, "ratio": ratio, "ppl_filter": ppl_filter,
-             "ppl_window": ppl_window if ppl_filter is not None else None, "seed": seed}
-    identity = {"teacher": t.info(), "k": k, "rules": rules, "data_hash": data.meta["hash"], "chunk_size": chunk_size,
-                "store_probs": store_probs}
+    rules = {
+        "select": select,
+        "top_p": top_p,
+        "min_prob": min_prob,
+        "ratio": ratio,
+        "ppl_filter": ppl_filter,
+        "ppl_window": ppl_window if ppl_filter is not None else None,
+        "seed": seed,
+    }
+    identity = {
+        "teacher": t.info(),
+        "k": k,
+        "rules": rules,
+        "data_hash": data.meta["hash"],
+        "chunk_size": chunk_size,
+        "store_probs": store_probs,
+    }
     prog_path = out / PROGRESS_FILE
     prog = _read_progress(prog_path, identity)
     sel = _Selector(t, k, top_p, min_prob, ratio, ppl_filter, ppl_window, batch_size, seed, sentinel, select)
@@ -100,8 +112,20 @@ def build_targets(
     stats = {}
     for si, split in enumerate(SPLITS):
         st = prog["splits"].setdefault(split, {"done": 0, "set_size_sum": 0, "teacher_rows": 0})
-        stats[split] = _build_split(data.split(split), out, split, si, sel, dtype, st, save, chunk_size=chunk_size,
-                                    store_probs=store_probs, progress=progress, on_chunk=on_chunk)
+        stats[split] = _build_split(
+            data.split(split),
+            out,
+            split,
+            si,
+            sel,
+            dtype,
+            st,
+            save,
+            chunk_size=chunk_size,
+            store_probs=store_probs,
+            progress=progress,
+            on_chunk=on_chunk,
+        )
     meta = _meta(teacher, t, k, dtype, data.meta["hash"], rules, store_probs, dev, stats)
     atomic_write(out / "meta.json", json.dumps(meta, indent=1) + "\n")
     prog_path.unlink(missing_ok=True)
@@ -109,12 +133,27 @@ def build_targets(
     return meta
 
 
-def _check_options(V: int, k: int, ratio: float, top_p: float | None, min_prob: float, ppl_filter: float | None,
-                   ppl_window: int, context: int | None, batch_size: int, seed: int, chunk_size: int) -> None:
+def _check_options(
+    V: int,
+    k: int,
+    ratio: float,
+    top_p: float | None,
+    min_prob: float,
+    ppl_filter: float | None,
+    ppl_window: int,
+    context: int | None,
+    batch_size: int,
+    seed: int,
+    chunk_size: int,
+) -> None:
     """ValueError naming the first option out of its range (NaN and infinities included)."""
     checks: list[tuple[str, Any, Any]] = [
-        ("k", k, Int(1, V)), ("ratio", ratio, Float(0.0, 1.0)), ("min_prob", min_prob, Float(0.0, 1.0)),
-        ("batch_size", batch_size, Int(0)), ("seed", seed, Int(0)), ("chunk_size", chunk_size, Int(1)),
+        ("k", k, Int(1, V)),
+        ("ratio", ratio, Float(0.0, 1.0)),
+        ("min_prob", min_prob, Float(0.0, 1.0)),
+        ("batch_size", batch_size, Int(0)),
+        ("seed", seed, Int(0)),
+        ("chunk_size", chunk_size, Int(1)),
         ("ppl_window", ppl_window, Int(2)),
     ]
     checks += [("top_p", top_p, Float(0.0, 1.0, lo_open=True))] if top_p is not None else []
@@ -131,9 +170,12 @@ def _check_options(V: int, k: int, ratio: float, top_p: float | None, min_prob: 
 def _warn_large_k(k: int, V: int) -> None:
     """Top-k sets cut by no other rule hold k tokens each: warn when that is a large share of the vocabulary."""
     if k > LARGE_K * V:
-        warnings.warn(f"k={k} is {100 * k / V:.0f}% of the {V}-token vocabulary: every set holds that many tokens, so "
-                      f"a sigmoid head learns little from them; use a smaller k (e.g. {max(1, V // 10)}), a top-p or "
-                      "min-prob cut, or the sample rule", stacklevel=3)
+        warnings.warn(
+            f"k={k} is {100 * k / V:.0f}% of the {V}-token vocabulary: every set holds that many tokens, so "
+            f"a sigmoid head learns little from them; use a smaller k (e.g. {max(1, V // 10)}), a top-p or "
+            "min-prob cut, or the sample rule",
+            stacklevel=3,
+        )
 
 
 def _read_progress(path: Path, identity: dict) -> dict:
@@ -152,15 +194,31 @@ def open_partial(path: Path, dtype: Any, rows: int, k: int, resume: bool, split:
 
     Its blocks are allocated before mapping: a full disk is a one-line WriteError here, not a
     SIGBUS (a silent "Bus error") in the middle of a write."""
-    partial = preallocate(path.with_name(path.name + ".partial"), rows * k * np.dtype(dtype).itemsize, fresh=not resume,
-                          what=f"the {split} teacher sets".replace("the  ", "the "),
-                          intact="the chunks built so far are kept: rerun to resume")
+    partial = preallocate(
+        path.with_name(path.name + ".partial"),
+        rows * k * np.dtype(dtype).itemsize,
+        fresh=not resume,
+        what=f"the {split} teacher sets".replace("the  ", "the "),
+        intact="the chunks built so far are kept: rerun to resume",
+    )
     return np.memmap(partial, dtype=dtype, mode="r+", shape=(rows, k))
 
 
-def _build_split(tokens: np.ndarray, out: Path, split: str, si: int, sel: _Selector, dtype: np.dtype, st: dict,
-                 save: Callable[[], None], *, chunk_size: int, store_probs: bool, progress: bool,
-                 on_chunk: Callable[[str, int, int], None] | None) -> dict:
+def _build_split(
+    tokens: np.ndarray,
+    out: Path,
+    split: str,
+    si: int,
+    sel: _Selector,
+    dtype: np.dtype,
+    st: dict,
+    save: Callable[[], None],
+    *,
+    chunk_size: int,
+    store_probs: bool,
+    progress: bool,
+    on_chunk: Callable[[str, int, int], None] | None,
+) -> dict:
     """Write the chunks of one split not yet done (recording each in ``st`` and saving it); return its stats."""
     n, k = len(tokens), sel.k
     n_chunks = -(-n // chunk_size)
@@ -190,20 +248,42 @@ def _build_split(tokens: np.ndarray, out: Path, split: str, si: int, sel: _Selec
             os.replace(p.with_name(p.name + ".partial"), p)
     seconds = time.perf_counter() - t0
     done_tokens = min(n, (st["done"] - done0) * chunk_size)
-    return {"rows": n, "mean_set_size": st["set_size_sum"] / n, "teacher_rows_fraction": st["teacher_rows"] / n,
-            "seconds": seconds, "tokens_per_s": done_tokens / seconds if seconds > 0 and done_tokens else None}
+    return {
+        "rows": n,
+        "mean_set_size": st["set_size_sum"] / n,
+        "teacher_rows_fraction": st["teacher_rows"] / n,
+        "seconds": seconds,
+        "tokens_per_s": done_tokens / seconds if seconds > 0 and done_tokens else None,
+    }
 
 
-def _meta(teacher: str, t: Teacher, k: int, dtype: np.dtype, data_hash: str, rules: dict, store_probs: bool,
-          dev: Any, stats: dict) -> dict:
+def _meta(
+    teacher: str,
+    t: Teacher,
+    k: int,
+    dtype: np.dtype,
+    data_hash: str,
+    rules: dict,
+    store_probs: bool,
+    dev: Any,
+    stats: dict,
+) -> dict:
     total_s = sum(s["seconds"] for s in stats.values())
     built = sum(s["tokens_per_s"] * s["seconds"] for s in stats.values() if s["tokens_per_s"])
     rows = sum(s["rows"] for s in stats.values())
     return {
-        "format": FORMAT, "teacher": teacher, "teacher_info": t.info(),
-        "teacher_fit_seconds": getattr(t, "fit_seconds", None), "k": k, "dtype": dtype.name, "data_hash": data_hash,
-        "rules": rules, "store_probs": store_probs, "device": str(dev),
-        "splits": stats, "mean_set_size": sum(s["mean_set_size"] * s["rows"] for s in stats.values()) / rows,
+        "format": FORMAT,
+        "teacher": teacher,
+        "teacher_info": t.info(),
+        "teacher_fit_seconds": getattr(t, "fit_seconds", None),
+        "k": k,
+        "dtype": dtype.name,
+        "data_hash": data_hash,
+        "rules": rules,
+        "store_probs": store_probs,
+        "device": str(dev),
+        "splits": stats,
+        "mean_set_size": sum(s["mean_set_size"] * s["rows"] for s in stats.values()) / rows,
         "tokens_per_s": built / total_s if total_s > 0 and built else None,
     }
 

@@ -49,7 +49,8 @@ class NgramTeacher(Teacher):
 
     @staticmethod
     def _tables(keys: np.ndarray, counts: np.ndarray, V: int) -> tuple[np.ndarray, ...]:
-        """(sorted context keys, first pair index, pair count per context, total count, pair keys, next ids, pair counts)."""
+        """(sorted context keys, first pair index, pair count per context, total count, pair keys, next ids,
+        pair counts)."""
         ctx = keys // V
         ctx_keys, first, n_types = np.unique(ctx, return_index=True, return_counts=True)
         total = np.add.reduceat(counts, first)
@@ -75,7 +76,11 @@ class NgramTeacher(Teacher):
             ci = i[r]
             p[r] *= (D * n_types[ci] / total[ci])[:, None]
             lengths = n_types[ci]
-            flat = np.repeat(first[ci], lengths) + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            flat = (
+                np.repeat(first[ci], lengths)
+                + np.arange(lengths.sum())
+                - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            )
             rr = np.repeat(r, lengths)
             p[rr, nxt[flat]] += (cnt[flat] - D) / total[ci].repeat(lengths)
         return p.astype(np.float32)
@@ -99,7 +104,11 @@ class NgramTeacher(Teacher):
         """History (m, N-1) of tokens[pos-N+2 .. pos] (0 where before the start) and its real length."""
         h = max(self.n - 1, 0)
         idx = pos[:, None] - np.arange(h - 1, -1, -1)
-        hist = np.where(idx >= 0, tokens[np.maximum(idx, 0)].astype(np.int64), 0) if h else np.zeros((len(pos), 0), np.int64)
+        hist = (
+            np.where(idx >= 0, tokens[np.maximum(idx, 0)].astype(np.int64), 0)
+            if h
+            else np.zeros((len(pos), 0), np.int64)
+        )
         return hist, np.minimum(pos + 1, h)
 
     def stream_probs(self, tokens: np.ndarray, a: int, b: int) -> Iterator[tuple[int, torch.Tensor]]:

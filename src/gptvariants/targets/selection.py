@@ -11,7 +11,9 @@ from .base import TOKENS_PER_FORWARD, Teacher
 ORACLE_MIN_PROB = 0.01  # the oracle's default support threshold when min_prob is 0
 
 
-def select(probs: torch.Tensor, k: int, top_p: float | None, min_prob: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def select(
+    probs: torch.Tensor, k: int, top_p: float | None, min_prob: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Teacher candidates per row: (ids (m, k) int64, their probs (m, k), keep (m, k) bool).
 
     ids are sorted by probability; keep is a prefix per row: the top k, cut to the smallest
@@ -30,7 +32,9 @@ def _keep(p: torch.Tensor, top_p: float | None, min_prob: float) -> torch.Tensor
     return keep
 
 
-def sample_set(probs: torch.Tensor, draws: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample_set(
+    probs: torch.Tensor, draws: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The distinct tokens among `draws` independent samples from each row of probs, in the
     layout of ``select``: (ids (m, draws), their probs, keep (m, draws)) with keep a prefix.
 
@@ -54,8 +58,11 @@ def _check_rule(select: str, top_p: float | None, min_prob: float, ratio: float,
     if select not in ("top", "sample"):
         raise ValueError(f"select must be 'top' or 'sample', not {select!r}")
     if select == "sample" and (top_p is not None or min_prob > 0 or ratio < 1.0 or ppl_filter is not None):
-        raise ValueError("select='sample' draws from the teacher's whole distribution at every position: top_p, min_prob, "
-                         "ratio < 1 and ppl_filter would bias the draws, so they are not allowed with it (drop top_p, min_prob, ratio and ppl_filter)")
+        raise ValueError(
+            "select='sample' draws from the teacher's whole distribution at every position: top_p, min_prob, "
+            "ratio < 1 and ppl_filter would bias the draws, so they are not allowed with it "
+            "(drop top_p, min_prob, ratio and ppl_filter)"
+        )
 
 
 def readout_draws(select: str, k: int) -> int:
@@ -67,14 +74,27 @@ def readout_draws(select: str, k: int) -> int:
 class _Selector:
     """Turns one chunk of teacher predictions into stored rows (ids, probs); see build_targets."""
 
-    def __init__(self, teacher: Teacher, k: int, top_p: float | None, min_prob: float, ratio: float,
-                 ppl_filter: float | None, ppl_window: int, batch_size: int, seed: int, sentinel: int,
-                 rule: str = "top") -> None:
+    def __init__(
+        self,
+        teacher: Teacher,
+        k: int,
+        top_p: float | None,
+        min_prob: float,
+        ratio: float,
+        ppl_filter: float | None,
+        ppl_window: int,
+        batch_size: int,
+        seed: int,
+        sentinel: int,
+        rule: str = "top",
+    ) -> None:
         self.t, self.k, self.top_p, self.min_prob, self.ratio = teacher, k, top_p, min_prob, ratio
         self.ppl_filter, self.ppl_window, self.batch_size = ppl_filter, ppl_window, batch_size
         self.seed, self.sentinel, self.rule = seed, sentinel, rule
 
-    def chunk(self, tokens: np.ndarray, a: int, b: int, split_index: int, chunk_index: int) -> tuple[np.ndarray, np.ndarray, int]:
+    def chunk(
+        self, tokens: np.ndarray, a: int, b: int, split_index: int, chunk_index: int
+    ) -> tuple[np.ndarray, np.ndarray, int]:
         """(ids (m, k), probs (m, k), rows holding teacher candidates) for positions a..b-1."""
         n, m, k = len(tokens), b - a, self.k
         ids, probs, keep = np.zeros((m, k), np.int64), np.zeros((m, k), np.float32), np.zeros((m, k), bool)

@@ -1,4 +1,5 @@
-"""The teachers behind ``ckpt:RUN``, ``hf:NAME_OR_PATH`` and ``oracle`` (``ngram:N`` is in ngram.py), and ``load_teacher``."""
+"""The teachers behind ``ckpt:RUN``, ``hf:NAME_OR_PATH`` and ``oracle`` (``ngram:N`` is in ngram.py), and
+``load_teacher``."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ class CheckpointTeacher(WindowedTeacher):
     """``ckpt:RUN``: a gptvariants run; its predictive distribution (``predictive.Predictor``: softmax, a
     sigmoid head's readout, a Bayesian head's mixture of draws, its fitted temperature)."""
 
-    def __init__(self, run: str, data: TokenDataset, device: torch.device, context: int | None, batch_size: int) -> None:
+    def __init__(
+        self, run: str, data: TokenDataset, device: torch.device, context: int | None, batch_size: int
+    ) -> None:
         from ..checkpoint import load_run
         from ..inputs import check_run_files, read_json
 
@@ -31,7 +34,10 @@ class CheckpointTeacher(WindowedTeacher):
             info = read_json(info_path)
             for key in ("tokenizer", "vocab_size"):
                 if info.get(key) != data.meta.get(key):
-                    raise ValueError(f"teacher ckpt:{run} was trained on data with {key} {info.get(key)!r}, this data has {data.meta.get(key)!r}")
+                    raise ValueError(
+                        f"teacher ckpt:{run} was trained on data with {key} {info.get(key)!r}, this data has "
+                        f"{data.meta.get(key)!r}"
+                    )
         self.model, cfg = load_run(run_dir, device)
         if cfg.model.vocab_size < data.vocab_size:
             raise ValueError(f"teacher ckpt:{run} has vocab_size {cfg.model.vocab_size}, the data {data.vocab_size}")
@@ -44,7 +50,11 @@ class CheckpointTeacher(WindowedTeacher):
         self.predictor = build_predictor([Run(run_dir, self.model, cfg)], seed=0)
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else torch.autocast("cpu", enabled=False)
+        return (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda"
+            else torch.autocast("cpu", enabled=False)
+        )
 
     def hidden(self, windows: torch.Tensor) -> torch.Tensor:
         with self._autocast():
@@ -67,13 +77,19 @@ class CheckpointTeacher(WindowedTeacher):
 class HFTeacher(WindowedTeacher):
     """``hf:NAME_OR_PATH``: a transformers causal LM; softmax of its output layer on the base model's hidden states."""
 
-    def __init__(self, name: str, data: TokenDataset, device: torch.device, context: int | None, batch_size: int) -> None:
+    def __init__(
+        self, name: str, data: TokenDataset, device: torch.device, context: int | None, batch_size: int
+    ) -> None:
         try:
             from transformers import AutoModelForCausalLM
         except ImportError:
-            raise RuntimeError("hf: teachers need transformers: pip install 'gptvariants[hf]' (or use ckpt:RUN or ngram:N)") from None
+            raise RuntimeError(
+                "hf: teachers need transformers: pip install 'gptvariants[hf]' (or use ckpt:RUN or ngram:N)"
+            ) from None
 
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or os.environ.get("TRANSFORMERS_OFFLINE", "0") not in ("0", "", "false")
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or os.environ.get(
+            "TRANSFORMERS_OFFLINE", "0"
+        ) not in ("0", "", "false")
         try:
             try:  # the cache first: no network round-trips when the model is already here
                 model = AutoModelForCausalLM.from_pretrained(name, local_files_only=True)
@@ -82,14 +98,22 @@ class HFTeacher(WindowedTeacher):
                     raise
                 model = AutoModelForCausalLM.from_pretrained(name)
         except OSError as e:
-            raise RuntimeError(f"cannot load the Hugging Face model {name!r} (not cached and not downloadable: {str(e).splitlines()[0]}); {ALTERNATIVES}") from e
+            raise RuntimeError(
+                f"cannot load the Hugging Face model {name!r} (not cached and not downloadable: "
+                f"{str(e).splitlines()[0]}); {ALTERNATIVES}"
+            ) from e
         V = int(model.config.vocab_size)
         if V != data.vocab_size:
-            raise ValueError(f"teacher hf:{name} has a vocabulary of {V} tokens, the data {data.vocab_size} ({data.meta['tokenizer']}); {ALTERNATIVES}")
+            raise ValueError(
+                f"teacher hf:{name} has a vocabulary of {V} tokens, the data {data.vocab_size} "
+                f"({data.meta['tokenizer']}); {ALTERNATIVES}"
+            )
         self._check_tokenizer(name, data)
         self.model = model.to(device).eval()
         self.spec, self.device, self.vocab_size = f"hf:{name}", device, V
-        n_pos = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None) or 1024
+        n_pos = (
+            getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None) or 1024
+        )
         self.context = min(context or n_pos, n_pos)
         self.batch_size = batch_size or max(1, TOKENS_PER_FORWARD // self.context)
         self.head = model.get_output_embeddings()
@@ -111,7 +135,10 @@ class HFTeacher(WindowedTeacher):
         ours, theirs = data.tokenizer.encode(text), tok.encode(text)
         if ours != theirs:
             i = next((j for j, (p, q) in enumerate(zip(ours, theirs)) if p != q), min(len(ours), len(theirs)))
-            raise ValueError(f"teacher hf:{name} tokenizes the data differently from {data.meta['tokenizer']!r} (first difference at token {i}); {ALTERNATIVES}")
+            raise ValueError(
+                f"teacher hf:{name} tokenizes the data differently from {data.meta['tokenizer']!r} (first "
+                f"difference at token {i}); {ALTERNATIVES}"
+            )
 
     def hidden(self, windows: torch.Tensor) -> torch.Tensor:
         return self.model.base_model(input_ids=windows).last_hidden_state
@@ -132,7 +159,10 @@ class OracleTeacher(Teacher):
     def __init__(self, data: TokenDataset, device: torch.device) -> None:
         lang = data.synthetic
         if lang is None:
-            raise ValueError(f"the oracle teacher needs the synthetic language; {data.dir} holds {data.meta['source']!r}. {ALTERNATIVES}")
+            raise ValueError(
+                f"the oracle teacher needs the synthetic language; {data.dir} holds {data.meta['source']!r}. "
+                f"{ALTERNATIVES}"
+            )
         self.lang, self.spec, self.vocab_size, self.device = lang, "oracle", lang.vocab_size, device
 
     def stream_probs(self, tokens: np.ndarray, a: int, b: int) -> Iterator[tuple[int, torch.Tensor]]:
@@ -152,7 +182,9 @@ class OracleTeacher(Teacher):
                 yield off + lo + s0 - a, torch.from_numpy(p[lo:]).to(self.device)
 
 
-def load_teacher(spec: str, data: TokenDataset, device: torch.device, *, context: int | None = None, batch_size: int = 0) -> Teacher:
+def load_teacher(
+    spec: str, data: TokenDataset, device: torch.device, *, context: int | None = None, batch_size: int = 0
+) -> Teacher:
     """A Teacher from its spec (hf:NAME, ckpt:RUN, ngram:N, oracle), checked against the data's vocabulary."""
     kind, arg, _ = parse_spec(spec)
     if kind == "hf" and arg:

@@ -187,3 +187,15 @@ def test_laplace_refuses_what_it_cannot_fit(tmp_path):
         fit_laplace(run.dir, run.model, np.zeros(100, dtype=np.int64), np.zeros(100, dtype=np.int64))
     with pytest.raises(ValueError, match="gptv laplace"):
         build_predictor([run], "laplace")
+
+
+def test_temperature_can_be_fitted_to_the_top1_ece(tmp_path):
+    run = load_runs(constant_run(tmp_path / "run", [3.0, 0.0]))[0]
+    tokens = (np.random.default_rng(1).random(4000) > 0.7).astype(np.int64)
+    by_nll = fit_temperature(run, tokens, stride=8)
+    by_ece = fit_temperature(run, tokens, stride=8, fit="ece")
+    assert by_ece["fit"] == "ece" and by_ece["after"]["ece"] <= by_nll["after"]["ece"] + 1e-3
+    # two classes, one constant prediction: top-1 ECE is |sigmoid(a / T) - q|, zero at the same T as the NLL's
+    assert by_ece["temperature"] == pytest.approx(by_nll["temperature"], rel=0.02)
+    with pytest.raises(ValueError, match="fit must be"):
+        fit_temperature(run, tokens, fit="brier")

@@ -199,3 +199,17 @@ def test_temperature_can_be_fitted_to_the_top1_ece(tmp_path):
     assert by_ece["temperature"] == pytest.approx(by_nll["temperature"], rel=0.02)
     with pytest.raises(ValueError, match="fit must be"):
         fit_temperature(run, tokens, fit="brier")
+
+
+def test_spread_windows_score_their_own_targets():
+    """Windows spread over a stream (the Laplace fit's) yield each window's own targets."""
+    from gptvariants.laplace import spread_windows
+    from gptvariants.predictive import score_windows
+
+    cfg = load_config("baseline", overrides=dict(n_layer=1, n_head=1, n_embd=8, block_size=6, vocab_size=11))
+    model = GPT(cfg.model, cfg.objective).eval()
+    tokens = np.arange(200) % 11
+    windows = spread_windows(len(tokens), 6, 60)
+    ys = torch.cat([y for _, y, _ in score_windows(Predictor([model]), tokens, windows, batch=4)])
+    expected = np.concatenate([tokens[s:e] for _, e, s in windows])
+    assert ys.tolist() == expected.tolist() and len(windows) == 10

@@ -292,10 +292,12 @@ def score_windows(
     set_probs: bool = False,
     budget: int = CHUNK_FLOATS,
 ) -> Iterator[tuple[int, torch.Tensor, Draws]]:
-    """Score a token stream: yield (t, y, draws) for consecutive targets y = tokens[t : t + n].
+    """Score a token stream: yield (t, y, draws) for the targets y of the windows, in order.
 
     windows: (begin, end, score_from) triples (``metrics.sliding_windows`` or generation's
     policy): x = tokens[begin : end - 1] is fed, and targets score_from .. end - 1 are scored.
+    When the windows' scored ranges follow each other (both policies), y = tokens[t : t + n];
+    for windows spread over a stream, y still holds each window's own targets and t the first.
     Up to ``batch`` windows of equal length share one forward pass; hidden states are read out
     ``predictor.rows_per_chunk(budget)`` rows at a time (``draws.hidden`` holds them).
     """
@@ -313,11 +315,12 @@ def score_windows(
         x = torch.stack([ids[b : e - 1] for b, e, _ in group])
         # window (b, e, s): position p of x predicts tokens[b + p + 1]; targets s..e-1 are scored
         hs = [torch.cat([h[k, s - b - 1 :] for k, (b, e, s) in enumerate(group)]) for h in predictor.encode(x)]
+        ys = torch.cat([ids[s:e] for _, e, s in group])
         t0 = group[0][2]
         for c in range(0, len(hs[0]), rows):
             n = min(rows, len(hs[0]) - c)
             chunk = [h[c : c + n] for h in hs]
             draws = predictor.draws(chunk, set_probs=set_probs)
             draws.hidden = chunk
-            yield t0 + c, ids[t0 + c : t0 + c + n], draws
+            yield t0 + c, ys[c : c + n], draws
         i = j

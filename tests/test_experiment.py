@@ -199,3 +199,11 @@ def test_methods_add_the_uncertainty_section(tmp_path, capsys):
     assert "## Uncertainty" in report and "| baseline + Laplace |" in report and "--methods" in report
     assert (out / "uncertainty.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "runs" / "baseline" / "calibration.json").read_text())["temperature"]["default"] > 0
+
+
+def test_a_variants_own_defaults_win_over_a_shape_file(tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_TOML + "dropout = 0.0\n")
+    cfg = X.run_config("baseline-dropout", tmp_path, tmp_path / "r", 10, 1, str(config), None)
+    assert cfg.model.dropout == 0.1  # the file's dropout 0 would make MC dropout impossible
+    assert X.run_config("baseline", tmp_path, tmp_path / "b", 10, 1, str(config), None).model.dropout == 0.0

@@ -146,10 +146,12 @@ def build_sets(data_dir: Path, teacher: str, name: str, select: str = "top") -> 
 def run_config(
     variant: str, data_dir: Path, run_dir: Path, max_iters: int, seed: int, config_file: str | None, targets: str | None
 ) -> Config:
-    """The training config of one variant: DEFAULT_SHAPE < config file < the experiment's keys."""
-    # a variant's own defaults (the dropout of baseline-dropout) win over the default shape
+    """The training config of one variant: DEFAULT_SHAPE < config file < the variant's defaults < the experiment."""
+    # a variant's own defaults (the dropout of baseline-dropout) win over the default shape and a
+    # shape file alike: in a comparison of variants each must be itself
     own = get_variant(variant).defaults
-    overrides: dict[str, Any] = {} if config_file else {k: v for k, v in DEFAULT_SHAPE.items() if k not in own}
+    overrides: dict[str, Any] = {} if config_file else dict(DEFAULT_SHAPE)
+    overrides.update(own)
     overrides.update(
         {
             "data": str(data_dir),

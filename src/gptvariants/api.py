@@ -415,14 +415,12 @@ class LanguageModel:
         cols: dict[str, list] = {"lp": draws.logprob(y).tolist(), "h": draws.entropy().tolist()}
         cols["mi"] = draws.mutual_information().tolist() if draws.samples > 1 else [None] * len(y)
         cols["top"] = cols["set"] = cols["draws"] = [None] * len(y)
-        decode = self.tokenizer.decode
+        decode = self.token_text
         if top_n:
             p, i = draws.probs.topk(min(top_n, draws.log_p.shape[-1]), dim=-1)
-            cols["top"] = [[(decode([a]), b) for a, b in zip(ii, pp)] for ii, pp in zip(i.tolist(), p.tolist())]
+            cols["top"] = [[(decode(a), b) for a, b in zip(ii, pp)] for ii, pp in zip(i.tolist(), p.tolist())]
             if draws.set_probs is not None:
-                cols["set"] = [
-                    [decode([v]) for v in torch.nonzero(r > tau).squeeze(1).tolist()] for r in draws.set_probs
-                ]
+                cols["set"] = [[decode(v) for v in torch.nonzero(r > tau).squeeze(1).tolist()] for r in draws.set_probs]
             if draws.samples > 1:
                 cols["draws"] = (
                     draws.log_ps.gather(-1, y[None, :, None].expand(draws.samples, -1, 1))

@@ -603,3 +603,15 @@ def test_word_tokenizer_starts_from_eot_and_keeps_spaces(tmp_path):
     assert "".join(t.text for t in res.tokens) == res.text
     assert ("the cat" + res.text).split() == tok.decode(tok.encode("the cat") + [t.id for t in res.tokens]).split()
     assert res.text.startswith(" ") or res.text.startswith("\n")
+
+
+def test_score_many_equals_each_text_alone(run_dir):
+    lm = load(run_dir)
+    texts = ["ab cd", "a", "hello world, " * 5, "", "xyz." * 3]
+    together = lm.score_many(texts, top_n=3)
+    assert [len(r) for r in together] == [max(0, len(t) - 1) for t in texts]  # char vocabulary, no end-of-text
+    for text, recs in zip(texts, together):
+        alone = lm.score(text, top_n=3)
+        assert [r.id for r in recs] == [r.id for r in alone] and [r.text for r in recs] == [r.text for r in alone]
+        assert [r.logprob for r in recs] == pytest.approx([r.logprob for r in alone], abs=1e-5)
+        assert [r.top[0][0] for r in recs] == [r.top[0][0] for r in alone]

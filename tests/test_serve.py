@@ -263,7 +263,7 @@ def test_unexpected_errors_are_json_500_without_traceback(runs, monkeypatch):
     def broken(*a, **k):
         raise KeyError("boom")
 
-    monkeypatch.setattr(loaded["sig"].lm, "score", broken)
+    monkeypatch.setattr(loaded["sig"].lm, "score_many", broken)
     with TestClient(create_app(loaded, report), raise_server_exceptions=False) as c:
         r = c.post("/api/score", json={"run": "sig", "text": "ab"})
     assert r.status_code == 500 and r.json() == {"error": "internal error (KeyError; see the server log)"}
@@ -400,13 +400,13 @@ def test_stream_errors_reach_the_consumer_and_admission_is_bounded():
 # ----------------------------------------------------------------------------------- continuous batching
 
 
-def _concurrently(app, bodies: list[dict]) -> list:
-    """POST /api/generate with every body at once, on one event loop (responses read whole)."""
+def _concurrently(app, bodies: list[dict], path: str = "/api/generate") -> list:
+    """POST ``path`` with every body at once, on one event loop (responses read whole)."""
     import httpx
 
     async def scenario():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
-            responses = await asyncio.gather(*(c.post("/api/generate", json=b) for b in bodies))
+            responses = await asyncio.gather(*(c.post(path, json=b) for b in bodies))
         app.state.pool.shutdown()
         return responses
 
@@ -469,6 +469,32 @@ def test_concurrent_generations_share_a_batch_and_give_the_library_tokens(runs, 
         assert [t["id"] for t in tokens] == [t.id for t in ref.tokens] and len(tokens) == body["max_new_tokens"]
         assert [t["logprob"] for t in tokens] == pytest.approx([t.logprob for t in ref.tokens], abs=1e-5)
     assert max(sizes) >= 4  # requests did share a batch
+
+
+def test_concurrent_scores_share_a_pass_and_a_refused_text_fails_alone(runs, words, monkeypatch):
+    """Score requests with the same options are scored in one score_many call; each answer equals
+    scoring its text alone, and a text the model refuses is a 400 for that request only."""
+    loaded, report = runs
+    lm = loaded["baseline"].lm
+    calls: list[int] = []
+    many = type(lm).score_many
+
+    def counted(self, texts, **kw):
+        calls.append(len(texts))
+        return many(self, texts, **kw)
+
+    monkeypatch.setattr(type(lm), "score_many", counted)
+    w = words.split()
+    bodies = [{"run": "baseline", "text": " ".join(w[k : k + 6 + k]), "top_n": 3} for k in range(6)]
+    bodies.append({"run": "baseline", "text": "qqqq unknownword", "top_n": 3, "unknown": "error"})
+    responses = _concurrently(create_app(loaded, report, workers=1), bodies, path="/api/score")
+    for body, r in zip(bodies[:-1], responses):
+        assert r.status_code == 200, r.text
+        alone = lm.score(body["text"], top_n=3)
+        assert [t["id"] for t in r.json()["tokens"]] == [t.id for t in alone]
+        assert [t["logprob"] for t in r.json()["tokens"]] == pytest.approx([t.logprob for t in alone], abs=1e-5)
+    assert responses[-1].status_code == 400 and "unknownword" in responses[-1].json()["error"]
+    assert max(calls) >= 3  # concurrent requests did share a call
 
 
 def test_a_short_request_is_not_held_by_a_long_one_and_a_gone_client_leaves_the_batch(runs, words):

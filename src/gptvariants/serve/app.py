@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ..api import TokenRecord
-from .batcher import Batcher, RowStream
+from .batcher import Batcher, RowStream, ScoreBatcher
 from .runs import Report, Run
 from .schemas import LIMITS, MAX_SET_TEXTS, GenerateRequest, ScoreRequest
 from .worker import Busy, ModelPool
@@ -132,7 +132,7 @@ def create_app(
     app.state.pool = pool
     _add_error_handlers(app)
     _add_files(app, report)
-    _add_model_api(app, runs, pool, Batcher(pool), has_report=report is not None)
+    _add_model_api(app, runs, pool, Batcher(pool), ScoreBatcher(pool, _scored_many), has_report=report is not None)
     return app
 
 
@@ -170,7 +170,9 @@ def _add_files(app: FastAPI, report: Report | None) -> None:
         return FileResponse(report.files[name])
 
 
-def _add_model_api(app: FastAPI, runs: dict[str, Run], pool: ModelPool, batcher: Batcher, has_report: bool) -> None:
+def _add_model_api(
+    app: FastAPI, runs: dict[str, Run], pool: ModelPool, batcher: Batcher, scores: ScoreBatcher, has_report: bool
+) -> None:
     """GET /api/runs, POST /api/score, POST /api/generate."""
 
     def get_run(name: str) -> Run:
@@ -186,8 +188,9 @@ def _add_model_api(app: FastAPI, runs: dict[str, Run], pool: ModelPool, batcher:
     async def score(req: ScoreRequest) -> dict[str, Any]:
         run = get_run(req.run)
         with pool.admit():
-            try:  # the answer is built on the worker too: a long text's tokens are many dicts
-                return await pool.call(_scored, run, req)
+            try:  # concurrent requests with the same options share one pass; answers are built on the worker
+                key = (run.name, tuple(sorted(req.options().items())))
+                return await scores.score(run, key, req)
             except (ValueError, TypeError) as e:
                 raise HTTPException(400, str(e)) from None
 
@@ -217,10 +220,16 @@ def _add_model_api(app: FastAPI, runs: dict[str, Run], pool: ModelPool, batcher:
         )
 
 
-def _scored(run: Run, req: ScoreRequest) -> dict[str, Any]:
-    """The answer of POST /api/score. ``prefix``: the start of the text that has no score."""
+def _scored_many(run: Run, reqs: list[ScoreRequest]) -> list[dict[str, Any]]:
+    """The answers of POST /api/score for requests with the same options, scored together.
+    ``prefix``: the start of a text that has no score; ``seconds``: the shared pass's time."""
     t0 = time.perf_counter()
-    records = run.lm.score(req.text, **req.options())
+    scored = run.lm.score_many([r.text for r in reqs], **reqs[0].options())
+    seconds = time.perf_counter() - t0
+    return [_answer(run, req, records, seconds) for req, records in zip(reqs, scored)]
+
+
+def _answer(run: Run, req: ScoreRequest, records: list[TokenRecord], seconds: float) -> dict[str, Any]:
     scored = "".join(r.text for r in records)
     prefix = req.text[: len(req.text) - len(scored)] if req.text.endswith(scored) else ""
     return {
@@ -228,7 +237,7 @@ def _scored(run: Run, req: ScoreRequest) -> dict[str, Any]:
         "prefix": prefix,
         "tokens": [token_json(r) for r in records],
         **_summary(records),
-        "seconds": time.perf_counter() - t0,
+        "seconds": seconds,
     }
 
 

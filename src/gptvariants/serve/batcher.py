@@ -153,3 +153,46 @@ class Batcher:
 def _put_all(items: list[tuple[RowStream, object]]) -> None:
     for stream, item in items:
         stream.queue.put_nowait(item)
+
+
+class ScoreBatcher:
+    """Concurrent score requests to one run with the same options, scored in one
+    ``LanguageModel.score_many`` call: requests that arrive while a call runs wait for the next
+    one, which takes all of them. ``answer(run, requests) -> list`` builds the answers on the
+    pool. A request the model refuses (a text it cannot encode, say) does not fail the others:
+    the batch is then answered one request at a time."""
+
+    def __init__(self, pool: ModelPool, answer: Callable) -> None:
+        self.pool, self.answer = pool, answer
+        self.pending: dict[tuple, list[tuple[object, asyncio.Future]]] = {}
+        self.draining: set[tuple] = set()
+
+    async def score(self, run: Run, key: tuple, request: object) -> object:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.setdefault(key, []).append((request, future))
+        if key not in self.draining:
+            self.draining.add(key)
+            asyncio.ensure_future(self._drain(run, key))
+        return await future
+
+    async def _drain(self, run: Run, key: tuple) -> None:
+        try:
+            while self.pending.get(key):
+                items = self.pending.pop(key)
+                try:
+                    answers = await self.pool.call(self.answer, run, [r for r, _ in items])
+                except (ValueError, TypeError):
+                    answers = [await self._alone(run, r) for r, _ in items]
+                except Exception as e:  # every waiting request gets the error
+                    answers = [e] * len(items)
+                for (_, future), answer in zip(items, answers):
+                    if not future.done():
+                        (future.set_exception if isinstance(answer, BaseException) else future.set_result)(answer)
+        finally:
+            self.draining.discard(key)
+
+    async def _alone(self, run: Run, request: object) -> object:
+        try:
+            return (await self.pool.call(self.answer, run, [request]))[0]
+        except Exception as e:  # handed to the request it belongs to
+            return e

@@ -10,9 +10,9 @@ four times; the reference is what those windows cost at the least:
     reference   the same windows, ``--batch`` at a time through the backbone, the head's logits
                 at the scored rows only, log_softmax and the target's log-probability.
     score()     ``lm.score(text)``: token records with log-probability, entropy and text. It feeds
-                ``predictive.score_windows`` one window per forward pass (batch=1).
-    score(), batched windows   the same call with ``score_windows`` patched to take ``--batch``
-                windows per forward pass: the change proposed for ``api.score``.
+                ``predictive.score_windows`` ``api.SCORE_BATCH`` (16) windows per forward pass.
+    score(), --batch windows   the same call with ``score_windows`` patched to take ``--batch``
+                windows per forward pass (one window per pass was api.score's first version).
 
 ``--overhead`` times the three again with the transformer blocks removed (embeddings and final
 layer norm only): what is left is the work around the blocks, per window and per token.
@@ -168,7 +168,7 @@ def measure(
     return {
         "reference (batched forward)": tuple(t_ref),
         "score()": tuple(t_score),
-        "score(), batched windows (proposed)": tuple(t_batched),
+        "score(), --batch windows per pass": tuple(t_batched),
     }, diff
 
 

@@ -210,9 +210,9 @@ def fit_prior_precision(model, base: LaplacePosterior, hidden, targets, samples:
     best = min(range(len(curve)), key=lambda i: curve[i]["nll"])
     lo, hi = GRID[max(best - 1, 0)], GRID[min(best + 1, len(GRID) - 1)]
     for lam in np.logspace(math.log10(lo), math.log10(hi), 9)[1:-1]:
-        curve.append(
-            {"prior_precision": float(lam), "nll": heldout_nll(model, base.with_prior(lam), hidden, targets, samples)}
-        )
+        if not any(np.isclose(lam, c["prior_precision"]) for c in curve):  # the grid's own points are done
+            nll = heldout_nll(model, base.with_prior(lam), hidden, targets, samples)
+            curve.append({"prior_precision": float(lam), "nll": nll})
     best = min(curve, key=lambda c: c["nll"])
     return best["prior_precision"], sorted(curve, key=lambda c: c["prior_precision"])
 

@@ -213,3 +213,19 @@ def test_spread_windows_score_their_own_targets():
     ys = torch.cat([y for _, y, _ in score_windows(Predictor([model]), tokens, windows, batch=4)])
     expected = np.concatenate([tokens[s:e] for _, e, s in windows])
     assert ys.tolist() == expected.tolist() and len(windows) == 10
+
+
+def test_laplace_probit_variance_is_the_diagonal_of_the_logit_covariance():
+    torch.manual_seed(0)
+    cfg = load_config("baseline", overrides=dict(n_layer=1, n_head=1, n_embd=4, block_size=6, vocab_size=3))
+    model = GPT(cfg.model, cfg.objective).eval()
+    tokens = np.random.default_rng(0).integers(0, 3, 200)
+    stats, n = curvature(model, tokens, "kfac", budget=60)
+    post = LaplacePosterior.from_statistics("kfac", stats, n, prior_precision=2.0)
+    h = torch.randn(5, 4)
+    sampler = post.sampler(model)
+    z = sampler(h, 40_000, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(sampler.variance(h), z.var(0), rtol=0.05, atol=1e-4)
+    # probit: softmax(z / sqrt(1 + pi/8 var)), by hand
+    by_hand = torch.log_softmax(model.logits(h) / (1 + math.pi / 8 * sampler.variance(h)).sqrt(), -1)
+    torch.testing.assert_close(sampler.probit_log_probs(h), by_hand)

@@ -242,7 +242,10 @@ def register_cli(subparsers) -> None:
         "--heldout-tokens", type=positive_int, default=10_000, help="validation positions for the prior precision"
     )
     p.add_argument(
-        "--mc-samples", type=positive_int, default=16, help="draws of the predictive while choosing the prior"
+        "--mc-samples",
+        type=positive_int,
+        default=16,
+        help="draws of the MC predictive reported for the fitted posterior",
     )
     p.add_argument("--device", type=device, default="auto")
     p.set_defaults(func=_cmd_laplace)

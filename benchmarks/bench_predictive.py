@@ -7,6 +7,7 @@ rounds of the ratio to the reference system of the same round.
 
     python benchmarks/bench_predictive.py                       # all shapes
     python benchmarks/bench_predictive.py --shapes synthetic --rounds 5
+    python benchmarks/bench_predictive.py --shapes gpt2 --tokens 1024 --systems "baseline,bayes S=1,bayes S=8"
 
 Systems: ``bayes S=1`` (one draw of the head) is the reference of ``bayes S=8`` (the target:
 <= 1.5x); ``baseline`` the reference of ``ensemble K=4`` (four heads) and ``MC dropout S=8``
@@ -31,6 +32,7 @@ SHAPES = {  # name: (n_layer, n_head, n_embd, block, vocab)
     "char": (4, 4, 128, 64, 65),
     "synthetic": (4, 4, 128, 64, 513),
     "gpt2-vocab": (4, 4, 128, 64, 50257),
+    "gpt2": (12, 12, 768, 128, 50257),  # GPT-2 124M
 }
 SYSTEMS = {  # name: (variant, predictor options, reference)
     "baseline": ("baseline", {}, None),
@@ -50,12 +52,12 @@ def model(variant: str, shape: tuple[int, ...]) -> GPT:
     return GPT(cfg.model, cfg.objective).eval()
 
 
-def run(shape_name: str, tokens: int, rounds: int) -> list[dict]:
+def run(shape_name: str, tokens: int, rounds: int, systems: list[str]) -> list[dict]:
     shape = SHAPES[shape_name]
     stream = np.random.default_rng(0).integers(0, shape[4], tokens)
-    predictors = {name: Predictor([model(v, shape)], seed=0, **opts) for name, (v, opts, _) in SYSTEMS.items()}
-    times: dict[str, list[float]] = {name: [] for name in SYSTEMS}
-    names = list(SYSTEMS)
+    predictors = {name: Predictor([model(SYSTEMS[name][0], shape)], seed=0, **SYSTEMS[name][1]) for name in systems}
+    times: dict[str, list[float]] = {name: [] for name in systems}
+    names = list(systems)
     for r in range(rounds + 1):  # round 0 warms up
         for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
@@ -63,7 +65,8 @@ def run(shape_name: str, tokens: int, rounds: int) -> list[dict]:
             if r:
                 times[name].append(time.perf_counter() - t0)
     out = []
-    for name, (_, _, ref) in SYSTEMS.items():
+    for name in systems:
+        ref = SYSTEMS[name][2]
         ratios = [a / b for a, b in zip(times[name], times[ref])] if ref else [1.0] * rounds
         out.append(
             {
@@ -81,16 +84,21 @@ def run(shape_name: str, tokens: int, rounds: int) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shapes", default=",".join(SHAPES))
+    p.add_argument("--shapes", default="char,synthetic,gpt2-vocab", help=f"comma-separated, of {list(SHAPES)}")
     p.add_argument("--tokens", type=int, default=8192)
+    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated; a ratio needs its reference too")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = p.parse_args()
+    systems = args.systems.split(",")
+    for name in systems:
+        if name not in SYSTEMS or (SYSTEMS[name][2] and SYSTEMS[name][2] not in systems):
+            p.error(f"--systems: {name!r} is not one of {list(SYSTEMS)} or lacks its reference")
     if args.threads:
         torch.set_num_threads(args.threads)
     print("| shape | system | vs | seconds | ratio | range over rounds | tokens/s |\n|---|---|---|---|---|---|---|")
     for shape in args.shapes.split(","):
-        for r in run(shape, args.tokens, args.rounds):
+        for r in run(shape, args.tokens, args.rounds, systems):
             lo, hi = r["ratio_range"]
             print(
                 f"| {r['shape']} | {r['system']} | {r['reference']} | {r['seconds']:.2f} | {r['ratio']:.2f}x | "

@@ -152,7 +152,9 @@ def measure(variant: str, shape: Shape, device: torch.device, dtype: torch.dtype
         variant = "sig"
         tmp = tempfile.TemporaryDirectory()
         teacher = online_teacher(shape, device, Path(tmp.name), k)
-    cfg = load_config(variant, overrides=shape_overrides(shape))
+    variant, _, keys = variant.partition(":")  # "bayes:reparam=weight;posterior_sigma_init=0.001"
+    extra = dict(kv.split("=", 1) for kv in keys.split(";")) if keys else {}
+    cfg = load_config(variant, overrides={**shape_overrides(shape), **extra})
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(shape.vocab, (shape.batch, shape.block), generator=g).to(device)
     y = torch.randint(shape.vocab, (shape.batch, shape.block), generator=g).to(device)
@@ -236,7 +238,11 @@ def main() -> None:
     keep_freed_memory()  # as `gptv` does; GPTV_MALLOC_TUNING=0 measures without it
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", choices=["gpt2", "small", "both"], default="both")
-    p.add_argument("--variants", default=",".join([*REGISTRY, "sig+online"]))
+    p.add_argument(
+        "--variants",
+        default=",".join([*REGISTRY, "sig+online"]),
+        help="comma-separated; a variant with config keys is VARIANT:KEY=VALUE[;KEY=VALUE] (e.g. bayes:reparam=weight)",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant per round")
     p.add_argument("--k", type=int, default=50, help="positive ids per position for sigmoid variants")

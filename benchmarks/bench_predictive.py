@@ -23,6 +23,7 @@ import time
 import numpy as np
 import torch
 
+from gptvariants.allocator import keep_freed_memory
 from gptvariants.config import load_config
 from gptvariants.evaluate import score
 from gptvariants.model import GPT
@@ -83,6 +84,7 @@ def run(shape_name: str, tokens: int, rounds: int, systems: list[str]) -> list[d
 
 
 def main() -> None:
+    keep_freed_memory()  # as `gptv` does: fresh (S, n, V) buffers would otherwise be page-faulted in per call
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", default="char,synthetic,gpt2-vocab", help=f"comma-separated, of {list(SHAPES)}")
     p.add_argument("--tokens", type=int, default=8192)

@@ -39,3 +39,30 @@ def test_kl_warm_up_ramps_the_weight(tiny_data, tmp_path):
     steps = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
     weights = [(r["step"], r["kl_weight"]) for r in steps if r["kind"] == "train"]
     assert weights == [(5, 0.4), (10, 0.9), (15, 1.0), (20, 1.0)]  # min(1, (step - 1) / 10) at the logged steps
+
+
+def test_kept_posterior_variance_is_the_posteriors_within_its_block():
+    import torch
+    import torch.nn.functional as F
+
+    from gptvariants.heads import BayesianHead
+
+    head = BayesianHead(8, 5, bias=True)
+    h = torch.randn(3, 8)
+
+    def fresh():
+        var = F.linear(h.square(), F.softplus(head.weight_rho).square(), F.softplus(head.bias_rho).square())
+        return F.linear(h, head.weight_mu, head.bias_mu), var.sqrt()
+
+    with torch.no_grad():
+        with head.kept_variance():
+            torch.testing.assert_close(head.logit_moments(h), fresh())
+            kept = head.posterior_variance()[0]
+            assert head.posterior_variance()[0] is kept  # computed once in the block
+        head.weight_rho.add_(1.0)  # an optimizer step (fused AdamW does not bump the version counter)
+        head.bias_rho.sub_(1.0)
+        torch.testing.assert_close(head.logit_moments(h), fresh())  # outside the block: always afresh
+        assert head.posterior_variance()[0] is not kept
+    with head.kept_variance():  # with autograd the kept value is not used: std stays differentiable
+        head.logit_moments(h)[1].sum().backward()
+    assert head.weight_rho.grad is not None and head.weight_rho.grad.abs().sum() > 0

@@ -19,7 +19,8 @@ ObjectiveConfig, so a new head is one class plus its registration.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -140,10 +141,11 @@ class BayesianHead(Head):
     Gaussian with mean mu_v.h + b_v and variance sum_c sigma_vc^2 h_c^2 + sigma_b,v^2, independent
     over v (the rows of W are independent). Drawing z (local reparameterisation) is therefore the
     same per-position distribution as drawing S weight matrices, for two (n, C) x (C, V) matmuls
-    instead of S. The S standard normal vectors eps_s (V,) are shared by the n positions of one
-    call, z_s = mean + std * eps_s: every position's draws keep their exact marginal, positions
-    are correlated as under a weight draw (which shares W across them), and drawing S n V normals
-    (about 4 ns each on a CPU, more than the rest of a draw's work) becomes S V.
+    and S n V normal numbers instead of S matmuls and S V C normal numbers. The draws of different
+    positions are independent: sharing the normal vectors among positions would save their cost
+    (2-4 ns each on a CPU, the largest part of a draw), but their errors would then add up along
+    a sequence instead of averaging out (sequence-level OOD AUROC of MI 0.940 -> 0.920 on the
+    synthetic shift, same run).
     """
 
     stochastic = True
@@ -163,6 +165,7 @@ class BayesianHead(Head):
         if reparam not in ("weight", "local"):
             raise ValueError(f"reparam must be 'weight' or 'local', got {reparam!r}")
         self.reparam = reparam
+        self._kept: tuple[torch.Tensor, torch.Tensor | None] | None = None  # see kept_variance
         rho0 = math.log(math.expm1(posterior_sigma_init))  # softplus^-1
         self.weight_mu = nn.Parameter(torch.empty(vocab_size, n_embd))
         self.weight_rho = nn.Parameter(torch.full((vocab_size, n_embd), rho0))
@@ -239,11 +242,32 @@ class BayesianHead(Head):
     def logit_moments(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) of the Gaussian logits z | h, each (n, V) fp32 (class docstring)."""
         h = h.float()
-        var_b = None if self.bias_rho is None else F.softplus(self.bias_rho.float()).square()
         b_mu = None if self.bias_mu is None else self.bias_mu.float()
         mean = F.linear(h, self.weight_mu.float(), b_mu)
-        var = F.linear(h.square(), F.softplus(self.weight_rho.float()).square(), var_b)
+        var = F.linear(h.square(), *self.posterior_variance())
         return mean, var.sqrt()
+
+    def posterior_variance(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """softplus(rho)^2 of the weights (V, C) and bias, fp32 (the one kept by ``kept_variance``)."""
+        if self._kept is not None and not (torch.is_grad_enabled() and self.weight_rho.requires_grad):
+            return self._kept
+        var_b = None if self.bias_rho is None else F.softplus(self.bias_rho.float()).square()
+        return F.softplus(self.weight_rho.float()).square(), var_b
+
+    @contextmanager
+    def kept_variance(self) -> Iterator[None]:
+        """Within the block the posterior variance is computed once: prediction reads it once per
+        chunk of rows, and at GPT-2's vocabulary recomputing it cost more than the rest of a draw.
+        The weights must not change inside (a version counter cannot tell: fused AdamW does not
+        bump it)."""
+        outer = self._kept
+        if outer is None:
+            with torch.no_grad():
+                self._kept = self.posterior_variance()
+        try:
+            yield
+        finally:
+            self._kept = outer
 
     def n_draws(self, samples: int) -> int:
         return max(1, samples)
@@ -252,8 +276,8 @@ class BayesianHead(Head):
         if samples == 0:
             return super().logits(h)
         mean, std = self.logit_moments(h)
-        eps = torch.randn((samples, 1, mean.shape[-1]), generator=generator, device=mean.device)
-        return torch.addcmul(mean, std, eps)
+        z = torch.empty((samples, *mean.shape), device=mean.device).normal_(generator=generator)
+        return z.mul_(std).add_(mean)
 
     def sequence_sampler(self, rows: int, generator: torch.Generator | None = None) -> RowDraws:
         """One weight draw per row, kept for the row's whole generation (holds rows * V * C floats)."""

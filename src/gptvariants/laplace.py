@@ -115,10 +115,7 @@ class LaplacePosterior:
 
 
 class LaplaceSampler:
-    """Logit draws of a last-layer Laplace posterior: (S, n, V); ``samples=0`` gives the MAP logits.
-    Every position's draws have the posterior's exact marginal. kfac draws the weights when that
-    is cheaper (V V C' + n C' V against n V V multiply-adds per draw), else each position's
-    logits along G's eigenvectors."""
+    """Logit draws of a last-layer Laplace posterior: (S, n, V); ``samples=0`` gives the MAP logits."""
 
     def __init__(self, posterior: LaplacePosterior, model: torch.nn.Module) -> None:
         self.posterior, self.model = posterior, model
@@ -133,25 +130,12 @@ class LaplaceSampler:
         if samples == 0:
             return z
         x = _augment(h.float(), self.bias)
-        n, V, C = x.shape[0], *self.inv.shape
-        if self.posterior.kind == "diag":  # the S normal vectors are shared by the n positions, as in BayesianHead
-            eps = torch.randn((samples, 1, V), generator=generator, device=z.device)
+        eps = torch.randn((samples, *z.shape[1:]), generator=generator, device=z.device)
+        if self.posterior.kind == "diag":
             return z + (x.square() @ self.inv.t()).sqrt() * eps
-        draw = self.weight_noise if V * C + n * C < n * V else self.position_noise
-        return z + draw(x, samples, generator)
-
-    def weight_noise(self, x: torch.Tensor, samples: int, generator: torch.Generator | None) -> torch.Tensor:
-        """kfac: (S, n, V) = x (W_s - W*)^T with W_s - W* = Q_G (M_s * sqrt(inv)) Q_A^T, M_s ~ N(0, I) (V, C')."""
         t = self.posterior.t
-        m = torch.randn((samples, *self.inv.shape), generator=generator, device=x.device) * self.inv.sqrt()
-        return x @ (t["Q_G"] @ m @ t["Q_A"].t()).transpose(1, 2)
-
-    def position_noise(self, x: torch.Tensor, samples: int, generator: torch.Generator | None) -> torch.Tensor:
-        """kfac: (S, n, V), each position's logit noise drawn along G's eigenvectors with variances d (n, V)."""
-        t = self.posterior.t
-        eps = torch.randn((samples, x.shape[0], self.inv.shape[0]), generator=generator, device=x.device)
-        d = (x @ t["Q_A"]).square() @ self.inv.t()
-        return (d.sqrt() * eps) @ t["Q_G"].t()
+        d = (x @ t["Q_A"]).square() @ self.inv.t()  # (n, V): variances along G's eigenvectors
+        return z + (d.sqrt() * eps) @ t["Q_G"].t()
 
     def variance(self, h: torch.Tensor) -> torch.Tensor:
         """(n, V): the variance of each logit at h (the diagonal of its covariance)."""

@@ -26,7 +26,7 @@ of rows at a time.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -236,6 +236,17 @@ class Predictor:
         return out
 
     @contextmanager
+    def fixed_weights(self) -> Iterator[None]:
+        """A block in which the members' weights do not change: heads may keep what they derive
+        from them (``BayesianHead.kept_variance``) instead of deriving it per call."""
+        with ExitStack() as stack:
+            for m in self.members:
+                keep = getattr(m.model.head, "kept_variance", None)
+                if keep is not None:
+                    stack.enter_context(keep())
+            yield
+
+    @contextmanager
     def _dropout_active(self, model: torch.nn.Module) -> Iterator[None]:
         """Dropout on for one backbone pass, its randomness drawn from this predictor's seed."""
         device = next(model.parameters()).device
@@ -298,29 +309,31 @@ def score_windows(
     policy): x = tokens[begin : end - 1] is fed, and targets score_from .. end - 1 are scored.
     When the windows' scored ranges follow each other (both policies), y = tokens[t : t + n];
     for windows spread over a stream, y still holds each window's own targets and t the first.
-    Up to ``batch`` windows of equal length share one forward pass; hidden states are read out
-    ``predictor.rows_per_chunk(budget)`` rows at a time (``draws.hidden`` holds them).
+    Up to ``batch`` consecutive windows share one forward pass, the shorter ones right-padded:
+    under causal attention no position sees the padding after it, so each window's hidden states
+    are its own (the texts of ``LanguageModel.score_many`` end in windows of different lengths).
+    Hidden states are read out ``predictor.rows_per_chunk(budget)`` rows at a time
+    (``draws.hidden`` holds them).
     """
     device = predictor.device
     ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64)) if not isinstance(tokens, torch.Tensor) else tokens.long()
     ids = ids.to(device)
     rows = predictor.rows_per_chunk(budget)
-    i = 0
-    while i < len(windows):
-        length = windows[i][1] - windows[i][0]
-        j = i + 1
-        while j < len(windows) and j - i < batch and windows[j][1] - windows[j][0] == length:
-            j += 1
-        group = windows[i:j]
-        x = torch.stack([ids[b : e - 1] for b, e, _ in group])
+    for i in range(0, len(windows), batch):
+        group = windows[i : i + batch]
+        x = torch.zeros((len(group), max(e - 1 - b for b, e, _ in group)), dtype=torch.long, device=device)
+        for k, (b, e, _) in enumerate(group):
+            x[k, : e - 1 - b] = ids[b : e - 1]
         # window (b, e, s): position p of x predicts tokens[b + p + 1]; targets s..e-1 are scored
-        hs = [torch.cat([h[k, s - b - 1 :] for k, (b, e, s) in enumerate(group)]) for h in predictor.encode(x)]
+        hs = [
+            torch.cat([h[k, s - b - 1 : e - b - 1] for k, (b, e, s) in enumerate(group)]) for h in predictor.encode(x)
+        ]
         ys = torch.cat([ids[s:e] for _, e, s in group])
         t0 = group[0][2]
-        for c in range(0, len(hs[0]), rows):
-            n = min(rows, len(hs[0]) - c)
-            chunk = [h[c : c + n] for h in hs]
-            draws = predictor.draws(chunk, set_probs=set_probs)
-            draws.hidden = chunk
-            yield t0 + c, ys[c : c + n], draws
-        i = j
+        with predictor.fixed_weights():  # over one batch's chunks: nobody trains while reading a pass
+            for c in range(0, len(hs[0]), rows):
+                n = min(rows, len(hs[0]) - c)
+                chunk = [h[c : c + n] for h in hs]
+                draws = predictor.draws(chunk, set_probs=set_probs)
+                draws.hidden = chunk
+                yield t0 + c, ys[c : c + n], draws

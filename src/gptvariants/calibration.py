@@ -45,10 +45,11 @@ def _stats(predictor: Predictor, cache, temperature: float, seed: int) -> dict[s
         m.temperature = temperature
     predictor.generator.manual_seed(seed)  # the same head draws for every T
     parts: dict[str, list[torch.Tensor]] = {"nll": [], "confidence": [], "correct": []}
-    for hs, y in cache:
-        s = predictor.draws(hs).token_stats(y)
-        for k in parts:
-            parts[k].append(s[k])
+    with predictor.fixed_weights():
+        for hs, y in cache:
+            s = predictor.draws(hs).token_stats(y)
+            for k in parts:
+                parts[k].append(s[k])
     return {k: torch.cat(v).cpu().numpy() for k, v in parts.items()}
 
 

@@ -289,8 +289,9 @@ class Predictor:
         y2 = y.reshape(-1)
         out = torch.empty(y2.shape, dtype=torch.float32, device=y.device)
         rows = self.rows_per_chunk()
-        for s in range(0, len(y2), rows):
-            out[s : s + rows] = -self.draws([h[s : s + rows] for h in flat]).logprob(y2[s : s + rows])
+        with self.fixed_weights():
+            for s in range(0, len(y2), rows):
+                out[s : s + rows] = -self.draws([h[s : s + rows] for h in flat]).logprob(y2[s : s + rows])
         return out.view(y.shape)
 
 

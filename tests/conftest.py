@@ -10,19 +10,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # a model that trains in milliseconds per step on one CPU core
-TINY = dict(
-    n_layer=2,
-    n_head=2,
-    n_embd=32,
-    block_size=32,
-    batch_size=8,
-    eval_iters=4,
-    log_interval=5,
-    progress="lines",
-    tensorboard=False,
-    warmup_iters=5,
-    device="cpu",
-)
+TINY_SHAPE = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, progress="lines", tensorboard=False)
+TINY = dict(**TINY_SHAPE, eval_iters=4, log_interval=5, warmup_iters=5, device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_SHAPE
 
 from gptvariants import evaluate as E
 from gptvariants.checkpoint import load_run
@@ -15,18 +16,7 @@ from gptvariants.data import TokenDataset, prepare
 from gptvariants.predictive import Predictor
 from gptvariants.train import train
 
-TINY = {
-    "n_layer": 2,
-    "n_head": 2,
-    "n_embd": 32,
-    "block_size": 32,
-    "batch_size": 8,
-    "eval_iters": 1,
-    "eval_interval": 1000,
-    "warmup_iters": 2,
-    "progress": "lines",
-    "tensorboard": False,
-}
+TINY = {**TINY_SHAPE, "eval_iters": 1, "eval_interval": 1000, "warmup_iters": 2}  # conftest's shape
 
 
 def _train(data, out, variant, steps=20, **extra):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, TINY_SHAPE
 
 from gptvariants import cli
 from gptvariants.api import load
@@ -24,19 +24,7 @@ from gptvariants.harness import INSTALL_HINT, lm_eval_argv
 from gptvariants.train import train
 
 WIKITEXT = SHARED_DATA / "wikitext-2" / "valid.txt"
-TINY = {
-    "n_layer": 2,
-    "n_head": 2,
-    "n_embd": 32,
-    "block_size": 32,
-    "batch_size": 8,
-    "eval_iters": 1,
-    "eval_interval": 1000,
-    "warmup_iters": 2,
-    "progress": "lines",
-    "tensorboard": False,
-    "device": "cpu",
-}
+TINY = {**TINY_SHAPE, "eval_iters": 1, "eval_interval": 1000, "warmup_iters": 2, "device": "cpu"}  # conftest's shape
 ROLLING_YAML = """task: {name}
 dataset_path: json
 dataset_kwargs:

@@ -63,6 +63,15 @@ def test_kept_posterior_variance_is_the_posteriors_within_its_block():
         head.bias_rho.sub_(1.0)
         torch.testing.assert_close(head.logit_moments(h), fresh())  # outside the block: always afresh
         assert head.posterior_variance()[0] is not kept
+    a, b = head.kept_variance(), head.kept_variance()  # two holders whose blocks end in either order
+    with torch.no_grad():
+        a.__enter__()
+        b.__enter__()
+        kept = head.posterior_variance()[0]
+        a.__exit__(None, None, None)
+        assert head.posterior_variance()[0] is kept  # still held by b
+        b.__exit__(None, None, None)
+        assert head.posterior_variance()[0] is not kept
     with head.kept_variance():  # with autograd the kept value is not used: std stays differentiable
         head.logit_moments(h)[1].sum().backward()
     assert head.weight_rho.grad is not None and head.weight_rho.grad.abs().sum() > 0

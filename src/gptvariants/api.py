@@ -248,9 +248,10 @@ class LanguageModel:
         tokens = self.token_stream(prompt, max_new_tokens, **options)
         decoder = self.new_decoder(tokens.key, seed=tokens.row.options.seed)
         decoder.add(tokens.row)
-        while decoder.active:
-            decoder.step()
-            yield from tokens.take()
+        with decoder.predictor.fixed_weights():
+            while decoder.active:
+                decoder.step()
+                yield from tokens.take()
 
     def token_stream(
         self,

@@ -164,8 +164,9 @@ def generate(
         bayes_mode=bayes_mode,
         mc_samples=mc_samples,
     )
-    while decoder.active:
-        decoder.step()
+    with decoder.predictor.fixed_weights():
+        while decoder.active:
+            decoder.step()
     return [r.gen for r in rows] if return_details else [r.gen.tokens for r in rows]
 
 
@@ -196,11 +197,12 @@ def stream(
         bayes_mode=bayes_mode,
         mc_samples=mc_samples,
     )
-    while decoder.active:
-        n = len(row.gen.tokens)
-        decoder.step()
-        if len(row.gen.tokens) > n:
-            yield n, row.gen
+    with decoder.predictor.fixed_weights():
+        while decoder.active:
+            n = len(row.gen.tokens)
+            decoder.step()
+            if len(row.gen.tokens) > n:
+                yield n, row.gen
 
 
 def _decoder(

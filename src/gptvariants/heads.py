@@ -166,6 +166,7 @@ class BayesianHead(Head):
             raise ValueError(f"reparam must be 'weight' or 'local', got {reparam!r}")
         self.reparam = reparam
         self._kept: tuple[torch.Tensor, torch.Tensor | None] | None = None  # see kept_variance
+        self._holders = 0
         rho0 = math.log(math.expm1(posterior_sigma_init))  # softplus^-1
         self.weight_mu = nn.Parameter(torch.empty(vocab_size, n_embd))
         self.weight_rho = nn.Parameter(torch.full((vocab_size, n_embd), rho0))
@@ -260,14 +261,16 @@ class BayesianHead(Head):
         chunk of rows, and at GPT-2's vocabulary recomputing it cost more than the rest of a draw.
         The weights must not change inside (a version counter cannot tell: fused AdamW does not
         bump it)."""
-        outer = self._kept
-        if outer is None:
+        if self._holders == 0:
             with torch.no_grad():
                 self._kept = self.posterior_variance()
+        self._holders += 1  # counted, not nested: two decoders' blocks may end in any order
         try:
             yield
         finally:
-            self._kept = outer
+            self._holders -= 1
+            if self._holders == 0:
+                self._kept = None
 
     def n_draws(self, samples: int) -> int:
         return max(1, samples)

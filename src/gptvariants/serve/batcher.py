@@ -106,19 +106,20 @@ class Batcher:
         """Decoding thread: steps for up to ``slice_s`` seconds, letting new rows join at each step."""
         now = time.perf_counter()
         end, flush_at = now + self.slice_s, now + self.flush_s
-        while True:
-            self._admit(batch, call_soon)
-            if not batch.decoder.active:
-                self._deliver(batch, call_soon, True)  # rows that ended without a step
-                return
-            batch.decoder.step()
-            now = time.perf_counter()
-            due = now >= flush_at or now >= end
-            self._deliver(batch, call_soon, due)
-            if due:
-                flush_at = now + self.flush_s
-            if now >= end:
-                return
+        with batch.decoder.predictor.fixed_weights():  # a served run's weights never change
+            while True:
+                self._admit(batch, call_soon)
+                if not batch.decoder.active:
+                    self._deliver(batch, call_soon, True)  # rows that ended without a step
+                    return
+                batch.decoder.step()
+                now = time.perf_counter()
+                due = now >= flush_at or now >= end
+                self._deliver(batch, call_soon, due)
+                if due:
+                    flush_at = now + self.flush_s
+                if now >= end:
+                    return
 
     @staticmethod
     def _admit(batch: _Batch, call_soon: Callable) -> None:

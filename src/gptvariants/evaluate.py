@@ -486,39 +486,17 @@ def evaluate(
     if (data_dir is None) == (text is None):
         raise ValueError("give the text to evaluate as either a prepared data folder (--data) or a file (--text)")
     runs = load_runs(run_dir, resolve_device(device))
-    run_dir, model, cfg = runs[0].dir, runs[0].model, runs[0].config
+    run_dir, cfg = runs[0].dir, runs[0].config
     tokenizer = load_tokenizer(run_dir)
     source = split_source(run_dir, Path(data_dir), split) if text is None else text_source(text, tokenizer)
     stride = _check_length(source, cfg.model.block_size, stride)
     predictor = build_predictor(runs, method, samples=mc_samples, seed=seed, temperature=temperature)
-    reference, set_source, train_sets, skipped = _reference_sets(source, sets, model, cfg)
-
-    t0 = time.perf_counter()
-    raw = score(
-        predictor,
-        source.tokens,
-        stride=stride,
-        truth=source.truth,
-        reference=reference,
-        train_sets=train_sets,
-        tau=tau,
-        batch=batch,
-        progress=progress,
-    )
-    score_s = time.perf_counter() - t0
-    result = _summarise(run_dir, cfg, predictor, source, raw, stride)
-    result.update(
-        runs=[str(r.dir) for r in runs], method=method, temperature=[m.temperature for m in predictor.members]
-    )
-    result["sets"] = (
-        {"reference": set_source, **_sets(raw["tokens"], raw["curve"], tau)} if set_source else {"skipped": skipped}
-    )
+    result, raw = _scored(runs, predictor, method, source, sets, stride, tau, batch, progress)
     if ood is not None:
         result["ood"] = _ood(predictor, ood, run_dir, tokenizer, source, raw["tokens"], stride, batch, progress)
     out = Path(out) if out is not None else default_out(run_dir, split if text is None else f"text:{text}")
     out.parent.mkdir(parents=True, exist_ok=True)
     result["calibration"]["reliability_png"] = _plot(result, raw, out).name
-    result["speed"] = {"scoring_tokens_per_s": len(raw["tokens"]["nll"]) / score_s, "scoring_seconds": score_s}
     result["diversity"] = None
     if num_samples > 0:
         fresh = build_predictor(runs, method, samples=mc_samples, seed=seed, temperature=temperature)
@@ -532,6 +510,44 @@ def evaluate(
         tag = source.split if text is None else "text"
         result["logged_to"] = log_eval_scalars(run_dir, cfg, result["step"], scalars(result, f"eval-{tag}"))
     return result
+
+
+def _scored(
+    runs: list,
+    predictor: Predictor,
+    method: str,
+    source,
+    sets: str | None,
+    stride: int,
+    tau: float,
+    batch: int,
+    progress: bool,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the eval JSON's summaries, ``score``'s raw output) of one timed scoring pass over ``source``."""
+    model, cfg = runs[0].model, runs[0].config
+    reference, set_source, train_sets, skipped = _reference_sets(source, sets, model, cfg)
+    t0 = time.perf_counter()
+    raw = score(
+        predictor,
+        source.tokens,
+        stride=stride,
+        truth=source.truth,
+        reference=reference,
+        train_sets=train_sets,
+        tau=tau,
+        batch=batch,
+        progress=progress,
+    )
+    score_s = time.perf_counter() - t0
+    result = _summarise(runs[0].dir, cfg, predictor, source, raw, stride)
+    result.update(
+        runs=[str(r.dir) for r in runs], method=method, temperature=[m.temperature for m in predictor.members]
+    )
+    result["sets"] = (
+        {"reference": set_source, **_sets(raw["tokens"], raw["curve"], tau)} if set_source else {"skipped": skipped}
+    )
+    result["speed"] = {"scoring_tokens_per_s": len(raw["tokens"]["nll"]) / score_s, "scoring_seconds": score_s}
+    return result, raw
 
 
 def _ood(

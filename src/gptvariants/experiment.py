@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import re
 import shlex
@@ -370,37 +371,49 @@ def write_report(
         out / "results.json",
         json.dumps({"command": command, "plan": plan, "rows": rows, "evals": evals}, indent=1) + "\n",
     )
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(out / "results.csv", table.getvalue())
     any_eval = next(iter(evals.values()))
-    truth = any_eval.get("ground_truth")
-    div = any_eval.get("diversity") or {}
-    sets = any_eval["sets"].get("reference", "none")
-    budget = plan["budget"]
+    lines = [
+        *_report_header(rows, any_eval, plan),
+        *_how_to_read(any_eval),
+        *sections,
+        "## Command",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+    ]
+    atomic_write(out / "report.md", "\n".join(lines))
+    return out / "report.md"
+
+
+def _report_header(rows: list[dict[str, Any]], any_eval: dict[str, Any], plan: dict[str, Any]) -> list[str]:
+    """The report's title, what was run on which data, the results table and the ground truth."""
     steps = plan["budget_kind"] == "steps"
     budget_kind = "optimizer steps" if steps else "training wall time, converted to steps by timing each variant"
+    targets = ""
+    if plan.get("targets"):
+        rule = (
+            "sampled: the distinct tokens among k teacher draws, the true token one of them"
+            if plan.get("sets") == "sample"
+            else "the study's top rule: the teacher's most probable tokens plus the true one"
+        )
+        targets = f" Sigmoid variants train on the teacher sets `{plan['targets']}` ({rule})."
     lines = [
         "# gptvariants experiment",
         "",
         f"Data: `{plan['data']}` ({any_eval['perplexity']['tokens_scored']:,} validation tokens scored). "
-        f"Budget: {budget} per variant ({budget_kind}), seed {plan['seed']}."
-        + (
-            f" Sigmoid variants train on the teacher sets `{plan['targets']}` ("
-            + (
-                "sampled: the distinct tokens among k teacher draws, the true token one of them"
-                if plan.get("sets") == "sample"
-                else "the study's top rule: the teacher's most probable tokens plus the true one"
-            )
-            + ")."
-            if plan.get("targets")
-            else ""
-        ),
+        f"Budget: {plan['budget']} per variant ({budget_kind}), seed {plan['seed']}." + targets,
         "",
         markdown_table(rows),
         "",
     ]
+    truth = any_eval.get("ground_truth")
     if truth:
         lines += [
             f"Ground truth: the ideal model scores {truth['true_nats_per_token']:.4f} nats/token "
@@ -408,7 +421,15 @@ def write_report(
             f"{truth['true_entropy_rate']:.4f} nats.",
             "",
         ]
-    lines += [
+    return lines
+
+
+def _how_to_read(any_eval: dict[str, Any]) -> list[str]:
+    """What each column of the results table means, with the settings it was measured under."""
+    div = any_eval.get("diversity") or {}
+    sets = any_eval["sets"].get("reference", "none")
+    own = "; built by the baseline itself, so the baseline's own set scores are not independent"
+    return [
         "## How to read this",
         "",
         "- **Perplexity** is exp(nats/token) of the predictive distribution on the *held-out* split, every token "
@@ -423,15 +444,8 @@ def write_report(
         "- **ECE** (15 equal-width bins, top-1) and **Brier**: calibration, lower is better. **AUROC (entropy)**: "
         "how well the predictive entropy flags a wrong top-1 guess (0.5 = not at all).",
         f"- **Set F1**: micro F1 of {{v : q_v >= 0.5}} (sigmoid(z) for sigmoid heads, the probability for "
-        "softmax heads) "
-        f"against the reference sets ({sets}"
-        + (
-            "; built by the baseline itself, so the baseline's own set scores are not independent"
-            if "ckpt_baseline" in sets
-            else ""
-        )
-        + "), with the mean predicted set size; **Best set F1** is the best over "
-        "thresholds tau in {"
+        f"softmax heads) against the reference sets ({sets}{own if 'ckpt_baseline' in sets else ''}), with the mean "
+        "predicted set size; **Best set F1** is the best over thresholds tau in {"
         + ", ".join(map(str, TAUS))
         + "} (a softmax head must spread 1 over the set, so it needs a low tau).",
         "- **KL to truth**: mean KL(p_true || p_model) in nats, synthetic language only (0 = exact). **MI**: mean "
@@ -442,16 +456,7 @@ def write_report(
         "`ppl_vs_selfbleu.png`; per-variant details in `runs/VARIANT/eval/val.json` with samples in "
         "`val.samples.jsonl`.",
         "",
-        *sections,
-        "## Command",
-        "",
-        "```",
-        command,
-        "```",
-        "",
     ]
-    atomic_write(out / "report.md", "\n".join(lines))
-    return out / "report.md"
 
 
 # ----------------------------------------------------------------------------- driver

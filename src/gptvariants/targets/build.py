@@ -84,16 +84,11 @@ def build_targets(
     if select == "top" and top_p is None and min_prob == 0.0:
         _warn_large_k(k, V)
     dtype = token_dtype(V)
+    window = ppl_window if ppl_filter is not None else None
+    rules = dict(select=select, top_p=top_p, min_prob=min_prob, ratio=ratio, ppl_filter=ppl_filter, ppl_window=window)
+    rules["seed"] = seed
     sentinel = int(np.iinfo(dtype).max)
-    rules = {
-        "select": select,
-        "top_p": top_p,
-        "min_prob": min_prob,
-        "ratio": ratio,
-        "ppl_filter": ppl_filter,
-        "ppl_window": ppl_window if ppl_filter is not None else None,
-        "seed": seed,
-    }
+    sel = _Selector(t, k, top_p, min_prob, ratio, ppl_filter, ppl_window, batch_size, seed, sentinel, select)
     identity = {
         "teacher": t.info(),
         "k": k,
@@ -102,9 +97,29 @@ def build_targets(
         "chunk_size": chunk_size,
         "store_probs": store_probs,
     }
+    stats = _build_splits(data, out, sel, dtype, identity, chunk_size, store_probs, progress, on_chunk)
+    meta = _meta(teacher, t, k, dtype, data.meta["hash"], rules, store_probs, dev, stats)
+    atomic_write(out / "meta.json", json.dumps(meta, indent=1) + "\n")
+    (out / PROGRESS_FILE).unlink(missing_ok=True)
+    meta["dir"] = str(out)
+    return meta
+
+
+def _build_splits(
+    data: TokenDataset,
+    out: Path,
+    sel: _Selector,
+    dtype,
+    identity: dict,
+    chunk_size: int,
+    store_probs: bool,
+    progress: bool,
+    on_chunk: Callable[[str, int, int], None] | None,
+) -> dict:
+    """Every split's sets, resuming from progress.json when it records the same ``identity``;
+    returns each split's statistics."""
     prog_path = out / PROGRESS_FILE
     prog = _read_progress(prog_path, identity)
-    sel = _Selector(t, k, top_p, min_prob, ratio, ppl_filter, ppl_window, batch_size, seed, sentinel, select)
 
     def save() -> None:
         atomic_write(prog_path, json.dumps(prog, indent=1) + "\n")
@@ -126,11 +141,7 @@ def build_targets(
             progress=progress,
             on_chunk=on_chunk,
         )
-    meta = _meta(teacher, t, k, dtype, data.meta["hash"], rules, store_probs, dev, stats)
-    atomic_write(out / "meta.json", json.dumps(meta, indent=1) + "\n")
-    prog_path.unlink(missing_ok=True)
-    meta["dir"] = str(out)
-    return meta
+    return stats
 
 
 def _check_options(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -97,6 +97,11 @@ class Head(nn.Module):
     def n_draws(self, samples: int) -> int:
         """S of ``logits(h, samples)``."""
         return 1
+
+    def kept_variance(self) -> AbstractContextManager[None]:
+        """A block in which the weights do not change, so a head may keep what it derives from them
+        (``BayesianHead``); nothing to keep here."""
+        return nullcontext()
 
     def stats(self) -> dict[str, float]:
         """Scalars worth logging during training (posterior widths of a variational head)."""

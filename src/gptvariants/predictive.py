@@ -241,9 +241,7 @@ class Predictor:
         from them (``BayesianHead.kept_variance``) instead of deriving it per call."""
         with ExitStack() as stack:
             for m in self.members:
-                keep = getattr(m.model.head, "kept_variance", None)
-                if keep is not None:
-                    stack.enter_context(keep())
+                stack.enter_context(m.model.head.kept_variance())
             yield
 
     @contextmanager

@@ -223,9 +223,9 @@ def _add_model_api(
 def _scored_many(run: Run, reqs: list[ScoreRequest]) -> list[bytes]:
     """The JSON answers of POST /api/score for requests with the same options, scored together.
     ``prefix``: the start of a text that has no score; ``seconds``: the shared pass's time.
-    Encoded here with json.dumps: FastAPI's encoding of a returned dict walks every value in
-    Python (about 5 ms for 200 tokens with 8 alternatives, 10x json.dumps), one request at a
-    time on the event loop, which made 20 concurrent requests wait for each other's encoding."""
+    Encoded here, on the worker, with json.dumps: a returned dict is validated against the return
+    type and then dumped on the event loop, about 1 ms for 200 tokens with 8 alternatives against
+    0.5 ms here."""
     t0 = time.perf_counter()
     scored = run.lm.score_many([r.text for r in reqs], **reqs[0].options())
     seconds = time.perf_counter() - t0

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gptvariants.checkpoint import load_run, load_weights
-from gptvariants.data import TokenDataset
-from gptvariants.evaluate import score
-from gptvariants.predictive import Predictor
-from gptvariants.sources import shifted_source
+from gptvariants.data.dataset import TokenDataset
+from gptvariants.data.sources import shifted_source
+from gptvariants.evaluate.evaluation import score
+from gptvariants.predict.predictive import Predictor
+from gptvariants.store.checkpoint import load_run, load_weights
 
 BINS = np.array([0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 1.0])  # training frequency of a token
 

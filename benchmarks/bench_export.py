@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from gptvariants.checkpoint import load_run, save_checkpoint
-from gptvariants.config import load_config
-from gptvariants.export import export
-from gptvariants.model import GPT
-from gptvariants.tokenizers import CharTokenizer
+from gptvariants.apps.export import export
+from gptvariants.core.config import load_config
+from gptvariants.core.model import GPT
+from gptvariants.data.tokenizers import CharTokenizer
+from gptvariants.store.checkpoint import load_run, save_checkpoint
 
 
 def make_run(variant: str, root: Path, args) -> Path:

@@ -23,10 +23,10 @@ import time
 
 import torch
 
-from gptvariants.allocator import keep_freed_memory
-from gptvariants.config import load_config
-from gptvariants.generate import generate
-from gptvariants.model import GPT
+from gptvariants.common.allocator import keep_freed_memory
+from gptvariants.core.config import load_config
+from gptvariants.core.model import GPT
+from gptvariants.decode.generate import generate
 
 
 def timed(model, n: int, **kw) -> tuple[list[int], float]:

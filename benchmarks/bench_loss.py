@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from bench_step import PeakRSS, release_memory
 
-from gptvariants.heads import BayesianHead
-from gptvariants.objectives import CrossEntropy, SigmoidBCE, SmoothedCrossEntropy, fused_linear_loss
+from gptvariants.core.heads import BayesianHead
+from gptvariants.core.objectives import CrossEntropy, SigmoidBCE, SmoothedCrossEntropy, fused_linear_loss
 
 
 def dense_loss(name: str, z: torch.Tensor, y: torch.Tensor, sets: torch.Tensor | None) -> torch.Tensor:

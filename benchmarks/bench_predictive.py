@@ -23,11 +23,11 @@ import time
 import numpy as np
 import torch
 
-from gptvariants.allocator import keep_freed_memory
-from gptvariants.config import load_config
-from gptvariants.evaluate import score
-from gptvariants.model import GPT
-from gptvariants.predictive import Predictor
+from gptvariants.common.allocator import keep_freed_memory
+from gptvariants.core.config import load_config
+from gptvariants.core.model import GPT
+from gptvariants.evaluate.evaluation import score
+from gptvariants.predict.predictive import Predictor
 
 SHAPES = {  # name: (n_layer, n_head, n_embd, block, vocab)
     "char": (4, 4, 128, 64, 65),

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gptvariants.allocator import keep_freed_memory
-from gptvariants.config import load_config
-from gptvariants.model import Backbone
-from gptvariants.train import train
+from gptvariants.common.allocator import keep_freed_memory
+from gptvariants.core.config import load_config
+from gptvariants.core.model import Backbone
+from gptvariants.train.loop import train
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "shakespeare-char-cpu.toml"
 

@@ -26,11 +26,11 @@ from pathlib import Path
 CHILD = r"""
 import json, sys, time
 from pathlib import Path
-from gptvariants import startup
-from gptvariants.allocator import keep_freed_memory
-from gptvariants.checkpoint import POINTER
-from gptvariants.config import load_config
-from gptvariants.runtime import setup_runtime
+from gptvariants.train import startup
+from gptvariants.common.allocator import keep_freed_memory
+from gptvariants.store.checkpoint import POINTER
+from gptvariants.core.config import load_config
+from gptvariants.common.runtime import setup_runtime
 
 run, data, verify = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
 if not verify:  # what resuming did before checksums: follow the pointer, check nothing
@@ -78,9 +78,9 @@ def shape(data: Path, run: Path) -> dict:
 
 
 def make_run(work: Path) -> tuple[Path, Path, dict]:
-    from gptvariants.config import load_config
-    from gptvariants.data import prepare
-    from gptvariants.train import train
+    from gptvariants.core.config import load_config
+    from gptvariants.data.dataset import prepare
+    from gptvariants.train.loop import train
 
     data, run = work / "data", work / "run"
     prepare("synthetic:tiny", data)
@@ -102,9 +102,9 @@ def time_startup(run: Path, data: Path, overrides: dict, verify: bool) -> dict[s
 
 def pieces(run: Path, data: Path) -> dict[str, float]:
     """Milliseconds of each verification piece alone, best of 3, from the page cache."""
-    from gptvariants.checkpoint import FILES, latest_checkpoint
-    from gptvariants.data import SPLITS
-    from gptvariants.integrity import data_fingerprint, file_digest
+    from gptvariants.data.dataset import SPLITS
+    from gptvariants.store.checkpoint import FILES, latest_checkpoint
+    from gptvariants.store.integrity import data_fingerprint, file_digest
 
     ckpt = latest_checkpoint(run)
     size = sum((ckpt / f).stat().st_size for f in FILES)
@@ -130,9 +130,9 @@ def save_cost(run: Path) -> dict[str, float]:
     """Seconds to save the checkpoint, and the part of it spent hashing (manifest)."""
     import torch
 
-    from gptvariants import checkpoint as ck
-    from gptvariants.config import Config
-    from gptvariants.model import GPT
+    from gptvariants.core.config import Config
+    from gptvariants.core.model import GPT
+    from gptvariants.store import checkpoint as ck
 
     src = ck.latest_checkpoint(run)
     state = ck.load_state(src)

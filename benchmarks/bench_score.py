@@ -43,13 +43,13 @@ from unittest import mock
 
 import torch
 
-from gptvariants import api
-from gptvariants.allocator import keep_freed_memory
-from gptvariants.api import LanguageModel, generation_windows, load
-from gptvariants.config import load_config
-from gptvariants.data import prepare
-from gptvariants.predictive import score_windows
-from gptvariants.train import train
+from gptvariants.apps import api
+from gptvariants.apps.api import LanguageModel, generation_windows, load
+from gptvariants.common.allocator import keep_freed_memory
+from gptvariants.core.config import load_config
+from gptvariants.data.dataset import prepare
+from gptvariants.predict.predictive import score_windows
+from gptvariants.train.loop import train
 
 SHAKESPEARE = "../shared/data/tinyshakespeare/input.txt"
 SHAPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False)

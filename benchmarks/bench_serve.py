@@ -43,12 +43,12 @@ from pathlib import Path
 import httpx
 import torch
 
-from gptvariants.allocator import keep_freed_memory
-from gptvariants.api import load
-from gptvariants.checkpoint import save_checkpoint
-from gptvariants.config import load_config
-from gptvariants.model import GPT
-from gptvariants.tokenizers import CharTokenizer
+from gptvariants.apps.api import load
+from gptvariants.common.allocator import keep_freed_memory
+from gptvariants.core.config import load_config
+from gptvariants.core.model import GPT
+from gptvariants.data.tokenizers import CharTokenizer
+from gptvariants.store.checkpoint import save_checkpoint
 
 CHARS = list("\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")  # Tiny Shakespeare's 65
 PROMPT = "ROMEO:\nBut soft, what light through yonder window breaks?\n"
@@ -75,7 +75,17 @@ class Server:
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same intra-op threads as here
-        cmd = [sys.executable, "-m", "gptvariants.cli", "serve", str(run), "--port", str(self.port), "--device", "cpu"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "gptvariants.apps.cli.main",
+            "serve",
+            str(run),
+            "--port",
+            str(self.port),
+            "--device",
+            "cpu",
+        ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         deadline = time.monotonic() + 120
         while True:

@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptvariants.allocator import keep_freed_memory
-from gptvariants.config import load_config
-from gptvariants.model import GPT
-from gptvariants.variants import REGISTRY
+from gptvariants.common.allocator import keep_freed_memory
+from gptvariants.core.config import load_config
+from gptvariants.core.model import GPT
+from gptvariants.core.variants import REGISTRY
 
 WARMUP = 2  # untimed steps per variant and round
 
@@ -116,8 +116,8 @@ def shape_overrides(shape: Shape) -> dict:
 
 def online_teacher(shape: Shape, device: torch.device, workdir: Path, k: int):
     """build_online_teacher over a student-sized random baseline checkpoint and a random-token dataset."""
-    from gptvariants.checkpoint import save_checkpoint
-    from gptvariants.data import FORMAT, TokenDataset, token_dtype
+    from gptvariants.data.dataset import FORMAT, TokenDataset, token_dtype
+    from gptvariants.store.checkpoint import save_checkpoint
     from gptvariants.targets import build_online_teacher
 
     data = workdir / "data"

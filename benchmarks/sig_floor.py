@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gptvariants.data import TokenDataset
+from gptvariants.data.dataset import TokenDataset
 
 
 def floors(data_dir: Path, threshold: float, ratios: list[float], draws: list[int]) -> tuple[float, dict[str, float]]:

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from gptvariants import metrics as M
-from gptvariants.checkpoint import load_run
-from gptvariants.data import TokenDataset
-from gptvariants.predictive import Predictor, score_windows
+from gptvariants.data.dataset import TokenDataset
+from gptvariants.predict.predictive import Predictor, score_windows
+from gptvariants.store.checkpoint import load_run
 
 GRID = np.unique(np.round(np.concatenate([np.arange(0.70, 1.0, 0.02), np.arange(1.0, 1.41, 0.05)]), 3))
 

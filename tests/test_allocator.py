@@ -2,7 +2,7 @@ import sys
 
 import pytest
 
-from gptvariants import allocator
+from gptvariants.common import allocator
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")

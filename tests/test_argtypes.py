@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from gptvariants import argtypes as A
+from gptvariants.common import argtypes as A
 
 
 @pytest.mark.parametrize(

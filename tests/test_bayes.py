@@ -4,8 +4,8 @@ import json
 
 from conftest import tiny_overrides
 
-from gptvariants.config import load_config
-from gptvariants.train import train
+from gptvariants.core.config import load_config
+from gptvariants.train.loop import train
 
 
 def test_posterior_moves_and_is_logged(tiny_data, tmp_path, capsys):
@@ -45,7 +45,7 @@ def test_kept_posterior_variance_is_the_posteriors_within_its_block():
     import torch
     import torch.nn.functional as F
 
-    from gptvariants.heads import BayesianHead
+    from gptvariants.core.heads import BayesianHead
 
     head = BayesianHead(8, 5, bias=True)
     h = torch.randn(3, 8)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-from gptvariants import checkpoint as ck
-from gptvariants.atomic import WriteError, clean_temporaries
-from gptvariants.config import load_config
-from gptvariants.model import GPT
-from gptvariants.runtime import DeviceError
+from gptvariants.common.atomic import WriteError, clean_temporaries
+from gptvariants.common.runtime import DeviceError
+from gptvariants.core.config import load_config
+from gptvariants.core.model import GPT
+from gptvariants.store import checkpoint as ck
 
 
 def _model(seed=0):
@@ -87,12 +87,12 @@ RLIMIT_SCRIPT = """
 import resource, sys, torch
 sys.path.insert(0, {tests!r})
 from test_checkpoint import _save
-from gptvariants.atomic import WriteError
+from gptvariants.common.atomic import WriteError
 _save({run!r}, 1)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 big = {{"step": 2, "blob": torch.zeros(100_000)}}
 try:
-    from gptvariants import checkpoint as ck
+    from gptvariants.store import checkpoint as ck
     model, cfg = __import__("test_checkpoint")._model()
     ck.save_checkpoint({run!r}, model, {{**big, "config": cfg.to_dict()}})
 except WriteError as e:
@@ -224,7 +224,7 @@ def test_checkpoints_and_written_files_follow_the_umask(tmp_path):
     """Collaborators on a shared cluster read what a run writes: no 0600 files or 0700 folders."""
     import os
 
-    from gptvariants.atomic import atomic_write
+    from gptvariants.common.atomic import atomic_write
 
     old = os.umask(0o022)
     try:

@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import tiny_overrides
 
-from gptvariants.cli import main
+from gptvariants.apps.cli.main import main
 
 
 def _err(capsys, argv):
@@ -67,7 +67,7 @@ def test_variants_listing(capsys):
 
 
 def _subparsers():
-    from gptvariants.cli import build_parser
+    from gptvariants.apps.cli.main import build_parser
 
     parser = build_parser()
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -127,7 +127,7 @@ def test_parse_errors_are_one_line(capsys):
 def test_a_closed_pipe_ends_quietly(tmp_path):
     # the reader goes away before the command writes (`gptv ... | head -c 0`)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gptvariants.cli", "variants"],
+        [sys.executable, "-m", "gptvariants", "variants"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
@@ -267,10 +267,11 @@ def test_resume_from_the_run_folder_alone(capsys, tiny_run, tmp_path):
 
 
 def test_accumulation_fits_the_processes_and_rank_0_alone_speaks(capsys, tiny_data, tmp_path, monkeypatch):
-    import gptvariants.train as T
+    import gptvariants.apps.cli.main as cli_main
+    import gptvariants.train.loop as T
 
     seen = []
-    monkeypatch.setattr(T, "train", lambda cfg, resume=False: seen.append(cfg) or T.TrainResult(tmp_path, 3))
+    monkeypatch.setattr(cli_main, "train", lambda cfg, resume=False: seen.append(cfg) or T.TrainResult(tmp_path, 3))
     argv = ["train", "--data", str(tiny_data), "--out", str(tmp_path / "r")]
     monkeypatch.setenv("WORLD_SIZE", "2")
     for rank in ("0", "1"):
@@ -296,7 +297,7 @@ def test_torchrun_with_the_default_accumulation(tiny_data, tmp_path):
             "--standalone",
             "--nproc_per_node=2",
             "-m",
-            "gptvariants.cli",
+            "gptvariants",
             "train",
             *over,
         ],

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from gptvariants.config import ConfigError, load_config, parse_overrides
+from gptvariants.core.config import ConfigError, load_config, parse_overrides
 
 
 def test_precedence_variant_file_overrides(tmp_path):
@@ -155,7 +155,7 @@ def test_direct_construction_is_validated_too():
 def test_every_key_has_a_check_and_the_defaults_pass_it():
     import dataclasses
 
-    from gptvariants.config import Config, key_check
+    from gptvariants.core.config import Config, key_check
 
     cfg = load_config()
     for section in Config.SECTIONS:
@@ -187,7 +187,7 @@ def _saved_run(tmp_path, variant="smooth", **overrides):
 
 
 def test_resume_takes_the_saved_config_and_the_recorded_data(tmp_path):
-    from gptvariants.config import resume_config
+    from gptvariants.core.config import resume_config
 
     run, saved = _saved_run(tmp_path)
     cfg = resume_config(run)
@@ -203,7 +203,7 @@ def test_resume_takes_the_saved_config_and_the_recorded_data(tmp_path):
 
 
 def test_resume_refuses_what_the_checkpoint_fixes_with_the_reason(tmp_path):
-    from gptvariants.config import resume_config
+    from gptvariants.core.config import resume_config
 
     run, _ = _saved_run(tmp_path)
     with pytest.raises(ConfigError, match=r"variant \(saved 'smooth', asked 'baseline'\): a checkpoint continues with"):
@@ -218,7 +218,7 @@ def test_resume_refuses_what_the_checkpoint_fixes_with_the_reason(tmp_path):
 
 
 def test_accumulation_rounds_up_to_the_number_of_processes():
-    from gptvariants.config import fit_world_size
+    from gptvariants.core.config import fit_world_size
 
     cfg = load_config(overrides={"gradient_accumulation_steps": "1", "batch_size": "12"})
     assert fit_world_size(cfg, 1) is None and cfg.train.gradient_accumulation_steps == 1
@@ -237,8 +237,8 @@ def test_accumulation_rounds_up_to_the_number_of_processes():
 @pytest.mark.parametrize("variant", ["baseline", "bayes", "sig", "bayes-sig"])
 @pytest.mark.parametrize("extra", [{}, {"bias": "false"}, {"tie_weights": "false"}])
 def test_parameter_count_from_the_config_equals_the_model(variant, extra):
-    from gptvariants.model import GPT
-    from gptvariants.sizing import count_parameters
+    from gptvariants.core.model import GPT
+    from gptvariants.core.sizing import count_parameters
 
     cfg = load_config(variant, overrides={"n_layer": "2", "n_embd": "32", "n_head": "2", "block_size": "16", **extra})
     cfg.model.vocab_size = 50
@@ -247,7 +247,7 @@ def test_parameter_count_from_the_config_equals_the_model(variant, extra):
 
 
 def test_a_model_that_cannot_fit_is_refused_before_allocating():
-    from gptvariants.sizing import available_bytes, check_fits
+    from gptvariants.core.sizing import available_bytes, check_fits
 
     cfg = load_config(overrides={"n_layer": "1000", "n_embd": "65536", "n_head": "64"})
     with pytest.raises(

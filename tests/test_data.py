@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from gptvariants.data import TokenDataset, open_sets, prepare, token_dtype, write_hf_split
-from gptvariants.synthetic import SyntheticLanguage
-from gptvariants.tokenizers import build_tokenizer
+from gptvariants.data.dataset import TokenDataset, open_sets, prepare, token_dtype, write_hf_split
+from gptvariants.data.synthetic import SyntheticLanguage
+from gptvariants.data.tokenizers import build_tokenizer
 
 SHAKESPEARE = Path(__file__).parents[2] / "shared/data/tinyshakespeare/input.txt"
 
@@ -315,7 +315,7 @@ def test_a_vocabulary_smaller_than_the_ids_is_refused(copy_of):
 
 
 def test_the_id_check_runs_once_per_file_version(copy_of, monkeypatch):
-    import gptvariants.data as D
+    import gptvariants.data.dataset as D
 
     calls = []
     real = D._max_id

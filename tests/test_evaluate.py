@@ -9,12 +9,13 @@ import pytest
 import torch
 from conftest import TINY_SHAPE
 
-from gptvariants import evaluate as E
-from gptvariants.checkpoint import load_run
-from gptvariants.config import load_config
-from gptvariants.data import TokenDataset, prepare
-from gptvariants.predictive import Predictor
-from gptvariants.train import train
+from gptvariants.apps.cli import evaluate as cli_evaluate
+from gptvariants.core.config import load_config
+from gptvariants.data.dataset import TokenDataset, prepare
+from gptvariants.evaluate import evaluation as E
+from gptvariants.predict.predictive import Predictor
+from gptvariants.store.checkpoint import load_run
+from gptvariants.train.loop import train
 
 TINY = {**TINY_SHAPE, "eval_iters": 1, "eval_interval": 1000, "warmup_iters": 2}  # conftest's shape
 
@@ -114,7 +115,7 @@ def test_sigmoid_eval_reports_raw_bce_and_uses_cached_sets(tiny, tmp_path):
 def test_eval_cli(tiny, tmp_path, capsys):
     root, runs = tiny
     parser = argparse.ArgumentParser()
-    E.register_cli(parser.add_subparsers())
+    cli_evaluate.register_cli(parser.add_subparsers())
     out = tmp_path / "cli.json"
     args = parser.parse_args(
         [
@@ -221,7 +222,7 @@ def test_ood_against_a_shifted_synthetic_language(tiny, tmp_path):
 
 def test_eval_scalars_reach_the_runs_tensorboard(tmp_path, monkeypatch, tiny):
     root, _ = tiny
-    import gptvariants.trainlog as TL
+    import gptvariants.train.trainlog as TL
 
     written = []
 

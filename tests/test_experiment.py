@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from gptvariants import experiment as X
-from gptvariants.train import train
-from gptvariants.variants import REGISTRY
+from gptvariants.apps.cli import experiment as cli_experiment
+from gptvariants.core.variants import REGISTRY
+from gptvariants.evaluate import experiment as X
+from gptvariants.train.loop import train
 
 STUDY = ["baseline", "smooth", "bayes", "sig", "sig-reg", "sig-pw", "bayes-sig"]  # the 2024 study's seven
 
@@ -24,7 +25,7 @@ warmup_iters = 2
 
 def _cli(argv):
     parser = argparse.ArgumentParser(prog="gptv")
-    X.register_cli(parser.add_subparsers())
+    cli_experiment.register_cli(parser.add_subparsers())
     args = parser.parse_args(argv)
     return args.func(args)
 

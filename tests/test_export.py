@@ -7,15 +7,15 @@ import pytest
 import torch
 from conftest import SHARED_DATA, tiny_overrides
 
-from gptvariants.checkpoint import CheckpointError, load_run, save_checkpoint
-from gptvariants.config import load_config
-from gptvariants.data import prepare
-from gptvariants.export import EXPORT_FILES, ExportError, export
-from gptvariants.generate import generate
-from gptvariants.model import GPT
-from gptvariants.pretrained import hf_shape
-from gptvariants.tokenizers import load_tokenizer
-from gptvariants.train import train
+from gptvariants.apps.export import EXPORT_FILES, ExportError, export
+from gptvariants.core.config import load_config
+from gptvariants.core.model import GPT
+from gptvariants.core.pretrained import hf_shape
+from gptvariants.data.dataset import prepare
+from gptvariants.data.tokenizers import load_tokenizer
+from gptvariants.decode.generate import generate
+from gptvariants.store.checkpoint import CheckpointError, load_run, save_checkpoint
+from gptvariants.train.loop import train
 
 transformers = pytest.importorskip("transformers")
 
@@ -197,7 +197,7 @@ def test_char_tokenizer_round_trips_tiny_shakespeare(tmp_path):
     path = SHARED_DATA / "tinyshakespeare" / "input.txt"
     if not path.is_file():
         pytest.skip("Tiny Shakespeare not in ../shared/data")
-    from gptvariants.tokenizers import build_tokenizer
+    from gptvariants.data.tokenizers import build_tokenizer
 
     text = path.read_text(encoding="utf-8")
     tok = build_tokenizer("char", text)
@@ -208,7 +208,7 @@ def test_char_tokenizer_round_trips_tiny_shakespeare(tmp_path):
 
 
 def test_gpt2_tokenizer_exports_when_its_vocabulary_is_available(tmp_path):
-    from gptvariants.tokenizers import build_tokenizer
+    from gptvariants.data.tokenizers import build_tokenizer
 
     try:
         tok = build_tokenizer("gpt2")
@@ -253,7 +253,7 @@ def test_init_from_an_export_takes_its_shape_and_weights(runs, tmp_path):
 
 
 def test_refusals(runs, tmp_path, capsys):
-    from gptvariants.cli import main
+    from gptvariants.apps.cli.main import main
 
     run, _ = runs("baseline")
     out = tmp_path / "out"
@@ -305,7 +305,7 @@ def test_export_follows_the_umask(runs, tmp_path):
 
 
 def test_readout_check_refuses_a_distribution_it_cannot_reproduce(runs, monkeypatch):
-    from gptvariants.export import readout_of
+    from gptvariants.apps.export import readout_of
 
     model, _ = load_run(runs("baseline")[0])
     monkeypatch.setattr(model.objective, "log_probs", lambda z: torch.log_softmax(z / 2, -1))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_overrides
 
-from gptvariants.atomic import WriteError, preallocate
+from gptvariants.common.atomic import WriteError, preallocate
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -56,10 +56,10 @@ def test_targets_on_a_full_disk_is_one_line_then_resumes_identically(tiny_data, 
         tmp_path,
         f"""
         mount -t tmpfs -o size=400k tmpfs "$DISK" && cp -r {tiny_data} "$DISK/data"
-        "$PY" -m gptvariants.cli targets --data "$DISK/data" --teacher oracle --k 8 --out "$DISK/data/targets/t"
+        "$PY" -m gptvariants targets --data "$DISK/data" --teacher oracle --k 8 --out "$DISK/data/targets/t"
         echo "rc=$?"
         mount -o remount,size=4m "$DISK"
-        "$PY" -m gptvariants.cli targets --data "$DISK/data" --teacher oracle --k 8 \
+        "$PY" -m gptvariants targets --data "$DISK/data" --teacher oracle --k 8 \
             --out "$DISK/data/targets/t" > /dev/null
         echo "rc=$?"
         cp "$DISK"/data/targets/t/*.bin {tmp_path}/
@@ -82,12 +82,12 @@ def test_training_on_a_full_disk_keeps_the_previous_checkpoint(tiny_data, tmp_pa
         tmp_path,
         f"""
         mount -t tmpfs -o size=4m tmpfs "$DISK"
-        "$PY" -m gptvariants.cli train {args} --max_iters=5 --out_dir="$DISK/run" > /dev/null
+        "$PY" -m gptvariants train {args} --max_iters=5 --out_dir="$DISK/run" > /dev/null
         used=$(df -k --output=used "$DISK" | tail -1); ckpt=$(du -sk "$DISK/run/ckpt-00000005" | cut -f1)
         mount -o remount,size=$((used + ckpt / 2))k "$DISK"
-        "$PY" -m gptvariants.cli train {args} --max_iters=30 --out_dir="$DISK/run" --resume
+        "$PY" -m gptvariants train {args} --max_iters=30 --out_dir="$DISK/run" --resume
         echo "rc=$?"
-        "$PY" -c "from gptvariants.checkpoint import latest_checkpoint as l; print('loadable', l('$DISK/run').name)"
+        "$PY" -c "from gptvariants.store.checkpoint import latest_checkpoint as c;print('loadable',c('$DISK/run').name)"
         ls -a "$DISK/run"
     """,
     )
@@ -102,7 +102,7 @@ def test_training_on_a_full_disk_keeps_the_previous_checkpoint(tiny_data, tmp_pa
 def test_preallocate_past_the_file_size_limit_is_one_line(tmp_path):
     script = (
         f"import resource, sys; sys.path.insert(0, {SRC!r})\n"
-        "from gptvariants.atomic import WriteError, preallocate\n"
+        "from gptvariants.common.atomic import WriteError, preallocate\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))\n"
         f"try:\n    preallocate({str(tmp_path / 'big.bin')!r}, 1 << 20, fresh=True, what='the sets')\n"
         "except WriteError as e:\n    print(e)\n"

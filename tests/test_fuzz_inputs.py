@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import gptvariants.train as train_module
-from gptvariants.checks import Bool, Choice, Device, Float, Int, Text
-from gptvariants.cli import build_parser, main
-from gptvariants.config import KEYS, Config, key_check
+import gptvariants.apps.cli.main as train_module  # where `gptv train` finds train()
+from gptvariants.apps.cli.main import build_parser, main
+from gptvariants.common.checks import Bool, Choice, Device, Float, Int, Text
+from gptvariants.core.config import KEYS, Config, key_check
 
 FUZZ = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], derandomize=True

@@ -8,10 +8,12 @@ import math
 import pytest
 import torch
 
-from gptvariants.api import LanguageModel, load
-from gptvariants.checkpoint import CheckpointError, save_checkpoint
-from gptvariants.config import load_config
-from gptvariants.generate import (
+from gptvariants.apps.api import LanguageModel, load
+from gptvariants.apps.cli.sample import colour_by_entropy, register_cli
+from gptvariants.core.config import load_config
+from gptvariants.core.model import GPT
+from gptvariants.data.tokenizers import CharTokenizer
+from gptvariants.decode.generate import (
     ContextWindow,
     Decoder,
     Row,
@@ -25,10 +27,8 @@ from gptvariants.generate import (
     top_p_filter,
     window_start,
 )
-from gptvariants.model import GPT
-from gptvariants.predictive import Draws, Predictor
-from gptvariants.sample import colour_by_entropy, register_cli
-from gptvariants.tokenizers import CharTokenizer
+from gptvariants.predict.predictive import Draws, Predictor
+from gptvariants.store.checkpoint import CheckpointError, save_checkpoint
 
 BLOCK = 16
 
@@ -593,7 +593,7 @@ def test_language_model_on_a_bayesian_head_scores_with_mutual_information():
 
 
 def test_word_tokenizer_starts_from_eot_and_keeps_spaces(tmp_path):
-    from gptvariants.tokenizers import WordTokenizer
+    from gptvariants.data.tokenizers import WordTokenizer
 
     tok = WordTokenizer(["the", "cat", "sat", "on", "mat"])
     cfg = load_config(

@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from conftest import SHARED_DATA, TINY_SHAPE
 
-from gptvariants import cli
-from gptvariants.api import load
-from gptvariants.config import load_config
-from gptvariants.data import prepare
-from gptvariants.evaluate import evaluate
-from gptvariants.harness import INSTALL_HINT, lm_eval_argv
-from gptvariants.train import train
+from gptvariants.apps.api import load
+from gptvariants.apps.cli import main as cli
+from gptvariants.apps.harness import INSTALL_HINT, lm_eval_argv
+from gptvariants.core.config import load_config
+from gptvariants.data.dataset import prepare
+from gptvariants.evaluate.evaluation import evaluate
+from gptvariants.train.loop import train
 
 WIKITEXT = SHARED_DATA / "wikitext-2" / "valid.txt"
 TINY = {**TINY_SHAPE, "eval_iters": 1, "eval_interval": 1000, "warmup_iters": 2, "device": "cpu"}  # conftest's shape
@@ -92,7 +92,7 @@ def runs(tmp_path_factory):
         train(cfg)
         out[name] = root / name
     word = load(out["word"])
-    from gptvariants.data import TokenDataset
+    from gptvariants.data.dataset import TokenDataset
 
     (root / "word.txt").write_text(word.tokenizer.decode(TokenDataset(root / "synthetic").split("val")[:1500]))
     return root, out
@@ -104,7 +104,7 @@ def harness():
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from gptvariants.harness.model import GPTVariantsLM
+    from gptvariants.apps.harness.model import GPTVariantsLM
 
     def evaluate_task(tmp: Path, yaml: str, docs: list[dict], model_args: str, name: str = "local") -> dict:
         (tmp / "tasks").mkdir(exist_ok=True)
@@ -139,7 +139,7 @@ class Request:
 
 
 def test_continuation_windows_cut_long_contexts_and_chunk_long_continuations(harness):
-    from gptvariants.harness.model import continuation_windows
+    from gptvariants.apps.harness.model import continuation_windows
 
     # (begin, end, first scored target): x = tokens[begin:end-1]
     assert continuation_windows(3, 6, 8) == [(0, 6, 3)]  # everything fits
@@ -258,7 +258,8 @@ def test_long_continuation_and_batching(runs, harness):
     # 35 targets: 5..36 from tokens 4..35, then 37..39 from tokens 7..38
     ids, n_ctx = lm.tok_encode(text[:40]), len(text[:5].rstrip())  # lm-eval moves trailing spaces
     first, last = _by_hand(run["baseline"], ids[:37], n_ctx), _by_hand(run["baseline"], ids, 37)
-    assert one[2][0] == pytest.approx(first[0] + last[0], abs=1e-5)
+    # fp32 sums of 35 log-probabilities in another order: 1e-5 absolute is below their rounding at ~138 nats
+    assert one[2][0] == pytest.approx(first[0] + last[0], rel=1e-6)
     start = lm.tok_encode(" the sea")
     assert one[3][0] == pytest.approx(_by_hand(run["baseline"], [lm.eot_token_id] + start, 1)[0], abs=1e-5)
     lm.batch_size = 7
@@ -409,13 +410,13 @@ def test_gptv_lm_eval_command(runs, harness, tmp_path):
 
 
 def test_python_m_harness_is_lm_eval_with_the_gptv_model(runs, harness, tmp_path):
-    """The documented `python -m gptvariants.harness --model gptv --model_args run=RUN ...`, as a user runs it."""
+    """The documented `python -m gptvariants.apps.harness --model gptv --model_args run=RUN ...`, as a user runs it."""
     root, run = runs
     tasks = _rolling_task(root, tmp_path, "local_m")
     cmd = [
         sys.executable,
         "-m",
-        "gptvariants.harness",
+        "gptvariants.apps.harness",
         "--model",
         "gptv",
         "--model_args",

@@ -9,16 +9,16 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
-from gptvariants.api import load
-from gptvariants.calibration import fit_temperature, golden_section, save_temperature
-from gptvariants.checkpoint import save_checkpoint
-from gptvariants.config import load_config
-from gptvariants.laplace import LaplacePosterior, curvature
-from gptvariants.methods import CALIBRATION_FILE, Run, build_predictor, load_runs
-from gptvariants.model import GPT
-from gptvariants.predictive import Predictor
-from gptvariants.tokenizers import CharTokenizer
-from gptvariants.train import train
+from gptvariants.apps.api import load
+from gptvariants.core.config import load_config
+from gptvariants.core.model import GPT
+from gptvariants.data.tokenizers import CharTokenizer
+from gptvariants.predict.calibration import fit_temperature, golden_section, save_temperature
+from gptvariants.predict.laplace import LaplacePosterior, curvature
+from gptvariants.predict.methods import CALIBRATION_FILE, Run, build_predictor, load_runs
+from gptvariants.predict.predictive import Predictor
+from gptvariants.store.checkpoint import save_checkpoint
+from gptvariants.train.loop import train
 
 CHARS = ["a", "b"]
 
@@ -151,8 +151,8 @@ def test_laplace_statistics_and_logit_covariance_by_hand(tiny_data, tmp_path, ki
     tokens = np.random.default_rng(0).integers(0, 3, 200)
     stats, n = curvature(model, tokens, kind, budget=60)
     hs, ps = [], []
-    from gptvariants.laplace import spread_windows
-    from gptvariants.predictive import score_windows
+    from gptvariants.predict.laplace import spread_windows
+    from gptvariants.predict.predictive import score_windows
 
     for _, _, d in score_windows(Predictor([model], samples=0), tokens, spread_windows(len(tokens), 6, 60)):
         hs.append(d.hidden[0]), ps.append(d.probs)
@@ -180,7 +180,7 @@ def test_laplace_statistics_and_logit_covariance_by_hand(tiny_data, tmp_path, ki
 
 
 def test_laplace_refuses_what_it_cannot_fit(tmp_path):
-    from gptvariants.laplace import fit_laplace
+    from gptvariants.predict.laplace import fit_laplace
 
     run = load_runs(constant_run(tmp_path / "s", [0.0, 0.0], variant="sig"))[0]
     with pytest.raises(ValueError, match="softmax heads"):
@@ -203,8 +203,8 @@ def test_temperature_can_be_fitted_to_the_top1_ece(tmp_path):
 
 def test_spread_windows_score_their_own_targets():
     """Windows spread over a stream (the Laplace fit's) yield each window's own targets."""
-    from gptvariants.laplace import spread_windows
-    from gptvariants.predictive import score_windows
+    from gptvariants.predict.laplace import spread_windows
+    from gptvariants.predict.predictive import score_windows
 
     cfg = load_config("baseline", overrides=dict(n_layer=1, n_head=1, n_embd=8, block_size=6, vocab_size=11))
     model = GPT(cfg.model, cfg.objective).eval()

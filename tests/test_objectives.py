@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
-from gptvariants.heads import BayesianHead, gaussian_kl
-from gptvariants.objectives import (
+from gptvariants.core.heads import BayesianHead, gaussian_kl
+from gptvariants.core.objectives import (
     OBJECTIVES,
     CrossEntropy,
     Objective,
@@ -273,7 +273,7 @@ def test_bayesian_draw_matches_autograd_composition(prior_mu):
 def test_local_reparameterisation_matches_the_dense_equation(obj, ref):
     """The chunked local-reparameterised loss equals objective(h mu^T + b + sqrt(h^2 var^T + b_var) eps)
     written densely with the same eps, in value and in the gradients of h, mu, var and the bias terms."""
-    from gptvariants.objectives import local_reparam_loss
+    from gptvariants.core.objectives import local_reparam_loss
 
     h, W, b, y, sets = _inputs(seed=5)
     var = torch.rand(V, C, dtype=torch.float64) * 0.3

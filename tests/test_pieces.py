@@ -3,7 +3,7 @@
 import pytest
 from conftest import SHARED_DATA
 
-from gptvariants.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, WordTokenizer
+from gptvariants.data.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, WordTokenizer
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\n héllo wörld — ✓ 日本語 <|endoftext|> end\n"
 

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from gptvariants.config import load_config
-from gptvariants.model import GPT
-from gptvariants.pretrained import PretrainedError, apply_hf_shape, config_from_hf, hf_shape, load_gpt2_weights
+from gptvariants.core.config import load_config
+from gptvariants.core.model import GPT
+from gptvariants.core.pretrained import PretrainedError, apply_hf_shape, config_from_hf, hf_shape, load_gpt2_weights
 
 transformers = pytest.importorskip("transformers")
 

@@ -8,13 +8,13 @@ import torch
 import torch.nn as nn
 from conftest import tiny_overrides
 
-from gptvariants import evaluate as E
-from gptvariants.api import load
-from gptvariants.config import ConfigError, load_config
-from gptvariants.heads import HEADS, Head
-from gptvariants.objectives import OBJECTIVES, Objective
-from gptvariants.train import train
-from gptvariants.variants import REGISTRY, Variant
+from gptvariants.apps.api import load
+from gptvariants.core.config import ConfigError, load_config
+from gptvariants.core.heads import HEADS, Head
+from gptvariants.core.objectives import OBJECTIVES, Objective
+from gptvariants.core.variants import REGISTRY, Variant
+from gptvariants.evaluate import evaluation as E
+from gptvariants.train.loop import train
 
 
 class ScaledHead(Head):

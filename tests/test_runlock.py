@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from gptvariants.runlock import LOCK_NAME, RunLock, RunLocked
+from gptvariants.store.runlock import LOCK_NAME, RunLock, RunLocked
 
 HOLD = """
 import sys, time
-from gptvariants.runlock import RunLock
+from gptvariants.store.runlock import RunLock
 lock = RunLock(sys.argv[1]); lock.acquire(); print("locked", flush=True); time.sleep(60)
 """
 
@@ -63,7 +63,7 @@ def test_reused_pid_is_stale(tmp_path):
 
 RACE = """
 import sys, time
-from gptvariants.runlock import RunLock, RunLocked
+from gptvariants.store.runlock import RunLock, RunLocked
 start = float(sys.argv[2])
 while time.time() < start:
     pass

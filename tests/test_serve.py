@@ -24,15 +24,15 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed")
 from conftest import tiny_overrides  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from gptvariants.cli import main  # noqa: E402
-from gptvariants.config import load_config  # noqa: E402
-from gptvariants.decoder import Decoder  # noqa: E402
-from gptvariants.serve.app import create_app  # noqa: E402
-from gptvariants.serve.batcher import Batcher  # noqa: E402
-from gptvariants.serve.runs import Report, ServeError, discover, load_runs  # noqa: E402
-from gptvariants.serve.worker import Busy, ModelPool  # noqa: E402
-from gptvariants.tokenizers import load_tokenizer  # noqa: E402
-from gptvariants.train import train  # noqa: E402
+from gptvariants.apps.cli.main import main  # noqa: E402
+from gptvariants.apps.serve.app import create_app  # noqa: E402
+from gptvariants.apps.serve.batcher import Batcher  # noqa: E402
+from gptvariants.apps.serve.runs import Report, ServeError, discover, load_runs  # noqa: E402
+from gptvariants.apps.serve.worker import Busy, ModelPool  # noqa: E402
+from gptvariants.core.config import load_config  # noqa: E402
+from gptvariants.data.tokenizers import load_tokenizer  # noqa: E402
+from gptvariants.decode.decoder import Decoder  # noqa: E402
+from gptvariants.train.loop import train  # noqa: E402
 
 VARIANTS = ("baseline", "bayes", "sig")
 REPORT_MD = """# tiny experiment
@@ -575,7 +575,7 @@ def server(chromium, experiment, tmp_path_factory):
         shutil.copytree(experiment / "runs" / v, root / "runs" / v)
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gptvariants.cli", "serve", str(root), "--port", str(port), "--device", "cpu"],
+        [sys.executable, "-m", "gptvariants", "serve", str(root), "--port", str(port), "--device", "cpu"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

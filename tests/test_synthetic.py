@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from gptvariants.synthetic import PRESETS, SyntheticLanguage
+from gptvariants.data.synthetic import PRESETS, SyntheticLanguage
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from gptvariants.config import load_config
-from gptvariants.data import TokenDataset, prepare
+from gptvariants.apps.cli.targets import register_cli
+from gptvariants.core.config import load_config
+from gptvariants.data.dataset import TokenDataset, prepare
 from gptvariants.targets import (
     NgramTeacher,
     build_online_teacher,
     build_targets,
     load_teacher,
-    register_cli,
     sample_set,
 )
-from gptvariants.train import train
+from gptvariants.train.loop import train
 
 SENTINEL = np.iinfo(np.uint16).max
 TINY = dict(
@@ -423,7 +423,7 @@ def test_cli(data_dir, tmp_path, capsys):
 
 
 def test_cli_refuses_bad_values_and_an_out_folder_training_cannot_find(data_dir, tmp_path, capsys):
-    from gptvariants.cli import main
+    from gptvariants.apps.cli.main import main
 
     base = ["targets", "--data", str(data_dir), "--teacher", "ngram:2", "--device", "cpu"]
     for option, value, message in [
@@ -446,7 +446,7 @@ def test_cli_refuses_bad_values_and_an_out_folder_training_cannot_find(data_dir,
 
 
 def test_a_large_k_is_warned_about(data_dir, capsys):
-    from gptvariants.cli import main
+    from gptvariants.apps.cli.main import main
 
     base = [
         "targets",

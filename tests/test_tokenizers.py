@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from gptvariants.tokenizers import EOT_TEXT, CharTokenizer, WordTokenizer, build_tokenizer, load_tokenizer
+from gptvariants.data.tokenizers import EOT_TEXT, CharTokenizer, WordTokenizer, build_tokenizer, load_tokenizer
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 20
 
@@ -127,7 +127,7 @@ def test_tiktoken_vocabulary_converts_exactly():
     own reference trainer, with GPT-2's split pattern, stands in for them."""
     tiktoken = pytest.importorskip("tiktoken")
     educational = pytest.importorskip("tiktoken._educational")
-    from gptvariants.tokenizers import GPT2Tokenizer
+    from gptvariants.data.tokenizers import GPT2Tokenizer
 
     pat = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
     ranks = educational.bpe_train(TEXT * 3, 300, pat, visualise=None)

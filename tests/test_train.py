@@ -18,12 +18,12 @@ import torch
 from conftest import tiny_overrides
 from safetensors.torch import load_file
 
-from gptvariants.checkpoint import CheckpointError, latest_checkpoint, load_run, save_checkpoint
-from gptvariants.config import load_config
-from gptvariants.runlock import RunLocked
-from gptvariants.runtime import DeviceError
-from gptvariants.train import TrainingDiverged, lr_at, train
-from gptvariants.variants import REGISTRY
+from gptvariants.common.runtime import DeviceError
+from gptvariants.core.config import load_config
+from gptvariants.core.variants import REGISTRY
+from gptvariants.store.checkpoint import CheckpointError, latest_checkpoint, load_run, save_checkpoint
+from gptvariants.store.runlock import RunLocked
+from gptvariants.train.loop import TrainingDiverged, lr_at, train
 
 
 def _evals(run: Path) -> list[dict]:
@@ -47,7 +47,7 @@ def test_every_variant_learns(variant, tiny_data, tmp_path):
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "gptvariants.cli", *args]
+    return [sys.executable, "-m", "gptvariants", *args]
 
 
 def _train_args(data: Path, out: Path, **kw) -> list[str]:
@@ -110,7 +110,7 @@ def test_ctrl_c_saves_and_resumes(tiny_data, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_data, tmp_path, monkeypatch):
-    from gptvariants import model as model_mod
+    from gptvariants.core import model as model_mod
 
     real = model_mod.GPT.forward
     calls = {"n": 0}
@@ -155,8 +155,8 @@ def test_lr_schedule_warmup_and_cosine():
 DDP_SCRIPT = """
 import os, sys
 from safetensors.torch import save_file
-from gptvariants.config import load_config
-from gptvariants.train import train
+from gptvariants.core.config import load_config
+from gptvariants.train.loop import train
 overrides = dict(arg.split("=", 1) for arg in sys.argv[1:])
 res = train(load_config("baseline", overrides=overrides))
 rank = int(os.environ.get("RANK", "0"))
@@ -296,7 +296,7 @@ def test_second_writer_is_refused_with_pid_and_host(tiny_data, tmp_path, capsys)
         [
             sys.executable,
             "-c",
-            "import sys, time; from gptvariants.runlock import RunLock; "
+            "import sys, time; from gptvariants.store.runlock import RunLock; "
             "RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)",
             str(run),
         ],
@@ -321,7 +321,7 @@ def test_second_writer_is_refused_with_pid_and_host(tiny_data, tmp_path, capsys)
 KILL_IN_SAVE = """
 import os, signal, sys
 import torch
-from gptvariants.cli import main
+from gptvariants.apps.cli.main import main
 real, calls = torch.save, []
 def dying_save(obj, f, *a, **kw):
     calls.append(1)
@@ -423,9 +423,9 @@ def test_non_finite_state_in_a_checkpoint_is_named_not_the_learning_rate(tiny_da
 
 DDP_POISON = """
 import os, sys, time
-from gptvariants import model as model_mod
-from gptvariants.config import load_config
-from gptvariants.train import TrainingDiverged, train
+from gptvariants.core import model as model_mod
+from gptvariants.core.config import load_config
+from gptvariants.train.loop import TrainingDiverged, train
 rank, real, calls = int(os.environ["RANK"]), model_mod.GPT.forward, []
 def poisoned(self, *a, **kw):
     out = real(self, *a, **kw)
@@ -500,7 +500,7 @@ def test_wandb_without_package_or_key_fails_before_the_run_folder(tiny_data, tmp
 
 
 def test_missing_tensorboard_is_one_line_not_a_failure(tiny_data, tmp_path, monkeypatch, capsys):
-    from gptvariants import trainlog
+    from gptvariants.train import trainlog
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as when not installed
     monkeypatch.setattr(trainlog, "_told", set())
@@ -526,8 +526,8 @@ def test_cuda_on_a_cpu_build_is_one_line_before_anything_is_written(tiny_data, t
 
 
 def test_checkpoint_write_failure_is_one_cli_line(tiny_data, tmp_path, monkeypatch, capsys):
-    from gptvariants import checkpoint as ck
-    from gptvariants.cli import main
+    from gptvariants.apps.cli.main import main
+    from gptvariants.store import checkpoint as ck
 
     real, calls = ck.torch.save, []
 

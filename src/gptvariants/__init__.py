@@ -16,7 +16,7 @@ except _metadata.PackageNotFoundError:  # run from a source tree that was never 
     __version__ = "0+unknown"
 
 # public name -> the module that defines it
-_LAZY = {"load": "api", "LanguageModel": "api", "TokenRecord": "api", "Completion": "api"}
+_LAZY = {"load": "apps.api", "LanguageModel": "apps.api", "TokenRecord": "apps.api", "Completion": "apps.api"}
 
 __all__ = ["__version__", *_LAZY]
 

@@ -33,12 +33,11 @@ Teacher specs:
 
 The package: base.py (the teacher interface), teachers.py and ngram.py (the teachers),
 selection.py (the rules), build.py (the cached build), online.py (sets in the training
-loop), cli.py (`gptv targets`).
+loop). `gptv targets` is apps/cli/targets.py.
 """
 
 from .base import ALTERNATIVES, TOKENS_PER_FORWARD, Teacher, WindowedTeacher, parse_spec, resolve_device
 from .build import FORMAT, PROGRESS_FILE, build_targets
-from .cli import register_cli
 from .ngram import NgramTeacher
 from .online import build_online_teacher
 from .selection import ORACLE_MIN_PROB, readout_draws, sample_set, select
@@ -61,7 +60,6 @@ __all__ = [
     "load_teacher",
     "parse_spec",
     "readout_draws",
-    "register_cli",
     "resolve_device",
     "sample_set",
     "select",

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_write, preallocate
-from ..checks import Float, Int
-from ..data import SPLITS, TokenDataset, token_dtype
-from ..progress import Progress
+from ..common.atomic import atomic_write, preallocate
+from ..common.checks import Float, Int
+from ..common.progress import Progress
+from ..data.dataset import SPLITS, TokenDataset, token_dtype
 from .base import Teacher, parse_spec, resolve_device
 from .selection import ORACLE_MIN_PROB, _check_rule, _Selector
 from .teachers import load_teacher

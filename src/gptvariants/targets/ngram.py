@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import TokenDataset
+from ..data.dataset import TokenDataset
 from .base import Teacher
 
 

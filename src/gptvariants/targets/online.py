@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from ..checks import Float, Int
-from ..data import TokenDataset
+from ..common.checks import Float, Int
+from ..data.dataset import TokenDataset
 from .base import Teacher, WindowedTeacher, parse_spec
 from .selection import ORACLE_MIN_PROB, _check_rule, _keep, readout_draws, sample_set
 from .teachers import load_teacher

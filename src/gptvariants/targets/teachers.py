@@ -12,7 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import TokenDataset
+from ..common.inputs import read_json
+from ..data.dataset import TokenDataset
+from ..predict.methods import Run, build_predictor
+from ..store.checkpoint import load_run
+from ..store.run import check_run_files
 from .base import ALTERNATIVES, TOKENS_PER_FORWARD, Teacher, WindowedTeacher, parse_spec
 from .ngram import NgramTeacher
 
@@ -24,8 +28,6 @@ class CheckpointTeacher(WindowedTeacher):
     def __init__(
         self, run: str, data: TokenDataset, device: torch.device, context: int | None, batch_size: int
     ) -> None:
-        from ..checkpoint import load_run
-        from ..inputs import check_run_files, read_json
 
         run_dir = Path(run)
         check_run_files(run_dir)
@@ -45,7 +47,6 @@ class CheckpointTeacher(WindowedTeacher):
         self.context = min(context or cfg.model.block_size, cfg.model.block_size)
         self.batch_size = batch_size or max(1, TOKENS_PER_FORWARD // self.context)
         self.variant = cfg.objective.variant
-        from ..methods import Run, build_predictor
 
         self.predictor = build_predictor([Run(run_dir, self.model, cfg)], seed=0)
 

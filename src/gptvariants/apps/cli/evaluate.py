@@ -1,0 +1,102 @@
+"""``gptv eval``: score a run (or an ensemble of runs) on held-out or external text."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ...common.argtypes import device, non_negative_int, open_unit_interval, positive_int
+from ...evaluate.evaluation import default_out, evaluate, format_result
+from ...predict.methods import METHODS
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    result = evaluate(
+        args.ckpt,
+        args.data,
+        text=args.text,
+        split=args.split,
+        ood=args.ood,
+        out=args.out,
+        stride=args.stride,
+        mc_samples=args.mc_samples,
+        num_samples=args.num_samples,
+        max_new_tokens=args.max_new_tokens,
+        sets=args.sets,
+        tau=args.tau,
+        seed=args.seed,
+        device=args.device,
+        method=args.method,
+        temperature=not args.no_temperature,
+        progress=True,
+        log_to_run=True,
+    )
+    print(format_result(result))
+    where = args.split if args.text is None else f"text:{args.text}"
+    print(
+        f"results in {args.out or default_out(Path(result['run']), where)}"
+        + (f"; scalars also in {' and '.join(result['logged_to'])}" if result.get("logged_to") else "")
+    )
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """Add `gptv eval`."""
+    p = subparsers.add_parser(
+        "eval", help="held-out perplexity, calibration, uncertainty, set quality, diversity and speed of a run"
+    )
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        help="run folder (written by `gptv train`); several (A,B or a folder of runs) are evaluated as their ensemble",
+    )
+    p.add_argument(
+        "--method",
+        default="default",
+        choices=list(METHODS),
+        help="uncertainty method: " + "; ".join(f"{k}: {m.description}" for k, m in METHODS.items()),
+    )
+    p.add_argument("--no-temperature", action="store_true", help="ignore temperatures fitted by `gptv calibrate`")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--data", default=None, help="prepared data folder with the run's tokenizer")
+    what.add_argument(
+        "--text", default=None, help="a UTF-8 file, folder (*.txt) or glob, scored with the run's tokenizer"
+    )
+    p.add_argument("--split", default="val", choices=["train", "val"], help="split of --data")
+    p.add_argument(
+        "--ood",
+        default=None,
+        metavar="SOURCE",
+        help="out-of-domain text to compare uncertainty scores on: a prepared data folder, text:PATH, "
+        "or synthetic?shift=S[&part=transition|emission|both][&seed=N][&tokens=N]",
+    )
+    p.add_argument(
+        "--out", default=None, help="results JSON (default RUN/eval/SPLIT.json); plots and samples go beside it"
+    )
+    p.add_argument(
+        "--stride",
+        type=positive_int,
+        default=None,
+        help="sliding-window stride (default block_size // 2; block_size = disjoint windows)",
+    )
+    p.add_argument(
+        "--mc-samples",
+        type=non_negative_int,
+        default=None,
+        help="draws of the method (default: the run's mc_samples; 0 = a Bayesian head's posterior mean)",
+    )
+    p.add_argument(
+        "--num-samples", type=non_negative_int, default=100, help="samples for the diversity metrics (0 = skip)"
+    )
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens generated per sample")
+    p.add_argument(
+        "--sets",
+        default=None,
+        help="reference sets DATA/targets/NAME for set metrics, or 'none' (synthetic data: exact support by default)",
+    )
+    p.add_argument(
+        "--tau", type=open_unit_interval, default=0.5, help="set threshold on sigmoid (or softmax) probabilities"
+    )
+    p.add_argument("--seed", type=non_negative_int, default=1337)
+    p.add_argument("--device", type=device, default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.set_defaults(func=_cmd_eval)

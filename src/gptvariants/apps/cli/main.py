@@ -1,0 +1,308 @@
+"""``gptv``: prepare data, train a variant, build teacher sets, sample, evaluate, run an experiment.
+
+Each subcommand lives beside the code it drives; modules that own a subcommand expose
+``register_cli(subparsers)`` which adds its parser and sets ``func``. ``build_parser`` then
+gives every parser the same habits: options in both ``--snake_case`` and ``--kebab-case``,
+defaults in ``--help``, and one-line errors.
+
+A user's mistake (a bad value, a missing or damaged file) ends with one line naming what is
+wrong and exit code 2; anything else is our bug and keeps its traceback. ``GPTV_DEBUG=1``
+prints the traceback of user errors too. Under torchrun only rank 0 prints them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+import warnings
+from pathlib import Path
+
+from ...common.allocator import keep_freed_memory
+from ...common.argtypes import non_negative_int, open_unit_interval, positive_int
+from ...common.checks import device_problem
+from ...core.config import KEYS, Config, ConfigError, fit_world_size, load_config, parse_overrides, resume_config
+from ...core.sizing import check_fits
+from ...core.variants import REGISTRY
+from ...data.dataset import TokenDataset, prepare
+from ...store.checkpoint import CheckpointError
+from ...store.run import check_run_files
+from ...train.loop import TrainingDiverged, train
+
+# modules that add their own subcommands
+PLUGINS: tuple[str, ...] = ("sample", "targets", "evaluate", "calibrate", "experiment", "export", "serve", "lm_eval")
+
+# errors that are the user's input, not our bug: print the message, no traceback
+USER_ERRORS = (ConfigError, CheckpointError, TrainingDiverged, FileNotFoundError, ValueError, RuntimeError, OSError)
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _say(command: str, kind: str, message: str) -> None:
+    """``gptv COMMAND: KIND: message`` on stderr, from rank 0 only."""
+    if _rank() == 0:
+        print(f"gptv {command}: {kind}: {message}", file=sys.stderr, flush=True)
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+
+    meta = prepare(
+        args.source,
+        Path(args.out),
+        args.tokenizer,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        errors=args.errors,
+        num_proc=args.num_proc,
+    )
+    for note in meta.get("notes", []):
+        _say("prepare", "note", note)
+    print(
+        f"prepared {args.source} in {args.out}: vocab {meta['vocab_size']}, {meta['train_tokens']:,} train / "
+        f"{meta['val_tokens']:,} val tokens ({meta['tokenizer']})"
+    )
+    if "synthetic" in meta:
+        print(f"true entropy rate of the val split: {meta['synthetic']['entropy_rate_val']:.4f} nats/token")
+    return 0
+
+
+def train_config(args: argparse.Namespace, extra: list[str]) -> Config:
+    """The Config ``gptv train`` runs: from --config/--variant/overrides, or with ``--resume --out RUN``
+    from the run's saved config.json (``config.resume_config``); fitted to the processes torchrun
+    started and checked against the device and its memory before anything is allocated."""
+
+    overrides = parse_overrides(extra)
+    if args.data:
+        overrides["data"] = args.data
+    if args.out:
+        overrides["out_dir"] = args.out
+    run = Path(args.out) if args.out else None
+    if run is not None and run.is_dir():
+        check_run_files(run)
+    elif args.resume and run is not None:
+        raise ConfigError(f"run folder {run} does not exist: there is nothing to resume")
+    if args.resume and run is not None and (run / "config.json").is_file():
+        cfg = resume_config(run, args.variant, args.config, overrides)
+    else:
+        cfg = load_config(args.variant, args.config, overrides)
+    note = fit_world_size(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    if note:
+        _say("train", "note", note)
+    problem = device_problem(cfg.train.device) if cfg.train.device != "auto" else None
+    if problem:
+        raise ConfigError(problem)
+    if cfg.train.data:
+        check_fits(cfg, cfg.model.vocab_size or TokenDataset(Path(cfg.train.data)).vocab_size)
+    return cfg
+
+
+def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+
+    if args.help_config:
+        print(config_help())
+        return 0
+    result = train(train_config(args, extra), resume=args.resume)
+    ev = result.last_eval
+    tail = f": val ce {ev['val_ce']:.4f}" if ev else ""
+    if _rank() == 0:
+        state = "stopped" if result.interrupted else "finished"
+        print(f"{state} at step {result.step}{tail}; run folder {result.run_dir}")
+    return 130 if result.interrupted else 0
+
+
+def _cmd_variants(args: argparse.Namespace) -> int:
+    width = max(len(n) for n in REGISTRY)
+    for v in REGISTRY.values():
+        defaults = ", ".join(f"{k}={val}" for k, val in v.defaults.items())
+        print(
+            f"{v.name:<{width}}  head={v.head:<8} objective={v.objective:<6} {v.equation}"
+            + (f"  [{defaults}]" if defaults else "")
+        )
+    return 0
+
+
+def config_help() -> str:
+    cfg = Config()
+    lines = ["config keys (--key=value, or in a TOML file flat or under [model]/[objective]/[train]):"]
+    for key, section in KEYS.items():
+        lines.append(f"  {key:<28} {section:<10} default {getattr(getattr(cfg, section), key)!r}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- parser habits
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (with where to look), printed by rank 0 only."""
+
+    def error(self, message: str):  # type: ignore[override]
+        if _rank() == 0:
+            self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2)
+
+
+def _shows_default(action: argparse.Action) -> bool:
+    """Whether --help should add the default: an option whose default says something (not None, False, '' or [])
+    and whose help does not already give it."""
+    quiet = action.default in (None, False, "", [], argparse.SUPPRESS)
+    return bool(action.option_strings) and not quiet and "default" not in (action.help or "").lower()
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default after its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        return f"{text} (default: %(default)s)".lstrip() if _shows_default(action) else text
+
+
+def apply_habits(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` and all its subparsers both spellings of every multi-word option
+    (``--max_new_tokens`` and ``--max-new-tokens``; the help shows the registered one) and
+    defaults in --help. Applied once to the whole tree, so plugin parsers need nothing."""
+    parser.formatter_class = HelpFormatter
+    for action in list(parser._actions):
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                apply_habits(sub)
+            continue
+        if action.help is None and _shows_default(action):
+            action.help = "(default: %(default)s)"  # argparse prints nothing for an option without help
+        for option in action.option_strings:
+            if not option.startswith("--"):
+                continue
+            for other in ("--" + option[2:].replace("-", "_"), "--" + option[2:].replace("_", "-")):
+                if other not in parser._option_string_actions:
+                    parser._option_string_actions[other] = action
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gptvariants")
+    except PackageNotFoundError:  # run from a source tree without installing
+        return "unknown (not installed)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+
+    parser = Parser(prog="gptv", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"gptv {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="tokenize a corpus into train.bin/val.bin/meta.json")
+    p.add_argument(
+        "source",
+        help="synthetic[:tiny|default], text:PATH (file, folder or glob), shakespeare, "
+        "wikitext-2, wikitext-103, openwebtext",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="char | gpt2 | bpe:N (default: word for synthetic, char for text, gpt2 for Hugging Face corpora)",
+    )
+    p.add_argument("--seed", type=non_negative_int, default=1337, help="seed of the synthetic language and splits")
+    p.add_argument(
+        "--val-fraction",
+        type=open_unit_interval,
+        default=None,
+        help="validation share (default 0.1 for text; corpora with their own split keep it)",
+    )
+    p.add_argument(
+        "--errors",
+        choices=["strict", "replace"],
+        default="strict",
+        help="non-UTF-8 bytes: fail naming the offset, or replace them",
+    )
+    p.add_argument("--num-proc", type=positive_int, default=None, help="processes for tokenizing large corpora")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("train", help="train a variant; extra --key=value pairs override the config")
+    p.add_argument("--variant", default=None, help=f"one of {', '.join(REGISTRY)} (default baseline)")
+    p.add_argument("--data", default=None, help="prepared data folder (with --resume: the run's, by default)")
+    p.add_argument("--out", default=None, help="run folder (checkpoints, metrics.jsonl, config.json)")
+    p.add_argument("--config", default=None, help="TOML config file, or a run's saved config.json")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint with its saved config (safe overrides allowed)",
+    )
+    p.add_argument("--help-config", action="store_true", help="list every config key with its default")
+    p.set_defaults(func=_cmd_train, takes_extra=True)
+
+    p = sub.add_parser("variants", help="list the registered variants")
+    p.set_defaults(func=_cmd_variants)
+
+    for name in PLUGINS:
+        importlib.import_module(f"{__package__}.{name}").register_cli(sub)
+    apply_habits(parser)
+    return parser
+
+
+# ----------------------------------------------------------------------------- running a command
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Files every command reads first, checked before it starts: a run folder named by --ckpt."""
+
+    if isinstance(getattr(args, "ckpt", None), str) and Path(args.ckpt).is_dir():
+        check_run_files(Path(args.ckpt))
+
+
+def _run(args: argparse.Namespace, extra: list[str]) -> int:
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        _say(args.command, "warning", str(message))
+
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line
+        _check_inputs(args)
+        code = args.func(args, extra) if getattr(args, "takes_extra", False) else args.func(args)
+    sys.stdout.flush()  # a closed pipe shows here, inside main's handler
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra and not getattr(args, "takes_extra", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as e:  # argparse: --help, --version, or its one-line error (already printed)
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        return _run(args, extra)
+    except BrokenPipeError:  # `gptv sample ... | head`: the reader left; stop quietly (Python's recipe)
+        _discard_stdout()
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        if os.environ.get("GPTV_DEBUG"):
+            traceback.print_exc()
+        _say(args.command, "error", str(e))
+        return 2
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is no file (tests capture it)
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

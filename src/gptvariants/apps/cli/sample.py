@@ -1,0 +1,183 @@
+"""``gptv sample``: print samples of a run (text, coloured text, or JSON lines with per-token details)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+from collections.abc import Sequence
+
+from ...common.argtypes import (
+    device,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability_open_closed,
+    unit_interval,
+    utf8_file,
+)
+from ...decode.generate import BAYES_MODES, SIG_MODES
+from ...predict.methods import METHODS
+from ..api import load
+
+# ANSI colours for --show-uncertainty, by entropy as a fraction of its maximum log V
+_COLOURS = ((0.15, "\033[32m"), (0.40, "\033[33m"), (float("inf"), "\033[31m"))  # green, yellow, red
+_RESET = "\033[0m"
+
+
+def colour_by_entropy(records: Sequence[dict], vocab_size: int) -> str:
+    """The tokens' text, each wrapped in an ANSI colour by entropy / log V:
+    green below 0.15, yellow below 0.40, red above."""
+    h_max = math.log(vocab_size)
+    parts = []
+    for r in records:
+        colour = next(c for limit, c in _COLOURS if r["entropy"] / h_max < limit)
+        parts.append(f"{colour}{r['text']}{_RESET}")
+    return "".join(parts)
+
+
+def _unescape(s: str) -> str:
+    """--stop '\\n' means a line break: a shell cannot easily pass one."""
+    return s.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """``gptv sample``: print samples (text, or JSON lines with per-token details)."""
+    if args.prompt_file is not None:
+        with open(args.prompt_file, encoding="utf-8") as f:
+            prompts = [line.rstrip("\r\n") for line in f]
+        if not prompts:
+            raise ValueError(f"{args.prompt_file} holds no prompts")
+    else:
+        prompts = [args.prompt]
+    lm = load(args.ckpt, device=args.device, method=args.method, temperature=not args.no_temperature)
+    sampling = dict(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        greedy=args.greedy,
+        seed=args.seed,
+        use_cache=not args.no_cache,
+        bayes_mode=args.bayes_mode,
+        mc_samples=args.mc_samples,
+        sig_mode=args.sig_mode,
+        tau=args.tau,
+    )
+    batch = [p for p in prompts for _ in range(args.num_samples)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = lm.generate_details(
+            batch,
+            args.max_new_tokens,
+            stop=[_unescape(s) for s in args.stop],
+            stop_at_eot=not args.ignore_eot,
+            unknown=args.unknown,
+            **sampling,
+        )
+    for msg in dict.fromkeys(str(w.message) for w in caught):  # once per distinct prompt
+        print(f"gptv sample: warning: {msg}", file=sys.stderr)
+    colour = args.show_uncertainty and (args.color == "always" or (args.color == "auto" and sys.stdout.isatty()))
+    if args.show_uncertainty and not colour and not args.json:
+        print(
+            "gptv sample: --show-uncertainty prints plain text: stdout is not a terminal "
+            "(--color always keeps the colours; --json gives the entropies)",
+            file=sys.stderr,
+        )
+    for k, res in enumerate(results):
+        records = [t.to_dict() for t in res.tokens]
+        if args.json:
+            line = {
+                "prompt_index": k // args.num_samples,
+                "sample": k % args.num_samples,
+                "prompt": res.prompt,
+                "completion": res.text,
+                "finish_reason": res.finish_reason,
+                "tokens": records,
+            }
+            print(json.dumps(line, ensure_ascii=False))
+            continue
+        if k:
+            print("---------------")
+        body = colour_by_entropy(records, lm.config.model.vocab_size) if colour else res.text
+        print(res.prompt + body)
+    if colour:
+        print("entropy / log V: \033[32m< 0.15\033[0m \033[33m< 0.40\033[0m \033[31m>= 0.40\033[0m", file=sys.stderr)
+    return 0
+
+
+def add_sample_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--prompt",
+        default="",
+        help="prompt text (default: empty = start from the end-of-text token, or token 0 without one)",
+    )
+    src.add_argument("--prompt-file", type=utf8_file, default=None, help="a file with one prompt per line")
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        help="run folder (made by gptv train); several (A,B or a folder of runs) sample from their ensemble",
+    )
+    p.add_argument("--method", default="default", choices=list(METHODS), help="uncertainty method of the predictive")
+    p.add_argument("--no-temperature", action="store_true", help="ignore a temperature fitted by `gptv calibrate`")
+    p.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt")
+    p.add_argument("--max-new-tokens", type=positive_int, default=200)
+    p.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 means greedy")
+    p.add_argument("--top-k", type=positive_int, default=None)
+    p.add_argument("--top-p", type=probability_open_closed, default=None, help="nucleus sampling mass in (0, 1]")
+    p.add_argument(
+        "--repetition-penalty", type=positive_float, default=1.0, help="CTRL penalty (> 1 discourages repeats)"
+    )
+    p.add_argument("--greedy", action="store_true", help="argmax decoding")
+    p.add_argument(
+        "--stop",
+        nargs="+",
+        default=[],
+        metavar="STR",
+        help="stop strings (\\n and \\t understood); cut from the output",
+    )
+    p.add_argument("--ignore-eot", action="store_true", help="keep generating past the end-of-text token")
+    p.add_argument("--seed", type=non_negative_int, default=None)
+    p.add_argument(
+        "--bayes-mode",
+        choices=BAYES_MODES,
+        default=None,
+        help="Bayesian heads: posterior mean, MC average per step (the default: the run's predictive), "
+        "or one draw per sequence",
+    )
+    p.add_argument(
+        "--mc-samples", type=positive_int, default=None, help="draws per step (default: the run's mc_samples)"
+    )
+    p.add_argument(
+        "--sig-mode",
+        choices=SIG_MODES,
+        default="normalize",
+        help="sigmoid heads: sample sigmoid/sum, or among tokens with sigmoid > tau",
+    )
+    p.add_argument("--tau", type=unit_interval, default=0.5, help="threshold of --sig-mode set")
+    p.add_argument(
+        "--json", action="store_true", help="one JSON line per sample with per-token id, text, prob, entropy (and mi)"
+    )
+    p.add_argument("--show-uncertainty", action="store_true", help="colour tokens by entropy, with a legend")
+    p.add_argument(
+        "--color",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="colours of --show-uncertainty: auto = only when stdout is a terminal",
+    )
+    p.add_argument(
+        "--unknown", choices=["error", "skip"], default="error", help="prompt text the tokenizer cannot encode"
+    )
+    p.add_argument("--no-cache", action="store_true", help="recompute the context every step (slow; for checking)")
+    p.add_argument("--device", type=device, default="auto", help="cpu | cuda | cuda:N | mps | auto")
+
+
+def register_cli(subparsers) -> None:
+    """Add ``gptv sample`` to the ``gptv`` subcommands."""
+    p = subparsers.add_parser("sample", help="generate text from a trained run")
+    add_sample_arguments(p)
+    p.set_defaults(func=cmd_sample)

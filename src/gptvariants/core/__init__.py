@@ -1,0 +1,1 @@
+"""The model: config, backbone, heads, objectives and the variant registry that composes them."""

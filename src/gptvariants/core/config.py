@@ -1,0 +1,473 @@
+"""Typed run configuration: dataclasses, a TOML (or saved config.json) file, and ``--key=value`` overrides.
+
+Resolution order (later wins): dataclass defaults < the variant's defaults < the file
+< command-line overrides. Keys are flat and unique across sections and follow nanoGPT's
+names where one exists (``max_iters``, ``n_layer``, ``learning_rate`` ...), so a TOML file
+may be written flat or with ``[model]``, ``[objective]`` and ``[train]`` tables.
+
+Every key declares its constraint (``checks.Int``/``Float``/``Bool``/``Choice``/...) in its
+field's metadata; ``validate_config`` applies all of them, then the rules that tie keys
+together, in one place. Values from text are parsed by the same checks, so ``n_layer=2.5``
+and ``min_lr=inf`` fail wherever they come from, naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..common.atomic import atomic_write
+from ..common.checks import Bool, Choice, Device, Float, Int, Text
+from ..common.inputs import InputError, read_json, read_text
+from .heads import HEADS
+from .objectives import OBJECTIVES
+from .pretrained import apply_hf_shape
+from .variants import REGISTRY, get_variant
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+# name -> (n_layer, n_head, n_embd); the GPT-2 family plus shapes that train on a laptop CPU.
+MODEL_SIZES: dict[str, tuple[int, int, int]] = {
+    "gpt2": (12, 12, 768),
+    "gpt2-medium": (24, 16, 1024),
+    "gpt2-large": (36, 20, 1280),
+    "gpt2-xl": (48, 25, 1600),
+    "nano": (2, 2, 64),
+    "cpu": (4, 4, 128),  # nanoGPT's CPU recipe
+    "mini": (6, 6, 384),  # nanoGPT's shakespeare_char GPU recipe
+}
+
+# bounds on the model's shape that no real run comes near (GPT-3 175B: 96 layers, 96 heads, 12288 wide);
+# the memory check (sizing.py) refuses what is inside them but cannot fit
+MAX_LAYERS, MAX_HEADS, MAX_EMBD, MAX_BLOCK, MAX_VOCAB = 1000, 1024, 65536, 1 << 20, (1 << 32) - 2
+BIG = 1 << 31  # counts that index tensors (chunk rows, set draws)
+
+
+def key(default: Any, check: Any) -> Any:
+    """A config field with its constraint (a ``checks`` callable) in the metadata."""
+    return field(default=default, metadata={"check": check})
+
+
+def _heads() -> list[str]:
+
+    return list(HEADS)
+
+
+def _objectives() -> list[str]:
+
+    return list(OBJECTIVES)
+
+
+@dataclass
+class ModelConfig:
+    """The GPT backbone. ``vocab_size`` is taken from the data when left at 0."""
+
+    size: str = key("", Choice(lambda: ["", *MODEL_SIZES]))  # a MODEL_SIZES name: n_layer/n_head/n_embd unless given
+    n_layer: int = key(4, Int(1, MAX_LAYERS))
+    n_head: int = key(4, Int(1, MAX_HEADS))
+    n_embd: int = key(128, Int(1, MAX_EMBD))
+    block_size: int = key(64, Int(1, MAX_BLOCK))
+    vocab_size: int = key(0, Int(0, MAX_VOCAB))
+    dropout: float = key(0.0, Float(0.0, 1.0, hi_open=True))
+    bias: bool = key(True, Bool())  # biases in Linear and LayerNorm layers (GPT-2: True)
+    # 'tanh' approximation (GPT-2, needed to match its weights) | 'exact' erf (nanoGPT; ~10% faster steps on CPU)
+    gelu: str = key("tanh", Choice(("tanh", "exact")))
+    tie_weights: bool = key(True, Bool())  # token embedding shares the output (mean) weight
+
+    def validate(self) -> None:
+        _validate_section(self)
+
+
+@dataclass
+class ObjectiveConfig:
+    """Head and objective hyper-parameters; a variant fills in its own defaults."""
+
+    variant: str = key("baseline", Choice(lambda: list(REGISTRY)))
+    head: str = key("", Choice(_heads))  # a heads.HEADS name (from the variant)
+    objective: str = key("", Choice(_objectives))  # an objectives.OBJECTIVES name (from the variant)
+    label_smoothing: float = key(0.1, Float(0.0, 1.0, hi_open=True))  # eps: 1-eps on the true token, eps/(V-1) others
+    pos_weight: float = key(1.0, Float(0.0, lo_open=True))  # BCE positive-class weight w
+    sum_penalty: float = key(0.0, Float(0.0))  # lambda in lambda * (sum_v sigmoid(z_v) - 1)^2
+    output_bias: bool = key(False, Bool())  # a bias in the output layer (sigmoid heads start it at -log V)
+    prior_mu: float = key(0.0, Float())  # Bayesian head prior N(prior_mu, prior_sigma^2)
+    prior_sigma: float = key(0.02, Float(0.0, lo_open=True))
+    posterior_sigma_init: float = key(1e-3, Float(0.0, lo_open=True))
+    # Bayesian training noise: 'weight' (one weight draw per forward pass, one matmul) or 'local'
+    # (local reparameterisation: independent logit noise per position, two matmuls, lower variance)
+    reparam: str = key("weight", Choice(("weight", "local")))
+    kl_beta: float = key(1.0, Float(0.0))  # loss = objective + kl_beta * KL / N_train_tokens
+    kl_warmup_iters: int = key(0, Int(0, BIG))  # the KL weight ramps linearly from 0 to kl_beta over these steps
+    rho_lr_mult: float = key(1.0, Float(0.0, lo_open=True))  # learning-rate multiplier of a Bayesian head's rho
+    mc_samples: int = key(8, Int(1, 10_000))  # Monte-Carlo draws for Bayesian prediction
+    ensemble_size: int = key(4, Int(1, 1024))  # K heads of the `ensemble` head
+    ensemble_split: bool = key(True, Bool())  # each position trains one member (one head's cost), else all K
+    targets: str = key("", Text())  # cached teacher sets under DATA/targets/<name>; '' = the true token only
+    # m of the sigmoid readout (objectives.SigmoidBCE); 0 = from the sets, set by training
+    set_draws: int = key(0, Int(0, BIG))
+    teacher: str = key("", Text())  # online teacher spec (built in the training loop)
+    loss_chunk_size: int = key(0, Int(0, BIG))  # rows of (N, V) logits per chunk; 0 = about 32 MiB of fp32
+
+    def validate(self) -> None:
+        _validate_section(self)
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop, evaluation cadence, devices and logging."""
+
+    data: str = key("", Text())
+    out_dir: str = key("", Text())
+    init_from: str = key("scratch", Text())  # 'scratch' | 'resume' | gpt2* | a local Hugging Face folder
+    max_iters: int = key(2000, Int(0))
+    batch_size: int = key(12, Int(1, BIG))
+    gradient_accumulation_steps: int = key(1, Int(1, BIG))  # global: all processes together (see fit_world_size)
+    learning_rate: float = key(1e-3, Float(0.0, lo_open=True))
+    min_lr: float = key(1e-4, Float(0.0))
+    warmup_iters: int = key(100, Int(0))
+    lr_decay_iters: int = key(0, Int(0))  # 0 = max_iters
+    decay_lr: bool = key(True, Bool())
+    weight_decay: float = key(0.1, Float(0.0))
+    beta1: float = key(0.9, Float(0.0, 1.0, hi_open=True))
+    beta2: float = key(0.99, Float(0.0, 1.0, hi_open=True))
+    grad_clip: float = key(1.0, Float(0.0))  # 0 = no clipping
+    eval_interval: int = key(250, Int(1))
+    eval_iters: int = key(200, Int(1))
+    log_interval: int = key(10, Int(1))
+    ckpt_interval: int = key(0, Int(0))  # 0 = every eval_interval
+    keep_checkpoints: int = key(2, Int(1, 1000))  # the last N checkpoints are kept, and the best (lowest val ce)
+    eval_only: bool = key(False, Bool())
+    device: str = key("auto", Device())  # 'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps'
+    # 'auto' (bf16 on capable GPUs, else fp16 on GPU, fp32 on CPU) | 'float32' | 'bfloat16' | 'float16'
+    dtype: str = key("auto", Choice(("auto", "float32", "bfloat16", "float16")))
+    compile: bool = key(False, Bool())
+    seed: int = key(1337, Int(0))
+    backend: str = key("auto", Choice(("auto", "nccl", "gloo")))  # DDP backend: 'auto' (nccl on GPU, gloo on CPU)
+    progress: str = key("auto", Choice(("auto", "bar", "lines")))  # 'auto' (a bar in a terminal) | 'bar' | 'lines'
+    tensorboard: bool = key(True, Bool())  # when tensorboard is installed
+    wandb_log: bool = key(False, Bool())
+    wandb_project: str = key("gptvariants", Text())
+    wandb_run_name: str = key("", Text())
+
+    def validate(self) -> None:
+        _validate_section(self)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    SECTIONS = ("model", "objective", "train")
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {s: dataclasses.asdict(getattr(self, s)) for s in self.SECTIONS}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, dict[str, Any]], source: str = "") -> Config:
+        cfg = cls()
+        for section, values in d.items():
+            if section not in cls.SECTIONS or not isinstance(values, dict):
+                raise ConfigError(_where(source) + f"unknown section {section!r}; expected {', '.join(cls.SECTIONS)}")
+            for k, v in values.items():
+                _set(cfg, k, v, source=source or f"[{section}]")
+        return cfg
+
+    def validate(self) -> None:
+        validate_config(self)
+
+    def save(self, path: Path) -> None:
+
+        atomic_write(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message says which and why."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _key_index() -> dict[str, str]:
+    """Flat key -> section name; keys are unique across sections by construction."""
+    index: dict[str, str] = {}
+    for section in Config.SECTIONS:
+        for f in dataclasses.fields(Config.__dataclass_fields__[section].default_factory()):
+            assert f.name not in index, f"config key {f.name} appears twice"
+            index[f.name] = section
+    return index
+
+
+KEYS = _key_index()
+
+
+def key_check(section_obj: Any, name: str) -> Any:
+    """The constraint of a key: its declared check, or one implied by its type (non-negative int, finite float)."""
+    f = next(f for f in dataclasses.fields(section_obj) if f.name == name)
+    if "check" in f.metadata:
+        return f.metadata["check"]
+    default = f.default
+    if isinstance(default, bool):
+        return Bool()
+    return Int(0) if isinstance(default, int) else Float() if isinstance(default, float) else Text()
+
+
+def _where(source: str) -> str:
+    """'FILE: ' for values read from a file; nothing for the command line or a variant."""
+    from_file = source and source != "command line" and not source.startswith(("variant ", "["))
+    return f"{source}: " if from_file else ""
+
+
+def _check_key(section_obj: Any, name: str, value: Any, source: str = "") -> Any:
+    try:
+        return key_check(section_obj, name)(value)
+    except ValueError as e:
+        suffix = f" ({source})" if source and not _where(source) else ""
+        raise ConfigError(f"{_where(source)}{name} {str(e).replace('expected', 'expects', 1)}{suffix}") from None
+
+
+def _validate_section(section_obj: Any) -> None:
+    for f in dataclasses.fields(section_obj):
+        _check_key(section_obj, f.name, getattr(section_obj, f.name))
+
+
+def validate_config(cfg: Config) -> None:
+    """Every key against its constraint, then the rules that tie keys together."""
+    for section in Config.SECTIONS:
+        _validate_section(getattr(cfg, section))
+    m = cfg.model
+    _check(m.n_embd % m.n_head == 0, f"n_embd ({m.n_embd}) must be divisible by n_head ({m.n_head})")
+
+
+def unknown_key_message(key: str) -> str:
+    close = difflib.get_close_matches(key, list(KEYS), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see `gptv train --help-config`"
+    return f"unknown config key {key!r}{hint}"
+
+
+def _set(cfg: Config, key: str, value: Any, source: str = "") -> None:
+    key = key.replace("-", "_")
+    if key not in KEYS:
+        suffix = f" (in {source})" if source and not _where(source) else ""
+        raise ConfigError(_where(source) + unknown_key_message(key) + suffix)
+    section = getattr(cfg, KEYS[key])
+    setattr(section, key, _check_key(section, key, value, source))
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """``['--max_iters=100', '--compile']`` -> ``{'max_iters': '100', 'compile': 'true'}``."""
+    out: dict[str, str] = {}
+    for arg in args:
+        if not arg.startswith("--"):
+            raise ConfigError(f"overrides are written --key=value, got {arg!r}")
+        key, sep, value = arg[2:].partition("=")
+        out[key.replace("-", "_")] = value if sep else "true"
+    return out
+
+
+def _flatten(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            if k not in Config.SECTIONS:
+                raise ConfigError(f"{path}: unknown table [{k}]; use [model], [objective] or [train], or flat keys")
+            flat.update(v)
+        else:
+            flat[k] = v
+    return flat
+
+
+def read_config_file(file: str | Path) -> dict[str, Any]:
+    """The flat key -> value pairs of a TOML file, or of a run's saved config.json (``*.json``)."""
+
+    path = Path(file)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        if path.suffix == ".json":
+            return _flatten(read_json(path), path)
+        return _flatten(tomllib.loads(read_text(path)), path)
+    except InputError as e:
+        raise ConfigError(str(e)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+
+
+def load_config(
+    variant: str | None = None,
+    file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Resolve a Config from a variant name, an optional TOML/config.json file and overrides, and validate it."""
+
+    file_values = read_config_file(file) if file is not None else {}
+    overrides = dict(overrides or {})
+    from_file = file_values.pop("variant", None)
+    from_overrides = overrides.pop("variant", None)
+    name = variant or from_overrides or from_file or "baseline"
+    where = "command line" if variant or from_overrides else str(file) if from_file else "default"
+
+    cfg = Config()
+    try:
+        spec = get_variant(name if isinstance(name, str) else repr(name))
+    except ValueError as e:
+        raise ConfigError(f"{e} ({where})") from None
+    cfg.objective.variant = spec.name
+    cfg.objective.head = spec.head
+    cfg.objective.objective = spec.objective
+    for k, v in spec.defaults.items():
+        _set(cfg, k, v, source=f"variant {spec.name}")
+    for k, v in file_values.items():
+        _set(cfg, k, v, source=str(file))
+    for k, v in overrides.items():
+        _set(cfg, k, v, source="command line")
+    explicit = set(file_values) | set(overrides)
+    apply_size(cfg.model, explicit=explicit)
+    if cfg.train.init_from not in ("scratch", "resume"):  # a pretrained folder brings its own shape
+        if "size" in explicit:
+            explicit |= {"n_layer", "n_head", "n_embd"}  # a conflicting size is reported by the weight loader
+        apply_hf_shape(cfg.model, cfg.train.init_from, explicit)
+    cfg.validate()
+    return cfg
+
+
+def apply_size(model: ModelConfig, explicit: set[str] = frozenset()) -> None:
+    """Fill n_layer/n_head/n_embd from ``model.size`` unless they were given explicitly."""
+    if not model.size:
+        return
+    if model.size not in MODEL_SIZES:
+        close = difflib.get_close_matches(model.size, list(MODEL_SIZES), n=3)
+        raise ConfigError(
+            f"unknown model size {model.size!r}; known: {', '.join(MODEL_SIZES)}"
+            + (f" (did you mean {close[0]}?)" if close else "")
+        )
+    for key, value in zip(("n_layer", "n_head", "n_embd"), MODEL_SIZES[model.size]):
+        if key not in explicit:
+            setattr(model, key, value)
+
+
+# ----------------------------------------------------------------------------- resuming and processes
+
+# keys a resumed run may change: schedule, cadence, devices, logging (the rest fix what the checkpoint is)
+RESUME_SAFE = frozenset(
+    {
+        "max_iters",
+        "eval_interval",
+        "eval_iters",
+        "log_interval",
+        "ckpt_interval",
+        "keep_checkpoints",
+        "eval_only",
+        "progress",
+        "device",
+        "dtype",
+        "compile",
+        "backend",
+        "tensorboard",
+        "wandb_log",
+        "wandb_project",
+        "wandb_run_name",
+        "learning_rate",
+        "min_lr",
+        "warmup_iters",
+        "lr_decay_iters",
+        "decay_lr",
+        "weight_decay",
+        "beta1",
+        "beta2",
+        "grad_clip",
+        "batch_size",
+        "gradient_accumulation_steps",
+        "dropout",
+        "mc_samples",
+        "loss_chunk_size",
+        "data",
+        "out_dir",
+    }
+)
+_SHAPE = {"size", "n_layer", "n_head", "n_embd", "block_size", "bias", "tie_weights", "gelu", "output_bias"}
+
+
+def _resume_refusal(key: str) -> str:
+    if key in _SHAPE:
+        return "it changes the model's shape or function, which the checkpoint fixes"
+    if key == "vocab_size":
+        return "the vocabulary is fixed by the checkpoint and its data"
+    if key in ("variant", "head", "objective"):
+        return "a checkpoint continues with its own variant; start a new run (--init_from) for another"
+    if key in ("targets", "teacher", "set_draws"):
+        return "the run's target sets define its objective"
+    if key == "seed":
+        return "the run's batches and random draws derive from its seed"
+    if key == "init_from":
+        return "it applies to a new run only"
+    return "it defines the run's objective"
+
+
+def resume_config(
+    run_dir: Path, variant: str | None = None, file: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> Config:
+    """The saved config of ``run_dir`` (its config.json) with the explicitly asked values applied.
+
+    A value equal to the saved one is always accepted; a different one only for the keys in
+    ``RESUME_SAFE``; any other change is refused with the reason. The data folder defaults to
+    the one the run recorded in data.json.
+    """
+
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    try:
+        saved = read_json(path)
+        data_info = read_json(run_dir / "data.json") if (run_dir / "data.json").is_file() else {}
+    except InputError as e:
+        raise ConfigError(str(e)) from None
+    cfg = Config.from_dict(saved, source=str(path))
+    asked = {**(read_config_file(file) if file is not None else {}), **(overrides or {})}
+    if variant is not None:
+        asked["variant"] = variant
+    asked = {k.replace("-", "_"): v for k, v in asked.items()}
+    asked.setdefault("data", data_info.get("path") if isinstance(data_info.get("path"), str) else None)
+    if asked["data"] is None:
+        del asked["data"]
+    asked["out_dir"] = str(run_dir)
+    refused = []
+    for k, v in asked.items():
+        probe = Config()
+        _set(probe, k, v, source="command line")
+        value = getattr(getattr(probe, KEYS[k]), k)
+        if value == getattr(getattr(cfg, KEYS[k]), k):
+            continue
+        if k not in RESUME_SAFE:
+            refused.append(f"{k} (saved {getattr(getattr(cfg, KEYS[k]), k)!r}, asked {value!r}): {_resume_refusal(k)}")
+            continue
+        setattr(getattr(cfg, KEYS[k]), k, value)
+    if refused:
+        raise ConfigError(f"cannot resume {run_dir} with " + "; ".join(refused))
+    cfg.validate()
+    return cfg
+
+
+def fit_world_size(cfg: Config, world: int) -> str | None:
+    """Round gradient_accumulation_steps (the global count of micro-batches) up to a multiple of
+    the number of processes, so that each one takes an equal share; a note when it changed."""
+    g = cfg.train.gradient_accumulation_steps
+    if world <= 1 or g % world == 0:
+        return None
+    cfg.train.gradient_accumulation_steps = math.ceil(g / world) * world
+    g_new = cfg.train.gradient_accumulation_steps
+    return (
+        f"gradient_accumulation_steps {g} rounded up to {g_new}, a multiple of the {world} processes "
+        f"(global batch {g_new * cfg.train.batch_size} sequences)"
+    )

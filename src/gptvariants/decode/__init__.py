@@ -1,0 +1,1 @@
+"""Generation: the decoding policy, continuous batching, context windows, sampling filters."""

@@ -1,0 +1,1 @@
+"""Evaluation: gptv eval's scoring, OOD and selective prediction, the experiment and its reports."""

@@ -1,0 +1,295 @@
+"""The uncertainty study of ``gptv experiment --methods``: every variant beside the methods any
+uncertainty study compares against, on one table.
+
+Systems (rows), each a set of runs and a ``methods.METHODS`` entry:
+    VARIANT                 each trained variant with its own predictive (``default``)
+    VARIANT + MC dropout    ``mc_dropout`` on the baseline-dropout variant (trained with dropout 0.1)
+    baseline x K runs       a deep ensemble: the baseline and K - 1 more runs of it with other seeds
+    ensemble (K heads)      the ``ensemble`` variant: K heads on one backbone, trained together
+    baseline + Laplace      ``laplace`` fitted post hoc to the trained baseline (``gptv laplace``)
+Temperature scaling is a column, not a row: every system gets a T fitted on the first half of the
+validation split (``calibration.fit_temperature``), and its ECE and NLL are reported before and
+after on the second half.
+
+Columns: NLL and ECE of the whole validation split (as ``gptv eval``), ECE and NLL before -> after
+temperature scaling (second half), OOD AUROC at token and sequence level of the predictive entropy
+and of the epistemic score (MI) against the shifted text, AURC of the entropy, and cost: the
+training step time and the evaluation time as ratios to the baseline's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..common.atomic import atomic_write
+from ..data.sources import split_source
+from ..predict.calibration import fit_temperature, save_temperature
+from ..predict.laplace import LaplacePosterior, fit_laplace
+from ..predict.methods import load_runs
+from .evaluation import evaluate
+from .plots import figure
+
+METHOD_CHOICES = ("temperature", "mc_dropout", "ensemble", "laplace")
+ENSEMBLE_RUNS = 4  # runs of a deep ensemble (the baseline and 3 more seeds)
+DEFAULT_OOD = "synthetic?shift=0.5"
+
+
+def parse_methods(spec: str | None) -> list[str]:
+    """Comma-separated comparator names (or "all"); unknown names raise ValueError."""
+    if not spec:
+        return []
+    names = list(METHOD_CHOICES) if spec.strip() == "all" else [n.strip() for n in spec.split(",") if n.strip()]
+    bad = [n for n in names if n not in METHOD_CHOICES]
+    if bad:
+        raise ValueError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHOD_CHOICES)} or all")
+    return list(dict.fromkeys(names))
+
+
+def extra_variants(methods: list[str]) -> list[str]:
+    """Variants the comparators need trained besides the study's."""
+    out = []
+    if "mc_dropout" in methods:
+        out.append("baseline-dropout")
+    if "ensemble" in methods:
+        out.append("ensemble")
+    return out
+
+
+def ensemble_seeds(seed: int) -> list[int]:
+    return [seed + i for i in range(1, ENSEMBLE_RUNS)]
+
+
+@dataclass
+class System:
+    """One row: runs evaluated under a method."""
+
+    name: str
+    runs: list[Path]
+    method: str = "default"
+    variant: str = "baseline"
+    train_runs: list[Path] = field(default_factory=list)  # whose step time is its training cost
+
+
+def systems(variants: list[str], methods: list[str], runs: dict[str, Path], seed_runs: list[Path]) -> list[System]:
+    rows = [System(v, [runs[v]], variant=v, train_runs=[runs[v]]) for v in variants]
+    if "mc_dropout" in methods:
+        rows.append(
+            System(
+                "baseline-dropout + MC dropout",
+                [runs["baseline-dropout"]],
+                "mc_dropout",
+                "baseline-dropout",
+                [runs["baseline-dropout"]],
+            )
+        )
+    if "ensemble" in methods:
+        members = [runs["baseline"], *seed_runs]
+        rows.append(System(f"baseline x {len(members)} runs", members, variant="baseline", train_runs=members))
+    if "laplace" in methods:
+        rows.append(System("baseline + Laplace", [runs["baseline"]], "laplace", "baseline", [runs["baseline"]]))
+    return rows
+
+
+def _ms_per_step(run: Path) -> float:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    ms = [r["ms_per_step"] for r in records if r["kind"] == "train"]
+    return float(np.median(ms)) if ms else float("nan")
+
+
+def evaluate_system(system: System, data_dir: Path, ood: str, seed: int, out: Path) -> dict[str, Any]:
+    """``gptv eval`` of the system as trained (no temperature) with the OOD source, and its temperature
+    fit (first half of val; before/after on the second half)."""
+
+    fits = []
+    for run in load_runs(system.runs):
+        fit = fit_temperature(run, split_source(run.dir, data_dir, "val").tokens, method=system.method, seed=seed)
+        save_temperature(run.dir, fit)
+        fits.append(fit)
+    ev = evaluate(
+        system.runs,
+        data_dir,
+        out=out / "val.json",
+        temperature=False,
+        ood=ood,
+        num_samples=0,
+        seed=seed,
+        method=system.method,
+        sets="none",
+    )
+    return {
+        "system": system.name,
+        "method": system.method,
+        "runs": [str(r) for r in system.runs],
+        "temperature": [f["temperature"] for f in fits],
+        "fits": fits,
+        "eval": ev,
+        "train_ms_per_step": sum(_ms_per_step(r) for r in system.train_runs),
+    }
+
+
+def _row(res: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    ev, o = res["eval"], res["eval"]["ood"]
+    halves_before = np.mean([f["before"]["ece"] for f in res["fits"]])
+    halves_after = np.mean([f["after"]["ece"] for f in res["fits"]])
+    epistemic = "mi" if "mi" in o["auroc"]["token"] else None
+    return {
+        "system": res["system"],
+        "nll": ev["perplexity"]["nats_per_token"],
+        "ece": ev["calibration"]["ece_width"],
+        "ece_half": float(halves_before),
+        "ece_half_t": float(halves_after),
+        "nll_half": float(np.mean([f["before"]["nll"] for f in res["fits"]])),
+        "nll_half_t": float(np.mean([f["after"]["nll"] for f in res["fits"]])),
+        "temperature": float(np.mean(res["temperature"])),
+        "auroc_token_entropy": o["auroc"]["token"]["entropy"],
+        "auroc_seq_entropy": o["auroc"]["sequence"]["entropy"],
+        "auroc_token_mi": o["auroc"]["token"].get("mi") if epistemic else None,
+        "auroc_seq_mi": o["auroc"]["sequence"].get("mi") if epistemic else None,
+        "auroc_token_surprisal": o["auroc"]["token"]["surprisal"],
+        "fpr95_seq_entropy": o["fpr95"]["sequence"]["entropy"],
+        "mi_in": o["mean"]["in"].get("mi"),
+        "mi_out": o["mean"]["out"].get("mi"),
+        "aurc_entropy": ev["selective"]["aurc"]["entropy"],
+        "train_cost": res["train_ms_per_step"] / base["train_ms_per_step"],
+        "eval_cost": ev["speed"]["scoring_seconds"] / base["eval"]["speed"]["scoring_seconds"],
+        "draws": ev["mc_samples"] or 1,
+    }
+
+
+COLUMNS = [  # (key, header, format)
+    ("system", "System", "{}"),
+    ("nll", "NLL", "{:.4f}"),
+    ("ece", "ECE", "{:.4f}"),
+    ("ece_half", "ECE (half)", "{:.4f}"),
+    ("ece_half_t", "ECE after T", "{:.4f}"),
+    ("temperature", "T", "{:.3f}"),
+    ("nll_half", "NLL (half)", "{:.4f}"),
+    ("nll_half_t", "NLL after T", "{:.4f}"),
+    ("auroc_token_entropy", "OOD AUROC tok H", "{:.3f}"),
+    ("auroc_token_mi", "tok MI", "{:.3f}"),
+    ("auroc_seq_entropy", "seq H", "{:.3f}"),
+    ("auroc_seq_mi", "seq MI", "{:.3f}"),
+    ("mi_in", "MI in", "{:.2e}"),
+    ("mi_out", "MI out", "{:.2e}"),
+    ("aurc_entropy", "AURC (H)", "{:.4f}"),
+    ("train_cost", "train cost", "{:.2f}x"),
+    ("eval_cost", "eval cost", "{:.2f}x"),
+    ("draws", "draws", "{}"),
+]
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    def cell(v: Any, fmt: str) -> str:
+        return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else fmt.format(v)
+
+    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell(r[k], f) for k, _, f in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot(results: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path) -> Path:
+    """Left: token-level OOD AUROC of the entropy and of MI per system. Right: risk-coverage curves."""
+
+    fig = figure((11, 4.2))
+    ax, bx = fig.subplots(1, 2)
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [r["auroc_token_entropy"] for r in rows], 0.4, label="entropy")
+    ax.bar(x + 0.2, [r["auroc_token_mi"] or 0.0 for r in rows], 0.4, label="mutual information")
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+    ax.set_xticks(x, [r["system"] for r in rows], rotation=35, ha="right", fontsize="small")
+    ax.set(ylim=(0.3, 1.0), ylabel="token-level OOD AUROC", title="Telling the shifted text apart")
+    ax.legend(fontsize="small")
+    for res in results:
+        curve = res["eval"]["selective"]["curve"]["entropy"]
+        bx.plot(curve["coverage"], curve["risk"], label=res["system"], linewidth=1)
+    bx.set(
+        xlabel="coverage (least uncertain first)",
+        ylabel="top-1 error of the kept tokens",
+        title="Risk-coverage (entropy)",
+    )
+    bx.legend(fontsize="x-small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def section(rows: list[dict[str, Any]], ood: str, plot_name: str) -> list[str]:
+    """The report's "Uncertainty" section."""
+    best = max(rows, key=lambda r: max(r["auroc_token_mi"] or 0, 0))
+    base = rows[0]
+    lines = [
+        "## Uncertainty",
+        "",
+        f"Every system on the validation split and, as shifted text, `{ood}`. Temperature T is fitted on the first "
+        "half of the validation split and checked on the second half (the *half* columns).",
+        "",
+        markdown(rows),
+        "",
+        "- **OOD AUROC**: how well a score separates the shifted text's tokens (tok), or its block_size-token "
+        "sequences (seq, the mean score), from the in-domain ones; H = predictive entropy, MI = mutual information "
+        "between the "
+        "token and the draws (epistemic; systems with several draws). 0.5 = no better than chance.",
+        "- **AURC (H)**: area under the risk-coverage curve of the top-1 prediction when the most uncertain tokens "
+        "are abstained on first (lower is better).",
+        "- **train cost / eval cost**: training step time (summed over an ensemble's runs) and evaluation time as "
+        "ratios to the baseline's, measured in this run on this machine.",
+    ]
+    if best["auroc_token_mi"] is not None:
+        verdict = "beats" if best["auroc_token_mi"] > base["auroc_token_entropy"] else "does not beat"
+        lines.append(
+            f"- The best epistemic score (MI of {best['system']}, token AUROC {best['auroc_token_mi']:.3f}) "
+            f"{verdict} the baseline's predictive entropy ({base['auroc_token_entropy']:.3f})."
+        )
+    lines += ["", f"![uncertainty]({plot_name})", ""]
+    return lines
+
+
+def run_uncertainty(
+    out: Path,
+    data_dir: Path,
+    variants: list[str],
+    methods: list[str],
+    runs: dict[str, Path],
+    seed_runs: list[Path],
+    ood: str,
+    seed: int,
+    log,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Fit, evaluate and tabulate every system; results in OUT/uncertainty.json, the plot beside it.
+    Returns the rows and the report section."""
+
+    if "laplace" in methods:
+        base = runs["baseline"]
+        try:
+            LaplacePosterior.check_fitted(base)
+            log(f"laplace: {base} (already fitted)")
+        except ValueError:
+            [run] = load_runs(base)
+            info = fit_laplace(
+                base,
+                run.model,
+                split_source(base, data_dir, "train").tokens,
+                split_source(base, data_dir, "val").tokens,
+            )
+            log(f"laplace: {info['kind']}, prior precision {info['prior_precision']:.3g}, {info['fit_seconds']:.1f} s")
+    results = []
+    for system in systems(variants, methods, runs, seed_runs):
+        folder = out / "uncertainty" / system.name.replace(" ", "_").replace("+", "").replace("__", "_")
+        log(f"uncertainty: {system.name}")
+        results.append(evaluate_system(system, data_dir, ood, seed, folder))
+    rows = [_row(r, results[0]) for r in results]
+    atomic_write(
+        out / "uncertainty.json",
+        json.dumps(
+            {"ood": ood, "rows": rows, "results": [{k: v for k, v in r.items() if k != "eval"} for r in results]},
+            indent=1,
+        )
+        + "\n",
+    )
+    plot(results, rows, out / "uncertainty.png")
+    return rows, section(rows, ood, "uncertainty.png")

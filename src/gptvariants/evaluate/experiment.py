@@ -1,0 +1,637 @@
+"""`gptv experiment`: the study's Table 1, redone: every variant, one budget, one evaluation.
+
+Steps, each skipped when its output already exists (so a rerun resumes):
+  1. data     a prepared folder, or any `gptv prepare` source prepared into OUT/data
+  2. targets  teacher sets for the sigmoid variants, in DATA/targets/NAME: the exact support
+              (`oracle`, p_true >= 0.01) on the synthetic language; on text the trained
+              baseline (`ckpt:`, trained first) when it is in the run, since a neural teacher
+              beats counts, else `ngram:3`; candidates with teacher probability >= 0.01, at
+              most 50, plus the true token (the study's top rule); with --sets sample, the
+              distinct tokens among 7 teacher draws plus the true token (targets.py)
+  3. train    every variant with the same model shape, seed and budget into OUT/runs/VARIANT;
+              a run is finished when its checkpoint is at max_iters, a shorter one resumes
+  4. eval     `evaluate.evaluate` into OUT/runs/VARIANT/eval/val.json
+  5. report   OUT/report.md, results.json, results.csv, curves.png, reliability.png,
+              ppl_vs_selfbleu.png
+
+Budget: "600" = 600 optimizer steps per variant; "5m" / "90s" / "1h" = that much training
+wall time per variant, turned into max_iters by timing CALIBRATION_STEPS steps of each
+variant (median ms/step after the first steps) -- approximate, since periodic validation is
+not counted; the steps actually used are in the report. The resolved plan is stored in
+OUT/plan.json and reused by reruns.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import shlex
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..common.atomic import atomic_write
+from ..core.config import Config, load_config
+from ..core.variants import get_variant, study_variants
+from ..data.dataset import TokenDataset, prepare
+from ..store.checkpoint import CheckpointError, latest_checkpoint, load_state
+from ..targets import build_targets
+from ..train.loop import train
+from . import comparators as U
+from .evaluation import TAUS, default_out, evaluate
+from .plots import figure
+
+# nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide, block 64, batch 12). The default run, all
+# seven variants at DEFAULT_BUDGET steps with data, oracle sets and evaluation, took 323 s on
+# an idle 2-core CPU (59-70 ms/step; benchmarks/README.md), so it fits a laptop's coffee break.
+DEFAULT_SHAPE: dict[str, Any] = {
+    "n_layer": 4,
+    "n_head": 4,
+    "n_embd": 128,
+    "block_size": 64,
+    "batch_size": 12,
+    "learning_rate": 1e-3,
+    "min_lr": 1e-4,
+    "warmup_iters": 50,
+    "dropout": 0.0,
+}
+DEFAULT_BUDGET = "400"
+EVAL_POINTS = 10  # validation evaluations per run (the curves)
+EVAL_ITERS = 10  # batches per validation estimate
+CALIBRATION_STEPS = 8
+TEACHER_MIN_PROB = 0.01
+TEACHER_K = 50
+SAMPLE_K = 8  # draws per position of --sets sample, the true token included
+
+
+def parse_budget(budget: str) -> tuple[str, float]:
+    """ "600" -> ("steps", 600); "90s" / "5m" / "1.5h" -> ("seconds", 90 / 300 / 5400)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(budget))
+    if not m or float(m.group(1)) <= 0 or (not m.group(2) and "." in m.group(1)):
+        raise ValueError(f"budget {budget!r}: give a number of steps (600) or a duration per variant (90s, 5m, 1h)")
+    if not m.group(2):
+        return "steps", int(m.group(1))
+    return "seconds", float(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def parse_variants(spec: str | None) -> list[str]:
+    """Comma-separated variant names, validated (unknown names raise ValueError); None = the study's."""
+    if not spec:
+        return study_variants()
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    for n in names:
+        get_variant(n)
+    if len(set(names)) != len(names):
+        raise ValueError(f"variant listed twice in {spec!r}")
+    return names
+
+
+def _log(msg: str) -> None:
+    print(f"[experiment] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def resolve_data(data: str, out: Path, seed: int = 1337) -> Path:
+    """A prepared folder as is; a source is prepared into OUT/data once (kept on reruns)."""
+    path = Path(data).expanduser()
+    if path.is_dir():
+        TokenDataset(path)  # fails clearly when the folder is not a complete dataset
+        return path
+    target = out / "data"
+    if (target / "meta.json").is_file():
+        meta = json.loads((target / "meta.json").read_text())
+        if meta.get("source") != data:
+            raise ValueError(f"{target} holds {meta.get('source')!r}, not {data!r}; use another --out")
+        _log(f"data: {target} (already prepared)")
+        return target
+    _log(f"data: preparing {data} into {target}")
+    prepare(data, target, seed=seed)
+    return target
+
+
+def teacher_for(data: TokenDataset, variants: list[str], out: Path) -> tuple[str, str] | None:
+    """(teacher spec, target-set name) for the sigmoid variants, or None when there are none."""
+    if not any(get_variant(v).sigmoid for v in variants):
+        return None
+    if data.synthetic is not None:
+        return "oracle", "oracle"
+    if "baseline" in variants:
+        return f"ckpt:{out / 'runs' / 'baseline'}", "ckpt_baseline"
+    return "ngram:3", "ngram_3"
+
+
+def build_sets(data_dir: Path, teacher: str, name: str, select: str = "top") -> None:
+
+    path = data_dir / "targets" / name
+    meta_path = path / "meta.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("teacher") == teacher and meta["rules"].get("select", "top") == select:
+            _log(f"targets: {path} (already built)")
+            return
+    _log(f"targets: building {name} with teacher {teacher} ({select} rule)")
+    V = TokenDataset(data_dir).vocab_size
+    if select == "sample":
+        meta = build_targets(data_dir, teacher, path, k=min(SAMPLE_K, V), select="sample", progress=False)
+    else:  # a character vocabulary can be smaller than 50
+        meta = build_targets(data_dir, teacher, path, k=min(TEACHER_K, V), min_prob=TEACHER_MIN_PROB, progress=False)
+    _log(f"targets: mean set size {meta['mean_set_size']:.2f}")
+
+
+def run_config(
+    variant: str, data_dir: Path, run_dir: Path, max_iters: int, seed: int, config_file: str | None, targets: str | None
+) -> Config:
+    """The training config of one variant: DEFAULT_SHAPE < config file < the variant's defaults < the experiment."""
+    # a variant's own defaults (the dropout of baseline-dropout) win over the default shape and a
+    # shape file alike: in a comparison of variants each must be itself
+    own = get_variant(variant).defaults
+    overrides: dict[str, Any] = {} if config_file else dict(DEFAULT_SHAPE)
+    overrides.update(own)
+    overrides.update(
+        {
+            "data": str(data_dir),
+            "out_dir": str(run_dir),
+            "max_iters": max_iters,
+            "seed": seed,
+            "eval_interval": max(1, max_iters // EVAL_POINTS),
+            "eval_iters": EVAL_ITERS,
+            "log_interval": max(1, max_iters // 20),
+            "progress": "lines",
+            "tensorboard": False,
+        }
+    )
+    if targets and get_variant(variant).sigmoid:
+        overrides["targets"] = targets
+    return load_config(variant, config_file, overrides)
+
+
+def calibrate_steps(
+    variant: str, data_dir: Path, out: Path, seconds: float, seed: int, config_file: str | None, targets: str | None
+) -> tuple[int, float]:
+    """(max_iters, ms/step) so that training ``variant`` takes about ``seconds``: times
+    CALIBRATION_STEPS steps in a scratch run and takes the median ms/step of all but the first two."""
+
+    scratch = out / "calibration" / variant
+    shutil.rmtree(scratch, ignore_errors=True)
+    cfg = run_config(variant, data_dir, scratch, CALIBRATION_STEPS, seed, config_file, targets)
+    cfg.train.eval_interval, cfg.train.eval_iters, cfg.train.log_interval = 10**9, 1, 1
+    train(cfg)
+    records = [json.loads(line) for line in (scratch / "metrics.jsonl").read_text().splitlines() if line]
+    ms = float(np.median([r["ms_per_step"] for r in records if r["kind"] == "train" and r["step"] > 2]))
+    shutil.rmtree(scratch, ignore_errors=True)
+    return max(1, int(seconds * 1000 / ms)), ms
+
+
+def checkpoint_step(run_dir: Path) -> int | None:
+    try:
+        return int(load_state(latest_checkpoint(run_dir))["step"])
+    except CheckpointError:
+        return None
+
+
+def train_variant(cfg: Config) -> str:
+    """Train, resume or skip one run; returns what was done."""
+
+    run_dir = Path(cfg.train.out_dir)
+    step = checkpoint_step(run_dir)
+    if step is not None and step >= cfg.train.max_iters:
+        return "skipped"
+    result = train(cfg, resume=step is not None)
+    if result.interrupted:
+        raise KeyboardInterrupt
+    return "resumed" if step is not None else "trained"
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _summary(variant: str, ev: dict[str, Any], plan: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """One row of the results table from an eval JSON."""
+    p, c, u = ev["perplexity"], ev["calibration"], ev["uncertainty"]
+    d, s, g = ev.get("diversity") or {}, ev["sets"], ev.get("ground_truth") or {}
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    ms = [r["ms_per_step"] for r in records if r["kind"] == "train"]
+    return {
+        "variant": variant,
+        "steps": ev["step"],
+        "perplexity": p["perplexity"],
+        "self_bleu": d.get("self_bleu"),
+        "distinct_4_study": d.get("distinct_4_study"),
+        "distinct_4": d.get("distinct_4"),
+        "nats_per_token": p["nats_per_token"],
+        "bits_per_byte": p["bits_per_byte"],
+        "ece": c["ece_width"],
+        "brier": c["brier"],
+        "accuracy": c["accuracy"],
+        "auroc_entropy": u["auroc_entropy"],
+        "set_f1": s.get("micro_f1"),
+        "set_f1_best": s.get("best_micro_f1"),
+        "set_best_tau": s.get("best_tau"),
+        "set_size": s.get("mean_pred_size"),
+        "kl_to_truth": g.get("kl_true_model"),
+        "mutual_information": u.get("mean_mutual_information"),
+        "raw_bce": p.get("raw_bce_per_token"),
+        "ms_per_step": float(np.median(ms)) if ms else None,
+        "train_seconds": plan.get("train_seconds", {}).get(variant),
+    }
+
+
+COLUMNS = [  # (key, header, format)
+    ("variant", "Variant", "{}"),
+    ("perplexity", "Perplexity", "{:.4f}"),
+    ("self_bleu", "Self-BLEU", "{:.2f}"),
+    ("distinct_4_study", "Distinct-4 (study)", "{:.4f}"),
+    ("steps", "Steps", "{}"),
+    ("nats_per_token", "Nats/token", "{:.4f}"),
+    ("bits_per_byte", "Bits/byte", "{:.4f}"),
+    ("ece", "ECE", "{:.4f}"),
+    ("brier", "Brier", "{:.4f}"),
+    ("auroc_entropy", "AUROC (entropy)", "{:.3f}"),
+    ("set_f1", "Set F1", "{:.3f}"),
+    ("set_size", "Set size", "{:.2f}"),
+    ("set_f1_best", "Best set F1", "{:.3f}"),
+    ("set_best_tau", "at tau", "{}"),
+    ("kl_to_truth", "KL to truth", "{:.4f}"),
+    ("mutual_information", "MI (nats)", "{:.2e}"),
+    ("ms_per_step", "ms/step", "{:.0f}"),
+]
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "-"
+    return fmt.format(value)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(r[k], f) for k, _, f in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def plot_curves(runs: dict[str, Path], path: Path, ideal: float | None = None) -> Path:
+    """Validation cross-entropy of the predictive distribution (one scale for every variant) vs
+    step; ``ideal``: the true model's cross-entropy on the split (synthetic language), drawn as a line."""
+    fig = figure((6.5, 4.2))
+    ax = fig.subplots()
+    if ideal is not None:
+        ax.axhline(ideal, color="grey", linestyle="--", linewidth=1, label="true distribution")
+    for name, run_dir in runs.items():
+        evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+        evals = [r for r in evals if r["kind"] == "eval"]
+        ax.plot([r["step"] for r in evals], [r["val_ce"] for r in evals], marker="o", markersize=3, label=name)
+    ax.set(
+        xlabel="step",
+        ylabel="validation cross-entropy (nats/token)",
+        title="Validation CE of the predictive distribution (fixed batches)",
+    )
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_reliability_bins(evals: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Every variant's reliability curve (15 equal-width bins, from its eval JSON) on one diagram."""
+    fig = figure((5.5, 5.2))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
+    for name, ev in evals.items():
+        c = ev["calibration"]
+        ax.plot(
+            c["reliability"]["confidence"],
+            c["reliability"]["accuracy"],
+            marker="o",
+            markersize=3,
+            label=f"{name} (ECE {c['ece_width']:.3f})",
+        )
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="confidence (max probability)",
+        ylabel="accuracy",
+        title="Reliability, top-1, validation split",
+    )
+    ax.legend(fontsize="small", loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_ppl_vs_selfbleu(rows: list[dict[str, Any]], path: Path) -> Path:
+    fig = figure((5.5, 4.2))
+    ax = fig.subplots()
+    for r in rows:
+        if r["self_bleu"] is not None:
+            ax.scatter(r["perplexity"], r["self_bleu"])
+            ax.annotate(
+                r["variant"],
+                (r["perplexity"], r["self_bleu"]),
+                fontsize="small",
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+    ax.set(
+        xlabel="validation perplexity (lower is better)",
+        ylabel="Self-BLEU (lower = more diverse)",
+        title="Quality vs diversity",
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def write_report(
+    out: Path,
+    rows: list[dict[str, Any]],
+    evals: dict[str, dict[str, Any]],
+    plan: dict[str, Any],
+    command: str,
+    sections: list[str] = (),
+) -> Path:
+    """report.md, results.json and results.csv in ``out``."""
+    atomic_write(
+        out / "results.json",
+        json.dumps({"command": command, "plan": plan, "rows": rows, "evals": evals}, indent=1) + "\n",
+    )
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(out / "results.csv", table.getvalue())
+    any_eval = next(iter(evals.values()))
+    lines = [
+        *_report_header(rows, any_eval, plan),
+        *_how_to_read(any_eval),
+        *sections,
+        "## Command",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+    ]
+    atomic_write(out / "report.md", "\n".join(lines))
+    return out / "report.md"
+
+
+def _report_header(rows: list[dict[str, Any]], any_eval: dict[str, Any], plan: dict[str, Any]) -> list[str]:
+    """The report's title, what was run on which data, the results table and the ground truth."""
+    steps = plan["budget_kind"] == "steps"
+    budget_kind = "optimizer steps" if steps else "training wall time, converted to steps by timing each variant"
+    targets = ""
+    if plan.get("targets"):
+        rule = (
+            "sampled: the distinct tokens among k teacher draws, the true token one of them"
+            if plan.get("sets") == "sample"
+            else "the study's top rule: the teacher's most probable tokens plus the true one"
+        )
+        targets = f" Sigmoid variants train on the teacher sets `{plan['targets']}` ({rule})."
+    lines = [
+        "# gptvariants experiment",
+        "",
+        f"Data: `{plan['data']}` ({any_eval['perplexity']['tokens_scored']:,} validation tokens scored). "
+        f"Budget: {plan['budget']} per variant ({budget_kind}), seed {plan['seed']}." + targets,
+        "",
+        markdown_table(rows),
+        "",
+    ]
+    truth = any_eval.get("ground_truth")
+    if truth:
+        lines += [
+            f"Ground truth: the ideal model scores {truth['true_nats_per_token']:.4f} nats/token "
+            f"(perplexity {np.exp(truth['true_nats_per_token']):.4f}); true entropy rate "
+            f"{truth['true_entropy_rate']:.4f} nats.",
+            "",
+        ]
+    return lines
+
+
+def _how_to_read(any_eval: dict[str, Any]) -> list[str]:
+    """What each column of the results table means, with the settings it was measured under."""
+    div = any_eval.get("diversity") or {}
+    sets = any_eval["sets"].get("reference", "none")
+    own = "; built by the baseline itself, so the baseline's own set scores are not independent"
+    return [
+        "## How to read this",
+        "",
+        "- **Perplexity** is exp(nats/token) of the predictive distribution on the *held-out* split, every token "
+        f"scored once with sliding windows (block {any_eval['perplexity']['block_size']}, stride "
+        f"{any_eval['perplexity']['stride']}); sigmoid heads are scored on their readout of sigmoid(z) (normalised; "
+        "for sampled sets first inverted, 1 - (1 - s)^(1/k)), Bayesian heads on the mixture of their posterior draws "
+        "(the run's mc_samples). Lower is better; the study scored random windows of the training split.",
+        f"- **Self-BLEU** (0-100, lower = more diverse) and **Distinct-4** (the study's unique 4-grams / words) over "
+        f"{div.get('num_samples', 0)} samples of {div.get('max_new_tokens', 0)} tokens from "
+        f"{div.get('prompt_tokens', 0)}-token "
+        "validation prompts, temperature 1. Diversity alone rewards word salad: read it next to perplexity.",
+        "- **ECE** (15 equal-width bins, top-1) and **Brier**: calibration, lower is better. **AUROC (entropy)**: "
+        "how well the predictive entropy flags a wrong top-1 guess (0.5 = not at all).",
+        f"- **Set F1**: micro F1 of {{v : q_v >= 0.5}} (sigmoid(z) for sigmoid heads, the probability for "
+        f"softmax heads) against the reference sets ({sets}{own if 'ckpt_baseline' in sets else ''}), with the mean "
+        "predicted set size; **Best set F1** is the best over thresholds tau in {"
+        + ", ".join(map(str, TAUS))
+        + "} (a softmax head must spread 1 over the set, so it needs a low tau).",
+        "- **KL to truth**: mean KL(p_true || p_model) in nats, synthetic language only (0 = exact). **MI**: mean "
+        "mutual information between the next token and the posterior draws (Bayesian heads only).",
+        "- **ms/step**: median training step time on this machine.",
+        "",
+        "Curves: `curves.png` (validation CE on one scale for every variant), `reliability.png`, "
+        "`ppl_vs_selfbleu.png`; per-variant details in `runs/VARIANT/eval/val.json` with samples in "
+        "`val.samples.jsonl`.",
+        "",
+    ]
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def run_experiment(
+    out: str | Path,
+    data: str = "synthetic:default",
+    variants: list[str] | None = None,
+    budget: str = DEFAULT_BUDGET,
+    seed: int = 1337,
+    config_file: str | None = None,
+    num_samples: int = 100,
+    max_new_tokens: int = 64,
+    command: str | None = None,
+    sets: str = "top",
+    methods: list[str] | None = None,
+    ood: str | None = None,
+) -> Path:
+    """Run (or resume) the whole experiment into ``out``; returns the path of report.md.
+
+    ``sets``: the sigmoid variants' teacher sets, "top" (the study's rule) or "sample".
+    ``methods``: uncertainty comparators (``comparators.METHOD_CHOICES``) for the report's
+    "Uncertainty" section, with ``ood`` as the shifted text (default: a shifted synthetic language).
+    """
+
+    if sets not in ("top", "sample"):
+        raise ValueError(f"sets must be 'top' or 'sample', not {sets!r}")
+    t_start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = methods or []
+    variants = list(dict.fromkeys((variants or study_variants()) + U.extra_variants(methods)))
+    if methods and "baseline" not in variants:
+        raise ValueError("the uncertainty comparison (--methods) needs the baseline among the variants")
+    for v in variants:
+        get_variant(v)
+    command = command or _command(
+        data, variants, budget, seed, num_samples, max_new_tokens, out, sets, config_file, methods, ood
+    )
+    plan, save_plan = _plan(out, budget, seed, data, config_file, sets)
+    data_dir = resolve_data(data, out)
+    plan["data"] = str(data_dir)
+    dataset = TokenDataset(data_dir)
+    if methods and ood is None and dataset.synthetic is None:
+        raise ValueError(
+            "the uncertainty comparison needs shifted text on this data: pass --ood text:PATH (or a "
+            "prepared folder with the same tokenizer)"
+        )
+    teacher = teacher_for(dataset, variants, out)
+    if teacher and sets == "sample":
+        teacher = (teacher[0], f"{teacher[1]}-sample{SAMPLE_K}")
+    plan["targets"] = teacher[1] if teacher else None
+    # a checkpoint teacher must be trained before the sigmoid variants that learn from it
+    order = sorted(variants, key=lambda v: v != "baseline")
+    runs = {v: out / "runs" / v for v in order}
+    for v in order:
+        if teacher and get_variant(v).sigmoid:
+            build_sets(data_dir, *teacher, select=sets)
+        _train_one(v, v, runs[v], data_dir, out, plan, save_plan, seed, config_file)
+    seed_runs = []
+    if "ensemble" in methods:  # a deep ensemble: the baseline and more runs of it with other seeds
+        for s in U.ensemble_seeds(seed):
+            seed_runs.append(out / "runs" / f"baseline-seed{s}")
+            _train_one(f"baseline-seed{s}", "baseline", seed_runs[-1], data_dir, out, plan, save_plan, s, config_file)
+
+    evals = {v: _evaluate_one(v, runs[v], data_dir, dataset, plan, num_samples, max_new_tokens, seed) for v in order}
+    rows = [_summary(v, evals[v], plan, runs[v]) for v in order]
+    plot_curves(runs, out / "curves.png", dataset.meta.get("synthetic", {}).get("cross_entropy_val"))
+    plot_reliability_bins(evals, out / "reliability.png")
+    plot_ppl_vs_selfbleu(rows, out / "ppl_vs_selfbleu.png")
+    section: list[str] = []
+    if methods:
+        _, section = U.run_uncertainty(out, data_dir, order, methods, runs, seed_runs, ood or U.DEFAULT_OOD, seed, _log)
+    plan["last_wall_seconds"] = time.perf_counter() - t_start
+    save_plan()
+    report = write_report(out, rows, evals, plan, command, section)
+    print(markdown_table(rows))
+    _log(f"report: {report} ({plan['last_wall_seconds']:.0f} s this run)")
+    return report
+
+
+def _command(data, variants, budget, seed, num_samples, max_new_tokens, out, sets, config_file, methods, ood) -> str:
+    argv = [
+        "--data",
+        data,
+        "--variants",
+        ",".join(variants),
+        "--budget",
+        budget,
+        "--seed",
+        str(seed),
+        "--num-samples",
+        str(num_samples),
+        "--max-new-tokens",
+        str(max_new_tokens),
+        "--out",
+        str(out),
+    ]
+    argv += ["--sets", sets] if sets != "top" else []
+    argv += ["--methods", ",".join(methods)] if methods else []
+    argv += ["--ood", ood] if ood else []
+    argv += ["--config", config_file] if config_file else []
+    return "gptv experiment " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _plan(out: Path, budget: str, seed: int, data: str, config_file: str | None, sets: str):
+    """OUT/plan.json (the resolved budget of every run), refusing a rerun that changes what it fixes."""
+    plan_path = out / "plan.json"
+    plan = json.loads(plan_path.read_text()) if plan_path.is_file() else {}
+    fixed = (budget, seed, data, config_file, sets)
+    if plan and (plan["budget"], plan["seed"], plan["source"], plan["config"], plan.get("sets", "top")) != fixed:
+        raise ValueError(
+            f"{out} holds an experiment with budget {plan['budget']}, seed {plan['seed']}, data "
+            f"{plan['source']!r}, config {plan['config']!r} and {plan.get('sets', 'top')} sets; "
+            "use another --out to change them"
+        )
+    kind, _ = parse_budget(budget)
+    plan.update(
+        {"budget": budget, "budget_kind": kind, "seed": seed, "source": data, "config": config_file, "sets": sets}
+    )
+    plan.setdefault("max_iters", {})
+    plan.setdefault("train_seconds", {})
+
+    def save_plan() -> None:
+        atomic_write(plan_path, json.dumps(plan, indent=1) + "\n")
+
+    return plan, save_plan
+
+
+def _train_one(
+    name: str,
+    variant: str,
+    run_dir: Path,
+    data_dir: Path,
+    out: Path,
+    plan: dict[str, Any],
+    save_plan,
+    seed: int,
+    config_file: str | None,
+) -> None:
+    """Resolve the run's step budget (timing it for a wall-time budget), then train, resume or skip it."""
+    kind, amount = parse_budget(plan["budget"])
+    targets = plan["targets"]
+    if name not in plan["max_iters"]:
+        if kind == "steps":
+            plan["max_iters"][name] = int(amount)
+        else:
+            plan["max_iters"][name], ms = calibrate_steps(variant, data_dir, out, amount, seed, config_file, targets)
+            _log(f"{name}: {ms:.0f} ms/step -> {plan['max_iters'][name]} steps for {plan['budget']}")
+        save_plan()
+    cfg = run_config(variant, data_dir, run_dir, plan["max_iters"][name], seed, config_file, targets)
+    _log(f"train {name}: {cfg.train.max_iters} steps into {run_dir}")
+    t0 = time.perf_counter()
+    done = train_variant(cfg)
+    if done != "skipped":
+        plan["train_seconds"][name] = plan["train_seconds"].get(name, 0.0) + time.perf_counter() - t0
+        save_plan()
+    _log(f"train {name}: {done}")
+
+
+def _evaluate_one(
+    v: str,
+    run_dir: Path,
+    data_dir: Path,
+    dataset: TokenDataset,
+    plan: dict[str, Any],
+    num_samples: int,
+    max_new_tokens: int,
+    seed: int,
+) -> dict[str, Any]:
+    path = default_out(run_dir, "val")
+    ev = json.loads(path.read_text()) if path.is_file() else None
+    if ev is not None and ev["step"] == plan["max_iters"][v]:
+        _log(f"eval {v}: {path} (already done)")
+        return ev
+    _log(f"eval {v}")
+    sets = None if dataset.synthetic is not None else (plan["targets"] or "none")
+    return evaluate(
+        run_dir,
+        data_dir,
+        out=path,
+        sets=sets,
+        num_samples=num_samples,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        temperature=False,
+    )

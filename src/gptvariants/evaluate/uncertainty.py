@@ -1,0 +1,93 @@
+"""What uncertainty is good for: telling shifted text apart, and knowing when to abstain.
+
+Scores, per token, from the per-token statistics of ``evaluate.score`` (higher = more uncertain;
+max_prob enters as 1 - max_prob):
+    surprisal          -log p(y): needs the token itself, so it is an OOD score only
+    entropy            H[p], the predictive (total) uncertainty
+    max_prob           max_v p_v, the top-1 confidence
+    mi                 mutual information between the token and the draws (epistemic; several draws)
+    expected_entropy   mean entropy of the draws (aleatoric; several draws)
+
+OOD detection: out-of-domain tokens (or sequences: means over consecutive segments of
+``seq_len`` tokens) are the positives; AUROC and FPR at 95 % TPR of each score.
+Selective prediction: keep the least uncertain tokens first; the risk is the top-1 error rate
+of the kept ones; AURC is the area under the risk-coverage curve (lower is better).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import metrics as M
+
+# score name -> (per-token statistic, sign that makes higher = more uncertain)
+SCORES: dict[str, tuple[str, float]] = {
+    "surprisal": ("nll", 1.0),
+    "entropy": ("entropy", 1.0),
+    "max_prob": ("confidence", -1.0),
+    "mi": ("mutual_information", 1.0),
+    "expected_entropy": ("expected_entropy", 1.0),
+}
+CURVE_POINTS = 50
+
+
+def available(tokens: dict[str, np.ndarray], *, need_label_free: bool = False) -> list[str]:
+    """The score names this run's statistics hold (surprisal excluded when ``need_label_free``)."""
+    names = [s for s, (k, _) in SCORES.items() if k in tokens]
+    return [s for s in names if s != "surprisal"] if need_label_free else names
+
+
+def uncertainty_of(tokens: dict[str, np.ndarray], score: str) -> np.ndarray:
+    key, sign = SCORES[score]
+    return sign * tokens[key].astype(np.float64)
+
+
+def ood_summary(
+    inside: dict[str, np.ndarray], outside: dict[str, np.ndarray], seq_len: int, source: str
+) -> dict[str, Any]:
+    """In-domain vs out-of-domain per-token statistics -> the ``ood`` section of the eval JSON:
+    {"source", "n_tokens": {"in", "out"}, "n_sequences": {...}, "sequence_tokens", "mean": {"in": {score: x},
+    "out": {...}}, "auroc": {"token": {score: x}, "sequence": {...}}, "fpr95": {"token": ..., "sequence": ...}}."""
+    names = [s for s in available(inside) if SCORES[s][0] in outside]
+    out: dict[str, Any] = {
+        "source": source,
+        "n_tokens": {"in": int(len(inside["nll"])), "out": int(len(outside["nll"]))},
+        "sequence_tokens": seq_len,
+        "mean": {
+            side: {s: float(t[SCORES[s][0]].astype(np.float64).mean()) for s in names}
+            for side, t in (("in", inside), ("out", outside))
+        },
+        "auroc": {"token": {}, "sequence": {}},
+        "fpr95": {"token": {}, "sequence": {}},
+    }
+    for s in names:
+        a, b = uncertainty_of(inside, s), uncertainty_of(outside, s)
+        for level, (x, y) in (
+            ("token", (a, b)),
+            ("sequence", (M.segment_means(a, seq_len), M.segment_means(b, seq_len))),
+        ):
+            scores = np.concatenate([x, y])
+            labels = np.r_[np.zeros(len(x), bool), np.ones(len(y), bool)]
+            out["auroc"][level][s] = M.auroc(scores, labels)
+            out["fpr95"][level][s] = M.fpr_at_tpr(scores, labels, 0.95)
+    out["n_sequences"] = {
+        side: len(M.segment_means(t["nll"], seq_len)) for side, t in (("in", inside), ("out", outside))
+    }
+    return out
+
+
+def selective_summary(tokens: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Risk-coverage of top-1 predictions for every label-free score: AURC, the oracle's AURC,
+    the error rate at full coverage, and each curve at CURVE_POINTS coverages."""
+    wrong = ~tokens["correct"].astype(bool)
+    out: dict[str, Any] = {"error_rate": float(wrong.mean()), "aurc": {}, "curve": {}}
+    grid = np.linspace(0, 1, CURVE_POINTS + 1)[1:]
+    for s in available(tokens, need_label_free=True):
+        rc = M.risk_coverage(uncertainty_of(tokens, s), wrong)
+        out["aurc"][s] = rc.aurc
+        out["aurc_optimal"] = rc.aurc_optimal
+        at = np.searchsorted(rc.coverage, grid - 1e-12)  # the first curve point reaching each coverage
+        out["curve"][s] = {"coverage": rc.coverage[at].tolist(), "risk": rc.risk[at].tolist()}
+    return out

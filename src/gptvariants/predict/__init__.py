@@ -1,0 +1,1 @@
+"""The predictive distribution: draws of a head, methods (MC dropout, Laplace, ensembles), temperature."""

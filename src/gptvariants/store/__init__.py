@@ -1,0 +1,1 @@
+"""Run folders on disk: checksummed checkpoints, integrity, one writer per run."""

@@ -1,0 +1,1 @@
+"""The training loop: start-up and resume, batches, one optimizer step, logging."""

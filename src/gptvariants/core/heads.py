@@ -11,9 +11,15 @@ prediction  ``logits(h, samples, generator)`` -> (S, n, V) fp32 logits for hidde
             S draws of the head. ``samples=0`` asks for the point estimate (S = 1); a
             deterministic head always returns its one set of logits.
 
+and owns its other facts: its hyper-parameters (a nested ``Config`` dataclass of ``keys.key``
+fields, flat config keys unique across components), its parameter count before allocation
+(``num_parameters``), optimizer groups of its own (``optimizer_groups``), its Hugging Face
+output layer or the reason there is none (``export_layer``), and one draw per generated
+sequence (``sequence_sampler``).
+
 ``HEADS`` maps a config name to its class; ``@register_head("name")`` adds one. A head is
-built with ``Head.from_config(n_embd, vocab_size, cfg, sigmoid)`` from the run's
-ObjectiveConfig, so a new head is one class plus its registration.
+built with ``Head.from_config(spec, cfg)`` from the shape every head shares (``HeadSpec``) and
+its own Config, so a new head is one class plus its registration.
 """
 
 from __future__ import annotations
@@ -21,16 +27,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..common.checks import Bool, Choice, Float, Int
+from .gaussian import GaussianDraw, gaussian_kl
+from .keys import key
 from .objectives import fused_linear_loss, local_reparam_loss
 
 if TYPE_CHECKING:
-    from .config import ObjectiveConfig
     from .objectives import Objective
 
 HEADS: dict[str, type[Head]] = {}
@@ -52,15 +61,70 @@ def sigmoid_bias_init(vocab_size: int, sigmoid: bool) -> float:
     return -math.log(vocab_size) if sigmoid else 0.0
 
 
+@dataclass(frozen=True)
+class HeadSpec:
+    """What the model tells every head: its shape, whether it has an output bias (``output_bias``),
+    and whether the objective reads out with sigmoids (the bias then starts at -log V)."""
+
+    n_embd: int
+    vocab_size: int
+    bias: bool = False
+    sigmoid: bool = False
+
+    @property
+    def bias_init(self) -> float:
+        return sigmoid_bias_init(self.vocab_size, self.sigmoid)
+
+
+class ExportRefused(Exception):
+    """The head has no Hugging Face output layer that reproduces its prediction; the message says why."""
+
+
 class Head(nn.Module):
     """Base class of output layers; see the module docstring for the contract."""
 
     name: ClassVar[str] = ""
     stochastic: ClassVar[bool] = False  # logits(h, samples > 0) differ between draws
 
+    @dataclass
+    class Config:
+        """The head's own hyper-parameters: none here."""
+
     @classmethod
-    def from_config(cls, n_embd: int, vocab_size: int, cfg: ObjectiveConfig, sigmoid: bool) -> Head:
+    def from_config(cls, spec: HeadSpec, cfg: Any) -> Head:
+        """The head of shape ``spec`` with the hyper-parameters ``cfg`` (an instance of ``cls.Config``)."""
         raise NotImplementedError
+
+    @classmethod
+    def num_parameters(cls, spec: HeadSpec, cfg: Any) -> int:
+        """Parameters of ``from_config(spec, cfg)``, the (V, C) mean weight included, without allocating.
+
+        This default builds the head on the meta device; a head may state the closed form."""
+        with torch.device("meta"):
+            return sum(p.numel() for p in cls.from_config(spec, cfg).parameters())
+
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups for those of the head's parameters that need settings of their own: dicts of
+        ``params`` and ``weight_decay``, optionally ``lr_mult`` (scales the schedule's learning rate).
+        The parameters not listed follow the model's rule (decay on matrices only)."""
+        return []
+
+    def export_layer(self) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+        """(W (V, C), b (V,) or None, note): the GPT-2 lm_head whose logits h W^T + b are this head's
+        ``logits(h, 0)``, and what they stand for ('' when exact). Raises ExportRefused with the reason
+        when no single linear layer reproduces the head's prediction."""
+        if self.stochastic:
+            raise ExportRefused(f"the {self.name} head is stochastic and states no point estimate to export")
+        w, b = self.weights(sample=False)
+        return w, b, ""
+
+    def sequence_sampler(self, rows: int, generator: torch.Generator | None = None) -> Callable[..., torch.Tensor]:
+        """A logit sampler with one draw of the head per row, kept for the row's whole generation:
+        ``sampler(h (rows, C))`` -> (1, rows, V). A deterministic head has one weight set, so this
+        default returns its point-estimate logits; a stochastic head must override it."""
+        if self.stochastic:
+            raise NotImplementedError(f"the {self.name} head does not define one draw per sequence")
+        return PointLogits(self)
 
     @property
     def mean_weight(self) -> nn.Parameter:
@@ -120,8 +184,13 @@ class LinearHead(Head):
         nn.init.normal_(self.weight, mean=0.0, std=0.02)
 
     @classmethod
-    def from_config(cls, n_embd: int, vocab_size: int, cfg: ObjectiveConfig, sigmoid: bool) -> LinearHead:
-        return cls(n_embd, vocab_size, bias=cfg.output_bias, bias_init=sigmoid_bias_init(vocab_size, sigmoid))
+    def from_config(cls, spec: HeadSpec, cfg: Head.Config) -> LinearHead:
+        return cls(spec.n_embd, spec.vocab_size, bias=spec.bias, bias_init=spec.bias_init)
+
+    @classmethod
+    def num_parameters(cls, spec: HeadSpec, cfg: Head.Config) -> int:
+        """V C weights + V biases."""
+        return spec.vocab_size * (spec.n_embd + int(spec.bias))
 
     @property
     def mean_weight(self) -> nn.Parameter:
@@ -156,6 +225,16 @@ class BayesianHead(Head):
 
     stochastic = True
 
+    @dataclass
+    class Config:
+        prior_mu: float = key(0.0, Float())  # prior N(prior_mu, prior_sigma^2) on every weight
+        prior_sigma: float = key(0.02, Float(0.0, lo_open=True))
+        posterior_sigma_init: float = key(1e-3, Float(0.0, lo_open=True))
+        # training noise: 'weight' (one weight draw per forward pass, one matmul) or 'local'
+        # (local reparameterisation: independent logit noise per position, two matmuls, lower variance)
+        reparam: str = key("weight", Choice(("weight", "local")))
+        rho_lr_mult: float = key(1.0, Float(0.0, lo_open=True))  # learning-rate multiplier of rho
+
     def __init__(
         self,
         n_embd: int,
@@ -166,11 +245,13 @@ class BayesianHead(Head):
         prior_sigma: float = 0.02,
         posterior_sigma_init: float = 1e-3,
         reparam: str = "weight",
+        rho_lr_mult: float = 1.0,
     ) -> None:
         super().__init__()
         if reparam not in ("weight", "local"):
             raise ValueError(f"reparam must be 'weight' or 'local', got {reparam!r}")
         self.reparam = reparam
+        self.rho_lr_mult = rho_lr_mult
         self._kept: tuple[torch.Tensor, torch.Tensor | None] | None = None  # see kept_variance
         self._holders = 0
         rho0 = math.log(math.expm1(posterior_sigma_init))  # softplus^-1
@@ -186,17 +267,34 @@ class BayesianHead(Head):
         self.prior_sigma = prior_sigma
 
     @classmethod
-    def from_config(cls, n_embd: int, vocab_size: int, cfg: ObjectiveConfig, sigmoid: bool) -> BayesianHead:
+    def from_config(cls, spec: HeadSpec, cfg: BayesianHead.Config) -> BayesianHead:
         return cls(
-            n_embd,
-            vocab_size,
-            bias=cfg.output_bias,
-            bias_init=sigmoid_bias_init(vocab_size, sigmoid),
+            spec.n_embd,
+            spec.vocab_size,
+            bias=spec.bias,
+            bias_init=spec.bias_init,
             prior_mu=cfg.prior_mu,
             prior_sigma=cfg.prior_sigma,
             posterior_sigma_init=cfg.posterior_sigma_init,
             reparam=cfg.reparam,
+            rho_lr_mult=cfg.rho_lr_mult,
         )
+
+    @classmethod
+    def num_parameters(cls, spec: HeadSpec, cfg: BayesianHead.Config) -> int:
+        """A mu and a rho for each of the V C weights and V biases."""
+        return 2 * spec.vocab_size * (spec.n_embd + int(spec.bias))
+
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """rho without weight decay and at ``rho_lr_mult`` times the learning rate: Adam moves a
+        parameter by about lr per step, and sigma's useful range spans several units of rho."""
+        rho = [p for p in (self.weight_rho, self.bias_rho) if p is not None and p.requires_grad]
+        return [{"params": rho, "weight_decay": 0.0, "lr_mult": self.rho_lr_mult}] if rho else []
+
+    def export_layer(self) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+        """The posterior mean, which ``logits(h, 0)`` (and so eval and sampling by default) uses."""
+        w, b = self.weights(sample=False)
+        return w, b, "the posterior mean of the Bayesian head's weights (no Monte-Carlo draws)"
 
     @property
     def mean_weight(self) -> nn.Parameter:
@@ -216,14 +314,14 @@ class BayesianHead(Head):
         """(W, b, KL) for one training forward pass: a posterior draw (or the mean) and KL(q || p).
 
         Same values as ``weights`` and ``kl``, through one autograd node per tensor with
-        closed-form gradients (``_GaussianDraw``) rather than a dozen elementwise ones.
+        closed-form gradients (``gaussian.GaussianDraw``) rather than a dozen elementwise ones.
         """
         if not sample:
             return self.weight_mu, self.bias_mu, self.kl()
-        w, kl = _GaussianDraw.apply(self.weight_mu, self.weight_rho, self.prior_mu, self.prior_sigma)
+        w, kl = GaussianDraw.apply(self.weight_mu, self.weight_rho, self.prior_mu, self.prior_sigma)
         b = None
         if self.bias_mu is not None:
-            b, kl_b = _GaussianDraw.apply(self.bias_mu, self.bias_rho, self.prior_mu, self.prior_sigma)
+            b, kl_b = GaussianDraw.apply(self.bias_mu, self.bias_rho, self.prior_mu, self.prior_sigma)
             kl = kl + kl_b
         return w, b, kl
 
@@ -314,6 +412,11 @@ class HeadEnsemble(Head):
     member on every position, loss = 1/K sum_k objective(h W_k^T + b_k), K times the head's cost.
     The token embedding, if tied, shares the first member's weights."""
 
+    @dataclass
+    class Config:
+        ensemble_size: int = key(4, Int(1, 1024))  # K heads
+        ensemble_split: bool = key(True, Bool())  # each position trains one member (one head's cost), else all K
+
     def __init__(
         self, n_embd: int, vocab_size: int, k: int, bias: bool = False, bias_init: float = 0.0, split: bool = True
     ) -> None:
@@ -324,15 +427,34 @@ class HeadEnsemble(Head):
         self.split = split
 
     @classmethod
-    def from_config(cls, n_embd: int, vocab_size: int, cfg: ObjectiveConfig, sigmoid: bool) -> HeadEnsemble:
+    def from_config(cls, spec: HeadSpec, cfg: HeadEnsemble.Config) -> HeadEnsemble:
         return cls(
-            n_embd,
-            vocab_size,
+            spec.n_embd,
+            spec.vocab_size,
             cfg.ensemble_size,
-            bias=cfg.output_bias,
-            bias_init=sigmoid_bias_init(vocab_size, sigmoid),
+            bias=spec.bias,
+            bias_init=spec.bias_init,
             split=cfg.ensemble_split,
         )
+
+    @classmethod
+    def num_parameters(cls, spec: HeadSpec, cfg: HeadEnsemble.Config) -> int:
+        """K linear heads: K (V C + V)."""
+        return cfg.ensemble_size * LinearHead.num_parameters(spec, Head.Config())
+
+    def export_layer(self) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+        raise ExportRefused(
+            f"the ensemble head averages the distributions of its {len(self.members)} members, "
+            "which no single GPT-2 output layer reproduces"
+        )
+
+    def sequence_sampler(self, rows: int, generator: torch.Generator | None = None) -> RowDraws:
+        """One member per row, drawn uniformly (a draw of the ensemble), kept for the row's generation."""
+        device = self.members[0].weight.device
+        pick = torch.randint(len(self.members), (rows,), generator=generator, device=device).tolist()
+        w = torch.stack([self.members[k].weight.detach().float() for k in pick])
+        b = None if self.members[0].bias is None else torch.stack([self.members[k].bias.detach().float() for k in pick])
+        return RowDraws(w, b)
 
     @property
     def mean_weight(self) -> nn.Parameter:
@@ -367,6 +489,19 @@ class HeadEnsemble(Head):
         return torch.cat([m.logits(h) for m in self.members])
 
 
+class PointLogits:
+    """The logit sampler of a deterministic head's sequences: its one set of logits, (1, rows, V)."""
+
+    def __init__(self, head: Head) -> None:
+        self.head = head
+
+    def n_draws(self, samples: int) -> int:
+        return 1
+
+    def __call__(self, h: torch.Tensor, samples: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.head.logits(h)
+
+
 class RowDraws:
     """A logit sampler with one fixed weight set per row: z_r = W_r h_r + b_r, (1, rows, V)."""
 
@@ -381,64 +516,8 @@ class RowDraws:
         return (z if self.b is None else z + self.b)[None]
 
 
-def gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor, prior_mu: float, prior_sigma: float) -> torch.Tensor:
-    """sum KL(N(mu, sigma^2) || N(prior_mu, prior_sigma^2)) over all elements, in at least fp32
-    (fp64 stays fp64)."""
-    dtype = torch.promote_types(mu.dtype, torch.float32)
-    mu, sigma = mu.to(dtype), sigma.to(dtype)
-    return (
-        math.log(prior_sigma)
-        - torch.log(sigma)
-        + (sigma.square() + (mu - prior_mu).square()) / (2 * prior_sigma**2)
-        - 0.5
-    ).sum()
-
-
-class _GaussianDraw(torch.autograd.Function):
-    """(w, KL) = (mu + sigma * eps, sum_i KL(N(mu_i, sigma_i^2) || N(mu_p, sigma_p^2))), sigma = softplus(rho).
-
-    Gradients in closed form (KL is a scalar, so g_kl is one number):
-      dL/dmu  = g_w + g_kl (mu - mu_p) / sigma_p^2
-      dL/drho = (g_w eps + g_kl (sigma / sigma_p^2 - 1 / sigma)) sigmoid(rho)
-    Autograd would run about twenty elementwise passes (each a fresh (V, C) allocation) over
-    the output layer's weights; this runs thirteen, six of them in the backward pass. At
-    GPT-2's shape on a CPU, with few tokens per step, those passes are a large part of the
-    Bayesian head's overhead.
-    """
-
-    @staticmethod
-    def forward(ctx, mu, rho, prior_mu: float, prior_sigma: float):
-        sigma = F.softplus(rho)
-        d = mu - prior_mu if prior_mu else mu
-        acc = torch.promote_types(mu.dtype, torch.float32)
-        s32, d32 = sigma.to(acc).reshape(-1), d.to(acc).reshape(-1)
-        var_p = prior_sigma**2
-        kl = (
-            mu.numel() * (math.log(prior_sigma) - 0.5)
-            - torch.log(s32).sum()
-            + (s32.dot(s32) + d32.dot(d32)) / (2 * var_p)
-        )
-        eps = torch.randn_like(mu)
-        w = torch.addcmul(mu, sigma, eps)
-        ctx.save_for_backward(d, rho, sigma, eps)  # d and rho are the parameters themselves when mu_p = 0
-        ctx.var_p = var_p
-        return w, kl
-
-    @staticmethod
-    def backward(ctx, g_w, g_kl):
-        d, rho, sigma, eps = ctx.saved_tensors
-        g_rho = torch.zeros_like(sigma) if g_w is None else g_w * eps
-        g_mu = torch.zeros_like(d) if g_w is None else g_w
-        if g_kl is not None:
-            g_kl = g_kl.to(sigma.dtype)
-            g_mu = torch.addcmul(g_mu, d, g_kl, value=1 / ctx.var_p)
-            g_rho.addcmul_(sigma, g_kl, value=1 / ctx.var_p).addcdiv_(g_kl.expand_as(sigma), sigma, value=-1)
-        g_rho.mul_(torch.sigmoid(rho))
-        return g_mu, g_rho, None, None
-
-
-def build_head(name: str, n_embd: int, vocab_size: int, cfg: ObjectiveConfig, sigmoid: bool) -> Head:
-    """The registered head ``name`` built from the run's objective config."""
+def build_head(name: str, spec: HeadSpec, cfg: Any) -> Head:
+    """The registered head ``name`` of shape ``spec`` with its hyper-parameters ``cfg``."""
     if name not in HEADS:
         raise ValueError(f"unknown head {name!r}; known: {', '.join(HEADS)}")
-    return HEADS[name].from_config(n_embd, vocab_size, cfg, sigmoid)
+    return HEADS[name].from_config(spec, cfg)

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig, ObjectiveConfig
-from .heads import Head, build_head
+from .heads import Head, HeadSpec, build_head
 from .objectives import Objective, build_objective
 
 
@@ -220,8 +220,9 @@ class GPT(nn.Module):
         assert cfg.vocab_size > 0, "vocab_size must be set (from the data) before building the model"
         self.config, self.obj_config = cfg, obj
         self.transformer = Backbone(cfg)
-        self.objective: Objective = build_objective(obj.objective, obj)
-        self.head: Head = build_head(obj.head, cfg.n_embd, cfg.vocab_size, obj, self.objective.sigmoid)
+        self.objective: Objective = build_objective(obj.objective, obj.objective_config())
+        spec = HeadSpec(cfg.n_embd, cfg.vocab_size, obj.output_bias, self.objective.sigmoid)
+        self.head: Head = build_head(obj.head, spec, obj.head_config())
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by 1/sqrt(2 n_layer)
@@ -289,17 +290,17 @@ class GPT(nn.Module):
     def configure_optimizer(
         self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str
     ):
-        """AdamW with decay on matrices and none on biases/norms or on a Bayesian head's rho, which
-        has a group of its own whose ``lr_mult`` (rho_lr_mult) scales the schedule's learning rate:
-        Adam moves a parameter by about lr per step, and sigma's useful range spans several units of rho."""
-        params = {n: p for n, p in self.named_parameters() if p.requires_grad}
-        rho = [p for n, p in params.items() if n.endswith("_rho")]
-        decay = [p for n, p in params.items() if p.dim() >= 2 and not n.endswith("_rho")]
-        no_decay = [p for n, p in params.items() if p.dim() < 2 and not n.endswith("_rho")]
+        """AdamW with decay on matrices and none on biases/norms, after the groups the head asks for
+        (``Head.optimizer_groups``, e.g. a Bayesian head's rho), each at ``lr_mult`` times the
+        schedule's learning rate."""
+        own = self.head.optimizer_groups()
+        claimed = {id(p) for g in own for p in g["params"]}
+        params = [p for p in self.parameters() if p.requires_grad and id(p) not in claimed]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if rho:
-            mult = self.obj_config.rho_lr_mult
-            groups.append({"params": rho, "weight_decay": 0.0, "lr": learning_rate * mult, "lr_mult": mult})
+        for g in own:
+            groups.append({**g, "lr": learning_rate * g.get("lr_mult", 1.0)})
         # the fused kernel (CUDA, and CPU since torch 2.4) does the whole update in one pass per
         # tensor; the default loop makes ~7 passes, which shows on the Bayesian head's 2x weights
         fused = device_type in ("cuda", "cpu")

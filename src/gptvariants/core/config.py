@@ -30,9 +30,9 @@ from typing import Any
 from ..common.atomic import atomic_write
 from ..common.checks import Bool, Choice, Device, Float, Int, Text
 from ..common.inputs import InputError, read_json, read_text
-from .heads import HEADS
+from .heads import HEADS, Head
 from .keys import BIG, key
-from .objectives import OBJECTIVES
+from .objectives import OBJECTIVES, Objective
 from .pretrained import apply_hf_shape
 from .variants import REGISTRY, get_variant
 
@@ -56,7 +56,6 @@ MODEL_SIZES: dict[str, tuple[int, int, int]] = {
 # bounds on the model's shape that no real run comes near (GPT-3 175B: 96 layers, 96 heads, 12288 wide);
 # the memory check (sizing.py) refuses what is inside them but cannot fit
 MAX_LAYERS, MAX_HEADS, MAX_EMBD, MAX_BLOCK, MAX_VOCAB = 1000, 1024, 65536, 1 << 20, (1 << 32) - 2
-__all__ = ["BIG", "key"]  # re-exported: where config keys were always declared
 
 
 def _heads() -> list[str]:
@@ -92,7 +91,7 @@ class ModelConfig:
 def component_configs() -> dict[type, Any]:
     """A default instance of every registered head's and objective's ``Config``, by class (classes
     shared by several components appear once)."""
-    classes = [c.Config for c in (*HEADS.values(), *OBJECTIVES.values())]
+    classes = [h.Config for h in HEADS.values()] + [o.Config for o in OBJECTIVES.values()]
     return {cls: cls() for cls in dict.fromkeys(classes)}
 
 
@@ -116,6 +115,7 @@ class ObjectiveConfig:
     parts: dict[type, Any] = field(default_factory=component_configs, repr=False)
 
     def _owner(self, name: str) -> Any:
+        """The component config that declares ``name``, or None (``parts`` is absent while unpickling)."""
         for part in self.__dict__.get("parts", {}).values():
             if name in part.__dataclass_fields__:
                 return part
@@ -129,9 +129,12 @@ class ObjectiveConfig:
 
     def __setattr__(self, name: str, value: Any) -> None:
         owner = None if name in ObjectiveConfig.__dataclass_fields__ else self._owner(name)
-        object.__setattr__(owner if owner is not None else self, name, value)
+        if owner is not None:
+            setattr(owner, name, value)
+        else:
+            object.__setattr__(self, name, value)
 
-    def part(self, component: type) -> Any:
+    def part(self, component: type[Head] | type[Objective]) -> Any:
         """The ``Config`` instance of a head or objective class (its defaults if registered since)."""
         return self.parts.setdefault(component.Config, component.Config())
 

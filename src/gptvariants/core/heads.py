@@ -450,7 +450,7 @@ class HeadEnsemble(Head):
 
     def sequence_sampler(self, rows: int, generator: torch.Generator | None = None) -> RowDraws:
         """One member per row, drawn uniformly (a draw of the ensemble), kept for the row's generation."""
-        device = self.members[0].weight.device
+        device = self.mean_weight.device
         pick = torch.randint(len(self.members), (rows,), generator=generator, device=device).tolist()
         w = torch.stack([self.members[k].weight.detach().float() for k in pick])
         b = None if self.members[0].bias is None else torch.stack([self.members[k].bias.detach().float() for k in pick])

@@ -186,11 +186,11 @@ def _config(cfg, meta: dict[str, Any], plain: bool, eot: int | None, tied: bool)
         return GPT2Config(architectures=["GPT2LMHeadModel"], **kw)
     from .hf_modeling.modeling_gptvariants import GPTVariantsConfig
 
-    auto_map = {
+    kw["auto_map"] = {
         "AutoConfig": f"{MODELING}.GPTVariantsConfig",
         "AutoModelForCausalLM": f"{MODELING}.GPTVariantsForCausalLM",
     }
-    return GPTVariantsConfig(architectures=["GPTVariantsForCausalLM"], auto_map=auto_map, **kw)
+    return GPTVariantsConfig(architectures=["GPTVariantsForCausalLM"], **kw)
 
 
 def _write_tokenizer(tokenizer, folder: Path, block_size: int) -> None:

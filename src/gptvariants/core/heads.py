@@ -28,7 +28,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 import torch.nn as nn
@@ -258,11 +258,11 @@ class BayesianHead(Head):
         self.weight_mu = nn.Parameter(torch.empty(vocab_size, n_embd))
         self.weight_rho = nn.Parameter(torch.full((vocab_size, n_embd), rho0))
         nn.init.normal_(self.weight_mu, mean=0.0, std=0.02)
+        self.bias_mu: nn.Parameter | None = None
+        self.bias_rho: nn.Parameter | None = None
         if bias:
             self.bias_mu = nn.Parameter(torch.full((vocab_size,), float(bias_init)))
             self.bias_rho = nn.Parameter(torch.full((vocab_size,), rho0))
-        else:
-            self.bias_mu = self.bias_rho = None
         self.prior_mu = prior_mu
         self.prior_sigma = prior_sigma
 
@@ -306,7 +306,7 @@ class BayesianHead(Head):
             return self.weight_mu, self.bias_mu
         w = self.weight_mu + F.softplus(self.weight_rho) * torch.randn_like(self.weight_mu)
         b = None
-        if self.bias_mu is not None:
+        if self.bias_mu is not None and self.bias_rho is not None:
             b = self.bias_mu + F.softplus(self.bias_rho) * torch.randn_like(self.bias_mu)
         return w, b
 
@@ -339,7 +339,7 @@ class BayesianHead(Head):
 
     def kl(self) -> torch.Tensor:
         total = gaussian_kl(self.weight_mu, F.softplus(self.weight_rho), self.prior_mu, self.prior_sigma)
-        if self.bias_mu is not None:
+        if self.bias_mu is not None and self.bias_rho is not None:
             total = total + gaussian_kl(self.bias_mu, F.softplus(self.bias_rho), self.prior_mu, self.prior_sigma)
         return total
 
@@ -390,7 +390,7 @@ class BayesianHead(Head):
         mu, sigma = self.weight_mu.detach().float(), F.softplus(self.weight_rho.detach().float())
         w = mu + sigma * torch.randn((rows, *mu.shape), generator=generator, device=mu.device)
         b = None
-        if self.bias_mu is not None:
+        if self.bias_mu is not None and self.bias_rho is not None:
             b_mu, b_sigma = self.bias_mu.detach().float(), F.softplus(self.bias_rho.detach().float())
             b = b_mu + b_sigma * torch.randn((rows, *b_mu.shape), generator=generator, device=mu.device)
         return RowDraws(w, b)
@@ -456,12 +456,15 @@ class HeadEnsemble(Head):
         b = None if self.members[0].bias is None else torch.stack([self.members[k].bias.detach().float() for k in pick])
         return RowDraws(w, b)
 
+    def member(self, k: int) -> LinearHead:
+        return cast(LinearHead, self.members[k])
+
     @property
     def mean_weight(self) -> nn.Parameter:
-        return self.members[0].weight
+        return self.member(0).weight
 
     def weights(self, sample: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.members[0].weights()
+        return self.member(0).weights()
 
     def loss(self, h, objective, y, sets, chunk_size=0, sample=False):
 
@@ -486,7 +489,7 @@ class HeadEnsemble(Head):
         return len(self.members)
 
     def logits(self, h: torch.Tensor, samples: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.cat([m.logits(h) for m in self.members])
+        return torch.cat([self.member(k).logits(h) for k in range(len(self.members))])
 
 
 class PointLogits:

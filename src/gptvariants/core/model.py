@@ -137,6 +137,7 @@ class CausalSelfAttention(nn.Module):
         if cache is None:  # causal: a right-padded row's tokens never see its padding
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
+            assert step is not None, "Backbone plans the step of every cached forward pass"
             k, v = cache.store(layer, k, v, step)
             causal = step.mask is None and T > 1  # a chunk into an empty cache
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=step.mask, dropout_p=p, is_causal=causal)

@@ -6,7 +6,7 @@ names where one exists (``max_iters``, ``n_layer``, ``learning_rate`` ...), so a
 may be written flat or with ``[model]``, ``[objective]`` and ``[train]`` tables.
 
 Heads and objectives declare their own keys (a nested ``Config`` dataclass registered with the
-class, see heads.py); ``ObjectiveConfig`` holds one of each and reads and writes them as flat
+class, see heads/base.py); ``ObjectiveConfig`` holds one of each and reads and writes them as flat
 attributes, so ``cfg.objective.prior_sigma`` and the saved config.json look as they always did.
 
 Every key declares its constraint (``checks.Int``/``Float``/``Bool``/``Choice``/...) in its

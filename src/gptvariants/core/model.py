@@ -2,7 +2,7 @@
 
 One backbone serves every variant: token + learned position embeddings, pre-LayerNorm
 blocks (causal self-attention through scaled_dot_product_attention, GELU MLP), a final
-LayerNorm, then a head (``heads.py``) whose weights the objective (``objectives.py``)
+LayerNorm, then a head (``heads/``) whose weights the objective (``objectives.py``)
 consumes in chunks. A KV cache makes generation cost O(T) per token instead of O(T^2); it keeps
 one length per row, so rows of different lengths decode as one batch, each at its own positions.
 """

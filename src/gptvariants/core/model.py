@@ -291,9 +291,9 @@ class GPT(nn.Module):
     def configure_optimizer(
         self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str
     ):
-        """AdamW with decay on matrices and none on biases/norms, after the groups the head asks for
+        """AdamW with decay on matrices and none on biases/norms, then the groups the head asks for
         (``Head.optimizer_groups``, e.g. a Bayesian head's rho), each at ``lr_mult`` times the
-        schedule's learning rate."""
+        schedule's learning rate. The order of the groups is the one saved optimizer states expect."""
         own = self.head.optimizer_groups()
         claimed = {id(p) for g in own for p in g["params"]}
         params = [p for p in self.parameters() if p.requires_grad and id(p) not in claimed]

@@ -5,7 +5,9 @@ import re
 
 import pytest
 
+from gptvariants.common.checks import Float
 from gptvariants.core.config import ConfigError, load_config, parse_overrides
+from gptvariants.core.variants import REGISTRY
 
 
 def test_precedence_variant_file_overrides(tmp_path):
@@ -153,15 +155,59 @@ def test_direct_construction_is_validated_too():
 
 
 def test_every_key_has_a_check_and_the_defaults_pass_it():
-    import dataclasses
-
-    from gptvariants.core.config import Config, key_check
+    from gptvariants.core.config import KEYS, key_check
 
     cfg = load_config()
-    for section in Config.SECTIONS:
-        for f in dataclasses.fields(getattr(cfg, section)):
-            check = key_check(getattr(cfg, section), f.name)
-            assert check(getattr(getattr(cfg, section), f.name)) == getattr(getattr(cfg, section), f.name)
+    assert {"prior_sigma", "ensemble_size", "label_smoothing", "set_draws"} <= set(KEYS)  # the components' keys
+    for k, section in KEYS.items():
+        check = key_check(getattr(cfg, section), k)
+        assert check(getattr(getattr(cfg, section), k)) == getattr(getattr(cfg, section), k)
+
+
+def test_components_own_their_keys_and_the_objective_section_reads_them_flat():
+    from gptvariants.core.heads import BayesianHead, HeadEnsemble
+    from gptvariants.core.objectives import SigmoidBCE
+
+    cfg = load_config("bayes-sig", overrides={"prior_sigma": "0.3", "ensemble_size": "3", "pos_weight": "2"})
+    assert cfg.objective.head_config() == BayesianHead.Config(
+        prior_sigma=0.3, posterior_sigma_init=0.01, reparam="local", rho_lr_mult=10.0
+    )
+    assert cfg.objective.part(HeadEnsemble).ensemble_size == 3  # kept, though this run's head does not use it
+    assert cfg.objective.objective_config() == SigmoidBCE.Config(pos_weight=2.0)
+    cfg.objective.prior_sigma = 0.5  # attribute access writes the component's config
+    assert cfg.objective.head_config().prior_sigma == 0.5 and cfg.to_dict()["objective"]["prior_sigma"] == 0.5
+    with pytest.raises(AttributeError, match="no attribute 'prior_sigmaa'"):
+        _ = cfg.objective.prior_sigmaa
+
+
+def test_a_config_json_saved_before_components_owned_their_keys_still_loads():
+    """tests/data/config_flat_objective.json: written by the flat ObjectiveConfig (every key one field)."""
+    from pathlib import Path
+
+    from gptvariants.core.config import Config
+
+    path = Path(__file__).parent / "data" / "config_flat_objective.json"
+    saved = json.loads(path.read_text())
+    cfg = load_config(file=path)
+    assert cfg.to_dict() == saved  # the same keys and values, written back
+    assert Config.from_dict(saved).objective.prior_sigma == 0.3
+    assert (cfg.objective.variant, cfg.objective.reparam, cfg.objective.label_smoothing) == ("bayes-sig", "local", 0.2)
+
+
+def test_a_key_declared_by_two_components_is_refused(monkeypatch):
+    from dataclasses import dataclass
+
+    from gptvariants.core.config import key
+    from gptvariants.core.heads import HEADS, LinearHead
+
+    class Clash(LinearHead):
+        @dataclass
+        class Config:
+            label_smoothing: float = key(0.0, Float())  # already the smooth objective's
+
+    monkeypatch.setitem(HEADS, "clash", Clash)
+    with pytest.raises(ConfigError, match="config key label_smoothing is declared twice, by .*Config and .*Config"):
+        load_config()
 
 
 def test_a_saved_config_json_is_a_config_file(tmp_path):
@@ -234,8 +280,8 @@ def test_accumulation_rounds_up_to_the_number_of_processes():
 # ----------------------------------------------------------------------------- model size against memory
 
 
-@pytest.mark.parametrize("variant", ["baseline", "bayes", "sig", "bayes-sig"])
-@pytest.mark.parametrize("extra", [{}, {"bias": "false"}, {"tie_weights": "false"}])
+@pytest.mark.parametrize("variant", list(REGISTRY))
+@pytest.mark.parametrize("extra", [{}, {"bias": "false"}, {"tie_weights": "false"}, {"output_bias": "true"}])
 def test_parameter_count_from_the_config_equals_the_model(variant, extra):
     from gptvariants.core.model import GPT
     from gptvariants.core.sizing import count_parameters

@@ -325,3 +325,12 @@ def test_public_names_are_discoverable():
     assert gptvariants.__version__ == version("gptvariants")
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         gptvariants.nope  # noqa: B018
+
+
+def test_a_head_without_a_gpt2_output_layer_is_refused_before_writing(tiny_data, tmp_path):
+    run = tmp_path / "ens"
+    over = tiny_overrides(tiny_data, run, max_iters=2, eval_interval=2, eval_iters=1)
+    train(load_config("ensemble", overrides=over))
+    with pytest.raises(ExportError, match="cannot export the ensemble head: .* averages the distributions of its 4"):
+        export(run, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

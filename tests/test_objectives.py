@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
-from gptvariants.core.heads import BayesianHead, gaussian_kl
+from gptvariants.core.gaussian import gaussian_kl
+from gptvariants.core.heads import BayesianHead
 from gptvariants.core.objectives import (
     OBJECTIVES,
     CrossEntropy,

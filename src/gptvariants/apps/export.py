@@ -16,9 +16,11 @@ and reproduces the run's predictive distribution:
   softmax(logits) is the distribution and generation and lm-evaluation-harness work unchanged.
 The backbone maps one to one onto GPT-2 (Linear weights transposed into Conv1D; zero biases
 where the run has none; gelu tanh -> ``gelu_new``, exact -> ``gelu``; n_positions = block_size).
-Refused, with the reason: an unknown format, a run without a checkpoint, an OUT that is the run
-folder or is not empty (unless ``force``), and a head whose distribution the readouts do not
-reproduce.
+The output layer is the head's own mapping (``Head.export_layer``), checked against the head's
+logits. Refused, with the reason and before any file is written: an unknown format, a run
+without a checkpoint, an OUT that is the run folder or is not empty (unless ``force``), a head
+with no single GPT-2 output layer (an ensemble of heads), and a head whose distribution the
+readouts do not reproduce.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from .. import __version__
+from ..core.heads import ExportRefused
 from ..core.pretrained import CONV1D_WEIGHTS, META_KEY
 from ..data.tokenizers import EOT_TEXT, load_tokenizer
 from ..store.checkpoint import POINTER, load_run
@@ -63,6 +67,23 @@ def _require_transformers() -> None:
         raise ExportError("gptv export needs transformers: pip install 'gptvariants[hf]'") from None
 
 
+def output_layer(model) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """(W, b, note): the head's GPT-2 output layer (``Head.export_layer``), checked on random hidden
+    states against the head's own point-estimate logits; ExportError with the reason otherwise."""
+    head, name = model.head, model.obj_config.head
+    try:
+        w, b, note = head.export_layer()
+    except ExportRefused as e:
+        raise ExportError(f"cannot export the {name} head: {e}") from None
+    h = torch.randn(8, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w.device, w.dtype)
+    with torch.no_grad():
+        want = head.logits(h)
+        got = F.linear(h, w, b).float()[None]
+    if want.shape != got.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+        raise ExportError(f"cannot export the {name} head: its export_layer does not give its logits")
+    return w, b, note
+
+
 def readout_of(model) -> dict[str, Any]:
     """{'readout': 'softmax' | 'sigmoid', 'set_draws': m, 'output_bias': bool, 'plain': bool}: how the
     exported model turns its head output into the run's predictive distribution; plain = a
@@ -83,12 +104,14 @@ def readout_of(model) -> dict[str, Any]:
             f"cannot export {objective!r} exactly: its predictive distribution is not the "
             f"{readout} readout (max |log p difference| {err:.2e} on random logits)"
         )
-    _, bias = model.head.weights(sample=False)
+    weight, bias, note = output_layer(model)
     return {
         "readout": readout,
         "set_draws": set_draws,
         "output_bias": bias is not None,
         "plain": readout == "softmax" and bias is None,
+        "tied": weight is model.transformer.wte.weight,
+        "note": note,
     }
 
 
@@ -107,7 +130,7 @@ def hf_state_dict(model, with_bias: bool) -> dict[str, torch.Tensor]:
         sd[f"transformer.{name}.bias"] = bias.detach()
     sd["transformer.wte.weight"] = model.transformer.wte.weight.detach()
     sd["transformer.wpe.weight"] = model.transformer.wpe.weight.detach()
-    weight, bias = model.head.weights(sample=False)  # a Bayesian head's posterior mean
+    weight, bias, _ = output_layer(model)  # e.g. a Bayesian head's posterior mean
     if weight is not model.transformer.wte.weight:
         sd["lm_head.weight"] = weight.detach()
     if with_bias:
@@ -117,12 +140,11 @@ def hf_state_dict(model, with_bias: bool) -> dict[str, torch.Tensor]:
 
 def _meta(cfg, readout: dict[str, Any], step: int | None, tokenizer, run_dir: Path) -> dict[str, Any]:
 
-    bayes = cfg.objective.head == "bayesian"
     what = {"softmax": "softmax(z)", "sigmoid": "q / sum(q), q = 1 - (1 - sigmoid(z))^(1/set_draws)"}[
         readout["readout"]
     ]
-    if bayes:
-        what += ", z from the posterior mean of the Bayesian head's weights (no Monte-Carlo draws)"
+    if readout["note"]:
+        what += f", z from {readout['note']}"
     return {
         "version": __version__,
         "run": run_dir.name,
@@ -139,7 +161,7 @@ def _meta(cfg, readout: dict[str, Any], step: int | None, tokenizer, run_dir: Pa
     }
 
 
-def _config(cfg, meta: dict[str, Any], plain: bool, eot: int | None):
+def _config(cfg, meta: dict[str, Any], plain: bool, eot: int | None, tied: bool):
     from transformers import GPT2Config
 
     m = cfg.model
@@ -157,18 +179,18 @@ def _config(cfg, meta: dict[str, Any], plain: bool, eot: int | None):
         layer_norm_epsilon=1e-5,
         bos_token_id=eot,
         eos_token_id=eot,
-        tie_word_embeddings=m.tie_weights,
+        tie_word_embeddings=tied,  # the head's export layer is the token embedding
         **{META_KEY: meta},
     )
     if plain:
         return GPT2Config(architectures=["GPT2LMHeadModel"], **kw)
     from .hf_modeling.modeling_gptvariants import GPTVariantsConfig
 
-    auto_map = {
+    kw["auto_map"] = {
         "AutoConfig": f"{MODELING}.GPTVariantsConfig",
         "AutoModelForCausalLM": f"{MODELING}.GPTVariantsForCausalLM",
     }
-    return GPTVariantsConfig(architectures=["GPTVariantsForCausalLM"], auto_map=auto_map, **kw)
+    return GPTVariantsConfig(architectures=["GPTVariantsForCausalLM"], **kw)
 
 
 def _write_tokenizer(tokenizer, folder: Path, block_size: int) -> None:
@@ -273,7 +295,7 @@ def _write_folder(
 
     plain, eot = readout["plain"], tokenizer.eot_token
     save_file(hf_state_dict(model, with_bias=not plain), str(folder / "model.safetensors"), metadata={"format": "pt"})
-    _config(cfg, meta, plain, eot).save_pretrained(str(folder))
+    _config(cfg, meta, plain, eot, readout["tied"]).save_pretrained(str(folder))
     gen = {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot} if eot is not None else {}
     GenerationConfig(**gen).save_pretrained(str(folder))
     if not plain:

@@ -5,6 +5,10 @@ Resolution order (later wins): dataclass defaults < the variant's defaults < the
 names where one exists (``max_iters``, ``n_layer``, ``learning_rate`` ...), so a TOML file
 may be written flat or with ``[model]``, ``[objective]`` and ``[train]`` tables.
 
+Heads and objectives declare their own keys (a nested ``Config`` dataclass registered with the
+class, see heads/base.py); ``ObjectiveConfig`` holds one of each and reads and writes them as flat
+attributes, so ``cfg.objective.prior_sigma`` and the saved config.json look as they always did.
+
 Every key declares its constraint (``checks.Int``/``Float``/``Bool``/``Choice``/...) in its
 field's metadata; ``validate_config`` applies all of them, then the rules that tie keys
 together, in one place. Values from text are parsed by the same checks, so ``n_layer=2.5``
@@ -18,6 +22,8 @@ import difflib
 import json
 import math
 import sys
+from collections.abc import Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +31,9 @@ from typing import Any
 from ..common.atomic import atomic_write
 from ..common.checks import Bool, Choice, Device, Float, Int, Text
 from ..common.inputs import InputError, read_json, read_text
-from .heads import HEADS
-from .objectives import OBJECTIVES
+from .heads import HEADS, Head
+from .keys import BIG, key
+from .objectives import OBJECTIVES, Objective
 from .pretrained import apply_hf_shape
 from .variants import REGISTRY, get_variant
 
@@ -50,12 +57,6 @@ MODEL_SIZES: dict[str, tuple[int, int, int]] = {
 # bounds on the model's shape that no real run comes near (GPT-3 175B: 96 layers, 96 heads, 12288 wide);
 # the memory check (sizing.py) refuses what is inside them but cannot fit
 MAX_LAYERS, MAX_HEADS, MAX_EMBD, MAX_BLOCK, MAX_VOCAB = 1000, 1024, 65536, 1 << 20, (1 << 32) - 2
-BIG = 1 << 31  # counts that index tensors (chunk rows, set draws)
-
-
-def key(default: Any, check: Any) -> Any:
-    """A config field with its constraint (a ``checks`` callable) in the metadata."""
-    return field(default=default, metadata={"check": check})
 
 
 def _heads() -> list[str]:
@@ -88,34 +89,61 @@ class ModelConfig:
         _validate_section(self)
 
 
+def component_configs() -> dict[type, Any]:
+    """A default instance of every registered head's and objective's ``Config``, by class (classes
+    shared by several components appear once)."""
+    classes = [h.Config for h in HEADS.values()] + [o.Config for o in OBJECTIVES.values()]
+    return {cls: cls() for cls in dict.fromkeys(classes)}
+
+
 @dataclass
 class ObjectiveConfig:
-    """Head and objective hyper-parameters; a variant fills in its own defaults."""
+    """Head and objective hyper-parameters; a variant fills in its own defaults.
+
+    The keys shared by every head and objective are fields here; each component's own keys live in
+    its ``Config`` (``parts``) and read and write as attributes of this object."""
 
     variant: str = key("baseline", Choice(lambda: list(REGISTRY)))
     head: str = key("", Choice(_heads))  # a heads.HEADS name (from the variant)
     objective: str = key("", Choice(_objectives))  # an objectives.OBJECTIVES name (from the variant)
-    label_smoothing: float = key(0.1, Float(0.0, 1.0, hi_open=True))  # eps: 1-eps on the true token, eps/(V-1) others
-    pos_weight: float = key(1.0, Float(0.0, lo_open=True))  # BCE positive-class weight w
-    sum_penalty: float = key(0.0, Float(0.0))  # lambda in lambda * (sum_v sigmoid(z_v) - 1)^2
     output_bias: bool = key(False, Bool())  # a bias in the output layer (sigmoid heads start it at -log V)
-    prior_mu: float = key(0.0, Float())  # Bayesian head prior N(prior_mu, prior_sigma^2)
-    prior_sigma: float = key(0.02, Float(0.0, lo_open=True))
-    posterior_sigma_init: float = key(1e-3, Float(0.0, lo_open=True))
-    # Bayesian training noise: 'weight' (one weight draw per forward pass, one matmul) or 'local'
-    # (local reparameterisation: independent logit noise per position, two matmuls, lower variance)
-    reparam: str = key("weight", Choice(("weight", "local")))
-    kl_beta: float = key(1.0, Float(0.0))  # loss = objective + kl_beta * KL / N_train_tokens
+    kl_beta: float = key(1.0, Float(0.0))  # loss = objective + kl_beta * KL / N_train_tokens (stochastic heads)
     kl_warmup_iters: int = key(0, Int(0, BIG))  # the KL weight ramps linearly from 0 to kl_beta over these steps
-    rho_lr_mult: float = key(1.0, Float(0.0, lo_open=True))  # learning-rate multiplier of a Bayesian head's rho
-    mc_samples: int = key(8, Int(1, 10_000))  # Monte-Carlo draws for Bayesian prediction
-    ensemble_size: int = key(4, Int(1, 1024))  # K heads of the `ensemble` head
-    ensemble_split: bool = key(True, Bool())  # each position trains one member (one head's cost), else all K
+    mc_samples: int = key(8, Int(1, 10_000))  # Monte-Carlo draws for prediction with a stochastic head
     targets: str = key("", Text())  # cached teacher sets under DATA/targets/<name>; '' = the true token only
-    # m of the sigmoid readout (objectives.SigmoidBCE); 0 = from the sets, set by training
-    set_draws: int = key(0, Int(0, BIG))
     teacher: str = key("", Text())  # online teacher spec (built in the training loop)
     loss_chunk_size: int = key(0, Int(0, BIG))  # rows of (N, V) logits per chunk; 0 = about 32 MiB of fp32
+    parts: dict[type, Any] = field(default_factory=component_configs, repr=False)
+
+    def _owner(self, name: str) -> Any:
+        """The component config that declares ``name``, or None (``parts`` is absent while unpickling)."""
+        for part in self.__dict__.get("parts", {}).values():
+            if name in part.__dataclass_fields__:
+                return part
+        return None
+
+    def __getattr__(self, name: str) -> Any:  # only for names that are not fields: a component's keys
+        owner = None if name.startswith("__") else self._owner(name)
+        if owner is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(owner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        owner = None if name in ObjectiveConfig.__dataclass_fields__ else self._owner(name)
+        if owner is not None:
+            setattr(owner, name, value)
+        else:
+            object.__setattr__(self, name, value)
+
+    def part(self, component: type[Head] | type[Objective]) -> Any:
+        """The ``Config`` instance of a head or objective class (its defaults if registered since)."""
+        return self.parts.setdefault(component.Config, component.Config())
+
+    def head_config(self) -> Any:
+        return self.part(HEADS[self.head])
+
+    def objective_config(self) -> Any:
+        return self.part(OBJECTIVES[self.objective])
 
     def validate(self) -> None:
         _validate_section(self)
@@ -171,7 +199,8 @@ class Config:
     SECTIONS = ("model", "objective", "train")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {s: dataclasses.asdict(getattr(self, s)) for s in self.SECTIONS}
+        """{section: {flat key: value}}, the layout of config.json."""
+        return {s: {f.name: getattr(h, f.name) for h, f in section_fields(getattr(self, s))} for s in self.SECTIONS}
 
     @classmethod
     def from_dict(cls, d: dict[str, dict[str, Any]], source: str = "") -> Config:
@@ -200,22 +229,49 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def section_fields(section_obj: Any) -> list[tuple[Any, dataclasses.Field]]:
+    """(holder, field) of every key of a section: its own fields, then its components' (``parts``)."""
+    own = [(section_obj, f) for f in dataclasses.fields(section_obj) if f.name != "parts"]
+    parts = getattr(section_obj, "parts", {}) if isinstance(section_obj, ObjectiveConfig) else {}
+    return own + [(part, f) for part in parts.values() for f in dataclasses.fields(part)]
+
+
 def _key_index() -> dict[str, str]:
-    """Flat key -> section name; keys are unique across sections by construction."""
+    """Flat key -> section name, over the components registered now; a key declared twice is an error."""
     index: dict[str, str] = {}
+    owners: dict[str, str] = {}
+    cfg = Config()
     for section in Config.SECTIONS:
-        for f in dataclasses.fields(Config.__dataclass_fields__[section].default_factory()):
-            assert f.name not in index, f"config key {f.name} appears twice"
-            index[f.name] = section
+        for holder, f in section_fields(getattr(cfg, section)):
+            owner = type(holder).__qualname__
+            if f.name in index:
+                raise ConfigError(f"config key {f.name} is declared twice, by {owners[f.name]} and {owner}")
+            index[f.name], owners[f.name] = section, owner
     return index
 
 
-KEYS = _key_index()
+class _Keys(Mapping[str, str]):
+    """The live flat key -> section index (heads and objectives may be registered after import)."""
+
+    def __getitem__(self, name: str) -> str:
+        return _key_index()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_key_index())
+
+    def __len__(self) -> int:
+        return len(_key_index())
+
+    def __contains__(self, name: object) -> bool:
+        return name in _key_index()
+
+
+KEYS: Mapping[str, str] = _Keys()
 
 
 def key_check(section_obj: Any, name: str) -> Any:
     """The constraint of a key: its declared check, or one implied by its type (non-negative int, finite float)."""
-    f = next(f for f in dataclasses.fields(section_obj) if f.name == name)
+    f = next(f for _, f in section_fields(section_obj) if f.name == name)
     if "check" in f.metadata:
         return f.metadata["check"]
     default = f.default
@@ -239,12 +295,13 @@ def _check_key(section_obj: Any, name: str, value: Any, source: str = "") -> Any
 
 
 def _validate_section(section_obj: Any) -> None:
-    for f in dataclasses.fields(section_obj):
-        _check_key(section_obj, f.name, getattr(section_obj, f.name))
+    for holder, f in section_fields(section_obj):
+        _check_key(section_obj, f.name, getattr(holder, f.name))
 
 
 def validate_config(cfg: Config) -> None:
     """Every key against its constraint, then the rules that tie keys together."""
+    _key_index()  # keys stay unique across sections and components
     for section in Config.SECTIONS:
         _validate_section(getattr(cfg, section))
     m = cfg.model
@@ -259,10 +316,11 @@ def unknown_key_message(key: str) -> str:
 
 def _set(cfg: Config, key: str, value: Any, source: str = "") -> None:
     key = key.replace("-", "_")
-    if key not in KEYS:
+    index = _key_index()
+    if key not in index:
         suffix = f" (in {source})" if source and not _where(source) else ""
         raise ConfigError(_where(source) + unknown_key_message(key) + suffix)
-    section = getattr(cfg, KEYS[key])
+    section = getattr(cfg, index[key])
     setattr(section, key, _check_key(section, key, value, source))
 
 
@@ -343,7 +401,7 @@ def load_config(
     return cfg
 
 
-def apply_size(model: ModelConfig, explicit: set[str] = frozenset()) -> None:
+def apply_size(model: ModelConfig, explicit: AbstractSet[str] = frozenset()) -> None:
     """Fill n_layer/n_head/n_embd from ``model.size`` unless they were given explicitly."""
     if not model.size:
         return
@@ -353,9 +411,9 @@ def apply_size(model: ModelConfig, explicit: set[str] = frozenset()) -> None:
             f"unknown model size {model.size!r}; known: {', '.join(MODEL_SIZES)}"
             + (f" (did you mean {close[0]}?)" if close else "")
         )
-    for key, value in zip(("n_layer", "n_head", "n_embd"), MODEL_SIZES[model.size]):
-        if key not in explicit:
-            setattr(model, key, value)
+    for name, value in zip(("n_layer", "n_head", "n_embd"), MODEL_SIZES[model.size]):
+        if name not in explicit:
+            setattr(model, name, value)
 
 
 # ----------------------------------------------------------------------------- resuming and processes

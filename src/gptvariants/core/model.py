@@ -2,7 +2,7 @@
 
 One backbone serves every variant: token + learned position embeddings, pre-LayerNorm
 blocks (causal self-attention through scaled_dot_product_attention, GELU MLP), a final
-LayerNorm, then a head (``heads.py``) whose weights the objective (``objectives.py``)
+LayerNorm, then a head (``heads/``) whose weights the objective (``objectives.py``)
 consumes in chunks. A KV cache makes generation cost O(T) per token instead of O(T^2); it keeps
 one length per row, so rows of different lengths decode as one batch, each at its own positions.
 """
@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig, ObjectiveConfig
-from .heads import Head, build_head
+from .heads import Head, HeadSpec, build_head
 from .objectives import Objective, build_objective
 
 
@@ -137,6 +137,7 @@ class CausalSelfAttention(nn.Module):
         if cache is None:  # causal: a right-padded row's tokens never see its padding
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         else:
+            assert step is not None, "Backbone plans the step of every cached forward pass"
             k, v = cache.store(layer, k, v, step)
             causal = step.mask is None and T > 1  # a chunk into an empty cache
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=step.mask, dropout_p=p, is_causal=causal)
@@ -220,8 +221,9 @@ class GPT(nn.Module):
         assert cfg.vocab_size > 0, "vocab_size must be set (from the data) before building the model"
         self.config, self.obj_config = cfg, obj
         self.transformer = Backbone(cfg)
-        self.objective: Objective = build_objective(obj.objective, obj)
-        self.head: Head = build_head(obj.head, cfg.n_embd, cfg.vocab_size, obj, self.objective.sigmoid)
+        self.objective: Objective = build_objective(obj.objective, obj.objective_config())
+        spec = HeadSpec(cfg.n_embd, cfg.vocab_size, obj.output_bias, self.objective.sigmoid)
+        self.head: Head = build_head(obj.head, spec, obj.head_config())
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by 1/sqrt(2 n_layer)
@@ -289,17 +291,17 @@ class GPT(nn.Module):
     def configure_optimizer(
         self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str
     ):
-        """AdamW with decay on matrices and none on biases/norms or on a Bayesian head's rho, which
-        has a group of its own whose ``lr_mult`` (rho_lr_mult) scales the schedule's learning rate:
-        Adam moves a parameter by about lr per step, and sigma's useful range spans several units of rho."""
-        params = {n: p for n, p in self.named_parameters() if p.requires_grad}
-        rho = [p for n, p in params.items() if n.endswith("_rho")]
-        decay = [p for n, p in params.items() if p.dim() >= 2 and not n.endswith("_rho")]
-        no_decay = [p for n, p in params.items() if p.dim() < 2 and not n.endswith("_rho")]
+        """AdamW with decay on matrices and none on biases/norms, then the groups the head asks for
+        (``Head.optimizer_groups``, e.g. a Bayesian head's rho), each at ``lr_mult`` times the
+        schedule's learning rate. The order of the groups is the one saved optimizer states expect."""
+        own = self.head.optimizer_groups()
+        claimed = {id(p) for g in own for p in g["params"]}
+        params = [p for p in self.parameters() if p.requires_grad and id(p) not in claimed]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if rho:
-            mult = self.obj_config.rho_lr_mult
-            groups.append({"params": rho, "weight_decay": 0.0, "lr": learning_rate * mult, "lr_mult": mult})
+        for g in own:
+            groups.append({**g, "lr": learning_rate * g.get("lr_mult", 1.0)})
         # the fused kernel (CUDA, and CPU since torch 2.4) does the whole update in one pass per
         # tensor; the default loop makes ~7 passes, which shows on the Bayesian head's 2x weights
         fused = device_type in ("cuda", "cpu")

@@ -11,7 +11,8 @@ every objective).
 An objective states its equation once, as ``loss(z, y, sets)`` (per-row, differentiable); the
 gradient then comes from autograd, so a new objective needs nothing else. The built-in ones
 also write dL/dz in closed form (``loss_and_grad``), a fast path that is tested equal to the
-autograd one. ``OBJECTIVES`` maps a config name to its class (``@register_objective``).
+autograd one. ``OBJECTIVES`` maps a config name to its class (``@register_objective``); an
+objective's hyper-parameters are its nested ``Config`` dataclass (flat config keys, as for heads).
 
 Targets are sparse: ``y`` (N,) holds the true next token (-1 = ignore this position) and
 ``sets`` (N, K) the extra positive tokens of the sigmoid objective, padded with -1. No
@@ -20,13 +21,14 @@ Targets are sparse: ``y`` (N,) holds the true next token (-1 = ignore this posit
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from .config import ObjectiveConfig
+from ..common.checks import Float, Int
+from .keys import BIG, key
 
 OBJECTIVES: dict[str, type[Objective]] = {}
 
@@ -46,9 +48,13 @@ class Objective:
     name: ClassVar[str] = ""
     sigmoid: ClassVar[bool] = False
 
+    @dataclass
+    class Config:
+        """The objective's own hyper-parameters: none here."""
+
     @classmethod
-    def from_config(cls, cfg: ObjectiveConfig) -> Objective:
-        """The objective with the run's hyper-parameters (those of ObjectiveConfig it uses)."""
+    def from_config(cls, cfg: Any) -> Objective:
+        """The objective with the run's hyper-parameters ``cfg`` (an instance of ``cls.Config``)."""
         return cls()
 
     def loss(self, z: torch.Tensor, y: torch.Tensor, sets: torch.Tensor | None) -> torch.Tensor:
@@ -112,11 +118,15 @@ class SmoothedCrossEntropy(Objective):
 
     name = "smooth"
 
+    @dataclass
+    class Config:
+        label_smoothing: float = key(0.1, Float(0.0, 1.0, hi_open=True))  # eps
+
     def __init__(self, eps: float) -> None:
         self.eps = eps
 
     @classmethod
-    def from_config(cls, cfg: ObjectiveConfig) -> SmoothedCrossEntropy:
+    def from_config(cls, cfg: SmoothedCrossEntropy.Config) -> SmoothedCrossEntropy:
         return cls(cfg.label_smoothing)
 
     def loss(self, z, y, sets):
@@ -162,6 +172,12 @@ class SigmoidBCE(Objective):
     name = "bce"
     sigmoid = True
 
+    @dataclass
+    class Config:
+        pos_weight: float = key(1.0, Float(0.0, lo_open=True))  # w
+        sum_penalty: float = key(0.0, Float(0.0))  # lambda
+        set_draws: int = key(0, Int(0, BIG))  # m of the readout; 0 = from the sets, set by training
+
     def __init__(self, pos_weight: float = 1.0, sum_penalty: float = 0.0, set_draws: int = 1) -> None:
         if set_draws < 1:
             raise ValueError(f"set_draws must be >= 1, got {set_draws}")
@@ -170,7 +186,7 @@ class SigmoidBCE(Objective):
         self.set_draws = set_draws
 
     @classmethod
-    def from_config(cls, cfg: ObjectiveConfig) -> SigmoidBCE:
+    def from_config(cls, cfg: SigmoidBCE.Config) -> SigmoidBCE:
         return cls(cfg.pos_weight, cfg.sum_penalty, cfg.set_draws or 1)
 
     def loss(self, z, y, sets):
@@ -232,7 +248,7 @@ def positives(y: torch.Tensor, sets: torch.Tensor | None) -> torch.Tensor:
     return torch.cat([y, sets], dim=1)
 
 
-def build_objective(name: str, cfg: ObjectiveConfig) -> Objective:
+def build_objective(name: str, cfg: Any) -> Objective:
     """The registered objective ``name`` with the run's hyper-parameters."""
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")

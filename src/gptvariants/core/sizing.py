@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 
 from .config import Config, ConfigError
+from .heads import HEADS, HeadSpec
+from .objectives import OBJECTIVES
 
 TRAIN_BYTES_PER_PARAM = 16  # weights + gradients + Adam m and v, fp32 each
 
@@ -19,17 +21,16 @@ def count_parameters(cfg: Config, vocab_size: int | None = None) -> int:
     """Parameters of the GPT that ``cfg`` describes (``vocab_size`` when the config's is still 0).
 
     Per block: attention 4C^2 and MLP 8C^2 weights, 9C linear and 4C LayerNorm biases (2C
-    LayerNorm weights when bias=false); embeddings (V + T) C; the head's V x C weight unless
-    tied, plus a rho for every mean weight (and bias) of a Bayesian head.
+    LayerNorm weights when bias=false); embeddings (V + T) C; the head's own count
+    (``Head.num_parameters``), less the V x C mean weight when the token embedding shares it.
     """
     m, o = cfg.model, cfg.objective
     V, C, T, L = vocab_size or m.vocab_size, m.n_embd, m.block_size, m.n_layer
     block = 12 * C * C + (13 * C if m.bias else 2 * C)
     backbone = V * C + T * C + L * block + (2 * C if m.bias else C)
-    head = (0 if m.tie_weights else V * C) + (V if o.output_bias else 0)
-    if o.head == "bayesian":
-        head += V * C + (V if o.output_bias else 0)  # rho of the mean weight (tied or not) and of the bias
-    return backbone + head
+    spec = HeadSpec(C, V, o.output_bias, OBJECTIVES[o.objective].sigmoid)
+    head = HEADS[o.head].num_parameters(spec, o.head_config())
+    return backbone + head - (V * C if m.tie_weights else 0)
 
 
 def available_bytes(device: str) -> int | None:
@@ -45,7 +46,7 @@ def available_bytes(device: str) -> int | None:
     if kind == "cuda":
         if not torch.cuda.is_available():
             return None
-        return int(torch.cuda.mem_get_info(int(index or os.environ.get("LOCAL_RANK", 0)))[0])
+        return int(torch.cuda.mem_get_info(int(index or os.environ.get("LOCAL_RANK", "0")))[0])
     if kind != "cpu":
         return None
     total = _meminfo_bytes(("MemAvailable", "SwapFree"))

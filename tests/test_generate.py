@@ -29,9 +29,9 @@ from gptvariants.decode.generate import (
 )
 from gptvariants.predict.prediction import Prediction
 from gptvariants.predict.predictive import Draws, Predictor
+from gptvariants.store.checkpoint import CheckpointError, save_checkpoint
 
 MEAN = Prediction(mc_samples=0)  # a Bayesian head's posterior mean: deterministic decoding
-from gptvariants.store.checkpoint import CheckpointError, save_checkpoint
 
 BLOCK = 16
 
@@ -486,9 +486,7 @@ def test_cli_bayesian_json_has_mutual_information(tmp_path, capsys):
         model.head.weight_rho.fill_(math.log(math.expm1(2.0)))  # wide posterior: the draws disagree
     save_checkpoint(tmp_path, model, {"step": 1, "config": cfg.to_dict()})
     tok.save(tmp_path)
-    sample_cli(
-        ["--ckpt", str(tmp_path), "--max-new-tokens", "4", "--json", "--mc-samples", "4"]
-    )
+    sample_cli(["--ckpt", str(tmp_path), "--max-new-tokens", "4", "--json", "--mc-samples", "4"])
     rec = json.loads(capsys.readouterr().out)
     assert len(rec["tokens"]) == 4 and all(t["mi"] > 1e-3 for t in rec["tokens"])
     sample_cli(["--ckpt", str(tmp_path), "--max-new-tokens", "4", "--json"])  # the run's predictive: MC draws

@@ -279,9 +279,9 @@ class LanguageModel:
         caller that decodes many in one batch (``gptv serve``): add ``.row`` to
         ``new_decoder(.key)``, which rows with equal keys can share. ``sampling``: the options of
         ``decoder.RowOptions``."""
+        self.prediction.but(method=method, mc_samples=mc_samples).check(self.runs, generation=True)
         ids = self.encode_prompt(prompt, unknown)
         stop, stops = self._stops(stop, stop_at_eot, stop_tokens)
-        self.prediction.but(method=method, mc_samples=mc_samples).check(self.runs, generation=True)
         options = dict(max_new_tokens=max_new_tokens, stop_tokens=stops, details=return_details, **sampling)
         return TokenStream(self, ids, stop, options, DecoderKey(method, mc_samples, use_cache, slide))
 
@@ -398,8 +398,8 @@ class LanguageModel:
         SCORE_BATCH windows each), so scoring many short texts costs about what one long one does.
         Each text is scored exactly as alone, except that a Bayesian head's draws (seeded for the
         whole call) then depend on which texts share the call."""
-        ids_list = [self._score_ids(t, unknown) for t in texts]
         predictor = self.predictor(method, mc_samples, seed)
+        ids_list = [self._score_ids(t, unknown) for t in texts]
         stream: list[int] = []
         windows: list[tuple[int, int, int]] = []
         pieces: list[str] = []  # the scored tokens' texts, in the windows' order

@@ -348,13 +348,13 @@ def test_bad_model_arguments_are_refused(runs, harness):
 
 
 def test_lm_eval_argv_sets_the_model_and_passes_the_rest():
-    argv = lm_eval_argv("runs/b", "hellaswag", bayes_mode="mean", model_args="seed=3", extra=["--limit", "5"])
+    argv = lm_eval_argv("runs/b", "hellaswag", mc_samples=0, model_args="seed=3", extra=["--limit", "5"])
     assert argv == [
         "run",
         "--model",
         "gptv",
         "--model_args",
-        "run=runs/b,bayes_mode=mean,seed=3",
+        "run=runs/b,mc_samples=0,seed=3",
         "--tasks",
         "hellaswag",
         "--device",

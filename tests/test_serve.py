@@ -189,6 +189,19 @@ def test_generate_streams_the_library_tokens(client, runs, words):
     assert done["nats_per_token"] == pytest.approx(-sum(t.logprob for t in ref.tokens) / 6, rel=1e-5)
 
 
+def test_mc_samples_zero_and_the_sequence_method_reach_the_library(client, runs, words):
+    """The posterior mean (0 draws) and a per-sequence weight draw, as every front end spells them."""
+    r = client.post("/api/score", json={"run": "bayes", "text": words, "mc_samples": 0, "top_n": 2})
+    assert r.status_code == 200, r.text
+    ref = runs[0]["bayes"].lm.score(words, mc_samples=0, top_n=2)
+    assert [t["logprob"] for t in r.json()["tokens"]] == pytest.approx([t.logprob for t in ref], abs=1e-6)
+    assert all("mi" not in t for t in r.json()["tokens"])  # one draw
+    body = {"run": "bayes", "prompt": words.split()[0], "method": "sequence", "seed": 2, "max_new_tokens": 5}
+    events = sse(client.post("/api/generate", json={**body, "stop_at_eot": False}))
+    ref = runs[0]["bayes"].lm.generate_details(body["prompt"], 5, method="sequence", seed=2, stop_at_eot=False)
+    assert [d["id"] for e, d in events if e == "token"] == [t.id for t in ref.tokens]
+
+
 def test_generate_honours_stop_strings(client, words):
     prompt = words.split()[0]
     full = sse(

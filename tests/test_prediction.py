@@ -14,7 +14,7 @@ from gptvariants.data.tokenizers import CharTokenizer
 from gptvariants.decode.generate import generate
 from gptvariants.predict.methods import Run, load_runs
 from gptvariants.predict.prediction import Prediction, build_predictor, from_bayes_mode
-from gptvariants.store.checkpoint import save_checkpoint
+from gptvariants.store.checkpoint import CheckpointError, save_checkpoint
 
 SHAPE = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=12)
 
@@ -127,6 +127,9 @@ def test_snapshot_ensemble_averages_the_kept_checkpoints(tmp_path):
     default = build_predictor(runs, Prediction())
     latest = default.draws([h[0] for h in default.encode(x)]).probs  # the default: the current checkpoint only
     torch.testing.assert_close(latest, torch.softmax(torch.tensor(biases[-1]), 0).expand(4, 2))
+    (tmp_path / "ckpt-00000001" / "model.safetensors").write_bytes(b"damaged")
+    with pytest.raises(CheckpointError, match="snapshot .*ckpt-00000001 is unusable"):
+        build_predictor(runs, Prediction("snapshot"))
     alone = tmp_path / "alone"
     model, cfg = constant([0.0, 0.0])
     save_checkpoint(alone, model, {"step": 1, "config": cfg.to_dict()})

@@ -23,7 +23,7 @@ Rows (``decoder.py``)
 One decoding step, per row
     1. the predictive distribution p of the next token (``predictive.Predictor.draws``): softmax,
        a sigmoid head's normalised readout per row (the study normalised over the whole batch),
-       or the mixture of S draws (Bayesian ``step`` mode, MC dropout, ensembles).
+       or the mixture of S draws (a Bayesian head's draws, MC dropout, ensembles, snapshots).
     2. scores, with softmax(scores) = p: the raw logits for a single softmax draw, log p
        otherwise. The CTRL repetition penalty acts on them.
     3. sigmoid ``set`` mode keeps only the tokens with sigmoid(z) > tau (draw-averaged), the

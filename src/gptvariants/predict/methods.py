@@ -37,7 +37,7 @@ import torch
 from ..core.config import Config
 from ..core.model import GPT
 from ..data.tokenizers import META_FILE
-from ..store.checkpoint import checkpoints, load_run, load_weights
+from ..store.checkpoint import CheckpointError, checkpoints, load_run, load_weights, verify_checkpoint
 from .laplace import LaplacePosterior
 from .predictive import Member, Predictor, run_mc_samples
 
@@ -266,6 +266,9 @@ class Snapshot(Method):
             t = r.temperature(key) if temperature else 1.0
             device = next(r.model.parameters()).device
             for _, ckpt in checkpoints(r.dir):
+                problems = verify_checkpoint(ckpt, ("model.safetensors",))
+                if problems:
+                    raise CheckpointError(f"snapshot {ckpt} is unusable ({', '.join(problems)})")
                 model = GPT(r.config.model, r.config.objective)
                 load_weights(ckpt, model)
                 out.append(Member(model.to(device).eval(), t))

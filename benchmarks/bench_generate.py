@@ -8,7 +8,7 @@ pays its re-prefills. With ``--vocab 50257`` the output layer's (V, C) matrix-ve
 which caching cannot shorten, dominates each cached step on a CPU; the table shows how much.
 
 Modes: ``uncached`` and ``cached`` use the posterior mean weights; ``bayes-1`` and ``bayes-mc8``
-are ``bayes_mode='step'`` with 1 and 8 draws per step (cached). Checks: cached output identical
+are the default method with 1 and 8 draws per step (cached). Checks: cached output identical
 to uncached (asserted), cached >= 5x uncached tokens/s, MC-8 <= 2x the time of a single draw.
 
     python benchmarks/bench_generate.py [--new-tokens 500] [--json] [--threads N]
@@ -27,6 +27,7 @@ from gptvariants.common.allocator import keep_freed_memory
 from gptvariants.core.config import load_config
 from gptvariants.core.model import GPT
 from gptvariants.decode.generate import generate
+from gptvariants.predict.prediction import Prediction
 
 
 def timed(model, n: int, **kw) -> tuple[list[int], float]:
@@ -54,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     model = GPT(cfg.model, cfg.objective).eval()
     n = args.new_tokens
     modes = {
-        "uncached": dict(use_cache=False),
-        "cached": dict(use_cache=True),
-        "bayes-1": dict(bayes_mode="step", mc_samples=1, seed=0),
-        "bayes-mc8": dict(bayes_mode="step", mc_samples=8, seed=0),
+        "uncached": dict(use_cache=False, prediction=Prediction(mc_samples=0)),
+        "cached": dict(use_cache=True, prediction=Prediction(mc_samples=0)),
+        "bayes-1": dict(prediction=Prediction(mc_samples=1), seed=0),
+        "bayes-mc8": dict(prediction=Prediction(mc_samples=8), seed=0),
     }
     outputs, seconds = {}, {}
     for name, kw in modes.items():

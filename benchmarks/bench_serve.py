@@ -273,7 +273,7 @@ def batched_reference(run: Path, concurrency: int = 20, rounds: int = 5) -> floa
             lm.token_stream(
                 b["prompt"],
                 b["max_new_tokens"],
-                bayes_mode="mean",
+                mc_samples=0,
                 **{k: v for k, v in b.items() if k not in ("run", "prompt", "max_new_tokens")},
             )
             for b in batch

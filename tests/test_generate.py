@@ -21,14 +21,17 @@ from gptvariants.decode.generate import (
     apply_repetition_penalty,
     draw_rows,
     generate,
-    predictor_for,
+    predictor_of,
     sampling_probs,
     top_k_filter,
     top_p_filter,
     window_start,
 )
+from gptvariants.predict.prediction import Prediction
 from gptvariants.predict.predictive import Draws, Predictor
 from gptvariants.store.checkpoint import CheckpointError, save_checkpoint
+
+MEAN = Prediction(mc_samples=0)  # a Bayesian head's posterior mean: deterministic decoding
 
 BLOCK = 16
 
@@ -92,8 +95,8 @@ def test_cached_and_uncached_logits_agree_across_slides(variant):
 def test_greedy_cached_equals_uncached(variant):
     model = tiny(variant)
     prompts = [[1, 2, 3], [7] * 20]  # the second is longer than block_size
-    a = generate(model, prompts, 30, greedy=True, return_details=True)
-    b = generate(model, prompts, 30, greedy=True, use_cache=False, return_details=True)
+    a = generate(model, prompts, 30, greedy=True, prediction=MEAN, return_details=True)
+    b = generate(model, prompts, 30, greedy=True, prediction=MEAN, use_cache=False, return_details=True)
     for x, y in zip(a, b):
         assert x.tokens == y.tokens and len(x.tokens) == 30 and varied(x.tokens)
         assert x.entropy == pytest.approx(y.entropy, abs=1e-4)
@@ -168,18 +171,22 @@ def test_rows_of_different_lengths_decode_as_they_would_alone(variant):
     uncached (its window recomputed from scratch each step), across several slides."""
     model = tiny(variant)
     n = 3 * BLOCK
-    batched = generate(model, PROMPTS, n, greedy=True, return_details=True)
+    batched = generate(model, PROMPTS, n, greedy=True, prediction=MEAN, return_details=True)
     for p, got in zip(PROMPTS, batched):
-        alone = generate(model, [p], n, greedy=True, use_cache=False, return_details=True)[0]
+        alone = generate(model, [p], n, greedy=True, prediction=MEAN, use_cache=False, return_details=True)[0]
         assert got.tokens == alone.tokens and varied(got.tokens)
         assert got.prob == pytest.approx(alone.prob, abs=1e-5)
         assert got.entropy == pytest.approx(alone.entropy, abs=1e-4)
-    assert generate(model, PROMPTS, n, greedy=True, use_cache=False) == [g.tokens for g in batched]
+    assert generate(model, PROMPTS, n, greedy=True, prediction=MEAN, use_cache=False) == [g.tokens for g in batched]
+
+
+# Bayesian heads: the posterior mean (0 draws), S draws per step (the default method), one draw per sequence
+MODES = {"mean": Prediction(mc_samples=0), "step": Prediction(mc_samples=4), "sequence": Prediction("sequence")}
 
 
 def _decode(model, mode: str, rows: list[tuple[list[int], dict]], n: int = 24):
     """Each (prompt, options) as a row of one decoder, all joining at the first step."""
-    decoder = Decoder(predictor_for(model, mode, mc_samples=4 if mode == "step" else None))
+    decoder = Decoder(predictor_of(model, MODES[mode]))
     added = [decoder.add(Row(p, RowOptions(n, details=True, **o))) for p, o in rows]
     while decoder.active:
         decoder.step()
@@ -217,7 +224,7 @@ def test_a_seeded_row_samples_the_same_tokens_whatever_its_batch(variant, mode):
 
 def test_a_row_added_mid_way_decodes_as_it_would_alone():
     model = tiny()
-    decoder = Decoder(predictor_for(model))
+    decoder = Decoder(predictor_of(model))
     first = decoder.add(Row([1, 2, 3], RowOptions(3 * BLOCK, greedy=True)))
     short = decoder.add(Row([6, 6], RowOptions(5, temperature=0.8, seed=1)))
     for _ in range(9):
@@ -357,18 +364,20 @@ def test_bayesian_modes_and_mutual_information():
     model = tiny("bayes")
     with torch.no_grad():
         model.head.weight_rho.fill_(math.log(math.expm1(0.5)))  # sigma = 0.5: clearly uncertain
-    for mode in ("mean", "step", "sequence"):
-        g = generate(model, [[1, 2], [3]], 10, bayes_mode=mode, mc_samples=8, seed=0, return_details=True)
+    for method, draws in (("default", 0), ("default", 8), ("sequence", 8)):
+        how = Prediction(method, draws)
+        g = generate(model, [[1, 2], [3]], 10, prediction=how, seed=0, return_details=True)
         assert all(len(r.tokens) == 10 and all(h >= 0 for h in r.entropy) for r in g)
-        assert (g[0].mi is not None) == (mode == "step")
-    step = generate(model, [[1, 2]], 10, bayes_mode="step", mc_samples=8, seed=0, return_details=True)[0]
+        assert (g[0].mi is not None) == (method == "default" and draws > 0)
+    eight = Prediction(mc_samples=8)
+    step = generate(model, [[1, 2]], 10, prediction=eight, seed=0, return_details=True)[0]
     assert min(step.mi) > 1e-3
     with torch.no_grad():
         model.head.weight_rho.fill_(-30.0)  # sigma ~ 1e-13
-    certain = generate(model, [[1, 2]], 10, bayes_mode="step", mc_samples=8, seed=0, return_details=True)[0]
+    certain = generate(model, [[1, 2]], 10, prediction=eight, seed=0, return_details=True)[0]
     assert max(certain.mi) < 1e-6
     with pytest.raises(ValueError, match="Bayesian head"):
-        generate(tiny(), [[1]], 2, bayes_mode="step")
+        generate(tiny(), [[1]], 2, prediction=Prediction("sequence"))
 
 
 def test_step_mode_logits_have_the_weight_posterior_moments():
@@ -477,14 +486,12 @@ def test_cli_bayesian_json_has_mutual_information(tmp_path, capsys):
         model.head.weight_rho.fill_(math.log(math.expm1(2.0)))  # wide posterior: the draws disagree
     save_checkpoint(tmp_path, model, {"step": 1, "config": cfg.to_dict()})
     tok.save(tmp_path)
-    sample_cli(
-        ["--ckpt", str(tmp_path), "--max-new-tokens", "4", "--json", "--bayes-mode", "step", "--mc-samples", "4"]
-    )
+    sample_cli(["--ckpt", str(tmp_path), "--max-new-tokens", "4", "--json", "--mc-samples", "4"])
     rec = json.loads(capsys.readouterr().out)
     assert len(rec["tokens"]) == 4 and all(t["mi"] > 1e-3 for t in rec["tokens"])
     sample_cli(["--ckpt", str(tmp_path), "--max-new-tokens", "4", "--json"])  # the run's predictive: MC draws
     assert all(t["mi"] > 1e-3 for t in json.loads(capsys.readouterr().out)["tokens"])
-    sample_cli(["--ckpt", str(tmp_path), "--max-new-tokens", "4", "--json", "--bayes-mode", "mean"])  # one draw, no MI
+    sample_cli(["--ckpt", str(tmp_path), "--max-new-tokens", "4", "--json", "--mc-samples", "0"])  # one draw, no MI
     assert all("mi" not in t for t in json.loads(capsys.readouterr().out)["tokens"])
 
 
@@ -589,7 +596,7 @@ def test_language_model_on_a_bayesian_head_scores_with_mutual_information():
     assert [r.logprob for r in full] == [r.logprob for r in recs]  # same seed, same draws
     assert all(len(r.top) == 3 and len(r.draws) == 4 for r in full)
     assert all(r.prob == pytest.approx(sum(r.draws) / 4, rel=1e-4) for r in full)  # p = mean of the draws
-    assert all(r.mi is None for r in lm.score("hello world", bayes_mode="mean"))
+    assert all(r.mi is None for r in lm.score("hello world", mc_samples=0))
 
 
 def test_word_tokenizer_starts_from_eot_and_keeps_spaces(tmp_path):

@@ -214,7 +214,8 @@ def test_multiple_choice_loglikelihood_checked_by_hand(runs, harness, tmp_path, 
     lm = load(run[name])
     text = (root / "eval.txt").read_text(encoding="utf-8").replace("€", "")
     short = text[:12].rstrip()  # lm-eval would move a trailing space into the continuation
-    greedy = lm.generate(short, max_new_tokens=3, greedy=True, bayes_mode=mode)  # the argmax continuation
+    draws = 0 if mode == "mean" else None  # model_arg bayes_mode=mean is mc_samples=0
+    greedy = lm.generate(short, max_new_tokens=3, greedy=True, mc_samples=draws)  # the argmax continuation
     docs = [
         {"question": short, "choices": [greedy, text[12:15], text[100:103]], "label": 0},
         {"question": text[:200], "choices": [text[200:230], text[300:310], text[200:201]], "label": 1},
@@ -278,7 +279,7 @@ def test_bayesian_draws_are_seeded_per_request(runs, harness):
     again = lm.loglikelihood(requests[::-1], disable_tqdm=True)[::-1]
     assert [a[0] for a in again] == pytest.approx([o[0] for o in one], abs=1e-6)
     # by hand: a fresh predictor with the same seed, the request alone
-    p = load(run["bayes"]).predictor("step", 4, seed=3)
+    p = load(run["bayes"]).predictor(mc_samples=4, seed=3)
     ids = lm.tok_encode("a lord of the north")
     with torch.no_grad():
         hs = [h[0, 5:] for h in p.encode(torch.tensor([ids[:-1]]))]
@@ -325,8 +326,14 @@ def test_bad_model_arguments_are_refused(runs, harness):
         GPTVariantsLM(device="cpu")
     with pytest.raises(ValueError, match="unknown gptv model_args.*pretrained"):
         GPTVariantsLM(run=str(run["baseline"]), pretrained="gpt2")
-    with pytest.raises(ValueError, match="needs a Bayesian head"):
-        GPTVariantsLM(run=str(run["baseline"]), bayes_mode="step")
+    with pytest.raises(ValueError, match="deterministic head"):
+        GPTVariantsLM(run=str(run["baseline"]), bayes_mode="sequence")
+    with pytest.raises(ValueError, match="not for scoring text"):
+        GPTVariantsLM(run=str(run["bayes"]), method="sequence")
+    with pytest.raises(ValueError, match="bayes_mode must be one of mean, step, sequence"):
+        GPTVariantsLM(run=str(run["bayes"]), bayes_mode="median")
+    with pytest.raises(ValueError, match="contradicts mc_samples=4"):
+        GPTVariantsLM(run=str(run["bayes"]), bayes_mode="mean", mc_samples=4)
     with pytest.raises(ValueError, match="unknown must be"):
         GPTVariantsLM(run=str(run["baseline"]), unknown="drop")
     lm = GPTVariantsLM(run=str(run["baseline"]), device="cuda:0" if not torch.cuda.is_available() else "cpu")
@@ -341,13 +348,13 @@ def test_bad_model_arguments_are_refused(runs, harness):
 
 
 def test_lm_eval_argv_sets_the_model_and_passes_the_rest():
-    argv = lm_eval_argv("runs/b", "hellaswag", bayes_mode="mean", model_args="seed=3", extra=["--limit", "5"])
+    argv = lm_eval_argv("runs/b", "hellaswag", mc_samples=0, model_args="seed=3", extra=["--limit", "5"])
     assert argv == [
         "run",
         "--model",
         "gptv",
         "--model_args",
-        "run=runs/b,bayes_mode=mean,seed=3",
+        "run=runs/b,mc_samples=0,seed=3",
         "--tasks",
         "hellaswag",
         "--device",

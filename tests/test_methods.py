@@ -15,7 +15,8 @@ from gptvariants.core.model import GPT
 from gptvariants.data.tokenizers import CharTokenizer
 from gptvariants.predict.calibration import fit_temperature, golden_section, save_temperature
 from gptvariants.predict.laplace import LaplacePosterior, curvature
-from gptvariants.predict.methods import CALIBRATION_FILE, Run, build_predictor, load_runs
+from gptvariants.predict.methods import CALIBRATION_FILE, Run, load_runs
+from gptvariants.predict.prediction import Prediction, build_predictor
 from gptvariants.predict.predictive import Predictor
 from gptvariants.store.checkpoint import save_checkpoint
 from gptvariants.train.loop import train
@@ -117,7 +118,7 @@ def test_mc_dropout_is_the_mean_of_stochastic_passes(tiny_data, tmp_path):
     )
     run = Run(tmp_path / "d", train(cfg).model.eval(), cfg)
     assert cfg.model.dropout == 0.1
-    p = build_predictor([run], "mc_dropout", samples=6, seed=0)
+    p = build_predictor([run], Prediction("mc_dropout", 6, seed=0))
     x = torch.randint(0, 60, (1, 16))
     hs = p.encode(x)
     assert len(hs) == 6 and not torch.equal(hs[0], hs[1])  # dropout was active
@@ -126,11 +127,11 @@ def test_mc_dropout_is_the_mean_of_stochastic_passes(tiny_data, tmp_path):
     by_hand = torch.stack([torch.softmax(run.model.logits(h[0]), -1) for h in hs]).mean(0)
     torch.testing.assert_close(draws.probs, by_hand, rtol=1e-5, atol=1e-6)
     assert (draws.mutual_information() > 0).all()
-    again = build_predictor([run], "mc_dropout", samples=6, seed=0).encode(x)  # seeded: reproducible
+    again = build_predictor([run], Prediction("mc_dropout", 6, seed=0)).encode(x)  # seeded: reproducible
     assert all(torch.equal(a, b) for a, b in zip(hs, again))
     plain = Run(run.dir, run.model, load_config("baseline"))
     with pytest.raises(ValueError, match="dropout > 0"):
-        build_predictor([plain], "mc_dropout")
+        build_predictor([plain], Prediction("mc_dropout"))
 
 
 def _dense_ggn(h, p, bias):
@@ -186,7 +187,7 @@ def test_laplace_refuses_what_it_cannot_fit(tmp_path):
     with pytest.raises(ValueError, match="softmax heads"):
         fit_laplace(run.dir, run.model, np.zeros(100, dtype=np.int64), np.zeros(100, dtype=np.int64))
     with pytest.raises(ValueError, match="gptv laplace"):
-        build_predictor([run], "laplace")
+        build_predictor([run], Prediction("laplace"))
 
 
 def test_temperature_can_be_fitted_to_the_top1_ece(tmp_path):

@@ -173,13 +173,13 @@ def test_generate_streams_the_library_tokens(client, runs, words):
     opts = {"max_new_tokens": 6, "temperature": 0.7, "top_k": 10, "seed": 5, "stop_at_eot": False}
     r = client.post(
         "/api/generate",
-        json={"run": "bayes", "prompt": prompt, "bayes_mode": "step", "mc_samples": 3, "top_n": 3, **opts},
+        json={"run": "bayes", "prompt": prompt, "mc_samples": 3, "top_n": 3, **opts},
     )
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     events = sse(r)
     kinds = [e for e, _ in events]
     assert kinds == ["token"] * 6 + ["done"]
-    ref = runs[0]["bayes"].lm.generate_details(prompt, bayes_mode="step", mc_samples=3, top_n=3, **opts)
+    ref = runs[0]["bayes"].lm.generate_details(prompt, mc_samples=3, top_n=3, **opts)
     tokens = [d for e, d in events if e == "token"]
     assert [t["id"] for t in tokens] == [t.id for t in ref.tokens]  # same seed, same tokens as the library
     assert [t["logprob"] for t in tokens] == pytest.approx([t.logprob for t in ref.tokens], abs=1e-6)
@@ -187,6 +187,19 @@ def test_generate_streams_the_library_tokens(client, runs, words):
     done = events[-1][1]
     assert done["n_tokens"] == 6 and done["finish_reason"] == "length" and done["tokens_per_s"] > 0
     assert done["nats_per_token"] == pytest.approx(-sum(t.logprob for t in ref.tokens) / 6, rel=1e-5)
+
+
+def test_mc_samples_zero_and_the_sequence_method_reach_the_library(client, runs, words):
+    """The posterior mean (0 draws) and a per-sequence weight draw, as every front end spells them."""
+    r = client.post("/api/score", json={"run": "bayes", "text": words, "mc_samples": 0, "top_n": 2})
+    assert r.status_code == 200, r.text
+    ref = runs[0]["bayes"].lm.score(words, mc_samples=0, top_n=2)
+    assert [t["logprob"] for t in r.json()["tokens"]] == pytest.approx([t.logprob for t in ref], abs=1e-6)
+    assert all("mi" not in t for t in r.json()["tokens"])  # one draw
+    body = {"run": "bayes", "prompt": words.split()[0], "method": "sequence", "seed": 2, "max_new_tokens": 5}
+    events = sse(client.post("/api/generate", json={**body, "stop_at_eot": False}))
+    ref = runs[0]["bayes"].lm.generate_details(body["prompt"], 5, method="sequence", seed=2, stop_at_eot=False)
+    assert [d["id"] for e, d in events if e == "token"] == [t.id for t in ref.tokens]
 
 
 def test_generate_honours_stop_strings(client, words):
@@ -229,17 +242,19 @@ BAD = [
     ("/api/generate", {"run": "baseline", "prompt": "ab", "temprature": 1}, 422, "temprature: Extra inputs"),
     (
         "/api/generate",
-        {"run": "baseline", "prompt": "ab", "unknown": "skip", "bayes_mode": "step"},
+        {"run": "baseline", "prompt": "ab", "unknown": "skip", "method": "sequence"},
         400,
-        "needs a Bayesian head",
+        "deterministic head",
     ),
+    ("/api/generate", {"run": "baseline", "prompt": "ab", "method": "bogus"}, 400, "unknown method 'bogus'"),
     ("/api/generate", {"run": "baseline", "prompt": "qqqzzz"}, 400, "not in the word vocabulary"),
     ("/api/generate", {"run": "baseline", "prompt": 5}, 422, "prompt"),
     ("/api/score", {"run": "sig", "text": ""}, 422, "text"),
     ("/api/score", {"run": "sig", "text": "x" * 20001}, 422, "at most 20000"),
-    ("/api/score", {"run": "sig", "text": "ab", "mc_samples": 0}, 422, "mc_samples"),
+    ("/api/score", {"run": "sig", "text": "ab", "mc_samples": -1}, 422, "mc_samples"),
     ("/api/score", {"run": "baseline", "text": "qqq"}, 400, "not in the word vocabulary"),
-    ("/api/score", {"run": "bayes", "text": "ab", "bayes_mode": "sequence"}, 422, "bayes_mode"),
+    ("/api/score", {"run": "bayes", "text": "ab", "method": "sequence"}, 400, "not for scoring text"),
+    ("/api/score", {"run": "bayes", "text": "ab", "bayes_mode": "mean"}, 422, "bayes_mode: Extra inputs"),
 ]
 
 
@@ -453,7 +468,6 @@ def test_concurrent_generations_share_a_batch_and_give_the_library_tokens(runs, 
             "run": "bayes",
             "prompt": w[0],
             "max_new_tokens": 30,
-            "bayes_mode": "step",
             "mc_samples": 3,
             "seed": 9,
             "stop_at_eot": False,
@@ -464,7 +478,7 @@ def test_concurrent_generations_share_a_batch_and_give_the_library_tokens(runs, 
         events = sse(r)
         assert r.status_code == 200 and events[-1][0] == "done", r.text
         tokens = [d for e, d in events if e == "token"]
-        opts = {"bayes_mode": "mean", **{k: v for k, v in body.items() if k not in ("run", "prompt", "max_new_tokens")}}
+        opts = {k: v for k, v in body.items() if k not in ("run", "prompt", "max_new_tokens")}
         ref = loaded[body["run"]].lm.generate_details(body["prompt"], body["max_new_tokens"], **opts)
         assert [t["id"] for t in tokens] == [t.id for t in ref.tokens] and len(tokens) == body["max_new_tokens"]
         assert [t["logprob"] for t in tokens] == pytest.approx([t.logprob for t in ref.tokens], abs=1e-5)

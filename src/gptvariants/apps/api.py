@@ -6,7 +6,10 @@
     >>> for token in lm.stream("The king", max_new_tokens=20, top_n=5): print(token.text, token.top)
     >>> lm.score("The king is dead.")[0]   # TokenRecord(id=..., text=..., logprob=..., entropy=..., mi=None)
 
-Every probability comes from the run's predictive distribution (``predictive.Predictor``).
+Every probability comes from the run's predictive distribution (``predictive.Predictor``), as
+described by a ``prediction.Prediction`` (method, mc_samples, temperature, seed): the one given to
+``load``, with a call's own ``method`` / ``mc_samples`` / ``seed`` when it names them
+(``mc_samples=0``: the point estimate, e.g. a Bayesian head's posterior mean).
 
 Prompts are text. An empty prompt starts from the tokenizer's end-of-text token, or from token
 0 when the tokenizer has none (the char tokenizer): the model needs one token to condition on.
@@ -26,8 +29,9 @@ import torch
 
 from ..data.tokenizers import load_tokenizer
 from ..decode.decoder import Decoder, Generation, Row, RowOptions
-from ..decode.generate import generate, keep_tokens, predictor_for, window_start
-from ..predict.methods import Run, build_predictor, get_method, load_runs
+from ..decode.generate import generate, keep_tokens, window_start
+from ..predict.methods import Run, load_runs
+from ..predict.prediction import Prediction, build_predictor
 from ..predict.predictive import Draws, Predictor, score_windows
 
 SCORE_BATCH = 16  # windows per forward pass of score(): one window at a time costs ~1.3x one batched pass
@@ -75,7 +79,7 @@ class Completion:
 class DecoderKey(NamedTuple):
     """What a decoder needs beyond its rows: rows with equal keys can share one (``LanguageModel.new_decoder``)."""
 
-    bayes_mode: str | None
+    method: str | None
     mc_samples: int | None
     use_cache: bool
     slide: int | None
@@ -123,21 +127,24 @@ def load(
     device: str | torch.device = "cpu",
     *,
     method: str = "default",
+    mc_samples: int | None = None,
     temperature: bool = True,
+    prediction: Prediction | None = None,
 ) -> LanguageModel:
     """A run folder's current checkpoint and tokenizer as a ``LanguageModel`` (CheckpointError
     when the checkpoint is missing or half-written). ``device='auto'`` picks CUDA when present.
 
     Several runs ("A,B", a list, or a folder of run folders) make an ensemble averaged in
     probability. ``method``: an uncertainty method of ``methods.METHODS`` (default: the heads'
-    own draws). ``temperature``: apply the temperature ``gptv calibrate`` fitted (when there is one).
+    own draws); ``mc_samples``: its draws (None: the run's; 0: the point estimate);
+    ``temperature``: apply the temperature ``gptv calibrate`` fitted (when there is one).
+    ``prediction``: the three at once (a ``Prediction``), in their place.
     """
+    prediction = prediction or Prediction(method, mc_samples, temperature)
     runs = load_runs(run_dir, _device(device))
-    get_method(method).check(runs)
+    prediction.check(runs, generation=True)
     first = runs[0]
-    return LanguageModel(
-        first.model, first.config, load_tokenizer(first.dir), runs=runs, method=method, temperature=temperature
-    )
+    return LanguageModel(first.model, first.config, load_tokenizer(first.dir), runs=runs, prediction=prediction)
 
 
 class LanguageModel:
@@ -145,7 +152,7 @@ class LanguageModel:
 
     ``model`` (the GPT, eval mode; an ensemble's first run), ``config`` (its Config) and
     ``tokenizer`` are public. Every probability comes from ``predictor()``: the runs (``runs``)
-    under ``method``, with their fitted temperatures unless ``temperature`` is False.
+    under ``prediction`` (default ``Prediction()``), or a call's own method, mc_samples and seed.
     """
 
     def __init__(
@@ -155,12 +162,11 @@ class LanguageModel:
         tokenizer,
         *,
         runs: Sequence[Run] | None = None,
-        method: str = "default",
-        temperature: bool = True,
+        prediction: Prediction | None = None,
     ) -> None:
         self.model, self.config, self.tokenizer = model.eval(), config, tokenizer
-        self.runs = list(runs) if runs is not None else [Run(Path("."), self.model, config)]
-        self.method, self.temperature = method, temperature
+        self.runs = list(runs) if runs is not None else [Run(None, self.model, config)]
+        self.prediction = prediction or Prediction()
         self.start_token = tokenizer.eot_token if tokenizer.eot_token is not None else 0
         self._token_texts: dict[int, str] = {}
 
@@ -188,9 +194,9 @@ class LanguageModel:
 
         Keyword arguments: ``stop`` (a string or strings that end a sample, cut from the text),
         ``stop_at_eot`` (default True: the end-of-text token ends a sample), ``unknown``
-        ('error' | 'skip'), and the sampling options of ``generate.generate``: temperature,
-        top_k, top_p, repetition_penalty, greedy, seed, use_cache, bayes_mode, mc_samples,
-        sig_mode, tau, stop_tokens, top_n.
+        ('error' | 'skip'), the prediction's ``method`` and ``mc_samples`` (``predictor``), and the
+        sampling options of ``generate.generate``: temperature, top_k, top_p, repetition_penalty,
+        greedy, seed, use_cache, sig_mode, tau, stop_tokens, top_n.
         """
         out = self.generate_details(prompt, max_new_tokens, **kwargs)
         return out.text if isinstance(out, Completion) else [c.text for c in out]
@@ -262,7 +268,7 @@ class LanguageModel:
         stop_at_eot: bool = True,
         unknown: str = "error",
         stop_tokens: Sequence[int] = (),
-        bayes_mode: str | None = None,
+        method: str | None = None,
         mc_samples: int | None = None,
         use_cache: bool = True,
         slide: int | None = None,
@@ -273,18 +279,17 @@ class LanguageModel:
         caller that decodes many in one batch (``gptv serve``): add ``.row`` to
         ``new_decoder(.key)``, which rows with equal keys can share. ``sampling``: the options of
         ``decoder.RowOptions``."""
+        self.prediction.but(method=method, mc_samples=mc_samples).check(self.runs, generation=True)
         ids = self.encode_prompt(prompt, unknown)
         stop, stops = self._stops(stop, stop_at_eot, stop_tokens)
-        self._check_bayes(bayes_mode, mc_samples, generation=True)
         options = dict(max_new_tokens=max_new_tokens, stop_tokens=stops, details=return_details, **sampling)
-        return TokenStream(self, ids, stop, options, DecoderKey(bayes_mode, mc_samples, use_cache, slide))
+        return TokenStream(self, ids, stop, options, DecoderKey(method, mc_samples, use_cache, slide))
 
     def new_decoder(self, key: DecoderKey, seed: int | None = None) -> Decoder:
         """An empty running batch for rows of ``key`` (``decoder.Decoder``); ``seed`` seeds the
         predictive's own draws (MC dropout), rows have their own."""
-        return Decoder(
-            self.decoding_predictor(key.bayes_mode, key.mc_samples, seed), use_cache=key.use_cache, slide=key.slide
-        )
+        predictor = self.predictor(key.method, key.mc_samples, seed, generation=True)
+        return Decoder(predictor, use_cache=key.use_cache, slide=key.slide)
 
     def token_text(self, token: int) -> str:
         """The text of one token alone (cached: alternatives and sets name the same tokens again and again)."""
@@ -322,55 +327,32 @@ class LanguageModel:
             prompt=prompt, text=text, tokens=[self._record(g, k, pieces[k]) for k in range(n)], finish_reason=reason
         )
 
-    def predictor(self, bayes_mode: str | None = None, mc_samples: int | None = None, seed: int | None = None):
-        """The predictive distribution (``predictive.Predictor``) of the runs under this model's
-        method. ``bayes_mode`` 'mean' asks for a Bayesian head's posterior mean (its point
-        estimate); None or 'step' for the method's draws (``mc_samples`` of them)."""
-        self._check_bayes(bayes_mode, mc_samples)
-        samples = 0 if bayes_mode == "mean" else mc_samples
-        return build_predictor(self.runs, self.method, samples=samples, seed=seed, temperature=self.temperature)
-
-    def decoding_predictor(
-        self, bayes_mode: str | None = None, mc_samples: int | None = None, seed: int | None = None
+    def predictor(
+        self,
+        method: str | None = None,
+        mc_samples: int | None = None,
+        seed: int | None = None,
+        *,
+        generation: bool = False,
     ) -> Predictor:
-        """The predictor that generation decodes from: ``predictor``, or for Bayesian 'sequence'
-        mode one weight draw per row (one Bayesian run, default method)."""
-        if bayes_mode == "sequence":
-            self._check_bayes(bayes_mode, mc_samples, generation=True)
-            return predictor_for(self.model, "sequence", mc_samples, seed)
-        return self.predictor(bayes_mode, mc_samples, seed)
-
-    def _check_bayes(self, bayes_mode: str | None, mc_samples: int | None, generation: bool = False) -> None:
-        """ValueError for a Bayesian mode or draw count this model cannot give."""
-        if generation and bayes_mode == "sequence":
-            if self.method != "default" or len(self.runs) > 1:
-                raise ValueError("bayes_mode='sequence' is for one Bayesian run with the default method")
-            if not self.model.head.stochastic:
-                raise ValueError(
-                    "bayes_mode='sequence' needs a Bayesian head; this model's head is deterministic (use 'mean')"
-                )
-        elif bayes_mode not in (None, "mean", "step"):
-            raise ValueError(
-                f"bayes_mode must be 'mean' or 'step' here, got {bayes_mode!r} ('sequence' draws one "
-                "weight set per generated row: generation only)"
-            )
-        if bayes_mode == "step" and not any(r.model.head.stochastic for r in self.runs):
-            raise ValueError("bayes_mode='step' needs a Bayesian head; this model's head is deterministic (use 'mean')")
-        if mc_samples is not None and mc_samples < 1:
-            raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+        """The predictive distribution (``predictive.Predictor``) of the runs under this model's
+        ``prediction``, with ``method`` / ``mc_samples`` / ``seed`` replaced where given (ValueError for
+        a method these runs cannot serve). ``generation``: for decoding (the method 'sequence' allowed)."""
+        prediction = self.prediction.but(method=method, mc_samples=mc_samples, seed=seed)
+        return build_predictor(self.runs, prediction, generation=generation)
 
     def _source(self, sampling: dict[str, Any]) -> tuple[Predictor, dict[str, Any]]:
         """What ``generate`` decodes from, and the rest of the options."""
         sampling = dict(sampling)
-        mode, samples = sampling.pop("bayes_mode", None), sampling.pop("mc_samples", None)
-        return self.decoding_predictor(mode, samples, sampling.get("seed")), sampling
+        method, samples = sampling.pop("method", None), sampling.pop("mc_samples", None)
+        return self.predictor(method, samples, sampling.get("seed"), generation=True), sampling
 
     @torch.no_grad()
     def score(
         self,
         text: str,
         *,
-        bayes_mode: str | None = None,
+        method: str | None = None,
         mc_samples: int | None = None,
         seed: int | None = None,
         unknown: str = "error",
@@ -384,13 +366,13 @@ class LanguageModel:
         otherwise the first token has no context and is not scored. Past block_size the
         contexts follow generation's sliding-window policy (``generate.window_start``), so a
         token's score equals its probability at generation time. Probabilities are those of
-        ``predictor(bayes_mode, mc_samples, seed)``: the method's draws, or with ``bayes_mode``
-        'mean' a Bayesian head's posterior mean. ``top_n``: also the most probable alternatives, each token's
-        probability under every draw, and a sigmoid head's set {v : sigmoid(z_v) > tau}.
+        ``predictor(method, mc_samples, seed)`` (``mc_samples=0``: a Bayesian head's posterior mean).
+        ``top_n``: also the most probable alternatives, each token's probability under every draw,
+        and a sigmoid head's set {v : sigmoid(z_v) > tau}.
         """
         return self.score_many(
             [text],
-            bayes_mode=bayes_mode,
+            method=method,
             mc_samples=mc_samples,
             seed=seed,
             unknown=unknown,
@@ -404,7 +386,7 @@ class LanguageModel:
         self,
         texts: Sequence[str],
         *,
-        bayes_mode: str | None = None,
+        method: str | None = None,
         mc_samples: int | None = None,
         seed: int | None = None,
         unknown: str = "error",
@@ -416,8 +398,8 @@ class LanguageModel:
         SCORE_BATCH windows each), so scoring many short texts costs about what one long one does.
         Each text is scored exactly as alone, except that a Bayesian head's draws (seeded for the
         whole call) then depend on which texts share the call."""
+        predictor = self.predictor(method, mc_samples, seed)
         ids_list = [self._score_ids(t, unknown) for t in texts]
-        predictor = self.predictor(bayes_mode, mc_samples, seed)
         stream: list[int] = []
         windows: list[tuple[int, int, int]] = []
         pieces: list[str] = []  # the scored tokens' texts, in the windows' order

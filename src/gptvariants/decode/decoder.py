@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..predict.methods import RowWeights
 from ..predict.predictive import Draws, Predictor
 from .filters import apply_repetition_penalty, draw_rows, restrict_to_sets, sampling_probs
 from .window import ContextWindow
@@ -140,30 +141,6 @@ class Row:
     def finish(self, reason: str) -> None:
         self.gen.finish_reason = reason
         self.done = True
-
-
-class RowWeights:
-    """Bayesian ``sequence`` mode for a batch whose rows come and go: one weight draw per row
-    (``heads.BayesianHead.sequence_sampler``), drawn from the row's own generator when it joins
-    and kept for its whole generation. A logit sampler (``predictive.Member``)."""
-
-    random = False  # the draws are made when rows join, not per call
-
-    def __init__(self, head) -> None:
-        self.head = head
-        self.rows: list = []
-
-    def n_draws(self, samples: int) -> int:
-        return 1
-
-    def add(self, generators: list[torch.Generator]) -> None:
-        self.rows.extend(self.head.sequence_sampler(1, g) for g in generators)
-
-    def select(self, rows: list[int]) -> None:
-        self.rows = [self.rows[r] for r in rows]
-
-    def __call__(self, h: torch.Tensor, samples: int = 0, generator=None) -> torch.Tensor:
-        return torch.cat([draw(h[j : j + 1]) for j, draw in enumerate(self.rows)], dim=1)
 
 
 def _column(values: list, device: torch.device, off=None):

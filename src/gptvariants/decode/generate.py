@@ -23,7 +23,7 @@ Rows (``decoder.py``)
 One decoding step, per row
     1. the predictive distribution p of the next token (``predictive.Predictor.draws``): softmax,
        a sigmoid head's normalised readout per row (the study normalised over the whole batch),
-       or the mixture of S draws (Bayesian ``step`` mode, MC dropout, ensembles).
+       or the mixture of S draws (a Bayesian head's draws, MC dropout, ensembles, snapshots).
     2. scores, with softmax(scores) = p: the raw logits for a single softmax draw, log p
        otherwise. The CTRL repetition penalty acts on them.
     3. sigmoid ``set`` mode keeps only the tokens with sigmoid(z) > tau (draw-averaged), the
@@ -34,23 +34,27 @@ One decoding step, per row
     alternatives, a sigmoid head's set, the chosen token's probability under each draw)
     describe the model's predictive p of step 1, not the filtered distribution that was sampled.
 
-Bayesian heads (``bayes_mode``)
-    ``mean``: the posterior mean weights. ``sequence``: one weight draw per row, kept for its
-    whole generation. ``step``: S = mc_samples draws of the logits at every step (local
-    reparameterisation, ``heads.BayesianHead.logits``), from one backbone pass. Any other
-    predictive (MC dropout, ensembles, a fitted temperature) is passed in as a ``Predictor``.
+The predictive (``predict.prediction``)
+    A ``Predictor`` brings its own (any method, ensembles, a fitted temperature); a bare GPT is
+    read under ``prediction`` (default: its head's own draws, the run's mc_samples of them).
+    For a Bayesian head: ``mc_samples=0`` the posterior mean; the default method S draws of the
+    logits at every step (local reparameterisation, ``heads.BayesianHead.logits``) from one
+    backbone pass; the method ``sequence`` one weight draw per row, kept for its whole generation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..predict.methods import Run
+from ..predict.prediction import Prediction, build_predictor
 from ..predict.predictive import Predictor
-from .decoder import SIG_MODES, Decoder, Generation, Row, RowOptions, RowWeights, check_prompt
+from .decoder import SIG_MODES, Decoder, Generation, Row, RowOptions, check_prompt
 from .filters import (
     apply_repetition_penalty,
     draw_rows,
@@ -61,35 +65,18 @@ from .filters import (
 )
 from .window import ContextWindow, default_slide, keep_tokens, window_start
 
-BAYES_MODES = ("mean", "step", "sequence")
 
-
-def predictor_for(model, bayes_mode: str = "mean", mc_samples: int | None = None, seed: int | None = None) -> Predictor:
-    """The predictor of a bare model under a Bayesian ``bayes_mode`` (module docstring)."""
-    if bayes_mode not in BAYES_MODES:
-        raise ValueError(f"bayes_mode must be one of {BAYES_MODES}, got {bayes_mode!r}")
-    if bayes_mode != "mean" and not model.head.stochastic:
-        raise ValueError(
-            f"bayes_mode={bayes_mode!r} needs a Bayesian head; this model's head is deterministic (use 'mean')"
-        )
-    if mc_samples is not None and mc_samples < 1:
-        raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
-    if bayes_mode == "mean":
-        return Predictor([model], samples=0, seed=seed)
-    if bayes_mode == "step":
-        return Predictor([model], samples=mc_samples or model.obj_config.mc_samples, seed=seed)
-    predictor = Predictor([model], samples=1, seed=seed)
-    predictor.members[0].sampler = RowWeights(model.head)
-    return predictor
-
-
-def as_predictor(model, bayes_mode: str = "mean", mc_samples: int | None = None, seed: int | None = None) -> Predictor:
-    """``model`` itself when it is a Predictor (which has its own predictive), else ``predictor_for``."""
-    if not isinstance(model, Predictor):
-        return predictor_for(model, bayes_mode, mc_samples, seed)
-    if bayes_mode != "mean" or mc_samples is not None:
-        raise ValueError("bayes_mode and mc_samples choose the predictive of a bare model; a Predictor has its own")
-    return model
+def predictor_of(model, prediction: Prediction | None = None, seed: int | None = None) -> Predictor:
+    """What a decoder reads: ``model`` itself when it is a Predictor (it has its own predictive),
+    else a bare GPT's predictor under ``prediction`` (default ``Prediction()``; its seed, else ``seed``)."""
+    if isinstance(model, Predictor):
+        if prediction is not None:
+            raise ValueError("prediction describes the predictive of a bare model; a Predictor has its own")
+        return model
+    prediction = prediction or Prediction()
+    if prediction.seed is None:
+        prediction = prediction.but(seed=seed)
+    return build_predictor([Run(None, model)], prediction, generation=True)
 
 
 def row_seed(seed: int | None, row: int) -> int | None:
@@ -107,63 +94,33 @@ def generate(
     prompts: Sequence[Sequence[int]] | torch.Tensor,
     max_new_tokens: int,
     *,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    repetition_penalty: float = 1.0,
-    greedy: bool = False,
-    stop_tokens: Iterable[int] = (),
-    stop_fn: Callable[[int, list[int]], bool] | None = None,
     seed: int | None = None,
+    prediction: Prediction | None = None,
     use_cache: bool = True,
     slide: int | None = None,
-    bayes_mode: str = "mean",
-    mc_samples: int | None = None,
-    sig_mode: str = "normalize",
-    tau: float = 0.5,
+    stop_fn: Callable[[int, list[int]], bool] | None = None,
     return_details: bool = False,
-    top_n: int = 0,
+    **options: Any,
 ) -> list[list[int]] | list[Generation]:
     """Continue each prompt by up to ``max_new_tokens`` tokens (see the module docstring).
 
-    model: a GPT, or a ``Predictor`` (any predictive: MC dropout, ensembles, temperature); with
-    a GPT, ``bayes_mode`` / ``mc_samples`` (default: the model's config) choose its predictive.
+    model: a GPT, or a ``Predictor`` (any predictive: a method, ensembles, temperature); with a
+    GPT, ``prediction`` (``predict.prediction.Prediction``: method, mc_samples) chooses its predictive.
     prompts: token-id lists (any lengths, each non-empty) or a (B, T) LongTensor, decoded as one
     batch; a row's tokens do not depend on the other rows (module docstring).
-    greedy, or temperature <= 0: argmax decoding. top_k / top_p: filters (None = off).
-    repetition_penalty: CTRL penalty on tokens present in the prompt or generated so far.
-    stop_tokens: ids that end a row (not included in its output). stop_fn(row, tokens): called
-    after each new token of a row; True ends it (for stop strings, which need the tokenizer).
     seed: makes sampling and every draw reproducible; row i samples from its own stream,
-    seeded ``row_seed(seed, i)``.
-    sig_mode ('normalize' | 'set') and tau: sigmoid heads only.
+    seeded ``row_seed(seed, i)``. stop_fn(row, tokens): called after each new token of a row;
+    True ends it (for stop strings, which need the tokenizer). use_cache / slide: ``window.py``.
+    options: ``decoder.RowOptions`` (temperature, top_k, top_p, repetition_penalty, greedy,
+    stop_tokens, sig_mode, tau, top_n; ValueError when out of range).
     Returns the new tokens per row, or ``Generation`` records when ``return_details`` (with
     the top alternatives, sets and per-draw probabilities when ``top_n`` > 0).
     """
-    options = dict(
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        greedy=greedy,
-        stop_tokens=stop_tokens,
-        sig_mode=sig_mode,
-        tau=tau,
-        details=return_details or top_n > 0,
-        top_n=top_n,
-    )
+    options["details"] = return_details or options.get("top_n", 0) > 0
     decoder, rows = _decoder(
-        model,
-        prompts,
-        max_new_tokens,
-        options,
-        stop_fn=stop_fn,
-        seed=seed,
-        use_cache=use_cache,
-        slide=slide,
-        bayes_mode=bayes_mode,
-        mc_samples=mc_samples,
-    )
+        model, prompts, max_new_tokens, options, stop_fn=stop_fn, seed=seed, prediction=prediction,
+        use_cache=use_cache, slide=slide,
+    )  # fmt: skip
     with decoder.predictor.fixed_weights():
         while decoder.active:
             decoder.step()
@@ -176,26 +133,17 @@ def stream(
     max_new_tokens: int,
     *,
     seed: int | None = None,
+    prediction: Prediction | None = None,
     use_cache: bool = True,
     slide: int | None = None,
-    bayes_mode: str = "mean",
-    mc_samples: int | None = None,
     return_details: bool = True,
-    **options,
+    **options: Any,
 ) -> Iterator[tuple[int, Generation]]:
     """Decode one prompt lazily: yield (index, generation) as each new token is appended to
     ``generation`` (its ``tokens[-1]``); options as ``generate``."""
     options["details"] = return_details or options.get("top_n", 0) > 0
     decoder, (row,) = _decoder(
-        model,
-        [prompt],
-        max_new_tokens,
-        options,
-        seed=seed,
-        use_cache=use_cache,
-        slide=slide,
-        bayes_mode=bayes_mode,
-        mc_samples=mc_samples,
+        model, [prompt], max_new_tokens, options, seed=seed, prediction=prediction, use_cache=use_cache, slide=slide
     )
     with decoder.predictor.fixed_weights():
         while decoder.active:
@@ -215,12 +163,11 @@ def _decoder(
     seed: int | None = None,
     use_cache: bool = True,
     slide: int | None = None,
-    bayes_mode: str = "mean",
-    mc_samples: int | None = None,
+    prediction: Prediction | None = None,
 ) -> tuple[Decoder, list[Row]]:
     """A decoder holding one row per prompt (see ``generate``)."""
     ids = [list(map(int, r)) for r in (prompts.tolist() if isinstance(prompts, torch.Tensor) else prompts)]
-    predictor = as_predictor(model, bayes_mode, mc_samples, seed)
+    predictor = predictor_of(model, prediction, seed)
     for i, r in enumerate(ids):
         check_prompt(r, predictor.vocab_size, f"prompt {i}")
     RowOptions(max_new_tokens, **options)  # checked once, even without prompts
@@ -235,7 +182,6 @@ def _decoder(
 
 
 __all__ = [
-    "BAYES_MODES",
     "SIG_MODES",
     "ContextWindow",
     "Decoder",
@@ -243,12 +189,11 @@ __all__ = [
     "Row",
     "RowOptions",
     "apply_repetition_penalty",
-    "as_predictor",
     "default_slide",
     "draw_rows",
     "generate",
     "keep_tokens",
-    "predictor_for",
+    "predictor_of",
     "restrict_to_sets",
     "row_seed",
     "sampling_probs",

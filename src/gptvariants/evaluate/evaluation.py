@@ -50,7 +50,8 @@ from ..data.dataset import TokenDataset
 from ..data.sources import Source, resolve_source, split_source, text_source
 from ..data.tokenizers import load_tokenizer
 from ..decode.generate import generate
-from ..predict.methods import build_predictor, load_runs
+from ..predict.methods import load_runs
+from ..predict.prediction import Prediction, build_predictor
 from ..predict.predictive import CHUNK_FLOATS, Predictor, score_windows
 from ..store.checkpoint import latest_checkpoint, load_state
 from ..targets import resolve_device
@@ -489,7 +490,8 @@ def evaluate(
     tokenizer = load_tokenizer(run_dir)
     source = split_source(run_dir, Path(data_dir), split) if text is None else text_source(text, tokenizer)
     stride = _check_length(source, cfg.model.block_size, stride)
-    predictor = build_predictor(runs, method, samples=mc_samples, seed=seed, temperature=temperature)
+    prediction = Prediction(method, mc_samples, temperature, seed)
+    predictor = build_predictor(runs, prediction)
     result, raw = _scored(runs, predictor, method, source, sets, stride, tau, batch, progress)
     if ood is not None:
         result["ood"] = _ood(predictor, ood, run_dir, tokenizer, source, raw["tokens"], stride, batch, progress)
@@ -498,7 +500,7 @@ def evaluate(
     result["calibration"]["reliability_png"] = _plot(result, raw, out).name
     result["diversity"] = None
     if num_samples > 0:
-        fresh = build_predictor(runs, method, samples=mc_samples, seed=seed, temperature=temperature)
+        fresh = build_predictor(runs, prediction)
         result["diversity"] = _diversity(
             fresh, tokenizer, source.tokens, result, out, num_samples, max_new_tokens, seed
         )

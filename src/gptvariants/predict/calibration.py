@@ -24,7 +24,8 @@ import torch
 
 from .. import metrics as M
 from ..common.atomic import atomic_write
-from .methods import CALIBRATION_FILE, POINT, Run, build_predictor
+from .methods import CALIBRATION_FILE, Run, point_key
+from .prediction import Prediction, build_predictor
 from .predictive import Predictor, score_windows
 
 N_BINS = 15
@@ -74,12 +75,13 @@ def fit_temperature(
     tokens: np.ndarray,
     *,
     method: str = "default",
-    samples: int | None = None,
+    mc_samples: int | None = None,
     seed: int = 0,
     stride: int | None = None,
     fit: str = "nll",
 ) -> dict[str, Any]:
-    """Fit T on the first half of ``tokens``; NLL and ECE before/after on the second half.
+    """Fit T on the first half of ``tokens``; NLL and ECE before/after on the second half, for the
+    predictive ``Prediction(method, mc_samples, seed=seed)`` (stored under its temperature key).
 
     fit: "nll" (Guo et al.: the T of lowest NLL, which brings the whole distribution closest to the
     data) or "ece" (the T of lowest top-1 ECE). They can disagree: a model whose top-1 confidence
@@ -88,7 +90,8 @@ def fit_temperature(
     """
     if fit not in ("nll", "ece"):
         raise ValueError(f"fit must be 'nll' or 'ece', got {fit!r}")
-    predictor = build_predictor([run], method, samples=samples, seed=seed, temperature=False)
+    prediction = Prediction(method, mc_samples, temperature=False, seed=seed)
+    predictor = build_predictor([run], prediction)
     stride = stride or max(1, predictor.block_size // 2)
     half = len(tokens) // 2
     if half < predictor.block_size + 1:
@@ -113,7 +116,7 @@ def fit_temperature(
             "ece": M.expected_calibration_error(s["confidence"], s["correct"], N_BINS, "width"),
         }
 
-    key = POINT if method == "default" and run.model.head.stochastic and samples == 0 else method
+    key = point_key([run]) if prediction.point else method
     return {
         "key": key,
         "temperature": T,

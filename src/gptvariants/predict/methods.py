@@ -1,14 +1,21 @@
 """Uncertainty methods: how the predictive distribution of one run, or of several, is formed.
 
-A method turns loaded runs into a ``predictive.Predictor`` (``METHODS``, ``@register_method``):
+A method turns loaded runs into a ``predictive.Predictor`` (``METHODS``, ``@register_method``);
+``prediction.Prediction`` names the method, its draws and the rest, and ``build_predictor`` is
+the one way in. Every method reads ``mc_samples`` the same way: None = the run's mc_samples,
+0 = the point estimate (a Bayesian head's posterior mean, no dropout, the trained weights).
 
-    default     the runs' own heads: a Bayesian head's posterior draws (mc_samples), one draw
-                otherwise
-    mc_dropout  MC dropout (Gal & Ghahramani 2016): S backbone passes with dropout active, for
-                runs trained with dropout > 0
+    default     the runs' own heads: a Bayesian head's mc_samples posterior draws of the logits
+                at every position (one backbone pass), one draw otherwise
+    sequence    a Bayesian head's weights drawn once per generated sequence and kept for its
+                whole generation (generation only)
+    mc_dropout  MC dropout (Gal & Ghahramani 2016): mc_samples backbone passes with dropout
+                active, for runs trained with dropout > 0
     laplace     last-layer Laplace (Daxberger et al. 2021): a Gaussian around the trained output
                 weights with the loss curvature as precision, fitted by ``gptv laplace``
-                (``laplace.py``); S draws of the logits
+                (``laplace.py``); mc_samples draws of the logits
+    snapshot    a snapshot ensemble (Huang et al. 2017): the run's kept checkpoints
+                (``keep_checkpoints``), each a member of the mixture
 
 Two compositions apply to every method:
     ensembles   several runs (``--ckpt A,B,C``, or a folder of run folders), averaged in
@@ -28,10 +35,11 @@ from typing import ClassVar
 import torch
 
 from ..core.config import Config
+from ..core.model import GPT
 from ..data.tokenizers import META_FILE
-from ..store.checkpoint import load_run
+from ..store.checkpoint import CheckpointError, checkpoints, load_run, load_weights, verify_checkpoint
 from .laplace import LaplacePosterior
-from .predictive import Member, Predictor
+from .predictive import Member, Predictor, run_mc_samples
 
 CALIBRATION_FILE = "calibration.json"
 POINT = "point"  # the temperature key of a stochastic head's point estimate
@@ -39,16 +47,16 @@ POINT = "point"  # the temperature key of a stochastic head's point estimate
 
 @dataclass
 class Run:
-    """A loaded run folder."""
+    """A loaded run folder (``dir`` None: a bare model, with no folder, temperature or checkpoints)."""
 
-    dir: Path
+    dir: Path | None
     model: torch.nn.Module  # GPT, eval mode
-    config: Config
+    config: Config | None = None
 
     def temperature(self, key: str) -> float:
         """The temperature ``gptv calibrate`` fitted for ``key`` (a method name, or POINT), else 1."""
-        path = self.dir / CALIBRATION_FILE
-        if not path.is_file():
+        path = None if self.dir is None else self.dir / CALIBRATION_FILE
+        if path is None or not path.is_file():
             return 1.0
         try:
             fitted = json.loads(path.read_text(encoding="utf-8"))["temperature"]
@@ -93,16 +101,25 @@ def load_runs(spec: str | Path | Sequence[str | Path], device: str | torch.devic
 
 
 def _tokenizer_of(run: Path) -> str:
-
     path = run / META_FILE
     return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
+def point_key(runs: Sequence[Run]) -> str:
+    """The temperature key of the runs' point estimate (0 draws): POINT when a head is stochastic."""
+    return POINT if any(r.model.head.stochastic for r in runs) else Default.name
+
+
 class Method:
-    """Forms the predictive distribution of loaded runs (module docstring)."""
+    """Forms the predictive distribution of loaded runs (module docstring).
+
+    ``predictor`` gets ``mc_samples`` > 0 or None (the run's); ``build_predictor`` turns 0 into
+    the point estimate for every method. ``generation_only``: its draws are made per generated
+    sequence, so it cannot score text."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    generation_only: ClassVar[bool] = False
 
     def check(self, runs: Sequence[Run]) -> None:
         """Raise ValueError when the method does not apply to these runs."""
@@ -110,10 +127,8 @@ class Method:
     def members(self, runs: Sequence[Run], temperature: bool, key: str) -> list[Member]:
         return [Member(r.model, r.temperature(key) if temperature else 1.0) for r in runs]
 
-    def predictor(
-        self, runs: Sequence[Run], *, samples: int | None = None, seed: int | None = None, temperature: bool = True
-    ) -> Predictor:
-        raise NotImplementedError
+    def predictor(self, runs: Sequence[Run], mc_samples: int | None, seed: int | None, temperature: bool) -> Predictor:
+        return Predictor(self.members(runs, temperature, self.name), samples=mc_samples, seed=seed)
 
 
 METHODS: dict[str, Method] = {}
@@ -131,38 +146,81 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
+def point_predictor(runs: Sequence[Run], seed: int | None, temperature: bool) -> Predictor:
+    """Every head's point estimate (0 draws), under the runs' point temperature."""
+    return Predictor(Default().members(runs, temperature, point_key(runs)), samples=0, seed=seed)
+
+
 @register_method
 class Default(Method):
     name = "default"
-    description = "the heads' own draws (Bayesian: mc_samples posterior draws; others: one)"
+    description = "the heads' own draws (Bayesian: mc_samples posterior draws per position; others: one)"
 
-    def predictor(self, runs, *, samples=None, seed=None, temperature=True):
-        point = samples == 0 and any(r.model.head.stochastic for r in runs)
-        return Predictor(self.members(runs, temperature, POINT if point else self.name), samples=samples, seed=seed)
+
+class RowWeights:
+    """The ``sequence`` method's logit sampler for a batch whose rows come and go: one weight
+    draw per row (``Head.sequence_sampler``), drawn from the row's own generator when it joins
+    (``decode.Decoder``) and kept for its whole generation."""
+
+    random = False  # the draws are made when rows join, not per call
+
+    def __init__(self, head) -> None:
+        self.head = head
+        self.rows: list = []
+
+    def n_draws(self, samples: int) -> int:
+        return 1
+
+    def add(self, generators: list[torch.Generator]) -> None:
+        self.rows.extend(self.head.sequence_sampler(1, g) for g in generators)
+
+    def select(self, rows: list[int]) -> None:
+        self.rows = [self.rows[r] for r in rows]
+
+    def __call__(self, h: torch.Tensor, samples: int = 0, generator=None) -> torch.Tensor:
+        return torch.cat([draw(h[j : j + 1]) for j, draw in enumerate(self.rows)], dim=1)
+
+
+@register_method
+class PerSequence(Method):
+    name = "sequence"
+    description = "a Bayesian head's weights drawn once per generated sequence (generation only)"
+    generation_only = True
+
+    def check(self, runs):
+        for r in runs:
+            if not r.model.head.stochastic:
+                raise ValueError(
+                    f"method 'sequence' draws a Bayesian head's weights; {r.dir or 'this model'} has a "
+                    "deterministic head (use the default method)"
+                )
+
+    def predictor(self, runs, mc_samples, seed, temperature):
+        self.check(runs)
+        predictor = Predictor(self.members(runs, temperature, self.name), samples=1, seed=seed)
+        for m in predictor.members:
+            m.sampler = RowWeights(m.model.head)
+        return predictor
 
 
 @register_method
 class MCDropout(Method):
     name = "mc_dropout"
-    description = "S backbone passes with dropout active (runs trained with dropout > 0)"
-    default_samples = 8
+    description = "mc_samples backbone passes with dropout active (runs trained with dropout > 0)"
 
     def check(self, runs):
         for r in runs:
-            if r.config.model.dropout <= 0:
+            if (r.config.model if r.config is not None else r.model.config).dropout <= 0:
                 raise ValueError(
-                    f"MC dropout needs a run trained with dropout > 0; {r.dir} has dropout = 0 "
+                    f"MC dropout needs a run trained with dropout > 0; {r.dir or 'this model'} has dropout = 0 "
                     "(train one with --dropout=0.1, or the variant baseline-dropout)"
                 )
 
-    def predictor(self, runs, *, samples=None, seed=None, temperature=True):
+    def predictor(self, runs, mc_samples, seed, temperature):
+        """Backbone passes: ``mc_samples``, else the first run's mc_samples."""
         self.check(runs)
-        return Predictor(
-            self.members(runs, temperature, self.name),
-            samples=0,
-            dropout_samples=samples or self.default_samples,
-            seed=seed,
-        )
+        passes = mc_samples if mc_samples is not None else run_mc_samples(runs[0].model)
+        return Predictor(self.members(runs, temperature, self.name), samples=0, dropout_samples=passes, seed=seed)
 
 
 @register_method
@@ -171,29 +229,51 @@ class LaplaceMethod(Method):
     description = "last-layer Laplace posterior fitted by `gptv laplace` (KFAC or diagonal GGN)"
 
     def check(self, runs):
-
         for r in runs:
+            if r.dir is None:
+                raise ValueError("method 'laplace' reads the posterior `gptv laplace` fitted in a run folder")
             LaplacePosterior.check_fitted(r.dir)
 
     def members(self, runs, temperature, key):
-
         out = super().members(runs, temperature, key)
         for m, r in zip(out, runs):
             m.sampler = LaplacePosterior.load(r.dir, device=next(r.model.parameters()).device).sampler(r.model)
         return out
 
-    def predictor(self, runs, *, samples=None, seed=None, temperature=True):
+    def predictor(self, runs, mc_samples, seed, temperature):
         self.check(runs)
-        return Predictor(self.members(runs, temperature, self.name), samples=samples, seed=seed)
+        return super().predictor(runs, mc_samples, seed, temperature)
 
 
-def build_predictor(
-    runs: Sequence[Run],
-    method: str = "default",
-    *,
-    samples: int | None = None,
-    seed: int | None = None,
-    temperature: bool = True,
-) -> Predictor:
-    """The predictive distribution of ``runs`` under ``method`` (fitted temperatures unless disabled)."""
-    return get_method(method).predictor(runs, samples=samples, seed=seed, temperature=temperature)
+@register_method
+class Snapshot(Method):
+    name = "snapshot"
+    description = "a snapshot ensemble: the run's kept checkpoints (keep_checkpoints), averaged in probability"
+
+    def check(self, runs):
+        for r in runs:
+            kept = len(checkpoints(r.dir)) if r.dir is not None else 0
+            if kept < 2:
+                raise ValueError(
+                    f"a snapshot ensemble needs at least 2 kept checkpoints; {r.dir or 'this model'} has {kept} "
+                    "(train with --keep_checkpoints=N, N >= 2)"
+                )
+
+    def members(self, runs, temperature, key):
+        """One member per kept checkpoint of each run, loaded beside the run's own model."""
+        out = []
+        for r in runs:
+            t = r.temperature(key) if temperature else 1.0
+            device = next(r.model.parameters()).device
+            for _, ckpt in checkpoints(r.dir):
+                problems = verify_checkpoint(ckpt, ("model.safetensors",))
+                if problems:
+                    raise CheckpointError(f"snapshot {ckpt} is unusable ({', '.join(problems)})")
+                model = GPT(r.config.model, r.config.objective)
+                load_weights(ckpt, model)
+                out.append(Member(model.to(device).eval(), t))
+        return out
+
+    def predictor(self, runs, mc_samples, seed, temperature):
+        self.check(runs)
+        return super().predictor(runs, mc_samples, seed, temperature)

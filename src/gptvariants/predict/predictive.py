@@ -40,6 +40,11 @@ CHUNK_FLOATS = 2**23  # ~32 MiB of fp32 (n, V) values per draw and chunk
 Generators = torch.Generator | list[torch.Generator] | None  # one stream, or one per row
 
 
+def run_mc_samples(model: torch.nn.Module) -> int:
+    """The draws a run asks of a random method when the caller names none: its config's mc_samples."""
+    return model.obj_config.mc_samples
+
+
 @dataclass
 class Member:
     """One model of the mixture, with its temperature and, optionally, its own logit sampler
@@ -52,7 +57,7 @@ class Member:
 
     def default_samples(self) -> int:
         """Draws asked of a stochastic head (or sampler) when the caller names none: the run's mc_samples."""
-        return self.model.obj_config.mc_samples if self.model.head.stochastic or self.sampler else 0
+        return run_mc_samples(self.model) if self.model.head.stochastic or self.sampler else 0
 
     def n_draws(self, samples: int) -> int:
         return (self.sampler or self.model.head).n_draws(samples)

@@ -14,7 +14,8 @@ import torch
 
 from ..common.inputs import read_json
 from ..data.dataset import TokenDataset
-from ..predict.methods import Run, build_predictor
+from ..predict.methods import Run
+from ..predict.prediction import Prediction, build_predictor
 from ..store.checkpoint import load_run
 from ..store.run import check_run_files
 from .base import ALTERNATIVES, TOKENS_PER_FORWARD, Teacher, WindowedTeacher, parse_spec
@@ -48,7 +49,7 @@ class CheckpointTeacher(WindowedTeacher):
         self.batch_size = batch_size or max(1, TOKENS_PER_FORWARD // self.context)
         self.variant = cfg.objective.variant
 
-        self.predictor = build_predictor([Run(run_dir, self.model, cfg)], seed=0)
+        self.predictor = build_predictor([Run(run_dir, self.model, cfg)], Prediction(seed=0))
 
     def _autocast(self):
         return (

@@ -14,6 +14,7 @@ from ...predict.calibration import fit_temperature, save_temperature
 from ...predict.laplace import fit_laplace
 from ...predict.methods import CALIBRATION_FILE, METHODS, load_runs
 from ...targets import resolve_device
+from .prediction import add_prediction_arguments
 
 
 def _data_tokens(run_dir: Path, data: str | None, split: str) -> np.ndarray:
@@ -33,7 +34,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         run,
         _data_tokens(run.dir, args.data, "val"),
         method=args.method,
-        samples=args.mc_samples,
+        mc_samples=args.mc_samples,
         seed=args.seed,
         fit=args.fit,
     )
@@ -77,13 +78,7 @@ def register_cli(subparsers) -> None:
     p = subparsers.add_parser("calibrate", help="fit a temperature on held-out data (stored with the run)")
     p.add_argument("ckpt", help="run folder")
     p.add_argument("--data", default=None, help="prepared data folder (default: the one the run was trained on)")
-    p.add_argument("--method", default="default", choices=list(METHODS), help="the predictive to calibrate")
-    p.add_argument(
-        "--mc-samples",
-        type=non_negative_int,
-        default=None,
-        help="draws of a stochastic method (0 = a Bayesian head's posterior mean)",
-    )
+    add_prediction_arguments(p, [k for k, m in METHODS.items() if not m.generation_only], temperature=False)
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument(
         "--fit",

@@ -8,6 +8,7 @@ from pathlib import Path
 from ...common.argtypes import device, non_negative_int, open_unit_interval, positive_int
 from ...evaluate.evaluation import default_out, evaluate, format_result
 from ...predict.methods import METHODS
+from .prediction import add_prediction_arguments
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -50,13 +51,7 @@ def register_cli(subparsers) -> None:
         required=True,
         help="run folder (written by `gptv train`); several (A,B or a folder of runs) are evaluated as their ensemble",
     )
-    p.add_argument(
-        "--method",
-        default="default",
-        choices=list(METHODS),
-        help="uncertainty method: " + "; ".join(f"{k}: {m.description}" for k, m in METHODS.items()),
-    )
-    p.add_argument("--no-temperature", action="store_true", help="ignore temperatures fitted by `gptv calibrate`")
+    add_prediction_arguments(p, [k for k, m in METHODS.items() if not m.generation_only])
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--data", default=None, help="prepared data folder with the run's tokenizer")
     what.add_argument(
@@ -78,12 +73,6 @@ def register_cli(subparsers) -> None:
         type=positive_int,
         default=None,
         help="sliding-window stride (default block_size // 2; block_size = disjoint windows)",
-    )
-    p.add_argument(
-        "--mc-samples",
-        type=non_negative_int,
-        default=None,
-        help="draws of the method (default: the run's mc_samples; 0 = a Bayesian head's posterior mean)",
     )
     p.add_argument(
         "--num-samples", type=non_negative_int, default=100, help="samples for the diversity metrics (0 = skip)"

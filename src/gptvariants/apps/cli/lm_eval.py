@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ...common.argtypes import non_negative_int
+from ...predict.methods import METHODS
 from ..harness import lm_eval_argv, run_lm_eval
 
 
@@ -12,7 +14,7 @@ def _cmd_lm_eval(args: argparse.Namespace, extra: list[str]) -> int:
         lm_eval_argv(
             args.run,
             args.tasks,
-            bayes_mode=args.bayes_mode,
+            method=args.method,
             mc_samples=args.mc_samples,
             model_args=args.model_args,
             device=args.device,
@@ -36,18 +38,18 @@ def register_cli(subparsers) -> None:
     p.add_argument("run", help="run folder (written by `gptv train`)")
     p.add_argument("--tasks", required=True, help="lm-eval task names, comma-separated (or a task YAML path)")
     p.add_argument(
-        "--bayes-mode",
-        "--bayes_mode",
-        choices=["step", "mean"],
+        "--method",
+        choices=[k for k, m in METHODS.items() if not m.generation_only],
         default=None,
-        help="Bayesian heads: MC mixture of head draws, or the posterior mean (default: step)",
+        help="uncertainty method of the predictive (default: default, the heads' own draws)",
     )
     p.add_argument(
         "--mc-samples",
         "--mc_samples",
-        type=int,
+        type=non_negative_int,
         default=None,
-        help="head draws in step mode (default: the run's mc_samples)",
+        help="draws of the method (default: the run's mc_samples; 0 = the point estimate, "
+        "e.g. a Bayesian head's posterior mean)",
     )
     p.add_argument(
         "--model-args",

@@ -19,9 +19,9 @@ from ...common.argtypes import (
     unit_interval,
     utf8_file,
 )
-from ...decode.generate import BAYES_MODES, SIG_MODES
-from ...predict.methods import METHODS
+from ...decode.generate import SIG_MODES
 from ..api import load
+from .prediction import add_prediction_arguments, prediction_of
 
 # ANSI colours for --show-uncertainty, by entropy as a fraction of its maximum log V
 _COLOURS = ((0.15, "\033[32m"), (0.40, "\033[33m"), (float("inf"), "\033[31m"))  # green, yellow, red
@@ -44,16 +44,21 @@ def _unescape(s: str) -> str:
     return s.replace("\\n", "\n").replace("\\t", "\t")
 
 
+def _prompts(args: argparse.Namespace) -> list[str]:
+    """--prompt, or the lines of --prompt-file."""
+    if args.prompt_file is None:
+        return [args.prompt]
+    with open(args.prompt_file, encoding="utf-8") as f:
+        prompts = [line.rstrip("\r\n") for line in f]
+    if not prompts:
+        raise ValueError(f"{args.prompt_file} holds no prompts")
+    return prompts
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     """``gptv sample``: print samples (text, or JSON lines with per-token details)."""
-    if args.prompt_file is not None:
-        with open(args.prompt_file, encoding="utf-8") as f:
-            prompts = [line.rstrip("\r\n") for line in f]
-        if not prompts:
-            raise ValueError(f"{args.prompt_file} holds no prompts")
-    else:
-        prompts = [args.prompt]
-    lm = load(args.ckpt, device=args.device, method=args.method, temperature=not args.no_temperature)
+    prompts = _prompts(args)
+    lm = load(args.ckpt, args.device, prediction=prediction_of(args))
     sampling = dict(
         temperature=args.temperature,
         top_k=args.top_k,
@@ -62,8 +67,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
         greedy=args.greedy,
         seed=args.seed,
         use_cache=not args.no_cache,
-        bayes_mode=args.bayes_mode,
-        mc_samples=args.mc_samples,
         sig_mode=args.sig_mode,
         tau=args.tau,
     )
@@ -122,8 +125,7 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         help="run folder (made by gptv train); several (A,B or a folder of runs) sample from their ensemble",
     )
-    p.add_argument("--method", default="default", choices=list(METHODS), help="uncertainty method of the predictive")
-    p.add_argument("--no-temperature", action="store_true", help="ignore a temperature fitted by `gptv calibrate`")
+    add_prediction_arguments(p)
     p.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt")
     p.add_argument("--max-new-tokens", type=positive_int, default=200)
     p.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 means greedy")
@@ -143,22 +145,19 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ignore-eot", action="store_true", help="keep generating past the end-of-text token")
     p.add_argument("--seed", type=non_negative_int, default=None)
     p.add_argument(
-        "--bayes-mode",
-        choices=BAYES_MODES,
-        default=None,
-        help="Bayesian heads: posterior mean, MC average per step (the default: the run's predictive), "
-        "or one draw per sequence",
-    )
-    p.add_argument(
-        "--mc-samples", type=positive_int, default=None, help="draws per step (default: the run's mc_samples)"
-    )
-    p.add_argument(
         "--sig-mode",
         choices=SIG_MODES,
         default="normalize",
         help="sigmoid heads: sample sigmoid/sum, or among tokens with sigmoid > tau",
     )
     p.add_argument("--tau", type=unit_interval, default=0.5, help="threshold of --sig-mode set")
+    _add_output_arguments(p)
+    p.add_argument("--no-cache", action="store_true", help="recompute the context every step (slow; for checking)")
+    p.add_argument("--device", type=device, default="auto", help="cpu | cuda | cuda:N | mps | auto")
+
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
+    """How ``gptv sample`` prints its samples."""
     p.add_argument(
         "--json", action="store_true", help="one JSON line per sample with per-token id, text, prob, entropy (and mi)"
     )
@@ -172,8 +171,6 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--unknown", choices=["error", "skip"], default="error", help="prompt text the tokenizer cannot encode"
     )
-    p.add_argument("--no-cache", action="store_true", help="recompute the context every step (slow; for checking)")
-    p.add_argument("--device", type=device, default="auto", help="cpu | cuda | cuda:N | mps | auto")
 
 
 def register_cli(subparsers) -> None:

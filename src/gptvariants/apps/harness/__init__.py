@@ -47,7 +47,7 @@ def lm_eval_argv(
     run: str,
     tasks: str,
     *,
-    bayes_mode: str | None = None,
+    method: str | None = None,
     mc_samples: int | None = None,
     model_args: str | None = None,
     device: str = "auto",
@@ -63,7 +63,7 @@ def lm_eval_argv(
                 f"gptv lm-eval sets {flag} itself: use its own options (--model-args K=V,..., --batch-size, --device)"
             )
     args = [f"run={run}"]
-    args += [f"bayes_mode={bayes_mode}"] if bayes_mode else []
+    args += [f"method={method}"] if method else []
     args += [f"mc_samples={mc_samples}"] if mc_samples is not None else []
     args += [model_args] if model_args else []
     return [

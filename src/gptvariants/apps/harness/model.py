@@ -18,9 +18,11 @@ loglikelihood_rolling  the whole text, end-of-text prepended when the tokenizer 
 generate_until         ``LanguageModel.generate`` with the stop strings and max_gen_toks; greedy
                        unless the task samples (do_sample / temperature, top_k, top_p).
 
-p is ``LanguageModel.predictor``: softmax, the sigmoid heads' readout, or for Bayesian heads the
-mixture of ``mc_samples`` head draws (``bayes_mode=step``, the default) or the posterior mean
-(``mean``). In ``step`` mode the draws are seeded: each loglikelihood request is scored under
+p is ``LanguageModel.predictor`` under the ``Prediction`` of the model_args (``method``,
+``mc_samples``, ``seed``): softmax, the sigmoid heads' readout, or for Bayesian heads the mixture
+of ``mc_samples`` head draws (the default) or the posterior mean (``mc_samples=0``). lm-eval
+configs may still say ``bayes_mode`` (mean | step | sequence), mapped by
+``prediction.from_bayes_mode``. The draws are seeded: each loglikelihood request is scored under
 the same S draws (so results do not depend on batching or order, and the choices of a question
 share them), and each rolling document restarts the seed as ``gptv eval`` does.
 """
@@ -40,6 +42,7 @@ from lm_eval.models.utils import normalize_gen_kwargs
 from tqdm import tqdm
 
 from ...metrics import sliding_windows
+from ...predict.prediction import from_bayes_mode
 from ...predict.predictive import CHUNK_FLOATS, score_windows
 from ..api import load
 
@@ -81,8 +84,9 @@ def _auto_device(device: str | None) -> str:
 class GPTVariantsLM(TemplateLM):
     """A gptvariants run as an lm-eval model (module docstring).
 
-    model_args: run (the run folder), bayes_mode ('step' | 'mean'; Bayesian heads, default step),
-    mc_samples (draws in step mode; default the run's), seed (of the draws and of sampled
+    model_args: run (the run folder), method (``methods.METHODS``, default 'default'), mc_samples
+    (its draws; default the run's, 0 = the point estimate), bayes_mode (the old spelling: 'mean' =
+    mc_samples 0, 'step' = the default method, 'sequence'), seed (of the draws and of sampled
     generation; default 1337 as ``gptv eval``), unknown ('skip': drop text the tokenizer cannot
     encode and report it, as ``gptv eval --text``; 'error'), batch_size (sequences per forward
     pass), max_gen_toks (default 256). device comes from lm-eval's --device.
@@ -91,8 +95,9 @@ class GPTVariantsLM(TemplateLM):
     def __init__(
         self,
         run: str | None = None,
-        bayes_mode: str | None = None,
+        method: str | None = None,
         mc_samples: int | None = None,
+        bayes_mode: str | None = None,
         seed: int = 1337,
         unknown: str = "skip",
         batch_size: int | str | None = 16,
@@ -106,20 +111,20 @@ class GPTVariantsLM(TemplateLM):
         unused = {k: v for k, v in unused.items() if v is not None and k != "max_batch_size"}
         if unused:
             raise ValueError(
-                f"unknown gptv model_args {sorted(unused)}; known: run, bayes_mode, mc_samples, seed, "
+                f"unknown gptv model_args {sorted(unused)}; known: run, method, mc_samples, bayes_mode, seed, "
                 "unknown, batch_size, max_gen_toks"
             )
         if unknown not in UNKNOWN:
             raise ValueError(f"unknown must be one of {UNKNOWN}, got {unknown!r}")
-        self.lm = load(run, _auto_device(device))
+        self.seed, self.unknown = int(seed), unknown
+        samples = None if mc_samples is None else int(mc_samples)
+        prediction = from_bayes_mode(bayes_mode, method=method, mc_samples=samples, seed=self.seed)
+        self.lm = load(run, _auto_device(device), prediction=prediction)
         self._device = self.lm.device
         self.run = str(run)
-        self.bayes_mode = bayes_mode
-        self.mc_samples = None if mc_samples is None else int(mc_samples)
-        self.seed, self.unknown = int(seed), unknown
         self.batch_size = 16 if batch_size in (None, "auto") or str(batch_size).startswith("auto") else int(batch_size)
         self.max_gen_toks = int(max_gen_toks)
-        self.predictor = self.lm.predictor(bayes_mode, self.mc_samples, self.seed)  # checks bayes_mode
+        self.predictor = self.lm.predictor()  # scoring: a method for generation only is refused here
         self.dropped: Counter = Counter()
 
     # ------------------------------------------------------------------ what lm-eval asks of a model
@@ -150,7 +155,7 @@ class GPTVariantsLM(TemplateLM):
         return {
             "gptv_run": self.run,
             "gptv_variant": c.objective.variant,
-            "gptv_bayes_mode": self.bayes_mode,
+            "gptv_method": self.lm.prediction.method,
             "gptv_mc_samples": self.predictor.n_draws,
             "gptv_seed": self.seed,
         }
@@ -290,8 +295,6 @@ class GPTVariantsLM(TemplateLM):
             "stop": [s for s in until if s],
             "unknown": self.unknown,
             "seed": self.seed,
-            "bayes_mode": self.predictor_mode,
-            "mc_samples": self.mc_samples,
         }
         options.update({k: kw.pop(k) for k in SAMPLING_KEYS if k in kw} if sample else {"greedy": True})
         for k in SAMPLING_KEYS:
@@ -299,8 +302,3 @@ class GPTVariantsLM(TemplateLM):
         if kw:
             log.warning("gptv ignores the generation arguments %s", sorted(kw))
         return options, max_new
-
-    @property
-    def predictor_mode(self) -> str:
-        """The Bayesian mode of ``self.predictor`` as ``generate`` names it."""
-        return self.bayes_mode or ("step" if self.lm.model.head.stochastic else "mean")

@@ -22,7 +22,10 @@ class _Request(BaseModel):
     run: str = Field(min_length=1, description="a run name from GET /api/runs")
     top_n: int = Field(5, ge=0, le=MAX_TOP_N, description="alternatives listed per token (with the set and draws)")
     tau: float = Field(0.5, ge=0.0, le=1.0, description="sigmoid set threshold: {v : sigmoid(z_v) > tau}")
-    mc_samples: int | None = Field(None, ge=1, le=MAX_MC_SAMPLES, description="Bayesian draws (default: the run's)")
+    method: str | None = Field(None, description="gptv sample's --method (default: the loaded one)")
+    mc_samples: int | None = Field(
+        None, ge=0, le=MAX_MC_SAMPLES, description="draws of the method (default: the run's; 0 = the point estimate)"
+    )
     seed: int | None = Field(None, ge=0, lt=2**63)
     unknown: Literal["error", "skip"] = "error"
 
@@ -39,7 +42,6 @@ class GenerateRequest(_Request):
     greedy: bool = False
     stop: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default_factory=list, max_length=MAX_STOPS)
     stop_at_eot: bool = True
-    bayes_mode: Literal["mean", "step", "sequence"] = "mean"
     sig_mode: Literal["normalize", "set"] = "normalize"
 
     def sampling(self) -> dict:
@@ -51,7 +53,6 @@ class ScoreRequest(_Request):
     """POST /api/score: per-token scores of a text under one run."""
 
     text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
-    bayes_mode: Literal["mean", "step"] | None = Field(None, description="Bayesian heads: default 'step' (MC draws)")
 
     def options(self) -> dict:
         """Keyword arguments of ``LanguageModel.score``."""

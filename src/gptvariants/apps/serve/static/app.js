@@ -339,6 +339,12 @@ async function* sseEvents(response) {
 
 const gen = { colouring: null, controllers: [] };
 
+// a Bayesian mode of the menus as the request's prediction: mean = 0 draws, sequence = a method
+function prediction(mode, draws) {
+  if (mode === "mean") return { mc_samples: 0 };
+  return mode === "sequence" ? { method: "sequence", mc_samples: draws } : { mc_samples: draws };
+}
+
 function numberOr(id, fallback = null) {
   const v = $(id).value.trim();
   return v === "" ? fallback : Number(v);
@@ -353,7 +359,7 @@ function sampling(run) {
   };
   const stop = $("#o-stop").value;
   o.stop = stop ? stop.split("|").map((s) => s.replace(/\\n/g, "\n").replace(/\\t/g, "\t")).filter((s) => s) : [];
-  if (run.bayesian) { o.bayes_mode = $("#o-bayes_mode").value; o.mc_samples = numberOr("#o-mc_samples"); }
+  if (run.bayesian) Object.assign(o, prediction($("#o-bayes_mode").value, numberOr("#o-mc_samples")));
   return o;
 }
 
@@ -470,7 +476,7 @@ async function scoreOne(col, text) {
   col.setStats([["status", "scoring…"]]);
   col.tau = numberOr("#s-tau", 0.5);
   const body = { run: col.run.name, text, top_n: numberOr("#s-top_n", 0), tau: col.tau, seed: numberOr("#s-seed") };
-  if (col.run.bayesian) { body.bayes_mode = $("#s-bayes_mode").value; body.mc_samples = numberOr("#s-mc_samples"); }
+  if (col.run.bayesian) Object.assign(body, prediction($("#s-bayes_mode").value, numberOr("#s-mc_samples")));
   const response = await fetch("/api/score", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   if (!response.ok) { col.setStats([]); col.error(await errorOf(response)); return; }
   const data = await response.json();

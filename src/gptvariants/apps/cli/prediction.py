@@ -1,0 +1,39 @@
+"""The prediction options every command that reads a run's predictive shares (``predict.prediction``):
+``--method``, ``--mc-samples`` (0 = the point estimate everywhere) and ``--no-temperature``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from ...common.argtypes import non_negative_int
+from ...predict.methods import METHODS
+from ...predict.prediction import Prediction
+
+
+def add_prediction_arguments(
+    p: argparse.ArgumentParser, methods: Sequence[str] | None = None, *, temperature: bool = True
+) -> None:
+    """Add --method (of ``methods``, default every registered one), --mc-samples and, with
+    ``temperature``, --no-temperature to ``p``."""
+    names = list(methods or METHODS)
+    p.add_argument(
+        "--method",
+        default="default",
+        choices=names,
+        help="uncertainty method: " + "; ".join(f"{k}: {METHODS[k].description}" for k in names),
+    )
+    p.add_argument(
+        "--mc-samples",
+        type=non_negative_int,
+        default=None,
+        help="draws of the method (default: the run's mc_samples; 0 = the point estimate, "
+        "e.g. a Bayesian head's posterior mean)",
+    )
+    if temperature:
+        p.add_argument("--no-temperature", action="store_true", help="ignore a temperature fitted by `gptv calibrate`")
+
+
+def prediction_of(args: argparse.Namespace, seed: int | None = None) -> Prediction:
+    """The ``Prediction`` the options of ``add_prediction_arguments`` describe."""
+    return Prediction(args.method, args.mc_samples, not getattr(args, "no_temperature", False), seed)

@@ -1,0 +1,99 @@
+"""One description of a prediction, built once by every front end (eval, sample, serve, the
+Python API, lm-eval, ``ckpt:`` teachers, calibrate) and turned into a ``Predictor`` here only.
+
+    Prediction(method="default", mc_samples=None, temperature=True, seed=None)
+
+method       an uncertainty method of ``methods.METHODS`` (``gptv ... --method``)
+mc_samples   the method's draws (``--mc-samples``): None = the run's mc_samples; 0 = the point
+             estimate for every method (a Bayesian head's posterior mean, dropout off, the
+             trained weights), calibrated under its own temperature key
+temperature  apply the temperature ``gptv calibrate`` fitted for the method (``--no-temperature``)
+seed         makes every draw reproducible (None: a random one)
+
+The runs themselves are loaded apart (``methods.load_runs``): loading is the costly part, and a
+loaded model serves many predictions (the API and the server vary draws and seed per call).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .methods import METHODS, Run, get_method, point_predictor
+from .predictive import Predictor
+
+# lm-eval's documented model_arg bayes_mode, in the words of this module (``from_bayes_mode``)
+BAYES_MODES = {"mean": {"mc_samples": 0}, "step": {"method": "default"}, "sequence": {"method": "sequence"}}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """How the predictive distribution of loaded runs is formed (module docstring); checked on
+    creation (ValueError, one message per mistake)."""
+
+    method: str = "default"
+    mc_samples: int | None = None
+    temperature: bool = True
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        get_method(self.method)
+        n = self.mc_samples
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ValueError(
+                f"mc_samples must be an integer >= 0 (0 = the point estimate, None = the run's), got {n!r}"
+            )
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+
+    def but(self, **changes: Any) -> Prediction:
+        """This prediction with the fields of ``changes`` that are not None replaced (a call's own options)."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        return replace(self, **given) if given else self
+
+    @property
+    def point(self) -> bool:
+        """Whether this asks for the point estimate (0 draws)."""
+        return self.mc_samples == 0
+
+    def check(self, runs: Sequence[Run], *, generation: bool = False) -> None:
+        """ValueError when this prediction cannot be formed from ``runs`` (for scoring, unless ``generation``)."""
+        method = METHODS[self.method]
+        if method.generation_only and not generation and not self.point:
+            raise ValueError(
+                f"method {self.method!r} draws per generated sequence: it is for generation "
+                "(gptv sample, serve, LanguageModel.generate), not for scoring text"
+            )
+        if not self.point:
+            method.check(runs)
+
+
+def build_predictor(
+    runs: Sequence[Run], prediction: Prediction = Prediction(), *, generation: bool = False
+) -> Predictor:
+    """The predictive distribution of ``runs`` under ``prediction``: the one way from a description to a
+    ``Predictor``. ``generation``: for a decoder (methods that draw per generated sequence allowed)."""
+    prediction.check(runs, generation=generation)
+    p = prediction
+    if p.point:
+        return point_predictor(runs, p.seed, p.temperature)
+    return METHODS[p.method].predictor(runs, p.mc_samples, p.seed, p.temperature)
+
+
+def from_bayes_mode(bayes_mode: str | None, **fields: Any) -> Prediction:
+    """A ``Prediction`` from lm-eval's model_arg ``bayes_mode`` (kept because lm-eval configs name it):
+    'mean' = mc_samples 0, 'step' = the default method, 'sequence' = the method 'sequence'."""
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if bayes_mode is None:
+        return Prediction(**fields)
+    if bayes_mode not in BAYES_MODES:
+        raise ValueError(
+            f"bayes_mode must be one of {', '.join(BAYES_MODES)} (mean = mc_samples=0, step = the default "
+            f"method, sequence = method=sequence), got {bayes_mode!r}"
+        )
+    implied = BAYES_MODES[bayes_mode]
+    clash = [f"{k}={fields[k]!r}" for k, v in implied.items() if k in fields and fields[k] != v]
+    if clash:
+        raise ValueError(f"bayes_mode={bayes_mode} means {implied}, which contradicts {', '.join(clash)}")
+    return Prediction(**{**fields, **implied})

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 
+from gptvariants.apps.cli.main import main
 from gptvariants.data.dataset import TokenDataset, open_sets, prepare, token_dtype, write_hf_split
 from gptvariants.data.synthetic import SyntheticLanguage
 from gptvariants.data.tokenizers import build_tokenizer
@@ -286,7 +288,6 @@ def test_files_follow_the_umask(tmp_path):
 def copy_of(synth_dir, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(synth_dir, out)
-    (out / ".token-ids-checked.json").unlink(missing_ok=True)
     return out
 
 
@@ -317,17 +318,16 @@ def test_a_vocabulary_smaller_than_the_ids_is_refused(copy_of):
 def test_the_id_check_runs_once_per_file_version(copy_of, monkeypatch):
     import gptvariants.data.dataset as D
 
-    calls = []
-    real = D._max_id
-    monkeypatch.setattr(D, "_max_id", lambda path, dtype: calls.append(path.name) or real(path, dtype))
+    scans = []
+    real = D.np.memmap
+    monkeypatch.setattr(D.np, "memmap", lambda path, **kw: scans.append(Path(path).name) or real(path, **kw))
     TokenDataset(copy_of)
-    assert calls == ["train.bin", "val.bin"]
-    D._MAX_IDS_SEEN.clear()  # a new process: the file in the folder remembers
-    TokenDataset(copy_of)
-    assert calls == ["train.bin", "val.bin"]
+    assert scans == ["train.bin", "val.bin"]
+    TokenDataset(copy_of)  # the same versions: remembered in memory
+    assert scans == ["train.bin", "val.bin"]
     os.utime(copy_of / "val.bin", ns=(1, 1))  # another version of val.bin
     TokenDataset(copy_of)
-    assert calls == ["train.bin", "val.bin", "val.bin"]
+    assert scans == ["train.bin", "val.bin", "val.bin"]
 
 
 @pytest.mark.parametrize(
@@ -389,3 +389,15 @@ def test_damaged_sets_meta_names_the_file(synth_dir, tmp_path):
         meta_path.write_text(content)
         with pytest.raises(ValueError, match=re.escape(f"{meta_path}: {message}")):
             ds.open_sets(sets, "train")
+
+
+def test_a_data_folder_holds_only_the_documented_files(tmp_path):
+    """prepare + train + eval leave the data folder as `gptv prepare` documented it: no hidden files."""
+    data = tmp_path / "synthetic-tiny"
+    assert main(["prepare", "synthetic:tiny", "--out", str(data)]) == 0
+    run = tmp_path / "run"
+    overrides = [f"--{k}={v}" for k, v in tiny_overrides(data, run, max_iters=2, eval_interval=2).items()]
+    assert main(["train", "--data", str(data), "--out", str(run), *overrides]) == 0
+    assert main(["eval", "--ckpt", str(run), "--data", str(data), "--num-samples", "0"]) == 0
+    documented = {"train.bin", "val.bin", "meta.json", "tokenizer_meta.json", "synthetic.json", "synthetic.safetensors"}
+    assert {p.name for p in data.iterdir()} == documented

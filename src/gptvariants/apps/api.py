@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ..common.errors import InputError
 from ..data.tokenizers import load_tokenizer
 from ..decode.decoder import Decoder, Generation, Row, RowOptions
 from ..decode.generate import generate, keep_tokens, predictor_for, window_start
@@ -344,20 +345,20 @@ class LanguageModel:
         """ValueError for a Bayesian mode or draw count this model cannot give."""
         if generation and bayes_mode == "sequence":
             if self.method != "default" or len(self.runs) > 1:
-                raise ValueError("bayes_mode='sequence' is for one Bayesian run with the default method")
+                raise InputError("bayes_mode='sequence' is for one Bayesian run with the default method")
             if not self.model.head.stochastic:
-                raise ValueError(
+                raise InputError(
                     "bayes_mode='sequence' needs a Bayesian head; this model's head is deterministic (use 'mean')"
                 )
         elif bayes_mode not in (None, "mean", "step"):
-            raise ValueError(
+            raise InputError(
                 f"bayes_mode must be 'mean' or 'step' here, got {bayes_mode!r} ('sequence' draws one "
                 "weight set per generated row: generation only)"
             )
         if bayes_mode == "step" and not any(r.model.head.stochastic for r in self.runs):
-            raise ValueError("bayes_mode='step' needs a Bayesian head; this model's head is deterministic (use 'mean')")
+            raise InputError("bayes_mode='step' needs a Bayesian head; this model's head is deterministic (use 'mean')")
         if mc_samples is not None and mc_samples < 1:
-            raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+            raise InputError(f"mc_samples must be >= 1, got {mc_samples}")
 
     def _source(self, sampling: dict[str, Any]) -> tuple[Predictor, dict[str, Any]]:
         """What ``generate`` decodes from, and the rest of the options."""

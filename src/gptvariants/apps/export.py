@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..common.errors import GptvError
 from ..core.pretrained import CONV1D_WEIGHTS, META_KEY
 from ..data.tokenizers import EOT_TEXT, load_tokenizer
 from ..store.checkpoint import POINTER, load_run
@@ -52,7 +53,7 @@ EXPORT_FILES = (
 )
 
 
-class ExportError(ValueError):
+class ExportError(GptvError, ValueError):
     """The run cannot be exported as asked; the message says why."""
 
 

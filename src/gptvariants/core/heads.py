@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..common.errors import InputError
 from .objectives import fused_linear_loss, local_reparam_loss
 
 if TYPE_CHECKING:
@@ -169,7 +170,7 @@ class BayesianHead(Head):
     ) -> None:
         super().__init__()
         if reparam not in ("weight", "local"):
-            raise ValueError(f"reparam must be 'weight' or 'local', got {reparam!r}")
+            raise InputError(f"reparam must be 'weight' or 'local', got {reparam!r}")
         self.reparam = reparam
         self._kept: tuple[torch.Tensor, torch.Tensor | None] | None = None  # see kept_variance
         self._holders = 0
@@ -319,7 +320,7 @@ class HeadEnsemble(Head):
     ) -> None:
         super().__init__()
         if k < 1:
-            raise ValueError(f"ensemble_size must be >= 1, got {k}")
+            raise InputError(f"ensemble_size must be >= 1, got {k}")
         self.members = nn.ModuleList(LinearHead(n_embd, vocab_size, bias, bias_init) for _ in range(k))
         self.split = split
 
@@ -440,5 +441,5 @@ class _GaussianDraw(torch.autograd.Function):
 def build_head(name: str, n_embd: int, vocab_size: int, cfg: ObjectiveConfig, sigmoid: bool) -> Head:
     """The registered head ``name`` built from the run's objective config."""
     if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; known: {', '.join(HEADS)}")
+        raise InputError(f"unknown head {name!r}; known: {', '.join(HEADS)}")
     return HEADS[name].from_config(n_embd, vocab_size, cfg, sigmoid)

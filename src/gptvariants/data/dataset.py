@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..common.errors import InputError, UnavailableError
 from ..common.atomic import atomic_write
 from ..common.checks import Choice, Int, Text
 from ..common.inputs import InputError, read_json, require
@@ -45,7 +46,6 @@ OFFLINE_HINT = (
     "If you are offline, prepare a local UTF-8 file, folder or glob instead: "
     "`gptv prepare text:PATH --out DATA` (PATH: a .txt file, a folder of .txt files, or a glob)"
 )
-ID_CHECK_FILE = ".token-ids-checked.json"  # {split: [size, mtime_ns, max id]}: the range check of each file version
 BINARY_PROBE = 8192  # a NUL byte among a file's first bytes marks it as binary (git's rule)
 
 
@@ -78,9 +78,9 @@ def prepare(
     """
     out = Path(out)
     if errors not in ("strict", "replace"):
-        raise ValueError(f"errors={errors!r}; expected 'strict' or 'replace'")
+        raise InputError(f"errors={errors!r}; expected 'strict' or 'replace'")
     if val_fraction is not None and not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
     kind, _, arg = source.partition(":")
     notes: list[str] = []
     out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +99,7 @@ def prepare(
     elif kind in HF_SOURCES and not arg:
         tok, stats, extra = _prepare_hf(kind, out, tokenizer or "gpt2", val_fraction, seed, num_proc)
     else:
-        raise ValueError(f"unknown data source {source!r}; valid forms: {SOURCE_FORMS}")
+        raise InputError(f"unknown data source {source!r}; valid forms: {SOURCE_FORMS}")
 
     tok.save(out)
     meta = {
@@ -121,9 +121,9 @@ def prepare(
 
 def _prepare_synthetic(preset: str, out: Path, tokenizer: str | None, seed: int) -> tuple[Tokenizer, dict, dict]:
     if preset not in PRESETS:
-        raise ValueError(f"unknown synthetic preset {preset!r}; choose from {sorted(PRESETS)}")
+        raise InputError(f"unknown synthetic preset {preset!r}; choose from {sorted(PRESETS)}")
     if tokenizer not in (None, "word"):
-        raise ValueError(f"the synthetic language uses the word tokenizer, not {tokenizer!r}")
+        raise InputError(f"the synthetic language uses the word tokenizer, not {tokenizer!r}")
     p = PRESETS[preset]
     # independent, seed-derived streams for the HMM itself and for each split
     lang = SyntheticLanguage.random(p, seed=seed)
@@ -218,7 +218,7 @@ def _read_text(spec: str, errors: str, notes: list[str] | None = None) -> str:
         nul = raw.find(b"\0", 0, BINARY_PROBE)
         if nul >= 0:
             if explicit:
-                raise ValueError(f"{f} is not a text file (a NUL byte at byte offset {nul}); prepare UTF-8 text")
+                raise InputError(f"{f} is not a text file (a NUL byte at byte offset {nul}); prepare UTF-8 text")
             skipped["binary"].append(f.name)
             continue
         text, changes = _normalise(_decode(f, raw, errors))
@@ -247,7 +247,7 @@ def _decode(f: Path, raw: bytes, errors: str) -> str:
     try:
         return raw.decode("utf-8", errors=errors)
     except UnicodeDecodeError as e:
-        raise ValueError(
+        raise InputError(
             f"{f} is not valid UTF-8: byte 0x{raw[e.start]:02x} at byte offset {e.start} cannot be decoded; "
             "re-encode the file as UTF-8 or pass --errors replace (errors='replace') to substitute U+FFFD"
         ) from None
@@ -282,7 +282,7 @@ def _download_shakespeare(out: Path) -> Path:
             with urllib.request.urlopen(SHAKESPEARE_URL, timeout=30) as r:
                 data = r.read()
         except OSError as e:  # URLError, timeouts and DNS failures are all OSErrors
-            raise RuntimeError(
+            raise UnavailableError(
                 f"could not download Tiny Shakespeare from {SHAKESPEARE_URL} ({e}). {OFFLINE_HINT}"
             ) from e
         atomic_write(path, data)
@@ -295,7 +295,7 @@ def _prepare_hf(
     try:
         import datasets
     except ImportError:
-        raise RuntimeError(
+        raise UnavailableError(
             f"{name} needs the Hugging Face datasets library: pip install 'gptvariants[hf]', "
             "or prepare a local copy with text:PATH"
         ) from None
@@ -304,7 +304,7 @@ def _prepare_hf(
     try:
         ds = datasets.load_dataset(path, config, num_proc=num_proc)
     except Exception as e:  # the hub raises many types (ConnectionError, OSError, HfHubHTTPError, ...)
-        raise RuntimeError(
+        raise UnavailableError(
             f"could not load {name!r} from the Hugging Face hub ({type(e).__name__}: {e}). {OFFLINE_HINT}"
         ) from e
     if name == "openwebtext":  # train only: hold out a random slice, as nanoGPT does
@@ -312,7 +312,7 @@ def _prepare_hf(
         train, val = ds["train"], ds["test"]
     else:
         if val_fraction is not None:
-            raise ValueError(f"{name} has its own validation split; do not pass val_fraction")
+            raise InputError(f"{name} has its own validation split; do not pass val_fraction")
         train, val = ds["train"], ds["validation"]
 
     if spec == "gpt2":
@@ -342,7 +342,7 @@ def write_hf_split(
     from tqdm import tqdm
 
     if append_eot and tok.eot_token is None:
-        raise ValueError(f"tokenizer {tok.name!r} has no end-of-text token to separate documents")
+        raise InputError(f"tokenizer {tok.name!r} has no end-of-text token to separate documents")
     suffix = [tok.eot_token] if append_eot else []
 
     def process(batch: dict) -> dict:
@@ -414,7 +414,7 @@ class TokenDataset:
         for name in SPLITS:
             path, expect = self.dir / f"{name}.bin", self._meta[f"{name}_tokens"] * self.dtype.itemsize
             if not path.is_file() or path.stat().st_size != expect:
-                raise ValueError(
+                raise InputError(
                     f"{path} is missing or does not match meta.json ({expect} bytes expected); re-run `gptv prepare`"
                 )
         self._check_ids()
@@ -449,40 +449,26 @@ class TokenDataset:
     def _check_ids(self) -> None:
         """Every token id of both splits < vocab_size: a flipped byte or a wrong meta.json fails here,
         naming the file, not as an index error deep inside the model. np.max runs over each file in
-        chunks (a few ms per 100 M tokens once cached by the OS) and once per file version: the
-        result is kept by (size, mtime) in memory and in ID_CHECK_FILE."""
+        chunks (a few ms per 100 M tokens once cached by the OS), once per file version and process
+        (``_MAX_IDS``): nothing is written into the user's data folder."""
         V = self.vocab_size
-        cache_path = self.dir / ID_CHECK_FILE
-        cache = _read_id_cache(cache_path)
-        changed = False
         for name in SPLITS:
             path = self.dir / f"{name}.bin"
-            st = path.stat()
-            version = [st.st_size, st.st_mtime_ns]
-            entry = cache.get(name)
-            if not (isinstance(entry, list) and len(entry) == 3 and entry[:2] == version):
-                entry = [*version, _max_id(path, self.dtype)]
-                cache[name], changed = entry, True
-            if entry[2] >= V:
+            top = _max_id(path, self.dtype)
+            if top >= V:
                 bad = _first_at_least(path, self.dtype, V)
                 raise InputError(
-                    f"{path}: token id {entry[2]} at position {bad} is outside the vocabulary of {V} "
+                    f"{path}: token id {top} at position {bad} is outside the vocabulary of {V} "
                     f"(vocab_size in {self.dir / 'meta.json'}); the file is damaged or meta.json belongs "
                     "to other data: re-run `gptv prepare`"
                 )
-        if changed:
-            _MAX_IDS_SEEN.update({str(cache_path): cache})
-            try:
-                atomic_write(cache_path, json.dumps(cache) + "\n")
-            except OSError:  # a read-only dataset: the in-memory cache still spares this process
-                pass
 
     def split(self, name: str) -> np.memmap:
         """Read-only memmap of a split's token ids."""
         if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
+            raise InputError(f"unknown split {name!r}; expected one of {SPLITS}")
         if self._meta[f"{name}_tokens"] == 0:
-            raise ValueError(
+            raise InputError(
                 f"the {name} split of {self.dir} is empty (0 tokens); prepare more data or change val_fraction"
             )
         # A fresh memmap per call, as nanoGPT does: a long-lived one keeps every page it ever
@@ -507,7 +493,7 @@ class TokenDataset:
         data = self.split(split)
         n = len(data)
         if block_size >= n:
-            raise ValueError(
+            raise InputError(
                 f"block_size {block_size} is larger than the {split} split ({n} tokens); "
                 "use a smaller block_size or more data"
             )
@@ -526,7 +512,7 @@ class TokenDataset:
         if sets is None:
             return x, y, None
         if len(sets) != n:
-            raise ValueError(f"sets have {len(sets)} rows but the {split} split has {n} tokens")
+            raise InputError(f"sets have {len(sets)} rows but the {split} split has {n} tokens")
         s = sets[idx[:, :-1]].astype(np.int64)
         s[sets[idx[:, :-1]] == np.iinfo(sets.dtype).max] = -1
         return x, y, torch.from_numpy(s)
@@ -548,7 +534,7 @@ def open_sets(dir: Path, split: str, data_hash: str) -> np.memmap:
         raise FileNotFoundError(f"{dir} has no meta.json; build the candidate sets first")
     meta = read_json(meta_path)
     if meta.get("data_hash") != data_hash:
-        raise ValueError(
+        raise InputError(
             f"the candidate sets in {dir} were built for other data (hash mismatch); rebuild them for this dataset"
         )
     k = require(meta, "k", Int(1, text=False), meta_path)
@@ -557,7 +543,7 @@ def open_sets(dir: Path, split: str, data_hash: str) -> np.memmap:
     path = dir / f"{split}.bin"
     size = path.stat().st_size if path.is_file() else -1
     if size <= 0 or size % (k * dtype.itemsize):
-        raise ValueError(f"{path} is missing, empty or not a whole number of rows of {k} x {dtype.name}")
+        raise InputError(f"{path} is missing, empty or not a whole number of rows of {k} x {dtype.name}")
     return np.memmap(path, dtype=dtype, mode="r", shape=(size // (k * dtype.itemsize), k))
 
 
@@ -569,7 +555,7 @@ def _read_meta(path: Path) -> dict:
     meta = read_json(path)
     fmt = meta.get("format")
     if fmt != FORMAT:
-        raise ValueError(f"{path}: unsupported format {fmt!r} (expected {FORMAT}); re-run `gptv prepare`")
+        raise InputError(f"{path}: unsupported format {fmt!r} (expected {FORMAT}); re-run `gptv prepare`")
     vocab = require(meta, "vocab_size", Int(1, 2**32 - 1, text=False), path)
     require(meta, "dtype", Choice(("uint16", "uint32")), path)
     for key in ("train_tokens", "val_tokens"):
@@ -599,22 +585,19 @@ def read_tokenizer(dir: Path) -> Tokenizer:
         raise InputError(f"{path}: malformed ({e})") from None
 
 
-_MAX_IDS_SEEN: dict[str, dict] = {}  # ID_CHECK_FILE path -> its content, for datasets on read-only disks
-
-
-def _read_id_cache(path: Path) -> dict:
-    if str(path) in _MAX_IDS_SEEN:
-        return dict(_MAX_IDS_SEEN[str(path)])
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):  # absent or damaged: recompute
-        return {}
-    return cache if isinstance(cache, dict) else {}
+# (device, inode, size, mtime_ns) of a split file -> its largest id: the range check of each file
+# version runs once per process
+_MAX_IDS: dict[tuple[int, int, int, int], int] = {}
 
 
 def _max_id(path: Path, dtype: np.dtype, chunk: int = 1 << 24) -> int:
-    data = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype)
-    return max((int(data[s : s + chunk].max()) for s in range(0, len(data), chunk)), default=-1)
+    """The largest token id in ``path`` (-1 when empty), remembered per file version."""
+    st = path.stat()
+    version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if version not in _MAX_IDS:
+        data = np.memmap(path, dtype=dtype, mode="r") if st.st_size else np.zeros(0, dtype)
+        _MAX_IDS[version] = max((int(data[s : s + chunk].max()) for s in range(0, len(data), chunk)), default=-1)
+    return _MAX_IDS[version]
 
 
 def _first_at_least(path: Path, dtype: np.dtype, bound: int, chunk: int = 1 << 24) -> int:

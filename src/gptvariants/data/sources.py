@@ -22,6 +22,7 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
+from ..common.errors import InputError
 from .dataset import TokenDataset
 from .synthetic import SHIFT_PARTS, SyntheticLanguage
 from .tokenizers import META_FILE, Tokenizer
@@ -76,7 +77,7 @@ def check_same_tokenizer(run_dir: Path, data: TokenDataset) -> None:
         if not same:
             problems.append(f"a different {trained.get('tokenizer')!r} vocabulary")
     if problems:
-        raise ValueError(
+        raise InputError(
             f"the checkpoint in {run_dir} was trained with another tokenizer than the data in {data.dir}: "
             + "; ".join(problems)
             + f". Evaluate on data prepared like the training data (source {trained.get('source')!r}),"
@@ -106,7 +107,7 @@ def text_source(spec: str, tokenizer: Tokenizer, errors: str = "strict") -> Sour
     path = spec[len("text:") :] if spec.startswith("text:") else spec
     text = _read_text(path, errors)
     if not text.strip():
-        raise ValueError(f"{path} holds no text to score")
+        raise InputError(f"{path} holds no text to score")
     missing = tokenizer.unknown(text)
     ids = tokenizer.encode(text, unknown="skip")
     if tokenizer.eot_token is not None:
@@ -127,7 +128,7 @@ def shift_spec(spec: str) -> dict[str, Any]:
     raw = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
     unknown = set(raw) - {"shift", "part", "seed", "tokens"}
     if unknown or "shift" not in raw:
-        raise ValueError(
+        raise InputError(
             f"{spec!r}: write synthetic?shift=S[&part={'|'.join(SHIFT_PARTS)}][&seed=N][&tokens=N]"
             + (f"; unknown option(s) {', '.join(sorted(unknown))}" if unknown else "")
         )
@@ -139,16 +140,16 @@ def shift_spec(spec: str) -> dict[str, Any]:
             "tokens": int(raw["tokens"]) if "tokens" in raw else None,
         }
     except ValueError:
-        raise ValueError(f"{spec!r}: shift is a number in [0, 1], seed and tokens integers") from None
+        raise InputError(f"{spec!r}: shift is a number in [0, 1], seed and tokens integers") from None
     if opts["tokens"] is not None and opts["tokens"] < 2:
-        raise ValueError(f"{spec!r}: tokens must be >= 2")
+        raise InputError(f"{spec!r}: tokens must be >= 2")
     return opts
 
 
 def shifted_source(spec: str, base: SyntheticLanguage | None, n_tokens: int) -> Source:
     """Tokens sampled from a shifted sibling of ``base`` (the in-domain synthetic language)."""
     if base is None:
-        raise ValueError(
+        raise InputError(
             f"{spec!r} shifts the synthetic language, and the in-domain data is not synthetic: "
             "pass a prepared folder or text:PATH as --ood instead"
         )
@@ -172,4 +173,4 @@ def resolve_source(spec: str, run_dir: Path, tokenizer: Tokenizer, in_domain: So
         return text_source(spec, tokenizer)
     if Path(spec).is_dir():
         return split_source(run_dir, Path(spec), split)
-    raise ValueError(f"--ood {spec!r} is neither a prepared data folder, text:PATH nor synthetic?shift=S")
+    raise InputError(f"--ood {spec!r} is neither a prepared data folder, text:PATH nor synthetic?shift=S")

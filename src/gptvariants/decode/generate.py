@@ -49,6 +49,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from ..common.errors import InputError
 from ..predict.predictive import Predictor
 from .decoder import SIG_MODES, Decoder, Generation, Row, RowOptions, RowWeights, check_prompt
 from .filters import (
@@ -67,13 +68,13 @@ BAYES_MODES = ("mean", "step", "sequence")
 def predictor_for(model, bayes_mode: str = "mean", mc_samples: int | None = None, seed: int | None = None) -> Predictor:
     """The predictor of a bare model under a Bayesian ``bayes_mode`` (module docstring)."""
     if bayes_mode not in BAYES_MODES:
-        raise ValueError(f"bayes_mode must be one of {BAYES_MODES}, got {bayes_mode!r}")
+        raise InputError(f"bayes_mode must be one of {BAYES_MODES}, got {bayes_mode!r}")
     if bayes_mode != "mean" and not model.head.stochastic:
-        raise ValueError(
+        raise InputError(
             f"bayes_mode={bayes_mode!r} needs a Bayesian head; this model's head is deterministic (use 'mean')"
         )
     if mc_samples is not None and mc_samples < 1:
-        raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+        raise InputError(f"mc_samples must be >= 1, got {mc_samples}")
     if bayes_mode == "mean":
         return Predictor([model], samples=0, seed=seed)
     if bayes_mode == "step":
@@ -88,7 +89,7 @@ def as_predictor(model, bayes_mode: str = "mean", mc_samples: int | None = None,
     if not isinstance(model, Predictor):
         return predictor_for(model, bayes_mode, mc_samples, seed)
     if bayes_mode != "mean" or mc_samples is not None:
-        raise ValueError("bayes_mode and mc_samples choose the predictive of a bare model; a Predictor has its own")
+        raise InputError("bayes_mode and mc_samples choose the predictive of a bare model; a Predictor has its own")
     return model
 
 

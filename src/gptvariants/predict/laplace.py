@@ -41,6 +41,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from ..common.atomic import atomic_write
+from ..common.errors import InputError
 from .predictive import Member, Predictor, score_windows
 
 FILE = "laplace.safetensors"
@@ -54,7 +55,7 @@ class LaplacePosterior:
 
     def __init__(self, kind: str, tensors: dict[str, torch.Tensor], n: int, prior_precision: float) -> None:
         if kind not in ("kfac", "diag"):
-            raise ValueError(f"Laplace kind must be kfac or diag, got {kind!r}")
+            raise InputError(f"Laplace kind must be kfac or diag, got {kind!r}")
         self.kind, self.t, self.n, self.prior_precision = kind, tensors, n, prior_precision
 
     # ------------------------------------------------------------------------- fitting
@@ -94,7 +95,7 @@ class LaplacePosterior:
     @staticmethod
     def check_fitted(run_dir: Path) -> None:
         if not (Path(run_dir) / FILE).is_file() or not (Path(run_dir) / META).is_file():
-            raise ValueError(f"{run_dir} has no Laplace posterior: fit one with `gptv laplace {run_dir}`")
+            raise InputError(f"{run_dir} has no Laplace posterior: fit one with `gptv laplace {run_dir}`")
 
     @classmethod
     def load(cls, run_dir: Path, device: str | torch.device = "cpu") -> LaplacePosterior:
@@ -109,7 +110,7 @@ class LaplacePosterior:
                 float(meta["prior_precision"]),
             )
         except (ValueError, KeyError, OSError) as e:
-            raise ValueError(
+            raise InputError(
                 f"the Laplace posterior in {run_dir} is unreadable ({e}); refit it with `gptv laplace {run_dir}`"
             ) from None
 
@@ -256,7 +257,7 @@ def fit_laplace(
 ) -> dict[str, Any]:
     """Fit, choose lambda, save into ``run_dir``; returns the record written to laplace.json."""
     if model.objective.sigmoid or model.head.stochastic:
-        raise ValueError(
+        raise InputError(
             "the last-layer Laplace approximation here is for softmax heads with point weights "
             f"(this run: head {model.head.name!r}, objective {model.objective.name!r}); a Bayesian "
             "head already has a posterior, and a sigmoid head's BCE curvature is not implemented"

@@ -27,6 +27,7 @@ from typing import ClassVar
 
 import torch
 
+from ..common.errors import InputError
 from ..core.config import Config
 from ..data.tokenizers import META_FILE
 from ..store.checkpoint import load_run
@@ -54,7 +55,7 @@ class Run:
             fitted = json.loads(path.read_text(encoding="utf-8"))["temperature"]
             return float(fitted.get(key, 1.0))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"{path} is unreadable ({e}); delete it or rerun `gptv calibrate`") from None
+            raise InputError(f"{path} is unreadable ({e}); delete it or rerun `gptv calibrate`") from None
 
 
 def run_folders(spec: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -65,7 +66,7 @@ def run_folders(spec: str | Path | Sequence[str | Path]) -> list[Path]:
     else:
         parts = [Path(p.strip()) for p in str(spec).split(",") if p.strip()]
     if not parts:
-        raise ValueError("no run folder given")
+        raise InputError("no run folder given")
     out: list[Path] = []
     for p in parts:
         if p.is_dir() and not (p / "checkpoint.json").exists():
@@ -85,7 +86,7 @@ def load_runs(spec: str | Path | Sequence[str | Path], device: str | torch.devic
     first = runs[0]
     for r in runs[1:]:
         if _tokenizer_of(r.dir) != _tokenizer_of(first.dir):
-            raise ValueError(
+            raise InputError(
                 f"{r.dir} and {first.dir} were trained with different tokenizers: they cannot be "
                 "averaged token by token"
             )
@@ -127,7 +128,7 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 def get_method(name: str) -> Method:
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+        raise InputError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
     return METHODS[name]
 
 
@@ -150,7 +151,7 @@ class MCDropout(Method):
     def check(self, runs):
         for r in runs:
             if r.config.model.dropout <= 0:
-                raise ValueError(
+                raise InputError(
                     f"MC dropout needs a run trained with dropout > 0; {r.dir} has dropout = 0 "
                     "(train one with --dropout=0.1, or the variant baseline-dropout)"
                 )

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .. import metrics as M
+from ..common.errors import InputError
 
 # (h (n, C), samples, generator) -> (S, n, V) fp32 logits
 Sampler = Callable[[torch.Tensor, int, "torch.Generator | None"], torch.Tensor]
@@ -157,17 +158,17 @@ class Predictor:
         for m in self.members[1:]:
             c = m.model.config
             if (c.vocab_size, c.block_size) != (first.vocab_size, first.block_size):
-                raise ValueError(
+                raise InputError(
                     f"members disagree: vocab_size/block_size {c.vocab_size}/{c.block_size} vs "
                     f"{first.vocab_size}/{first.block_size}"
                 )
         if samples is not None and samples < 0:
-            raise ValueError(f"samples must be >= 0, got {samples}")
+            raise InputError(f"samples must be >= 0, got {samples}")
         if dropout_samples < 0:
-            raise ValueError(f"dropout_samples must be >= 0, got {dropout_samples}")
+            raise InputError(f"dropout_samples must be >= 0, got {dropout_samples}")
         for m in self.members if dropout_samples else []:
             if m.model.config.dropout <= 0:
-                raise ValueError("MC dropout needs a model trained with dropout > 0; this run has dropout = 0")
+                raise InputError("MC dropout needs a model trained with dropout > 0; this run has dropout = 0")
         self.samples, self.dropout_samples = samples, dropout_samples
         device = self.device
         self.generator = torch.Generator(device=device)

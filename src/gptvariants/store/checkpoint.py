@@ -39,6 +39,7 @@ from ..common.atomic import (
     fsync_dir,
     reporting_write_failure,
 )
+from ..common.errors import GptvError, InputError
 from ..common.runtime import check_device
 from ..core.config import Config
 from ..core.model import GPT
@@ -52,7 +53,7 @@ DAMAGED_PREFIX = "damaged-"
 TMP_PREFIX = ".ckpt-"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(GptvError, RuntimeError):
     """A checkpoint is missing, damaged, or does not fit the model or data it is used with."""
 
 
@@ -412,7 +413,7 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu", which: str = "la
 
     dev = check_device(device)
     if which not in ("latest", "best"):
-        raise ValueError(f"which must be 'latest' or 'best', not {which!r}")
+        raise InputError(f"which must be 'latest' or 'best', not {which!r}")
     ckpt = latest_checkpoint(Path(run_dir))
     if which == "best":
         ckpt = _best_or(ckpt, Path(run_dir))

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..common.atomic import atomic_write, preallocate
 from ..common.checks import Float, Int
+from ..common.errors import InputError
 from ..common.progress import Progress
 from ..data.dataset import SPLITS, TokenDataset, token_dtype
 from .base import Teacher, parse_spec, resolve_device
@@ -175,7 +176,7 @@ def _check_options(
             check(value)
         except ValueError as e:
             hint = f" (the vocabulary size is {V})" if name == "k" else ""
-            raise ValueError(f"{name}: {e}{hint}") from None
+            raise InputError(f"{name}: {e}{hint}") from None
 
 
 def _warn_large_k(k: int, V: int) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..common.checks import Float, Int
+from ..common.errors import InputError
 from ..data.dataset import TokenDataset
 from .base import Teacher, WindowedTeacher, parse_spec
 from .selection import ORACLE_MIN_PROB, _check_rule, _keep, readout_draws, sample_set
@@ -28,7 +29,7 @@ def build_online_teacher(spec: str, data: TokenDataset, device: torch.device) ->
     kind, _, opts = parse_spec(spec)
     known = {"k", "select", "top_p", "min_prob", "ratio"}
     if set(opts) - known:
-        raise ValueError(f"unknown teacher option(s) {sorted(set(opts) - known)} in {spec!r}; known: {sorted(known)}")
+        raise InputError(f"unknown teacher option(s) {sorted(set(opts) - known)} in {spec!r}; known: {sorted(known)}")
     rule = opts.get("select", "top")
     k = _option(spec, opts, "k", Int(1), 50)
     top_p = _option(spec, opts, "top_p", Float(0.0, 1.0, lo_open=True), None)
@@ -66,7 +67,7 @@ def _option(spec: str, opts: dict[str, str], name: str, check: Callable[[str], A
     try:
         return check(opts[name])
     except ValueError as e:
-        raise ValueError(f"teacher option {name} in {spec!r}: {e}") from None
+        raise InputError(f"teacher option {name} in {spec!r}: {e}") from None
 
 
 def _window_rows(teacher: Teacher, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
@@ -74,7 +75,7 @@ def _window_rows(teacher: Teacher, x: torch.Tensor) -> Iterator[tuple[int, torch
     (n, C) for a WindowedTeacher, next-token probabilities (n, V) for any other."""
     if isinstance(teacher, WindowedTeacher):
         if x.shape[1] > teacher.context:
-            raise ValueError(f"windows of {x.shape[1]} tokens exceed the teacher's context of {teacher.context}")
+            raise InputError(f"windows of {x.shape[1]} tokens exceed the teacher's context of {teacher.context}")
         h = teacher.hidden(x)
         h = h.reshape(-1, h.shape[-1])
         rows = teacher.rows_per_chunk()

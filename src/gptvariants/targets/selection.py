@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..common.errors import InputError
 from .base import TOKENS_PER_FORWARD, Teacher
 
 ORACLE_MIN_PROB = 0.01  # the oracle's default support threshold when min_prob is 0
@@ -56,9 +57,9 @@ def sample_set(
 
 def _check_rule(select: str, top_p: float | None, min_prob: float, ratio: float, ppl_filter: float | None) -> None:
     if select not in ("top", "sample"):
-        raise ValueError(f"select must be 'top' or 'sample', not {select!r}")
+        raise InputError(f"select must be 'top' or 'sample', not {select!r}")
     if select == "sample" and (top_p is not None or min_prob > 0 or ratio < 1.0 or ppl_filter is not None):
-        raise ValueError(
+        raise InputError(
             "select='sample' draws from the teacher's whole distribution at every position: top_p, min_prob, "
             "ratio < 1 and ppl_filter would bias the draws, so they are not allowed with it "
             "(drop top_p, min_prob, ratio and ppl_filter)"

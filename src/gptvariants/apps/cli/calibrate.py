@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ...common.argtypes import device, non_negative_int, positive_int
+from ...common.errors import InputError
 from ...data.sources import split_source
 from ...predict.calibration import fit_temperature, save_temperature
 from ...predict.laplace import fit_laplace
@@ -22,7 +23,7 @@ def _data_tokens(run_dir: Path, data: str | None, split: str) -> np.ndarray:
         info = Path(run_dir) / "data.json"
         data = json.loads(info.read_text(encoding="utf-8")).get("path") if info.is_file() else None
         if not data:
-            raise ValueError(f"{run_dir}/data.json names no data folder: pass --data DIR")
+            raise InputError(f"{run_dir}/data.json names no data folder: pass --data DIR")
     return split_source(Path(run_dir), Path(data), split).tokens
 
 

@@ -19,6 +19,7 @@ from ...common.argtypes import (
     unit_interval,
     utf8_file,
 )
+from ...common.errors import InputError
 from ...decode.generate import BAYES_MODES, SIG_MODES
 from ...predict.methods import METHODS
 from ..api import load
@@ -50,7 +51,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         with open(args.prompt_file, encoding="utf-8") as f:
             prompts = [line.rstrip("\r\n") for line in f]
         if not prompts:
-            raise ValueError(f"{args.prompt_file} holds no prompts")
+            raise InputError(f"{args.prompt_file} holds no prompts")
     else:
         prompts = [args.prompt]
     lm = load(args.ckpt, device=args.device, method=args.method, temperature=not args.no_temperature)

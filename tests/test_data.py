@@ -12,7 +12,8 @@ import torch
 from conftest import tiny_overrides
 
 from gptvariants.apps.cli.main import main
-from gptvariants.data.dataset import TokenDataset, open_sets, prepare, token_dtype, write_hf_split
+from gptvariants.data.dataset import TokenDataset, open_sets, token_dtype
+from gptvariants.data.prepare import prepare, write_hf_split
 from gptvariants.data.synthetic import SyntheticLanguage
 from gptvariants.data.tokenizers import build_tokenizer
 

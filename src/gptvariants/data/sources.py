@@ -24,9 +24,9 @@ import numpy as np
 
 from ..common.errors import InputError
 from .dataset import TokenDataset
+from .prepare import read_corpus
 from .synthetic import SHIFT_PARTS, SyntheticLanguage
 from .tokenizers import META_FILE, Tokenizer
-from .dataset import _read_text
 
 UNKNOWN_EXAMPLES = 10
 
@@ -105,7 +105,7 @@ def text_source(spec: str, tokenizer: Tokenizer, errors: str = "strict") -> Sour
     characters are dropped and counted (``Source.unknown``)."""
 
     path = spec[len("text:") :] if spec.startswith("text:") else spec
-    text = _read_text(path, errors)
+    text = read_corpus(path, errors)
     if not text.strip():
         raise InputError(f"{path} holds no text to score")
     missing = tokenizer.unknown(text)

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from ..common.errors import InputError
+
 from ..common.checks import Int
-from ..common.inputs import InputError, read_json, require
+from ..common.errors import InputError
+from ..common.inputs import read_json, require
 
 ARRAYS_FILE = "synthetic.safetensors"
 WORDS_FILE = "synthetic.json"
@@ -331,7 +332,6 @@ class SyntheticLanguage:
         """Read what `save` wrote."""
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
-
 
         dir = Path(dir)
         path = dir / ARRAYS_FILE

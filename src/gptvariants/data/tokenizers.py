@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 from ..common.errors import InputError, UnavailableError
 
-
 EOT_TEXT = "<|endoftext|>"
 META_FILE = "tokenizer_meta.json"
 HF_FILE = "tokenizer.json"

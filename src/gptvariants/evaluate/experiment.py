@@ -39,7 +39,8 @@ from ..common.atomic import atomic_write
 from ..common.errors import InputError
 from ..core.config import Config, load_config
 from ..core.variants import get_variant, study_variants
-from ..data.dataset import TokenDataset, prepare
+from ..data.dataset import TokenDataset
+from ..data.prepare import prepare
 from ..store.checkpoint import CheckpointError, latest_checkpoint, load_state
 from ..targets import build_targets
 from ..train.loop import train

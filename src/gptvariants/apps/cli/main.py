@@ -27,7 +27,8 @@ from ...common.errors import GptvError
 from ...core.config import KEYS, Config, ConfigError, fit_world_size, load_config, parse_overrides, resume_config
 from ...core.sizing import check_fits
 from ...core.variants import REGISTRY
-from ...data.dataset import TokenDataset, prepare
+from ...data.dataset import TokenDataset
+from ...data.prepare import prepare
 from ...store.run import check_run_files
 from ...train.loop import train
 

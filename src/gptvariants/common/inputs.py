@@ -45,7 +45,8 @@ def read_json(path: Path, expect: type = dict) -> Any:
             "the file is damaged or was cut short"
         ) from None
     if not isinstance(value, expect):
-        want = {dict: "a JSON object", list: "a JSON array"}.get(expect, expect.__name__)
+        names: dict[type, str] = {dict: "a JSON object", list: "a JSON array"}
+        want = names.get(expect, expect.__name__)
         raise InputError(f"{path}: expected {want}, found {type(value).__name__} {_short(value)}")
     return value
 

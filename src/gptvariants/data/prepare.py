@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -161,7 +161,7 @@ def _prepare_text(text: str, out: Path, spec: str, val_fraction: float) -> tuple
     return tok, stats, extra
 
 
-def _write_splits(out: Path, splits: dict[str, Iterable[int]], vocab_size: int) -> dict:
+def _write_splits(out: Path, splits: Mapping[str, Iterable[int]], vocab_size: int) -> dict:
     dtype = token_dtype(vocab_size)
     stats = {}
     for name in SPLITS:
@@ -199,10 +199,10 @@ def read_corpus(spec: str, errors: str, notes: list[str] | None = None) -> str:
     to `notes`, one line per kind.
     """
     files, explicit = _resolve_text_files(spec)
-    skipped = {"hidden": [], "binary": [], "duplicate": []}
-    normalised = {"bom": [], "newlines": []}
+    skipped: dict[str, list[str]] = {"hidden": [], "binary": [], "duplicate": []}
+    normalised: dict[str, list[str]] = {"bom": [], "newlines": []}
     seen: dict[bytes, Path] = {}
-    parts = []
+    parts: list[str] = []
     for f in files:
         if not explicit and f.name.startswith("."):
             skipped["hidden"].append(f.name)
@@ -336,7 +336,7 @@ def write_hf_split(
 
     if append_eot and tok.eot_token is None:
         raise InputError(f"tokenizer {tok.name!r} has no end-of-text token to separate documents")
-    suffix = [tok.eot_token] if append_eot else []
+    suffix = [tok.eot_token] if tok.eot_token is not None and append_eot else []
 
     def process(batch: dict) -> dict:
         ids = [tok.encode(t) + suffix for t in batch["text"]]

@@ -133,7 +133,7 @@ def shift_spec(spec: str) -> dict[str, Any]:
             + (f"; unknown option(s) {', '.join(sorted(unknown))}" if unknown else "")
         )
     try:
-        opts = {
+        opts: dict[str, Any] = {
             "shift": float(raw["shift"]),
             "part": raw.get("part", "both"),
             "seed": int(raw.get("seed", 1)),

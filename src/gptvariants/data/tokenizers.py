@@ -445,7 +445,7 @@ def tiktoken_to_hf(enc) -> HFTokenizer:
         return "".join(char[x] for x in b)
 
     in_order = sorted(ranks, key=ranks.__getitem__)
-    merges = [tuple(map(text, _merge_of(ranks, t))) for t in in_order if len(t) > 1]
+    merges = [(text(a), text(b)) for a, b in (_merge_of(ranks, t) for t in in_order if len(t) > 1)]
     hf = HFTokenizer(models.BPE({text(t): r for t, r in ranks.items()}, merges, fuse_unk=False))
     hf.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -485,8 +485,10 @@ def build_tokenizer(
         return GPT2Tokenizer()
     if kind == "word" and not arg and words is not None:
         return WordTokenizer(words)
-    if kind in ("char", "word", "bpe") and train_text is None:
-        raise InputError(f"tokenizer {spec!r} needs training text")
+    if train_text is None:
+        if kind in ("char", "word", "bpe"):
+            raise InputError(f"tokenizer {spec!r} needs training text")
+        raise InputError(f"unknown tokenizer spec {spec!r}; expected 'char', 'word', 'gpt2' or 'bpe:N' (e.g. bpe:4096)")
     if kind == "char" and not arg:
         return CharTokenizer.train(train_text)
     if kind == "word" and not arg:

@@ -120,7 +120,7 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     """'kind:arg?key=value&key=value' -> (kind, arg, options)."""
     body, _, query = spec.partition("?")
     kind, _, arg = body.partition(":")
-    opts = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in query.split("&") if kv)
+    opts = dict(kv.partition("=")[::2] for kv in query.split("&") if kv)
     return kind, arg, opts
 
 

@@ -114,15 +114,15 @@ class _Selector:
             if g is not None and inverse is not None:  # draws are per position, not per distinct row
                 p, inverse = p[inverse], None
             m_ = len(p) if inverse is None else len(inverse)
-            r = slice(off, off + m_)
+            span = slice(off, off + m_)
             rows = torch.arange(m_, device=p.device) if inverse is None else inverse
-            py[r] = p[rows, yt[r].clamp(min=0)].float().cpu().numpy()
+            py[span] = p[rows, yt[span].clamp(min=0)].float().cpu().numpy()
             dest = np.arange(off, off + m_)
             if inverse is None and chosen is not None:  # select only where candidates are kept
-                dest = dest[chosen[r]]
+                dest = dest[chosen[span]]
                 p = p[torch.from_numpy(dest - off).to(p.device)]
-            i_, p_, keep_ = select(p, k, self.top_p, self.min_prob) if g is None else sample_set(p, k - 1, g)
-            i_, p_, keep_ = i_.cpu().numpy(), p_.float().cpu().numpy(), keep_.cpu().numpy()
+            ti, tp, tkeep = select(p, k, self.top_p, self.min_prob) if g is None else sample_set(p, k - 1, g)
+            i_, p_, keep_ = ti.cpu().numpy(), tp.float().cpu().numpy(), tkeep.cpu().numpy()
             if inverse is not None:
                 inv = inverse.cpu().numpy()
                 i_, p_, keep_ = i_[inv], p_[inv], keep_[inv]

@@ -228,7 +228,7 @@ class Trainer:
         self.clock = _Clock(self.rt.device)
         self.saved_step: int | None = None
         self.flag = _StopFlag()
-        self.logger: Logger | None = None
+        self.logger: Logger  # opened by run()
 
     def run(self) -> TrainResult:
         with self.flag:
@@ -269,7 +269,8 @@ class Trainer:
         torch.manual_seed(step_seed(t.seed, step, self.rt.rank, 1))
         loss = objective = kl = 0.0
         for i, (x, y, sets) in enumerate(s.batches.micro_batches(step)):
-            sync = nullcontext() if (not self.rt.distributed or i == self.G_local - 1) else self.net.no_sync()
+            # DDP (distributed runs only) syncs gradients on the last micro-batch alone
+            sync = self.net.no_sync() if isinstance(self.net, DDP) and i < self.G_local - 1 else nullcontext()
             with sync:
                 with self.rt.autocast():
                     out = self.net(x, y, sets, s.batches.n["train"], s.model.kl_weight(step))

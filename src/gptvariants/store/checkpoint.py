@@ -207,7 +207,14 @@ def _read_pointer(run_dir: Path) -> tuple[str | None, str]:
 def pointer_step(run_dir: Path) -> int | None:
     """The step the pointer names, or None (no pointer or a damaged one); reads no checkpoint."""
     name, _ = _read_pointer(Path(run_dir))
-    return int(CKPT_RE.match(name).group(1)) if name else None
+    return _step_of(name) if name else None
+
+
+def _step_of(name: str) -> int:
+    """The step of a checkpoint folder name already checked against CKPT_RE."""
+    m = CKPT_RE.match(name)
+    assert m is not None, name
+    return int(m.group(1))
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -282,9 +289,9 @@ def find_checkpoint(run_dir: Path) -> tuple[Path, list[tuple[Path, list[str]]]]:
         warn(f"{problem}; looking for the newest checkpoint folder in {run_dir} instead")
         order = [p for _, p in reversed(found)]
     else:
-        top = int(CKPT_RE.match(name).group(1))
+        top = _step_of(name)
         order = [run_dir / name] + [p for s, p in reversed(found) if s < top]
-    skipped = []
+    skipped: list[tuple[Path, list[str]]] = []
     for ckpt in order:
         problems = verify_checkpoint(ckpt)
         if not problems:
@@ -407,7 +414,7 @@ def _best_or(latest: Path, run_dir: Path) -> Path:
     return best
 
 
-def load_run(run_dir: Path, device: str | torch.device = "cpu", which: str = "latest") -> tuple[torch.nn.Module, Any]:
+def load_run(run_dir: Path, device: str | torch.device = "cpu", which: str = "latest") -> tuple[GPT, Config]:
     """(model in eval mode, its Config) from a run folder's newest verified checkpoint, or ``which="best"``
     (lowest validation cross-entropy). A one-line DeviceError when ``device`` is not available."""
 

@@ -111,7 +111,7 @@ class HFTeacher(WindowedTeacher):
                 f"({data.meta['tokenizer']}); {ALTERNATIVES}"
             )
         self._check_tokenizer(name, data)
-        self.model = model.to(device).eval()
+        self.model = model.to(device).eval()  # type: ignore[arg-type]  # transformers' wrapped .to()
         self.spec, self.device, self.vocab_size = f"hf:{name}", device, V
         n_pos = (
             getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None) or 1024

@@ -200,7 +200,8 @@ def _choose_checkpoint(run_dir: Path, rt: Runtime) -> tuple[Path, list[tuple[Pat
 
 def _agree(rt: Runtime, pending: Future) -> Path:
     """The checkpoint rank 0 chose, on every rank; damaged newer ones are set aside with a warning."""
-    name, error = None, None
+    name: str | None = None
+    error: str | None = None
     if rt.main:
         try:
             ckpt, damaged = pending.result()
@@ -220,6 +221,7 @@ def _agree(rt: Runtime, pending: Future) -> Path:
         name, error = box
     if error is not None:
         raise CheckpointError(error)
+    assert name is not None  # rank 0 names a checkpoint whenever it reports no error
     return Path(name)
 
 

@@ -258,6 +258,7 @@ class Decoder:
         if not self.rows:
             return []
         o = self.options
+        assert o is not None  # set whenever there are rows
         draws = self.predictor.draws(
             self.window.hidden, set_probs=o.want_sets, generators=[r.generator for r in self.rows]
         )
@@ -316,6 +317,7 @@ class Decoder:
         """Each row's next token: greedy rows take the argmax, the others draw from their own
         generator (``generate.py``'s module docstring, steps 2-4)."""
         o = self.options
+        assert o is not None  # set whenever there are rows
         scores = apply_repetition_penalty(draws.scores, self.present, o.penalty)
         if o.set_rows is not False:
             scores = restrict_to_sets(scores, draws.set_probs, o.tau, o.set_rows)
@@ -333,6 +335,7 @@ class Decoder:
     def _details(self, draws: Draws, chosen: torch.Tensor) -> dict[str, list]:
         """The predictive's account of each row's chosen token (``Generation``), as one list per field."""
         o = self.options
+        assert o is not None  # set whenever there are rows
         cols = {"logprob": draws.logprob(chosen).tolist(), "entropy": draws.entropy().tolist()}
         if draws.samples > 1:
             cols["mi"] = draws.mutual_information().tolist()

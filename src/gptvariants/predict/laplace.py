@@ -42,6 +42,7 @@ from safetensors.torch import save as save_tensors
 
 from ..common.atomic import atomic_write
 from ..common.errors import InputError
+from ..core.model import GPT
 from .predictive import Member, Predictor, score_windows
 
 FILE = "laplace.safetensors"
@@ -82,7 +83,7 @@ class LaplacePosterior:
 
     # ------------------------------------------------------------------------- predicting
 
-    def sampler(self, model: torch.nn.Module) -> LaplaceSampler:
+    def sampler(self, model: GPT) -> LaplaceSampler:
         return LaplaceSampler(self, model)
 
     # ------------------------------------------------------------------------- files
@@ -118,7 +119,7 @@ class LaplacePosterior:
 class LaplaceSampler:
     """Logit draws of a last-layer Laplace posterior: (S, n, V); ``samples=0`` gives the MAP logits."""
 
-    def __init__(self, posterior: LaplacePosterior, model: torch.nn.Module) -> None:
+    def __init__(self, posterior: LaplacePosterior, model: GPT) -> None:
         self.posterior, self.model = posterior, model
         self.inv = posterior.inverse_precision()
         self.bias = model.head.weights(False)[1] is not None
@@ -167,7 +168,7 @@ def spread_windows(n_tokens: int, block: int, budget: int) -> list[tuple[int, in
 
 @torch.no_grad()
 def curvature(
-    model: torch.nn.Module, tokens: np.ndarray, kind: str, budget: int
+    model: GPT, tokens: np.ndarray, kind: str, budget: int
 ) -> tuple[dict[str, torch.Tensor], int]:
     """The summed GGN statistics (``from_statistics``) of ``model`` over ~``budget`` positions."""
     windows = spread_windows(len(tokens), model.config.block_size, budget)
@@ -192,7 +193,7 @@ def _add(stats: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
 
 @torch.no_grad()
 def heldout_nll(
-    model: torch.nn.Module,
+    model: GPT,
     posterior: LaplacePosterior | None,
     hidden: list[torch.Tensor],
     targets: list[torch.Tensor],
@@ -209,7 +210,7 @@ def heldout_nll(
     return total / count
 
 
-def _cache(model: torch.nn.Module, tokens: np.ndarray, budget: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _cache(model: GPT, tokens: np.ndarray, budget: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     windows = spread_windows(len(tokens), model.config.block_size, budget)
     hidden, targets = [], []
     for _, y, draws in score_windows(Predictor([model], samples=0), tokens, windows, batch=16):
@@ -219,7 +220,7 @@ def _cache(model: torch.nn.Module, tokens: np.ndarray, budget: int) -> tuple[lis
 
 
 @torch.no_grad()
-def probit_nll(model: torch.nn.Module, posterior: LaplacePosterior, hidden, targets) -> float:
+def probit_nll(model: GPT, posterior: LaplacePosterior, hidden, targets) -> float:
     """Mean -log p(y) of the probit approximation of the predictive on cached hidden states."""
     sampler = posterior.sampler(model)
     total = sum(
@@ -246,7 +247,7 @@ def fit_prior_precision(model, base: LaplacePosterior, hidden, targets) -> tuple
 
 def fit_laplace(
     run_dir: Path,
-    model: torch.nn.Module,
+    model: GPT,
     train_tokens: np.ndarray,
     heldout_tokens: np.ndarray,
     *,

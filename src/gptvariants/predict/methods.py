@@ -29,6 +29,7 @@ import torch
 
 from ..common.errors import InputError
 from ..core.config import Config
+from ..core.model import GPT
 from ..data.tokenizers import META_FILE
 from ..store.checkpoint import load_run
 from .laplace import LaplacePosterior
@@ -43,7 +44,7 @@ class Run:
     """A loaded run folder."""
 
     dir: Path
-    model: torch.nn.Module  # GPT, eval mode
+    model: GPT  # eval mode
     config: Config
 
     def temperature(self, key: str) -> float:

@@ -34,6 +34,7 @@ import torch
 
 from .. import metrics as M
 from ..common.errors import InputError
+from ..core.model import GPT
 
 # (h (n, C), samples, generator) -> (S, n, V) fp32 logits
 Sampler = Callable[[torch.Tensor, int, "torch.Generator | None"], torch.Tensor]
@@ -47,7 +48,7 @@ class Member:
     (a fitted Laplace posterior, one weight draw per generated row, ...): an object with
     ``__call__(h, samples, generator) -> (S, n, V)`` and ``n_draws(samples) -> S``."""
 
-    model: torch.nn.Module  # a gptvariants.core.model.GPT
+    model: GPT
     temperature: float = 1.0
     sampler: Sampler | None = None
 
@@ -145,7 +146,7 @@ class Predictor:
 
     def __init__(
         self,
-        members: Sequence[Member | torch.nn.Module],
+        members: Sequence[Member | GPT],
         *,
         samples: int | None = None,
         dropout_samples: int = 0,
@@ -178,7 +179,7 @@ class Predictor:
     # ------------------------------------------------------------------------- properties
 
     @property
-    def model(self) -> torch.nn.Module:
+    def model(self) -> GPT:
         """The first member's model (shape, tokenizer-facing properties)."""
         return self.members[0].model
 
@@ -246,7 +247,7 @@ class Predictor:
             yield
 
     @contextmanager
-    def _dropout_active(self, model: torch.nn.Module) -> Iterator[None]:
+    def _dropout_active(self, model: GPT) -> Iterator[None]:
         """Dropout on for one backbone pass, its randomness drawn from this predictor's seed."""
         device = next(model.parameters()).device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

@@ -18,6 +18,7 @@ import difflib
 import json
 import math
 import sys
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -344,7 +345,7 @@ def load_config(
     return cfg
 
 
-def apply_size(model: ModelConfig, explicit: set[str] = frozenset()) -> None:
+def apply_size(model: ModelConfig, explicit: AbstractSet[str] = frozenset()) -> None:
     """Fill n_layer/n_head/n_embd from ``model.size`` unless they were given explicitly."""
     if not model.size:
         return

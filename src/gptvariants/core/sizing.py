@@ -45,7 +45,7 @@ def available_bytes(device: str) -> int | None:
     if kind == "cuda":
         if not torch.cuda.is_available():
             return None
-        return int(torch.cuda.mem_get_info(int(index or os.environ.get("LOCAL_RANK", 0)))[0])
+        return int(torch.cuda.mem_get_info(int(index or os.environ.get("LOCAL_RANK", "0")))[0])
     if kind != "cpu":
         return None
     total = _meminfo_bytes(("MemAvailable", "SwapFree"))

@@ -30,6 +30,7 @@ import re
 import shlex
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -356,7 +357,7 @@ def write_report(
     evals: dict[str, dict[str, Any]],
     plan: dict[str, Any],
     command: str,
-    sections: list[str] = (),
+    sections: Sequence[str] = (),
 ) -> Path:
     """report.md, results.json and results.csv in ``out``."""
     atomic_write(

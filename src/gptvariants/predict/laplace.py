@@ -167,9 +167,7 @@ def spread_windows(n_tokens: int, block: int, budget: int) -> list[tuple[int, in
 
 
 @torch.no_grad()
-def curvature(
-    model: GPT, tokens: np.ndarray, kind: str, budget: int
-) -> tuple[dict[str, torch.Tensor], int]:
+def curvature(model: GPT, tokens: np.ndarray, kind: str, budget: int) -> tuple[dict[str, torch.Tensor], int]:
     """The summed GGN statistics (``from_statistics``) of ``model`` over ~``budget`` positions."""
     windows = spread_windows(len(tokens), model.config.block_size, budget)
     predictor = Predictor([model], samples=0)

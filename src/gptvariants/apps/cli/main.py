@@ -19,6 +19,7 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 from ...common.allocator import keep_freed_memory
 from ...common.argtypes import non_negative_int, open_unit_interval, positive_int
@@ -145,7 +146,7 @@ def config_help() -> str:
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (with where to look), printed by rank 0 only."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         if _rank() == 0:
             self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
         self.exit(2)

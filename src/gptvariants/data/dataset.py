@@ -117,35 +117,14 @@ class TokenDataset:
         # touched mapped, which shows up as ever-growing memory on big corpora.
         return np.memmap(self.dir / f"{name}.bin", dtype=self.dtype, mode="r")
 
-    def sample_batch(
-        self,
-        split: str,
-        batch_size: int,
-        block_size: int,
-        generator: torch.Generator,
-        sets: np.memmap | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Random windows: x, y int64 (B, T) with y[:, i] = x[:, i] + one position.
-
-        Offsets come from `torch.randint(len - block_size, (B,), generator=generator)` only,
-        so a batch is reproducible from the generator state. With `sets` (rows aligned with
-        the split, row i = candidates for token i+1, padded with the dtype max), s is int64
-        (B, T, K) with s[b, i] = sets[offset_b + i] and padding as -1; otherwise s is None.
-        """
-        data = self.split(split)
-        n = len(data)
-        if block_size >= n:
-            raise InputError(
-                f"block_size {block_size} is larger than the {split} split ({n} tokens); "
-                "use a smaller block_size or more data"
-            )
-        offsets = torch.randint(n - block_size, (batch_size,), generator=generator).numpy()
-        return self.windows(split, offsets, block_size, sets)
-
     def windows(
         self, split: str, offsets: np.ndarray, block_size: int, sets: np.memmap | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """x, y (B, T) and sets (B, T, K) or None for windows starting at ``offsets`` (see sample_batch)."""
+        """x, y int64 (B, T) and sets int64 (B, T, K) or None for the windows starting at ``offsets``.
+
+        y[:, i] = x[:, i] + one position. With ``sets`` (rows aligned with the split, row i =
+        candidates for token i+1, padded with the dtype max), s[b, i] = sets[offset_b + i] with
+        padding as -1."""
         data = self.split(split)
         n = len(data)
         idx = np.asarray(offsets, dtype=np.int64)[:, None] + np.arange(block_size + 1)

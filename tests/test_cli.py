@@ -13,6 +13,7 @@ from conftest import tiny_overrides
 import gptvariants.apps.cli.main as cli_main
 from gptvariants.apps.cli.main import main
 from gptvariants.common.errors import InputError, UnavailableError
+from gptvariants.data.sources import split_source
 
 
 def _err(capsys, argv):
@@ -354,3 +355,12 @@ def test_project_and_os_errors_are_one_line(capsys, monkeypatch, error):
     code, err = _err(capsys, ["variants"])
     assert code == 2 and err.startswith("gptv variants: error:") and "bad value 7" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_damaged_run_data_json_names_the_file(tiny_run, tiny_data, tmp_path):
+    """Library callers (evaluate, calibrate, the API) get a project error naming data.json, not a JSONDecodeError."""
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    (run / "data.json").write_text('{"tokenizer": "wo')
+    with pytest.raises(InputError, match=r"data.json: not valid JSON"):
+        split_source(run, tiny_data, "val")

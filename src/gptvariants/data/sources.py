@@ -14,7 +14,6 @@ Sources (``--data`` + ``--split``, ``--text PATH``, and ``--ood SOURCE``):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from urllib.parse import parse_qs
 import numpy as np
 
 from ..common.errors import InputError
+from ..common.inputs import read_json
 from .dataset import TokenDataset
 from .prepare import read_corpus
 from .synthetic import SHIFT_PARTS, SyntheticLanguage
@@ -53,7 +53,7 @@ class Source:
 
 
 def check_same_tokenizer(run_dir: Path, data: TokenDataset) -> None:
-    """Raise ValueError unless the run was trained with the tokenizer of ``data``.
+    """Raise InputError unless the run was trained with the tokenizer of ``data``.
 
     Compares the tokenizer name and vocabulary size in the run's data.json with the data's
     meta.json, then the saved tokenizer files themselves (two word or char vocabularies can
@@ -63,14 +63,14 @@ def check_same_tokenizer(run_dir: Path, data: TokenDataset) -> None:
     info = run_dir / "data.json"
     if not info.is_file():
         raise FileNotFoundError(f"{info} is missing: {run_dir} is not a run folder written by `gptv train`")
-    trained = json.loads(info.read_text(encoding="utf-8"))
+    trained = read_json(info)
     problems = [
         f"{key} {trained.get(key)!r} (this data: {data.meta.get(key)!r})"
         for key in ("tokenizer", "vocab_size")
         if trained.get(key) != data.meta.get(key)
     ]
     if not problems:
-        ours, theirs = (json.loads((d / META_FILE).read_text(encoding="utf-8")) for d in (run_dir, data.dir))
+        ours, theirs = (read_json(d / META_FILE) for d in (run_dir, data.dir))
         same = ours == theirs
         if same and "file" in ours:  # BPE: the merges live in a separate file
             same = (run_dir / ours["file"]).read_bytes() == (data.dir / theirs["file"]).read_bytes()

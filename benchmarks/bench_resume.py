@@ -79,7 +79,7 @@ def shape(data: Path, run: Path) -> dict:
 
 def make_run(work: Path) -> tuple[Path, Path, dict]:
     from gptvariants.core.config import load_config
-    from gptvariants.data.dataset import prepare
+    from gptvariants.data.prepare import prepare
     from gptvariants.train.loop import train
 
     data, run = work / "data", work / "run"

@@ -47,7 +47,7 @@ from gptvariants.apps import api
 from gptvariants.apps.api import LanguageModel, generation_windows, load
 from gptvariants.common.allocator import keep_freed_memory
 from gptvariants.core.config import load_config
-from gptvariants.data.dataset import prepare
+from gptvariants.data.prepare import prepare
 from gptvariants.predict.predictive import score_windows
 from gptvariants.train.loop import train
 

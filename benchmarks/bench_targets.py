@@ -29,7 +29,8 @@ import torch
 from gptvariants.common.atomic import atomic_write
 from gptvariants.core.config import load_config
 from gptvariants.core.model import GPT
-from gptvariants.data.dataset import TokenDataset, prepare
+from gptvariants.data.dataset import TokenDataset
+from gptvariants.data.prepare import prepare
 from gptvariants.store.checkpoint import save_checkpoint
 from gptvariants.targets import build_targets, load_teacher, resolve_device
 
@@ -77,7 +78,7 @@ def _sync(device: torch.device) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--source", default="synthetic:default", help="data source for gptvariants.data.dataset.prepare")
+    ap.add_argument("--source", default="synthetic:default", help="data source for gptvariants.data.prepare.prepare")
     ap.add_argument("--data", default=None, help="an already prepared data folder (skips prepare)")
     ap.add_argument("--size", default="nano", help="model size of the ckpt teacher")
     ap.add_argument("--block-size", type=int, default=64)

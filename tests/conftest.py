@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from gptvariants.data.dataset import prepare
+from gptvariants.data.prepare import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -10,7 +10,10 @@ import sys
 import pytest
 from conftest import tiny_overrides
 
+import gptvariants.apps.cli.main as cli_main
 from gptvariants.apps.cli.main import main
+from gptvariants.common.errors import InputError, UnavailableError
+from gptvariants.data.sources import split_source
 
 
 def _err(capsys, argv):
@@ -308,3 +311,56 @@ def test_torchrun_with_the_default_accumulation(tiny_data, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count("gradient_accumulation_steps 1 rounded up to 2") == 1 and r.stdout.count("finished") == 1
+
+
+@pytest.mark.parametrize("bug", [ValueError("shape mismatch"), RuntimeError("size of tensor a"), IndexError("index 9")])
+def test_an_internal_error_keeps_its_traceback(capsys, monkeypatch, bug):
+    """Only the project's errors are the user's; a ValueError/RuntimeError/IndexError is our bug and propagates."""
+
+    def broken(args):
+        raise bug
+
+    monkeypatch.setattr(cli_main, "_cmd_variants", broken)
+    with pytest.raises(type(bug)):
+        main(["variants"])
+    assert "error" not in capsys.readouterr().err
+
+
+def test_an_internal_error_shows_a_traceback_and_no_exit_2(tmp_path):
+    """The same through the real entry point: Python prints the traceback and exits 1, not 2."""
+    script = (
+        "import sys, gptvariants.apps.cli.main as m\n"
+        "def broken(args): raise RuntimeError('mat1 and mat2 shapes cannot be multiplied')\n"
+        "m._cmd_variants = broken\n"
+        "sys.exit(m.main(['variants']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and "mat1 and mat2" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        InputError("bad value 7"),
+        UnavailableError("bad value 7"),
+        FileNotFoundError(2, "No such file or directory: bad value 7"),
+    ],
+)
+def test_project_and_os_errors_are_one_line(capsys, monkeypatch, error):
+    def mistaken(args):
+        raise error
+
+    monkeypatch.setattr(cli_main, "_cmd_variants", mistaken)
+    code, err = _err(capsys, ["variants"])
+    assert code == 2 and err.startswith("gptv variants: error:") and "bad value 7" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_damaged_run_data_json_names_the_file(tiny_run, tiny_data, tmp_path):
+    """Library callers (evaluate, calibrate, the API) get a project error naming data.json, not a JSONDecodeError."""
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    (run / "data.json").write_text('{"tokenizer": "wo')
+    with pytest.raises(InputError, match=r"data.json: not valid JSON"):
+        split_source(run, tiny_data, "val")

@@ -9,8 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 
-from gptvariants.data.dataset import TokenDataset, open_sets, prepare, token_dtype, write_hf_split
+from gptvariants.apps.cli.main import main
+from gptvariants.data.dataset import TokenDataset, open_sets, token_dtype
+from gptvariants.data.prepare import prepare, write_hf_split
 from gptvariants.data.synthetic import SyntheticLanguage
 from gptvariants.data.tokenizers import build_tokenizer
 
@@ -105,23 +108,14 @@ def test_unknown_source_lists_forms(tmp_path):
         prepare("enwik8", tmp_path)
 
 
-def test_sample_batch_reproducible_and_shifted(synth_dir):
+def test_windows_are_shifted_views_of_the_split(synth_dir):
     ds = TokenDataset(synth_dir)
-    g = torch.Generator().manual_seed(123)
-    state = g.get_state()
-    x, y, s = ds.sample_batch("train", 8, 16, g)
-    assert x.shape == y.shape == (8, 16) and x.dtype == y.dtype == torch.int64 and s is None
-    assert torch.equal(x[:, 1:], y[:, :-1])
-    g2 = torch.Generator()
-    g2.set_state(state)
-    x2, y2, _ = ds.sample_batch("train", 8, 16, g2)
-    assert torch.equal(x, x2) and torch.equal(y, y2)
-    # offsets come from exactly this randint call, so the windows can be located in the data
-    offsets = torch.randint(len(ds.split("train")) - 16, (8,), generator=torch.Generator().manual_seed(123))
+    offsets = np.array([0, 5, len(ds.split("train")) - 17])
+    x, y, s = ds.windows("train", offsets, 16)
+    assert x.shape == y.shape == (3, 16) and x.dtype == y.dtype == torch.int64 and s is None
     data = torch.from_numpy(ds.split("train").astype(np.int64))
     for b, o in enumerate(offsets.tolist()):
         assert torch.equal(x[b], data[o : o + 16]) and torch.equal(y[b], data[o + 1 : o + 17])
-    assert not torch.equal(x, ds.sample_batch("train", 8, 16, g)[0])
 
 
 def write_sets(dir: Path, data_hash: str, split_len: int, k: int = 3) -> np.ndarray:
@@ -144,9 +138,8 @@ def test_sets_alignment_and_hash_check(synth_dir, tmp_path):
     write_sets(tmp_path / "sets", ds.meta["hash"], n)
     sets = ds.open_sets(tmp_path / "sets", "train")
     assert sets.shape == (n, 3)
-    g = torch.Generator().manual_seed(5)
     offsets = torch.randint(n - 10, (4,), generator=torch.Generator().manual_seed(5))
-    x, y, s = ds.sample_batch("train", 4, 10, g, sets=sets)
+    x, y, s = ds.windows("train", offsets.numpy(), 10, sets=sets)
     assert s.shape == (4, 10, 3) and s.dtype == torch.int64
     pos = offsets[:, None] + torch.arange(10)  # position of x[b, i] in the split
     assert torch.equal(s[..., 0], pos % 7) and torch.equal(s[..., 1], pos + 1)
@@ -158,20 +151,15 @@ def test_sets_alignment_and_hash_check(synth_dir, tmp_path):
     short = tmp_path / "short"
     write_sets(short, ds.meta["hash"], n - 5)
     with pytest.raises(ValueError, match="rows"):
-        ds.sample_batch("train", 2, 8, g, sets=ds.open_sets(short, "train"))
+        ds.windows("train", np.array([0, 1]), 8, sets=ds.open_sets(short, "train"))
 
 
-def test_clear_errors(tmp_path, synth_dir):
+def test_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         TokenDataset(tmp_path / "missing")
     (tmp_path / "half").mkdir()
     with pytest.raises(FileNotFoundError, match="gptv prepare"):
         TokenDataset(tmp_path / "half")
-    ds = TokenDataset(synth_dir)
-    n_val = len(ds.split("val"))
-    with pytest.raises(ValueError, match=f"block_size {n_val} is larger than the val split \\({n_val} tokens\\)"):
-        ds.sample_batch("val", 2, n_val, torch.Generator())
-    ds.sample_batch("val", 2, n_val - 1, torch.Generator())  # the largest block that fits
 
     src = tmp_path / "t.txt"
     src.write_text("abcdefghij", encoding="utf-8")
@@ -202,8 +190,8 @@ def test_tiny_shakespeare_matches_nanogpt(tmp_path):
     meta = prepare(f"text:{SHAKESPEARE}", tmp_path)
     # the figures nanoGPT's shakespeare_char/prepare.py prints
     assert (meta["vocab_size"], meta["train_tokens"], meta["val_tokens"]) == (65, 1003854, 111540)
-    x, y, _ = TokenDataset(tmp_path).sample_batch("train", 12, 64, torch.Generator().manual_seed(0))
-    assert x.shape == (12, 64) and int(x.max()) < 65
+    x, y, _ = TokenDataset(tmp_path).windows("train", np.arange(0, 1_000_000, 100_000), 64)
+    assert x.shape == (10, 64) and int(x.max()) < 65
 
 
 def test_offline_downloads_fail_clearly(tmp_path, monkeypatch):
@@ -286,7 +274,6 @@ def test_files_follow_the_umask(tmp_path):
 def copy_of(synth_dir, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(synth_dir, out)
-    (out / ".token-ids-checked.json").unlink(missing_ok=True)
     return out
 
 
@@ -317,17 +304,16 @@ def test_a_vocabulary_smaller_than_the_ids_is_refused(copy_of):
 def test_the_id_check_runs_once_per_file_version(copy_of, monkeypatch):
     import gptvariants.data.dataset as D
 
-    calls = []
-    real = D._max_id
-    monkeypatch.setattr(D, "_max_id", lambda path, dtype: calls.append(path.name) or real(path, dtype))
+    scans = []
+    real = D.np.memmap
+    monkeypatch.setattr(D.np, "memmap", lambda path, **kw: scans.append(Path(path).name) or real(path, **kw))
     TokenDataset(copy_of)
-    assert calls == ["train.bin", "val.bin"]
-    D._MAX_IDS_SEEN.clear()  # a new process: the file in the folder remembers
-    TokenDataset(copy_of)
-    assert calls == ["train.bin", "val.bin"]
+    assert scans == ["train.bin", "val.bin"]
+    TokenDataset(copy_of)  # the same versions: remembered in memory
+    assert scans == ["train.bin", "val.bin"]
     os.utime(copy_of / "val.bin", ns=(1, 1))  # another version of val.bin
     TokenDataset(copy_of)
-    assert calls == ["train.bin", "val.bin", "val.bin"]
+    assert scans == ["train.bin", "val.bin", "val.bin"]
 
 
 @pytest.mark.parametrize(
@@ -389,3 +375,15 @@ def test_damaged_sets_meta_names_the_file(synth_dir, tmp_path):
         meta_path.write_text(content)
         with pytest.raises(ValueError, match=re.escape(f"{meta_path}: {message}")):
             ds.open_sets(sets, "train")
+
+
+def test_a_data_folder_holds_only_the_documented_files(tmp_path):
+    """prepare + train + eval leave the data folder as `gptv prepare` documented it: no hidden files."""
+    data = tmp_path / "synthetic-tiny"
+    assert main(["prepare", "synthetic:tiny", "--out", str(data)]) == 0
+    run = tmp_path / "run"
+    overrides = [f"--{k}={v}" for k, v in tiny_overrides(data, run, max_iters=2, eval_interval=2).items()]
+    assert main(["train", "--data", str(data), "--out", str(run), *overrides]) == 0
+    assert main(["eval", "--ckpt", str(run), "--data", str(data), "--num-samples", "0"]) == 0
+    documented = {"train.bin", "val.bin", "meta.json", "tokenizer_meta.json", "synthetic.json", "synthetic.safetensors"}
+    assert {p.name for p in data.iterdir()} == documented

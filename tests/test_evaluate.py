@@ -11,7 +11,8 @@ from conftest import TINY_SHAPE
 
 from gptvariants.apps.cli import evaluate as cli_evaluate
 from gptvariants.core.config import load_config
-from gptvariants.data.dataset import TokenDataset, prepare
+from gptvariants.data.dataset import TokenDataset
+from gptvariants.data.prepare import prepare
 from gptvariants.evaluate import evaluation as E
 from gptvariants.predict.predictive import Predictor
 from gptvariants.store.checkpoint import load_run

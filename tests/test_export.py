@@ -11,7 +11,7 @@ from gptvariants.apps.export import EXPORT_FILES, ExportError, export
 from gptvariants.core.config import load_config
 from gptvariants.core.model import GPT
 from gptvariants.core.pretrained import hf_shape
-from gptvariants.data.dataset import prepare
+from gptvariants.data.prepare import prepare
 from gptvariants.data.tokenizers import load_tokenizer
 from gptvariants.decode.generate import generate
 from gptvariants.store.checkpoint import CheckpointError, load_run, save_checkpoint

@@ -19,7 +19,7 @@ from gptvariants.apps.api import load
 from gptvariants.apps.cli import main as cli
 from gptvariants.apps.harness import INSTALL_HINT, lm_eval_argv
 from gptvariants.core.config import load_config
-from gptvariants.data.dataset import prepare
+from gptvariants.data.prepare import prepare
 from gptvariants.evaluate.evaluation import evaluate
 from gptvariants.train.loop import train
 

@@ -11,7 +11,8 @@ import torch
 
 from gptvariants.apps.cli.targets import register_cli
 from gptvariants.core.config import load_config
-from gptvariants.data.dataset import TokenDataset, prepare
+from gptvariants.data.dataset import TokenDataset
+from gptvariants.data.prepare import prepare
 from gptvariants.targets import (
     NgramTeacher,
     build_online_teacher,

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
+from ..common.errors import GptvError
 from ..core.heads import ExportRefused
 from ..core.pretrained import CONV1D_WEIGHTS, META_KEY
 from ..data.tokenizers import EOT_TEXT, load_tokenizer
@@ -56,7 +57,7 @@ EXPORT_FILES = (
 )
 
 
-class ExportError(ValueError):
+class ExportError(GptvError, ValueError):
     """The run cannot be exported as asked; the message says why."""
 
 

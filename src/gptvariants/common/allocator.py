@@ -8,6 +8,8 @@ so each step page-faults them in afresh. ``keep_freed_memory`` sets M_MMAP_MAX =
 the effect of jemalloc's or tcmalloc's caching without preloading either. Measured at the
 GPT-2 shape (benchmarks/README.md): steps 11 % faster for the baseline and 32 % for the
 Bayesian head, for ~15 % more peak resident memory, since the heap keeps freed blocks.
+It is a whole-process choice, so only the ``gptv`` entry point makes it; library calls such
+as ``train()`` leave a notebook's allocator as it is.
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
+resource: ModuleType | None
 try:
     import resource
 except ImportError:  # pragma: no cover - Windows

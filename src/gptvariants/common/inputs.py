@@ -2,7 +2,7 @@
 
 Python's own errors for a damaged file (``JSONDecodeError``, ``UnicodeDecodeError``, a
 ``TypeError`` from indexing a list that should be an object) name no file; these readers
-raise ``InputError`` (a ValueError, so the CLI prints it as one line) naming the file, the
+raise ``InputError`` (a project error, so the CLI prints it as one line) naming the file, the
 key at fault and what was expected.
 """
 
@@ -13,9 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
-class InputError(ValueError):
-    """A user-supplied file or value is unreadable or malformed; the message names it."""
+from .errors import InputError
 
 
 def read_text(path: Path) -> str:
@@ -47,7 +45,8 @@ def read_json(path: Path, expect: type = dict) -> Any:
             "the file is damaged or was cut short"
         ) from None
     if not isinstance(value, expect):
-        want = {dict: "a JSON object", list: "a JSON array"}.get(expect, expect.__name__)
+        names: dict[type, str] = {dict: "a JSON object", list: "a JSON array"}
+        want = names.get(expect, expect.__name__)
         raise InputError(f"{path}: expected {want}, found {type(value).__name__} {_short(value)}")
     return value
 

@@ -10,8 +10,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .errors import GptvError
 
-class DeviceError(ValueError):
+
+class DeviceError(GptvError, ValueError):
     """The requested device does not exist in this PyTorch build or on this machine."""
 
 

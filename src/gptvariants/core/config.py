@@ -30,6 +30,7 @@ from typing import Any
 
 from ..common.atomic import atomic_write
 from ..common.checks import Bool, Choice, Device, Float, Int, Text
+from ..common.errors import GptvError
 from ..common.inputs import InputError, read_json, read_text
 from .heads import HEADS, Head
 from .keys import BIG, key
@@ -220,7 +221,7 @@ class Config:
         atomic_write(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
 
-class ConfigError(ValueError):
+class ConfigError(GptvError, ValueError):
     """A configuration key or value is invalid; the message says which and why."""
 
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..common.checks import Float, Int
+from ..common.errors import InputError
 from .keys import BIG, key
 
 OBJECTIVES: dict[str, type[Objective]] = {}
@@ -180,7 +181,7 @@ class SigmoidBCE(Objective):
 
     def __init__(self, pos_weight: float = 1.0, sum_penalty: float = 0.0, set_draws: int = 1) -> None:
         if set_draws < 1:
-            raise ValueError(f"set_draws must be >= 1, got {set_draws}")
+            raise InputError(f"set_draws must be >= 1, got {set_draws}")
         self.pos_weight = pos_weight
         self.sum_penalty = sum_penalty
         self.set_draws = set_draws
@@ -251,7 +252,7 @@ def positives(y: torch.Tensor, sets: torch.Tensor | None) -> torch.Tensor:
 def build_objective(name: str, cfg: Any) -> Objective:
     """The registered objective ``name`` with the run's hyper-parameters."""
     if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
+        raise InputError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
     return OBJECTIVES[name].from_config(cfg)
 
 

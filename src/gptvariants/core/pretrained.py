@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from ..common.errors import GptvError
+
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 # transformers keeps these as Conv1D weights, (in, out): the transpose of nn.Linear's (out, in)
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -33,7 +35,7 @@ _GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
 META_KEY = "gptvariants"  # config.json entry written by `gptv export`
 
 
-class PretrainedError(RuntimeError):
+class PretrainedError(GptvError, RuntimeError):
     """The pretrained weights cannot be obtained, or do not fit the model."""
 
 

@@ -10,6 +10,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..common.errors import InputError
 from .heads import HEADS
 from .objectives import OBJECTIVES
 
@@ -105,5 +106,5 @@ def get_variant(name: str) -> Variant:
     if name not in REGISTRY:
         close = difflib.get_close_matches(name, list(REGISTRY), n=2)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ValueError(f"unknown variant {name!r}{hint}; known variants: {', '.join(REGISTRY)}")
+        raise InputError(f"unknown variant {name!r}{hint}; known variants: {', '.join(REGISTRY)}")
     return REGISTRY[name]

@@ -14,7 +14,6 @@ Sources (``--data`` + ``--split``, ``--text PATH``, and ``--ood SOURCE``):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,12 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
+from ..common.errors import InputError
+from ..common.inputs import read_json
 from .dataset import TokenDataset
+from .prepare import read_corpus
 from .synthetic import SHIFT_PARTS, SyntheticLanguage
 from .tokenizers import META_FILE, Tokenizer
-from .dataset import _read_text
 
 UNKNOWN_EXAMPLES = 10
 
@@ -52,7 +53,7 @@ class Source:
 
 
 def check_same_tokenizer(run_dir: Path, data: TokenDataset) -> None:
-    """Raise ValueError unless the run was trained with the tokenizer of ``data``.
+    """Raise InputError unless the run was trained with the tokenizer of ``data``.
 
     Compares the tokenizer name and vocabulary size in the run's data.json with the data's
     meta.json, then the saved tokenizer files themselves (two word or char vocabularies can
@@ -62,21 +63,21 @@ def check_same_tokenizer(run_dir: Path, data: TokenDataset) -> None:
     info = run_dir / "data.json"
     if not info.is_file():
         raise FileNotFoundError(f"{info} is missing: {run_dir} is not a run folder written by `gptv train`")
-    trained = json.loads(info.read_text(encoding="utf-8"))
+    trained = read_json(info)
     problems = [
         f"{key} {trained.get(key)!r} (this data: {data.meta.get(key)!r})"
         for key in ("tokenizer", "vocab_size")
         if trained.get(key) != data.meta.get(key)
     ]
     if not problems:
-        ours, theirs = (json.loads((d / META_FILE).read_text(encoding="utf-8")) for d in (run_dir, data.dir))
+        ours, theirs = (read_json(d / META_FILE) for d in (run_dir, data.dir))
         same = ours == theirs
         if same and "file" in ours:  # BPE: the merges live in a separate file
             same = (run_dir / ours["file"]).read_bytes() == (data.dir / theirs["file"]).read_bytes()
         if not same:
             problems.append(f"a different {trained.get('tokenizer')!r} vocabulary")
     if problems:
-        raise ValueError(
+        raise InputError(
             f"the checkpoint in {run_dir} was trained with another tokenizer than the data in {data.dir}: "
             + "; ".join(problems)
             + f". Evaluate on data prepared like the training data (source {trained.get('source')!r}),"
@@ -104,9 +105,9 @@ def text_source(spec: str, tokenizer: Tokenizer, errors: str = "strict") -> Sour
     characters are dropped and counted (``Source.unknown``)."""
 
     path = spec[len("text:") :] if spec.startswith("text:") else spec
-    text = _read_text(path, errors)
+    text = read_corpus(path, errors)
     if not text.strip():
-        raise ValueError(f"{path} holds no text to score")
+        raise InputError(f"{path} holds no text to score")
     missing = tokenizer.unknown(text)
     ids = tokenizer.encode(text, unknown="skip")
     if tokenizer.eot_token is not None:
@@ -127,28 +128,28 @@ def shift_spec(spec: str) -> dict[str, Any]:
     raw = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
     unknown = set(raw) - {"shift", "part", "seed", "tokens"}
     if unknown or "shift" not in raw:
-        raise ValueError(
+        raise InputError(
             f"{spec!r}: write synthetic?shift=S[&part={'|'.join(SHIFT_PARTS)}][&seed=N][&tokens=N]"
             + (f"; unknown option(s) {', '.join(sorted(unknown))}" if unknown else "")
         )
     try:
-        opts = {
+        opts: dict[str, Any] = {
             "shift": float(raw["shift"]),
             "part": raw.get("part", "both"),
             "seed": int(raw.get("seed", 1)),
             "tokens": int(raw["tokens"]) if "tokens" in raw else None,
         }
     except ValueError:
-        raise ValueError(f"{spec!r}: shift is a number in [0, 1], seed and tokens integers") from None
+        raise InputError(f"{spec!r}: shift is a number in [0, 1], seed and tokens integers") from None
     if opts["tokens"] is not None and opts["tokens"] < 2:
-        raise ValueError(f"{spec!r}: tokens must be >= 2")
+        raise InputError(f"{spec!r}: tokens must be >= 2")
     return opts
 
 
 def shifted_source(spec: str, base: SyntheticLanguage | None, n_tokens: int) -> Source:
     """Tokens sampled from a shifted sibling of ``base`` (the in-domain synthetic language)."""
     if base is None:
-        raise ValueError(
+        raise InputError(
             f"{spec!r} shifts the synthetic language, and the in-domain data is not synthetic: "
             "pass a prepared folder or text:PATH as --ood instead"
         )
@@ -172,4 +173,4 @@ def resolve_source(spec: str, run_dir: Path, tokenizer: Tokenizer, in_domain: So
         return text_source(spec, tokenizer)
     if Path(spec).is_dir():
         return split_source(run_dir, Path(spec), split)
-    raise ValueError(f"--ood {spec!r} is neither a prepared data folder, text:PATH nor synthetic?shift=S")
+    raise InputError(f"--ood {spec!r} is neither a prepared data folder, text:PATH nor synthetic?shift=S")

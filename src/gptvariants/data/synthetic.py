@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from ..common.checks import Int
-from ..common.inputs import InputError, read_json, require
+from ..common.errors import InputError
+from ..common.inputs import read_json, require
 
 ARRAYS_FILE = "synthetic.safetensors"
 WORDS_FILE = "synthetic.json"
@@ -149,9 +151,9 @@ class SyntheticLanguage:
         hidden states move differently; new emissions: states say other words).
         """
         if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"shift strength must be in [0, 1], got {strength}")
+            raise InputError(f"shift strength must be in [0, 1], got {strength}")
         if part not in SHIFT_PARTS:
-            raise ValueError(f"shift part must be one of {', '.join(SHIFT_PARTS)}, got {part!r}")
+            raise InputError(f"shift part must be one of {', '.join(SHIFT_PARTS)}, got {part!r}")
         preset = SyntheticPreset(n_words=len(self.words), n_states=self.n_states, train_tokens=0, val_tokens=0)
         q = SyntheticLanguage.random(preset, seed=seed)
 
@@ -241,7 +243,7 @@ class SyntheticLanguage:
         if tokens.ndim != 1:
             raise ValueError("tokens must be a 1-D stream")
         if len(tokens) and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
-            raise ValueError(f"token ids must be in [0, {self.vocab_size})")
+            raise InputError(f"token ids must be in [0, {self.vocab_size})")
         em_t = np.ascontiguousarray(self.emission.T)  # (V, S): likelihood of each token per state
         carry = self.initial.copy()  # belief about the state that emits the next token
         for start in range(0, len(tokens), chunk):
@@ -266,7 +268,7 @@ class SyntheticLanguage:
                 z = post.sum(1, keepdims=True)
                 if not np.all(z > 0):
                     bad = start + int(pos[np.flatnonzero(z[:, 0] <= 0)[0]])
-                    raise ValueError(
+                    raise InputError(
                         f"token {int(tokens[bad])} at position {bad} has probability 0 under the HMM "
                         "(the stream must start at a document start and come from this language)"
                     )
@@ -330,7 +332,6 @@ class SyntheticLanguage:
         """Read what `save` wrote."""
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
-
 
         dir = Path(dir)
         path = dir / ARRAYS_FILE

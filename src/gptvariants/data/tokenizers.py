@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from tokenizers import Tokenizer as HFTokenizer
 
+from ..common.errors import InputError, UnavailableError
+
 EOT_TEXT = "<|endoftext|>"
 META_FILE = "tokenizer_meta.json"
 HF_FILE = "tokenizer.json"
@@ -31,7 +33,7 @@ _UNKNOWN_MODES = ("error", "skip")
 
 def _check_unknown(unknown: str) -> None:
     if unknown not in _UNKNOWN_MODES:
-        raise ValueError(f"unknown={unknown!r}; expected one of {_UNKNOWN_MODES}")
+        raise InputError(f"unknown={unknown!r}; expected one of {_UNKNOWN_MODES}")
 
 
 def _iter_texts(text: str | Iterable[str]) -> Iterable[str]:
@@ -95,7 +97,7 @@ class CharTokenizer(Tokenizer):
 
     def __init__(self, chars: Sequence[str]):
         if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
-            raise ValueError("char vocabulary must be distinct single characters")
+            raise InputError("char vocabulary must be distinct single characters")
         self.chars = list(chars)
         self.stoi = {c: i for i, c in enumerate(self.chars)}
         self.name = "char"
@@ -108,7 +110,7 @@ class CharTokenizer(Tokenizer):
         for t in _iter_texts(text):
             alphabet.update(t)
         if not alphabet:
-            raise ValueError("cannot build a char tokenizer from empty text")
+            raise InputError("cannot build a char tokenizer from empty text")
         return cls(sorted(alphabet))
 
     def encode(self, text: str, unknown: str = "error") -> list[int]:
@@ -121,7 +123,7 @@ class CharTokenizer(Tokenizer):
             if unknown == "skip":
                 return [stoi[c] for c in text if c in stoi]
             shown = ", ".join(repr(c) for c in missing[:20]) + (" ..." if len(missing) > 20 else "")
-            raise ValueError(
+            raise InputError(
                 f"{len(missing)} character(s) not in the char vocabulary: {shown}; pass unknown='skip' to drop them"
             ) from None
 
@@ -162,9 +164,9 @@ class WordTokenizer(Tokenizer):
     def __init__(self, words: Sequence[str]):
         words = list(words)
         if len(set(words)) != len(words):
-            raise ValueError("word list has duplicates")
+            raise InputError("word list has duplicates")
         if any(EOT_TEXT == w or not w or any(c.isspace() for c in w) for w in words):
-            raise ValueError(f"words must be non-empty, contain no whitespace and not be {EOT_TEXT!r}")
+            raise InputError(f"words must be non-empty, contain no whitespace and not be {EOT_TEXT!r}")
         self.words = words
         self.eot_token = len(words)
         self.itos = words + [EOT_TEXT]
@@ -180,7 +182,7 @@ class WordTokenizer(Tokenizer):
             vocab.update(t.split())
         vocab.discard(EOT_TEXT)
         if not vocab:
-            raise ValueError("cannot build a word tokenizer from text without words")
+            raise InputError("cannot build a word tokenizer from text without words")
         return cls(sorted(vocab))
 
     def encode(self, text: str, unknown: str = "error") -> list[int]:
@@ -194,7 +196,7 @@ class WordTokenizer(Tokenizer):
                 return [stoi[p] for p in pieces if p in stoi]
             missing = sorted({p for p in pieces if p not in stoi})
             shown = ", ".join(repr(w) for w in missing[:20]) + (" ..." if len(missing) > 20 else "")
-            raise ValueError(
+            raise InputError(
                 f"{len(missing)} word(s) not in the word vocabulary: {shown}; pass unknown='skip' to drop them"
             ) from None
 
@@ -237,7 +239,7 @@ class WordTokenizer(Tokenizer):
         from tokenizers import Tokenizer as HFTokenizer
 
         if any(EOT_TEXT in w for w in self.words):
-            raise ValueError(f"a word contains {EOT_TEXT!r}: the exported tokenizer could not tell it from end-of-text")
+            raise InputError(f"a word contains {EOT_TEXT!r}: the exported tokenizer could not tell it from end-of-text")
         hf = HFTokenizer(models.WordLevel({w: i for i, w in enumerate(self.itos)}, unk_token=None))
         hf.normalizer = normalizers.Replace("\n", f" {EOT_TEXT} ")
         hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -266,7 +268,7 @@ class GPT2Tokenizer(Tokenizer):
         try:
             self.enc = enc or tiktoken.get_encoding("gpt2")
         except Exception as e:  # tiktoken fetches its vocabulary files on first use
-            raise RuntimeError(
+            raise UnavailableError(
                 "could not fetch the GPT-2 vocabulary (tiktoken downloads it once from the internet, "
                 f"and that failed: {type(e).__name__}). Use the offline tokenizers instead: "
                 "--tokenizer char, or --tokenizer bpe:N (e.g. bpe:4096) trained on your data"
@@ -313,7 +315,7 @@ class BPETokenizer(Tokenizer):
 
         # 256 byte symbols + the EOT special token are the minimum vocabulary
         if vocab_size < 257:
-            raise ValueError(f"bpe vocabulary size must be at least 257 (256 bytes + EOT), got {vocab_size}")
+            raise InputError(f"bpe vocabulary size must be at least 257 (256 bytes + EOT), got {vocab_size}")
         hf = HFTokenizer(models.BPE())
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         hf.decoder = decoders.ByteLevel()
@@ -443,7 +445,7 @@ def tiktoken_to_hf(enc) -> HFTokenizer:
         return "".join(char[x] for x in b)
 
     in_order = sorted(ranks, key=ranks.__getitem__)
-    merges = [tuple(map(text, _merge_of(ranks, t))) for t in in_order if len(t) > 1]
+    merges = [(text(a), text(b)) for a, b in (_merge_of(ranks, t) for t in in_order if len(t) > 1)]
     hf = HFTokenizer(models.BPE({text(t): r for t, r in ranks.items()}, merges, fuse_unk=False))
     hf.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -483,15 +485,17 @@ def build_tokenizer(
         return GPT2Tokenizer()
     if kind == "word" and not arg and words is not None:
         return WordTokenizer(words)
-    if kind in ("char", "word", "bpe") and train_text is None:
-        raise ValueError(f"tokenizer {spec!r} needs training text")
+    if train_text is None:
+        if kind in ("char", "word", "bpe"):
+            raise InputError(f"tokenizer {spec!r} needs training text")
+        raise InputError(f"unknown tokenizer spec {spec!r}; expected 'char', 'word', 'gpt2' or 'bpe:N' (e.g. bpe:4096)")
     if kind == "char" and not arg:
         return CharTokenizer.train(train_text)
     if kind == "word" and not arg:
         return WordTokenizer.train(train_text)
     if kind == "bpe" and arg.isdigit():
         return BPETokenizer.train(train_text, int(arg))
-    raise ValueError(f"unknown tokenizer spec {spec!r}; expected 'char', 'word', 'gpt2' or 'bpe:N' (e.g. bpe:4096)")
+    raise InputError(f"unknown tokenizer spec {spec!r}; expected 'char', 'word', 'gpt2' or 'bpe:N' (e.g. bpe:4096)")
 
 
 def load_tokenizer(dir: Path) -> Tokenizer:
@@ -512,7 +516,7 @@ def load_tokenizer(dir: Path) -> Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         return BPETokenizer(HFTokenizer.from_file(str(dir / cfg["file"])), cfg["name"])
-    raise ValueError(f"{path}: unknown tokenizer kind {kind!r}")
+    raise InputError(f"{path}: unknown tokenizer kind {kind!r}")
 
 
 def _write_json(path: Path, obj: dict) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..common.errors import InputError
 from ..predict.methods import RowWeights
 from ..predict.predictive import Draws, Predictor
 from .filters import apply_repetition_penalty, draw_rows, restrict_to_sets, sampling_probs
@@ -56,28 +57,28 @@ def check_sampling(
     top_n: int,
 ) -> None:
     if not math.isfinite(temperature):
-        raise ValueError(f"temperature must be finite (<= 0 means greedy), got {temperature}")
+        raise InputError(f"temperature must be finite (<= 0 means greedy), got {temperature}")
     if max_new_tokens < 0 or isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        raise InputError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+        raise InputError(f"top_k must be >= 1, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        raise InputError(f"top_p must be in (0, 1], got {top_p}")
     if not (math.isfinite(repetition_penalty) and repetition_penalty > 0):
-        raise ValueError(f"repetition_penalty must be finite and > 0, got {repetition_penalty}")
+        raise InputError(f"repetition_penalty must be finite and > 0, got {repetition_penalty}")
     if sig_mode not in SIG_MODES:
-        raise ValueError(f"sig_mode must be one of {SIG_MODES}, got {sig_mode!r}")
+        raise InputError(f"sig_mode must be one of {SIG_MODES}, got {sig_mode!r}")
     if not 0.0 <= tau <= 1.0:
-        raise ValueError(f"tau must be in [0, 1], got {tau}")
+        raise InputError(f"tau must be in [0, 1], got {tau}")
     if top_n < 0:
-        raise ValueError(f"top_n must be >= 0, got {top_n}")
+        raise InputError(f"top_n must be >= 0, got {top_n}")
 
 
 def check_prompt(ids: Sequence[int], vocab_size: int, name: str = "prompt") -> None:
     if not ids:
-        raise ValueError(f"{name} is empty: start it with an end-of-text (or any) token")
+        raise InputError(f"{name} is empty: start it with an end-of-text (or any) token")
     if min(ids) < 0 or max(ids) >= vocab_size:
-        raise ValueError(f"{name} has token ids outside [0, {vocab_size})")
+        raise InputError(f"{name} has token ids outside [0, {vocab_size})")
 
 
 @dataclass
@@ -234,6 +235,7 @@ class Decoder:
         if not self.rows:
             return []
         o = self.options
+        assert o is not None  # set whenever there are rows
         draws = self.predictor.draws(
             self.window.hidden, set_probs=o.want_sets, generators=[r.generator for r in self.rows]
         )
@@ -292,6 +294,7 @@ class Decoder:
         """Each row's next token: greedy rows take the argmax, the others draw from their own
         generator (``generate.py``'s module docstring, steps 2-4)."""
         o = self.options
+        assert o is not None  # set whenever there are rows
         scores = apply_repetition_penalty(draws.scores, self.present, o.penalty)
         if o.set_rows is not False:
             scores = restrict_to_sets(scores, draws.set_probs, o.tau, o.set_rows)
@@ -309,6 +312,7 @@ class Decoder:
     def _details(self, draws: Draws, chosen: torch.Tensor) -> dict[str, list]:
         """The predictive's account of each row's chosen token (``Generation``), as one list per field."""
         o = self.options
+        assert o is not None  # set whenever there are rows
         cols = {"logprob": draws.logprob(chosen).tolist(), "entropy": draws.entropy().tolist()}
         if draws.samples > 1:
             cols["mi"] = draws.mutual_information().tolist()

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..common.errors import InputError
 from ..predict.methods import Run
 from ..predict.prediction import Prediction, build_predictor
 from ..predict.predictive import Predictor
@@ -71,7 +72,7 @@ def predictor_of(model, prediction: Prediction | None = None, seed: int | None =
     else a bare GPT's predictor under ``prediction`` (default ``Prediction()``; its seed, else ``seed``)."""
     if isinstance(model, Predictor):
         if prediction is not None:
-            raise ValueError("prediction describes the predictive of a bare model; a Predictor has its own")
+            raise InputError("prediction describes the predictive of a bare model; a Predictor has its own")
         return model
     prediction = prediction or Prediction()
     if prediction.seed is None:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..common.errors import InputError
 from ..predict.predictive import Predictor
 
 
@@ -32,7 +33,7 @@ def keep_tokens(block_size: int, slide: int | None) -> int:
     """Tokens kept when the window slides (block_size - slide, at least 1)."""
     slide = default_slide(block_size) if slide is None else slide
     if not 1 <= slide <= block_size:
-        raise ValueError(f"slide must be in [1, block_size={block_size}], got {slide}")
+        raise InputError(f"slide must be in [1, block_size={block_size}], got {slide}")
     return max(1, block_size - slide)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..common.atomic import atomic_write
+from ..common.errors import InputError
 from ..data.sources import split_source
 from ..predict.calibration import fit_temperature, save_temperature
 from ..predict.laplace import LaplacePosterior, fit_laplace
@@ -46,7 +47,7 @@ def parse_methods(spec: str | None) -> list[str]:
     names = list(METHOD_CHOICES) if spec.strip() == "all" else [n.strip() for n in spec.split(",") if n.strip()]
     bad = [n for n in names if n not in METHOD_CHOICES]
     if bad:
-        raise ValueError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHOD_CHOICES)} or all")
+        raise InputError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHOD_CHOICES)} or all")
     return list(dict.fromkeys(names))
 
 
@@ -107,8 +108,8 @@ def evaluate_system(system: System, data_dir: Path, ood: str, seed: int, out: Pa
 
     fits = []
     for run in load_runs(system.runs):
-        fit = fit_temperature(run, split_source(run.dir, data_dir, "val").tokens, method=system.method, seed=seed)
-        save_temperature(run.dir, fit)
+        fit = fit_temperature(run, split_source(run.folder, data_dir, "val").tokens, method=system.method, seed=seed)
+        save_temperature(run.folder, fit)
         fits.append(fit)
     ev = evaluate(
         system.runs,

@@ -44,6 +44,7 @@ import torch
 
 from .. import metrics as M
 from ..common.atomic import atomic_write
+from ..common.errors import InputError
 from ..common.progress import Progress
 from ..core.model import GPT
 from ..data.dataset import TokenDataset
@@ -75,7 +76,7 @@ def _open_reference_sets(data: TokenDataset, name: str, split: str, n_tokens: in
         )
     sets = data.open_sets(sets_dir, split)
     if len(sets) != n_tokens:
-        raise ValueError(f"{sets_dir}: {len(sets)} rows for a {split} split of {n_tokens} tokens")
+        raise InputError(f"{sets_dir}: {len(sets)} rows for a {split} split of {n_tokens} tokens")
     return sets
 
 
@@ -307,7 +308,7 @@ def pick_prompts(
     the number of windows. Returns (prompts, drawn_with_replacement)."""
     available = len(tokens) // length
     if available < 1:
-        raise ValueError(f"the split ({len(tokens)} tokens) is shorter than one prompt of {length} tokens")
+        raise InputError(f"the split ({len(tokens)} tokens) is shorter than one prompt of {length} tokens")
     replace = n > available
     picks = np.random.default_rng(seed).choice(available, size=n, replace=replace)
     return [tokens[k * length : (k + 1) * length].astype(np.int64).tolist() for k in picks], replace
@@ -410,14 +411,14 @@ def _reference_sets(source: Source, sets: str | None, model: GPT, cfg) -> tuple[
     reference, described, skipped = None, None, "--sets none"
     if data is None:
         if sets not in (None, "none"):
-            raise ValueError("--sets needs a prepared data folder (--data); an external --text has no reference sets")
+            raise InputError("--sets needs a prepared data folder (--data); an external --text has no reference sets")
         skipped = "external text: no reference sets"
     elif sets not in (None, "none"):
         reference, described = _open_reference_sets(data, sets, source.split, n), f"targets/{sets}"
     elif sets is None and source.truth is not None:
         described = f"exact support p_true > {EXACT_SUPPORT_THRESHOLD}"
     elif sets is None and model.objective.sigmoid:
-        raise ValueError(
+        raise InputError(
             f"set metrics of the sigmoid head need reference sets, and {data.dir} is not the synthetic language: "
             f"build them with `gptv targets --data {data.dir} --teacher ngram:3` (or ckpt:RUN) and pass --sets NAME, "
             "or pass --sets none to skip them"
@@ -435,13 +436,13 @@ def _reference_sets(source: Source, sets: str | None, model: GPT, cfg) -> tuple[
 
 def _check_length(source: Source, block: int, stride: int | None) -> int:
     if len(source.tokens) < block + 1:
-        raise ValueError(
+        raise InputError(
             f"{source.name} has {len(source.tokens)} tokens, fewer than one window of "
             f"block_size + 1 = {block + 1}; evaluate on a longer text"
         )
     stride = stride or max(1, block // 2)
     if not 1 <= stride <= block:
-        raise ValueError(f"stride must be in 1..block_size={block}, got {stride}")
+        raise InputError(f"stride must be in 1..block_size={block}, got {stride}")
     return stride
 
 
@@ -484,7 +485,7 @@ def evaluate(
     """
 
     if (data_dir is None) == (text is None):
-        raise ValueError("give the text to evaluate as either a prepared data folder (--data) or a file (--text)")
+        raise InputError("give the text to evaluate as either a prepared data folder (--data) or a file (--text)")
     runs = load_runs(run_dir, resolve_device(device))
     run_dir, cfg = runs[0].dir, runs[0].config
     tokenizer = load_tokenizer(run_dir)

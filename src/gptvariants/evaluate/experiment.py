@@ -30,15 +30,18 @@ import re
 import shlex
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..common.atomic import atomic_write
+from ..common.errors import InputError
 from ..core.config import Config, load_config
 from ..core.variants import get_variant, study_variants
-from ..data.dataset import TokenDataset, prepare
+from ..data.dataset import TokenDataset
+from ..data.prepare import prepare
 from ..store.checkpoint import CheckpointError, latest_checkpoint, load_state
 from ..targets import build_targets
 from ..train.loop import train
@@ -73,7 +76,7 @@ def parse_budget(budget: str) -> tuple[str, float]:
     """ "600" -> ("steps", 600); "90s" / "5m" / "1.5h" -> ("seconds", 90 / 300 / 5400)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(budget))
     if not m or float(m.group(1)) <= 0 or (not m.group(2) and "." in m.group(1)):
-        raise ValueError(f"budget {budget!r}: give a number of steps (600) or a duration per variant (90s, 5m, 1h)")
+        raise InputError(f"budget {budget!r}: give a number of steps (600) or a duration per variant (90s, 5m, 1h)")
     if not m.group(2):
         return "steps", int(m.group(1))
     return "seconds", float(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
@@ -87,7 +90,7 @@ def parse_variants(spec: str | None) -> list[str]:
     for n in names:
         get_variant(n)
     if len(set(names)) != len(names):
-        raise ValueError(f"variant listed twice in {spec!r}")
+        raise InputError(f"variant listed twice in {spec!r}")
     return names
 
 
@@ -108,7 +111,7 @@ def resolve_data(data: str, out: Path, seed: int = 1337) -> Path:
     if (target / "meta.json").is_file():
         meta = json.loads((target / "meta.json").read_text())
         if meta.get("source") != data:
-            raise ValueError(f"{target} holds {meta.get('source')!r}, not {data!r}; use another --out")
+            raise InputError(f"{target} holds {meta.get('source')!r}, not {data!r}; use another --out")
         _log(f"data: {target} (already prepared)")
         return target
     _log(f"data: preparing {data} into {target}")
@@ -354,7 +357,7 @@ def write_report(
     evals: dict[str, dict[str, Any]],
     plan: dict[str, Any],
     command: str,
-    sections: list[str] = (),
+    sections: Sequence[str] = (),
 ) -> Path:
     """report.md, results.json and results.csv in ``out``."""
     atomic_write(
@@ -474,14 +477,14 @@ def run_experiment(
     """
 
     if sets not in ("top", "sample"):
-        raise ValueError(f"sets must be 'top' or 'sample', not {sets!r}")
+        raise InputError(f"sets must be 'top' or 'sample', not {sets!r}")
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     methods = methods or []
     variants = list(dict.fromkeys((variants or study_variants()) + U.extra_variants(methods)))
     if methods and "baseline" not in variants:
-        raise ValueError("the uncertainty comparison (--methods) needs the baseline among the variants")
+        raise InputError("the uncertainty comparison (--methods) needs the baseline among the variants")
     for v in variants:
         get_variant(v)
     command = command or _command(
@@ -492,7 +495,7 @@ def run_experiment(
     plan["data"] = str(data_dir)
     dataset = TokenDataset(data_dir)
     if methods and ood is None and dataset.synthetic is None:
-        raise ValueError(
+        raise InputError(
             "the uncertainty comparison needs shifted text on this data: pass --ood text:PATH (or a "
             "prepared folder with the same tokenizer)"
         )
@@ -559,7 +562,7 @@ def _plan(out: Path, budget: str, seed: int, data: str, config_file: str | None,
     plan = json.loads(plan_path.read_text()) if plan_path.is_file() else {}
     fixed = (budget, seed, data, config_file, sets)
     if plan and (plan["budget"], plan["seed"], plan["source"], plan["config"], plan.get("sets", "top")) != fixed:
-        raise ValueError(
+        raise InputError(
             f"{out} holds an experiment with budget {plan['budget']}, seed {plan['seed']}, data "
             f"{plan['source']!r}, config {plan['config']!r} and {plan.get('sets', 'top')} sets; "
             "use another --out to change them"

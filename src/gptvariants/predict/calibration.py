@@ -24,6 +24,7 @@ import torch
 
 from .. import metrics as M
 from ..common.atomic import atomic_write
+from ..common.errors import InputError
 from .methods import CALIBRATION_FILE, Run, point_key
 from .prediction import Prediction, build_predictor
 from .predictive import Predictor, score_windows
@@ -89,13 +90,13 @@ def fit_temperature(
     overconfident (benchmarks/README.md, "Temperature scaling").
     """
     if fit not in ("nll", "ece"):
-        raise ValueError(f"fit must be 'nll' or 'ece', got {fit!r}")
+        raise InputError(f"fit must be 'nll' or 'ece', got {fit!r}")
     prediction = Prediction(method, mc_samples, temperature=False, seed=seed)
     predictor = build_predictor([run], prediction)
     stride = stride or max(1, predictor.block_size // 2)
     half = len(tokens) // 2
     if half < predictor.block_size + 1:
-        raise ValueError(
+        raise InputError(
             f"{len(tokens)} held-out tokens are too few to fit and check a temperature "
             f"(at least 2 x (block_size + 1) = {2 * (predictor.block_size + 1)})"
         )

@@ -41,6 +41,8 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from ..common.atomic import atomic_write
+from ..common.errors import InputError
+from ..core.model import GPT
 from .predictive import Member, Predictor, score_windows
 
 FILE = "laplace.safetensors"
@@ -54,7 +56,7 @@ class LaplacePosterior:
 
     def __init__(self, kind: str, tensors: dict[str, torch.Tensor], n: int, prior_precision: float) -> None:
         if kind not in ("kfac", "diag"):
-            raise ValueError(f"Laplace kind must be kfac or diag, got {kind!r}")
+            raise InputError(f"Laplace kind must be kfac or diag, got {kind!r}")
         self.kind, self.t, self.n, self.prior_precision = kind, tensors, n, prior_precision
 
     # ------------------------------------------------------------------------- fitting
@@ -81,7 +83,7 @@ class LaplacePosterior:
 
     # ------------------------------------------------------------------------- predicting
 
-    def sampler(self, model: torch.nn.Module) -> LaplaceSampler:
+    def sampler(self, model: GPT) -> LaplaceSampler:
         return LaplaceSampler(self, model)
 
     # ------------------------------------------------------------------------- files
@@ -94,7 +96,7 @@ class LaplacePosterior:
     @staticmethod
     def check_fitted(run_dir: Path) -> None:
         if not (Path(run_dir) / FILE).is_file() or not (Path(run_dir) / META).is_file():
-            raise ValueError(f"{run_dir} has no Laplace posterior: fit one with `gptv laplace {run_dir}`")
+            raise InputError(f"{run_dir} has no Laplace posterior: fit one with `gptv laplace {run_dir}`")
 
     @classmethod
     def load(cls, run_dir: Path, device: str | torch.device = "cpu") -> LaplacePosterior:
@@ -109,7 +111,7 @@ class LaplacePosterior:
                 float(meta["prior_precision"]),
             )
         except (ValueError, KeyError, OSError) as e:
-            raise ValueError(
+            raise InputError(
                 f"the Laplace posterior in {run_dir} is unreadable ({e}); refit it with `gptv laplace {run_dir}`"
             ) from None
 
@@ -117,7 +119,7 @@ class LaplacePosterior:
 class LaplaceSampler:
     """Logit draws of a last-layer Laplace posterior: (S, n, V); ``samples=0`` gives the MAP logits."""
 
-    def __init__(self, posterior: LaplacePosterior, model: torch.nn.Module) -> None:
+    def __init__(self, posterior: LaplacePosterior, model: GPT) -> None:
         self.posterior, self.model = posterior, model
         self.inv = posterior.inverse_precision()
         self.bias = model.head.weights(False)[1] is not None
@@ -165,9 +167,7 @@ def spread_windows(n_tokens: int, block: int, budget: int) -> list[tuple[int, in
 
 
 @torch.no_grad()
-def curvature(
-    model: torch.nn.Module, tokens: np.ndarray, kind: str, budget: int
-) -> tuple[dict[str, torch.Tensor], int]:
+def curvature(model: GPT, tokens: np.ndarray, kind: str, budget: int) -> tuple[dict[str, torch.Tensor], int]:
     """The summed GGN statistics (``from_statistics``) of ``model`` over ~``budget`` positions."""
     windows = spread_windows(len(tokens), model.config.block_size, budget)
     predictor = Predictor([model], samples=0)
@@ -191,7 +191,7 @@ def _add(stats: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
 
 @torch.no_grad()
 def heldout_nll(
-    model: torch.nn.Module,
+    model: GPT,
     posterior: LaplacePosterior | None,
     hidden: list[torch.Tensor],
     targets: list[torch.Tensor],
@@ -208,7 +208,7 @@ def heldout_nll(
     return total / count
 
 
-def _cache(model: torch.nn.Module, tokens: np.ndarray, budget: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _cache(model: GPT, tokens: np.ndarray, budget: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     windows = spread_windows(len(tokens), model.config.block_size, budget)
     hidden, targets = [], []
     for _, y, draws in score_windows(Predictor([model], samples=0), tokens, windows, batch=16):
@@ -218,7 +218,7 @@ def _cache(model: torch.nn.Module, tokens: np.ndarray, budget: int) -> tuple[lis
 
 
 @torch.no_grad()
-def probit_nll(model: torch.nn.Module, posterior: LaplacePosterior, hidden, targets) -> float:
+def probit_nll(model: GPT, posterior: LaplacePosterior, hidden, targets) -> float:
     """Mean -log p(y) of the probit approximation of the predictive on cached hidden states."""
     sampler = posterior.sampler(model)
     total = sum(
@@ -245,7 +245,7 @@ def fit_prior_precision(model, base: LaplacePosterior, hidden, targets) -> tuple
 
 def fit_laplace(
     run_dir: Path,
-    model: torch.nn.Module,
+    model: GPT,
     train_tokens: np.ndarray,
     heldout_tokens: np.ndarray,
     *,
@@ -256,7 +256,7 @@ def fit_laplace(
 ) -> dict[str, Any]:
     """Fit, choose lambda, save into ``run_dir``; returns the record written to laplace.json."""
     if model.objective.sigmoid or model.head.stochastic:
-        raise ValueError(
+        raise InputError(
             "the last-layer Laplace approximation here is for softmax heads with point weights "
             f"(this run: head {model.head.name!r}, objective {model.objective.name!r}); a Bayesian "
             "head already has a posterior, and a sigmoid head's BCE curvature is not implemented"

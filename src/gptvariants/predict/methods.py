@@ -34,6 +34,7 @@ from typing import ClassVar
 
 import torch
 
+from ..common.errors import InputError
 from ..core.config import Config
 from ..core.model import GPT
 from ..data.tokenizers import META_FILE
@@ -50,8 +51,15 @@ class Run:
     """A loaded run folder (``dir`` None: a bare model, with no folder, temperature or checkpoints)."""
 
     dir: Path | None
-    model: torch.nn.Module  # GPT, eval mode
+    model: GPT  # eval mode
     config: Config | None = None
+
+    @property
+    def folder(self) -> Path:
+        """The run folder; InputError for a bare model, which has none."""
+        if self.dir is None:
+            raise InputError("this needs a run folder; a bare model has none (load one with gptvariants.load(RUN))")
+        return self.dir
 
     def temperature(self, key: str) -> float:
         """The temperature ``gptv calibrate`` fitted for ``key`` (a method name, or POINT), else 1."""
@@ -62,7 +70,7 @@ class Run:
             fitted = json.loads(path.read_text(encoding="utf-8"))["temperature"]
             return float(fitted.get(key, 1.0))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"{path} is unreadable ({e}); delete it or rerun `gptv calibrate`") from None
+            raise InputError(f"{path} is unreadable ({e}); delete it or rerun `gptv calibrate`") from None
 
 
 def run_folders(spec: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -73,7 +81,7 @@ def run_folders(spec: str | Path | Sequence[str | Path]) -> list[Path]:
     else:
         parts = [Path(p.strip()) for p in str(spec).split(",") if p.strip()]
     if not parts:
-        raise ValueError("no run folder given")
+        raise InputError("no run folder given")
     out: list[Path] = []
     for p in parts:
         if p.is_dir() and not (p / "checkpoint.json").exists():
@@ -92,8 +100,8 @@ def load_runs(spec: str | Path | Sequence[str | Path], device: str | torch.devic
         runs.append(Run(folder, model, cfg))
     first = runs[0]
     for r in runs[1:]:
-        if _tokenizer_of(r.dir) != _tokenizer_of(first.dir):
-            raise ValueError(
+        if _tokenizer_of(r.folder) != _tokenizer_of(first.folder):
+            raise InputError(
                 f"{r.dir} and {first.dir} were trained with different tokenizers: they cannot be "
                 "averaged token by token"
             )
@@ -142,7 +150,7 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 def get_method(name: str) -> Method:
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+        raise InputError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
     return METHODS[name]
 
 
@@ -190,7 +198,7 @@ class PerSequence(Method):
     def check(self, runs):
         for r in runs:
             if not r.model.head.stochastic:
-                raise ValueError(
+                raise InputError(
                     f"method 'sequence' draws a Bayesian head's weights; {r.dir or 'this model'} has a "
                     "deterministic head (use the default method)"
                 )
@@ -211,7 +219,7 @@ class MCDropout(Method):
     def check(self, runs):
         for r in runs:
             if (r.config.model if r.config is not None else r.model.config).dropout <= 0:
-                raise ValueError(
+                raise InputError(
                     f"MC dropout needs a run trained with dropout > 0; {r.dir or 'this model'} has dropout = 0 "
                     "(train one with --dropout=0.1, or the variant baseline-dropout)"
                 )
@@ -231,7 +239,7 @@ class LaplaceMethod(Method):
     def check(self, runs):
         for r in runs:
             if r.dir is None:
-                raise ValueError("method 'laplace' reads the posterior `gptv laplace` fitted in a run folder")
+                raise InputError("method 'laplace' reads the posterior `gptv laplace` fitted in a run folder")
             LaplacePosterior.check_fitted(r.dir)
 
     def members(self, runs, temperature, key):
@@ -254,7 +262,7 @@ class Snapshot(Method):
         for r in runs:
             kept = len(checkpoints(r.dir)) if r.dir is not None else 0
             if kept < 2:
-                raise ValueError(
+                raise InputError(
                     f"a snapshot ensemble needs at least 2 kept checkpoints; {r.dir or 'this model'} has {kept} "
                     "(train with --keep_checkpoints=N, N >= 2)"
                 )

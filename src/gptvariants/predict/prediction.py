@@ -20,11 +20,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..common.errors import InputError
 from .methods import METHODS, Run, get_method, point_predictor
 from .predictive import Predictor
 
 # lm-eval's documented model_arg bayes_mode, in the words of this module (``from_bayes_mode``)
-BAYES_MODES = {"mean": {"mc_samples": 0}, "step": {"method": "default"}, "sequence": {"method": "sequence"}}
+BAYES_MODES: dict[str, dict[str, Any]] = {
+    "mean": {"mc_samples": 0},
+    "step": {"method": "default"},
+    "sequence": {"method": "sequence"},
+}
 
 
 @dataclass(frozen=True)
@@ -41,11 +46,11 @@ class Prediction:
         get_method(self.method)
         n = self.mc_samples
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
-            raise ValueError(
+            raise InputError(
                 f"mc_samples must be an integer >= 0 (0 = the point estimate, None = the run's), got {n!r}"
             )
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+            raise InputError(f"seed must be an integer >= 0, got {self.seed!r}")
 
     def but(self, **changes: Any) -> Prediction:
         """This prediction with the fields of ``changes`` that are not None replaced (a call's own options)."""
@@ -61,7 +66,7 @@ class Prediction:
         """ValueError when this prediction cannot be formed from ``runs`` (for scoring, unless ``generation``)."""
         method = METHODS[self.method]
         if method.generation_only and not generation and not self.point:
-            raise ValueError(
+            raise InputError(
                 f"method {self.method!r} draws per generated sequence: it is for generation "
                 "(gptv sample, serve, LanguageModel.generate), not for scoring text"
             )
@@ -88,12 +93,12 @@ def from_bayes_mode(bayes_mode: str | None, **fields: Any) -> Prediction:
     if bayes_mode is None:
         return Prediction(**fields)
     if bayes_mode not in BAYES_MODES:
-        raise ValueError(
+        raise InputError(
             f"bayes_mode must be one of {', '.join(BAYES_MODES)} (mean = mc_samples=0, step = the default "
             f"method, sequence = method=sequence), got {bayes_mode!r}"
         )
     implied = BAYES_MODES[bayes_mode]
     clash = [f"{k}={fields[k]!r}" for k, v in implied.items() if k in fields and fields[k] != v]
     if clash:
-        raise ValueError(f"bayes_mode={bayes_mode} means {implied}, which contradicts {', '.join(clash)}")
+        raise InputError(f"bayes_mode={bayes_mode} means {implied}, which contradicts {', '.join(clash)}")
     return Prediction(**{**fields, **implied})

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 
 from .. import metrics as M
+from ..common.errors import InputError
+from ..core.model import GPT
 
 # (h (n, C), samples, generator) -> (S, n, V) fp32 logits
 Sampler = Callable[[torch.Tensor, int, "torch.Generator | None"], torch.Tensor]
@@ -51,7 +53,7 @@ class Member:
     (a fitted Laplace posterior, one weight draw per generated row, ...): an object with
     ``__call__(h, samples, generator) -> (S, n, V)`` and ``n_draws(samples) -> S``."""
 
-    model: torch.nn.Module  # a gptvariants.core.model.GPT
+    model: GPT
     temperature: float = 1.0
     sampler: Sampler | None = None
 
@@ -149,7 +151,7 @@ class Predictor:
 
     def __init__(
         self,
-        members: Sequence[Member | torch.nn.Module],
+        members: Sequence[Member | GPT],
         *,
         samples: int | None = None,
         dropout_samples: int = 0,
@@ -162,17 +164,17 @@ class Predictor:
         for m in self.members[1:]:
             c = m.model.config
             if (c.vocab_size, c.block_size) != (first.vocab_size, first.block_size):
-                raise ValueError(
+                raise InputError(
                     f"members disagree: vocab_size/block_size {c.vocab_size}/{c.block_size} vs "
                     f"{first.vocab_size}/{first.block_size}"
                 )
         if samples is not None and samples < 0:
-            raise ValueError(f"samples must be >= 0, got {samples}")
+            raise InputError(f"samples must be >= 0, got {samples}")
         if dropout_samples < 0:
-            raise ValueError(f"dropout_samples must be >= 0, got {dropout_samples}")
+            raise InputError(f"dropout_samples must be >= 0, got {dropout_samples}")
         for m in self.members if dropout_samples else []:
             if m.model.config.dropout <= 0:
-                raise ValueError("MC dropout needs a model trained with dropout > 0; this run has dropout = 0")
+                raise InputError("MC dropout needs a model trained with dropout > 0; this run has dropout = 0")
         self.samples, self.dropout_samples = samples, dropout_samples
         device = self.device
         self.generator = torch.Generator(device=device)
@@ -182,7 +184,7 @@ class Predictor:
     # ------------------------------------------------------------------------- properties
 
     @property
-    def model(self) -> torch.nn.Module:
+    def model(self) -> GPT:
         """The first member's model (shape, tokenizer-facing properties)."""
         return self.members[0].model
 
@@ -250,7 +252,7 @@ class Predictor:
             yield
 
     @contextmanager
-    def _dropout_active(self, model: torch.nn.Module) -> Iterator[None]:
+    def _dropout_active(self, model: GPT) -> Iterator[None]:
         """Dropout on for one backbone pass, its randomness drawn from this predictor's seed."""
         device = next(model.parameters()).device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

@@ -39,6 +39,7 @@ from ..common.atomic import (
     fsync_dir,
     reporting_write_failure,
 )
+from ..common.errors import GptvError, InputError
 from ..common.runtime import check_device
 from ..core.config import Config
 from ..core.model import GPT
@@ -52,7 +53,7 @@ DAMAGED_PREFIX = "damaged-"
 TMP_PREFIX = ".ckpt-"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(GptvError, RuntimeError):
     """A checkpoint is missing, damaged, or does not fit the model or data it is used with."""
 
 
@@ -206,7 +207,14 @@ def _read_pointer(run_dir: Path) -> tuple[str | None, str]:
 def pointer_step(run_dir: Path) -> int | None:
     """The step the pointer names, or None (no pointer or a damaged one); reads no checkpoint."""
     name, _ = _read_pointer(Path(run_dir))
-    return int(CKPT_RE.match(name).group(1)) if name else None
+    return _step_of(name) if name else None
+
+
+def _step_of(name: str) -> int:
+    """The step of a checkpoint folder name already checked against CKPT_RE."""
+    m = CKPT_RE.match(name)
+    assert m is not None, name
+    return int(m.group(1))
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -281,9 +289,9 @@ def find_checkpoint(run_dir: Path) -> tuple[Path, list[tuple[Path, list[str]]]]:
         warn(f"{problem}; looking for the newest checkpoint folder in {run_dir} instead")
         order = [p for _, p in reversed(found)]
     else:
-        top = int(CKPT_RE.match(name).group(1))
+        top = _step_of(name)
         order = [run_dir / name] + [p for s, p in reversed(found) if s < top]
-    skipped = []
+    skipped: list[tuple[Path, list[str]]] = []
     for ckpt in order:
         problems = verify_checkpoint(ckpt)
         if not problems:
@@ -406,13 +414,13 @@ def _best_or(latest: Path, run_dir: Path) -> Path:
     return best
 
 
-def load_run(run_dir: Path, device: str | torch.device = "cpu", which: str = "latest") -> tuple[torch.nn.Module, Any]:
+def load_run(run_dir: Path, device: str | torch.device = "cpu", which: str = "latest") -> tuple[GPT, Config]:
     """(model in eval mode, its Config) from a run folder's newest verified checkpoint, or ``which="best"``
     (lowest validation cross-entropy). A one-line DeviceError when ``device`` is not available."""
 
     dev = check_device(device)
     if which not in ("latest", "best"):
-        raise ValueError(f"which must be 'latest' or 'best', not {which!r}")
+        raise InputError(f"which must be 'latest' or 'best', not {which!r}")
     ckpt = latest_checkpoint(Path(run_dir))
     if which == "best":
         ckpt = _best_or(ckpt, Path(run_dir))

@@ -19,8 +19,10 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+xxhash: ModuleType | None
 try:
     import xxhash
 except ImportError:  # pragma: no cover - xxhash is a dependency; keep working without it

@@ -22,10 +22,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ..common.errors import GptvError
+
 LOCK_NAME = "train.lock"
 
 
-class RunLocked(RuntimeError):
+class RunLocked(GptvError, RuntimeError):
     """Another live process is writing the run folder."""
 
 

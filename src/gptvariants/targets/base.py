@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..common.errors import InputError
+
 TOKENS_PER_FORWARD = 16384  # default teacher batch: this many tokens of windows per forward
 ALTERNATIVES = "use `ckpt:RUN` (a gptvariants run folder) or `ngram:N` (fitted on this data's train split) instead"
 
@@ -27,7 +29,7 @@ class Teacher:
     device: torch.device = torch.device("cpu")
 
     def next_token_probs(self, windows: torch.Tensor) -> torch.Tensor:
-        raise ValueError(
+        raise InputError(
             f"teacher {self.spec!r} cannot score arbitrary windows (online use and the perplexity filter need it)"
         )
 
@@ -90,7 +92,7 @@ class WindowedTeacher(Teacher):
     @torch.no_grad()
     def next_token_probs(self, windows: torch.Tensor) -> torch.Tensor:
         if windows.shape[1] > self.context:
-            raise ValueError(f"windows of {windows.shape[1]} tokens exceed the teacher's context of {self.context}")
+            raise InputError(f"windows of {windows.shape[1]} tokens exceed the teacher's context of {self.context}")
         h = self.hidden(windows)
         return self.probs_from_hidden(h.reshape(-1, h.shape[-1])).view(*windows.shape, -1)
 
@@ -118,7 +120,7 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     """'kind:arg?key=value&key=value' -> (kind, arg, options)."""
     body, _, query = spec.partition("?")
     kind, _, arg = body.partition(":")
-    opts = dict(kv.split("=", 1) if "=" in kv else (kv, "") for kv in query.split("&") if kv)
+    opts = dict(kv.partition("=")[::2] for kv in query.split("&") if kv)
     return kind, arg, opts
 
 

@@ -1,5 +1,16 @@
 """The cached build: a teacher's sets for every position of the train and val splits, written
-in resumable chunks (``build_targets``, ``gptv targets``)."""
+in resumable chunks (``build_targets``, ``gptv targets``).
+
+Selection rules, per position. With ``select="top"``: the teacher's top-k, restricted to the
+nucleus ``top_p`` and to probs >= ``min_prob`` (oracle: 0.01 when 0), kept at a random fraction
+``ratio`` of positions; the true next token always; at most k ids. With ``select="sample"``:
+the distinct tokens among k - 1 draws from the teacher's distribution plus the true token (k
+draws in all, at every position, no other rule), which a sigmoid head can turn back into a
+distribution (see ``SigmoidBCE``). ``ppl_filter`` drops candidate c at position i when the
+teacher's perplexity of the ``ppl_window`` tokens tokens[j - W//2 : j - W//2 + W] (j = i + 1,
+shifted to fit the split) with tokens[j] replaced by c exceeds it; that perplexity is exp of
+the mean NLL of the window's last W-1 tokens, each given only the window tokens before it.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +27,7 @@ import numpy as np
 
 from ..common.atomic import atomic_write, preallocate
 from ..common.checks import Float, Int
+from ..common.errors import InputError
 from ..common.progress import Progress
 from ..data.dataset import SPLITS, TokenDataset, token_dtype
 from .base import Teacher, parse_spec, resolve_device
@@ -51,23 +63,15 @@ def build_targets(
 ) -> dict:
     """Build teacher sets for the train and val splits of `data_dir`; return the meta dict (also meta.json).
 
-    Output in `out` (default data_dir/targets/<sanitised teacher>): see the module docstring.
-    Per position, with `select="top"`: the teacher's top-k, restricted to the nucleus `top_p`
-    and to probs >= `min_prob` (oracle: 0.01 when 0), kept at a random fraction `ratio` of
-    positions; the true next token always; at most k ids. With `select="sample"`: the
-    distinct tokens among k - 1 draws from the teacher's distribution plus the true token
-    (k draws in all, at every position, no other rule), which a sigmoid head can turn back
-    into a distribution (see ``SigmoidBCE``). `ppl_filter` drops candidate c at position i when
-    the teacher's perplexity of the `ppl_window` tokens tokens[j - W//2 : j - W//2 + W]
-    (j = i + 1, shifted to fit the split) with tokens[j] replaced by c exceeds it; that
-    perplexity is exp of the mean NLL of the window's last W-1 tokens, each given only the
-    window tokens before it. `context` is the window of hf:/ckpt: teachers (default: theirs);
-    `batch_size` the windows per teacher forward (0: 16384 tokens' worth).
+    Output in `out` (default data_dir/targets/<sanitised teacher>): see the package docstring;
+    the selection rules (select, k, top_p, min_prob, ratio, ppl_filter, ppl_window): this
+    module's. `context` is the window of hf:/ckpt: teachers (default: theirs); `batch_size` the
+    windows per teacher forward (0: 16384 tokens' worth).
 
     Chunks of `chunk_size` positions are written to {split}.bin.partial and recorded in
     progress.json, so rerunning after an interruption resumes and gives the same bytes as an
     uninterrupted build. `on_chunk(split, chunk, n_chunks)` is called after each durable chunk.
-    Raises ValueError for k > V, bad options, or a teacher whose vocabulary differs from the data's.
+    Raises InputError for k > V, bad options, or a teacher whose vocabulary differs from the data's.
     """
     data = TokenDataset(Path(data_dir))
     V = data.vocab_size
@@ -75,21 +79,38 @@ def build_targets(
     _check_rule(select, top_p, min_prob, ratio, ppl_filter)
     if select == "top" and parse_spec(teacher)[0] == "oracle" and min_prob == 0.0:
         min_prob = ORACLE_MIN_PROB
-    out = Path(out) if out is not None else Path(data_dir) / "targets" / _sanitise(teacher)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "meta.json").unlink(missing_ok=True)  # incomplete until the end
-
+    out = _open_output(Path(out) if out is not None else Path(data_dir) / "targets" / _sanitise(teacher))
     dev = resolve_device(device)
     t = load_teacher(teacher, data, dev, context=context, batch_size=batch_size)
     if select == "top" and top_p is None and min_prob == 0.0:
         _warn_large_k(k, V)
     dtype = token_dtype(V)
     window = ppl_window if ppl_filter is not None else None
-    rules = dict(select=select, top_p=top_p, min_prob=min_prob, ratio=ratio, ppl_filter=ppl_filter, ppl_window=window)
-    rules["seed"] = seed
-    sentinel = int(np.iinfo(dtype).max)
-    sel = _Selector(t, k, top_p, min_prob, ratio, ppl_filter, ppl_window, batch_size, seed, sentinel, select)
-    identity = {
+    rules = dict(
+        select=select, top_p=top_p, min_prob=min_prob, ratio=ratio, ppl_filter=ppl_filter, ppl_window=window, seed=seed
+    )
+    sel = _Selector(
+        t, k, top_p, min_prob, ratio, ppl_filter, ppl_window, batch_size, seed, int(np.iinfo(dtype).max), select
+    )
+    identity = _identity(t, k, rules, data, chunk_size, store_probs)
+    stats = _build_splits(data, out, sel, dtype, identity, chunk_size, store_probs, progress, on_chunk)
+    meta = _meta(teacher, t, k, dtype, data.meta["hash"], rules, store_probs, dev, stats)
+    atomic_write(out / "meta.json", json.dumps(meta, indent=1) + "\n")
+    (out / PROGRESS_FILE).unlink(missing_ok=True)
+    meta["dir"] = str(out)
+    return meta
+
+
+def _open_output(out: Path) -> Path:
+    """The sets' folder, marked incomplete (no meta.json) until the build ends."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)
+    return out
+
+
+def _identity(t: Teacher, k: int, rules: dict, data: TokenDataset, chunk_size: int, store_probs: bool) -> dict:
+    """What progress.json records and a resumed build must match: the same teacher, rules, data and chunks."""
+    return {
         "teacher": t.info(),
         "k": k,
         "rules": rules,
@@ -97,12 +118,6 @@ def build_targets(
         "chunk_size": chunk_size,
         "store_probs": store_probs,
     }
-    stats = _build_splits(data, out, sel, dtype, identity, chunk_size, store_probs, progress, on_chunk)
-    meta = _meta(teacher, t, k, dtype, data.meta["hash"], rules, store_probs, dev, stats)
-    atomic_write(out / "meta.json", json.dumps(meta, indent=1) + "\n")
-    (out / PROGRESS_FILE).unlink(missing_ok=True)
-    meta["dir"] = str(out)
-    return meta
 
 
 def _build_splits(
@@ -175,7 +190,7 @@ def _check_options(
             check(value)
         except ValueError as e:
             hint = f" (the vocabulary size is {V})" if name == "k" else ""
-            raise ValueError(f"{name}: {e}{hint}") from None
+            raise InputError(f"{name}: {e}{hint}") from None
 
 
 def _warn_large_k(k: int, V: int) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..common.errors import InputError
 from ..data.dataset import TokenDataset
 from .base import Teacher
 
@@ -28,10 +29,10 @@ class NgramTeacher(Teacher):
 
     def __init__(self, n: int, data: TokenDataset, device: torch.device) -> None:
         if n < 1:
-            raise ValueError(f"ngram order must be >= 1, got {n}")
+            raise InputError(f"ngram order must be >= 1, got {n}")
         V = data.vocab_size
         if n * math.log2(V) >= 63:
-            raise ValueError(f"ngram:{n} with a vocabulary of {V} overflows 64-bit n-gram keys; use a smaller N")
+            raise InputError(f"ngram:{n} with a vocabulary of {V} overflows 64-bit n-gram keys; use a smaller N")
         self.n, self.vocab_size, self.device, self.spec = n, V, device, f"ngram:{n}"
         train = np.asarray(data.split("train"), dtype=np.int64)
         t0 = time.perf_counter()

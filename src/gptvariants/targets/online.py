@@ -8,14 +8,16 @@ from typing import Any
 import torch
 
 from ..common.checks import Float, Int
+from ..common.errors import InputError
 from ..data.dataset import TokenDataset
 from .base import Teacher, WindowedTeacher, parse_spec
 from .selection import ORACLE_MIN_PROB, _check_rule, _keep, readout_draws, sample_set
 from .teachers import load_teacher
 
 
-def build_online_teacher(spec: str, data: TokenDataset, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function x (B, T) int64 -> sets (B, T, K) int64, -1 padded, aligned with y = x shifted by one.
+def build_online_teacher(spec: str, data: TokenDataset, device: torch.device) -> OnlineSets:
+    """The online sets of ``spec``: a function x (B, T) int64 -> sets (B, T, K) int64, -1 padded,
+    aligned with y = x shifted by one.
 
     spec is a teacher spec with an optional query: `ckpt:RUN?k=50`, `ngram:3?k=20&top_p=0.9`,
     `hf:gpt2?k=50&min_prob=0.001`, `ckpt:RUN?select=sample&k=8`; keys k (default 50, capped
@@ -28,7 +30,7 @@ def build_online_teacher(spec: str, data: TokenDataset, device: torch.device) ->
     kind, _, opts = parse_spec(spec)
     known = {"k", "select", "top_p", "min_prob", "ratio"}
     if set(opts) - known:
-        raise ValueError(f"unknown teacher option(s) {sorted(set(opts) - known)} in {spec!r}; known: {sorted(known)}")
+        raise InputError(f"unknown teacher option(s) {sorted(set(opts) - known)} in {spec!r}; known: {sorted(known)}")
     rule = opts.get("select", "top")
     k = _option(spec, opts, "k", Int(1), 50)
     top_p = _option(spec, opts, "top_p", Float(0.0, 1.0, lo_open=True), None)
@@ -37,27 +39,34 @@ def build_online_teacher(spec: str, data: TokenDataset, device: torch.device) ->
     ratio = _option(spec, opts, "ratio", Float(0.0, 1.0), 1.0)
     _check_rule(rule, top_p, min_prob, ratio, None)
     teacher = load_teacher(spec.partition("?")[0], data, device)
-    k = min(k, teacher.vocab_size)
+    return OnlineSets(teacher, rule, min(k, teacher.vocab_size), top_p, min_prob, ratio)
+
+
+class OnlineSets:
+    """x (B, T) -> the teacher's sets (B, T, k); ``set_draws`` is what the sigmoid readout inverts."""
+
+    def __init__(self, teacher: Teacher, rule: str, k: int, top_p: float | None, min_prob: float, ratio: float) -> None:
+        self.teacher, self.rule, self.k = teacher, rule, k
+        self.top_p, self.min_prob, self.ratio = top_p, min_prob, ratio
+        self.set_draws = readout_draws(rule, k)
+        self.windowed = teacher if isinstance(teacher, WindowedTeacher) else None
 
     @torch.no_grad()
-    def sets(x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         B, T = x.shape
+        teacher, k = self.teacher, self.k
         out = torch.full((B * T, k), -1, dtype=torch.int64, device=teacher.device)
-        windowed = isinstance(teacher, WindowedTeacher)
         for s, rows in _window_rows(teacher, x.to(teacher.device)):
-            if rule == "top":
-                p, ids = teacher.top_from_hidden(rows, k) if windowed else rows.topk(k, dim=-1)
-                keep = _keep(p, top_p, min_prob)
+            windowed = self.windowed
+            if self.rule == "top":
+                p, ids = windowed.top_from_hidden(rows, k) if windowed is not None else rows.topk(k, dim=-1)
+                keep = _keep(p, self.top_p, self.min_prob)
             else:
-                ids, _, keep = sample_set(teacher.probs_from_hidden(rows) if windowed else rows, k - 1)
+                ids, _, keep = sample_set(windowed.probs_from_hidden(rows) if windowed is not None else rows, k - 1)
             out[s : s + len(ids), : ids.shape[1]] = torch.where(keep, ids, -1)
-        if ratio < 1.0:
-            out[torch.rand(B * T).to(out.device) >= ratio] = -1
+        if self.ratio < 1.0:
+            out[torch.rand(B * T).to(out.device) >= self.ratio] = -1
         return out.view(B, T, k).to(x.device)
-
-    sets.teacher = teacher  # type: ignore[attr-defined]
-    sets.set_draws = readout_draws(rule, k)  # type: ignore[attr-defined]
-    return sets
 
 
 def _option(spec: str, opts: dict[str, str], name: str, check: Callable[[str], Any], default: Any) -> Any:
@@ -66,7 +75,7 @@ def _option(spec: str, opts: dict[str, str], name: str, check: Callable[[str], A
     try:
         return check(opts[name])
     except ValueError as e:
-        raise ValueError(f"teacher option {name} in {spec!r}: {e}") from None
+        raise InputError(f"teacher option {name} in {spec!r}: {e}") from None
 
 
 def _window_rows(teacher: Teacher, x: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
@@ -74,7 +83,7 @@ def _window_rows(teacher: Teacher, x: torch.Tensor) -> Iterator[tuple[int, torch
     (n, C) for a WindowedTeacher, next-token probabilities (n, V) for any other."""
     if isinstance(teacher, WindowedTeacher):
         if x.shape[1] > teacher.context:
-            raise ValueError(f"windows of {x.shape[1]} tokens exceed the teacher's context of {teacher.context}")
+            raise InputError(f"windows of {x.shape[1]} tokens exceed the teacher's context of {teacher.context}")
         h = teacher.hidden(x)
         h = h.reshape(-1, h.shape[-1])
         rows = teacher.rows_per_chunk()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..common.errors import InputError
 from .base import TOKENS_PER_FORWARD, Teacher
 
 ORACLE_MIN_PROB = 0.01  # the oracle's default support threshold when min_prob is 0
@@ -56,9 +57,9 @@ def sample_set(
 
 def _check_rule(select: str, top_p: float | None, min_prob: float, ratio: float, ppl_filter: float | None) -> None:
     if select not in ("top", "sample"):
-        raise ValueError(f"select must be 'top' or 'sample', not {select!r}")
+        raise InputError(f"select must be 'top' or 'sample', not {select!r}")
     if select == "sample" and (top_p is not None or min_prob > 0 or ratio < 1.0 or ppl_filter is not None):
-        raise ValueError(
+        raise InputError(
             "select='sample' draws from the teacher's whole distribution at every position: top_p, min_prob, "
             "ratio < 1 and ppl_filter would bias the draws, so they are not allowed with it "
             "(drop top_p, min_prob, ratio and ppl_filter)"
@@ -113,15 +114,15 @@ class _Selector:
             if g is not None and inverse is not None:  # draws are per position, not per distinct row
                 p, inverse = p[inverse], None
             m_ = len(p) if inverse is None else len(inverse)
-            r = slice(off, off + m_)
+            span = slice(off, off + m_)
             rows = torch.arange(m_, device=p.device) if inverse is None else inverse
-            py[r] = p[rows, yt[r].clamp(min=0)].float().cpu().numpy()
+            py[span] = p[rows, yt[span].clamp(min=0)].float().cpu().numpy()
             dest = np.arange(off, off + m_)
             if inverse is None and chosen is not None:  # select only where candidates are kept
-                dest = dest[chosen[r]]
+                dest = dest[chosen[span]]
                 p = p[torch.from_numpy(dest - off).to(p.device)]
-            i_, p_, keep_ = select(p, k, self.top_p, self.min_prob) if g is None else sample_set(p, k - 1, g)
-            i_, p_, keep_ = i_.cpu().numpy(), p_.float().cpu().numpy(), keep_.cpu().numpy()
+            ti, tp, tkeep = select(p, k, self.top_p, self.min_prob) if g is None else sample_set(p, k - 1, g)
+            i_, p_, keep_ = ti.cpu().numpy(), tp.float().cpu().numpy(), tkeep.cpu().numpy()
             if inverse is not None:
                 inv = inverse.cpu().numpy()
                 i_, p_, keep_ = i_[inv], p_[inv], keep_[inv]

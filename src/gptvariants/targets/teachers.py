@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..common.errors import InputError, UnavailableError
 from ..common.inputs import read_json
 from ..data.dataset import TokenDataset
 from ..predict.methods import Run
@@ -37,13 +38,13 @@ class CheckpointTeacher(WindowedTeacher):
             info = read_json(info_path)
             for key in ("tokenizer", "vocab_size"):
                 if info.get(key) != data.meta.get(key):
-                    raise ValueError(
+                    raise InputError(
                         f"teacher ckpt:{run} was trained on data with {key} {info.get(key)!r}, this data has "
                         f"{data.meta.get(key)!r}"
                     )
         self.model, cfg = load_run(run_dir, device)
         if cfg.model.vocab_size < data.vocab_size:
-            raise ValueError(f"teacher ckpt:{run} has vocab_size {cfg.model.vocab_size}, the data {data.vocab_size}")
+            raise InputError(f"teacher ckpt:{run} has vocab_size {cfg.model.vocab_size}, the data {data.vocab_size}")
         self.spec, self.device, self.vocab_size = f"ckpt:{run}", device, data.vocab_size
         self.context = min(context or cfg.model.block_size, cfg.model.block_size)
         self.batch_size = batch_size or max(1, TOKENS_PER_FORWARD // self.context)
@@ -85,7 +86,7 @@ class HFTeacher(WindowedTeacher):
         try:
             from transformers import AutoModelForCausalLM
         except ImportError:
-            raise RuntimeError(
+            raise UnavailableError(
                 "hf: teachers need transformers: pip install 'gptvariants[hf]' (or use ckpt:RUN or ngram:N)"
             ) from None
 
@@ -100,18 +101,18 @@ class HFTeacher(WindowedTeacher):
                     raise
                 model = AutoModelForCausalLM.from_pretrained(name)
         except OSError as e:
-            raise RuntimeError(
+            raise UnavailableError(
                 f"cannot load the Hugging Face model {name!r} (not cached and not downloadable: "
                 f"{str(e).splitlines()[0]}); {ALTERNATIVES}"
             ) from e
         V = int(model.config.vocab_size)
         if V != data.vocab_size:
-            raise ValueError(
+            raise InputError(
                 f"teacher hf:{name} has a vocabulary of {V} tokens, the data {data.vocab_size} "
                 f"({data.meta['tokenizer']}); {ALTERNATIVES}"
             )
         self._check_tokenizer(name, data)
-        self.model = model.to(device).eval()
+        self.model = model.to(device).eval()  # type: ignore[arg-type]  # transformers' wrapped .to()
         self.spec, self.device, self.vocab_size = f"hf:{name}", device, V
         n_pos = (
             getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None) or 1024
@@ -137,7 +138,7 @@ class HFTeacher(WindowedTeacher):
         ours, theirs = data.tokenizer.encode(text), tok.encode(text)
         if ours != theirs:
             i = next((j for j, (p, q) in enumerate(zip(ours, theirs)) if p != q), min(len(ours), len(theirs)))
-            raise ValueError(
+            raise InputError(
                 f"teacher hf:{name} tokenizes the data differently from {data.meta['tokenizer']!r} (first "
                 f"difference at token {i}); {ALTERNATIVES}"
             )
@@ -161,7 +162,7 @@ class OracleTeacher(Teacher):
     def __init__(self, data: TokenDataset, device: torch.device) -> None:
         lang = data.synthetic
         if lang is None:
-            raise ValueError(
+            raise InputError(
                 f"the oracle teacher needs the synthetic language; {data.dir} holds {data.meta['source']!r}. "
                 f"{ALTERNATIVES}"
             )
@@ -197,12 +198,12 @@ def load_teacher(
         try:
             n = int(arg)
         except ValueError:
-            raise ValueError(f"ngram teacher needs an order, e.g. ngram:3, not {spec!r}") from None
+            raise InputError(f"ngram teacher needs an order, e.g. ngram:3, not {spec!r}") from None
         t = NgramTeacher(n, data, device)
     elif kind == "oracle" and not arg:
         t = OracleTeacher(data, device)
     else:
-        raise ValueError(f"unknown teacher {spec!r}; expected hf:NAME_OR_PATH, ckpt:RUN, ngram:N or oracle")
+        raise InputError(f"unknown teacher {spec!r}; expected hf:NAME_OR_PATH, ckpt:RUN, ngram:N or oracle")
     if t.vocab_size != data.vocab_size:
-        raise ValueError(f"teacher {spec!r} has {t.vocab_size} tokens, the data {data.vocab_size}")
+        raise InputError(f"teacher {spec!r} has {t.vocab_size} tokens, the data {data.vocab_size}")
     return t

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..common.errors import InputError
 from ..common.runtime import Runtime, step_seed
 from ..core.config import Config
 from ..data.dataset import TokenDataset
@@ -27,7 +28,7 @@ class Batches:
         self.B, self.T = cfg.train.batch_size, cfg.model.block_size
         self.G = cfg.train.gradient_accumulation_steps
         if self.G % rt.world:
-            raise ValueError(
+            raise InputError(
                 f"gradient_accumulation_steps ({self.G}) must be a multiple of the number of processes ({rt.world})"
             )
         self.seed = cfg.train.seed
@@ -39,14 +40,14 @@ class Batches:
         self.teacher = None
         if cfg.objective.teacher:
             if sets_dir:
-                raise ValueError("give either targets (cached sets) or teacher (online sets), not both")
+                raise InputError("give either targets (cached sets) or teacher (online sets), not both")
 
             self.teacher = build_online_teacher(cfg.objective.teacher, data, rt.device)
             self.set_draws = self.teacher.set_draws
         self.n = {split: len(data.split(split)) for split in ("train", "val")}
         for split, n in self.n.items():
             if self.T >= n:
-                raise ValueError(
+                raise InputError(
                     f"block_size {self.T} is larger than the {split} split ({n} tokens); "
                     "use a smaller block_size or more data"
                 )

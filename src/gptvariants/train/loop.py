@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..common.allocator import keep_freed_memory
+from ..common.errors import GptvError
 from ..common.runtime import Runtime, all_ranks_any, setup_runtime, step_seed
 from ..core.config import Config
 from ..core.model import GPT
@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(GptvError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
@@ -83,9 +83,9 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
 
     Nothing is written before every read-only check passed; the run folder is locked against a
     second writer. ``resume`` with max_iters at or below the checkpoint's step evaluates and
-    reports without writing; a fresh run into a folder holding a run is refused.
+    reports without writing; a fresh run into a folder holding a run is refused. The process's
+    allocator is left alone: ``gptv`` tunes it at its entry (``common.allocator``), a notebook may too.
     """
-    keep_freed_memory()
     check_backends(cfg)
     rt = setup_runtime(cfg)
     try:
@@ -228,7 +228,7 @@ class Trainer:
         self.clock = _Clock(self.rt.device)
         self.saved_step: int | None = None
         self.flag = _StopFlag()
-        self.logger: Logger | None = None
+        self.logger: Logger  # opened by run()
 
     def run(self) -> TrainResult:
         with self.flag:
@@ -269,7 +269,8 @@ class Trainer:
         torch.manual_seed(step_seed(t.seed, step, self.rt.rank, 1))
         loss = objective = kl = 0.0
         for i, (x, y, sets) in enumerate(s.batches.micro_batches(step)):
-            sync = nullcontext() if (not self.rt.distributed or i == self.G_local - 1) else self.net.no_sync()
+            # DDP (distributed runs only) syncs gradients on the last micro-batch alone
+            sync = self.net.no_sync() if isinstance(self.net, DDP) and i < self.G_local - 1 else nullcontext()
             with sync:
                 with self.rt.autocast():
                     out = self.net(x, y, sets, s.batches.n["train"], s.model.kl_weight(step))

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from ..common.atomic import atomic_write
+from ..common.errors import InputError
 from ..common.runtime import Runtime, all_ranks_any
 from ..core.config import Config
 from ..core.model import GPT
@@ -74,17 +75,17 @@ class Session:
 def open_data(cfg: Config, rt: Runtime) -> tuple[TokenDataset, Batches]:
     """The dataset and its batches, with every check that only reads (nothing is written)."""
     if not cfg.train.data:
-        raise ValueError("no data folder given: pass --data DIR (made by `gptv prepare`)")
+        raise InputError("no data folder given: pass --data DIR (made by `gptv prepare`)")
     if not cfg.train.out_dir:
-        raise ValueError("no run folder given: pass --out RUN")
+        raise InputError("no run folder given: pass --out RUN")
     data = TokenDataset(Path(cfg.train.data))
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = data.vocab_size
     elif cfg.model.vocab_size < data.vocab_size:
-        raise ValueError(f"vocab_size {cfg.model.vocab_size} is smaller than the data's ({data.vocab_size})")
+        raise InputError(f"vocab_size {cfg.model.vocab_size} is smaller than the data's ({data.vocab_size})")
     sets_dir = Path(cfg.train.data) / "targets" / cfg.objective.targets if cfg.objective.targets else None
     if (cfg.objective.targets or cfg.objective.teacher) and cfg.objective.objective != "bce":
-        raise ValueError(f"targets and teacher are only used by sigmoid variants, not {cfg.objective.variant!r}")
+        raise InputError(f"targets and teacher are only used by sigmoid variants, not {cfg.objective.variant!r}")
     if sets_dir is not None and not (sets_dir / "meta.json").is_file():
         raise FileNotFoundError(
             f"no teacher sets in {sets_dir}; build them with "
@@ -95,7 +96,7 @@ def open_data(cfg: Config, rt: Runtime) -> tuple[TokenDataset, Batches]:
         if cfg.objective.set_draws == 0:
             cfg.objective.set_draws = batches.set_draws
         elif cfg.objective.set_draws != batches.set_draws:
-            raise ValueError(
+            raise InputError(
                 f"set_draws={cfg.objective.set_draws} does not match the sets, which imply {batches.set_draws} "
                 "(sampled sets: their k; top-k sets or the true token alone: 1); leave set_draws unset"
             )
@@ -199,7 +200,8 @@ def _choose_checkpoint(run_dir: Path, rt: Runtime) -> tuple[Path, list[tuple[Pat
 
 def _agree(rt: Runtime, pending: Future) -> Path:
     """The checkpoint rank 0 chose, on every rank; damaged newer ones are set aside with a warning."""
-    name, error = None, None
+    name: str | None = None
+    error: str | None = None
     if rt.main:
         try:
             ckpt, damaged = pending.result()
@@ -219,6 +221,7 @@ def _agree(rt: Runtime, pending: Future) -> Path:
         name, error = box
     if error is not None:
         raise CheckpointError(error)
+    assert name is not None  # rank 0 names a checkpoint whenever it reports no error
     return Path(name)
 
 
@@ -230,7 +233,7 @@ def restore(s: Session, ckpt: Path) -> None:
     if isinstance(saved_files, dict):
         changed = check_data(s.data.dir, saved_files, s.data.meta["hash"], SPLITS)
         if changed:
-            raise ValueError(
+            raise InputError(
                 f"the data in {s.data.dir} changed since {ckpt.name} was saved ({'; '.join(changed)}); "
                 "a resumed run must see the tokens it was trained on: restore the data, or start a new run"
             )

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..common.atomic import atomic_write, reporting_write_failure
+from ..common.errors import InputError
 from ..common.runtime import Runtime
 from ..core.config import Config
 from ..store.checkpoint import warn
@@ -30,12 +31,12 @@ def check_backends(cfg: Config) -> None:
     if not cfg.train.wandb_log:
         return
     if importlib.util.find_spec("wandb") is None:
-        raise ValueError(
+        raise InputError(
             "wandb_log=true needs the wandb package: pip install wandb (or pip install 'gptvariants[wandb]')"
         )
     offline = os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun")
     if not offline and not os.environ.get("WANDB_API_KEY"):
-        raise ValueError(
+        raise InputError(
             "wandb_log=true needs WANDB_API_KEY in the environment (keys are never read from files): "
             "export WANDB_API_KEY=..., or set WANDB_MODE=offline"
         )
@@ -113,7 +114,7 @@ def read_records(path: Path, upto: int | None = None) -> list[str]:
             if i == len(lines):
                 warn(f"{path}: dropped a half-written last line ({len(line)} characters) left by an interrupted run")
                 break
-            raise ValueError(f"{path}:{i}: not a metrics record ({e}); remove or fix that line") from None
+            raise InputError(f"{path}:{i}: not a metrics record ({e}); remove or fix that line") from None
         if upto is None or step <= upto:
             kept.append(line)
     return kept

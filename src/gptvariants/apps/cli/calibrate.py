@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ...common.argtypes import device, non_negative_int, positive_int
+from ...common.errors import InputError
 from ...data.sources import split_source
 from ...predict.calibration import fit_temperature, save_temperature
 from ...predict.laplace import fit_laplace
@@ -23,7 +24,7 @@ def _data_tokens(run_dir: Path, data: str | None, split: str) -> np.ndarray:
         info = Path(run_dir) / "data.json"
         data = json.loads(info.read_text(encoding="utf-8")).get("path") if info.is_file() else None
         if not data:
-            raise ValueError(f"{run_dir}/data.json names no data folder: pass --data DIR")
+            raise InputError(f"{run_dir}/data.json names no data folder: pass --data DIR")
     return split_source(Path(run_dir), Path(data), split).tokens
 
 
@@ -32,30 +33,30 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     [run] = load_runs(args.ckpt, resolve_device(args.device))
     fit = fit_temperature(
         run,
-        _data_tokens(run.dir, args.data, "val"),
+        _data_tokens(run.folder, args.data, "val"),
         method=args.method,
         mc_samples=args.mc_samples,
         seed=args.seed,
         fit=args.fit,
     )
-    save_temperature(run.dir, fit)
+    save_temperature(run.folder, fit)
     b, a = fit["before"], fit["after"]
     print(
-        f"{run.dir} [{fit['key']}]: T = {fit['temperature']:.4f} (fitted on {fit['fit_tokens']:,} val tokens); "
+        f"{run.folder} [{fit['key']}]: T = {fit['temperature']:.4f} (fitted on {fit['fit_tokens']:,} val tokens); "
         f"on the other {fit['check_tokens']:,}: NLL {b['nll']:.4f} -> {a['nll']:.4f}, ECE {b['ece']:.4f} -> "
         f"{a['ece']:.4f}"
     )
-    print(f"stored in {run.dir / CALIBRATION_FILE}; eval, sample and the API use it (--no-temperature to ignore)")
+    print(f"stored in {run.folder / CALIBRATION_FILE}; eval, sample and the API use it (--no-temperature to ignore)")
     return 0
 
 
 def _cmd_laplace(args: argparse.Namespace) -> int:
 
     [run] = load_runs(args.ckpt, resolve_device(args.device))
-    train = _data_tokens(run.dir, args.data, "train")
-    val = _data_tokens(run.dir, args.data, "val")
+    train = _data_tokens(run.folder, args.data, "train")
+    val = _data_tokens(run.folder, args.data, "val")
     info = fit_laplace(
-        run.dir,
+        run.folder,
         run.model,
         train,
         val,
@@ -65,7 +66,7 @@ def _cmd_laplace(args: argparse.Namespace) -> int:
         samples=args.mc_samples,
     )
     print(
-        f"{run.dir}: {info['kind']} Laplace over {info['train_positions']:,} training positions, prior precision "
+        f"{run.folder}: {info['kind']} Laplace over {info['train_positions']:,} training positions, prior precision "
         f"{info['prior_precision']:.4g}; held-out NLL {info['heldout_nll_map']:.4f} (trained weights) -> "
         f"{info['heldout_nll']:.4f} ({info['samples']} draws); {info['fit_seconds']:.1f} s"
     )

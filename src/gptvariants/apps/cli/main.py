@@ -19,23 +19,26 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 from ...common.allocator import keep_freed_memory
 from ...common.argtypes import non_negative_int, open_unit_interval, positive_int
 from ...common.checks import device_problem
+from ...common.errors import GptvError
 from ...core.config import KEYS, Config, ConfigError, fit_world_size, load_config, parse_overrides, resume_config
 from ...core.sizing import check_fits
 from ...core.variants import REGISTRY
-from ...data.dataset import TokenDataset, prepare
-from ...store.checkpoint import CheckpointError
+from ...data.dataset import TokenDataset
+from ...data.prepare import prepare
 from ...store.run import check_run_files
-from ...train.loop import TrainingDiverged, train
+from ...train.loop import train
 
 # modules that add their own subcommands
 PLUGINS: tuple[str, ...] = ("sample", "targets", "evaluate", "calibrate", "experiment", "export", "serve", "lm_eval")
 
-# errors that are the user's input, not our bug: print the message, no traceback
-USER_ERRORS = (ConfigError, CheckpointError, TrainingDiverged, FileNotFoundError, ValueError, RuntimeError, OSError)
+# the user's mistakes (our own error types; the OS refusing a file the user named): one line, no
+# traceback. A ValueError or RuntimeError raised anywhere else is our bug and keeps its traceback.
+USER_ERRORS = (GptvError, OSError)
 
 
 def _rank() -> int:
@@ -143,7 +146,7 @@ def config_help() -> str:
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (with where to look), printed by rank 0 only."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         if _rank() == 0:
             self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
         self.exit(2)

@@ -19,6 +19,7 @@ from ...common.argtypes import (
     unit_interval,
     utf8_file,
 )
+from ...common.errors import InputError
 from ...decode.generate import SIG_MODES
 from ..api import load
 from .prediction import add_prediction_arguments, prediction_of
@@ -51,7 +52,7 @@ def _prompts(args: argparse.Namespace) -> list[str]:
     with open(args.prompt_file, encoding="utf-8") as f:
         prompts = [line.rstrip("\r\n") for line in f]
     if not prompts:
-        raise ValueError(f"{args.prompt_file} holds no prompts")
+        raise InputError(f"{args.prompt_file} holds no prompts")
     return prompts
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ...common.errors import UnavailableError
 from ..serve import INSTALL_HINT, LOOPBACK_NAMES, check_port, is_loopback
 from ..serve.runs import discover, load_runs
 
@@ -16,7 +17,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         from ..serve.app import create_app
     except ImportError as e:
-        raise RuntimeError(f"{INSTALL_HINT} ({e})") from None
+        raise UnavailableError(f"{INSTALL_HINT} ({e})") from None
 
     paths, report = discover(args.paths)
     check_port(args.host, args.port)

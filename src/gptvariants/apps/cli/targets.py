@@ -14,6 +14,7 @@ from ...common.argtypes import (
     probability_open_closed,
     unit_interval,
 )
+from ...common.errors import InputError
 from ...targets.build import build_targets
 
 
@@ -24,7 +25,7 @@ def sets_name(data: Path, out: Path) -> str:
     path = Path(out).resolve()
     if root not in path.parents:
         inside = Path(data) / "targets" / Path(out).name
-        raise ValueError(
+        raise InputError(
             f"--out {out} is outside {Path(data) / 'targets'}, where `gptv train --targets=NAME` and "
             f"`gptv eval --sets NAME` look for sets; use --out {inside} (or leave --out out)"
         )

@@ -18,6 +18,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from ...common.errors import InputError, UnavailableError
+
 INSTALL_HINT = "lm-evaluation-harness is not installed: pip install 'gptvariants[eval]' (or: pip install lm_eval)"
 
 
@@ -26,7 +28,7 @@ def require_lm_eval() -> None:
     try:
         import lm_eval  # noqa: F401
     except ImportError:
-        raise RuntimeError(INSTALL_HINT) from None
+        raise UnavailableError(INSTALL_HINT) from None
     from . import model  # noqa: F401  (registers "gptv")
 
 
@@ -56,10 +58,10 @@ def lm_eval_argv(
 ) -> list[str]:
     """The lm-eval ``run`` arguments that evaluate the run folder ``run`` on ``tasks``."""
     if "," in run or "=" in run:
-        raise ValueError(f"lm-eval's --model_args cannot carry a run path with ',' or '=': {run!r}")
+        raise InputError(f"lm-eval's --model_args cannot carry a run path with ',' or '=': {run!r}")
     for flag in ("--model", "--model_args", "--model-args", "--batch_size", "--device"):
         if any(a == flag or a.startswith(flag + "=") for a in extra):
-            raise ValueError(
+            raise InputError(
                 f"gptv lm-eval sets {flag} itself: use its own options (--model-args K=V,..., --batch-size, --device)"
             )
     args = [f"run={run}"]

@@ -41,6 +41,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import normalize_gen_kwargs
 from tqdm import tqdm
 
+from ...common.errors import InputError
 from ...metrics import sliding_windows
 from ...predict.prediction import from_bayes_mode
 from ...predict.predictive import CHUNK_FLOATS, score_windows
@@ -107,15 +108,15 @@ class GPTVariantsLM(TemplateLM):
     ) -> None:
         super().__init__()
         if not run:
-            raise ValueError("the gptv model needs the run folder: --model_args run=RUN")
+            raise InputError("the gptv model needs the run folder: --model_args run=RUN")
         unused = {k: v for k, v in unused.items() if v is not None and k != "max_batch_size"}
         if unused:
-            raise ValueError(
+            raise InputError(
                 f"unknown gptv model_args {sorted(unused)}; known: run, method, mc_samples, bayes_mode, seed, "
                 "unknown, batch_size, max_gen_toks"
             )
         if unknown not in UNKNOWN:
-            raise ValueError(f"unknown must be one of {UNKNOWN}, got {unknown!r}")
+            raise InputError(f"unknown must be one of {UNKNOWN}, got {unknown!r}")
         self.seed, self.unknown = int(seed), unknown
         samples = None if mc_samples is None else int(mc_samples)
         prediction = from_bayes_mode(bayes_mode, method=method, mc_samples=samples, seed=self.seed)
@@ -175,7 +176,7 @@ class GPTVariantsLM(TemplateLM):
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         for context, continuation in (r.args for r in requests):
             if not context and not self.lm.tokenizer.encode(continuation, unknown="skip"):
-                raise ValueError(f"the continuation {continuation!r} has no token the run's tokenizer can encode")
+                raise InputError(f"the continuation {continuation!r} has no token the run's tokenizer can encode")
         return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
 
     def _loglikelihood_tokens(
@@ -188,7 +189,7 @@ class GPTVariantsLM(TemplateLM):
         for strings, ctx, cont in requests:
             ctx = ctx or [self.prefix_token_id]  # a blank context, emptied by moving its spaces to the continuation
             if not cont:
-                raise ValueError(f"the continuation {strings[1]!r} has no token the run's tokenizer can encode")
+                raise InputError(f"the continuation {strings[1]!r} has no token the run's tokenizer can encode")
             tokens = ctx + cont
             plans.append((tokens, continuation_windows(len(ctx), len(tokens), block)))
         out: list[tuple[float, bool] | None] = [None] * len(requests)

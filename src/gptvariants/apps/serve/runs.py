@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...common.errors import GptvError
 from ...store.checkpoint import POINTER
 from ..api import LanguageModel, load
 
 REPORT_SUFFIXES = (".md", ".png", ".json", ".csv")
 
 
-class ServeError(ValueError):
+class ServeError(GptvError, ValueError):
     """A path on the command line that holds no run."""
 
 

@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from ...common.errors import InputError
+
 T = TypeVar("T")
 _SLICE_END = object()
 
@@ -45,7 +47,7 @@ class ModelPool:
 
     def __init__(self, workers: int = 4, max_pending: int = 64, slice_s: float = 0.05, flush_s: float = 0.02) -> None:
         if workers < 1 or max_pending < 1:
-            raise ValueError(f"workers and max_pending must be >= 1, got {workers} and {max_pending}")
+            raise InputError(f"workers and max_pending must be >= 1, got {workers} and {max_pending}")
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="gptv-model")
         self.workers, self.max_pending, self.slice_s, self.flush_s = workers, max_pending, slice_s, flush_s
         self.pending = 0  # touched only on the event loop's thread

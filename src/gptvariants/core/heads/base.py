@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...common.errors import InputError
 from ..objectives import fused_linear_loss
 
 if TYPE_CHECKING:
@@ -200,5 +201,5 @@ class RowDraws:
 def build_head(name: str, spec: HeadSpec, cfg: Any) -> Head:
     """The registered head ``name`` of shape ``spec`` with its hyper-parameters ``cfg``."""
     if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; known: {', '.join(HEADS)}")
+        raise InputError(f"unknown head {name!r}; known: {', '.join(HEADS)}")
     return HEADS[name].from_config(spec, cfg)

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...common.checks import Choice, Float
+from ...common.errors import InputError
 from ..gaussian import GaussianDraw, gaussian_kl
 from ..keys import key
 from ..objectives import local_reparam_loss
@@ -68,7 +69,7 @@ class BayesianHead(Head):
     ) -> None:
         super().__init__()
         if reparam not in ("weight", "local"):
-            raise ValueError(f"reparam must be 'weight' or 'local', got {reparam!r}")
+            raise InputError(f"reparam must be 'weight' or 'local', got {reparam!r}")
         self.reparam = reparam
         self.rho_lr_mult = rho_lr_mult
         self._kept: tuple[torch.Tensor, torch.Tensor | None] | None = None  # see kept_variance

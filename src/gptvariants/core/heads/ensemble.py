@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from ...common.checks import Bool, Int
+from ...common.errors import InputError
 from ..keys import key
 from ..objectives import fused_linear_loss
 from .base import ExportRefused, Head, HeadSpec, RowDraws, register_head
@@ -37,7 +38,7 @@ class HeadEnsemble(Head):
     ) -> None:
         super().__init__()
         if k < 1:
-            raise ValueError(f"ensemble_size must be >= 1, got {k}")
+            raise InputError(f"ensemble_size must be >= 1, got {k}")
         self.members = nn.ModuleList(LinearHead(n_embd, vocab_size, bias, bias_init) for _ in range(k))
         self.split = split
 

@@ -1,0 +1,1 @@
+"""Text to token streams: tokenizers, gptv prepare, memmapped datasets, the synthetic language, eval sources."""

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 
@@ -144,7 +144,7 @@ def load(
     runs = load_runs(run_dir, _device(device))
     prediction.check(runs, generation=True)
     first = runs[0]
-    return LanguageModel(first.model, first.config, load_tokenizer(first.dir), runs=runs, prediction=prediction)
+    return LanguageModel(first.model, first.config, load_tokenizer(first.folder), runs=runs, prediction=prediction)
 
 
 class LanguageModel:
@@ -225,7 +225,7 @@ class LanguageModel:
     ) -> Completion | list[Completion]:
         """Like ``generate`` but returns ``Completion`` records with per-token details."""
         single = isinstance(prompt, str)
-        prompts = [prompt] if single else list(prompt)
+        prompts: list[str] = [prompt] if isinstance(prompt, str) else list(prompt)
         ids = [self.encode_prompt(p, unknown) for p in prompts]
         stop, stops = self._stops(stop, stop_at_eot, stop_tokens)
         decode = self.tokenizer.decode
@@ -244,7 +244,7 @@ class LanguageModel:
             return_details=True,
             **sampling,
         )
-        out = [self._completion(p, i, g, stop) for p, i, g in zip(prompts, ids, gens)]
+        out = [self._completion(p, i, cast(Generation, g), stop) for p, i, g in zip(prompts, ids, gens)]
         return out[0] if single else out
 
     def stream(self, prompt: str, max_new_tokens: int = 200, **options: Any) -> Iterator[TokenRecord]:
@@ -487,7 +487,7 @@ def generation_windows(n_tokens: int, block_size: int, slide: int | None = None)
             windows[-1][1] = t + 1
         else:
             windows.append([start, t + 1, t])
-    return [tuple(w) for w in windows]
+    return [(w[0], w[1], w[2]) for w in windows]
 
 
 __all__ = ["Completion", "LanguageModel", "TokenRecord", "generation_windows", "load"]

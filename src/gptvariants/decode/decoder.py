@@ -136,6 +136,12 @@ class Row:
         self.done = False
         self.cancelled = False
 
+    @property
+    def rng(self) -> torch.Generator:
+        """The row's generator, seeded when the row joined a decoder (rows draw only after that)."""
+        assert self.generator is not None, "a row draws only after it joined a decoder"
+        return self.generator
+
     def cancel(self) -> None:
         self.cancelled = True
 
@@ -236,9 +242,7 @@ class Decoder:
             return []
         o = self.options
         assert o is not None  # set whenever there are rows
-        draws = self.predictor.draws(
-            self.window.hidden, set_probs=o.want_sets, generators=[r.generator for r in self.rows]
-        )
+        draws = self.predictor.draws(self.window.hidden, set_probs=o.want_sets, generators=[r.rng for r in self.rows])
         chosen = self._choose(draws)
         if isinstance(o.penalty, torch.Tensor) or o.penalty != 1.0:  # only penalised rows read it
             self.present[torch.arange(len(chosen), device=chosen.device), chosen] = True
@@ -269,7 +273,7 @@ class Decoder:
             present[j, r.prompt] = True
         self.present = torch.cat([self.present, present])
         for w in self.row_weights:
-            w.add([r.generator for r in joining])
+            w.add([r.rng for r in joining])
         self.options = _BatchOptions.of(self.rows, self.predictor, self.device)
 
     def _leave(self) -> None:
@@ -297,13 +301,15 @@ class Decoder:
         assert o is not None  # set whenever there are rows
         scores = apply_repetition_penalty(draws.scores, self.present, o.penalty)
         if o.set_rows is not False:
+            assert draws.set_probs is not None  # asked for (want_sets) whenever a row restricts to sets
             scores = restrict_to_sets(scores, draws.set_probs, o.tau, o.set_rows)
         if not o.sampled:
             return scores.argmax(-1)
+        assert o.temperature is not None  # set whenever some row samples
         probs = sampling_probs(
             scores[o.sampled] if len(o.sampled) < len(self.rows) else scores, o.temperature, o.top_k, o.top_p
         )
-        drawn = draw_rows(probs, [self.rows[j].generator for j in o.sampled])
+        drawn = draw_rows(probs, [self.rows[j].rng for j in o.sampled])
         if len(o.sampled) == len(self.rows):
             return drawn
         index = torch.tensor(o.sampled, dtype=torch.long, device=drawn.device)

@@ -36,7 +36,11 @@ def _cache(predictor: Predictor, tokens: np.ndarray, stride: int) -> list[tuple[
     """(hidden states per backbone pass, targets) per chunk: the draws' inputs, fixed once (MC
     dropout's masks included), so the NLL is a deterministic function of T."""
     windows = M.sliding_windows(len(tokens), predictor.block_size, stride)
-    return [(draws.hidden, y) for _, y, draws in score_windows(predictor, tokens, windows)]
+    cache = []
+    for _, y, draws in score_windows(predictor, tokens, windows):
+        assert draws.hidden is not None  # score_windows keeps the hidden states of every window
+        cache.append((draws.hidden, y))
+    return cache
 
 
 @torch.no_grad()

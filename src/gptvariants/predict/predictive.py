@@ -302,7 +302,7 @@ class Predictor:
 
 def score_windows(
     predictor: Predictor,
-    tokens: np.ndarray | torch.Tensor,
+    tokens: np.ndarray | torch.Tensor | Sequence[int],
     windows: Sequence[tuple[int, int, int]],
     *,
     batch: int = 16,

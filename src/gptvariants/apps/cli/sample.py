@@ -91,7 +91,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             "(--color always keeps the colours; --json gives the entropies)",
             file=sys.stderr,
         )
-    for k, res in enumerate(results):
+    for k, res in enumerate(results if isinstance(results, list) else [results]):
         records = [t.to_dict() for t in res.tokens]
         if args.json:
             line = {

@@ -137,7 +137,7 @@ class Batcher:
     def _deliver(batch: _Batch, call_soon: Callable, due: bool) -> None:
         """Hand the rows' new tokens to the event loop, in one call: every row's when ``due``, else
         only first tokens and the rows that ended (with an end mark); ended rows leave ``rows``."""
-        out = []
+        out: list[tuple[RowStream, object]] = []
         for stream in batch.rows:
             stream.buffer += stream.tokens.take()
             done = stream.tokens.row.done

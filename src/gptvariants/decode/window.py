@@ -87,6 +87,7 @@ class ContextWindow:
             if first == 0:
                 self.caches = caches
             else:
+                assert self.caches is not None  # new caches are made only when this window keeps caches
                 for mine, new in zip(self.caches, caches):
                     mine.extend(new)
         self.hidden = [torch.cat([a, b]) for a, b in zip(self.hidden, hidden)] if first else hidden
@@ -121,6 +122,7 @@ class ContextWindow:
     def _restart(self, rows: list[int]) -> None:
         """Some rows' windows slid: their caches restart from position 0 with the new window but
         its last token, which the step then appends with every other row's."""
+        assert self.caches is not None  # append restarts rows only when this window keeps caches
         fresh = self.predictor.new_caches(len(rows), self.block_size)
         if self.keep > 1:
             self._encode([self.window(r)[:-1] for r in rows], fresh)

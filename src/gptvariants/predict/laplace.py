@@ -43,7 +43,7 @@ from safetensors.torch import save as save_tensors
 from ..common.atomic import atomic_write
 from ..common.errors import InputError
 from ..core.model import GPT
-from .predictive import Member, Predictor, score_windows
+from .predictive import Draws, Member, Predictor, score_windows
 
 FILE = "laplace.safetensors"
 META = "laplace.json"
@@ -175,7 +175,7 @@ def curvature(model: GPT, tokens: np.ndarray, kind: str, budget: int) -> tuple[d
     stats: dict[str, torch.Tensor] = {}
     n = 0
     for _, _, draws in score_windows(predictor, tokens, windows, batch=16):
-        x, p = _augment(draws.hidden[0].float(), bias), draws.probs
+        x, p = _augment(_hidden(draws).float(), bias), draws.probs
         if kind == "kfac":
             _add(stats, "A", x.t() @ x)
             _add(stats, "G", torch.diag(p.sum(0)) - p.t() @ p)
@@ -183,6 +183,12 @@ def curvature(model: GPT, tokens: np.ndarray, kind: str, budget: int) -> tuple[d
             _add(stats, "H", (p - p.square()).t() @ x.square())
         n += len(x)
     return stats, n
+
+
+def _hidden(draws: Draws) -> torch.Tensor:
+    """The hidden states (n, C) behind draws of a one-pass predictor, as ``score_windows`` yields them."""
+    assert draws.hidden is not None  # score_windows sets draws.hidden on every draws it yields
+    return draws.hidden[0]
 
 
 def _add(stats: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
@@ -212,7 +218,7 @@ def _cache(model: GPT, tokens: np.ndarray, budget: int) -> tuple[list[torch.Tens
     windows = spread_windows(len(tokens), model.config.block_size, budget)
     hidden, targets = [], []
     for _, y, draws in score_windows(Predictor([model], samples=0), tokens, windows, batch=16):
-        hidden.append(draws.hidden[0])
+        hidden.append(_hidden(draws))
         targets.append(y)
     return hidden, targets
 
@@ -233,8 +239,8 @@ def fit_prior_precision(model, base: LaplacePosterior, hidden, targets) -> tuple
     curve = [
         {"prior_precision": float(lam), "nll": probit_nll(model, base.with_prior(lam), hidden, targets)} for lam in GRID
     ]
-    best = min(range(len(curve)), key=lambda i: curve[i]["nll"])
-    lo, hi = GRID[max(best - 1, 0)], GRID[min(best + 1, len(GRID) - 1)]
+    best_i = min(range(len(curve)), key=lambda i: curve[i]["nll"])
+    lo, hi = GRID[max(best_i - 1, 0)], GRID[min(best_i + 1, len(GRID) - 1)]
     for lam in np.logspace(math.log10(lo), math.log10(hi), 9)[1:-1]:
         if not any(np.isclose(lam, c["prior_precision"]) for c in curve):  # the grid's own points are done
             nll = probit_nll(model, base.with_prior(lam), hidden, targets)

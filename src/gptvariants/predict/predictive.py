@@ -25,9 +25,10 @@ of rows at a time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -36,22 +37,30 @@ from .. import metrics as M
 from ..common.errors import InputError
 from ..core.model import GPT
 
-# (h (n, C), samples, generator) -> (S, n, V) fp32 logits
-Sampler = Callable[[torch.Tensor, int, "torch.Generator | None"], torch.Tensor]
+
+class Sampler(Protocol):
+    """A member's own logit sampler (``Member.sampler``): (h (n, C), samples, generator) -> (S, n, V)
+    fp32 logits, and the S it gives for ``samples``. It may also set ``random = False`` when its
+    draws were made beforehand (``Member.draws_randomly``)."""
+
+    def __call__(self, h: torch.Tensor, samples: int, generator: torch.Generator | None, /) -> torch.Tensor: ...
+
+    def n_draws(self, samples: int) -> int: ...
+
+
 CHUNK_FLOATS = 2**23  # ~32 MiB of fp32 (n, V) values per draw and chunk
 Generators = torch.Generator | list[torch.Generator] | None  # one stream, or one per row
 
 
-def run_mc_samples(model: torch.nn.Module) -> int:
+def run_mc_samples(model: GPT) -> int:
     """The draws a run asks of a random method when the caller names none: its config's mc_samples."""
     return model.obj_config.mc_samples
 
 
 @dataclass
 class Member:
-    """One model of the mixture, with its temperature and, optionally, its own logit sampler
-    (a fitted Laplace posterior, one weight draw per generated row, ...): an object with
-    ``__call__(h, samples, generator) -> (S, n, V)`` and ``n_draws(samples) -> S``."""
+    """One model of the mixture, with its temperature and, optionally, its own logit ``Sampler``
+    (a fitted Laplace posterior, one weight draw per generated row, ...)."""
 
     model: GPT
     temperature: float = 1.0
@@ -276,6 +285,7 @@ class Predictor:
             if set_probs:
                 q = torch.sigmoid(z) if member.model.objective.sigmoid else log_ps[-1].exp()
                 sets.append(q.sum(0))
+        assert z is not None  # __init__ refuses no members, and zip(strict=True) gives one h per replica
         lp = torch.cat(log_ps)
         single_softmax = len(hs) == 1 and z.shape[0] == 1 and not self.members[0].model.objective.sigmoid
         return Draws(

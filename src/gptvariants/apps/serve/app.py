@@ -205,7 +205,7 @@ def _add_model_api(
             tokens = run.lm.token_stream(req.prompt, req.max_new_tokens, **req.sampling())
             stream = batcher.submit(run, tokens)
             records = aiter(stream)
-            first = await anext(records, [])
+            first: list[TokenRecord] = await anext(records, [])
         except (ValueError, TypeError) as e:
             pool.release()
             raise HTTPException(400, str(e)) from None

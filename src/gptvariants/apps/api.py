@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ..common.runtime import resolve_device
 from ..data.tokenizers import load_tokenizer
 from ..decode.decoder import Decoder, Generation, Row, RowOptions
 from ..decode.generate import generate, keep_tokens, predictor_for, window_start
@@ -112,12 +113,6 @@ class TokenStream:
         return out
 
 
-def _device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load(
     run_dir: str | Path | Sequence[str | Path],
     device: str | torch.device = "cpu",
@@ -126,13 +121,13 @@ def load(
     temperature: bool = True,
 ) -> LanguageModel:
     """A run folder's current checkpoint and tokenizer as a ``LanguageModel`` (CheckpointError
-    when the checkpoint is missing or half-written). ``device='auto'`` picks CUDA when present.
+    when the checkpoint is missing or half-written). ``device='auto'``: ``runtime.resolve_device``'s rule.
 
     Several runs ("A,B", a list, or a folder of run folders) make an ensemble averaged in
     probability. ``method``: an uncertainty method of ``methods.METHODS`` (default: the heads'
     own draws). ``temperature``: apply the temperature ``gptv calibrate`` fitted (when there is one).
     """
-    runs = load_runs(run_dir, _device(device))
+    runs = load_runs(run_dir, resolve_device(device))
     get_method(method).check(runs)
     first = runs[0]
     return LanguageModel(

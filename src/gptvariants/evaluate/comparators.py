@@ -31,6 +31,7 @@ from ..data.sources import split_source
 from ..predict.calibration import fit_temperature, save_temperature
 from ..predict.laplace import LaplacePosterior, fit_laplace
 from ..predict.methods import load_runs
+from ..store.run import RunFolder
 from .evaluation import evaluate
 from .plots import figure
 
@@ -96,8 +97,7 @@ def systems(variants: list[str], methods: list[str], runs: dict[str, Path], seed
 
 
 def _ms_per_step(run: Path) -> float:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
-    ms = [r["ms_per_step"] for r in records if r["kind"] == "train"]
+    ms = RunFolder(run).ms_per_step()
     return float(np.median(ms)) if ms else float("nan")
 
 

@@ -45,6 +45,7 @@ import torch
 from .. import metrics as M
 from ..common.atomic import atomic_write
 from ..common.progress import Progress
+from ..common.runtime import resolve_device
 from ..core.model import GPT
 from ..data.dataset import TokenDataset
 from ..data.sources import Source, resolve_source, split_source, text_source
@@ -52,8 +53,7 @@ from ..data.tokenizers import load_tokenizer
 from ..decode.generate import generate
 from ..predict.methods import build_predictor, load_runs
 from ..predict.predictive import CHUNK_FLOATS, Predictor, score_windows
-from ..store.checkpoint import latest_checkpoint, load_state
-from ..targets import resolve_device
+from ..store.run import RunFolder
 from ..train.trainlog import log_eval_scalars
 from .uncertainty import ood_summary, selective_summary
 
@@ -625,7 +625,7 @@ def _summarise(
         "data": str(source.data.dir) if source.data else None,
         "split": source.split,
         "source": source.describe(),
-        "step": int(load_state(latest_checkpoint(run_dir))["step"]),
+        "step": RunFolder(run_dir).checkpoint_step(),
         "variant": cfg.objective.variant,
         "head": cfg.objective.head,
         "objective": cfg.objective.objective,

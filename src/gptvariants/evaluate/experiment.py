@@ -39,7 +39,8 @@ from ..common.atomic import atomic_write
 from ..core.config import Config, load_config
 from ..core.variants import get_variant, study_variants
 from ..data.dataset import TokenDataset, prepare
-from ..store.checkpoint import CheckpointError, latest_checkpoint, load_state
+from ..store.checkpoint import CheckpointError
+from ..store.run import RunFolder
 from ..targets import build_targets
 from ..train.loop import train
 from . import comparators as U
@@ -183,15 +184,15 @@ def calibrate_steps(
     cfg = run_config(variant, data_dir, scratch, CALIBRATION_STEPS, seed, config_file, targets)
     cfg.train.eval_interval, cfg.train.eval_iters, cfg.train.log_interval = 10**9, 1, 1
     train(cfg)
-    records = [json.loads(line) for line in (scratch / "metrics.jsonl").read_text().splitlines() if line]
-    ms = float(np.median([r["ms_per_step"] for r in records if r["kind"] == "train" and r["step"] > 2]))
+    ms = float(np.median([r["ms_per_step"] for r in RunFolder(scratch).records("train") if r["step"] > 2]))
     shutil.rmtree(scratch, ignore_errors=True)
     return max(1, int(seconds * 1000 / ms)), ms
 
 
 def checkpoint_step(run_dir: Path) -> int | None:
+    """The step a resumed run would continue from (its newest verified checkpoint), None without one."""
     try:
-        return int(load_state(latest_checkpoint(run_dir))["step"])
+        return RunFolder(run_dir).checkpoint_step()
     except CheckpointError:
         return None
 
@@ -216,8 +217,7 @@ def _summary(variant: str, ev: dict[str, Any], plan: dict[str, Any], run_dir: Pa
     """One row of the results table from an eval JSON."""
     p, c, u = ev["perplexity"], ev["calibration"], ev["uncertainty"]
     d, s, g = ev.get("diversity") or {}, ev["sets"], ev.get("ground_truth") or {}
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    ms = [r["ms_per_step"] for r in records if r["kind"] == "train"]
+    ms = RunFolder(run_dir).ms_per_step()
     return {
         "variant": variant,
         "steps": ev["step"],
@@ -284,8 +284,7 @@ def plot_curves(runs: dict[str, Path], path: Path, ideal: float | None = None) -
     if ideal is not None:
         ax.axhline(ideal, color="grey", linestyle="--", linewidth=1, label="true distribution")
     for name, run_dir in runs.items():
-        evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-        evals = [r for r in evals if r["kind"] == "eval"]
+        evals = RunFolder(run_dir).records("eval")
         ax.plot([r["step"] for r in evals], [r["val_ce"] for r in evals], marker="o", markersize=3, label=name)
     ax.set(
         xlabel="step",

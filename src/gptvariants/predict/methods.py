@@ -19,7 +19,6 @@ Two compositions apply to every method:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +29,11 @@ import torch
 from ..core.config import Config
 from ..data.tokenizers import META_FILE
 from ..store.checkpoint import load_run
+from ..store.run import CALIBRATION_FILE as CALIBRATION_FILE  # calibration.py writes it
+from ..store.run import RunFolder
 from .laplace import LaplacePosterior
 from .predictive import Member, Predictor
 
-CALIBRATION_FILE = "calibration.json"
 POINT = "point"  # the temperature key of a stochastic head's point estimate
 
 
@@ -47,14 +47,7 @@ class Run:
 
     def temperature(self, key: str) -> float:
         """The temperature ``gptv calibrate`` fitted for ``key`` (a method name, or POINT), else 1."""
-        path = self.dir / CALIBRATION_FILE
-        if not path.is_file():
-            return 1.0
-        try:
-            fitted = json.loads(path.read_text(encoding="utf-8"))["temperature"]
-            return float(fitted.get(key, 1.0))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"{path} is unreadable ({e}); delete it or rerun `gptv calibrate`") from None
+        return RunFolder(self.dir).temperature(key)
 
 
 def run_folders(spec: str | Path | Sequence[str | Path]) -> list[Path]:

@@ -39,7 +39,7 @@ from ..common.atomic import (
     fsync_dir,
     reporting_write_failure,
 )
-from ..common.runtime import check_device
+from ..common.runtime import resolve_device
 from ..core.config import Config
 from ..core.model import GPT
 from .integrity import DEFAULT_ALGORITHM, check_files, describe_files
@@ -410,7 +410,7 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu", which: str = "la
     """(model in eval mode, its Config) from a run folder's newest verified checkpoint, or ``which="best"``
     (lowest validation cross-entropy). A one-line DeviceError when ``device`` is not available."""
 
-    dev = check_device(device)
+    dev = resolve_device(device)
     if which not in ("latest", "best"):
         raise ValueError(f"which must be 'latest' or 'best', not {which!r}")
     ckpt = latest_checkpoint(Path(run_dir))

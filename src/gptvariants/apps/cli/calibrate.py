@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from ...common.argtypes import device, non_negative_int, positive_int
+from ...common.runtime import resolve_device
 from ...data.sources import split_source
 from ...predict.calibration import fit_temperature, save_temperature
 from ...predict.laplace import fit_laplace
 from ...predict.methods import CALIBRATION_FILE, METHODS, load_runs
-from ...targets import resolve_device
 
 
 def _data_tokens(run_dir: Path, data: str | None, split: str) -> np.ndarray:

@@ -13,6 +13,7 @@ from gptvariants.apps.cli import evaluate as cli_evaluate
 from gptvariants.core.config import load_config
 from gptvariants.data.dataset import TokenDataset, prepare
 from gptvariants.evaluate import evaluation as E
+from gptvariants.evaluate import scoring as S
 from gptvariants.predict.predictive import Predictor
 from gptvariants.store.checkpoint import load_run
 from gptvariants.train.loop import train
@@ -42,7 +43,7 @@ def test_one_window_equals_full_context_for_any_stride(tiny):
     with torch.no_grad():
         direct = Predictor([model]).nll(x[None, :-1], x[None, 1:]).sum().item()
     for stride in (1, 7, cfg.model.block_size):
-        nll = E.score(model, tokens, stride=stride)["tokens"]["nll"]
+        nll = S.score(model, tokens, stride=stride)["tokens"]["nll"]
         assert len(nll) == len(tokens) - 1
         assert nll.astype(np.float64).sum() == pytest.approx(direct, rel=1e-5)
 
@@ -53,7 +54,7 @@ def test_sliding_windows_give_each_token_its_own_context(tiny):
     model, cfg = load_run(runs["baseline"])
     T = cfg.model.block_size
     tokens = np.asarray(TokenDataset(root / "data").split("val")[: T + 20])
-    nll = E.score(model, tokens, stride=1, batch=3)["tokens"]["nll"]
+    nll = S.score(model, tokens, stride=1, batch=3)["tokens"]["nll"]
     with torch.no_grad():
         for t in (1, T, T + 1, len(tokens) - 1):
             ctx = torch.from_numpy(tokens[max(0, t - T) : t].astype(np.int64))[None]
@@ -68,12 +69,12 @@ def test_bayesian_head_without_variance_has_no_mutual_information(tiny):
     tokens = np.asarray(TokenDataset(root / "data").split("val")[:200])
     with torch.no_grad():
         model.head.weight_rho.fill_(-30.0)  # sigma = softplus(-30) ~ 1e-13
-    sharp = E.score(Predictor([model], samples=4), tokens, stride=16)
+    sharp = S.score(Predictor([model], samples=4), tokens, stride=16)
     assert np.abs(sharp["tokens"]["mutual_information"]).max() < 1e-6
     np.testing.assert_allclose(sharp["tokens"]["nll"], sharp["point"]["nll"], rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         model.head.weight_rho.fill_(0.0)  # sigma = log 2: the draws disagree
-    wide = E.score(Predictor([model], samples=4), tokens, stride=16)
+    wide = S.score(Predictor([model], samples=4), tokens, stride=16)
     assert wide["tokens"]["mutual_information"].mean() > 1e-3
 
 
@@ -89,7 +90,7 @@ def test_eval_writes_every_section(tiny, tmp_path):
     assert r["posterior_mean"]["perplexity"]["perplexity"] > 1
     assert 0 <= r["calibration"]["ece_width"] <= 1 and 0 <= r["calibration"]["brier"] <= 2
     assert r["uncertainty"]["mean_mutual_information"] >= 0 and 0 <= r["uncertainty"]["auroc_entropy"] <= 1
-    assert r["sets"]["reference"].startswith("exact support") and len(r["sets"]["curve"]) == len(E.TAUS)
+    assert r["sets"]["reference"].startswith("exact support") and len(r["sets"]["curve"]) == len(S.TAUS)
     g = r["ground_truth"]
     assert g["kl_true_model"] > 0 and g["true_nats_per_token"] < p["nats_per_token"]
     d = r["diversity"]
@@ -170,9 +171,9 @@ def test_bayesian_set_metrics_use_the_monte_carlo_predictive(tiny):
     tokens = np.asarray(TokenDataset(root / "data").split("val")[:300])
     reference = np.full((len(tokens), 1), np.iinfo(np.uint16).max, dtype=np.uint16)
     reference[:-1, 0] = tokens[1:]
-    first = E.score(Predictor([model], samples=16, seed=0), tokens, stride=16, reference=reference)
+    first = S.score(Predictor([model], samples=16, seed=0), tokens, stride=16, reference=reference)
     tau = float(np.median(first["point"]["confidence"]))  # half the point-estimate sets are empty
-    r = E.score(Predictor([model], samples=16, seed=0), tokens, stride=16, reference=reference, tau=tau)
+    r = S.score(Predictor([model], samples=16, seed=0), tokens, stride=16, reference=reference, tau=tau)
     t, point = r["tokens"], r["point"]
     nonempty = t["set_n_pred"] > 0
     np.testing.assert_array_equal(nonempty, t["confidence"] >= tau)

@@ -13,7 +13,9 @@ from gptvariants.apps.cli import evaluate as cli_evaluate
 from gptvariants.core.config import load_config
 from gptvariants.data.dataset import TokenDataset, prepare
 from gptvariants.evaluate import evaluation as E
+from gptvariants.evaluate import report as R
 from gptvariants.evaluate import scoring as S
+from gptvariants.evaluate.result import EvalResult, format_result, headline, scalars
 from gptvariants.predict.predictive import Predictor
 from gptvariants.store.checkpoint import load_run
 from gptvariants.train.loop import train
@@ -248,3 +250,45 @@ def test_eval_scalars_reach_the_runs_tensorboard(tmp_path, monkeypatch, tiny):
     tags = {t for t, _, s in written if s == 4}
     assert r["logged_to"] == [str(run / "tb")]
     assert {"eval-val/ece", "eval-val/perplexity", "eval-val/aurc_entropy", "eval-val/ood_auroc_entropy"} <= tags
+
+
+# ----------------------------------------------------------------------------- the typed result and its headline
+
+
+def test_the_headline_is_the_one_projection_of_an_eval(tiny, tmp_path):
+    root, runs = tiny
+    r = E.evaluate(runs["bayes"], root / "data", out=tmp_path / "b.json", num_samples=4, max_new_tokens=4)
+    assert "token_metrics" not in r  # nothing registered: the JSON's keys are as before
+    on_disk = json.loads((tmp_path / "b.json").read_text())
+    ev = EvalResult.from_dict(on_disk)
+    assert ev.perplexity.perplexity == r["perplexity"]["perplexity"] and ev.diversity.num_samples == 4
+    h = headline(ev)
+    assert h["ece"] == r["calibration"]["ece_width"] and h["kl_to_truth"] == r["ground_truth"]["kl_true_model"]
+    assert h["mutual_information"] == r["uncertainty"]["mean_mutual_information"]
+    assert h["draws"] == r["mc_samples"] and h["self_bleu"] == r["diversity"]["self_bleu"]
+    logged = scalars(ev, "eval-val")
+    assert logged["eval-val/ece"] == h["ece"] and "eval-val/steps" not in logged
+    assert f"ECE {h['ece']:.4f}" in format_result(r) and format_result(r) == format_result(ev)
+
+
+def test_a_registered_token_metric_reaches_result_headline_console_and_tables(tiny, tmp_path):
+    """A new per-token metric is one registration: no other place changes."""
+    root, runs = tiny
+
+    @S.register_token_metric("top2_mass", header="Top-2 mass", fmt="{:.3f}")
+    def top2_mass(draws, y):
+        return draws.probs.topk(2, dim=-1).values.sum(-1)
+
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            S.register_token_metric("top2_mass")(top2_mass)
+        r = E.evaluate(runs["baseline"], root / "data", out=tmp_path / "t.json", num_samples=0)
+        mass = r["token_metrics"]["top2_mass"]
+        assert r["calibration"]["mean_confidence"] < mass <= 1.0  # the top-2 mass exceeds the top-1 confidence
+        assert headline(r)["top2_mass"] == mass and scalars(r, "eval-val")["eval-val/top2_mass"] == mass
+        assert f"top2_mass {mass:.4f}" in format_result(r)
+        row = R.experiment_row("baseline", r, runs["baseline"], None)
+        assert row["top2_mass"] == mass and list(row)[-3:] == ["top2_mass", "ms_per_step", "train_seconds"]
+        assert "Top-2 mass" in R.experiment_table([row]) and f"{mass:.3f}" in R.experiment_table([row])
+    finally:
+        S.TOKEN_METRICS.pop("top2_mass", None)

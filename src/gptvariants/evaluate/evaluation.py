@@ -96,8 +96,8 @@ def evaluate(
     progress: bool = False,
     log_to_run: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate the run in ``run_dir`` on ``split`` of ``data_dir`` or on an external ``text``;
-    write and return the results.
+    """Evaluate the run in ``run_dir`` on ``split`` of ``data_dir`` or on an external ``text``; write
+    and return the results (the eval JSON; ``result.EvalResult.from_dict`` reads it typed).
 
     text: a file, folder or glob scored with the run's tokenizer (unknown characters dropped
     and counted). ood: a second, out-of-domain source (``sources.resolve_source``) scored the
@@ -111,7 +111,6 @@ def evaluate(
     diversity section. Raises ValueError for a tokenizer mismatch, a text shorter than one
     window, a bad stride, or a sigmoid head asked for set metrics without reference sets.
     """
-
     if (data_dir is None) == (text is None):
         raise ValueError("give the text to evaluate as either a prepared data folder (--data) or a file (--text)")
     runs = load_runs(run_dir, resolve_device(device))
@@ -129,9 +128,7 @@ def evaluate(
     result["diversity"] = None
     if num_samples > 0:
         fresh = build_predictor(runs, method, samples=mc_samples, seed=seed, temperature=temperature)
-        result["diversity"] = _diversity(
-            fresh, tokenizer, source.tokens, result, out, num_samples, max_new_tokens, seed
-        )
+        result["diversity"] = _diversity(fresh, tokenizer, source, result, out, num_samples, max_new_tokens, seed)
     atomic_write(out, json.dumps(result, indent=1, allow_nan=True) + "\n")
     if log_to_run:
         tag = source.split if text is None else "text"
@@ -203,7 +200,7 @@ def _ood(
 def _diversity(
     predictor: Predictor,
     tokenizer,
-    tokens: np.ndarray,
+    source: Source,
     result: dict[str, Any],
     out: Path,
     num_samples: int,
@@ -212,7 +209,7 @@ def _diversity(
 ) -> dict[str, Any]:
     """The ``diversity`` section; the samples go to <out stem>.samples.jsonl, the speed into ``result``."""
     div, samples = sample_diversity(
-        predictor, tokenizer, tokens, num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed
+        predictor, tokenizer, source.tokens, num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed
     )
     result["speed"]["generation_tokens_per_s"] = div.pop("tokens_per_s")
     path = out.with_suffix(".samples.jsonl")

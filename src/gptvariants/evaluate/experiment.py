@@ -43,14 +43,7 @@ from ..targets import build_targets
 from ..train.loop import train
 from . import comparators as U
 from .evaluation import default_out, evaluate
-from .report import (
-    experiment_row,
-    experiment_table,
-    plot_curves,
-    plot_ppl_vs_selfbleu,
-    plot_reliability_bins,
-    write_report,
-)
+from .report import experiment_row, experiment_table, plot_experiment, write_report
 
 # nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide, block 64, batch 12). The default run, all
 # seven variants at DEFAULT_BUDGET steps with data, oracle sets and evaluation, took 323 s on
@@ -238,30 +231,18 @@ def run_experiment(
     ``methods``: uncertainty comparators (``comparators.METHOD_CHOICES``) for the report's
     "Uncertainty" section, with ``ood`` as the shifted text (default: a shifted synthetic language).
     """
-
     if sets not in ("top", "sample"):
         raise ValueError(f"sets must be 'top' or 'sample', not {sets!r}")
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     methods = methods or []
-    variants = list(dict.fromkeys((variants or study_variants()) + U.extra_variants(methods)))
-    if methods and "baseline" not in variants:
-        raise ValueError("the uncertainty comparison (--methods) needs the baseline among the variants")
-    for v in variants:
-        get_variant(v)
+    variants = _variants(variants, methods)
     command = command or _command(
         data, variants, budget, seed, num_samples, max_new_tokens, out, sets, config_file, methods, ood
     )
     plan, save_plan = _plan(out, budget, seed, data, config_file, sets)
-    data_dir = resolve_data(data, out)
-    plan["data"] = str(data_dir)
-    dataset = TokenDataset(data_dir)
-    if methods and ood is None and dataset.synthetic is None:
-        raise ValueError(
-            "the uncertainty comparison needs shifted text on this data: pass --ood text:PATH (or a "
-            "prepared folder with the same tokenizer)"
-        )
+    data_dir, dataset = _open_data(data, out, plan, bool(methods) and ood is None)
     teacher = teacher_for(dataset, variants, out)
     if teacher and sets == "sample":
         teacher = (teacher[0], f"{teacher[1]}-sample{SAMPLE_K}")
@@ -278,12 +259,9 @@ def run_experiment(
         for s in U.ensemble_seeds(seed):
             seed_runs.append(out / "runs" / f"baseline-seed{s}")
             _train_one(f"baseline-seed{s}", "baseline", seed_runs[-1], data_dir, out, plan, save_plan, s, config_file)
-
     evals = {v: _evaluate_one(v, runs[v], data_dir, dataset, plan, num_samples, max_new_tokens, seed) for v in order}
     rows = [experiment_row(v, evals[v], runs[v], plan.get("train_seconds", {}).get(v)) for v in order]
-    plot_curves(runs, out / "curves.png", dataset.meta.get("synthetic", {}).get("cross_entropy_val"))
-    plot_reliability_bins(evals, out / "reliability.png")
-    plot_ppl_vs_selfbleu(rows, out / "ppl_vs_selfbleu.png")
+    plot_experiment(out, runs, evals, rows, dataset.meta.get("synthetic", {}).get("cross_entropy_val"))
     section: list[str] = []
     if methods:
         _, section = U.run_uncertainty(out, data_dir, order, methods, runs, seed_runs, ood or U.DEFAULT_OOD, seed, _log)
@@ -293,6 +271,30 @@ def run_experiment(
     print(experiment_table(rows))
     _log(f"report: {report} ({plan['last_wall_seconds']:.0f} s this run)")
     return report
+
+
+def _variants(variants: list[str] | None, methods: list[str]) -> list[str]:
+    """The variants to train: the given ones (default the study's) and those the comparators need."""
+    variants = list(dict.fromkeys((variants or study_variants()) + U.extra_variants(methods)))
+    if methods and "baseline" not in variants:
+        raise ValueError("the uncertainty comparison (--methods) needs the baseline among the variants")
+    for v in variants:
+        get_variant(v)
+    return variants
+
+
+def _open_data(data: str, out: Path, plan: dict[str, Any], needs_shift: bool) -> tuple[Path, TokenDataset]:
+    """The prepared data folder (recorded in the plan); ``needs_shift``: the comparators have no --ood,
+    so the data must be the synthetic language, which can be shifted."""
+    data_dir = resolve_data(data, out)
+    plan["data"] = str(data_dir)
+    dataset = TokenDataset(data_dir)
+    if needs_shift and dataset.synthetic is None:
+        raise ValueError(
+            "the uncertainty comparison needs shifted text on this data: pass --ood text:PATH (or a "
+            "prepared folder with the same tokenizer)"
+        )
+    return data_dir, dataset
 
 
 def _command(data, variants, budget, seed, num_samples, max_new_tokens, out, sets, config_file, methods, ood) -> str:

@@ -259,6 +259,15 @@ def plot_uncertainty(results: list[dict[str, Any]], rows: list[dict[str, Any]], 
     return path
 
 
+def plot_experiment(
+    out: Path, runs: dict[str, Path], evals: dict[str, Any], rows: list[dict[str, Any]], ideal: float | None
+) -> None:
+    """The experiment's figures: curves.png, reliability.png and ppl_vs_selfbleu.png in ``out``."""
+    plot_curves(runs, out / "curves.png", ideal)
+    plot_reliability_bins(evals, out / "reliability.png")
+    plot_ppl_vs_selfbleu(rows, out / "ppl_vs_selfbleu.png")
+
+
 # ----------------------------------------------------------------------------- report.md
 
 

@@ -208,49 +208,62 @@ def score(
     (sigmoid heads, a single model)}.
     """
     predictor = predictor if isinstance(predictor, Predictor) else Predictor([predictor], seed=0)
-    single = len(predictor.members) == 1 and not predictor.dropout_samples
-    model = predictor.model
-    point_of = None
-    if point and single and predictor.n_draws > 1 and predictor.samples != 0:
-        point_of = Predictor(predictor.members, samples=0)
+    acc = _Pass(predictor, len(tokens), point, tau, train_sets)
     rows_true = _Rows(truth.iter_next_token_probs(tokens[:-1])) if truth is not None else None
     want_sets = reference is not None or truth is not None
-    per_token, point_tokens = _Columns(max(0, len(tokens) - 1)), _Columns(max(0, len(tokens) - 1))
-    sets = _SetCounts(tau)
-    raw_bce = 0.0
     windows = M.sliding_windows(len(tokens), predictor.block_size, stride)
     budget = CHUNK_FLOATS // 2  # the draws' log-probabilities and their probabilities
     bar = Progress(progress, len(tokens) - 1, desc="gptv eval: scoring", unit="token")
     for t, y, draws in score_windows(predictor, tokens, windows, batch=batch, set_probs=want_sets, budget=budget):
-        n = len(y)
-        bar.update(n)
+        bar.update(len(y))
+        p_true = rows_true.take(len(y)).to(y.device) if rows_true is not None else None
+        acc.add(t, y, draws, p_true)
+        if want_sets:
+            rows = reference[t - 1 : t - 1 + len(y)] if reference is not None else None
+            ref = _as_reference(rows) if rows is not None else exact_support(p_true)
+            acc.sets.add(acc.per_token, draws.set_probs, ref.to(y.device))
+    bar.close()
+    return {
+        "tokens": acc.per_token.arrays() or {},
+        "point": acc.point_tokens.arrays(),
+        "curve": acc.sets.curve(),
+        "raw_bce_sum": acc.raw_bce,
+        "train_sets_used": train_sets is not None,
+    }
+
+
+class _Pass:
+    """What one scoring pass accumulates: per-token columns of the predictive distribution (and of
+    the point estimate), set counts, and the sigmoid head's summed raw BCE."""
+
+    def __init__(self, predictor: Predictor, n_tokens: int, point: bool, tau: float, train_sets) -> None:
+        self.single = len(predictor.members) == 1 and not predictor.dropout_samples
+        self.model, self.train_sets = predictor.model, train_sets
+        self.point_of = None
+        if point and self.single and predictor.n_draws > 1 and predictor.samples != 0:
+            self.point_of = Predictor(predictor.members, samples=0)
+        self.per_token, self.point_tokens = _Columns(max(0, n_tokens - 1)), _Columns(max(0, n_tokens - 1))
+        self.sets, self.raw_bce = _SetCounts(tau), 0.0
+
+    def add(self, t: int, y: torch.Tensor, draws: Draws, p_true: torch.Tensor | None) -> None:
+        """The statistics of the targets ``y`` of tokens t..t+n-1 (``p_true``: their exact distribution)."""
+        n, model = len(y), self.model
         stats = draws.token_stats(y)
         if draws.samples == 1:
             stats.pop("expected_entropy"), stats.pop("mutual_information")
         for k, v in stats.items():
-            per_token.append(k, v)
+            self.per_token.append(k, v)
         for m in TOKEN_METRICS.values():
-            per_token.append(metric_column(m.name), m.fn(draws, y))
-        if point_of is not None:
-            for k, v in M.token_stats(point_of.draws(draws.hidden).probs, y).items():
-                point_tokens.append(k, v)
-        if single and model.objective.sigmoid:
-            s = _as_reference(train_sets[t - 1 : t - 1 + n]).to(y.device) if train_sets is not None else None
-            raw_bce += model.head.loss(draws.hidden[0], model.objective, y, s)[0].item() * n
-        p_true = rows_true.take(n).to(y.device) if rows_true is not None else None
+            self.per_token.append(metric_column(m.name), m.fn(draws, y))
+        if self.point_of is not None:
+            for k, v in M.token_stats(self.point_of.draws(draws.hidden).probs, y).items():
+                self.point_tokens.append(k, v)
+        if self.single and model.objective.sigmoid:
+            sets = self.train_sets
+            s = _as_reference(sets[t - 1 : t - 1 + n]).to(y.device) if sets is not None else None
+            self.raw_bce += model.head.loss(draws.hidden[0], model.objective, y, s)[0].item() * n
         if p_true is not None:
             for k, v in M.calibration_vs_truth(draws.probs, p_true).items():
-                per_token.append(f"truth_{k}", v)
-            per_token.append("truth_entropy", M.entropy(p_true))
-            per_token.append("truth_nll", -p_true.gather(1, y[:, None]).squeeze(1).clamp_min(1e-30).log())
-        if want_sets:
-            ref = _as_reference(reference[t - 1 : t - 1 + n]) if reference is not None else exact_support(p_true)
-            sets.add(per_token, draws.set_probs, ref.to(y.device))
-    bar.close()
-    return {
-        "tokens": per_token.arrays() or {},
-        "point": point_tokens.arrays(),
-        "curve": sets.curve(),
-        "raw_bce_sum": raw_bce,
-        "train_sets_used": train_sets is not None,
-    }
+                self.per_token.append(f"truth_{k}", v)
+            self.per_token.append("truth_entropy", M.entropy(p_true))
+            self.per_token.append("truth_nll", -p_true.gather(1, y[:, None]).squeeze(1).clamp_min(1e-30).log())

@@ -7,6 +7,11 @@ chunk of probabilities (N, V) into per-token 1-D statistics, so nothing of size
 reducers (perplexity_summary, expected_calibration_error, auroc, set_prf, ...) turn them
 into scalars. Reducers accept numpy arrays or torch tensors and return Python floats.
 
+Window plans, the (begin, end, score_from) triples ``predictive.score_windows`` runs, all live
+here: sliding_windows (eval, calibration, lm-eval's rolling loglikelihood), continuation_windows
+(lm-eval's continuations), spread_windows (the Laplace fit). Generation's own policy
+(``api.generation_windows``) follows the decoder's ``window_start`` and stays beside it.
+
 Logarithms are natural (nats) unless a name says bits.
 """
 
@@ -61,6 +66,26 @@ def sliding_windows(n_tokens: int, block_size: int, stride: int) -> list[tuple[i
         scored_to = end
         begin += stride
     return windows
+
+
+def continuation_windows(n_context: int, n_tokens: int, block_size: int) -> list[tuple[int, int, int]]:
+    """Windows scoring targets n_context .. n_tokens - 1 of a sequence of n_tokens: chunks of at
+    most block_size targets, each fed the (at most) block_size tokens before its last target."""
+    if not 1 <= n_context < n_tokens:
+        raise ValueError(f"need a context and a continuation, got {n_context} of {n_tokens} tokens")
+    out = []
+    for first in range(n_context, n_tokens, block_size):
+        end = min(first + block_size, n_tokens)
+        out.append((max(0, end - 1 - block_size), end, first))
+    return out
+
+
+def spread_windows(n_tokens: int, block: int, budget: int) -> list[tuple[int, int, int]]:
+    """About ``budget`` target positions as whole windows of block_size spread evenly over a stream
+    (``score_windows`` triples: every target of each window is scored)."""
+    count = max(1, min(budget // block, (n_tokens - 1) // (block + 1)))
+    starts = np.linspace(0, n_tokens - block - 1, count).astype(int)
+    return [(int(b), int(b) + block + 1, int(b) + 1) for b in starts]
 
 
 def perplexity_summary(

@@ -29,7 +29,7 @@ import numpy as np
 from ..common.atomic import atomic_write
 from ..data.sources import split_source
 from ..predict.calibration import fit_temperature, save_temperature
-from ..predict.laplace import LaplacePosterior, fit_laplace
+from ..predict.laplace import fit_laplace
 from ..predict.methods import load_runs
 from ..store.run import RunFolder
 from .evaluation import evaluate
@@ -176,10 +176,9 @@ def run_uncertainty(
 
     if "laplace" in methods:
         base = runs["baseline"]
-        try:
-            LaplacePosterior.check_fitted(base)
+        if RunFolder(base).has_laplace():
             log(f"laplace: {base} (already fitted)")
-        except ValueError:
+        else:
             [run] = load_runs(base)
             info = fit_laplace(
                 base,

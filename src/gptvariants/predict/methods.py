@@ -61,8 +61,8 @@ def run_folders(spec: str | Path | Sequence[str | Path]) -> list[Path]:
         raise ValueError("no run folder given")
     out: list[Path] = []
     for p in parts:
-        if p.is_dir() and not (p / "checkpoint.json").exists():
-            members = sorted(d for d in p.iterdir() if (d / "checkpoint.json").is_file())
+        if p.is_dir() and not RunFolder.is_run(p):
+            members = [r.path for r in RunFolder.find(p)]
             out.extend(members or [p])  # no members: let load_run say what is missing
         else:
             out.append(p)

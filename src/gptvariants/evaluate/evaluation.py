@@ -26,6 +26,8 @@ diversity    num_samples continuations of prompts taken from the split with a fi
              Self-BLEU, Distinct-1..4, the study's Distinct-4 variant, mean length; samples
              are saved beside the JSON.
 speed        tokens/s of the scoring pass and of generation.
+token_metrics the mean of each per-token metric registered with
+             ``scoring.register_token_metric`` (the section exists only when one is).
 
 Modules: ``scoring`` (the pass over the text), ``summaries`` (the sections, ``CONVENTIONS``),
 ``diversity``, ``uncertainty`` (ood, selective), ``result`` (the typed result and its headline),

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from gptvariants.data.dataset import TokenDataset
 from gptvariants.data.sources import shifted_source
-from gptvariants.evaluate.evaluation import score
+from gptvariants.evaluate.scoring import score
 from gptvariants.predict.predictive import Predictor
 from gptvariants.store.checkpoint import load_run, load_weights
 

@@ -26,7 +26,7 @@ import torch
 from gptvariants.common.allocator import keep_freed_memory
 from gptvariants.core.config import load_config
 from gptvariants.core.model import GPT
-from gptvariants.evaluate.evaluation import score
+from gptvariants.evaluate.scoring import score
 from gptvariants.predict.predictive import Predictor
 
 SHAPES = {  # name: (n_layer, n_head, n_embd, block, vocab)

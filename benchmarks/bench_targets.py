@@ -27,12 +27,13 @@ import numpy as np
 import torch
 
 from gptvariants.common.atomic import atomic_write
+from gptvariants.common.runtime import resolve_device
 from gptvariants.core.config import load_config
 from gptvariants.core.model import GPT
 from gptvariants.data.dataset import TokenDataset
 from gptvariants.data.prepare import prepare
 from gptvariants.store.checkpoint import save_checkpoint
-from gptvariants.targets import build_targets, load_teacher, resolve_device
+from gptvariants.targets import build_targets, load_teacher
 
 
 def random_run(data: TokenDataset, run: Path, size: str, block_size: int) -> None:

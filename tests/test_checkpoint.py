@@ -235,3 +235,64 @@ def test_checkpoints_and_written_files_follow_the_umask(tmp_path):
     assert ckpt.stat().st_mode & 0o777 == 0o755
     for f in (*ckpt.iterdir(), tmp_path / "run" / "checkpoint.json", tmp_path / "run" / "notes.json"):
         assert f.stat().st_mode & 0o777 == 0o644, f
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+
+def test_run_folder_reads_its_step_without_loading_a_checkpoint(tmp_path, monkeypatch):
+    from gptvariants.store.run import RunFolder
+
+    run = tmp_path / "run"
+    assert not RunFolder.is_run(run) and RunFolder(run).step is None
+    _save(run, 3)
+    _save(run, 7)
+    monkeypatch.setattr(ck.torch, "load", lambda *a, **k: pytest.fail("state.pt was loaded"))
+    folder = RunFolder(run)
+    assert RunFolder.is_run(run) and folder.step == 7 and folder.checkpoint_step() == 7
+    assert [s for s, _ in folder.checkpoints()] == [3, 7]
+    assert [f.path for f in RunFolder.find(tmp_path)] == [run]
+
+
+def test_run_folder_step_of_a_damaged_newest_checkpoint_is_the_one_loaded(tmp_path):
+    from gptvariants.store.run import RunFolder
+
+    run = tmp_path / "run"
+    _save(run, 3)
+    _flip(_save(run, 7)[0] / "model.safetensors")
+    assert RunFolder(run).step == 7  # what the pointer says
+    assert RunFolder(run).checkpoint_step() == 3  # what eval and a resume actually use
+
+
+def test_run_folder_metrics_temperature_laplace_and_config(tmp_path, capsys):
+    from gptvariants.store.run import RunFolder
+
+    run = tmp_path / "run"
+    model, cfg = _model()
+    ck.save_checkpoint(run, model, {"step": 2, "config": cfg.to_dict()})
+    cfg.save(run / "config.json")
+    folder = RunFolder(run)
+    assert folder.records() == [] and folder.temperature("default") == 1.0 and not folder.has_laplace()
+    lines = [{"kind": "train", "step": 1, "ms_per_step": 5.0}, {"kind": "eval", "step": 2, "val_ce": 1.5}]
+    folder.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"kind": "tra')
+    assert folder.records("eval") == [lines[1]] and folder.ms_per_step() == [5.0]
+    assert "dropped a half-written last line" in capsys.readouterr().err  # the one reader's rule
+    folder.calibration_file.write_text(json.dumps({"temperature": {"default": 1.25}}))
+    assert folder.temperature("default") == 1.25 and folder.temperature("laplace") == 1.0
+    folder.calibration_file.write_text("[1]")
+    with pytest.raises(ValueError, match="calibration.json is unreadable"):
+        folder.temperature("default")
+    for p in folder.laplace_files:
+        p.write_text("{}")
+    assert folder.has_laplace()
+    assert folder.config().objective.variant == cfg.objective.variant
+
+
+def test_auto_device_has_one_rule(monkeypatch):
+    from gptvariants.common.runtime import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("mps")  # train, eval, calibrate, targets and the API alike

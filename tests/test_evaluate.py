@@ -14,6 +14,9 @@ from gptvariants.core.config import load_config
 from gptvariants.data.dataset import TokenDataset
 from gptvariants.data.prepare import prepare
 from gptvariants.evaluate import evaluation as E
+from gptvariants.evaluate import report as R
+from gptvariants.evaluate import scoring as S
+from gptvariants.evaluate.result import EvalResult, format_result, headline, scalars
 from gptvariants.predict.predictive import Predictor
 from gptvariants.store.checkpoint import load_run
 from gptvariants.train.loop import train
@@ -43,7 +46,7 @@ def test_one_window_equals_full_context_for_any_stride(tiny):
     with torch.no_grad():
         direct = Predictor([model]).nll(x[None, :-1], x[None, 1:]).sum().item()
     for stride in (1, 7, cfg.model.block_size):
-        nll = E.score(model, tokens, stride=stride)["tokens"]["nll"]
+        nll = S.score(model, tokens, stride=stride)["tokens"]["nll"]
         assert len(nll) == len(tokens) - 1
         assert nll.astype(np.float64).sum() == pytest.approx(direct, rel=1e-5)
 
@@ -54,7 +57,7 @@ def test_sliding_windows_give_each_token_its_own_context(tiny):
     model, cfg = load_run(runs["baseline"])
     T = cfg.model.block_size
     tokens = np.asarray(TokenDataset(root / "data").split("val")[: T + 20])
-    nll = E.score(model, tokens, stride=1, batch=3)["tokens"]["nll"]
+    nll = S.score(model, tokens, stride=1, batch=3)["tokens"]["nll"]
     with torch.no_grad():
         for t in (1, T, T + 1, len(tokens) - 1):
             ctx = torch.from_numpy(tokens[max(0, t - T) : t].astype(np.int64))[None]
@@ -69,12 +72,12 @@ def test_bayesian_head_without_variance_has_no_mutual_information(tiny):
     tokens = np.asarray(TokenDataset(root / "data").split("val")[:200])
     with torch.no_grad():
         model.head.weight_rho.fill_(-30.0)  # sigma = softplus(-30) ~ 1e-13
-    sharp = E.score(Predictor([model], samples=4), tokens, stride=16)
+    sharp = S.score(Predictor([model], samples=4), tokens, stride=16)
     assert np.abs(sharp["tokens"]["mutual_information"]).max() < 1e-6
     np.testing.assert_allclose(sharp["tokens"]["nll"], sharp["point"]["nll"], rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         model.head.weight_rho.fill_(0.0)  # sigma = log 2: the draws disagree
-    wide = E.score(Predictor([model], samples=4), tokens, stride=16)
+    wide = S.score(Predictor([model], samples=4), tokens, stride=16)
     assert wide["tokens"]["mutual_information"].mean() > 1e-3
 
 
@@ -90,7 +93,7 @@ def test_eval_writes_every_section(tiny, tmp_path):
     assert r["posterior_mean"]["perplexity"]["perplexity"] > 1
     assert 0 <= r["calibration"]["ece_width"] <= 1 and 0 <= r["calibration"]["brier"] <= 2
     assert r["uncertainty"]["mean_mutual_information"] >= 0 and 0 <= r["uncertainty"]["auroc_entropy"] <= 1
-    assert r["sets"]["reference"].startswith("exact support") and len(r["sets"]["curve"]) == len(E.TAUS)
+    assert r["sets"]["reference"].startswith("exact support") and len(r["sets"]["curve"]) == len(S.TAUS)
     g = r["ground_truth"]
     assert g["kl_true_model"] > 0 and g["true_nats_per_token"] < p["nats_per_token"]
     d = r["diversity"]
@@ -171,9 +174,9 @@ def test_bayesian_set_metrics_use_the_monte_carlo_predictive(tiny):
     tokens = np.asarray(TokenDataset(root / "data").split("val")[:300])
     reference = np.full((len(tokens), 1), np.iinfo(np.uint16).max, dtype=np.uint16)
     reference[:-1, 0] = tokens[1:]
-    first = E.score(Predictor([model], samples=16, seed=0), tokens, stride=16, reference=reference)
+    first = S.score(Predictor([model], samples=16, seed=0), tokens, stride=16, reference=reference)
     tau = float(np.median(first["point"]["confidence"]))  # half the point-estimate sets are empty
-    r = E.score(Predictor([model], samples=16, seed=0), tokens, stride=16, reference=reference, tau=tau)
+    r = S.score(Predictor([model], samples=16, seed=0), tokens, stride=16, reference=reference, tau=tau)
     t, point = r["tokens"], r["point"]
     nonempty = t["set_n_pred"] > 0
     np.testing.assert_array_equal(nonempty, t["confidence"] >= tau)
@@ -248,3 +251,45 @@ def test_eval_scalars_reach_the_runs_tensorboard(tmp_path, monkeypatch, tiny):
     tags = {t for t, _, s in written if s == 4}
     assert r["logged_to"] == [str(run / "tb")]
     assert {"eval-val/ece", "eval-val/perplexity", "eval-val/aurc_entropy", "eval-val/ood_auroc_entropy"} <= tags
+
+
+# ----------------------------------------------------------------------------- the typed result and its headline
+
+
+def test_the_headline_is_the_one_projection_of_an_eval(tiny, tmp_path):
+    root, runs = tiny
+    r = E.evaluate(runs["bayes"], root / "data", out=tmp_path / "b.json", num_samples=4, max_new_tokens=4)
+    assert "token_metrics" not in r  # nothing registered: the JSON's keys are as before
+    on_disk = json.loads((tmp_path / "b.json").read_text())
+    ev = EvalResult.from_dict(on_disk)
+    assert ev.perplexity.perplexity == r["perplexity"]["perplexity"] and ev.diversity.num_samples == 4
+    h = headline(ev)
+    assert h["ece"] == r["calibration"]["ece_width"] and h["kl_to_truth"] == r["ground_truth"]["kl_true_model"]
+    assert h["mutual_information"] == r["uncertainty"]["mean_mutual_information"]
+    assert h["draws"] == r["mc_samples"] and h["self_bleu"] == r["diversity"]["self_bleu"]
+    logged = scalars(ev, "eval-val")
+    assert logged["eval-val/ece"] == h["ece"] and "eval-val/steps" not in logged
+    assert f"ECE {h['ece']:.4f}" in format_result(r) and format_result(r) == format_result(ev)
+
+
+def test_a_registered_token_metric_reaches_result_headline_console_and_tables(tiny, tmp_path):
+    """A new per-token metric is one registration: no other place changes."""
+    root, runs = tiny
+
+    @S.register_token_metric("top2_mass", header="Top-2 mass", fmt="{:.3f}")
+    def top2_mass(draws, y):
+        return draws.probs.topk(2, dim=-1).values.sum(-1)
+
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            S.register_token_metric("top2_mass")(top2_mass)
+        r = E.evaluate(runs["baseline"], root / "data", out=tmp_path / "t.json", num_samples=0)
+        mass = r["token_metrics"]["top2_mass"]
+        assert r["calibration"]["mean_confidence"] < mass <= 1.0  # the top-2 mass exceeds the top-1 confidence
+        assert headline(r)["top2_mass"] == mass and scalars(r, "eval-val")["eval-val/top2_mass"] == mass
+        assert f"top2_mass {mass:.4f}" in format_result(r)
+        row = R.experiment_row("baseline", r, runs["baseline"], None)
+        assert row["top2_mass"] == mass and list(row)[-3:] == ["top2_mass", "ms_per_step", "train_seconds"]
+        assert "Top-2 mass" in R.experiment_table([row]) and f"{mass:.3f}" in R.experiment_table([row])
+    finally:
+        S.TOKEN_METRICS.pop("top2_mass", None)

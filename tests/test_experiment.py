@@ -23,6 +23,13 @@ warmup_iters = 2
 """
 
 
+RESULTS_CSV_COLUMNS = (
+    "variant steps perplexity self_bleu distinct_4_study distinct_4 nats_per_token bits_per_byte ece brier accuracy "
+    "auroc_entropy set_f1 set_f1_best set_best_tau set_size kl_to_truth mutual_information raw_bce ms_per_step "
+    "train_seconds"
+).split()
+
+
 def _cli(argv):
     parser = argparse.ArgumentParser(prog="gptv")
     cli_experiment.register_cli(parser.add_subparsers())
@@ -98,7 +105,9 @@ def test_experiment_runs_reports_and_resumes(tmp_path, capsys):
     assert rows["bayes"]["mutual_information"] > 0 and rows["baseline"]["mutual_information"] is None
     assert rows["sig"]["raw_bce"] > 0 and rows["sig"]["kl_to_truth"] > 0
     with open(out / "results.csv") as f:
-        assert [r["variant"] for r in csv.DictReader(f)] == ["baseline", "bayes", "sig"]
+        table = csv.DictReader(f)
+        assert [r["variant"] for r in table] == ["baseline", "bayes", "sig"]
+    assert table.fieldnames == RESULTS_CSV_COLUMNS  # the results.csv of earlier versions, column for column
     for png in ("curves.png", "reliability.png", "ppl_vs_selfbleu.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 

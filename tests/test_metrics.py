@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from gptvariants import metrics as M
+from gptvariants.evaluate.report import plot_reliability
+from gptvariants.predict.predictive import Draws
 
 # ----------------------------------------------------------------------------- perplexity
 
@@ -80,18 +82,19 @@ def test_entropy_of_uniform_is_log_v():
     torch.testing.assert_close(s["entropy"], torch.full((3,), math.log(V)), rtol=1e-5, atol=1e-5)
 
 
-def test_mc_stats_mutual_information():
+def test_draws_token_stats_mutual_information():
+    # entropy and MI over draws are computed once, by the predictive distribution's Draws
     probs = torch.softmax(torch.randn(5, 7, generator=torch.Generator().manual_seed(0)), -1)
     targets = torch.arange(5)
-    agree = M.mc_token_stats(probs.expand(4, 5, 7), targets)
+    agree = Draws(probs.expand(4, 5, 7).log()).token_stats(targets)
     torch.testing.assert_close(agree["mutual_information"], torch.zeros(5), atol=1e-6, rtol=0)
-    torch.testing.assert_close(agree["expected_entropy"], agree["entropy"])
+    torch.testing.assert_close(agree["expected_entropy"], agree["entropy"], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(agree["brier"], M.token_stats(probs, targets)["brier"])
-    # two one-hot draws on different classes: mean (1/2, 1/2, 0), each draw has entropy 0
-    draws = torch.tensor([[[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]]])
-    s = M.mc_token_stats(draws, torch.tensor([0]))
-    assert s["expected_entropy"].item() == pytest.approx(0.0, abs=1e-7)
-    assert s["mutual_information"].item() == pytest.approx(math.log(2), rel=1e-6)
+    # two near one-hot draws on different classes: mean (1/2, 1/2, 0), each draw has entropy ~0
+    draws = torch.tensor([[[1.0, 1e-30, 1e-30]], [[1e-30, 1.0, 1e-30]]])
+    s = Draws(draws.log()).token_stats(torch.tensor([0]))
+    assert s["expected_entropy"].item() == pytest.approx(0.0, abs=1e-6)
+    assert s["mutual_information"].item() == pytest.approx(math.log(2), rel=1e-5)
     assert s["p_true"].item() == pytest.approx(0.5)
 
 
@@ -157,7 +160,7 @@ def test_plot_reliability_writes_png(tmp_path):
     rng = np.random.default_rng(1)
     conf = rng.uniform(0.2, 1.0, 500)
     curves = {"calibrated": (conf, rng.random(500) < conf), "overconfident": (conf, rng.random(500) < conf - 0.2)}
-    path = M.plot_reliability(curves, tmp_path / "sub" / "rel.png", title="test")
+    path = plot_reliability(curves, tmp_path / "sub" / "rel.png", title="test")
     data = path.read_bytes()
     assert len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -1,11 +1,16 @@
 """Evaluation metrics: perplexity, calibration, uncertainty, multi-label sets, diversity.
 
 Pure functions, no model code. The evaluator scores a split chunk by chunk; the torch
-helpers (token_stats, mc_token_stats, calibration_vs_truth, set_counts, set_curve) turn one
+helpers (token_stats, calibration_vs_truth, set_counts, set_curve) turn one
 chunk of probabilities (N, V) into per-token 1-D statistics, so nothing of size
 (whole split, V) is ever held. The evaluator concatenates those per-token arrays and the
 reducers (perplexity_summary, expected_calibration_error, auroc, set_prf, ...) turn them
 into scalars. Reducers accept numpy arrays or torch tensors and return Python floats.
+
+Window plans, the (begin, end, score_from) triples ``predictive.score_windows`` runs, all live
+here: sliding_windows (eval, calibration, lm-eval's rolling loglikelihood), continuation_windows
+(lm-eval's continuations), spread_windows (the Laplace fit). Generation's own policy
+(``api.generation_windows``) follows the decoder's ``window_start`` and stays beside it.
 
 Logarithms are natural (nats) unless a name says bits.
 """
@@ -15,7 +20,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -62,6 +66,26 @@ def sliding_windows(n_tokens: int, block_size: int, stride: int) -> list[tuple[i
         scored_to = end
         begin += stride
     return windows
+
+
+def continuation_windows(n_context: int, n_tokens: int, block_size: int) -> list[tuple[int, int, int]]:
+    """Windows scoring targets n_context .. n_tokens - 1 of a sequence of n_tokens: chunks of at
+    most block_size targets, each fed the (at most) block_size tokens before its last target."""
+    if not 1 <= n_context < n_tokens:
+        raise ValueError(f"need a context and a continuation, got {n_context} of {n_tokens} tokens")
+    out = []
+    for first in range(n_context, n_tokens, block_size):
+        end = min(first + block_size, n_tokens)
+        out.append((max(0, end - 1 - block_size), end, first))
+    return out
+
+
+def spread_windows(n_tokens: int, block: int, budget: int) -> list[tuple[int, int, int]]:
+    """About ``budget`` target positions as whole windows of block_size spread evenly over a stream
+    (``score_windows`` triples: every target of each window is scored)."""
+    count = max(1, min(budget // block, (n_tokens - 1) // (block + 1)))
+    starts = np.linspace(0, n_tokens - block - 1, count).astype(int)
+    return [(int(b), int(b) + block + 1, int(b) + 1) for b in starts]
 
 
 def perplexity_summary(
@@ -119,24 +143,6 @@ def token_stats(probs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.T
         "brier": (p * p).sum(1) - 2 * p_true + 1,
         "entropy": entropy(p),
     }
-
-
-@torch.no_grad()
-def mc_token_stats(draw_probs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-    """token_stats of the Monte-Carlo predictive mean, plus the entropy decomposition.
-
-    draw_probs (S, N, V): S weight draws. With p_bar = mean_s p_s:
-      entropy            = H(p_bar)              total uncertainty
-      expected_entropy   = mean_s H(p_s)         aleatoric
-      mutual_information = H(p_bar) - mean_s H(p_s) >= 0 (Jensen)  epistemic;
-    tiny negatives from rounding are clamped to 0.
-    """
-    p = _as_float(draw_probs)
-    stats = token_stats(p.mean(0), targets)
-    # one draw at a time: entropy(p) on all draws at once would allocate another (S, N, V)
-    stats["expected_entropy"] = sum(entropy(p_s) for p_s in p) / p.shape[0]
-    stats["mutual_information"] = (stats["entropy"] - stats["expected_entropy"]).clamp_min(0.0)
-    return stats
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -231,42 +237,6 @@ def true_probability_ece(
     removes the Bernoulli sampling noise that biases the ordinary ECE upwards on small bins.
     """
     return expected_calibration_error(confidence, true_prob_of_pred, n_bins, scheme)
-
-
-def plot_reliability(
-    curves: dict[str, tuple[ArrayLike, ArrayLike]],
-    path: str | Path,
-    n_bins: int = 15,
-    title: str = "Reliability diagram",
-    scheme: BinScheme = "width",
-) -> Path:
-    """Reliability diagram of one or several models, saved as a PNG; returns the path.
-
-    curves maps a label to (confidence, correct). Top panel: accuracy vs. mean confidence
-    per bin and the diagonal (perfect calibration), ECE in the legend; bottom panel: token
-    counts in n_bins equal-width confidence bins (log scale), i.e. what each point is worth.
-    """
-    # Figure + Agg canvas instead of pyplot: no global backend switch, no open-figure leak
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.5, 6.5))
-    FigureCanvasAgg(fig)
-    ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
-    for label, (conf, corr) in curves.items():
-        curve = reliability_curve(conf, corr, n_bins, scheme)
-        ece = expected_calibration_error(conf, corr, n_bins, scheme)
-        ax.plot(curve.confidence, curve.accuracy, marker="o", markersize=3, label=f"{label} (ECE {ece:.3f})")
-        hist.hist(_np(conf), bins=n_bins, range=(0.0, 1.0), histtype="step", label=label)
-    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=title)
-    ax.legend(loc="upper left", fontsize="small")
-    hist.set(xlabel="confidence (max probability)", ylabel="tokens", yscale="log")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
 
 
 # ---------------------------------------------------------------------------------- AUROC

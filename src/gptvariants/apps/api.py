@@ -27,6 +27,7 @@ from typing import Any, NamedTuple, cast
 
 import torch
 
+from ..common.runtime import resolve_device
 from ..data.tokenizers import load_tokenizer
 from ..decode.decoder import Decoder, Generation, Row, RowOptions
 from ..decode.generate import generate, keep_tokens, window_start
@@ -116,12 +117,6 @@ class TokenStream:
         return out
 
 
-def _device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load(
     run_dir: str | Path | Sequence[str | Path],
     device: str | torch.device = "cpu",
@@ -132,7 +127,7 @@ def load(
     prediction: Prediction | None = None,
 ) -> LanguageModel:
     """A run folder's current checkpoint and tokenizer as a ``LanguageModel`` (CheckpointError
-    when the checkpoint is missing or half-written). ``device='auto'`` picks CUDA when present.
+    when the checkpoint is missing or half-written). ``device='auto'``: ``runtime.resolve_device``'s rule.
 
     Several runs ("A,B", a list, or a folder of run folders) make an ensemble averaged in
     probability. ``method``: an uncertainty method of ``methods.METHODS`` (default: the heads'
@@ -141,7 +136,7 @@ def load(
     ``prediction``: the three at once (a ``Prediction``), in their place.
     """
     prediction = prediction or Prediction(method, mc_samples, temperature)
-    runs = load_runs(run_dir, _device(device))
+    runs = load_runs(run_dir, resolve_device(device))
     prediction.check(runs, generation=True)
     first = runs[0]
     return LanguageModel(first.model, first.config, load_tokenizer(first.folder), runs=runs, prediction=prediction)

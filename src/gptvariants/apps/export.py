@@ -40,7 +40,8 @@ from ..common.errors import GptvError
 from ..core.heads import ExportRefused
 from ..core.pretrained import CONV1D_WEIGHTS, META_KEY
 from ..data.tokenizers import EOT_TEXT, load_tokenizer
-from ..store.checkpoint import POINTER, load_run
+from ..store.checkpoint import load_run
+from ..store.run import RunFolder
 from .hf_modeling import MODELING_FILE
 
 FORMATS = ("hf",)
@@ -260,7 +261,7 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "hf", force: bool = 
             f"{run_dir}: the tokenizer has {tokenizer.vocab_size} ids but the model only {cfg.model.vocab_size}"
         )
     readout = readout_of(model)
-    step = json.loads((run_dir / POINTER).read_text()).get("step")
+    step = RunFolder(run_dir).step
     meta = _meta(cfg, readout, step, tokenizer, run_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"

@@ -39,8 +39,12 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
 
-def check_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch.device ('auto': CUDA, else MPS, else CPU); a one-line DeviceError when it is not there."""
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device; a one-line DeviceError when it is not there.
+
+    The one rule for "auto", used by every command (train, eval, calibrate, targets, the API,
+    serve, lm-eval): the first CUDA GPU, else Apple's MPS, else the CPU.
+    """
     name = str(device)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
@@ -72,7 +76,7 @@ def setup_runtime(cfg) -> Runtime:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = check_device(cfg.train.device)
+    device = resolve_device(cfg.train.device)
     if device.type == "cuda" and world > 1 and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
     if device.type == "cuda":

@@ -30,10 +30,12 @@ from ..common.atomic import atomic_write
 from ..common.errors import InputError
 from ..data.sources import split_source
 from ..predict.calibration import fit_temperature, save_temperature
-from ..predict.laplace import LaplacePosterior, fit_laplace
+from ..predict.laplace import fit_laplace
 from ..predict.methods import load_runs
+from ..store.run import RunFolder
 from .evaluation import evaluate
-from .plots import figure
+from .report import plot_uncertainty, uncertainty_section
+from .result import headline
 
 METHOD_CHOICES = ("temperature", "mc_dropout", "ensemble", "laplace")
 ENSEMBLE_RUNS = 4  # runs of a deep ensemble (the baseline and 3 more seeds)
@@ -97,8 +99,7 @@ def systems(variants: list[str], methods: list[str], runs: dict[str, Path], seed
 
 
 def _ms_per_step(run: Path) -> float:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
-    ms = [r["ms_per_step"] for r in records if r["kind"] == "train"]
+    ms = RunFolder(run).ms_per_step()
     return float(np.median(ms)) if ms else float("nan")
 
 
@@ -134,120 +135,30 @@ def evaluate_system(system: System, data_dir: Path, ood: str, seed: int, out: Pa
 
 
 def _row(res: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-    ev, o = res["eval"], res["eval"]["ood"]
-    halves_before = np.mean([f["before"]["ece"] for f in res["fits"]])
-    halves_after = np.mean([f["after"]["ece"] for f in res["fits"]])
-    epistemic = "mi" if "mi" in o["auroc"]["token"] else None
+    """One row of the uncertainty table: the eval's headline figures, the temperature fits and the costs."""
+    h, fits = headline(res["eval"]), res["fits"]
     return {
         "system": res["system"],
-        "nll": ev["perplexity"]["nats_per_token"],
-        "ece": ev["calibration"]["ece_width"],
-        "ece_half": float(halves_before),
-        "ece_half_t": float(halves_after),
-        "nll_half": float(np.mean([f["before"]["nll"] for f in res["fits"]])),
-        "nll_half_t": float(np.mean([f["after"]["nll"] for f in res["fits"]])),
+        "nll": h["nats_per_token"],
+        "ece": h["ece"],
+        "ece_half": float(np.mean([f["before"]["ece"] for f in fits])),
+        "ece_half_t": float(np.mean([f["after"]["ece"] for f in fits])),
+        "nll_half": float(np.mean([f["before"]["nll"] for f in fits])),
+        "nll_half_t": float(np.mean([f["after"]["nll"] for f in fits])),
         "temperature": float(np.mean(res["temperature"])),
-        "auroc_token_entropy": o["auroc"]["token"]["entropy"],
-        "auroc_seq_entropy": o["auroc"]["sequence"]["entropy"],
-        "auroc_token_mi": o["auroc"]["token"].get("mi") if epistemic else None,
-        "auroc_seq_mi": o["auroc"]["sequence"].get("mi") if epistemic else None,
-        "auroc_token_surprisal": o["auroc"]["token"]["surprisal"],
-        "fpr95_seq_entropy": o["fpr95"]["sequence"]["entropy"],
-        "mi_in": o["mean"]["in"].get("mi"),
-        "mi_out": o["mean"]["out"].get("mi"),
-        "aurc_entropy": ev["selective"]["aurc"]["entropy"],
+        "auroc_token_entropy": h["ood_auroc_entropy"],
+        "auroc_seq_entropy": h["ood_auroc_seq_entropy"],
+        "auroc_token_mi": h.get("ood_auroc_mi"),
+        "auroc_seq_mi": h.get("ood_auroc_seq_mi"),
+        "auroc_token_surprisal": h["ood_auroc_surprisal"],
+        "fpr95_seq_entropy": h["ood_fpr95_seq_entropy"],
+        "mi_in": h.get("ood_mean_in_mi"),
+        "mi_out": h.get("ood_mean_out_mi"),
+        "aurc_entropy": h["aurc_entropy"],
         "train_cost": res["train_ms_per_step"] / base["train_ms_per_step"],
-        "eval_cost": ev["speed"]["scoring_seconds"] / base["eval"]["speed"]["scoring_seconds"],
-        "draws": ev["mc_samples"] or 1,
+        "eval_cost": h["scoring_seconds"] / headline(base["eval"])["scoring_seconds"],
+        "draws": h["draws"],
     }
-
-
-COLUMNS = [  # (key, header, format)
-    ("system", "System", "{}"),
-    ("nll", "NLL", "{:.4f}"),
-    ("ece", "ECE", "{:.4f}"),
-    ("ece_half", "ECE (half)", "{:.4f}"),
-    ("ece_half_t", "ECE after T", "{:.4f}"),
-    ("temperature", "T", "{:.3f}"),
-    ("nll_half", "NLL (half)", "{:.4f}"),
-    ("nll_half_t", "NLL after T", "{:.4f}"),
-    ("auroc_token_entropy", "OOD AUROC tok H", "{:.3f}"),
-    ("auroc_token_mi", "tok MI", "{:.3f}"),
-    ("auroc_seq_entropy", "seq H", "{:.3f}"),
-    ("auroc_seq_mi", "seq MI", "{:.3f}"),
-    ("mi_in", "MI in", "{:.2e}"),
-    ("mi_out", "MI out", "{:.2e}"),
-    ("aurc_entropy", "AURC (H)", "{:.4f}"),
-    ("train_cost", "train cost", "{:.2f}x"),
-    ("eval_cost", "eval cost", "{:.2f}x"),
-    ("draws", "draws", "{}"),
-]
-
-
-def markdown(rows: list[dict[str, Any]]) -> str:
-    def cell(v: Any, fmt: str) -> str:
-        return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else fmt.format(v)
-
-    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell(r[k], f) for k, _, f in COLUMNS) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def plot(results: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path) -> Path:
-    """Left: token-level OOD AUROC of the entropy and of MI per system. Right: risk-coverage curves."""
-
-    fig = figure((11, 4.2))
-    ax, bx = fig.subplots(1, 2)
-    x = np.arange(len(rows))
-    ax.bar(x - 0.2, [r["auroc_token_entropy"] for r in rows], 0.4, label="entropy")
-    ax.bar(x + 0.2, [r["auroc_token_mi"] or 0.0 for r in rows], 0.4, label="mutual information")
-    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
-    ax.set_xticks(x, [r["system"] for r in rows], rotation=35, ha="right", fontsize="small")
-    ax.set(ylim=(0.3, 1.0), ylabel="token-level OOD AUROC", title="Telling the shifted text apart")
-    ax.legend(fontsize="small")
-    for res in results:
-        curve = res["eval"]["selective"]["curve"]["entropy"]
-        bx.plot(curve["coverage"], curve["risk"], label=res["system"], linewidth=1)
-    bx.set(
-        xlabel="coverage (least uncertain first)",
-        ylabel="top-1 error of the kept tokens",
-        title="Risk-coverage (entropy)",
-    )
-    bx.legend(fontsize="x-small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
-
-
-def section(rows: list[dict[str, Any]], ood: str, plot_name: str) -> list[str]:
-    """The report's "Uncertainty" section."""
-    best = max(rows, key=lambda r: max(r["auroc_token_mi"] or 0, 0))
-    base = rows[0]
-    lines = [
-        "## Uncertainty",
-        "",
-        f"Every system on the validation split and, as shifted text, `{ood}`. Temperature T is fitted on the first "
-        "half of the validation split and checked on the second half (the *half* columns).",
-        "",
-        markdown(rows),
-        "",
-        "- **OOD AUROC**: how well a score separates the shifted text's tokens (tok), or its block_size-token "
-        "sequences (seq, the mean score), from the in-domain ones; H = predictive entropy, MI = mutual information "
-        "between the "
-        "token and the draws (epistemic; systems with several draws). 0.5 = no better than chance.",
-        "- **AURC (H)**: area under the risk-coverage curve of the top-1 prediction when the most uncertain tokens "
-        "are abstained on first (lower is better).",
-        "- **train cost / eval cost**: training step time (summed over an ensemble's runs) and evaluation time as "
-        "ratios to the baseline's, measured in this run on this machine.",
-    ]
-    if best["auroc_token_mi"] is not None:
-        verdict = "beats" if best["auroc_token_mi"] > base["auroc_token_entropy"] else "does not beat"
-        lines.append(
-            f"- The best epistemic score (MI of {best['system']}, token AUROC {best['auroc_token_mi']:.3f}) "
-            f"{verdict} the baseline's predictive entropy ({base['auroc_token_entropy']:.3f})."
-        )
-    lines += ["", f"![uncertainty]({plot_name})", ""]
-    return lines
 
 
 def run_uncertainty(
@@ -266,10 +177,9 @@ def run_uncertainty(
 
     if "laplace" in methods:
         base = runs["baseline"]
-        try:
-            LaplacePosterior.check_fitted(base)
+        if RunFolder(base).has_laplace():
             log(f"laplace: {base} (already fitted)")
-        except ValueError:
+        else:
             [run] = load_runs(base)
             info = fit_laplace(
                 base,
@@ -292,5 +202,5 @@ def run_uncertainty(
         )
         + "\n",
     )
-    plot(results, rows, out / "uncertainty.png")
-    return rows, section(rows, ood, "uncertainty.png")
+    plot_uncertainty(results, rows, out / "uncertainty.png")
+    return rows, uncertainty_section(rows, ood, "uncertainty.png")

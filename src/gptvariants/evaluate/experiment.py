@@ -23,14 +23,11 @@ OUT/plan.json and reused by reruns.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
 import shlex
 import shutil
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +39,13 @@ from ..core.config import Config, load_config
 from ..core.variants import get_variant, study_variants
 from ..data.dataset import TokenDataset
 from ..data.prepare import prepare
-from ..store.checkpoint import CheckpointError, latest_checkpoint, load_state
+from ..store.checkpoint import CheckpointError
+from ..store.run import RunFolder
 from ..targets import build_targets
 from ..train.loop import train
 from . import comparators as U
-from .evaluation import TAUS, default_out, evaluate
-from .plots import figure
+from .evaluation import default_out, evaluate
+from .report import experiment_row, experiment_table, plot_experiment, write_report
 
 # nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide, block 64, batch 12). The default run, all
 # seven variants at DEFAULT_BUDGET steps with data, oracle sets and evaluation, took 323 s on
@@ -186,15 +184,15 @@ def calibrate_steps(
     cfg = run_config(variant, data_dir, scratch, CALIBRATION_STEPS, seed, config_file, targets)
     cfg.train.eval_interval, cfg.train.eval_iters, cfg.train.log_interval = 10**9, 1, 1
     train(cfg)
-    records = [json.loads(line) for line in (scratch / "metrics.jsonl").read_text().splitlines() if line]
-    ms = float(np.median([r["ms_per_step"] for r in records if r["kind"] == "train" and r["step"] > 2]))
+    ms = float(np.median([r["ms_per_step"] for r in RunFolder(scratch).records("train") if r["step"] > 2]))
     shutil.rmtree(scratch, ignore_errors=True)
     return max(1, int(seconds * 1000 / ms)), ms
 
 
 def checkpoint_step(run_dir: Path) -> int | None:
+    """The step a resumed run would continue from (its newest verified checkpoint), None without one."""
     try:
-        return int(load_state(latest_checkpoint(run_dir))["step"])
+        return RunFolder(run_dir).checkpoint_step()
     except CheckpointError:
         return None
 
@@ -210,246 +208,6 @@ def train_variant(cfg: Config) -> str:
     if result.interrupted:
         raise KeyboardInterrupt
     return "resumed" if step is not None else "trained"
-
-
-# ----------------------------------------------------------------------------- report
-
-
-def _summary(variant: str, ev: dict[str, Any], plan: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """One row of the results table from an eval JSON."""
-    p, c, u = ev["perplexity"], ev["calibration"], ev["uncertainty"]
-    d, s, g = ev.get("diversity") or {}, ev["sets"], ev.get("ground_truth") or {}
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    ms = [r["ms_per_step"] for r in records if r["kind"] == "train"]
-    return {
-        "variant": variant,
-        "steps": ev["step"],
-        "perplexity": p["perplexity"],
-        "self_bleu": d.get("self_bleu"),
-        "distinct_4_study": d.get("distinct_4_study"),
-        "distinct_4": d.get("distinct_4"),
-        "nats_per_token": p["nats_per_token"],
-        "bits_per_byte": p["bits_per_byte"],
-        "ece": c["ece_width"],
-        "brier": c["brier"],
-        "accuracy": c["accuracy"],
-        "auroc_entropy": u["auroc_entropy"],
-        "set_f1": s.get("micro_f1"),
-        "set_f1_best": s.get("best_micro_f1"),
-        "set_best_tau": s.get("best_tau"),
-        "set_size": s.get("mean_pred_size"),
-        "kl_to_truth": g.get("kl_true_model"),
-        "mutual_information": u.get("mean_mutual_information"),
-        "raw_bce": p.get("raw_bce_per_token"),
-        "ms_per_step": float(np.median(ms)) if ms else None,
-        "train_seconds": plan.get("train_seconds", {}).get(variant),
-    }
-
-
-COLUMNS = [  # (key, header, format)
-    ("variant", "Variant", "{}"),
-    ("perplexity", "Perplexity", "{:.4f}"),
-    ("self_bleu", "Self-BLEU", "{:.2f}"),
-    ("distinct_4_study", "Distinct-4 (study)", "{:.4f}"),
-    ("steps", "Steps", "{}"),
-    ("nats_per_token", "Nats/token", "{:.4f}"),
-    ("bits_per_byte", "Bits/byte", "{:.4f}"),
-    ("ece", "ECE", "{:.4f}"),
-    ("brier", "Brier", "{:.4f}"),
-    ("auroc_entropy", "AUROC (entropy)", "{:.3f}"),
-    ("set_f1", "Set F1", "{:.3f}"),
-    ("set_size", "Set size", "{:.2f}"),
-    ("set_f1_best", "Best set F1", "{:.3f}"),
-    ("set_best_tau", "at tau", "{}"),
-    ("kl_to_truth", "KL to truth", "{:.4f}"),
-    ("mutual_information", "MI (nats)", "{:.2e}"),
-    ("ms_per_step", "ms/step", "{:.0f}"),
-]
-
-
-def _cell(value: Any, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "-"
-    return fmt.format(value)
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(r[k], f) for k, _, f in COLUMNS) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def plot_curves(runs: dict[str, Path], path: Path, ideal: float | None = None) -> Path:
-    """Validation cross-entropy of the predictive distribution (one scale for every variant) vs
-    step; ``ideal``: the true model's cross-entropy on the split (synthetic language), drawn as a line."""
-    fig = figure((6.5, 4.2))
-    ax = fig.subplots()
-    if ideal is not None:
-        ax.axhline(ideal, color="grey", linestyle="--", linewidth=1, label="true distribution")
-    for name, run_dir in runs.items():
-        evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-        evals = [r for r in evals if r["kind"] == "eval"]
-        ax.plot([r["step"] for r in evals], [r["val_ce"] for r in evals], marker="o", markersize=3, label=name)
-    ax.set(
-        xlabel="step",
-        ylabel="validation cross-entropy (nats/token)",
-        title="Validation CE of the predictive distribution (fixed batches)",
-    )
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
-
-
-def plot_reliability_bins(evals: dict[str, dict[str, Any]], path: Path) -> Path:
-    """Every variant's reliability curve (15 equal-width bins, from its eval JSON) on one diagram."""
-    fig = figure((5.5, 5.2))
-    ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
-    for name, ev in evals.items():
-        c = ev["calibration"]
-        ax.plot(
-            c["reliability"]["confidence"],
-            c["reliability"]["accuracy"],
-            marker="o",
-            markersize=3,
-            label=f"{name} (ECE {c['ece_width']:.3f})",
-        )
-    ax.set(
-        xlim=(0, 1),
-        ylim=(0, 1),
-        xlabel="confidence (max probability)",
-        ylabel="accuracy",
-        title="Reliability, top-1, validation split",
-    )
-    ax.legend(fontsize="small", loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
-
-
-def plot_ppl_vs_selfbleu(rows: list[dict[str, Any]], path: Path) -> Path:
-    fig = figure((5.5, 4.2))
-    ax = fig.subplots()
-    for r in rows:
-        if r["self_bleu"] is not None:
-            ax.scatter(r["perplexity"], r["self_bleu"])
-            ax.annotate(
-                r["variant"],
-                (r["perplexity"], r["self_bleu"]),
-                fontsize="small",
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
-    ax.set(
-        xlabel="validation perplexity (lower is better)",
-        ylabel="Self-BLEU (lower = more diverse)",
-        title="Quality vs diversity",
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
-
-
-def write_report(
-    out: Path,
-    rows: list[dict[str, Any]],
-    evals: dict[str, dict[str, Any]],
-    plan: dict[str, Any],
-    command: str,
-    sections: Sequence[str] = (),
-) -> Path:
-    """report.md, results.json and results.csv in ``out``."""
-    atomic_write(
-        out / "results.json",
-        json.dumps({"command": command, "plan": plan, "rows": rows, "evals": evals}, indent=1) + "\n",
-    )
-    table = io.StringIO(newline="")
-    w = csv.DictWriter(table, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write(out / "results.csv", table.getvalue())
-    any_eval = next(iter(evals.values()))
-    lines = [
-        *_report_header(rows, any_eval, plan),
-        *_how_to_read(any_eval),
-        *sections,
-        "## Command",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-    ]
-    atomic_write(out / "report.md", "\n".join(lines))
-    return out / "report.md"
-
-
-def _report_header(rows: list[dict[str, Any]], any_eval: dict[str, Any], plan: dict[str, Any]) -> list[str]:
-    """The report's title, what was run on which data, the results table and the ground truth."""
-    steps = plan["budget_kind"] == "steps"
-    budget_kind = "optimizer steps" if steps else "training wall time, converted to steps by timing each variant"
-    targets = ""
-    if plan.get("targets"):
-        rule = (
-            "sampled: the distinct tokens among k teacher draws, the true token one of them"
-            if plan.get("sets") == "sample"
-            else "the study's top rule: the teacher's most probable tokens plus the true one"
-        )
-        targets = f" Sigmoid variants train on the teacher sets `{plan['targets']}` ({rule})."
-    lines = [
-        "# gptvariants experiment",
-        "",
-        f"Data: `{plan['data']}` ({any_eval['perplexity']['tokens_scored']:,} validation tokens scored). "
-        f"Budget: {plan['budget']} per variant ({budget_kind}), seed {plan['seed']}." + targets,
-        "",
-        markdown_table(rows),
-        "",
-    ]
-    truth = any_eval.get("ground_truth")
-    if truth:
-        lines += [
-            f"Ground truth: the ideal model scores {truth['true_nats_per_token']:.4f} nats/token "
-            f"(perplexity {np.exp(truth['true_nats_per_token']):.4f}); true entropy rate "
-            f"{truth['true_entropy_rate']:.4f} nats.",
-            "",
-        ]
-    return lines
-
-
-def _how_to_read(any_eval: dict[str, Any]) -> list[str]:
-    """What each column of the results table means, with the settings it was measured under."""
-    div = any_eval.get("diversity") or {}
-    sets = any_eval["sets"].get("reference", "none")
-    own = "; built by the baseline itself, so the baseline's own set scores are not independent"
-    return [
-        "## How to read this",
-        "",
-        "- **Perplexity** is exp(nats/token) of the predictive distribution on the *held-out* split, every token "
-        f"scored once with sliding windows (block {any_eval['perplexity']['block_size']}, stride "
-        f"{any_eval['perplexity']['stride']}); sigmoid heads are scored on their readout of sigmoid(z) (normalised; "
-        "for sampled sets first inverted, 1 - (1 - s)^(1/k)), Bayesian heads on the mixture of their posterior draws "
-        "(the run's mc_samples). Lower is better; the study scored random windows of the training split.",
-        f"- **Self-BLEU** (0-100, lower = more diverse) and **Distinct-4** (the study's unique 4-grams / words) over "
-        f"{div.get('num_samples', 0)} samples of {div.get('max_new_tokens', 0)} tokens from "
-        f"{div.get('prompt_tokens', 0)}-token "
-        "validation prompts, temperature 1. Diversity alone rewards word salad: read it next to perplexity.",
-        "- **ECE** (15 equal-width bins, top-1) and **Brier**: calibration, lower is better. **AUROC (entropy)**: "
-        "how well the predictive entropy flags a wrong top-1 guess (0.5 = not at all).",
-        f"- **Set F1**: micro F1 of {{v : q_v >= 0.5}} (sigmoid(z) for sigmoid heads, the probability for "
-        f"softmax heads) against the reference sets ({sets}{own if 'ckpt_baseline' in sets else ''}), with the mean "
-        "predicted set size; **Best set F1** is the best over thresholds tau in {"
-        + ", ".join(map(str, TAUS))
-        + "} (a softmax head must spread 1 over the set, so it needs a low tau).",
-        "- **KL to truth**: mean KL(p_true || p_model) in nats, synthetic language only (0 = exact). **MI**: mean "
-        "mutual information between the next token and the posterior draws (Bayesian heads only).",
-        "- **ms/step**: median training step time on this machine.",
-        "",
-        "Curves: `curves.png` (validation CE on one scale for every variant), `reliability.png`, "
-        "`ppl_vs_selfbleu.png`; per-variant details in `runs/VARIANT/eval/val.json` with samples in "
-        "`val.samples.jsonl`.",
-        "",
-    ]
 
 
 # ----------------------------------------------------------------------------- driver
@@ -475,30 +233,18 @@ def run_experiment(
     ``methods``: uncertainty comparators (``comparators.METHOD_CHOICES``) for the report's
     "Uncertainty" section, with ``ood`` as the shifted text (default: a shifted synthetic language).
     """
-
     if sets not in ("top", "sample"):
         raise InputError(f"sets must be 'top' or 'sample', not {sets!r}")
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     methods = methods or []
-    variants = list(dict.fromkeys((variants or study_variants()) + U.extra_variants(methods)))
-    if methods and "baseline" not in variants:
-        raise InputError("the uncertainty comparison (--methods) needs the baseline among the variants")
-    for v in variants:
-        get_variant(v)
+    variants = _variants(variants, methods)
     command = command or _command(
         data, variants, budget, seed, num_samples, max_new_tokens, out, sets, config_file, methods, ood
     )
     plan, save_plan = _plan(out, budget, seed, data, config_file, sets)
-    data_dir = resolve_data(data, out)
-    plan["data"] = str(data_dir)
-    dataset = TokenDataset(data_dir)
-    if methods and ood is None and dataset.synthetic is None:
-        raise InputError(
-            "the uncertainty comparison needs shifted text on this data: pass --ood text:PATH (or a "
-            "prepared folder with the same tokenizer)"
-        )
+    data_dir, dataset = _open_data(data, out, plan, bool(methods) and ood is None)
     teacher = teacher_for(dataset, variants, out)
     if teacher and sets == "sample":
         teacher = (teacher[0], f"{teacher[1]}-sample{SAMPLE_K}")
@@ -515,21 +261,42 @@ def run_experiment(
         for s in U.ensemble_seeds(seed):
             seed_runs.append(out / "runs" / f"baseline-seed{s}")
             _train_one(f"baseline-seed{s}", "baseline", seed_runs[-1], data_dir, out, plan, save_plan, s, config_file)
-
     evals = {v: _evaluate_one(v, runs[v], data_dir, dataset, plan, num_samples, max_new_tokens, seed) for v in order}
-    rows = [_summary(v, evals[v], plan, runs[v]) for v in order]
-    plot_curves(runs, out / "curves.png", dataset.meta.get("synthetic", {}).get("cross_entropy_val"))
-    plot_reliability_bins(evals, out / "reliability.png")
-    plot_ppl_vs_selfbleu(rows, out / "ppl_vs_selfbleu.png")
+    rows = [experiment_row(v, evals[v], runs[v], plan.get("train_seconds", {}).get(v)) for v in order]
+    plot_experiment(out, runs, evals, rows, dataset.meta.get("synthetic", {}).get("cross_entropy_val"))
     section: list[str] = []
     if methods:
         _, section = U.run_uncertainty(out, data_dir, order, methods, runs, seed_runs, ood or U.DEFAULT_OOD, seed, _log)
     plan["last_wall_seconds"] = time.perf_counter() - t_start
     save_plan()
     report = write_report(out, rows, evals, plan, command, section)
-    print(markdown_table(rows))
+    print(experiment_table(rows))
     _log(f"report: {report} ({plan['last_wall_seconds']:.0f} s this run)")
     return report
+
+
+def _variants(variants: list[str] | None, methods: list[str]) -> list[str]:
+    """The variants to train: the given ones (default the study's) and those the comparators need."""
+    variants = list(dict.fromkeys((variants or study_variants()) + U.extra_variants(methods)))
+    if methods and "baseline" not in variants:
+        raise InputError("the uncertainty comparison (--methods) needs the baseline among the variants")
+    for v in variants:
+        get_variant(v)
+    return variants
+
+
+def _open_data(data: str, out: Path, plan: dict[str, Any], needs_shift: bool) -> tuple[Path, TokenDataset]:
+    """The prepared data folder (recorded in the plan); ``needs_shift``: the comparators have no --ood,
+    so the data must be the synthetic language, which can be shifted."""
+    data_dir = resolve_data(data, out)
+    plan["data"] = str(data_dir)
+    dataset = TokenDataset(data_dir)
+    if needs_shift and dataset.synthetic is None:
+        raise InputError(
+            "the uncertainty comparison needs shifted text on this data: pass --ood text:PATH (or a "
+            "prepared folder with the same tokenizer)"
+        )
+    return data_dir, dataset
 
 
 def _command(data, variants, budget, seed, num_samples, max_new_tokens, out, sets, config_file, methods, ood) -> str:

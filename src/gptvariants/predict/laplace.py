@@ -43,6 +43,7 @@ from safetensors.torch import save as save_tensors
 from ..common.atomic import atomic_write
 from ..common.errors import InputError
 from ..core.model import GPT
+from ..metrics import spread_windows
 from .predictive import Draws, Member, Predictor, score_windows
 
 FILE = "laplace.safetensors"
@@ -156,14 +157,6 @@ class LaplaceSampler:
 
 def _augment(h: torch.Tensor, bias: bool) -> torch.Tensor:
     return torch.cat([h, torch.ones_like(h[:, :1])], dim=1) if bias else h
-
-
-def spread_windows(n_tokens: int, block: int, budget: int) -> list[tuple[int, int, int]]:
-    """About ``budget`` target positions as whole windows of block_size spread evenly over a stream
-    (``score_windows`` triples: every target of each window is scored)."""
-    count = max(1, min(budget // block, (n_tokens - 1) // (block + 1)))
-    starts = np.linspace(0, n_tokens - block - 1, count).astype(int)
-    return [(int(b), int(b) + block + 1, int(b) + 1) for b in starts]
 
 
 @torch.no_grad()

@@ -26,7 +26,6 @@ Two compositions apply to every method:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +38,11 @@ from ..core.config import Config
 from ..core.model import GPT
 from ..data.tokenizers import META_FILE
 from ..store.checkpoint import CheckpointError, checkpoints, load_run, load_weights, verify_checkpoint
+from ..store.run import CALIBRATION_FILE as CALIBRATION_FILE  # calibration.py writes it
+from ..store.run import RunFolder
 from .laplace import LaplacePosterior
 from .predictive import Member, Predictor, run_mc_samples
 
-CALIBRATION_FILE = "calibration.json"
 POINT = "point"  # the temperature key of a stochastic head's point estimate
 
 
@@ -63,14 +63,7 @@ class Run:
 
     def temperature(self, key: str) -> float:
         """The temperature ``gptv calibrate`` fitted for ``key`` (a method name, or POINT), else 1."""
-        path = None if self.dir is None else self.dir / CALIBRATION_FILE
-        if path is None or not path.is_file():
-            return 1.0
-        try:
-            fitted = json.loads(path.read_text(encoding="utf-8"))["temperature"]
-            return float(fitted.get(key, 1.0))
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise InputError(f"{path} is unreadable ({e}); delete it or rerun `gptv calibrate`") from None
+        return 1.0 if self.dir is None else RunFolder(self.dir).temperature(key)
 
 
 def run_folders(spec: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -84,8 +77,8 @@ def run_folders(spec: str | Path | Sequence[str | Path]) -> list[Path]:
         raise InputError("no run folder given")
     out: list[Path] = []
     for p in parts:
-        if p.is_dir() and not (p / "checkpoint.json").exists():
-            members = sorted(d for d in p.iterdir() if (d / "checkpoint.json").is_file())
+        if p.is_dir() and not RunFolder.is_run(p):
+            members = [r.path for r in RunFolder.find(p)]
             out.extend(members or [p])  # no members: let load_run say what is missing
         else:
             out.append(p)

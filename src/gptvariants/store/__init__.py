@@ -1,1 +1,2 @@
-"""Run folders on disk: checksummed checkpoints, integrity, one writer per run."""
+"""Run folders on disk: ``run.RunFolder`` (what a run holds), checksummed checkpoints, metrics.jsonl
+(``records``), integrity, one writer per run."""

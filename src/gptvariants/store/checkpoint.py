@@ -40,7 +40,7 @@ from ..common.atomic import (
     reporting_write_failure,
 )
 from ..common.errors import GptvError, InputError
-from ..common.runtime import check_device
+from ..common.runtime import resolve_device
 from ..core.config import Config
 from ..core.model import GPT
 from .integrity import DEFAULT_ALGORITHM, check_files, describe_files
@@ -418,7 +418,7 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu", which: str = "la
     """(model in eval mode, its Config) from a run folder's newest verified checkpoint, or ``which="best"``
     (lowest validation cross-entropy). A one-line DeviceError when ``device`` is not available."""
 
-    dev = check_device(device)
+    dev = resolve_device(device)
     if which not in ("latest", "best"):
         raise InputError(f"which must be 'latest' or 'best', not {which!r}")
     ckpt = latest_checkpoint(Path(run_dir))

@@ -36,7 +36,7 @@ selection.py (the rules), build.py (the cached build), online.py (sets in the tr
 loop). `gptv targets` is apps/cli/targets.py.
 """
 
-from .base import ALTERNATIVES, TOKENS_PER_FORWARD, Teacher, WindowedTeacher, parse_spec, resolve_device
+from .base import ALTERNATIVES, TOKENS_PER_FORWARD, Teacher, WindowedTeacher, parse_spec
 from .build import FORMAT, PROGRESS_FILE, build_targets
 from .ngram import NgramTeacher
 from .online import build_online_teacher
@@ -60,7 +60,6 @@ __all__ = [
     "load_teacher",
     "parse_spec",
     "readout_draws",
-    "resolve_device",
     "sample_set",
     "select",
 ]

@@ -122,9 +122,3 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     kind, _, arg = body.partition(":")
     opts = dict(kv.partition("=")[::2] for kv in query.split("&") if kv)
     return kind, arg, opts
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)

@@ -29,8 +29,9 @@ from ..common.atomic import atomic_write, preallocate
 from ..common.checks import Float, Int
 from ..common.errors import InputError
 from ..common.progress import Progress
+from ..common.runtime import resolve_device
 from ..data.dataset import SPLITS, TokenDataset, token_dtype
-from .base import Teacher, parse_spec, resolve_device
+from .base import Teacher, parse_spec
 from .selection import ORACLE_MIN_PROB, _check_rule, _Selector
 from .teachers import load_teacher
 

@@ -21,7 +21,7 @@ from ..common.atomic import atomic_write, reporting_write_failure
 from ..common.errors import InputError
 from ..common.runtime import Runtime
 from ..core.config import Config
-from ..store.checkpoint import warn
+from ..store.records import METRICS_FILE, read_records
 
 _told: set[str] = set()
 
@@ -99,33 +99,12 @@ def train_record(
     return rec, line
 
 
-def read_records(path: Path, upto: int | None = None) -> list[str]:
-    """The JSON lines of metrics.jsonl with step <= ``upto``; a torn last line (a killed write) is dropped
-    with a warning naming the file, a damaged line elsewhere is a ValueError naming file and line."""
-    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    kept = []
-    for i, line in enumerate(lines, 1):
-        try:
-            rec = json.loads(line)
-            step = rec["step"]
-        except (ValueError, TypeError, KeyError) as e:
-            if i == len(lines):
-                warn(f"{path}: dropped a half-written last line ({len(line)} characters) left by an interrupted run")
-                break
-            raise InputError(f"{path}:{i}: not a metrics record ({e}); remove or fix that line") from None
-        if upto is None or step <= upto:
-            kept.append(line)
-    return kept
-
-
 class Logger:
     """metrics.jsonl always; a progress bar in a terminal, plain lines otherwise; TensorBoard and W&B when asked."""
 
     def __init__(self, run_dir: Path, cfg: Config, rt: Runtime, start_step: int) -> None:
         self.enabled = rt.main
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_FILE
         self.bar = self.tb = self.wandb = None
         if not self.enabled:
             return

@@ -10,11 +10,11 @@ import numpy as np
 
 from ...common.argtypes import device, non_negative_int, positive_int
 from ...common.errors import InputError
+from ...common.runtime import resolve_device
 from ...data.sources import split_source
 from ...predict.calibration import fit_temperature, save_temperature
 from ...predict.laplace import fit_laplace
 from ...predict.methods import CALIBRATION_FILE, METHODS, load_runs
-from ...targets import resolve_device
 from .prediction import add_prediction_arguments
 
 

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ...common.argtypes import device, non_negative_int, open_unit_interval, positive_int
-from ...evaluate.evaluation import default_out, evaluate, format_result
+from ...evaluate.evaluation import default_out, evaluate
+from ...evaluate.result import format_result
 from ...predict.methods import METHODS
 from .prediction import add_prediction_arguments
 

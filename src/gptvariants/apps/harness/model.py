@@ -42,7 +42,7 @@ from lm_eval.models.utils import normalize_gen_kwargs
 from tqdm import tqdm
 
 from ...common.errors import InputError
-from ...metrics import sliding_windows
+from ...metrics import continuation_windows, sliding_windows
 from ...predict.prediction import from_bayes_mode
 from ...predict.predictive import CHUNK_FLOATS, score_windows
 from ..api import load
@@ -57,18 +57,6 @@ UNKNOWN = ("skip", "error")
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "repetition_penalty")
 
 Window = tuple[int, int, int]  # (begin, end, score_from), as predictive.score_windows
-
-
-def continuation_windows(n_context: int, n_tokens: int, block_size: int) -> list[Window]:
-    """Windows scoring targets n_context .. n_tokens - 1 of a sequence of n_tokens: chunks of at
-    most block_size targets, each fed the (at most) block_size tokens before its last target."""
-    if not 1 <= n_context < n_tokens:
-        raise ValueError(f"need a context and a continuation, got {n_context} of {n_tokens} tokens")
-    out = []
-    for first in range(n_context, n_tokens, block_size):
-        end = min(first + block_size, n_tokens)
-        out.append((max(0, end - 1 - block_size), end, first))
-    return out
 
 
 def _auto_device(device: str | None) -> str:

@@ -10,13 +10,13 @@ are not in the list).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ...common.errors import GptvError
 from ...store.checkpoint import POINTER
+from ...store.run import RunFolder
 from ..api import LanguageModel, load
 
 REPORT_SUFFIXES = (".md", ".png", ".json", ".csv")
@@ -52,21 +52,6 @@ class Report:
         return cls(root, files)
 
 
-def is_run(path: Path) -> bool:
-    return (path / POINTER).is_file()
-
-
-def checkpoint_step(run: Path) -> int | None:
-    try:
-        return int(json.loads((run / POINTER).read_text())["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _runs_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and is_run(p))
-
-
 def discover(paths: list[str | Path]) -> tuple[dict[str, Path], Report | None]:
     """Runs by display name (the folder name; parent/name when two share a name) and the report
     of the first experiment folder among ``paths``. ServeError names a path that holds no run."""
@@ -76,11 +61,11 @@ def discover(paths: list[str | Path]) -> tuple[dict[str, Path], Report | None]:
         path = Path(raw)
         if not path.is_dir():
             raise ServeError(f"{path} is not a folder (give a run folder, a folder of runs or an experiment folder)")
-        if is_run(path):
+        if RunFolder.is_run(path):
             found.append(path)
             continue
         inner = path / "runs" if (path / "runs").is_dir() else path
-        runs = _runs_in(inner)
+        runs = [r.path for r in RunFolder.find(inner)]
         if not runs:
             raise ServeError(
                 f"{path} holds no run: no {POINTER} in it or in its subfolders (train one with gptv train --out)"
@@ -142,4 +127,4 @@ class Run:
 
 def load_runs(paths: dict[str, Path], device: str = "cpu") -> dict[str, Run]:
     """Every run's model and tokenizer, loaded once (CheckpointError names a broken one)."""
-    return {name: Run(name, path, load(path, device=device), checkpoint_step(path)) for name, path in paths.items()}
+    return {name: Run(name, path, load(path, device=device), RunFolder(path).step) for name, path in paths.items()}

@@ -233,7 +233,7 @@ def _saved_run(tmp_path, variant="smooth", **overrides):
 
 
 def test_resume_takes_the_saved_config_and_the_recorded_data(tmp_path):
-    from gptvariants.core.config import resume_config
+    from gptvariants.core.resume import resume_config
 
     run, saved = _saved_run(tmp_path)
     cfg = resume_config(run)
@@ -249,7 +249,7 @@ def test_resume_takes_the_saved_config_and_the_recorded_data(tmp_path):
 
 
 def test_resume_refuses_what_the_checkpoint_fixes_with_the_reason(tmp_path):
-    from gptvariants.core.config import resume_config
+    from gptvariants.core.resume import resume_config
 
     run, _ = _saved_run(tmp_path)
     with pytest.raises(ConfigError, match=r"variant \(saved 'smooth', asked 'baseline'\): a checkpoint continues with"):
@@ -264,7 +264,7 @@ def test_resume_refuses_what_the_checkpoint_fixes_with_the_reason(tmp_path):
 
 
 def test_accumulation_rounds_up_to_the_number_of_processes():
-    from gptvariants.core.config import fit_world_size
+    from gptvariants.core.resume import fit_world_size
 
     cfg = load_config(overrides={"gradient_accumulation_steps": "1", "batch_size": "12"})
     assert fit_world_size(cfg, 1) is None and cfg.train.gradient_accumulation_steps == 1

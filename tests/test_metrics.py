@@ -123,7 +123,7 @@ def test_reliability_curve_two_bins_hand_case():
     curve = M.reliability_curve(conf, correct, n_bins=2)
     np.testing.assert_allclose(curve.confidence, [0.15, 0.85])
     np.testing.assert_allclose(curve.accuracy, [0.5, 1.0])
-    assert curve.count.tolist() == [2, 2]
+    assert curve.counts.tolist() == [2, 2]
     # ECE = 0.5 * |0.15 - 0.5| + 0.5 * |0.85 - 1| = 0.25
     assert M.expected_calibration_error(conf, correct, n_bins=2) == pytest.approx(0.25)
     # equal-mass with 4 bins: one token per bin, ECE = mean |conf - correct| = (0.1+0.8+0.2+0.1)/4
@@ -136,9 +136,9 @@ def test_reliability_curve_two_bins_hand_case():
 def test_equal_mass_bins_have_equal_counts_and_keep_ties_together():
     conf = np.random.default_rng(5).permutation(np.arange(1, 101) / 101)
     curve = M.reliability_curve(conf, conf > 0.5, n_bins=4, scheme="mass")
-    assert curve.count.tolist() == [25, 25, 25, 25]
+    assert curve.counts.tolist() == [25, 25, 25, 25]
     tied = M.reliability_curve([0.3] * 6 + [0.9] * 2, [1] * 8, n_bins=4, scheme="mass")
-    assert tied.count.tolist() == [6, 2]
+    assert tied.counts.tolist() == [6, 2]
 
 
 def test_kl_and_calibration_vs_truth():

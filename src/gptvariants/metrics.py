@@ -153,7 +153,7 @@ class ReliabilityCurve(NamedTuple):
 
     confidence: np.ndarray
     accuracy: np.ndarray
-    count: np.ndarray
+    counts: np.ndarray
 
 
 def reliability_curve(
@@ -184,7 +184,7 @@ def reliability_curve(
     return ReliabilityCurve(
         confidence=np.array([conf[g].mean() for g in groups]),
         accuracy=np.array([corr[g].mean() for g in groups]),
-        count=np.array([g.size for g in groups], dtype=np.int64),
+        counts=np.array([g.size for g in groups], dtype=np.int64),
     )
 
 
@@ -193,7 +193,7 @@ def expected_calibration_error(
 ) -> float:
     """ECE = sum_b (n_b / N) |mean confidence_b - accuracy_b| over the bins of reliability_curve."""
     curve = reliability_curve(confidence, correct, n_bins, scheme)
-    weights = curve.count / curve.count.sum()
+    weights = curve.counts / curve.counts.sum()
     return float(np.sum(weights * np.abs(curve.confidence - curve.accuracy)))
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import math
 import sys
 from collections.abc import Iterator, Mapping
 from collections.abc import Set as AbstractSet
@@ -210,7 +209,7 @@ class Config:
             if section not in cls.SECTIONS or not isinstance(values, dict):
                 raise ConfigError(_where(source) + f"unknown section {section!r}; expected {', '.join(cls.SECTIONS)}")
             for k, v in values.items():
-                _set(cfg, k, v, source=source or f"[{section}]")
+                set_key(cfg, k, v, source=source or f"[{section}]")
         return cfg
 
     def validate(self) -> None:
@@ -315,7 +314,8 @@ def unknown_key_message(key: str) -> str:
     return f"unknown config key {key!r}{hint}"
 
 
-def _set(cfg: Config, key: str, value: Any, source: str = "") -> None:
+def set_key(cfg: Config, key: str, value: Any, source: str = "") -> None:
+    """Set flat ``key`` of ``cfg`` from ``value`` (text or typed), checked; ConfigError naming ``source``."""
     key = key.replace("-", "_")
     index = _key_index()
     if key not in index:
@@ -387,11 +387,11 @@ def load_config(
     cfg.objective.head = spec.head
     cfg.objective.objective = spec.objective
     for k, v in spec.defaults.items():
-        _set(cfg, k, v, source=f"variant {spec.name}")
+        set_key(cfg, k, v, source=f"variant {spec.name}")
     for k, v in file_values.items():
-        _set(cfg, k, v, source=str(file))
+        set_key(cfg, k, v, source=str(file))
     for k, v in overrides.items():
-        _set(cfg, k, v, source="command line")
+        set_key(cfg, k, v, source="command line")
     explicit = set(file_values) | set(overrides)
     apply_size(cfg.model, explicit=explicit)
     if cfg.train.init_from not in ("scratch", "resume"):  # a pretrained folder brings its own shape
@@ -415,118 +415,3 @@ def apply_size(model: ModelConfig, explicit: AbstractSet[str] = frozenset()) -> 
     for name, value in zip(("n_layer", "n_head", "n_embd"), MODEL_SIZES[model.size]):
         if name not in explicit:
             setattr(model, name, value)
-
-
-# ----------------------------------------------------------------------------- resuming and processes
-
-# keys a resumed run may change: schedule, cadence, devices, logging (the rest fix what the checkpoint is)
-RESUME_SAFE = frozenset(
-    {
-        "max_iters",
-        "eval_interval",
-        "eval_iters",
-        "log_interval",
-        "ckpt_interval",
-        "keep_checkpoints",
-        "eval_only",
-        "progress",
-        "device",
-        "dtype",
-        "compile",
-        "backend",
-        "tensorboard",
-        "wandb_log",
-        "wandb_project",
-        "wandb_run_name",
-        "learning_rate",
-        "min_lr",
-        "warmup_iters",
-        "lr_decay_iters",
-        "decay_lr",
-        "weight_decay",
-        "beta1",
-        "beta2",
-        "grad_clip",
-        "batch_size",
-        "gradient_accumulation_steps",
-        "dropout",
-        "mc_samples",
-        "loss_chunk_size",
-        "data",
-        "out_dir",
-    }
-)
-_SHAPE = {"size", "n_layer", "n_head", "n_embd", "block_size", "bias", "tie_weights", "gelu", "output_bias"}
-
-
-def _resume_refusal(key: str) -> str:
-    if key in _SHAPE:
-        return "it changes the model's shape or function, which the checkpoint fixes"
-    if key == "vocab_size":
-        return "the vocabulary is fixed by the checkpoint and its data"
-    if key in ("variant", "head", "objective"):
-        return "a checkpoint continues with its own variant; start a new run (--init_from) for another"
-    if key in ("targets", "teacher", "set_draws"):
-        return "the run's target sets define its objective"
-    if key == "seed":
-        return "the run's batches and random draws derive from its seed"
-    if key == "init_from":
-        return "it applies to a new run only"
-    return "it defines the run's objective"
-
-
-def resume_config(
-    run_dir: Path, variant: str | None = None, file: str | Path | None = None, overrides: dict[str, Any] | None = None
-) -> Config:
-    """The saved config of ``run_dir`` (its config.json) with the explicitly asked values applied.
-
-    A value equal to the saved one is always accepted; a different one only for the keys in
-    ``RESUME_SAFE``; any other change is refused with the reason. The data folder defaults to
-    the one the run recorded in data.json.
-    """
-
-    run_dir = Path(run_dir)
-    path = run_dir / "config.json"
-    try:
-        saved = read_json(path)
-        data_info = read_json(run_dir / "data.json") if (run_dir / "data.json").is_file() else {}
-    except InputError as e:
-        raise ConfigError(str(e)) from None
-    cfg = Config.from_dict(saved, source=str(path))
-    asked = {**(read_config_file(file) if file is not None else {}), **(overrides or {})}
-    if variant is not None:
-        asked["variant"] = variant
-    asked = {k.replace("-", "_"): v for k, v in asked.items()}
-    asked.setdefault("data", data_info.get("path") if isinstance(data_info.get("path"), str) else None)
-    if asked["data"] is None:
-        del asked["data"]
-    asked["out_dir"] = str(run_dir)
-    refused = []
-    for k, v in asked.items():
-        probe = Config()
-        _set(probe, k, v, source="command line")
-        value = getattr(getattr(probe, KEYS[k]), k)
-        if value == getattr(getattr(cfg, KEYS[k]), k):
-            continue
-        if k not in RESUME_SAFE:
-            refused.append(f"{k} (saved {getattr(getattr(cfg, KEYS[k]), k)!r}, asked {value!r}): {_resume_refusal(k)}")
-            continue
-        setattr(getattr(cfg, KEYS[k]), k, value)
-    if refused:
-        raise ConfigError(f"cannot resume {run_dir} with " + "; ".join(refused))
-    cfg.validate()
-    return cfg
-
-
-def fit_world_size(cfg: Config, world: int) -> str | None:
-    """Round gradient_accumulation_steps (the global count of micro-batches) up to a multiple of
-    the number of processes, so that each one takes an equal share; a note when it changed."""
-    g = cfg.train.gradient_accumulation_steps
-    if world <= 1 or g % world == 0:
-        return None
-    cfg.train.gradient_accumulation_steps = math.ceil(g / world) * world
-    g_new = cfg.train.gradient_accumulation_steps
-    return (
-        f"gradient_accumulation_steps {g} rounded up to {g_new}, a multiple of the {world} processes "
-        f"(global batch {g_new * cfg.train.batch_size} sequences)"
-    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -43,7 +43,10 @@ def sample_diversity(
 
     prompts, replaced = pick_prompts(tokens, num_samples, PROMPT_TOKENS, seed)
     t0 = time.perf_counter()
-    new = generate(predictor, prompts, max_new_tokens, temperature=1.0, seed=seed, sig_mode="normalize")
+    # without return_details, generate returns each prompt's new token ids
+    new = cast(
+        list[list[int]], generate(predictor, prompts, max_new_tokens, temperature=1.0, seed=seed, sig_mode="normalize")
+    )
     seconds = time.perf_counter() - t0
     texts = [tokenizer.decode(ids) for ids in new]
     samples = [

@@ -48,7 +48,7 @@ from ..common.errors import InputError
 from ..common.runtime import resolve_device
 from ..data.sources import Source, resolve_source, split_source, text_source
 from ..data.tokenizers import load_tokenizer
-from ..predict.methods import load_runs
+from ..predict.methods import Run, load_runs
 from ..predict.prediction import Prediction, build_predictor
 from ..predict.predictive import Predictor
 from ..train.trainlog import log_eval_scalars
@@ -118,16 +118,14 @@ def evaluate(
     if (data_dir is None) == (text is None):
         raise InputError("give the text to evaluate as either a prepared data folder (--data) or a file (--text)")
     runs = load_runs(run_dir, resolve_device(device))
-    run_dir, cfg = runs[0].folder, runs[0].config
-    tokenizer = load_tokenizer(run_dir)
-    source = split_source(run_dir, Path(data_dir), split) if text is None else text_source(text, tokenizer)
+    folder, cfg, tokenizer, source = _open(runs, data_dir, text, split)
     stride = _check_length(source, cfg.model.block_size, stride)
     prediction = Prediction(method, mc_samples, temperature, seed)
     predictor = build_predictor(runs, prediction)
     result, raw = _scored(runs, predictor, method, source, sets, stride, tau, batch, progress)
     if ood is not None:
-        result["ood"] = _ood(predictor, ood, run_dir, tokenizer, source, raw["tokens"], stride, batch, progress)
-    out = Path(out) if out is not None else default_out(run_dir, split if text is None else f"text:{text}")
+        result["ood"] = _ood(predictor, ood, folder, tokenizer, source, raw["tokens"], stride, batch, progress)
+    out = Path(out) if out is not None else default_out(folder, split if text is None else f"text:{text}")
     out.parent.mkdir(parents=True, exist_ok=True)
     result["calibration"]["reliability_png"] = _plot(result, raw, out).name
     result["diversity"] = None
@@ -137,8 +135,18 @@ def evaluate(
     atomic_write(out, json.dumps(result, indent=1, allow_nan=True) + "\n")
     if log_to_run:
         tag = source.split if text is None else "text"
-        result["logged_to"] = log_eval_scalars(run_dir, cfg, result["step"], scalars(result, f"eval-{tag}"))
+        result["logged_to"] = log_eval_scalars(folder, cfg, result["step"], scalars(result, f"eval-{tag}"))
     return result
+
+
+def _open(runs: list[Run], data_dir: str | Path | None, text: str | None, split: str):
+    """The first run's folder, config and tokenizer, and the source to score (``text``, else a split)."""
+    first = runs[0]
+    tokenizer = load_tokenizer(first.folder)
+    if text is not None:
+        return first.folder, first.saved_config, tokenizer, text_source(text, tokenizer)
+    assert data_dir is not None  # evaluate() checked that exactly one of data_dir and text is given
+    return first.folder, first.saved_config, tokenizer, split_source(first.folder, Path(data_dir), split)
 
 
 def _scored(

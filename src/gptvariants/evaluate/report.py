@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -277,7 +278,7 @@ def write_report(
     evals: dict[str, dict[str, Any]],
     plan: dict[str, Any],
     command: str,
-    sections: list[str] = (),
+    sections: Sequence[str] = (),
 ) -> Path:
     """report.md, results.json and results.csv in ``out``."""
     atomic_write(

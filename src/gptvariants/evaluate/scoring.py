@@ -98,7 +98,8 @@ def reference_sets(source: Source, sets: str | None, model: GPT, cfg) -> tuple[A
         if sets not in (None, "none"):
             raise InputError("--sets needs a prepared data folder (--data); an external --text has no reference sets")
         skipped = "external text: no reference sets"
-    elif sets not in (None, "none"):
+    elif sets is not None and sets != "none":
+        assert source.split is not None  # a data folder's source is one of its splits
         reference, described = open_reference_sets(data, sets, source.split, n), f"targets/{sets}"
     elif sets is None and source.truth is not None:
         described = f"exact support p_true > {EXACT_SUPPORT_THRESHOLD}"
@@ -112,6 +113,7 @@ def reference_sets(source: Source, sets: str | None, model: GPT, cfg) -> tuple[A
         skipped = "no reference sets (pass --sets NAME)"
     train_sets = None
     if data is not None and model.objective.sigmoid and cfg.objective.targets:
+        assert source.split is not None  # a data folder's source is one of its splits
         try:
             train_sets = open_reference_sets(data, cfg.objective.targets, source.split, n)
         except (FileNotFoundError, ValueError):  # trained on other data: score BCE on the true token only
@@ -146,7 +148,9 @@ class _Columns:
     tokens at V = 50257 with 4 draws, and out of memory at 8,192."""
 
     def __init__(self, n: int) -> None:
-        self.n, self.data, self.filled = n, {}, {}
+        self.n = n
+        self.data: dict[str, torch.Tensor] = {}
+        self.filled: dict[str, int] = {}
 
     def append(self, name: str, values: torch.Tensor) -> None:
         if name not in self.data:
@@ -164,7 +168,9 @@ class _SetCounts:
     """Per-token set counts at ``tau`` and pooled counts over TAUS, against reference sets."""
 
     def __init__(self, tau: float) -> None:
-        self.tau, self.tp, self.pred = tau, None, None
+        self.tau = tau
+        self.tp: torch.Tensor | None = None
+        self.pred: torch.Tensor | None = None
 
     def add(self, per_token: _Columns, probs: torch.Tensor, ref: torch.Tensor) -> None:
         tp, n_pred, n_ref = M.set_counts(probs, ref, self.tau)
@@ -177,7 +183,9 @@ class _SetCounts:
         self.pred = cpred if self.pred is None else self.pred + cpred
 
     def curve(self) -> tuple[np.ndarray, np.ndarray] | None:
-        return None if self.tp is None else (self.tp.cpu().numpy(), self.pred.cpu().numpy())
+        if self.tp is None or self.pred is None:
+            return None
+        return self.tp.cpu().numpy(), self.pred.cpu().numpy()
 
 
 @torch.no_grad()
@@ -221,7 +229,12 @@ def score(
         acc.add(t, y, draws, p_true)
         if want_sets:
             rows = reference[t - 1 : t - 1 + len(y)] if reference is not None else None
-            ref = _as_reference(rows) if rows is not None else exact_support(p_true)
+            if rows is not None:
+                ref = _as_reference(rows)
+            else:
+                assert p_true is not None  # without reference sets, want_sets means the truth is known
+                ref = exact_support(p_true)
+            assert draws.set_probs is not None  # asked for (set_probs=want_sets)
             acc.sets.add(acc.per_token, draws.set_probs, ref.to(y.device))
     bar.close()
     return {
@@ -252,6 +265,7 @@ class _Pass:
         stats = draws.token_stats(y)
         if draws.samples == 1:
             stats.pop("expected_entropy"), stats.pop("mutual_information")
+        assert draws.hidden is not None  # score_windows keeps every window's hidden states
         for k, v in stats.items():
             self.per_token.append(k, v)
         for m in TOKEN_METRICS.values():

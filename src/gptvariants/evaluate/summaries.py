@@ -33,7 +33,7 @@ def calibration_summary(t: dict[str, np.ndarray]) -> dict[str, Any]:
         "reliability": {
             "confidence": curve.confidence.tolist(),
             "accuracy": curve.accuracy.tolist(),
-            "count": curve.count.tolist(),
+            "count": curve.counts.tolist(),
         },
     }
 

@@ -61,6 +61,15 @@ class Run:
             raise InputError("this needs a run folder; a bare model has none (load one with gptvariants.load(RUN))")
         return self.dir
 
+    @property
+    def saved_config(self) -> Config:
+        """The run's saved config; InputError for a bare model, which has none."""
+        if self.config is None:
+            raise InputError(
+                "this needs a run's saved config; a bare model has none (load one with gptvariants.load(RUN))"
+            )
+        return self.config
+
     def temperature(self, key: str) -> float:
         """The temperature ``gptv calibrate`` fitted for ``key`` (a method name, or POINT), else 1."""
         return 1.0 if self.dir is None else RunFolder(self.dir).temperature(key)

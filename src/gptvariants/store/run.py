@@ -70,7 +70,9 @@ class RunFolder:
 
     def checkpoint_step(self) -> int:
         """The step of ``checkpoint()``: the pointer's step unless that checkpoint is damaged."""
-        return int(CKPT_RE.match(self.checkpoint().name).group(1))
+        match = CKPT_RE.match(self.checkpoint().name)
+        assert match is not None  # checkpoint() only returns folders named by the checkpoint pattern
+        return int(match.group(1))
 
     def checkpoints(self) -> list[tuple[int, Path]]:
         """(step, folder) of every ckpt-<step> folder, by step."""

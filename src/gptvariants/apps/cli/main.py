@@ -25,7 +25,8 @@ from ...common.allocator import keep_freed_memory
 from ...common.argtypes import non_negative_int, open_unit_interval, positive_int
 from ...common.checks import device_problem
 from ...common.errors import GptvError
-from ...core.config import KEYS, Config, ConfigError, fit_world_size, load_config, parse_overrides, resume_config
+from ...core.config import KEYS, Config, ConfigError, load_config, parse_overrides
+from ...core.resume import fit_world_size, resume_config
 from ...core.sizing import check_fits
 from ...core.variants import REGISTRY
 from ...data.dataset import TokenDataset
@@ -79,7 +80,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 def train_config(args: argparse.Namespace, extra: list[str]) -> Config:
     """The Config ``gptv train`` runs: from --config/--variant/overrides, or with ``--resume --out RUN``
-    from the run's saved config.json (``config.resume_config``); fitted to the processes torchrun
+    from the run's saved config.json (``resume.resume_config``); fitted to the processes torchrun
     started and checked against the device and its memory before anything is allocated."""
 
     overrides = parse_overrides(extra)

@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
+from ..common.runtime import resolve_device
 from .config import Config, ConfigError
 from .heads import HEADS, HeadSpec
 from .objectives import OBJECTIVES
@@ -34,14 +37,12 @@ def count_parameters(cfg: Config, vocab_size: int | None = None) -> int:
 
 
 def available_bytes(device: str) -> int | None:
-    """Memory a new allocation can use on ``device`` ('auto' = CUDA when present), or None when unknown.
+    """Memory a new allocation can use on ``device`` ('auto' as ``runtime.resolve_device`` picks), or None when unknown.
 
     CPU: MemAvailable + SwapFree from /proc/meminfo (os.sysconf elsewhere), shared among the
     processes torchrun started on this node. CUDA: the device's free memory."""
-    import torch
-
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(device).type  # the one rule for "auto"; MPS memory is not known here
     kind, _, index = device.partition(":")
     if kind == "cuda":
         if not torch.cuda.is_available():
@@ -73,13 +74,11 @@ def _meminfo_bytes(fields: tuple[str, ...]) -> int | None:
 
 def check_fits(cfg: Config, vocab_size: int, available: int | None = None) -> None:
     """Raise ConfigError when training ``cfg`` cannot fit in the memory of its device."""
-    import torch
-
     params = count_parameters(cfg, vocab_size)
     need = params * TRAIN_BYTES_PER_PARAM
     device = cfg.train.device
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(device).type  # the one rule for "auto"; MPS memory is not known here
     have = available_bytes(device) if available is None else available
     if have is not None and need > have:
         count = f"{params / 1e9:,.1f}B" if params >= 1e9 else f"{params / 1e6:,.1f}M"

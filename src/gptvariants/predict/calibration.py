@@ -25,8 +25,8 @@ import torch
 from .. import metrics as M
 from ..common.atomic import atomic_write
 from ..common.errors import InputError
-from .methods import CALIBRATION_FILE, Run, point_key
-from .prediction import Prediction, build_predictor
+from .methods import CALIBRATION_FILE, Run
+from .prediction import Prediction, build_predictor, temperature_key
 from .predictive import Predictor, score_windows
 
 N_BINS = 15
@@ -121,7 +121,7 @@ def fit_temperature(
             "ece": M.expected_calibration_error(s["confidence"], s["correct"], N_BINS, "width"),
         }
 
-    key = point_key([run]) if prediction.point else method
+    key = temperature_key([run], prediction)
     return {
         "key": key,
         "temperature": T,

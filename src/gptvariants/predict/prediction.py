@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..common.errors import InputError
-from .methods import METHODS, Run, get_method, point_predictor
+from .methods import METHODS, Run, get_method, point_key, point_predictor
 from .predictive import Predictor
 
 # lm-eval's documented model_arg bayes_mode, in the words of this module (``from_bayes_mode``)
@@ -72,6 +72,12 @@ class Prediction:
             )
         if not self.point:
             method.check(runs)
+
+
+def temperature_key(runs: Sequence[Run], prediction: Prediction) -> str:
+    """The key under which ``gptv calibrate`` stores the temperature of ``prediction`` in RUN/calibration.json:
+    the method's name, or for 0 draws the point estimate's (``methods.point_key``)."""
+    return point_key(runs) if prediction.point else prediction.method
 
 
 def build_predictor(

@@ -7,7 +7,7 @@ variant it records:
 
     ms/step      the median of the training log's ms_per_step (``gptv train``, ``--steps`` steps)
     eval s       ``gptv eval``'s scoring time of the validation split (speed.scoring_seconds)
-    gen tok/s    ``gptv eval``'s sampling speed (speed.generation_tokens_per_s)
+    gen tok/s    ``gptv eval``'s sampling speed (speed.generation_tokens_per_s; 100 samples of 64 tokens)
 
 and reports each tree's median over rounds and the ratio second/first as the median over
 rounds of the per-round ratio, with its range. The runs to retrain and evaluate are those of an
@@ -73,7 +73,7 @@ def train_ms(tree, run_dir: Path, out: Path, steps: int, threads: int) -> float:
 def eval_speed(tree, run_dir: Path, data: str, out: Path, threads: int) -> tuple[float, float]:
     run(
         tree,
-        ["eval", "--ckpt", str(run_dir), "--data", data, "--num-samples", "20", "--out", str(out), "--device", "cpu"],
+        ["eval", "--ckpt", str(run_dir), "--data", data, "--num-samples", "100", "--out", str(out), "--device", "cpu"],
         threads,
     )
     speed = json.loads(out.read_text())["speed"]

@@ -12,17 +12,18 @@ import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from .. import metrics as M
 from ..common.atomic import atomic_write
 from ..store.run import RunFolder
 from .result import headline
 from .scoring import TAUS, TOKEN_METRICS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class Column(NamedTuple):
@@ -127,6 +128,10 @@ def experiment_row(variant: str, ev: dict[str, Any], run_dir: Path, train_second
 
 def figure(size: tuple[float, float]) -> Figure:
     """A figure of ``size`` inches on an Agg canvas: no window, no global pyplot state."""
+    # matplotlib costs ~0.4 s to import: only commands that draw pay it
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=size)
     FigureCanvasAgg(fig)
     return fig

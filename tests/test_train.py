@@ -544,3 +544,22 @@ def test_checkpoint_write_failure_is_one_cli_line(tiny_data, tmp_path, monkeypat
     assert len(err) == 1 and "could not write the checkpoint of step 10" in err[0] and "cut short" in err[0]
     assert err[0].endswith("the previous checkpoint (step 5) is intact") and " free on " in err[0]
     assert load_run(tmp_path / "r") and not (tmp_path / "r" / "train.lock").exists()
+
+
+def test_eval_only_applies_to_the_invocation_that_asks_for_it(tiny_data, tmp_path, capsys):
+    """`--eval_only=true` on a resume is never saved: the next resume trains (it used to stay evaluation-only)."""
+    from gptvariants.apps.cli.main import main
+
+    run = tmp_path / "r"
+    args = [f"--{k}={v}" for k, v in tiny_overrides(tiny_data, run, max_iters=10, eval_interval=5).items()]
+    assert main(["train", *args]) == 0
+    assert main(["train", "--resume", "--out", str(run), "--eval_only=true"]) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["eval_only"] is False
+    assert main(["train", "--resume", "--out", str(run), "--max_iters=15"]) == 0
+    assert json.loads((run / "checkpoint.json").read_text())["step"] == 15
+    # a run saved by a version that persisted the flag trains on too
+    saved = json.loads((run / "config.json").read_text())
+    saved["train"]["eval_only"] = True
+    (run / "config.json").write_text(json.dumps(saved))
+    assert main(["train", "--resume", "--out", str(run), "--max_iters=20"]) == 0
+    assert json.loads((run / "checkpoint.json").read_text())["step"] == 20

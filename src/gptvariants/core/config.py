@@ -216,8 +216,16 @@ class Config:
         validate_config(self)
 
     def save(self, path: Path) -> None:
+        """The run's config.json; keys of one invocation (``PER_INVOCATION``) are saved at their defaults."""
+        saved = self.to_dict()
+        for k in PER_INVOCATION:
+            saved[KEYS[k]][k] = getattr(getattr(Config(), KEYS[k]), k)
+        atomic_write(Path(path), json.dumps(saved, indent=2) + "\n")
 
-        atomic_write(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+# flags that ask one invocation for something (evaluate only) and say nothing about the run: never
+# saved with it, so that a later `gptv train --resume` does what its own command line asks
+PER_INVOCATION = frozenset({"eval_only"})
 
 
 class ConfigError(GptvError, ValueError):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common.inputs import InputError, read_json
-from .config import KEYS, Config, ConfigError, read_config_file, set_key
+from .config import KEYS, PER_INVOCATION, Config, ConfigError, read_config_file, set_key
 
 # keys a resumed run may change: schedule, cadence, devices, logging (the rest fix what the checkpoint is)
 RESUME_SAFE = frozenset(
@@ -87,6 +87,8 @@ def resume_config(
     except InputError as e:
         raise ConfigError(str(e)) from None
     cfg = Config.from_dict(saved, source=str(path))
+    for k in PER_INVOCATION:  # runs saved before these keys were left out of config.json
+        setattr(getattr(cfg, KEYS[k]), k, getattr(getattr(Config(), KEYS[k]), k))
     asked = {**(read_config_file(file) if file is not None else {}), **(overrides or {})}
     if variant is not None:
         asked["variant"] = variant

@@ -138,6 +138,7 @@ class Method:
         return [Member(r.model, r.temperature(key) if temperature else 1.0) for r in runs]
 
     def predictor(self, runs: Sequence[Run], mc_samples: int | None, seed: int | None, temperature: bool) -> Predictor:
+        """The predictor of ``runs``, which ``check`` accepted (``prediction.build_predictor`` checks first)."""
         return Predictor(self.members(runs, temperature, self.name), samples=mc_samples, seed=seed)
 
 
@@ -206,7 +207,6 @@ class PerSequence(Method):
                 )
 
     def predictor(self, runs, mc_samples, seed, temperature):
-        self.check(runs)
         predictor = Predictor(self.members(runs, temperature, self.name), samples=1, seed=seed)
         for m in predictor.members:
             m.sampler = RowWeights(m.model.head)
@@ -228,7 +228,6 @@ class MCDropout(Method):
 
     def predictor(self, runs, mc_samples, seed, temperature):
         """Backbone passes: ``mc_samples``, else the first run's mc_samples."""
-        self.check(runs)
         passes = mc_samples if mc_samples is not None else run_mc_samples(runs[0].model)
         return Predictor(self.members(runs, temperature, self.name), samples=0, dropout_samples=passes, seed=seed)
 
@@ -249,10 +248,6 @@ class LaplaceMethod(Method):
         for m, r in zip(out, runs):
             m.sampler = LaplacePosterior.load(r.dir, device=next(r.model.parameters()).device).sampler(r.model)
         return out
-
-    def predictor(self, runs, mc_samples, seed, temperature):
-        self.check(runs)
-        return super().predictor(runs, mc_samples, seed, temperature)
 
 
 @register_method
@@ -283,7 +278,3 @@ class Snapshot(Method):
                 load_weights(ckpt, model)
                 out.append(Member(model.to(device).eval(), t))
         return out
-
-    def predictor(self, runs, mc_samples, seed, temperature):
-        self.check(runs)
-        return super().predictor(runs, mc_samples, seed, temperature)

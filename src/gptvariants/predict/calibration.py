@@ -25,7 +25,8 @@ import torch
 from .. import metrics as M
 from ..common.atomic import atomic_write
 from ..common.errors import InputError
-from .methods import CALIBRATION_FILE, Run
+from ..store.run import CALIBRATION_FILE
+from .methods import Run
 from .prediction import Prediction, build_predictor, temperature_key
 from .predictive import Predictor, score_windows
 

@@ -44,10 +44,10 @@ from ..common.atomic import atomic_write
 from ..common.errors import InputError
 from ..core.model import GPT
 from ..metrics import spread_windows
+from ..store.run import LAPLACE_FILE, LAPLACE_META, RunFolder
 from .predictive import Draws, Member, Predictor, score_windows
 
-FILE = "laplace.safetensors"
-META = "laplace.json"
+FILE, META = LAPLACE_FILE, LAPLACE_META  # named by the run folder (store.run)
 KFAC_MAX_VOCAB = 4096
 GRID = np.logspace(-3, 7, 21)
 
@@ -96,7 +96,7 @@ class LaplacePosterior:
 
     @staticmethod
     def check_fitted(run_dir: Path) -> None:
-        if not (Path(run_dir) / FILE).is_file() or not (Path(run_dir) / META).is_file():
+        if not RunFolder(run_dir).has_laplace():
             raise InputError(f"{run_dir} has no Laplace posterior: fit one with `gptv laplace {run_dir}`")
 
     @classmethod

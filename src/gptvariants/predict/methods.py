@@ -38,7 +38,6 @@ from ..core.config import Config
 from ..core.model import GPT
 from ..data.tokenizers import META_FILE
 from ..store.checkpoint import CheckpointError, checkpoints, load_run, load_weights, verify_checkpoint
-from ..store.run import CALIBRATION_FILE as CALIBRATION_FILE  # calibration.py writes it
 from ..store.run import RunFolder
 from .laplace import LaplacePosterior
 from .predictive import Member, Predictor, run_mc_samples

@@ -22,7 +22,8 @@ from .records import METRICS_FILE, load_records
 RUN_JSON_FILES = ("checkpoint.json", "config.json", "data.json", "tokenizer_meta.json")
 CONFIG_FILE = "config.json"
 CALIBRATION_FILE = "calibration.json"  # temperatures fitted by `gptv calibrate`, by method
-LAPLACE_FILES = ("laplace.safetensors", "laplace.json")  # the posterior `gptv laplace` fits
+LAPLACE_FILE, LAPLACE_META = "laplace.safetensors", "laplace.json"  # the posterior `gptv laplace` fits
+LAPLACE_FILES = (LAPLACE_FILE, LAPLACE_META)
 
 
 def check_run_files(run_dir: Path) -> None:

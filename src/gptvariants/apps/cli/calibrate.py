@@ -14,7 +14,8 @@ from ...common.runtime import resolve_device
 from ...data.sources import split_source
 from ...predict.calibration import fit_temperature, save_temperature
 from ...predict.laplace import fit_laplace
-from ...predict.methods import CALIBRATION_FILE, METHODS, load_runs
+from ...predict.methods import METHODS, load_runs
+from ...store.run import CALIBRATION_FILE
 from .prediction import add_prediction_arguments
 
 

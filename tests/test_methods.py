@@ -15,10 +15,11 @@ from gptvariants.core.model import GPT
 from gptvariants.data.tokenizers import CharTokenizer
 from gptvariants.predict.calibration import fit_temperature, golden_section, save_temperature
 from gptvariants.predict.laplace import LaplacePosterior, curvature
-from gptvariants.predict.methods import CALIBRATION_FILE, Run, load_runs
+from gptvariants.predict.methods import Run, load_runs
 from gptvariants.predict.prediction import Prediction, build_predictor
 from gptvariants.predict.predictive import Predictor
 from gptvariants.store.checkpoint import save_checkpoint
+from gptvariants.store.run import CALIBRATION_FILE
 from gptvariants.train.loop import train
 
 CHARS = ["a", "b"]

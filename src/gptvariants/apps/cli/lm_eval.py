@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ...common.argtypes import non_negative_int
 from ...predict.methods import METHODS
 from ..harness import lm_eval_argv, run_lm_eval
+from .prediction import add_prediction_arguments
 
 
 def _cmd_lm_eval(args: argparse.Namespace, extra: list[str]) -> int:
@@ -37,20 +37,7 @@ def register_cli(subparsers) -> None:
     )
     p.add_argument("run", help="run folder (written by `gptv train`)")
     p.add_argument("--tasks", required=True, help="lm-eval task names, comma-separated (or a task YAML path)")
-    p.add_argument(
-        "--method",
-        choices=[k for k, m in METHODS.items() if not m.generation_only],
-        default=None,
-        help="uncertainty method of the predictive (default: default, the heads' own draws)",
-    )
-    p.add_argument(
-        "--mc-samples",
-        "--mc_samples",
-        type=non_negative_int,
-        default=None,
-        help="draws of the method (default: the run's mc_samples; 0 = the point estimate, "
-        "e.g. a Bayesian head's posterior mean)",
-    )
+    add_prediction_arguments(p, [k for k, m in METHODS.items() if not m.generation_only], temperature=False)
     p.add_argument(
         "--model-args",
         "--model_args",

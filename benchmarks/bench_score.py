@@ -3,7 +3,7 @@
 A character model (nanoGPT's CPU shape for Tiny Shakespeare: 4 layers, 4 heads, 128 wide,
 block_size 64; trained a few steps, since speed does not depend on the weights) scores the first
 ``--chars`` characters of ../shared/data/tinyshakespeare/input.txt (generated text when absent).
-score() feeds generation's windows (``api.generation_windows``: once the text outgrows the
+score() feeds generation's windows (``window.generation_windows``: once the text outgrows the
 context, windows of block_size tokens advanced by block_size // 4), so every token is fed about
 four times; the reference is what those windows cost at the least:
 
@@ -44,10 +44,11 @@ from unittest import mock
 import torch
 
 from gptvariants.apps import api
-from gptvariants.apps.api import LanguageModel, generation_windows, load
+from gptvariants.apps.api import LanguageModel, load
 from gptvariants.common.allocator import keep_freed_memory
 from gptvariants.core.config import load_config
 from gptvariants.data.prepare import prepare
+from gptvariants.decode.window import generation_windows
 from gptvariants.predict.predictive import score_windows
 from gptvariants.train.loop import train
 

@@ -10,7 +10,7 @@ into scalars. Reducers accept numpy arrays or torch tensors and return Python fl
 Window plans, the (begin, end, score_from) triples ``predictive.score_windows`` runs, all live
 here: sliding_windows (eval, calibration, lm-eval's rolling loglikelihood), continuation_windows
 (lm-eval's continuations), spread_windows (the Laplace fit). Generation's own policy
-(``api.generation_windows``) follows the decoder's ``window_start`` and stays beside it.
+(``decode.window.generation_windows``) follows the decoder's ``window_start`` and stays beside it.
 
 Logarithms are natural (nats) unless a name says bits.
 """

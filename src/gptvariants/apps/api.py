@@ -30,7 +30,8 @@ import torch
 from ..common.runtime import resolve_device
 from ..data.tokenizers import load_tokenizer
 from ..decode.decoder import Decoder, Generation, Row, RowOptions
-from ..decode.generate import generate, keep_tokens, window_start
+from ..decode.generate import generate
+from ..decode.window import generation_windows
 from ..predict.methods import Run, load_runs
 from ..predict.prediction import Prediction, build_predictor
 from ..predict.predictive import Draws, Predictor, score_windows
@@ -469,20 +470,4 @@ class LanguageModel:
         )
 
 
-def generation_windows(n_tokens: int, block_size: int, slide: int | None = None) -> list[tuple[int, int, int]]:
-    """Generation's context policy as (begin, end, score_from) windows over a stream of ``n_tokens``
-    (``predictive.score_windows``): target t is predicted from tokens[start(t) : t], where start
-    follows ``generate.window_start``; consecutive targets with the same start share a window."""
-    keep = keep_tokens(block_size, slide)
-    windows: list[list[int]] = []  # [start, end, first target]
-    start = 0
-    for t in range(1, n_tokens):
-        start = window_start(start, t, block_size, keep)
-        if windows and windows[-1][0] == start:
-            windows[-1][1] = t + 1
-        else:
-            windows.append([start, t + 1, t])
-    return [(w[0], w[1], w[2]) for w in windows]
-
-
-__all__ = ["Completion", "LanguageModel", "TokenRecord", "generation_windows", "load"]
+__all__ = ["Completion", "LanguageModel", "TokenRecord", "load"]

@@ -143,3 +143,19 @@ class ContextWindow:
         last = torch.tensor(n, device=device) - 1
         rows = torch.arange(len(n), device=device)
         return [h[rows, last] for h in hs]
+
+
+def generation_windows(n_tokens: int, block_size: int, slide: int | None = None) -> list[tuple[int, int, int]]:
+    """Generation's context policy as (begin, end, score_from) windows over a stream of ``n_tokens``
+    (``predictive.score_windows``): target t is predicted from tokens[start(t) : t], where start
+    follows ``generate.window_start``; consecutive targets with the same start share a window."""
+    keep = keep_tokens(block_size, slide)
+    windows: list[list[int]] = []  # [start, end, first target]
+    start = 0
+    for t in range(1, n_tokens):
+        start = window_start(start, t, block_size, keep)
+        if windows and windows[-1][0] == start:
+            windows[-1][1] = t + 1
+        else:
+            windows.append([start, t + 1, t])
+    return [(w[0], w[1], w[2]) for w in windows]

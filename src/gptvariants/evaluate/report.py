@@ -128,7 +128,7 @@ def experiment_row(variant: str, ev: dict[str, Any], run_dir: Path, train_second
 
 def figure(size: tuple[float, float]) -> Figure:
     """A figure of ``size`` inches on an Agg canvas: no window, no global pyplot state."""
-    # matplotlib costs ~0.4 s to import: only commands that draw pay it
+    # matplotlib is slow to import (benchmarks/README.md, issue 24): only commands that draw pay for it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -72,11 +72,6 @@ EXPERIMENT_TABLE = [  # report.md's results table (results.csv holds every key o
     "brier", "auroc_entropy", "set_f1", "set_size", "set_f1_best", "set_best_tau", "kl_to_truth",
     "mutual_information", "ms_per_step",
 ]  # fmt: skip
-UNCERTAINTY_TABLE = [
-    "system", "nll", "ece", "ece_half", "ece_half_t", "temperature", "nll_half", "nll_half_t",
-    "auroc_token_entropy", "auroc_token_mi", "auroc_seq_entropy", "auroc_seq_mi", "mi_in", "mi_out", "aurc_entropy",
-    "train_cost", "eval_cost", "draws",
-]  # fmt: skip
 ROW_FIGURES = [  # the headline figures of an experiment row, after the variant: results.csv's columns
     "steps", "perplexity", "self_bleu", "distinct_4_study", "distinct_4", "nats_per_token", "bits_per_byte", "ece",
     "brier", "accuracy", "auroc_entropy", "set_f1", "set_f1_best", "set_best_tau", "set_size", "kl_to_truth",
@@ -239,32 +234,6 @@ def plot_ppl_vs_selfbleu(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def plot_uncertainty(results: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path) -> Path:
-    """Left: token-level OOD AUROC of the entropy and of MI per system. Right: risk-coverage curves."""
-
-    fig = figure((11, 4.2))
-    ax, bx = fig.subplots(1, 2)
-    x = np.arange(len(rows))
-    ax.bar(x - 0.2, [r["auroc_token_entropy"] for r in rows], 0.4, label="entropy")
-    ax.bar(x + 0.2, [r["auroc_token_mi"] or 0.0 for r in rows], 0.4, label="mutual information")
-    ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
-    ax.set_xticks(x, [r["system"] for r in rows], rotation=35, ha="right", fontsize="small")
-    ax.set(ylim=(0.3, 1.0), ylabel="token-level OOD AUROC", title="Telling the shifted text apart")
-    ax.legend(fontsize="small")
-    for res in results:
-        curve = res["eval"]["selective"]["curve"]["entropy"]
-        bx.plot(curve["coverage"], curve["risk"], label=res["system"], linewidth=1)
-    bx.set(
-        xlabel="coverage (least uncertain first)",
-        ylabel="top-1 error of the kept tokens",
-        title="Risk-coverage (entropy)",
-    )
-    bx.legend(fontsize="x-small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
-
-
 def plot_experiment(
     out: Path, runs: dict[str, Path], evals: dict[str, Any], rows: list[dict[str, Any]], ideal: float | None
 ) -> None:
@@ -376,34 +345,3 @@ def _how_to_read(any_eval: dict[str, Any]) -> list[str]:
         "`val.samples.jsonl`.",
         "",
     ]
-
-
-def uncertainty_section(rows: list[dict[str, Any]], ood: str, plot_name: str) -> list[str]:
-    """The report's "Uncertainty" section."""
-    best = max(rows, key=lambda r: max(r["auroc_token_mi"] or 0, 0))
-    base = rows[0]
-    lines = [
-        "## Uncertainty",
-        "",
-        f"Every system on the validation split and, as shifted text, `{ood}`. Temperature T is fitted on the first "
-        "half of the validation split and checked on the second half (the *half* columns).",
-        "",
-        markdown_table(rows, UNCERTAINTY_TABLE),
-        "",
-        "- **OOD AUROC**: how well a score separates the shifted text's tokens (tok), or its block_size-token "
-        "sequences (seq, the mean score), from the in-domain ones; H = predictive entropy, MI = mutual information "
-        "between the "
-        "token and the draws (epistemic; systems with several draws). 0.5 = no better than chance.",
-        "- **AURC (H)**: area under the risk-coverage curve of the top-1 prediction when the most uncertain tokens "
-        "are abstained on first (lower is better).",
-        "- **train cost / eval cost**: training step time (summed over an ensemble's runs) and evaluation time as "
-        "ratios to the baseline's, measured in this run on this machine.",
-    ]
-    if best["auroc_token_mi"] is not None:
-        verdict = "beats" if best["auroc_token_mi"] > base["auroc_token_entropy"] else "does not beat"
-        lines.append(
-            f"- The best epistemic score (MI of {best['system']}, token AUROC {best['auroc_token_mi']:.3f}) "
-            f"{verdict} the baseline's predictive entropy ({base['auroc_token_entropy']:.3f})."
-        )
-    lines += ["", f"![uncertainty]({plot_name})", ""]
-    return lines

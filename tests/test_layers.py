@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "gptvariants"
 
 LAYERS: list[tuple[str, ...]] = [
     ("common",),  # checks, atomic writes, user files, devices and processes
-    ("metrics",),  # numbers from arrays
+    ("metrics", "intervals"),  # numbers from arrays; their intervals and the verdicts they allow
     ("core",),  # config, heads, objectives, variants, the model
     ("data",),  # tokenizers, datasets, the synthetic language, eval sources
     ("store",),  # run folders, checkpoints

@@ -1,0 +1,145 @@
+"""Intervals for every figure that compares systems, and the words a comparison may use.
+
+Two sources of spread:
+    seeds      the figure measured once per training seed: mean and Student-t interval,
+               mean +- t_{n-1, (1+level)/2} * s / sqrt(n)   (``t_interval``; paired: on a - b)
+    tokens     one run's figure over held-out tokens, which are correlated: a bootstrap over
+               non-overlapping blocks of ``block`` contiguous tokens (``BlockBootstrap``), each
+               resample drawing n_blocks blocks with replacement. A statistic is recomputed with
+               per-token integer weights (the number of times its block was drawn), so the same
+               resamples serve every statistic and a paired difference (two systems scored on the
+               same tokens) uses one set of weights for both.
+
+A comparison is "better", "worse" or "no significant difference" by whether its interval of the
+difference excludes 0 (``verdict``); nothing else may be claimed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from scipy import stats
+
+LEVEL = 0.95
+RESAMPLES = 200  # bootstrap resamples by default
+BLOCK = 64  # tokens per bootstrap block by default (about one sliding window of the experiment's models)
+
+Verdict = Literal["better", "worse", "no significant difference"]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """An estimate with its interval at ``level``: ``se`` its standard error, ``n`` the seeds (t) or
+    resamples (bootstrap) behind it, ``method`` how it was made."""
+
+    estimate: float
+    lo: float
+    hi: float
+    se: float
+    n: int
+    method: str
+    level: float = LEVEL
+
+    def excludes(self, value: float = 0.0) -> bool:
+        return bool(self.lo > value or self.hi < value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "estimate": self.estimate,
+            "lo": self.lo,
+            "hi": self.hi,
+            "se": self.se,
+            "n": self.n,
+            "method": self.method,
+            "level": self.level,
+        }
+
+    def format(self, fmt: str = "{:.4f}") -> str:
+        """'0.1234 [0.1100, 0.1300]' (the estimate alone when the interval is undefined)."""
+        if not (math.isfinite(self.lo) and math.isfinite(self.hi)):
+            return fmt.format(self.estimate)
+        return f"{fmt.format(self.estimate)} [{fmt.format(self.lo)}, {fmt.format(self.hi)}]"
+
+
+def t_interval(values: Any, level: float = LEVEL) -> Interval:
+    """Mean of ``values`` (one per seed) with the Student-t interval; NaN bounds for one value."""
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if x.size == 0:
+        raise ValueError("t_interval needs at least one value")
+    mean = float(x.mean())
+    if x.size == 1:
+        return Interval(mean, math.nan, math.nan, math.nan, 1, "t")
+    se = float(x.std(ddof=1) / math.sqrt(x.size))
+    half = float(stats.t.ppf((1 + level) / 2, x.size - 1)) * se
+    return Interval(mean, mean - half, mean + half, se, int(x.size), "t", level)
+
+
+def paired_t_interval(a: Any, b: Any, level: float = LEVEL) -> Interval:
+    """The mean difference a - b over paired values (the same seeds) with its t interval."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need the same shape, got {a.shape} and {b.shape}")
+    return t_interval(a - b, level)
+
+
+class BlockBootstrap:
+    """Resamples of ``n`` ordered tokens by blocks of ``block`` contiguous ones (the last block takes
+    the remainder), ``resamples`` of them, from ``seed``. ``counts[r, j]`` is how often resample r
+    drew block j; ``weights(r)`` the per-token weights of resample r."""
+
+    def __init__(self, n: int, block: int = BLOCK, resamples: int = RESAMPLES, seed: int = 0) -> None:
+        if n < 2:
+            raise ValueError(f"a bootstrap needs at least 2 tokens, got {n}")
+        if block < 1 or resamples < 2:
+            raise ValueError(f"block must be >= 1 and resamples >= 2, got {block} and {resamples}")
+        self.n, self.resamples = n, resamples
+        self.block = min(block, n // 2)  # at least two blocks, or every resample is the data itself
+        n_blocks = n // self.block
+        self.block_of = np.minimum(np.arange(n) // self.block, n_blocks - 1)
+        rng = np.random.default_rng(seed)
+        draws = rng.integers(0, n_blocks, size=(resamples, n_blocks))
+        self.counts = np.zeros((resamples, n_blocks), dtype=np.int64)
+        np.add.at(self.counts, (np.arange(resamples)[:, None], draws), 1)
+
+    @property
+    def method(self) -> str:
+        return f"block bootstrap ({self.resamples} resamples of {self.block}-token blocks)"
+
+    def weights(self, r: int) -> np.ndarray:
+        return self.counts[r][self.block_of]
+
+    def means(self, x: Any) -> np.ndarray:
+        """The weighted mean of ``x`` (per token) in every resample, at once: (resamples,)."""
+        x = np.asarray(x, dtype=np.float64)
+        sums = np.bincount(self.block_of, weights=x, minlength=self.counts.shape[1])
+        sizes = np.bincount(self.block_of, minlength=self.counts.shape[1]).astype(np.float64)
+        return (self.counts @ sums) / (self.counts @ sizes)
+
+    def replicates(self, statistic: Callable[[np.ndarray], float]) -> np.ndarray:
+        """``statistic(weights)`` for every resample's per-token weights: (resamples,)."""
+        return np.array([statistic(self.weights(r)) for r in range(self.resamples)], dtype=np.float64)
+
+    def interval(self, estimate: float, replicates: np.ndarray, level: float = LEVEL) -> Interval:
+        """The percentile interval of ``replicates`` around the full-data ``estimate``."""
+        reps = replicates[np.isfinite(replicates)]
+        if reps.size < 2:
+            return Interval(float(estimate), math.nan, math.nan, math.nan, int(reps.size), self.method, level)
+        lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
+        return Interval(
+            float(estimate), float(lo), float(hi), float(reps.std(ddof=1)), int(reps.size), self.method, level
+        )
+
+    def mean_interval(self, x: Any, level: float = LEVEL) -> Interval:
+        return self.interval(float(np.mean(x)), self.means(x), level)
+
+
+def verdict(difference: Interval, higher_is_better: bool) -> Verdict:
+    """'better' or 'worse' for the first system when the interval of (first - second) excludes 0,
+    else 'no significant difference'."""
+    if not difference.excludes(0.0):
+        return "no significant difference"
+    return "better" if (difference.lo > 0) == higher_is_better else "worse"

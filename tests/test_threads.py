@@ -72,10 +72,13 @@ def test_busy_machine_note(restore_threads, monkeypatch, capsys):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "load_average", lambda: 5.0)
     torch.set_num_threads(2)
-    assert main(["variants"]) == 0
+    assert main(["variants"]) == 0  # no tensor work: the count is set, no word about it
+    assert torch.get_num_threads() == 1 and capsys.readouterr().err == ""
+    torch.set_num_threads(2)
+    assert main(["sample", "--ckpt", "/nonexistent-run"]) == 2
     err = capsys.readouterr().err
     assert torch.get_num_threads() == 1
-    assert "gptv variants: note: the machine is busy (load average 5.0 on 2 cores): using 1 thread instead of 2" in err
+    assert "gptv sample: note: the machine is busy (load average 5.0 on 2 cores): using 1 thread instead of 2" in err
 
 
 def test_the_cli_sets_passive_waiting_before_torch_loads():

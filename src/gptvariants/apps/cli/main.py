@@ -43,6 +43,8 @@ THREADS_HELP = (
     "OMP_NUM_THREADS also works)"
 )
 
+NO_TENSOR_WORK = ("variants", "prepare")  # commands for which a busy machine's thread count does not matter
+
 # the user's mistakes (our own error types; the OS refusing a file the user named): one line, no
 # traceback. A ValueError or RuntimeError raised anywhere else is our bug and keeps its traceback.
 USER_ERRORS = (GptvError, OSError)
@@ -279,7 +281,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = one_line
         note = apply_threads(args.threads)
-        if note:
+        if note and args.command not in NO_TENSOR_WORK:
             _say(args.command, "note", note)
         _check_inputs(args)
         code = args.func(args, extra) if getattr(args, "takes_extra", False) else args.func(args)

@@ -13,10 +13,11 @@ Options:
   passive      one thread per core, OMP_WAIT_POLICY=PASSIVE
   one          1 thread (spinning waits do not matter with one thread)
   one-passive  1 thread, OMP_WAIT_POLICY=PASSIVE
-  auto         what `gptv` now does: common/threads.py's choice from the load average, passive waiting
+  gptv         what `gptv` now does (common/threads.py): passive waiting, torch's thread count
+  load         passive waiting and the cores the 1-minute load average leaves free (at least 1)
 
     python benchmarks/bench_threads.py                       # all options, 60 steps, 3 rounds
-    python benchmarks/bench_threads.py --steps 20 --rounds 1 --options default,auto
+    python benchmarks/bench_threads.py --steps 20 --rounds 1 --options default,gptv
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ import time
 from pathlib import Path
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-OPTIONS = {  # name -> (threads or None for torch's default or "auto", OMP_WAIT_POLICY or None)
+OPTIONS = {  # name -> (threads: a number, None for torch's default, "gptv" or "load"; OMP_WAIT_POLICY or None)
     "default": (None, None),
     "passive": (None, "PASSIVE"),
     "one": (1, None),
     "one-passive": (1, "PASSIVE"),
-    "auto": ("auto", "PASSIVE"),
+    "gptv": ("gptv", "PASSIVE"),
+    "load": ("load", "PASSIVE"),
 }
 COMPETITOR = """
 import torch
@@ -57,10 +59,11 @@ def worker(steps: int, threads: str | None) -> None:
     from gptvariants.core.model import GPT
     from gptvariants.evaluate.experiment import DEFAULT_SHAPE
 
-    if threads == "auto":
-        note = apply_threads(None)
-        if note:
-            print(note, file=sys.stderr)
+    if threads == "gptv":
+        apply_threads(None)
+    elif threads == "load":
+        cpus = torch.get_num_threads()
+        torch.set_num_threads(max(1, min(cpus, int(cpus - os.getloadavg()[0] + 0.5))))
     elif threads is not None:
         torch.set_num_threads(int(threads))
     shape = {k: DEFAULT_SHAPE[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size")}

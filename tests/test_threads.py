@@ -9,37 +9,19 @@ import torch
 
 from gptvariants.apps.cli.main import build_parser, main
 from gptvariants.common import threads
-from gptvariants.common.threads import choose_threads
+from gptvariants.common.threads import busy_note
 
 
-def test_the_user_decides_first():
-    assert choose_threads(3, cores=2, load=9.0, env=None) == (3, "")  # --threads, even above the cores
-    assert choose_threads(None, cores=2, load=9.0, env="2") == (None, "")  # OMP_NUM_THREADS: torch's own
+@pytest.mark.parametrize(("cpus", "load"), [(2, None), (2, 0.0), (2, 0.99), (16, 7.9), (1, 0.9)])
+def test_no_note_while_half_the_cores_are_free(cpus, load):
+    assert busy_note(cpus, cpus, load) == ""
 
 
-@pytest.mark.parametrize("load", [None, 0.0, 0.49])
-def test_a_quiet_machine_keeps_torchs_default(load):
-    assert choose_threads(None, cores=8, load=load, env=None) == (None, "")
-    assert choose_threads(None, cores=8, load=load, env="") == (None, "")
-
-
-@pytest.mark.parametrize(
-    ("cores", "load", "expected"),
-    [(2, 0.6, 1), (2, 1.0, 1), (2, 5.3, 1), (8, 3.0, 5), (8, 7.9, 1), (16, 2.4, 14), (8, 0.8, 7)],
-)
-def test_a_busy_machine_leaves_the_loaded_cores_and_says_so(cores, load, expected):
-    n, note = choose_threads(None, cores=cores, load=load, env=None)
-    assert n == expected
-    assert f"load average {load:.1f} on {cores} cores" in note and f"using {expected} thread" in note
-    assert "--threads N" in note
-
-
-def test_a_load_that_rounds_to_all_cores_changes_nothing():
-    assert choose_threads(None, cores=2, load=0.5, env=None) == (None, "")
-    assert choose_threads(None, cores=16, load=0.7, env=None) == (15, choose_threads(None, 16, 0.7, None)[1])
-
-
-ARGVS = [["--threads", "2", "variants"], ["variants", "--threads=2"], ["variants", "--threads", "2"]]
+@pytest.mark.parametrize(("cpus", "threads", "load"), [(2, 2, 1.0), (2, 1, 5.3), (16, 16, 8.0), (1, 1, 1.2)])
+def test_a_busy_machine_is_named_with_the_threads_used(cpus, threads, load):
+    note = busy_note(cpus, threads, load)
+    assert note.startswith(f"the machine is busy (load average {load:.1f} on {cpus} cores)")
+    assert f"using {threads} CPU thread{'s' if threads > 1 else ''} (--threads N to choose)" in note
 
 
 @pytest.fixture
@@ -68,17 +50,17 @@ def test_every_subcommand_takes_threads():
         parser.parse_args(["variants", "--threads", "0"])
 
 
-def test_busy_machine_note(restore_threads, monkeypatch, capsys):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+def test_busy_machine_note_leaves_the_thread_count(restore_threads, monkeypatch, capsys):
     monkeypatch.setattr(threads, "load_average", lambda: 5.0)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     torch.set_num_threads(2)
-    assert main(["variants"]) == 0  # no tensor work: the count is set, no word about it
-    assert torch.get_num_threads() == 1 and capsys.readouterr().err == ""
-    torch.set_num_threads(2)
+    assert main(["variants"]) == 0  # no tensor work: no word about it
+    assert torch.get_num_threads() == 2 and capsys.readouterr().err == ""
     assert main(["sample", "--ckpt", "/nonexistent-run"]) == 2
     err = capsys.readouterr().err
-    assert torch.get_num_threads() == 1
-    assert "gptv sample: note: the machine is busy (load average 5.0 on 2 cores): using 1 thread instead of 2" in err
+    assert torch.get_num_threads() == 2  # the same count, whatever the load: results do not depend on it
+    assert "gptv sample: note: the machine is busy (load average 5.0 on 2 cores): steps will be slower" in err
+    assert "using 2 CPU threads (--threads N to choose)" in err.splitlines()[0]
 
 
 def test_the_cli_sets_passive_waiting_before_torch_loads():

@@ -1,20 +1,17 @@
-"""CPU threads of a ``gptv`` process: how many, and how idle ones wait.
+"""CPU threads of a ``gptv`` process: how idle ones wait, how many there are, and a word when the machine is busy.
 
-Two habits of OpenMP thrash a CPU shared with other jobs (benchmarks/README.md, issue 21):
-torch starts one thread per core, and an idle thread spins for a while before it sleeps.
-Beside one other 2-thread job on 2 cores, a step then waits at every operation for a thread
-that is descheduled while its partner spins (13x slower in the issue's report).
-
-The policy ``gptv`` applies (``choose_threads``), unless the user decides:
-- ``--threads N``: N threads. ``OMP_NUM_THREADS`` set in the environment: torch's own choice.
-- otherwise the cores that the 1-minute load average leaves free, rounded, between 1 and the
-  cores torch would use: all of them on a quiet machine (the same as torch's default, so
-  results there do not change), fewer beside other jobs, with a one-line note saying so.
+torch starts one OpenMP thread per core, and by default an idle OpenMP thread spins for a while
+before it sleeps. Beside another CPU job, a step then waits at every operation for a thread that
+is descheduled while its partner spins: the experiment's steps ran 2-13x slower beside one
+2-thread job (benchmarks/README.md, issue 21). What ``gptv`` does:
 - idle threads sleep at once (``OMP_WAIT_POLICY=PASSIVE``) unless the environment sets a
-  policy; it must be set before torch loads OpenMP, so the CLI package sets it on import
-  (``prefer_passive_waiting``).
-The thread count can change float rounding (reductions split differently), so runs that must
-agree to the last digit should pass the same ``--threads``.
+  policy. OpenMP reads it when torch loads, so the CLI package sets it on import
+  (``prefer_passive_waiting``). It changes no result. Measured beside a 2-thread job, it
+  removed the slowdown; fewer threads (1, or the cores the load average leaves free) did no
+  better, and would make a run's float rounding depend on the machine's load.
+- the thread count stays torch's (one per core, or ``OMP_NUM_THREADS``) unless ``--threads N``.
+- on a busy machine (1-minute load average at least half the cores) one line says so: steps
+  are slower and their times noisy (``busy_note``).
 """
 
 from __future__ import annotations
@@ -22,7 +19,6 @@ from __future__ import annotations
 import os
 
 WAIT_POLICY = "OMP_WAIT_POLICY"
-BUSY_NOTE_LOAD = 0.5  # a load at least this far above nothing, on top of us, is worth a note
 
 
 def prefer_passive_waiting() -> None:
@@ -39,34 +35,21 @@ def load_average() -> float | None:
         return None
 
 
-def choose_threads(requested: int | None, cores: int, load: float | None, env: str | None) -> tuple[int | None, str]:
-    """(threads to set or None to leave torch's choice, note for the user or '').
-
-    ``cores``: torch's default thread count; ``load``: the 1-minute load average before this
-    process started working; ``env``: OMP_NUM_THREADS as the environment gives it.
-    """
-    if requested is not None:
-        return requested, ""
-    if env:
-        return None, ""
-    if load is None or load < BUSY_NOTE_LOAD:
-        return None, ""
-    free = max(1, min(cores, int(cores - load + 0.5)))  # rounded half up
-    if free == cores:
-        return None, ""
-    return free, (
-        f"the machine is busy (load average {load:.1f} on {cores} cores): using {free} thread"
-        f"{'s' if free > 1 else ''} instead of {cores}; pass --threads N to choose"
+def busy_note(cpus: int, threads: int, load: float | None) -> str:
+    """A line for the user when the load average is at least half of the ``cpus`` (and 1), else ''."""
+    if load is None or load < max(1.0, cpus / 2):
+        return ""
+    return (
+        f"the machine is busy (load average {load:.1f} on {cpus} cores): steps will be slower and their "
+        f"times noisy; using {threads} CPU thread{'s' if threads != 1 else ''} (--threads N to choose)"
     )
 
 
 def apply_threads(requested: int | None) -> str:
-    """Set torch's intra-op threads by ``choose_threads``; returns its note ('' when there is none)."""
+    """Set torch's intra-op threads to ``requested`` (None: leave them); returns a busy machine's note or ''."""
     import torch  # here, not at the top: the CLI sets the OpenMP wait policy before torch loads
 
-    threads, note = choose_threads(
-        requested, torch.get_num_threads(), load_average(), os.environ.get("OMP_NUM_THREADS")
-    )
-    if threads is not None:
-        torch.set_num_threads(threads)
-    return note
+    if requested is not None:
+        torch.set_num_threads(requested)
+        return ""
+    return busy_note(os.cpu_count() or 1, torch.get_num_threads(), load_average())

@@ -38,10 +38,7 @@ from ...train.loop import train
 # modules that add their own subcommands
 PLUGINS: tuple[str, ...] = ("sample", "targets", "evaluate", "calibrate", "experiment", "export", "serve", "lm_eval")
 
-THREADS_HELP = (
-    "CPU threads (default: one per core, fewer when the load average says other jobs use them; "
-    "OMP_NUM_THREADS also works)"
-)
+THREADS_HELP = "CPU threads (default: torch's, one per core or OMP_NUM_THREADS; idle threads sleep, not spin)"
 
 NO_TENSOR_WORK = ("variants", "prepare")  # commands for which a busy machine's thread count does not matter
 

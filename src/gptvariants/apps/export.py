@@ -254,7 +254,8 @@ def _past_context(plain: bool, folder_name: str, block_size: int) -> str:
         f"`{GENERATE}` (shipped here, torch and transformers only) cuts the context to its last "
         f"{max(1, block_size - slide)} tokens whenever it is full and re-encodes them, every {slide + 1} "
         "tokens. Greedy and sampled decoding, logits processors and end-of-text work as usual; beam "
-        "search, streamers and return_dict_in_generate are refused past the context.\n\n"
+        "search, streamers and return_dict_in_generate are refused past the context. This needs a "
+        "transformers that loads `custom_generate/` (added in 2025).\n\n"
         f"```python\nmodel = {load}\nmodel.generate(ids, max_new_tokens=4 * {block_size})\n```\n"
     )
     if plain:

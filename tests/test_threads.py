@@ -20,7 +20,7 @@ def test_no_note_while_half_the_cores_are_free(cpus, load):
 @pytest.mark.parametrize(("cpus", "threads", "load"), [(2, 2, 1.0), (2, 1, 5.3), (16, 16, 8.0), (1, 1, 1.2)])
 def test_a_busy_machine_is_named_with_the_threads_used(cpus, threads, load):
     note = busy_note(cpus, threads, load)
-    assert note.startswith(f"the machine is busy (load average {load:.1f} on {cpus} cores)")
+    assert note.startswith(f"note: the machine is busy (load average {load:.1f} on {cpus} cores)")
     assert f"using {threads} CPU thread{'s' if threads > 1 else ''} (--threads N to choose)" in note
 
 
@@ -34,11 +34,10 @@ def restore_threads():
 @pytest.mark.parametrize(
     "argv", [["--threads", "2", "variants"], ["variants", "--threads=2"], ["variants", "--threads", "2"]]
 )
-def test_threads_option_on_gptv_and_every_command(argv, restore_threads, monkeypatch, capsys):
-    monkeypatch.setattr(threads, "load_average", lambda: 9.0)  # the user's choice wins over a busy machine
+def test_threads_option_on_gptv_and_every_command(argv, restore_threads):
     torch.set_num_threads(1)
     assert main(argv) == 0
-    assert torch.get_num_threads() == 2 and "busy" not in capsys.readouterr().err
+    assert torch.get_num_threads() == 2
 
 
 def test_every_subcommand_takes_threads():
@@ -50,17 +49,25 @@ def test_every_subcommand_takes_threads():
         parser.parse_args(["variants", "--threads", "0"])
 
 
-def test_busy_machine_note_leaves_the_thread_count(restore_threads, monkeypatch, capsys):
+def test_train_names_a_busy_machine_and_keeps_the_thread_count(tiny_data, tmp_path, monkeypatch, capsys):
+    from conftest import tiny_overrides
+
+    from gptvariants.core.config import load_config
+    from gptvariants.train.loop import train
+
     monkeypatch.setattr(threads, "load_average", lambda: 5.0)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    torch.set_num_threads(2)
-    assert main(["variants"]) == 0  # no tensor work: no word about it
-    assert torch.get_num_threads() == 2 and capsys.readouterr().err == ""
-    assert main(["sample", "--ckpt", "/nonexistent-run"]) == 2
-    err = capsys.readouterr().err
-    assert torch.get_num_threads() == 2  # the same count, whatever the load: results do not depend on it
-    assert "gptv sample: note: the machine is busy (load average 5.0 on 2 cores): steps will be slower" in err
-    assert "using 2 CPU threads (--threads N to choose)" in err.splitlines()[0]
+    over = tiny_overrides(tiny_data, tmp_path / "r", max_iters=2, eval_interval=2, eval_iters=1)
+    train(load_config("baseline", overrides=over))
+    out = capsys.readouterr().out.splitlines()
+    assert torch.get_num_threads() == 1  # conftest's, whatever the load: results do not depend on it
+    assert out[1] == (
+        "note: the machine is busy (load average 5.0 on 2 cores): steps will be slower and their times noisy; "
+        "using 1 CPU thread (--threads N to choose)"
+    )
+    monkeypatch.setattr(threads, "load_average", lambda: 0.2)
+    train(load_config("baseline", overrides={**over, "out_dir": str(tmp_path / "quiet")}))
+    assert not any("busy" in line for line in capsys.readouterr().out.splitlines())
 
 
 def test_the_cli_sets_passive_waiting_before_torch_loads():

@@ -404,7 +404,10 @@ def test_bayesian_progress_line_and_record_show_kl(tiny_data, tmp_path, capsys):
     assert re.search(r"step 5: loss [0-9.]+ \(objective [0-9.]+, kl [0-9.e+]+\)", capsys.readouterr().out)
 
 
-def test_train_opens_with_a_summary_and_an_eta(tiny_data, tmp_path, capsys):
+def test_train_opens_with_a_summary_and_an_eta(tiny_data, tmp_path, capsys, monkeypatch):
+    from gptvariants.common import threads
+
+    monkeypatch.setattr(threads, "load_average", lambda: 0.0)  # no busy-machine note (tests/test_threads.py)
     over = tiny_overrides(tiny_data, tmp_path / "r", max_iters=12, eval_interval=12, gradient_accumulation_steps=2)
     result = train(load_config("baseline", overrides=over))
     out = capsys.readouterr().out.splitlines()

@@ -10,8 +10,8 @@ is descheduled while its partner spins: the experiment's steps ran 2-13x slower 
   removed the slowdown; fewer threads (1, or the cores the load average leaves free) did no
   better, and would make a run's float rounding depend on the machine's load.
 - the thread count stays torch's (one per core, or ``OMP_NUM_THREADS``) unless ``--threads N``.
-- on a busy machine (1-minute load average at least half the cores) one line says so: steps
-  are slower and their times noisy (``busy_note``).
+- on a busy machine (1-minute load average at least half the cores) ``gptv train`` says so in
+  a line after its start-up summary: steps are slower and their times noisy (``busy_note``).
 """
 
 from __future__ import annotations
@@ -40,16 +40,21 @@ def busy_note(cpus: int, threads: int, load: float | None) -> str:
     if load is None or load < max(1.0, cpus / 2):
         return ""
     return (
-        f"the machine is busy (load average {load:.1f} on {cpus} cores): steps will be slower and their "
-        f"times noisy; using {threads} CPU thread{'s' if threads != 1 else ''} (--threads N to choose)"
+        f"note: the machine is busy (load average {load:.1f} on {cpus} cores): steps will be slower and "
+        f"their times noisy; using {threads} CPU thread{'s' if threads != 1 else ''} (--threads N to choose)"
     )
 
 
-def apply_threads(requested: int | None) -> str:
-    """Set torch's intra-op threads to ``requested`` (None: leave them); returns a busy machine's note or ''."""
+def machine_note() -> str:
+    """``busy_note`` for this machine and this process's torch threads."""
     import torch  # here, not at the top: the CLI sets the OpenMP wait policy before torch loads
+
+    return busy_note(os.cpu_count() or 1, torch.get_num_threads(), load_average())
+
+
+def apply_threads(requested: int | None) -> None:
+    """Set torch's intra-op threads to ``requested``; None leaves torch's choice."""
+    import torch
 
     if requested is not None:
         torch.set_num_threads(requested)
-        return ""
-    return busy_note(os.cpu_count() or 1, torch.get_num_threads(), load_average())

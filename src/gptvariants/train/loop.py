@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..common.errors import GptvError
 from ..common.runtime import Runtime, all_ranks_any, setup_runtime, step_seed
+from ..common.threads import machine_note
 from ..core.config import Config
 from ..core.model import GPT
 from ..predict.predictive import Predictor
@@ -235,6 +236,9 @@ class Trainer:
         with self.flag:
             self.logger = Logger(self.s.run_dir, self.cfg, self.rt, self.s.start)
             self.logger.say(startup_summary(self.cfg, self.rt, self.s.model, self.tokens_per_step, self.s.start))
+            note = machine_note() if self.rt.device.type == "cpu" else ""
+            if note:
+                self.logger.say(note)
             try:
                 self._loop()
             finally:

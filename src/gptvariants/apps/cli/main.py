@@ -40,8 +40,6 @@ PLUGINS: tuple[str, ...] = ("sample", "targets", "evaluate", "calibrate", "exper
 
 THREADS_HELP = "CPU threads (default: torch's, one per core or OMP_NUM_THREADS; idle threads sleep, not spin)"
 
-NO_TENSOR_WORK = ("variants", "prepare")  # commands for which a busy machine's thread count does not matter
-
 # the user's mistakes (our own error types; the OS refusing a file the user named): one line, no
 # traceback. A ValueError or RuntimeError raised anywhere else is our bug and keeps its traceback.
 USER_ERRORS = (GptvError, OSError)
@@ -277,9 +275,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
 
     with warnings.catch_warnings():
         warnings.showwarning = one_line
-        note = apply_threads(args.threads)
-        if note and args.command not in NO_TENSOR_WORK:
-            _say(args.command, "note", note)
+        apply_threads(args.threads)
         _check_inputs(args)
         code = args.func(args, extra) if getattr(args, "takes_extra", False) else args.func(args)
     sys.stdout.flush()  # a closed pipe shows here, inside main's handler

@@ -175,6 +175,54 @@ def test_greedy_generation_matches_gptv(runs, name):
     assert theirs == ours
 
 
+@pytest.mark.parametrize("name", ["baseline", "sig"])
+def test_generation_past_the_context_slides_the_window_like_gptv(runs, name):
+    """A plain GPT-2 export and a remote-code one, loaded with trust_remote_code=True, generate
+    2.5 contexts' worth of tokens greedily, as gptv's own sliding-window generate does."""
+    run, folder = runs(name)
+    model, cfg = load_run(run)
+    hf = _hf(folder)
+    assert type(hf).__name__ == ("GPT2LMHeadModel" if name in PLAIN else "GPTVariantsForCausalLM")
+    block = cfg.model.block_size
+    prompt = _ids(model, n=1, T=block + 3, seed=3)  # longer than the context too
+    n = 2 * block + block // 2
+    ours = generate(model, prompt, n, greedy=True, stop_tokens=[])[0]
+    theirs = hf.generate(prompt, max_new_tokens=n, do_sample=False, eos_token_id=None)
+    assert theirs.shape == (1, block + 3 + n) and theirs[0, : block + 3].equal(prompt[0])
+    assert theirs[0, block + 3 :].tolist() == ours
+    sampled = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, do_sample=True, top_k=5)
+    assert sampled.shape == theirs.shape
+    with pytest.raises(ValueError, match="past the context .* num_beams=2"):
+        hf.generate(prompt, max_new_tokens=n, num_beams=2)
+
+
+def test_sliding_generation_keeps_ended_rows_padded(runs):
+    """End-of-text in one stretch: that row stays padded in the next ones; the others go on."""
+    from gptvariants.apps.hf_modeling.sliding_generate import generate as sliding
+
+    run, folder = runs("sig")
+    hf = _hf(folder)
+    block = hf.config.n_positions
+    prompt = _ids(hf, n=2, T=4, seed=4)
+    free = sliding(prompt, model=hf, max_new_tokens=3 * block, do_sample=False, eos_token_id=None)
+    eos = int(free[0, 4 + 2])  # row 0's third new token ends row 0
+    if (free[1, 4:] == eos).any():
+        pytest.skip("both rows produce the chosen end token")
+    out = sliding(prompt, model=hf, max_new_tokens=3 * block, do_sample=False, eos_token_id=eos, pad_token_id=0)
+    assert out[0, 4 + 3 :].eq(0).all() and out[1].equal(free[1])
+
+
+@pytest.mark.filterwarnings("ignore:Using the model-agnostic default")
+def test_plain_gpt2_without_remote_code_stops_at_the_context(runs):
+    run, folder = runs("baseline")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    block = hf.config.n_positions
+    out = hf.generate(_ids(hf, n=1, T=block - 4), do_sample=False, eos_token_id=None)  # no length: the default
+    assert out.shape[1] == block
+    readme = (folder / "README.md").read_text()
+    assert "trust_remote_code=True" in readme and f"<= {block + 1}" in readme
+
+
 @pytest.mark.parametrize("name", ["baseline", "smooth-char", "baseline-bpe"])
 def test_tokenizer_round_trips(runs, name):
     run, folder = runs(name)
@@ -262,8 +310,9 @@ def test_refusals(runs, tmp_path, capsys):
     with pytest.raises(ExportError, match="not empty.*--force"):
         export(run, out)
     export(run, out, force=True)  # replaces the export's files, keeps the rest
+    export(run, out, force=True)  # again, over an export's own subfolder (custom_generate/)
     assert (out / "notes.txt").read_text() == "keep me" and (out / "model.safetensors").is_file()
-    assert set(EXPORT_FILES) - {"modeling_gptvariants.py"} <= {p.name for p in out.iterdir()}
+    assert set(EXPORT_FILES) - {"modeling_gptvariants.py"} <= {str(p.relative_to(out)) for p in out.rglob("*")}
     with pytest.raises(ExportError, match="unknown export format 'onnx'; known: hf"):
         export(run, tmp_path / "x", "onnx")
     with pytest.raises(ExportError, match="run folder itself"):
@@ -277,8 +326,10 @@ def test_refusals(runs, tmp_path, capsys):
     assert main(["export", str(run), str(out)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert main(["export", str(run), str(tmp_path / "cli")]) == 0
-    printed = capsys.readouterr().out
-    assert "AutoModelForCausalLM.from_pretrained" in printed and "trust_remote_code" not in printed
+    printed = capsys.readouterr()
+    assert "AutoModelForCausalLM.from_pretrained" in printed.out.splitlines()[0]
+    assert "trust_remote_code" not in printed.out.splitlines()[0] and "context is 32 tokens" in printed.out
+    assert "gptv export: loading" in printed.err and "gptv export: writing" in printed.err  # progress
 
 
 def test_gpt2_run_without_its_vocabulary_is_refused(runs, tmp_path):
@@ -302,6 +353,7 @@ def test_export_follows_the_umask(runs, tmp_path):
         os.umask(old)
     assert (tmp_path / "hf").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "hf" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "hf" / "custom_generate").stat().st_mode & 0o777 == 0o755
 
 
 def test_readout_check_refuses_a_distribution_it_cannot_reproduce(runs, monkeypatch):

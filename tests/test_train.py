@@ -404,6 +404,37 @@ def test_bayesian_progress_line_and_record_show_kl(tiny_data, tmp_path, capsys):
     assert re.search(r"step 5: loss [0-9.]+ \(objective [0-9.]+, kl [0-9.e+]+\)", capsys.readouterr().out)
 
 
+def test_train_opens_with_a_summary_and_an_eta(tiny_data, tmp_path, capsys, monkeypatch):
+    from gptvariants.common import threads
+
+    monkeypatch.setattr(threads, "load_average", lambda: 0.0)  # no busy-machine note (tests/test_threads.py)
+    over = tiny_overrides(tiny_data, tmp_path / "r", max_iters=12, eval_interval=12, gradient_accumulation_steps=2)
+    result = train(load_config("baseline", overrides=over))
+    out = capsys.readouterr().out.splitlines()
+    params = result.model.num_params()
+    assert out[0] == (
+        f"baseline: {params / 1e3:.1f}k parameters (without position embeddings), cpu, 1 CPU thread, float32, "
+        f"{8 * 32 * 2:,} tokens per step, 12 steps"
+    )
+    eta = [line for line in out if line.startswith("ETA")]
+    assert len(eta) == 1 and re.fullmatch(r"ETA: about \d+ s for the 7 steps left, at \d+ ms/step .*", eta[0])
+    assert out.index(eta[0]) == out.index(next(line for line in out if line.startswith("step 5: loss"))) + 1
+
+
+def test_durations_read_as_a_person_would_say_them():
+    from gptvariants.train.trainlog import duration
+
+    assert [duration(s) for s in (0.4, 59.4, 60, 130, 3599, 3600, 3 * 3600 + 5 * 60 + 9)] == [
+        "0 s",
+        "59 s",
+        "1 min 00 s",
+        "2 min 10 s",
+        "59 min 59 s",
+        "1 h 00 min",
+        "3 h 05 min",
+    ]
+
+
 def test_non_finite_state_in_a_checkpoint_is_named_not_the_learning_rate(tiny_data, tmp_path):
     run = tmp_path / "r"
     res = train(load_config("baseline", overrides=tiny_overrides(tiny_data, run, max_iters=10, eval_interval=5)))

@@ -14,6 +14,10 @@ and reproduces the run's predictive distribution:
   ``modeling_gptvariants.py``: GPT-2 plus the output bias and the run's readout, whose
   ``logits`` are the log-probabilities of the predictive distribution (see that file), so
   softmax(logits) is the distribution and generation and lm-evaluation-harness work unchanged.
+Every folder also ships ``custom_generate/generate.py`` (``hf_modeling/sliding_generate.py``):
+loaded with ``trust_remote_code=True``, ``generate`` slides its window past block_size as ``gptv
+sample`` does; a plain GPT-2 loaded without it stops at the context when no length is asked for
+(transformers' default) and cannot go past it (its README says so).
 The backbone maps one to one onto GPT-2 (Linear weights transposed into Conv1D; zero biases
 where the run has none; gelu tanh -> ``gelu_new``, exact -> ``gelu``; n_positions = block_size).
 The output layer is the head's own mapping (``Head.export_layer``), checked against the head's
@@ -29,6 +33,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +47,11 @@ from ..core.pretrained import CONV1D_WEIGHTS, META_KEY
 from ..data.tokenizers import EOT_TEXT, load_tokenizer
 from ..store.checkpoint import load_run
 from ..store.run import RunFolder
-from .hf_modeling import MODELING_FILE
+from .hf_modeling import GENERATE_FILE, MODELING_FILE
 
 FORMATS = ("hf",)
 MODELING = "modeling_gptvariants"
+GENERATE = "custom_generate/generate.py"  # transformers' place for a folder's own generate (sliding window)
 # every file an export may write: --force replaces these and leaves any other file alone
 EXPORT_FILES = (
     "config.json",
@@ -54,6 +60,7 @@ EXPORT_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     f"{MODELING}.py",
+    GENERATE,
     "README.md",
 )
 
@@ -228,17 +235,48 @@ model = AutoModelForCausalLM.from_pretrained("{folder_name}"{remote})
 tokenizer = AutoTokenizer.from_pretrained("{folder_name}"{remote})
 ```
 
-Tokenizer: `{meta["tokenizer"]}`. The context is {block_size} tokens (the run's block_size); config.json
-holds the run's settings under `{META_KEY}`.
+Tokenizer: `{meta["tokenizer"]}`. config.json holds the run's settings under `{META_KEY}`.
+
+## Generating past the context
+
+The context is {block_size} tokens (the run's block_size; position embeddings are learned, so
+there are no more positions). `generate` without a length stops there by itself.
+{_past_context(plain, folder_name, block_size)}
 """
 
 
-def export(run_dir: str | Path, out: str | Path, fmt: str = "hf", force: bool = False) -> Path:
+def _past_context(plain: bool, folder_name: str, block_size: int) -> str:
+    """The export README's paragraph on generating more tokens than the context holds."""
+    load = f'AutoModelForCausalLM.from_pretrained("{folder_name}", trust_remote_code=True)'
+    slide = max(1, block_size // 4)  # gptv sample's default (decode/window.py)
+    text = (
+        f"Loaded with `trust_remote_code=True`, `generate` goes on past it, as `gptv sample` does: "
+        f"`{GENERATE}` (shipped here, torch and transformers only) cuts the context to its last "
+        f"{max(1, block_size - slide)} tokens whenever it is full and re-encodes them, every {slide + 1} "
+        "tokens. Greedy and sampled decoding, logits processors and end-of-text work as usual; beam "
+        "search, streamers and return_dict_in_generate are refused past the context. This needs a "
+        "transformers that loads `custom_generate/` (added in 2025).\n\n"
+        f"```python\nmodel = {load}\nmodel.generate(ids, max_new_tokens=4 * {block_size})\n```\n"
+    )
+    if plain:
+        text += (
+            "\nWithout `trust_remote_code`, this is transformers' own GPT2LMHeadModel, which cannot "
+            f"go past position {block_size - 1}: keep `prompt length + max_new_tokens <= {block_size + 1}` "
+            "(a longer request fails inside GPT-2 with `IndexError: index out of range in self`).\n"
+        )
+    return text
+
+
+def export(
+    run_dir: str | Path, out: str | Path, fmt: str = "hf", force: bool = False, say: Callable[[str], None] | None = None
+) -> Path:
     """Write the run's current checkpoint to ``out`` in format ``fmt`` (only 'hf'); returns ``out``.
 
     ``force``: write into a non-empty ``out``, replacing the files an export writes (EXPORT_FILES)
-    and leaving others. Raises ExportError (or CheckpointError for a missing checkpoint).
+    and leaving others. ``say`` hears each stage (``gptv export`` prints them). Raises ExportError
+    (or CheckpointError for a missing checkpoint).
     """
+    say = say or (lambda message: None)
     run_dir, out = Path(run_dir), Path(out)
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
@@ -250,7 +288,9 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "hf", force: bool = 
         raise ExportError(
             f"{out} exists and is not empty: choose another folder, or pass --force to replace the export files in it"
         )
+    say("importing transformers")
     _require_transformers()
+    say(f"loading {run_dir}")
     model, cfg = load_run(run_dir)
     try:
         tokenizer = load_tokenizer(run_dir)
@@ -260,6 +300,7 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "hf", force: bool = 
         raise ExportError(
             f"{run_dir}: the tokenizer has {tokenizer.vocab_size} ids but the model only {cfg.model.vocab_size}"
         )
+    say("checking the head's output layer against its predictive distribution")
     readout = readout_of(model)
     step = RunFolder(run_dir).step
     meta = _meta(cfg, readout, step, tokenizer, run_dir)
@@ -267,17 +308,19 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "hf", force: bool = 
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     os.mkdir(tmp)  # created under the umask, like every file below
     try:
+        say(f"writing {', '.join(EXPORT_FILES[:3])} and the tokenizer")
         _write_folder(tmp, model, cfg, tokenizer, readout, meta, out.name)
-        mode = 0o666 & ~_umask()
-        for f in tmp.iterdir():  # safetensors writes 0600 whatever the umask; collaborators must read the folder
-            f.chmod(mode)
+        umask = _umask()
+        for f in tmp.rglob("*"):  # safetensors writes 0600 whatever the umask; collaborators must read the folder
+            f.chmod((0o777 if f.is_dir() else 0o666) & ~umask)
         if not out.exists():
             os.replace(tmp, out)
             return out
         for name in EXPORT_FILES:
             (out / name).unlink(missing_ok=True)
-        for f in tmp.iterdir():
-            os.replace(f, out / f.name)
+        for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            (out / f.relative_to(tmp)).parent.mkdir(exist_ok=True)
+            os.replace(f, out / f.relative_to(tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -302,5 +345,7 @@ def _write_folder(
     GenerationConfig(**gen).save_pretrained(str(folder))
     if not plain:
         shutil.copyfile(MODELING_FILE, folder / f"{MODELING}.py")
+    (folder / GENERATE).parent.mkdir()
+    shutil.copyfile(GENERATE_FILE, folder / GENERATE)
     _write_tokenizer(tokenizer, folder, cfg.model.block_size)
     (folder / "README.md").write_text(_readme(meta, plain, name, cfg.model.block_size), encoding="utf-8")

@@ -89,7 +89,7 @@ REGISTRY: dict[str, Variant] = {
             "ensemble",
             "ensemble",
             "ce",
-            "1/K sum_k -log softmax(z_k)_y, K heads on one backbone",
+            "1/N sum_n -log softmax(z_{k(n)})_y, position n trains head k(n) = n mod K",
             {"ensemble_size": 4, "tie_weights": False},
             "comparator",
         ),

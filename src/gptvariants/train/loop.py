@@ -28,13 +28,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..common.errors import GptvError
 from ..common.runtime import Runtime, all_ranks_any, setup_runtime, step_seed
+from ..common.threads import machine_note
 from ..core.config import Config
 from ..core.model import GPT
 from ..predict.predictive import Predictor
 from ..store.checkpoint import CheckpointError, pointer_step, save_checkpoint
 from .batches import Batches
 from .startup import Session, build_model, open_data, run_lock, start_session, write_run_files
-from .trainlog import Logger, StepStats, check_backends, peak_flops, train_record
+from .trainlog import Logger, StepStats, check_backends, eta_line, peak_flops, startup_summary, train_record
 
 __all__ = [
     "Batches",
@@ -227,12 +228,17 @@ class Trainer:
         self.result = TrainResult(s.run_dir, s.start, model=s.model)
         self.clock = _Clock(self.rt.device)
         self.saved_step: int | None = None
+        self.told_eta = False
         self.flag = _StopFlag()
         self.logger: Logger  # opened by run()
 
     def run(self) -> TrainResult:
         with self.flag:
             self.logger = Logger(self.s.run_dir, self.cfg, self.rt, self.s.start)
+            self.logger.say(startup_summary(self.cfg, self.rt, self.s.model, self.tokens_per_step, self.s.start))
+            note = machine_note() if self.rt.device.type == "cpu" else ""
+            if note:
+                self.logger.say(note)
             try:
                 self._loop()
             finally:
@@ -298,8 +304,12 @@ class Trainer:
         """The train record every log_interval steps and at the end; the progress bar every step."""
         t = self.cfg.train
         if step % t.log_interval == 0 or step == t.max_iters:
-            rec, line = train_record(step, stats, self.clock.lap(), self.tokens_per_step, self.s.model, self.flops)
+            ms = self.clock.lap()
+            rec, line = train_record(step, stats, ms, self.tokens_per_step, self.s.model, self.flops)
             self.logger.log(rec, None if self.logger.bar is not None else line)
+            if not self.told_eta and step < t.max_iters:  # once, from the first timed steps
+                self.told_eta = True
+                self.logger.say(eta_line(step, ms, self.cfg))
         self.logger.advance(1, f"loss {stats.loss:.4f}" + (f", kl {stats.kl:.4g}" if self.s.model.bayesian else ""))
 
     def periodic(self, step: int) -> None:

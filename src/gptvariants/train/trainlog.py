@@ -99,6 +99,40 @@ def train_record(
     return rec, line
 
 
+def startup_summary(cfg: Config, rt: Runtime, model: Any, tokens_per_step: int, start: int) -> str:
+    """The line ``gptv train`` opens with: what runs where, and how much of it."""
+    threads = torch.get_num_threads()
+    where = f"{rt.device}" + (f" x {rt.world} processes" if rt.distributed else "")
+    steps = f"steps {start}..{cfg.train.max_iters}" if start else f"{cfg.train.max_iters} steps"
+    return (
+        f"{cfg.objective.variant}: {_count(model.num_params())} parameters (without position embeddings), "
+        f"{where}, {threads} CPU thread{'s' if threads != 1 else ''}, {str(rt.dtype).removeprefix('torch.')}, "
+        f"{tokens_per_step:,} tokens per step, {steps}"
+    )
+
+
+def _count(n: int) -> str:
+    """31.2k, 1.23M, 124M."""
+    return f"{n / 1e3:.1f}k" if n < 1e6 else f"{n / 1e6:.3g}M"
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '2 min 10 s', '1 h 05 min'."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    return f"{s // 60} min {s % 60:02d} s" if s < 3600 else f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def eta_line(step: int, ms_per_step: float, cfg: Config) -> str:
+    """'ETA: about 2 min 10 s for the 1,800 steps left, at 72 ms/step (evaluations not counted)'."""
+    left = max(0, cfg.train.max_iters - step)
+    return (
+        f"ETA: about {duration(left * ms_per_step / 1000)} for the {left:,} steps left, "
+        f"at {ms_per_step:.0f} ms/step (evaluations not counted)"
+    )
+
+
 class Logger:
     """metrics.jsonl always; a progress bar in a terminal, plain lines otherwise; TensorBoard and W&B when asked."""
 

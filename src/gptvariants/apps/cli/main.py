@@ -25,6 +25,7 @@ from ...common.allocator import keep_freed_memory
 from ...common.argtypes import non_negative_int, open_unit_interval, positive_int
 from ...common.checks import device_problem
 from ...common.errors import GptvError
+from ...common.threads import apply_threads
 from ...core.config import KEYS, Config, ConfigError, load_config, parse_overrides
 from ...core.resume import fit_world_size, resume_config
 from ...core.sizing import check_fits
@@ -36,6 +37,8 @@ from ...train.loop import train
 
 # modules that add their own subcommands
 PLUGINS: tuple[str, ...] = ("sample", "targets", "evaluate", "calibrate", "experiment", "export", "serve", "lm_eval")
+
+THREADS_HELP = "CPU threads (default: torch's, one per core or OMP_NUM_THREADS; idle threads sleep, not spin)"
 
 # the user's mistakes (our own error types; the OS refusing a file the user named): one line, no
 # traceback. A ValueError or RuntimeError raised anywhere else is our bug and keeps its traceback.
@@ -199,8 +202,9 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
 
-    parser = Parser(prog="gptv", description=__doc__.splitlines()[0])
+    parser = Parser(prog="gptv", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--version", action="version", version=f"gptv {_version()}")
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N", help=THREADS_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="tokenize a corpus into train.bin/val.bin/meta.json")
@@ -249,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in PLUGINS:
         importlib.import_module(f"{__package__}.{name}").register_cli(sub)
+    for p in dict.fromkeys(sub.choices.values()):  # `gptv train --threads 2` as well as `gptv --threads 2 train`
+        p.add_argument("--threads", type=positive_int, default=argparse.SUPPRESS, metavar="N", help=THREADS_HELP)
     apply_habits(parser)
     return parser
 
@@ -269,6 +275,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
 
     with warnings.catch_warnings():
         warnings.showwarning = one_line
+        apply_threads(args.threads)
         _check_inputs(args)
         code = args.func(args, extra) if getattr(args, "takes_extra", False) else args.func(args)
     sys.stdout.flush()  # a closed pipe shows here, inside main's handler

@@ -128,9 +128,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_prediction_arguments(p)
     p.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt")
-    p.add_argument("--max-new-tokens", type=positive_int, default=200)
+    p.add_argument("--max-new-tokens", type=positive_int, default=200, help="tokens to generate per sample")
     p.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 means greedy")
-    p.add_argument("--top-k", type=positive_int, default=None)
+    p.add_argument("--top-k", type=positive_int, default=None, help="sample among the k most likely tokens only")
     p.add_argument("--top-p", type=probability_open_closed, default=None, help="nucleus sampling mass in (0, 1]")
     p.add_argument(
         "--repetition-penalty", type=positive_float, default=1.0, help="CTRL penalty (> 1 discourages repeats)"
@@ -144,7 +144,7 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
         help="stop strings (\\n and \\t understood); cut from the output",
     )
     p.add_argument("--ignore-eot", action="store_true", help="keep generating past the end-of-text token")
-    p.add_argument("--seed", type=non_negative_int, default=None)
+    p.add_argument("--seed", type=non_negative_int, default=None, help="seed of the draws (default: random)")
     p.add_argument(
         "--sig-mode",
         choices=SIG_MODES,

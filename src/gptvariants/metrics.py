@@ -494,3 +494,75 @@ def mean_length_words(texts: Sequence[str]) -> float:
     if not texts:
         raise ValueError("no texts")
     return float(np.mean([len(t.split()) for t in texts]))
+
+
+# ----------------------------------------------------------------------------- selective prediction (weighted)
+
+
+class _Rejection(NamedTuple):
+    """A risk-coverage curve with per-token integer weights (token i counted ``w_i`` times): at the end
+    of each tie group, coverage = kept / W, risk = wrong kept / kept; ``share`` = group weight / W."""
+
+    coverage: np.ndarray
+    risk: np.ndarray
+    share: np.ndarray
+    total: float  # W
+    wrong: float  # weighted errors
+
+
+def _rejection(uncertainty: ArrayLike, wrong: ArrayLike, weights: ArrayLike | None) -> _Rejection:
+    u, e = _np(uncertainty), _np(wrong)
+    w = np.ones_like(u) if weights is None else _np(weights)
+    if u.shape != e.shape or u.shape != w.shape or len(u) == 0:
+        raise ValueError(f"uncertainty, wrong and weights must be non-empty and of one length: {u.shape}, {e.shape}")
+    if (w < 0).any() or not np.array_equal(w, np.round(w)) or w.sum() == 0:
+        raise ValueError("weights must be non-negative integers, not all 0")
+    keep = w > 0
+    u, e, w = u[keep], e[keep], w[keep]
+    order = np.argsort(u, kind="stable")
+    u_sorted, kept, errors = u[order], np.cumsum(w[order]), np.cumsum((w * e)[order])
+    ends = np.flatnonzero(np.r_[u_sorted[1:] != u_sorted[:-1], True])  # last index of each tie group
+    total = float(kept[-1])
+    return _Rejection(kept[ends] / total, errors[ends] / kept[ends], np.diff(np.r_[0, kept[ends]]) / total, total,
+                      float(errors[-1]))  # fmt: skip
+
+
+def _oracle_aurc(total: float, wrong: float) -> float:
+    """AURC when every correct token is kept first: mean over k = 1..W of max(0, k - C) / k, C = W - wrong."""
+    correct = total - wrong
+    k = np.arange(correct + 1, total + 1)
+    return float((1.0 - correct / k).sum() / total) if len(k) else 0.0
+
+
+def prr(uncertainty: ArrayLike, wrong: ArrayLike, weights: ArrayLike | None = None) -> float:
+    """Prediction-rejection ratio (Malinin et al. 2017; LM-Polygraph's ranking figure) of top-1 error:
+    (AURC_random - AURC) / (AURC_random - AURC_oracle), AURC_random = the error rate at full coverage
+    (``risk_coverage``'s AURC and oracle). 1 = the oracle's order, 0 = random, < 0 worse than random;
+    NaN when no order can help (no errors, or no correct tokens). ``weights``: per-token integer counts."""
+    rc = _rejection(uncertainty, wrong, weights)
+    random = rc.wrong / rc.total
+    oracle = _oracle_aurc(rc.total, rc.wrong)
+    if random - oracle <= 0:
+        return math.nan
+    return float((random - (rc.share * rc.risk).sum()) / (random - oracle))
+
+
+def augrc(uncertainty: ArrayLike, wrong: ArrayLike, weights: ArrayLike | None = None) -> float:
+    """Area under the generalized risk-coverage curve (Traub et al. 2024): the generalized risk at
+    coverage c is P(kept and wrong) = wrong kept / W (not / kept), integrated over coverage with
+    ``risk_coverage``'s convention (each tie group at its end): sum over groups of share * risk *
+    coverage. Lower is better, in [0, error rate]; unlike AURC it does not reward a score for a
+    low error rate at low coverage alone. ``weights``: per-token integer counts."""
+    rc = _rejection(uncertainty, wrong, weights)
+    return float((rc.share * rc.risk * rc.coverage).sum())
+
+
+def risk_at_coverage(
+    uncertainty: ArrayLike, wrong: ArrayLike, coverage: float, weights: ArrayLike | None = None
+) -> float:
+    """Top-1 error of the kept tokens at the first point of the risk-coverage curve (least uncertain
+    first, tie groups kept together) whose coverage reaches ``coverage`` in (0, 1]."""
+    if not 0 < coverage <= 1:
+        raise ValueError(f"coverage must be in (0, 1], got {coverage}")
+    rc = _rejection(uncertainty, wrong, weights)
+    return float(rc.risk[np.searchsorted(rc.coverage, coverage - 1e-12)])

@@ -1,0 +1,70 @@
+"""PRR, AUGRC and risk at coverage against brute-force references (issue 19)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from gptvariants import metrics as M
+
+
+def _brute(u: np.ndarray, wrong: np.ndarray) -> dict[str, object]:
+    """Distinct scores: keep k = 1..n least uncertain tokens, one at a time."""
+    n = len(u)
+    e = wrong[np.argsort(u)].astype(float)
+    risks = [e[:k].sum() / k for k in range(1, n + 1)]
+    oracle = [np.sort(wrong)[:k].sum() / k for k in range(1, n + 1)]
+    aurc, aurc_oracle, rand = np.mean(risks), np.mean(oracle), e.mean()
+    return {
+        "risks": risks,
+        "prr": (rand - aurc) / (rand - aurc_oracle),
+        "augrc": np.mean([e[:k].sum() / n for k in range(1, n + 1)]),
+    }
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_selective_figures_equal_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n = 37
+    u, wrong = rng.permutation(n).astype(float), rng.random(n) < 0.4
+    ref = _brute(u, wrong)
+    assert M.prr(u, wrong) == pytest.approx(ref["prr"], abs=1e-12)
+    assert M.augrc(u, wrong) == pytest.approx(ref["augrc"], abs=1e-12)
+    for c in (0.8, 0.9, 0.95, 1.0):
+        assert M.risk_at_coverage(u, wrong, c) == pytest.approx(ref["risks"][math.ceil(c * n) - 1], abs=1e-12)
+    assert M.prr(u, wrong) == pytest.approx(
+        (wrong.mean() - M.risk_coverage(u, wrong).aurc) / (wrong.mean() - M.risk_coverage(u, wrong).aurc_optimal)
+    )
+
+
+def test_hand_computed_case():
+    # kept order: right, wrong, right, wrong; risks 0, 1/2, 1/3, 1/2
+    u, wrong = np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 1, 0, 1], bool)
+    assert M.augrc(u, wrong) == pytest.approx((0 + 1 / 4 + 1 / 4 + 2 / 4) / 4)
+    # AURC = (0 + 1/2 + 1/3 + 1/2) / 4, oracle = (0 + 0 + 1/3 + 1/2) / 4, random = 1/2
+    aurc, oracle = (0 + 1 / 2 + 1 / 3 + 1 / 2) / 4, (1 / 3 + 1 / 2) / 4
+    assert M.prr(u, wrong) == pytest.approx((0.5 - aurc) / (0.5 - oracle))
+    assert M.risk_at_coverage(u, wrong, 0.5) == pytest.approx(0.5)
+    assert M.prr(wrong + 0.01 * u, wrong) == pytest.approx(1.0)  # the errors last: the oracle
+
+
+def test_weights_equal_repeated_tokens_and_ties_are_kept_together():
+    rng = np.random.default_rng(3)
+    u, wrong = rng.integers(0, 6, 30).astype(float), rng.random(30) < 0.3  # many ties
+    w = rng.integers(0, 4, 30)
+    rep = np.repeat(np.arange(30), w)
+    assert M.prr(u, wrong, w) == pytest.approx(M.prr(u[rep], wrong[rep]), abs=1e-12)
+    assert M.augrc(u, wrong, w) == pytest.approx(M.augrc(u[rep], wrong[rep]), abs=1e-12)
+    assert M.risk_at_coverage(u, wrong, 0.9, w) == pytest.approx(M.risk_at_coverage(u[rep], wrong[rep], 0.9))
+    rc = M.risk_coverage(u[rep], wrong[rep])
+    assert M.prr(u[rep], wrong[rep]) == pytest.approx((wrong[rep].mean() - rc.aurc) / (wrong[rep].mean() - rc.aurc_optimal))
+
+
+def test_undefined_and_bad_input():
+    assert math.isnan(M.prr([0.1, 0.2], [False, False]))
+    with pytest.raises(ValueError, match="coverage"):
+        M.risk_at_coverage([0.1], [True], 0.0)
+    with pytest.raises(ValueError, match="weights"):
+        M.augrc([0.1, 0.2], [True, False], [1, -1])

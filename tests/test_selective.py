@@ -59,7 +59,9 @@ def test_weights_equal_repeated_tokens_and_ties_are_kept_together():
     assert M.augrc(u, wrong, w) == pytest.approx(M.augrc(u[rep], wrong[rep]), abs=1e-12)
     assert M.risk_at_coverage(u, wrong, 0.9, w) == pytest.approx(M.risk_at_coverage(u[rep], wrong[rep], 0.9))
     rc = M.risk_coverage(u[rep], wrong[rep])
-    assert M.prr(u[rep], wrong[rep]) == pytest.approx((wrong[rep].mean() - rc.aurc) / (wrong[rep].mean() - rc.aurc_optimal))
+    assert M.prr(u[rep], wrong[rep]) == pytest.approx(
+        (wrong[rep].mean() - rc.aurc) / (wrong[rep].mean() - rc.aurc_optimal)
+    )
 
 
 def test_undefined_and_bad_input():

@@ -7,6 +7,13 @@ max_prob enters as 1 - max_prob):
     max_prob           max_v p_v, the top-1 confidence
     mi                 mutual information between the token and the draws (epistemic; several draws)
     expected_entropy   mean entropy of the draws (aleatoric; several draws)
+    energy             -logsumexp of the draws' mean logits (a sigmoid head: -log sum_v sigmoid(z_v))
+    max_logit          the top mean logit (a sigmoid head's top log-odds), entering as -max_logit
+    mahalanobis        min over classes of the Mahalanobis distance of the final hidden state
+    rel_mahalanobis    mahalanobis minus the distance under one Gaussian of all training features
+    knn                distance of the normalised hidden state to its k-th nearest training feature
+The last three need a density fitted by ``gptv density`` (``predict.density``); energy and
+max_logit are defined in ``predict.predictive``.
 
 OOD detection: out-of-domain tokens (or sequences: means over consecutive segments of
 ``seq_len`` tokens) are the positives; AUROC and FPR at 95 % TPR of each score.
@@ -29,6 +36,11 @@ SCORES: dict[str, tuple[str, float]] = {
     "max_prob": ("confidence", -1.0),
     "mi": ("mutual_information", 1.0),
     "expected_entropy": ("expected_entropy", 1.0),
+    "energy": ("energy", 1.0),
+    "max_logit": ("max_logit", -1.0),
+    "mahalanobis": ("mahalanobis", 1.0),
+    "rel_mahalanobis": ("rel_mahalanobis", 1.0),
+    "knn": ("knn", 1.0),
 }
 CURVE_POINTS = 50
 

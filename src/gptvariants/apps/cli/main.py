@@ -35,7 +35,9 @@ from ...store.run import check_run_files
 from ...train.loop import train
 
 # modules that add their own subcommands
-PLUGINS: tuple[str, ...] = ("sample", "targets", "evaluate", "calibrate", "experiment", "export", "serve", "lm_eval")
+PLUGINS: tuple[str, ...] = (
+    "sample", "targets", "evaluate", "calibrate", "density", "experiment", "export", "serve", "lm_eval"
+)  # fmt: skip
 
 # the user's mistakes (our own error types; the OS refusing a file the user named): one line, no
 # traceback. A ValueError or RuntimeError raised anywhere else is our bug and keeps its traceback.

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gptvariants import metrics as M
+from gptvariants.evaluate.uncertainty import selective_summary
 
 
 def _brute(u: np.ndarray, wrong: np.ndarray) -> dict[str, object]:
@@ -70,3 +71,39 @@ def test_undefined_and_bad_input():
         M.risk_at_coverage([0.1], [True], 0.0)
     with pytest.raises(ValueError, match="weights"):
         M.augrc([0.1, 0.2], [True, False], [1, -1])
+
+
+def test_resampled_rows_equal_one_call_per_row():
+    rng = np.random.default_rng(4)
+    u, wrong = rng.normal(size=50), rng.random(50) < 0.3
+    w = rng.integers(0, 3, (6, 50))
+    w[:, 0] = 1  # no empty row
+    rows = M.selective_resampled(u, wrong, w, coverages=(0.8, 0.95))
+    for r in range(6):
+        assert rows["prr"][r] == pytest.approx(M.prr(u, wrong, w[r]), abs=1e-12)
+        assert rows["augrc"][r] == pytest.approx(M.augrc(u, wrong, w[r]), abs=1e-12)
+        assert rows["risk_at_0.95"][r] == pytest.approx(M.risk_at_coverage(u, wrong, 0.95, w[r]), abs=1e-12)
+        rep = np.repeat(np.arange(50), w[r])
+        assert rows["aurc"][r] == pytest.approx(M.risk_coverage(u[rep], wrong[rep]).aurc, abs=1e-12)
+
+
+def test_selective_summary_ranks_scores_with_paired_intervals_and_verdicts():
+    rng = np.random.default_rng(5)
+    n = 2000
+    correct = rng.random(n) < 0.6
+    tokens = {
+        "nll": rng.random(n),
+        "correct": correct,
+        "entropy": rng.random(n),  # uninformative
+        "confidence": np.where(correct, 0.6, 0.4) + 0.3 * rng.random(n),  # informative: higher when right
+    }
+    sel = selective_summary(tokens, resamples=50)
+    assert set(sel["prr"]) == {"entropy", "max_prob"}
+    assert sel["prr"]["max_prob"] == pytest.approx(M.prr(-tokens["confidence"], ~correct))
+    assert sel["risk_at"]["entropy"]["0.9"] == pytest.approx(M.risk_at_coverage(tokens["entropy"], ~correct, 0.9))
+    ci = sel["prr_ci"]["max_prob"]
+    assert ci["lo"] <= sel["prr"]["max_prob"] <= ci["hi"] and ci["n"] == 50
+    assert sel["vs_entropy"]["max_prob"]["prr"]["verdict"] == "better"
+    assert sel["vs_entropy"]["max_prob"]["augrc"]["verdict"] == "better"  # lower AUGRC is better
+    assert sel["vs_entropy"]["entropy"]["prr"]["verdict"] == "no significant difference"
+    assert "prr_ci" not in selective_summary(tokens, resamples=0)

@@ -150,7 +150,7 @@ def fit_density(
     *,
     positions: int = 200_000,
     classes: int = 256,
-    bank: int = 4096,
+    bank: int = 2048,
     k: int = 10,
     batch: int = 16,
     seed: int = 0,

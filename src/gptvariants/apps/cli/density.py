@@ -43,7 +43,12 @@ def register_cli(subparsers) -> None:
     p.add_argument(
         "--classes", type=positive_int, default=256, help="most frequent next tokens with their own class mean"
     )
-    p.add_argument("--bank", type=positive_int, default=4096, help="normalised training features kept for kNN")
+    p.add_argument(
+        "--bank",
+        type=positive_int,
+        default=2048,
+        help="normalised training features kept for kNN (each costs C multiply-adds per scored token)",
+    )
     p.add_argument("--k", type=positive_int, default=10, help="the neighbour whose distance is the kNN score")
     p.add_argument("--seed", type=non_negative_int, default=0, help="which positions the kNN subsample keeps")
     p.add_argument("--device", type=device, default="auto")

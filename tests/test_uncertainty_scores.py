@@ -8,9 +8,11 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
+from gptvariants import load
 from gptvariants.apps.cli.main import main
 from gptvariants.core.config import load_config
 from gptvariants.core.model import GPT
+from gptvariants.data.dataset import TokenDataset
 from gptvariants.evaluate import evaluation as E
 from gptvariants.evaluate import uncertainty as U
 from gptvariants.predict.predictive import Member, Predictor
@@ -75,3 +77,9 @@ def test_gptv_density_then_eval_reports_the_density_scores(run, tiny_data, tmp_p
         assert 0 <= after["ood"]["auroc"]["token"][name] <= 1 and name in after["selective"]["aurc"]
     assert after["ood"]["auroc"]["token"]["entropy"] == before["ood"]["auroc"]["token"]["entropy"]
     assert after["perplexity"]["nats_per_token"] == before["perplexity"]["nats_per_token"]
+    # LanguageModel.score (and gptv serve's /score, its records' to_dict) carry the same scores
+    lm = load(str(run))
+    val = TokenDataset(tiny_data).split("val")
+    records = lm.score(lm.tokenizer.decode([int(t) for t in val[:40]]))
+    assert set(records[0].scores) == {"energy", "max_logit", "mahalanobis", "rel_mahalanobis", "knn"}
+    assert records[0].to_dict()["scores"]["knn"] >= 0

@@ -7,14 +7,15 @@ vocabulary of 65; random weights: speed does not depend on them), side by side i
     epoch          training over as many positions: forward, backward and AdamW steps of batch x
                    block_size positions, ``--train-steps`` of them timed and scaled to the epoch
     eval           ``scoring.score`` over ``--eval-tokens`` tokens (stride block_size / 2) without
-                   and with the density on the member (Mahalanobis, relative Mahalanobis, kNN)
+                   and with the density on the member (Mahalanobis, relative Mahalanobis, kNN),
+                   ``--repeats`` times interleaved, the least of each
     memory         the stored density's bytes: K x C means, two C x C precisions, the kNN bank;
                    the same for any number of positions
 
 Targets: fit <= 1x the epoch; eval with density <= 1.2x without.
 
     python benchmarks/bench_density.py [--positions 200000] [--eval-tokens 50000] [--bank 2048] [--k 10]
-                                       [--threads 1] [--device cpu]
+                                       [--repeats 3] [--threads 1] [--device cpu]
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def main() -> None:
     p.add_argument("--bank", type=int, default=2048)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--train-steps", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=3, help="eval timings, interleaved; the least of each is shown")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     a = p.parse_args()
@@ -78,7 +80,11 @@ def main() -> None:
     fit = time.perf_counter() - t0
     epoch = epoch_seconds(cfg, info["positions"], a.train_steps, a.device)
     eval_scores(model, val, density)  # warm-up
-    plain, with_density = eval_seconds(model, val, None), eval_seconds(model, val, density)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(a.repeats):  # interleaved, the least of each: the steadiest figure on a busy machine
+        for with_it in (False, True):
+            times[with_it].append(eval_seconds(model, val, density if with_it else None))
+    plain, with_density = min(times[False]), min(times[True])
     size = sum(t.numel() * t.element_size() for t in (density.means, density.precision, density.precision0,
                                                        density.mean0, density.bank))  # fmt: skip
     print(f"shape {SHAPE}, {info['positions']:,} positions, {info['classes']} classes, bank {a.bank}, k {a.k}, "

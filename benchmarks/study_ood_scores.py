@@ -12,12 +12,12 @@ score beats the entropy, they show why (the distributions overlap).
 
     # the synthetic language and its shifted sibling, 3 seeds
     gptv prepare synthetic --out data/synthetic
-    for s in 1 2 3; do gptv train --variant baseline --data data/synthetic --out runs/syn-$s --seed $s; done
+    for s in 1 2 3; do gptv train --variant baseline --data data/synthetic --out runs/syn-$s --seed=$s; done
     python benchmarks/study_ood_scores.py --runs runs/syn-1,runs/syn-2,runs/syn-3 --data data/synthetic \\
         --ood "synthetic?shift=0.5" --out ood_synthetic
     # Tiny Shakespeare -> the WikiText-2 sample
     gptv prepare text:../shared/data/tinyshakespeare/input.txt --out data/shakespeare
-    for s in 1 2 3; do gptv train --variant baseline --data data/shakespeare --out runs/shk-$s --seed $s; done
+    for s in 1 2 3; do gptv train --variant baseline --data data/shakespeare --out runs/shk-$s --seed=$s; done
     python benchmarks/study_ood_scores.py --runs runs/shk-1,runs/shk-2,runs/shk-3 --data data/shakespeare \\
         --ood text:../shared/data/wikitext-2/valid.txt --out ood_shakespeare
 

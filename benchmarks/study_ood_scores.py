@@ -41,16 +41,17 @@ from gptvariants.intervals import paired_t_interval, t_interval, verdict
 from gptvariants.predict.density import FeatureDensity, fit_density
 from gptvariants.predict.methods import load_runs
 from gptvariants.predict.prediction import Prediction, build_predictor
+from gptvariants.store.run import RunFolder
 
 SHOWN = ("entropy", "energy", "max_logit", "mahalanobis", "rel_mahalanobis", "knn", "surprisal", "mi")
 
 
 def one_run(run_dir: Path, data: Path, ood: str, positions: int, tokens: int) -> tuple[dict, dict, dict]:
     """(the ood section, per-token statistics in, out) of one run."""
-    if FeatureDensity.load(run_dir) is None:
+    if FeatureDensity.load(run_dir, RunFolder(run_dir).step) is None:
         [run] = load_runs(run_dir)
         density, info = fit_density(run.model, split_source(run_dir, data, "train").tokens, positions=positions)
-        density.save(run_dir, info)
+        density.save(run_dir, {**info, "step": RunFolder(run_dir).step})
     runs = load_runs(run_dir)
     predictor = build_predictor(runs, Prediction(seed=0))
     source = split_source(run_dir, data, "val")

@@ -96,6 +96,10 @@ def test_fit_does_not_depend_on_batching_and_round_trips(tmp_path):
     c = D.FeatureDensity.load(tmp_path)
     assert c is not None and c.k == a.k
     torch.testing.assert_close(c.precision, a.precision)
+    a.save(tmp_path, {**info, "step": 5})
+    assert D.FeatureDensity.load(tmp_path, step=5) is not None
+    with pytest.raises(InputError, match="fitted at step 5, the run is at 6; refit"):
+        D.FeatureDensity.load(tmp_path, step=6)
     (tmp_path / "density.json").write_text("{", encoding="utf-8")
     with pytest.raises(InputError, match="unreadable.*gptv density"):
         D.FeatureDensity.load(tmp_path)

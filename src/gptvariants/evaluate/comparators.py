@@ -228,11 +228,14 @@ def run_uncertainty(
 
 
 def fit_densities(run_dirs: list[Path], data_dir: Path, log) -> None:
-    """Fit the feature density of each run not fitted yet (``gptv density RUN --positions DENSITY_POSITIONS``)."""
+    """Fit the feature density of each run not fitted at its step (``gptv density RUN --positions N``)."""
     for run_dir in run_dirs:
-        if FeatureDensity.load(run_dir) is not None:
-            log(f"density: {run_dir} (already fitted)")
-            continue
+        try:
+            if FeatureDensity.load(run_dir, RunFolder(run_dir).step) is not None:
+                log(f"density: {run_dir} (already fitted)")
+                continue
+        except InputError as e:  # fitted at another step, or unreadable: fit again
+            log(f"density: {e}")
         [run] = load_runs(run_dir)
         density, info = fit_density(
             run.model, split_source(run_dir, data_dir, "train").tokens, positions=DENSITY_POSITIONS

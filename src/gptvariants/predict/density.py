@@ -92,18 +92,23 @@ class FeatureDensity:
         atomic_write(Path(run_dir) / DENSITY_META, json.dumps({"k": self.k, **info}, indent=1) + "\n")
 
     @classmethod
-    def load(cls, run_dir: Path) -> FeatureDensity | None:
-        """The density stored in ``run_dir``, None when none was fitted (InputError when unreadable)."""
+    def load(cls, run_dir: Path, step: int | None = None) -> FeatureDensity | None:
+        """The density stored in ``run_dir``, None when none was fitted; InputError when unreadable, or
+        when fitted at another step than ``step`` (the run trained on: its features moved)."""
         path, meta_path = Path(run_dir) / DENSITY_FILE, Path(run_dir) / DENSITY_META
         if not (path.is_file() and meta_path.is_file()):
             return None
+        refit = f"refit it with `gptv density {run_dir}`"
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            return cls(**load_tensors(path.read_bytes()), k=int(meta["k"]))
+            density = cls(**load_tensors(path.read_bytes()), k=int(meta["k"]))
         except (ValueError, KeyError, TypeError, OSError) as e:
+            raise InputError(f"the feature density in {run_dir} is unreadable ({e}); {refit}") from None
+        if step is not None and meta.get("step", step) != step:
             raise InputError(
-                f"the feature density in {run_dir} is unreadable ({e}); refit it with `gptv density {run_dir}`"
-            ) from None
+                f"the feature density in {run_dir} was fitted at step {meta['step']}, the run is at {step}; {refit}"
+            )
+        return density
 
 
 def _quadratic(x: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:

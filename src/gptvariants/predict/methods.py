@@ -74,7 +74,7 @@ class Run:
     @cached_property
     def density(self) -> FeatureDensity | None:
         """The feature density ``gptv density`` stored with the run (None: none, or a bare model)."""
-        return None if self.dir is None else FeatureDensity.load(self.dir)
+        return None if self.dir is None else FeatureDensity.load(self.dir, RunFolder(self.dir).step)
 
     def temperature(self, key: str) -> float:
         """The temperature ``gptv calibrate`` fitted for ``key`` (a method name, or POINT), else 1."""

@@ -207,18 +207,26 @@ def test_ood_against_a_shifted_synthetic_language(tiny, tmp_path):
         runs["bayes"], root / "data", ood="synthetic?shift=1.0&tokens=3000", num_samples=0, out=tmp_path / "ood.json"
     )
     o = r["ood"]
-    assert set(o["auroc"]["token"]) == {"surprisal", "entropy", "max_prob", "mi", "expected_entropy"}
+    assert set(o["auroc"]["token"]) == {
+        "surprisal",
+        "entropy",
+        "max_prob",
+        "mi",
+        "expected_entropy",
+        "energy",
+        "max_logit",
+    }
     assert o["n_tokens"]["out"] == 3000 - 1 and o["n_tokens"]["in"] == r["perplexity"]["tokens_scored"]
     assert o["n_sequences"]["out"] == (3000 - 1) // 32
     # a completely new language is far more surprising to the trained model than its own
     assert o["mean"]["out"]["surprisal"] > o["mean"]["in"]["surprisal"] + 0.2
     assert o["auroc"]["token"]["surprisal"] > 0.7 and o["auroc"]["sequence"]["surprisal"] > 0.95
     assert 0 <= o["fpr95"]["sequence"]["surprisal"] < 0.5
-    assert set(r["selective"]["aurc"]) == {"entropy", "max_prob", "mi", "expected_entropy"}
+    assert set(r["selective"]["aurc"]) == {"entropy", "max_prob", "mi", "expected_entropy", "energy", "max_logit"}
     baseline = E.evaluate(
         runs["baseline"], root / "data", ood=str(root / "data"), num_samples=0, out=tmp_path / "b.json"
     )
-    assert set(baseline["ood"]["auroc"]["token"]) == {"surprisal", "entropy", "max_prob"}  # one draw: no MI
+    assert set(baseline["ood"]["auroc"]["token"]) == {"surprisal", "entropy", "max_prob", "energy", "max_logit"}
     assert baseline["ood"]["auroc"]["token"]["surprisal"] == pytest.approx(0.5)  # the same text on both sides
     with pytest.raises(ValueError, match="shift"):
         E.evaluate(runs["bayes"], root / "data", ood="synthetic?strength=1", num_samples=0)

@@ -209,6 +209,16 @@ def test_methods_add_the_uncertainty_section(tmp_path, capsys):
     assert "## Uncertainty" in report and "| baseline + Laplace |" in report and "--methods" in report
     assert (out / "uncertainty.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "runs" / "baseline" / "calibration.json").read_text())["temperature"]["default"] > 0
+    # every score ranked, the density fitted for each system's first run (issue 19)
+    ranked = results["scores"]["baseline x 4 runs"]
+    names = [r["score"] for r in ranked]
+    assert {"entropy", "mi", "energy", "max_logit", "mahalanobis", "rel_mahalanobis", "knn", "surprisal"} <= set(names)
+    aurocs = [r["auroc_token"] for r in ranked]
+    assert aurocs == sorted(aurocs, reverse=True)
+    assert all(r["prr_ci"] is not None for r in ranked if r["score"] != "surprisal")
+    assert ranked[names.index("entropy")]["prr_vs_entropy"]["verdict"] == "no significant difference"
+    assert (out / "runs" / "baseline-dropout" / "density.safetensors").is_file()
+    assert "### Scores" in report and "| rel_mahalanobis |" in report and "beats" not in report
 
 
 def test_a_variants_own_defaults_win_over_a_shape_file(tmp_path):

@@ -494,3 +494,77 @@ def mean_length_words(texts: Sequence[str]) -> float:
     if not texts:
         raise ValueError("no texts")
     return float(np.mean([len(t.split()) for t in texts]))
+
+
+# ----------------------------------------------------------------------------- selective prediction (weighted)
+
+
+def selective_resampled(
+    uncertainty: ArrayLike, wrong: ArrayLike, weights: np.ndarray, coverages: Sequence[float] = (0.8, 0.9, 0.95)
+) -> dict[str, np.ndarray]:
+    """PRR, AUGRC, AURC and the risk at each of ``coverages`` under each row of per-token integer
+    ``weights`` (R, n) (token i counted w_i times; a block bootstrap's resamples): (R,) each, one sort.
+
+    Keeping the least uncertain tokens first, tie groups together (``risk_coverage``'s curve): at
+    the end of group g, coverage c_g = kept / W and risk r_g = wrong kept / kept; with s_g the
+    group's share of W, AURC = sum_g s_g r_g, AUGRC = sum_g s_g r_g c_g (the generalized risk
+    P(kept and wrong) = r_g c_g, Traub et al. 2024), PRR = (e - AURC) / (e - AURC_oracle) with e the
+    error rate (a random order's AURC) and AURC_oracle the AURC of keeping the correct tokens first
+    (Malinin et al. 2017; NaN when no order can help: no errors or no correct tokens). risk_at_C is
+    r at the first group reaching coverage C."""
+    u, e = _np(uncertainty), _np(wrong)
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    if u.shape != e.shape or w.shape[1:] != u.shape or len(u) == 0:
+        raise ValueError(f"uncertainty, wrong and weights rows must be non-empty and of one length: {u.shape}, "
+                         f"{e.shape}, {w.shape}")  # fmt: skip
+    if (w < 0).any() or not np.array_equal(w, np.round(w)) or (w.sum(1) == 0).any():
+        raise ValueError("weights must be non-negative integers, not all 0 in a row")
+    if not all(0 < c <= 1 for c in coverages):
+        raise ValueError(f"coverages must be in (0, 1], got {list(coverages)}")
+    order = np.argsort(u, kind="stable")
+    ends = np.flatnonzero(np.r_[u[order][1:] != u[order][:-1], True])  # last index of each tie group
+    kept = np.cumsum(w[:, order], axis=1)[:, ends]
+    errors = np.cumsum((w * e)[:, order], axis=1)[:, ends]
+    total, n_wrong = kept[:, -1:], errors[:, -1]
+    risk = np.divide(errors, kept, out=np.zeros_like(errors), where=kept > 0)
+    coverage, share = kept / total, np.diff(kept, axis=1, prepend=0.0) / total
+    aurc = (share * risk).sum(1)
+    total, correct = total[:, 0], total[:, 0] - n_wrong
+    partial_sums = np.r_[0.0, np.cumsum(1.0 / np.arange(1, total.max() + 1))]  # H_0 .. H_max(W)
+    harmonic = partial_sums[total.astype(np.int64)] - partial_sums[correct.astype(np.int64)]  # sum_{k=C+1}^W 1/k
+    oracle = ((total - correct) - correct * harmonic) / total
+    rate = n_wrong / total
+    gap = rate - oracle
+    out = {
+        "prr": np.divide(rate - aurc, gap, out=np.full_like(gap, np.nan), where=gap > 1e-12),
+        "augrc": (share * risk * coverage).sum(1),
+        "aurc": aurc,
+    }
+    for c in coverages:
+        out[f"risk_at_{c:g}"] = risk[np.arange(len(w)), (coverage >= c - 1e-12).argmax(1)]
+    return out
+
+
+def _selective(uncertainty: ArrayLike, wrong: ArrayLike, weights: ArrayLike | None, name: str, **kw) -> float:
+    w = np.ones(len(_np(uncertainty))) if weights is None else _np(weights)
+    return float(selective_resampled(uncertainty, wrong, w[None], **kw)[name][0])
+
+
+def prr(uncertainty: ArrayLike, wrong: ArrayLike, weights: ArrayLike | None = None) -> float:
+    """Prediction-rejection ratio of top-1 error (``selective_resampled``): 1 = the oracle's order,
+    0 = random, < 0 worse; NaN when undefined. ``weights``: per-token integer counts."""
+    return _selective(uncertainty, wrong, weights, "prr")
+
+
+def augrc(uncertainty: ArrayLike, wrong: ArrayLike, weights: ArrayLike | None = None) -> float:
+    """Area under the generalized risk-coverage curve (``selective_resampled``), in [0, error rate],
+    lower is better. ``weights``: per-token integer counts."""
+    return _selective(uncertainty, wrong, weights, "augrc")
+
+
+def risk_at_coverage(
+    uncertainty: ArrayLike, wrong: ArrayLike, coverage: float, weights: ArrayLike | None = None
+) -> float:
+    """Top-1 error of the kept tokens at the first point of the risk-coverage curve whose coverage
+    reaches ``coverage`` in (0, 1] (``selective_resampled``). ``weights``: per-token integer counts."""
+    return _selective(uncertainty, wrong, weights, f"risk_at_{coverage:g}", coverages=(coverage,))

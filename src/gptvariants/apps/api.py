@@ -44,7 +44,9 @@ class TokenRecord:
     """One token with the model's log-probability of it, the predictive entropy (nats) and,
     when the predictive has several draws, the mutual information (nats; None otherwise).
     With ``top_n``: ``top``, the most probable tokens as (text, prob); ``set``, a sigmoid head's
-    set {v : sigmoid(z_v) > tau} as texts; ``draws``, this token's probability under each draw."""
+    set {v : sigmoid(z_v) > tau} as texts; ``draws``, this token's probability under each draw.
+    ``scores`` (``score`` only): energy and max_logit, and the density scores when the run has a
+    fitted density (``evaluate.uncertainty``'s scores of the same names)."""
 
     id: int
     text: str
@@ -54,6 +56,7 @@ class TokenRecord:
     top: list[tuple[str, float]] | None = None
     set: list[str] | None = None
     draws: list[float] | None = None
+    scores: dict[str, float] | None = None
 
     @property
     def prob(self) -> float:
@@ -407,7 +410,13 @@ class LanguageModel:
             stream += ids
         records: list[TokenRecord] = []
         want_sets = top_n > 0 and predictor.sigmoid
-        for _, y, draws in score_windows(predictor, stream, windows, batch=SCORE_BATCH, set_probs=want_sets):
+        density = predictor.members[0].density
+        density = density.to(predictor.device) if density is not None else None
+        scored = score_windows(predictor, stream, windows, batch=SCORE_BATCH, set_probs=want_sets, logit_stats=True)
+        for _, y, draws in scored:
+            if density is not None:
+                assert draws.hidden is not None  # score_windows keeps every chunk's hidden states
+                draws.logit_stats.update(density.scores(draws.hidden[0]))
             records.extend(self._scored(draws, y, pieces, len(records), top_n, tau))
         out, done = [], 0
         for ids in ids_list:
@@ -434,6 +443,8 @@ class LanguageModel:
         cols: dict[str, list] = {"lp": draws.logprob(y).tolist(), "h": draws.entropy().tolist()}
         cols["mi"] = draws.mutual_information().tolist() if draws.samples > 1 else [None] * len(y)
         cols["top"] = cols["set"] = cols["draws"] = [None] * len(y)
+        per_score = {k: v.tolist() for k, v in draws.logit_stats.items()}
+        cols["scores"] = [{k: v[i] for k, v in per_score.items()} for i in range(len(y))]
         decode = self.token_text
         if top_n:
             p, i = draws.probs.topk(min(top_n, draws.log_p.shape[-1]), dim=-1)
@@ -458,6 +469,7 @@ class LanguageModel:
                 cols["top"][k],
                 cols["set"][k],
                 cols["draws"][k],
+                cols["scores"][k],
             )
             for k, t in enumerate(y.tolist())
         ]

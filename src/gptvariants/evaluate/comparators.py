@@ -15,6 +15,11 @@ Columns: NLL and ECE of the whole validation split (as ``gptv eval``), ECE and N
 temperature scaling (second half), OOD AUROC at token and sequence level of the predictive entropy
 and of the epistemic score (MI) against the shifted text, AURC of the entropy, and cost: the
 training step time and the evaluation time as ratios to the baseline's.
+
+Scores: every score of ``uncertainty.SCORES`` the systems give (the feature density is fitted on
+the training split of each system's first run, ``predict.density``) is ranked by token-level OOD
+AUROC beside its sequence AUROC, FPR95, PRR, AUGRC and risk at 90 % coverage; PRR and AUGRC carry
+block-bootstrap intervals and the verdict of their paired difference from the entropy.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ import numpy as np
 from ..common.atomic import atomic_write
 from ..common.errors import InputError
 from ..data.sources import split_source
+from ..intervals import Interval
 from ..predict.calibration import fit_temperature, save_temperature
+from ..predict.density import FeatureDensity, fit_density
 from ..predict.laplace import fit_laplace
 from ..predict.methods import load_runs
 from ..store.run import RunFolder
@@ -40,6 +47,7 @@ from .result import headline
 METHOD_CHOICES = ("temperature", "mc_dropout", "ensemble", "laplace")
 ENSEMBLE_RUNS = 4  # runs of a deep ensemble (the baseline and 3 more seeds)
 DEFAULT_OOD = "synthetic?shift=0.5"
+DENSITY_POSITIONS = 100_000  # training positions of each system's feature density
 UNCERTAINTY_TABLE = [
     "system", "nll", "ece", "ece_half", "ece_half_t", "temperature", "nll_half", "nll_half_t",
     "auroc_token_entropy", "auroc_token_mi", "auroc_seq_entropy", "auroc_seq_mi", "mi_in", "mi_out", "aurc_entropy",
@@ -193,29 +201,129 @@ def run_uncertainty(
                 split_source(base, data_dir, "val").tokens,
             )
             log(f"laplace: {info['kind']}, prior precision {info['prior_precision']:.3g}, {info['fit_seconds']:.1f} s")
+    rows_of = systems(variants, methods, runs, seed_runs)
+    fit_densities(list(dict.fromkeys(s.runs[0] for s in rows_of)), data_dir, log)
     results = []
-    for system in systems(variants, methods, runs, seed_runs):
+    for system in rows_of:
         folder = out / "uncertainty" / system.name.replace(" ", "_").replace("+", "").replace("__", "_")
         log(f"uncertainty: {system.name}")
         results.append(evaluate_system(system, data_dir, ood, seed, folder))
     rows = [_row(r, results[0]) for r in results]
+    ranked = {r["system"]: score_rows(r["eval"]) for r in results}
     atomic_write(
         out / "uncertainty.json",
         json.dumps(
-            {"ood": ood, "rows": rows, "results": [{k: v for k, v in r.items() if k != "eval"} for r in results]},
+            {
+                "ood": ood,
+                "rows": rows,
+                "scores": ranked,
+                "results": [{k: v for k, v in r.items() if k != "eval"} for r in results],
+            },
             indent=1,
         )
         + "\n",
     )
     plot_uncertainty(results, rows, out / "uncertainty.png")
-    return rows, uncertainty_section(rows, ood, "uncertainty.png")
+    return rows, uncertainty_section(rows, ood, "uncertainty.png") + scores_section(ranked)
+
+
+def fit_densities(run_dirs: list[Path], data_dir: Path, log) -> None:
+    """Fit the feature density of each run not fitted at its step (``gptv density RUN --positions N``)."""
+    for run_dir in run_dirs:
+        try:
+            if FeatureDensity.load(run_dir, RunFolder(run_dir).step) is not None:
+                log(f"density: {run_dir} (already fitted)")
+                continue
+        except InputError as e:  # fitted at another step, or unreadable: fit again
+            log(f"density: {e}")
+        [run] = load_runs(run_dir)
+        density, info = fit_density(
+            run.model, split_source(run_dir, data_dir, "train").tokens, positions=DENSITY_POSITIONS
+        )
+        density.save(run_dir, {**info, "step": RunFolder(run_dir).checkpoint_step(), "seed": 0})
+        log(f"density: {run_dir}, {info['positions']:,} positions, {info['fit_seconds']:.1f} s")
+
+
+def score_rows(ev: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every score of one system's eval JSON: OOD AUROC / FPR95 (token, sequence; intervals when the
+    eval has them), PRR and AUGRC with intervals, risk at 90 % coverage and the verdicts against the
+    entropy; ranked by token-level OOD AUROC."""
+    ood, sel = ev.get("ood") or {}, ev["selective"]
+    names = list(dict.fromkeys([*ood.get("auroc", {}).get("token", {}), *sel.get("prr", {})]))
+    rows = []
+    for s in names:
+        row: dict[str, Any] = {"score": s}
+        for level in ("token", "sequence"):
+            for key in ("auroc", "fpr95"):
+                row[f"{key}_{level}"] = ood.get(key, {}).get(level, {}).get(s)
+                row[f"{key}_{level}_ci"] = ood.get(f"{key}_ci", {}).get(level, {}).get(s)
+        for key in ("prr", "augrc"):
+            row[key], row[f"{key}_ci"] = sel.get(key, {}).get(s), sel.get(f"{key}_ci", {}).get(s)
+            row[f"{key}_vs_entropy"] = sel.get("vs_entropy", {}).get(s, {}).get(key)
+        row["risk_at_0.9"] = sel.get("risk_at", {}).get(s, {}).get("0.9")
+        rows.append(row)
+    return sorted(rows, key=lambda r: -(r["auroc_token"] if r["auroc_token"] is not None else -1.0))
+
+
+def _cell(value: float | None, ci: dict[str, Any] | None = None, fmt: str = "{:.3f}") -> str:
+    if value is None or not np.isfinite(value):
+        return "-"
+    if ci is None:
+        return fmt.format(value)
+    return Interval(value, ci["lo"], ci["hi"], ci["se"], ci["n"], ci["method"], ci["level"]).format(fmt)
+
+
+def _versus(diff: dict[str, Any] | None) -> str:
+    return "-" if diff is None else f"{diff['verdict']} ({_cell(diff['estimate'], diff)})"
+
+
+SCORE_HEADER = (
+    "| score | OOD AUROC tok | OOD AUROC seq | FPR95 tok | FPR95 seq | PRR | PRR - PRR(H) | AUGRC | "
+    "AUGRC - AUGRC(H) | risk @ 90 % |"
+)
+
+
+def scores_section(ranked: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The report's score ranking: a table per system, ranked by token-level OOD AUROC."""
+    lines = [
+        "### Scores",
+        "",
+        "Every uncertainty score, ranked by token-level OOD AUROC (higher is better; FPR95, AUGRC and risk: lower "
+        "is better). PRR (prediction-rejection ratio) is for the top-1 error: the share of the oracle's AURC gain "
+        "over a random order that the score achieves (1 = oracle, 0 = random). Intervals are 95 % block-bootstrap "
+        "intervals over the validation tokens; *PRR - PRR(H)* and *AUGRC - AUGRC(H)* are paired differences from "
+        "the predictive entropy on the same resamples, with the verdict their interval allows. The ranking by "
+        "AUROC itself states no difference between scores: compare their intervals. energy / max_logit read the "
+        "logits; mahalanobis, rel_mahalanobis and knn the final hidden state (feature density fitted on the "
+        "training split).",
+        "",
+    ]
+    for system, rows in ranked.items():
+        lines += [f"**{system}**", "", SCORE_HEADER, "|" + "---|" * 10]
+        for r in rows:
+            cells = [
+                r["score"],
+                _cell(r["auroc_token"], r["auroc_token_ci"]),
+                _cell(r["auroc_sequence"], r["auroc_sequence_ci"]),
+                _cell(r["fpr95_token"], r["fpr95_token_ci"]),
+                _cell(r["fpr95_sequence"], r["fpr95_sequence_ci"]),
+                _cell(r["prr"], r["prr_ci"]),
+                _versus(r["prr_vs_entropy"]),
+                _cell(r["augrc"], r["augrc_ci"], "{:.4f}"),
+                _versus(r["augrc_vs_entropy"]),
+                _cell(r["risk_at_0.9"]),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def plot_uncertainty(results: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path) -> Path:
-    """Left: token-level OOD AUROC of the entropy and of MI per system. Right: risk-coverage curves."""
+    """Left: token-level OOD AUROC of the entropy and of MI per system. Middle: risk-coverage curves of
+    the entropy per system. Right: the first system's risk-coverage curve of every score."""
 
-    fig = figure((11, 4.2))
-    ax, bx = fig.subplots(1, 2)
+    fig = figure((16, 4.2))
+    ax, bx, cx = fig.subplots(1, 3)
     x = np.arange(len(rows))
     ax.bar(x - 0.2, [r["auroc_token_entropy"] for r in rows], 0.4, label="entropy")
     ax.bar(x + 0.2, [r["auroc_token_mi"] or 0.0 for r in rows], 0.4, label="mutual information")
@@ -232,6 +340,12 @@ def plot_uncertainty(results: list[dict[str, Any]], rows: list[dict[str, Any]], 
         title="Risk-coverage (entropy)",
     )
     bx.legend(fontsize="x-small")
+    first = results[0]["eval"]["selective"]
+    for name, curve in first["curve"].items():
+        cx.plot(curve["coverage"], curve["risk"], label=name, linewidth=1)
+    cx.axhline(first["error_rate"], color="grey", linestyle="--", linewidth=1)
+    cx.set(xlabel="coverage (least uncertain first)", title=f"Rejection curves, every score ({results[0]['system']})")
+    cx.legend(fontsize="x-small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
@@ -259,10 +373,10 @@ def uncertainty_section(rows: list[dict[str, Any]], ood: str, plot_name: str) ->
         "ratios to the baseline's, measured in this run on this machine.",
     ]
     if best["auroc_token_mi"] is not None:
-        verdict = "beats" if best["auroc_token_mi"] > base["auroc_token_entropy"] else "does not beat"
         lines.append(
-            f"- The best epistemic score (MI of {best['system']}, token AUROC {best['auroc_token_mi']:.3f}) "
-            f"{verdict} the baseline's predictive entropy ({base['auroc_token_entropy']:.3f})."
+            f"- The highest epistemic score (MI of {best['system']}) has token AUROC {best['auroc_token_mi']:.3f}, "
+            f"the baseline's predictive entropy {base['auroc_token_entropy']:.3f} (one run each: no difference is "
+            "claimed without an interval; see the scores below)."
         )
     lines += ["", f"![uncertainty]({plot_name})", ""]
     return lines

@@ -212,7 +212,8 @@ def score(
     heads' point estimates (posterior mean) when the predictor draws from a head posterior.
     progress: a bar in a terminal, plain lines in a log (``progress.Progress``).
     Returns {"tokens": {name: (n-1,) array} of the predictive distribution (``Draws.token_stats``,
-    plus truth_* and set_* counts when available), "point": the same for the point estimate or
+    ``Draws.logit_stats``, the first member's feature density scores when fitted, plus truth_* and
+    set_* counts when available), "point": the same for the point estimate or
     None, "curve": (tp, n_pred) summed per tau of TAUS or None, "raw_bce_sum": summed BCE
     (sigmoid heads, a single model)}.
     """
@@ -223,7 +224,10 @@ def score(
     windows = M.sliding_windows(len(tokens), predictor.block_size, stride)
     budget = CHUNK_FLOATS // 2  # the draws' log-probabilities and their probabilities
     bar = Progress(progress, len(tokens) - 1, desc="gptv eval: scoring", unit="token")
-    for t, y, draws in score_windows(predictor, tokens, windows, batch=batch, set_probs=want_sets, budget=budget):
+    scored = score_windows(
+        predictor, tokens, windows, batch=batch, set_probs=want_sets, budget=budget, logit_stats=True
+    )
+    for t, y, draws in scored:
         bar.update(len(y))
         p_true = rows_true.take(len(y)).to(y.device) if rows_true is not None else None
         acc.add(t, y, draws, p_true)
@@ -258,6 +262,8 @@ class _Pass:
             self.point_of = Predictor(predictor.members, samples=0)
         self.per_token, self.point_tokens = _Columns(max(0, n_tokens - 1)), _Columns(max(0, n_tokens - 1))
         self.sets, self.raw_bce = _SetCounts(tau), 0.0
+        density = predictor.members[0].density  # scored on the first backbone pass's features
+        self.density = density.to(predictor.device) if density is not None else None
 
     def add(self, t: int, y: torch.Tensor, draws: Draws, p_true: torch.Tensor | None) -> None:
         """The statistics of the targets ``y`` of tokens t..t+n-1 (``p_true``: their exact distribution)."""
@@ -266,6 +272,9 @@ class _Pass:
         if draws.samples == 1:
             stats.pop("expected_entropy"), stats.pop("mutual_information")
         assert draws.hidden is not None  # score_windows keeps every window's hidden states
+        stats.update(draws.logit_stats)
+        if self.density is not None:
+            stats.update(self.density.scores(draws.hidden[0]))
         for k, v in stats.items():
             self.per_token.append(k, v)
         for m in TOKEN_METRICS.values():

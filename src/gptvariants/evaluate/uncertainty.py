@@ -7,11 +7,22 @@ max_prob enters as 1 - max_prob):
     max_prob           max_v p_v, the top-1 confidence
     mi                 mutual information between the token and the draws (epistemic; several draws)
     expected_entropy   mean entropy of the draws (aleatoric; several draws)
+    energy             -logsumexp of the draws' mean logits (a sigmoid head: -log sum_v sigmoid(z_v))
+    max_logit          the top mean logit (a sigmoid head's top log-odds), entering as -max_logit
+    mahalanobis        min over classes of the Mahalanobis distance of the final hidden state
+    rel_mahalanobis    mahalanobis minus the distance under one Gaussian of all training features
+    knn                distance of the normalised hidden state to its k-th nearest training feature
+The last three need a density fitted by ``gptv density`` (``predict.density``); energy and
+max_logit are defined in ``predict.predictive``.
 
 OOD detection: out-of-domain tokens (or sequences: means over consecutive segments of
 ``seq_len`` tokens) are the positives; AUROC and FPR at 95 % TPR of each score.
 Selective prediction: keep the least uncertain tokens first; the risk is the top-1 error rate
-of the kept ones; AURC is the area under the risk-coverage curve (lower is better).
+of the kept ones; AURC is the area under the risk-coverage curve (lower is better), AUGRC the
+area under the generalized risk P(kept and wrong) (lower is better), PRR the share of the oracle's
+gain over a random order that the score achieves (higher is better), and the risk at 80/90/95 %
+coverage (``metrics.selective_resampled``). PRR and AUGRC carry block-bootstrap intervals, and
+each score's paired difference from the entropy on the same resamples carries its verdict.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .. import metrics as M
+from ..intervals import BLOCK, BlockBootstrap, verdict
 
 # score name -> (per-token statistic, sign that makes higher = more uncertain)
 SCORES: dict[str, tuple[str, float]] = {
@@ -29,8 +41,16 @@ SCORES: dict[str, tuple[str, float]] = {
     "max_prob": ("confidence", -1.0),
     "mi": ("mutual_information", 1.0),
     "expected_entropy": ("expected_entropy", 1.0),
+    "energy": ("energy", 1.0),
+    "max_logit": ("max_logit", -1.0),
+    "mahalanobis": ("mahalanobis", 1.0),
+    "rel_mahalanobis": ("rel_mahalanobis", 1.0),
+    "knn": ("knn", 1.0),
 }
 CURVE_POINTS = 50
+COVERAGES = (0.8, 0.9, 0.95)
+WEIGHTS_AT_ONCE = 2_000_000  # bootstrap weights held at once (16 MB of float64)
+RESAMPLES = 100  # of the selective figures: each costs a few (resamples, tokens) passes per score
 
 
 def available(tokens: dict[str, np.ndarray], *, need_label_free: bool = False) -> list[str]:
@@ -78,9 +98,9 @@ def ood_summary(
     return out
 
 
-def selective_summary(tokens: dict[str, np.ndarray]) -> dict[str, Any]:
+def selective_summary(tokens: dict[str, np.ndarray], resamples: int = RESAMPLES) -> dict[str, Any]:
     """Risk-coverage of top-1 predictions for every label-free score: AURC, the oracle's AURC,
-    the error rate at full coverage, and each curve at CURVE_POINTS coverages."""
+    the error rate at full coverage, each curve at CURVE_POINTS coverages, and ``selective_figures``."""
     wrong = ~tokens["correct"].astype(bool)
     out: dict[str, Any] = {"error_rate": float(wrong.mean()), "aurc": {}, "curve": {}}
     grid = np.linspace(0, 1, CURVE_POINTS + 1)[1:]
@@ -90,4 +110,44 @@ def selective_summary(tokens: dict[str, np.ndarray]) -> dict[str, Any]:
         out["aurc_optimal"] = rc.aurc_optimal
         at = np.searchsorted(rc.coverage, grid - 1e-12)  # the first curve point reaching each coverage
         out["curve"][s] = {"coverage": rc.coverage[at].tolist(), "risk": rc.risk[at].tolist()}
+    out.update(selective_figures(tokens, resamples))
     return out
+
+
+def selective_figures(tokens: dict[str, np.ndarray], resamples: int = RESAMPLES, seed: int = 0) -> dict[str, Any]:
+    """PRR, AUGRC and risk at COVERAGES of every label-free score; with ``resamples`` > 0, the block
+    bootstrap's intervals of PRR and AUGRC ("prr_ci", "augrc_ci") and of each score's paired
+    difference from the entropy with its verdict ("vs_entropy": score -> {"prr", "augrc"})."""
+    wrong = ~tokens["correct"].astype(bool)
+    names = available(tokens, need_label_free=True)
+    ones = np.ones((1, len(wrong)))
+    full = {s: M.selective_resampled(uncertainty_of(tokens, s), wrong, ones, COVERAGES) for s in names}
+    out: dict[str, Any] = {
+        "prr": {s: float(f["prr"][0]) for s, f in full.items()},
+        "augrc": {s: float(f["augrc"][0]) for s, f in full.items()},
+        "risk_at": {s: {f"{c:g}": float(f[f"risk_at_{c:g}"][0]) for c in COVERAGES} for s, f in full.items()},
+    }
+    if resamples < 2 or len(wrong) < 4:
+        return out
+    boot = BlockBootstrap(len(wrong), min(BLOCK, len(wrong) // 2), resamples, seed)
+    reps = {s: _replicates(boot, uncertainty_of(tokens, s), wrong) for s in names}
+    out["bootstrap"] = boot.method
+    for key in ("prr", "augrc"):
+        out[f"{key}_ci"] = {s: boot.interval(out[key][s], reps[s][key]).to_dict() for s in names}
+    out["vs_entropy"] = {}
+    for s in names if "entropy" in reps else []:
+        out["vs_entropy"][s] = {}
+        for key, better in (("prr", True), ("augrc", False)):
+            diff = boot.interval(out[key][s] - out[key]["entropy"], reps[s][key] - reps["entropy"][key])
+            out["vs_entropy"][s][key] = {**diff.to_dict(), "verdict": verdict(diff, higher_is_better=better)}
+    return out
+
+
+def _replicates(boot: BlockBootstrap, u: np.ndarray, wrong: np.ndarray) -> dict[str, np.ndarray]:
+    """PRR and AUGRC in every resample of ``boot``, WEIGHTS_AT_ONCE weights at a time."""
+    step = max(1, WEIGHTS_AT_ONCE // boot.n)
+    parts = []
+    for i in range(0, boot.resamples, step):
+        rows = np.stack([boot.weights(r) for r in range(i, min(i + step, boot.resamples))])
+        parts.append(M.selective_resampled(u, wrong, rows, ()))
+    return {k: np.concatenate([p[k] for p in parts]) for k in ("prr", "augrc")}

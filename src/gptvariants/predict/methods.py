@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import ClassVar
 
@@ -39,6 +40,7 @@ from ..core.model import GPT
 from ..data.tokenizers import META_FILE
 from ..store.checkpoint import CheckpointError, checkpoints, load_run, load_weights, verify_checkpoint
 from ..store.run import RunFolder
+from .density import FeatureDensity
 from .laplace import LaplacePosterior
 from .predictive import Member, Predictor, run_mc_samples
 
@@ -68,6 +70,11 @@ class Run:
                 "this needs a run's saved config; a bare model has none (load one with gptvariants.load(RUN))"
             )
         return self.config
+
+    @cached_property
+    def density(self) -> FeatureDensity | None:
+        """The feature density ``gptv density`` stored with the run (None: none, or a bare model)."""
+        return None if self.dir is None else FeatureDensity.load(self.dir, RunFolder(self.dir).step)
 
     def temperature(self, key: str) -> float:
         """The temperature ``gptv calibrate`` fitted for ``key`` (a method name, or POINT), else 1."""
@@ -134,7 +141,7 @@ class Method:
         """Raise ValueError when the method does not apply to these runs."""
 
     def members(self, runs: Sequence[Run], temperature: bool, key: str) -> list[Member]:
-        return [Member(r.model, r.temperature(key) if temperature else 1.0) for r in runs]
+        return [Member(r.model, r.temperature(key) if temperature else 1.0, density=r.density) for r in runs]
 
     def predictor(self, runs: Sequence[Run], mc_samples: int | None, seed: int | None, temperature: bool) -> Predictor:
         """The predictor of ``runs``, which ``check`` accepted (``prediction.build_predictor`` checks first)."""

@@ -14,6 +14,15 @@ z_s      the draws. They come from the head (a Bayesian head's weight posterior,
          backbone runs once per draw with dropout active), or from several runs (an ensemble of
          runs: one member each). ``samples=0`` asks every head for its point estimate.
 
+Logit scores (``Draws.logit_stats``, asked for by ``logit_stats=True``) read the mean of the draws'
+logits, zbar = 1/S sum_s z_s (one draw: its logits; a Bayesian head: a Monte Carlo estimate of the
+posterior-mean logits; K heads or runs: their logit average), after the temperature:
+    energy     -logsumexp_v u_v (Liu et al. 2020), u = the readout's unnormalised log-scores:
+               u = zbar for softmax (the log-normaliser); u = log sigmoid(zbar) for sigmoid heads,
+               so energy = -log sum_v sigmoid(zbar_v), minus the log of the expected set size
+    max_logit  max_v zbar_v (Hendrycks et al. 2022): the top logit, a sigmoid head's top log-odds
+Higher energy and lower max_logit mean less familiar input.
+
 The entropy of the mixture splits into the expected entropy of the draws (aleatoric) and the
 mutual information between the next token and the draw (epistemic):
     H[p] = 1/S sum_s H[p_s] + MI.
@@ -36,6 +45,7 @@ import torch
 from .. import metrics as M
 from ..common.errors import InputError
 from ..core.model import GPT
+from .density import FeatureDensity
 
 
 class Sampler(Protocol):
@@ -60,11 +70,13 @@ def run_mc_samples(model: GPT) -> int:
 @dataclass
 class Member:
     """One model of the mixture, with its temperature and, optionally, its own logit ``Sampler``
-    (a fitted Laplace posterior, one weight draw per generated row, ...)."""
+    (a fitted Laplace posterior, one weight draw per generated row, ...), and the feature density
+    ``gptv density`` fitted to its run (scored by ``gptv eval`` on the first backbone pass)."""
 
     model: GPT
     temperature: float = 1.0
     sampler: Sampler | None = None
+    density: FeatureDensity | None = None
 
     def default_samples(self) -> int:
         """Draws asked of a stochastic head (or sampler) when the caller names none: the run's mc_samples."""
@@ -107,6 +119,7 @@ class Draws:
         self.set_probs = set_probs
         self._logits = logits
         self.hidden: list[torch.Tensor] | None = None  # the hidden states read out, when the caller keeps them
+        self.logit_stats: dict[str, torch.Tensor] = {}  # energy, max_logit (n,) when asked for (module docstring)
         if log_ps.shape[0] == 1:
             self._ps, self.probs = None, log_ps[0].exp()
             self.log_p = log_ps[0]
@@ -273,24 +286,40 @@ class Predictor:
                 model.transformer.eval()
 
     @torch.no_grad()
-    def draws(self, hs: Sequence[torch.Tensor], *, set_probs: bool = False, generators: Generators = None) -> Draws:
+    def draws(
+        self,
+        hs: Sequence[torch.Tensor],
+        *,
+        set_probs: bool = False,
+        generators: Generators = None,
+        logit_stats: bool = False,
+    ) -> Draws:
         """The predictive at hidden states ``hs`` (one (n, C) per backbone pass, as ``encode``).
         ``generators``: one per row makes each row's draws its own (``Member.logits``); default:
-        this predictor's generator. MC dropout's masks are drawn in ``encode``, over the batch."""
+        this predictor's generator. MC dropout's masks are drawn in ``encode``, over the batch.
+        ``logit_stats``: also the energy and max-logit of the draws' mean logits (module docstring)."""
         log_ps, sets = [], []
-        z = None
+        z, z_sum = None, None
         for (member, _), h in zip(self.replicas, hs, strict=True):
             z = member.logits(h, self.samples_of(member), self.generator if generators is None else generators)
             log_ps.append(member.model.objective.log_probs(z))
             if set_probs:
                 q = torch.sigmoid(z) if member.model.objective.sigmoid else log_ps[-1].exp()
                 sets.append(q.sum(0))
+            if logit_stats and len(hs) * z.shape[0] > 1:
+                z_sum = z.float().sum(0) if z_sum is None else z_sum + z.float().sum(0)
         assert z is not None  # __init__ refuses no members, and zip(strict=True) gives one h per replica
         lp = torch.cat(log_ps)
         single_softmax = len(hs) == 1 and z.shape[0] == 1 and not self.members[0].model.objective.sigmoid
-        return Draws(
-            lp, torch.stack(sets).sum(0) / lp.shape[0] if set_probs else None, z[0] if single_softmax else None
-        )
+        out = Draws(lp, torch.stack(sets).sum(0) / lp.shape[0] if set_probs else None, z[0] if single_softmax else None)
+        if logit_stats:
+            out.logit_stats = self._logit_stats(z[0].float() if z_sum is None else z_sum / lp.shape[0])
+        return out
+
+    def _logit_stats(self, z_mean: torch.Tensor) -> dict[str, torch.Tensor]:
+        """energy and max_logit (n,) of the draws' mean logits (n, V) (module docstring)."""
+        u = torch.nn.functional.logsigmoid(z_mean) if self.sigmoid else z_mean
+        return {"energy": -torch.logsumexp(u, dim=-1), "max_logit": z_mean.amax(dim=-1)}
 
     @torch.no_grad()
     def nll(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -318,6 +347,7 @@ def score_windows(
     batch: int = 16,
     set_probs: bool = False,
     budget: int = CHUNK_FLOATS,
+    logit_stats: bool = False,
 ) -> Iterator[tuple[int, torch.Tensor, Draws]]:
     """Score a token stream: yield (t, y, draws) for the targets y of the windows, in order.
 
@@ -329,7 +359,7 @@ def score_windows(
     under causal attention no position sees the padding after it, so each window's hidden states
     are its own (the texts of ``LanguageModel.score_many`` end in windows of different lengths).
     Hidden states are read out ``predictor.rows_per_chunk(budget)`` rows at a time
-    (``draws.hidden`` holds them).
+    (``draws.hidden`` holds them); ``logit_stats`` asks each chunk's ``Draws.logit_stats``.
     """
     device = predictor.device
     ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64)) if not isinstance(tokens, torch.Tensor) else tokens.long()
@@ -350,6 +380,6 @@ def score_windows(
             for c in range(0, len(hs[0]), rows):
                 n = min(rows, len(hs[0]) - c)
                 chunk = [h[c : c + n] for h in hs]
-                draws = predictor.draws(chunk, set_probs=set_probs)
+                draws = predictor.draws(chunk, set_probs=set_probs, logit_stats=logit_stats)
                 draws.hidden = chunk
                 yield t0 + c, ys[c : c + n], draws

@@ -24,6 +24,7 @@ CONFIG_FILE = "config.json"
 CALIBRATION_FILE = "calibration.json"  # temperatures fitted by `gptv calibrate`, by method
 LAPLACE_FILE, LAPLACE_META = "laplace.safetensors", "laplace.json"  # the posterior `gptv laplace` fits
 LAPLACE_FILES = (LAPLACE_FILE, LAPLACE_META)
+DENSITY_FILE, DENSITY_META = "density.safetensors", "density.json"  # the feature density `gptv density` fits
 
 
 def check_run_files(run_dir: Path) -> None:

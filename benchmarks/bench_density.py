@@ -1,0 +1,105 @@
+"""Feature density (issue 19): fitting cost against one training epoch, and the eval's overhead.
+
+At the experiment's shape (4 layers, 4 heads, 128 wide, block_size 64, batch 12; a character
+vocabulary of 65; random weights: speed does not depend on them), side by side in one run:
+
+    fit            ``density.fit_density`` over ``--positions`` training positions (whole windows)
+    epoch          training over as many positions: forward, backward and AdamW steps of batch x
+                   block_size positions, ``--train-steps`` of them timed and scaled to the epoch
+    eval           ``scoring.score`` over ``--eval-tokens`` tokens (stride block_size / 2) without
+                   and with the density on the member (Mahalanobis, relative Mahalanobis, kNN),
+                   ``--repeats`` times interleaved, the least of each
+    memory         the stored density's bytes: K x C means, two C x C precisions, the kNN bank;
+                   the same for any number of positions
+
+Targets: fit <= 1x the epoch; eval with density <= 1.2x without.
+
+    python benchmarks/bench_density.py [--positions 200000] [--eval-tokens 50000] [--bank 2048] [--k 10]
+                                       [--repeats 3] [--threads 1] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from gptvariants.core.config import load_config
+from gptvariants.core.model import GPT
+from gptvariants.evaluate.scoring import score
+from gptvariants.predict.density import FeatureDensity, fit_density
+from gptvariants.predict.predictive import Member, Predictor
+
+SHAPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, batch_size=12)
+
+
+def epoch_seconds(cfg, positions: int, steps: int, device: str) -> float:
+    """Seconds to train over ``positions`` positions, from ``steps`` timed steps (after one warm-up)."""
+    model = GPT(cfg.model, cfg.objective).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    B, T, V = cfg.train.batch_size, cfg.model.block_size, cfg.model.vocab_size
+    x, y = torch.randint(V, (B, T), device=device), torch.randint(V, (B, T), device=device)
+    for i in range(steps + 1):
+        if i == 1:
+            t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        model(x, y).loss.backward()
+        opt.step()
+    per_step = (time.perf_counter() - t0) / steps
+    return per_step * positions / (B * T)
+
+
+def eval_seconds(model: GPT, tokens: np.ndarray, density: FeatureDensity | None) -> float:
+    t0 = time.perf_counter()
+    score(Predictor([Member(model, density=density)], seed=0), tokens, stride=model.config.block_size // 2)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--positions", type=int, default=200_000)
+    p.add_argument("--eval-tokens", type=int, default=50_000)
+    p.add_argument("--bank", type=int, default=2048)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--train-steps", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=3, help="eval timings, interleaved; the least of each is shown")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    cfg = load_config("baseline", overrides=SHAPE)
+    model = GPT(cfg.model, cfg.objective).to(a.device).eval()
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 65, a.positions + 2 * cfg.model.block_size + 2)
+    val = rng.integers(0, 65, a.eval_tokens)
+    t0 = time.perf_counter()
+    density, info = fit_density(model, train, positions=a.positions, bank=a.bank, k=a.k)
+    fit = time.perf_counter() - t0
+    epoch = epoch_seconds(cfg, info["positions"], a.train_steps, a.device)
+    eval_scores(model, val, density)  # warm-up
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(a.repeats):  # interleaved, the least of each: the steadiest figure on a busy machine
+        for with_it in (False, True):
+            times[with_it].append(eval_seconds(model, val, density if with_it else None))
+    plain, with_density = min(times[False]), min(times[True])
+    size = sum(t.numel() * t.element_size() for t in (density.means, density.precision, density.precision0,
+                                                       density.mean0, density.bank))  # fmt: skip
+    print(f"shape {SHAPE}, {info['positions']:,} positions, {info['classes']} classes, bank {a.bank}, k {a.k}, "
+          f"device {a.device}, {a.threads} thread(s)\n")  # fmt: skip
+    print("| measure | seconds | ratio | target |\n|---|---|---|---|")
+    print(f"| fit over {info['positions']:,} positions / one training epoch over them | {fit:.2f} / {epoch:.2f} | "
+          f"{fit / epoch:.2f}x | <= 1x |")  # fmt: skip
+    print(f"| gptv eval scoring of {len(val):,} tokens, with / without density | {with_density:.2f} / {plain:.2f} | "
+          f"{with_density / plain:.2f}x | <= 1.2x |")  # fmt: skip
+    print(f"| stored density | {size / 2**20:.2f} MiB | - | independent of positions |")
+
+
+def eval_scores(model: GPT, tokens: np.ndarray, density: FeatureDensity) -> None:
+    score(Predictor([Member(model, density=density)], seed=0), tokens[:2048], stride=model.config.block_size // 2)
+
+
+if __name__ == "__main__":
+    main()

@@ -27,6 +27,8 @@ from typing import Any, NamedTuple, cast
 
 import torch
 
+from ..common.checks import check_arguments
+from ..common.errors import InputError
 from ..common.runtime import resolve_device
 from ..data.tokenizers import load_tokenizer
 from ..decode.decoder import Decoder, Generation, Row, RowOptions
@@ -136,7 +138,10 @@ def load(
     ``temperature``: apply the temperature ``gptv calibrate`` fitted (when there is one).
     ``prediction``: the three at once (a ``Prediction``), in their place.
     """
-    prediction = prediction or Prediction(method, mc_samples, temperature)
+    if isinstance(device, str):
+        device = check_arguments({"device": device})["device"]
+    if prediction is None:
+        prediction = Prediction(method, check_arguments({"mc_samples": mc_samples})["mc_samples"], temperature)
     runs = load_runs(run_dir, resolve_device(device))
     prediction.check(runs, generation=True)
     first = runs[0]
@@ -204,6 +209,10 @@ class LanguageModel:
         if not all(isinstance(x, str) for x in strings):
             raise TypeError(f"stop must be a string or a list of strings, got {stop!r}")
         ids = list(stop_tokens)
+        vocab = self.config.model.vocab_size
+        bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise InputError(f"stop_tokens: {bad[0]!r} is not a token id of this model (an integer in [0, {vocab}))")
         if stop_at_eot and self.tokenizer.eot_token is not None:
             ids.append(self.tokenizer.eot_token)
         return [x for x in strings if x], ids
@@ -220,6 +229,8 @@ class LanguageModel:
         **sampling: Any,
     ) -> Completion | list[Completion]:
         """Like ``generate`` but returns ``Completion`` records with per-token details."""
+        sampling = check_arguments({"max_new_tokens": max_new_tokens, "unknown": unknown, **sampling})
+        max_new_tokens, unknown = sampling.pop("max_new_tokens"), sampling.pop("unknown")
         single = isinstance(prompt, str)
         prompts: list[str] = [prompt] if isinstance(prompt, str) else list(prompt)
         ids = [self.encode_prompt(p, unknown) for p in prompts]
@@ -275,6 +286,10 @@ class LanguageModel:
         caller that decodes many in one batch (``gptv serve``): add ``.row`` to
         ``new_decoder(.key)``, which rows with equal keys can share. ``sampling``: the options of
         ``decoder.RowOptions``."""
+        named = dict(max_new_tokens=max_new_tokens, unknown=unknown, mc_samples=mc_samples, slide=slide)
+        checked = check_arguments({**named, **sampling})
+        max_new_tokens, unknown, mc_samples, slide = (checked.pop(k) for k in named)
+        sampling = checked
         self.prediction.but(method=method, mc_samples=mc_samples).check(self.runs, generation=True)
         ids = self.encode_prompt(prompt, unknown)
         stop, stops = self._stops(stop, stop_at_eot, stop_tokens)
@@ -394,6 +409,8 @@ class LanguageModel:
         SCORE_BATCH windows each), so scoring many short texts costs about what one long one does.
         Each text is scored exactly as alone, except that a Bayesian head's draws (seeded for the
         whole call) then depend on which texts share the call."""
+        named = dict(mc_samples=mc_samples, seed=seed, unknown=unknown, slide=slide, top_n=top_n, tau=tau)
+        mc_samples, seed, unknown, slide, top_n, tau = check_arguments(named).values()
         predictor = self.predictor(method, mc_samples, seed)
         ids_list = [self._score_ids(t, unknown) for t in texts]
         stream: list[int] = []

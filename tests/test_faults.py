@@ -9,10 +9,13 @@ chunked bodies, JSON types, path disclosure) live in test_serve.py with its runn
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from conftest import tiny_overrides
 
 from gptvariants.apps.api import load
+from gptvariants.apps.cli.main import main
 from gptvariants.common.errors import InputError
 from gptvariants.core.config import load_config
 from gptvariants.train.loop import train
@@ -92,3 +95,82 @@ def test_api_good_arguments_still_work(lm):
     a = lm.generate("", 5, seed=3, top_k=4, stop_tokens=[0])
     assert a == lm.generate("", 5, seed=3, top_k=4.0, stop_tokens=[0])  # 4.0 is the integer 4
     assert isinstance(a, str) and len(lm.score(lm.tokenizer.decode([1, 2, 3]), seed=0, tau=1)) >= 2
+
+
+def gptv(capsys, *argv: str) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``gptv ARGV``."""
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# --- gptv prepare: checked before --out is created; a failure removes what it created ---------
+
+
+@pytest.mark.parametrize(
+    "source,tokenizer,message",
+    [
+        ("text:{tmp}/nope.txt", None, "no text file, folder or glob matches"),
+        ("enwik8", None, "unknown data source 'enwik8'"),
+        ("{tmp}/corpus.txt", None, "to prepare this local file, folder or glob write text:{tmp}/corpus.txt"),
+        ("text:{tmp}/corpus.txt", "bpe", "unknown tokenizer spec 'bpe'"),
+        ("text:{tmp}/corpus.txt", "sentencepiece", "unknown tokenizer spec 'sentencepiece'"),
+        ("text:{tmp}/one.txt", None, "gives 0 train token(s): a dataset needs at least 2 in each split"),
+        ("text:{tmp}/binary.txt", None, "is not a text file (a NUL byte"),
+        ("synthetic:huge", None, "unknown synthetic preset 'huge'"),
+    ],
+)
+def test_failed_prepare_leaves_no_folder(capsys, tmp_path, source, tokenizer, message):
+    (tmp_path / "corpus.txt").write_text("hello world\n" * 20)
+    (tmp_path / "one.txt").write_text("x")
+    (tmp_path / "binary.txt").write_bytes(b"ab\0cd")
+    out = tmp_path / "deep" / "data"
+    argv = ["prepare", source.format(tmp=tmp_path), "--out", out] + (["--tokenizer", tokenizer] if tokenizer else [])
+    code, _, err = gptv(capsys, *argv)
+    assert code == 2 and message.format(tmp=tmp_path) in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_prepare_refuses_a_dataset_or_other_files_in_out_without_force(capsys, tmp_path):
+    (tmp_path / "corpus.txt").write_text("hello world\n" * 20)
+    out = tmp_path / "data"
+    assert gptv(capsys, "prepare", f"text:{tmp_path}/corpus.txt", "--out", out)[0] == 0
+    before = (out / "train.bin").read_bytes()
+    code, _, err = gptv(capsys, "prepare", f"text:{tmp_path}/corpus.txt", "--out", out, "--val-fraction", "0.5")
+    assert code == 2 and f"{out} already holds a prepared dataset: pass --force" in err
+    assert (out / "train.bin").read_bytes() == before  # untouched
+    assert (
+        gptv(capsys, "prepare", f"text:{tmp_path}/corpus.txt", "--out", out, "--val-fraction", "0.5", "--force")[0] == 0
+    )
+    assert len((out / "train.bin").read_bytes()) < len(before)
+    code, _, err = gptv(capsys, "prepare", f"text:{tmp_path}/corpus.txt", "--out", tmp_path)  # holds corpus.txt
+    assert code == 2 and f"{tmp_path} is not empty (corpus.txt, data)" in err
+    code, _, err = gptv(capsys, "prepare", "synthetic:tiny", "--out", tmp_path / "corpus.txt")
+    assert code == 2 and f"{tmp_path / 'corpus.txt'} is a file, not a folder" in err and "Errno" not in err
+    (tmp_path / "half").mkdir()  # an interrupted prepare's leftovers are taken over
+    (tmp_path / "half" / "train.bin").write_bytes(b"\0\0")
+    assert gptv(capsys, "prepare", "synthetic:tiny", "--out", tmp_path / "half")[0] == 0
+
+
+# --- damaged files name the file ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ('{"kind": "char", "chars": ["a", "b"', "not valid JSON"),
+        ("[1, 2]", "expected a JSON object, found list"),
+        ('{"kind": "char"}', "the key 'chars' is missing"),
+        ('{"kind": "char", "chars": 5}', "malformed"),
+        ('{"kind": "sentencepiece"}', "unknown tokenizer kind 'sentencepiece'"),
+        (b"\xff\xfe", "not UTF-8 text"),
+    ],
+)
+def test_a_damaged_tokenizer_file_is_named(run, tmp_path, content, message):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    path = copy / "tokenizer_meta.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(InputError) as e:
+        load(copy)
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value)

@@ -66,6 +66,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         errors=args.errors,
         num_proc=args.num_proc,
+        force=args.force,
     )
     for note in meta.get("notes", []):
         _say("prepare", "note", note)
@@ -229,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="non-UTF-8 bytes: fail naming the offset, or replace them",
     )
     p.add_argument("--num-proc", type=positive_int, default=None, help="processes for tokenizing large corpora")
+    p.add_argument("--force", action="store_true", help="replace the dataset or files already in --out")
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("train", help="train a variant; extra --key=value pairs override the config")

@@ -22,8 +22,7 @@ import numpy as np
 from ..common.atomic import atomic_write
 from ..common.errors import InputError, UnavailableError
 from .dataset import FORMAT, SPLITS, token_dtype
-from .synthetic import PRESETS, SyntheticLanguage
-from .synthetic import ARRAYS_FILE, WORDS_FILE
+from .synthetic import ARRAYS_FILE, PRESETS, WORDS_FILE, SyntheticLanguage
 from .tokenizers import HF_FILE, META_FILE, Tokenizer, build_tokenizer, check_tokenizer_spec
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"

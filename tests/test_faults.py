@@ -9,6 +9,7 @@ chunked bodies, JSON types, path disclosure) live in test_serve.py with its runn
 
 from __future__ import annotations
 
+import errno
 import shutil
 
 import pytest
@@ -16,9 +17,13 @@ from conftest import tiny_overrides
 
 from gptvariants.apps.api import load
 from gptvariants.apps.cli.main import main
+from gptvariants.common import atomic
+from gptvariants.common.atomic import WriteError
 from gptvariants.common.errors import InputError
 from gptvariants.core.config import load_config
+from gptvariants.store.checkpoint import checkpoints_intact
 from gptvariants.train.loop import train
+from gptvariants.train.trainlog import Logger
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +179,29 @@ def test_a_damaged_tokenizer_file_is_named(run, tmp_path, content, message):
     with pytest.raises(InputError) as e:
         load(copy)
     assert str(e.value).startswith(f"{path}: ") and message in str(e.value)
+
+
+# --- a full disk says what is intact, never what never existed ---------------------------------
+
+
+def test_a_failed_first_write_does_not_claim_a_previous_file(tmp_path, monkeypatch):
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "replace", full)
+    with pytest.raises(WriteError) as e:
+        atomic.atomic_write(tmp_path / "config.json", "{}")
+    assert str(e.value).endswith("there was no config.json before") and "intact" not in str(e.value)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(WriteError, match="the previous config.json is intact$"):
+        atomic.atomic_write(tmp_path / "config.json", "{}")
+
+
+def test_a_failed_metrics_record_before_any_checkpoint_says_so(tmp_path, run):
+    log = object.__new__(Logger)  # only what log() reads: a metrics file that cannot be appended to
+    log.enabled, log.tb, log.wandb, log.path = True, None, None, tmp_path / "metrics.jsonl"
+    log.path.mkdir()
+    with pytest.raises(WriteError) as e:
+        log.log({"step": 1, "kind": "train"})
+    assert str(e.value).endswith("no checkpoint had been written yet") and "checkpoints are intact" not in str(e.value)
+    assert checkpoints_intact(run).startswith("the previous checkpoint (step 4) is intact")

@@ -20,7 +20,7 @@ from gptvariants.apps.cli.main import main
 from gptvariants.common import atomic
 from gptvariants.common.atomic import WriteError
 from gptvariants.common.errors import InputError
-from gptvariants.core.config import load_config
+from gptvariants.core.config import ConfigError, load_config
 from gptvariants.store.checkpoint import checkpoints_intact
 from gptvariants.train.loop import train
 from gptvariants.train.trainlog import Logger
@@ -205,3 +205,39 @@ def test_a_failed_metrics_record_before_any_checkpoint_says_so(tmp_path, run):
         log.log({"step": 1, "kind": "train"})
     assert str(e.value).endswith("no checkpoint had been written yet") and "checkpoints are intact" not in str(e.value)
     assert checkpoints_intact(run).startswith("the previous checkpoint (step 4) is intact")
+
+
+# --- TOML: a key twice or in the wrong table is an error naming the file and both places ---------
+
+TOML_CASES = [
+    (
+        "n_layer = 1\n\n[model]\nn_layer = 2\n",
+        "n_layer is set twice, at the top (line 1) and in [model] (line 4); keep one",
+    ),
+    ("[train]\nn_layer = 2\n", "n_layer is in [train] (line 2) but belongs in [model]"),
+    ("[model]\nlearning_rate = 1e-3\n", "learning_rate is in [model] (line 2) but belongs in [train]"),
+    ("[model]\nn_layer = 1\nn_layer = 2\n", "invalid TOML"),
+    ("[modle]\nn_layer = 1\n", "unknown table [modle]"),
+    ("[model]\nn_layers = 1\n", "unknown config key 'n_layers'; did you mean n_layer"),
+    ("n_layer = 2.5\n", "n_layer expects an integer in [1, 1000], got 2.5"),
+    ("max_iters = 1e400\n", "max_iters expects an integer"),
+]
+
+
+@pytest.mark.parametrize(
+    "text,message", TOML_CASES, ids=[m.split(" ")[0] + str(i) for i, (_, m) in enumerate(TOML_CASES)]
+)
+def test_bad_toml_files_name_the_file_and_the_place(tmp_path, text, message):
+    path = tmp_path / "cfg.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config("baseline", file=path)
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value), str(e.value)
+
+
+def test_good_toml_tables_and_saved_config_json_still_load(tmp_path, run):
+    path = tmp_path / "cfg.toml"
+    path.write_text("max_iters = 7\n[model]\nn_layer = 3\n[train]\nlearning_rate = 0.002\n")
+    cfg = load_config("baseline", file=path)
+    assert (cfg.model.n_layer, cfg.train.max_iters, cfg.train.learning_rate) == (3, 7, 0.002)
+    assert load_config(file=run / "config.json").model.n_layer == 2

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from collections.abc import Set as AbstractSet
@@ -344,16 +345,49 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
     return out
 
 
-def _flatten(data: dict[str, Any], path: Path) -> dict[str, Any]:
+def _flatten(data: dict[str, Any], path: Path, text: str | None = None) -> dict[str, Any]:
+    """The flat keys of a file's top level and tables. In a TOML file (``text``, its source), a
+    key set twice (at the top and in a table) or in another section's table is a ConfigError
+    naming the file and both places: one value silently winning is a trap. A run's config.json
+    (no ``text``) is read as written, so runs saved by earlier versions still load."""
     flat: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    index = _key_index()
     for k, v in data.items():
         if isinstance(v, dict):
             if k not in Config.SECTIONS:
                 raise ConfigError(f"{path}: unknown table [{k}]; use [model], [objective] or [train], or flat keys")
-            flat.update(v)
+            if text is None:
+                flat.update(v)
+                continue
+            for key, value in v.items():
+                if index.get(key, k) != k:
+                    raise ConfigError(
+                        f"{path}: {key} is in [{k}]{_line(text, key, k)} but belongs in [{index[key]}]; move it there "
+                        "or write it at the top, before any table"
+                    )
+                _put(flat, where, key, value, f"in [{k}]{_line(text, key, k)}", path)
         else:
-            flat[k] = v
+            _put(flat, where, k, v, f"at the top{_line(text, k, None)}", path)
     return flat
+
+
+def _put(flat: dict[str, Any], where: dict[str, str], key: str, value: Any, place: str, path: Path) -> None:
+    if key in where:
+        raise ConfigError(f"{path}: {key} is set twice, {where[key]} and {place}; keep one")
+    flat[key], where[key] = value, place
+
+
+def _line(text: str | None, key: str, table: str | None) -> str:
+    """' (line N)': where ``key`` is assigned in ``table`` (None: the top level) of TOML ``text``."""
+    current: str | None = None
+    for n, line in enumerate((text or "").splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            current = stripped.strip("[]").strip()
+        elif current == table and re.match(rf"""["']?{re.escape(key)}["']?\s*=""", stripped):
+            return f" (line {n})"
+    return ""
 
 
 def read_config_file(file: str | Path) -> dict[str, Any]:
@@ -365,7 +399,8 @@ def read_config_file(file: str | Path) -> dict[str, Any]:
     try:
         if path.suffix == ".json":
             return _flatten(read_json(path), path)
-        return _flatten(tomllib.loads(read_text(path)), path)
+        text = read_text(path)
+        return _flatten(tomllib.loads(text), path, text)
     except InputError as e:
         raise ConfigError(str(e)) from None
     except tomllib.TOMLDecodeError as e:

@@ -10,8 +10,11 @@ chunked bodies, JSON types, path disclosure) live in test_serve.py with its runn
 from __future__ import annotations
 
 import errno
+import json
+import re
 import shutil
 
+import numpy as np
 import pytest
 from conftest import tiny_overrides
 
@@ -21,7 +24,10 @@ from gptvariants.common import atomic
 from gptvariants.common.atomic import WriteError
 from gptvariants.common.errors import InputError
 from gptvariants.core.config import ConfigError, load_config
+from gptvariants.data.dataset import TokenDataset
 from gptvariants.store.checkpoint import checkpoints_intact
+from gptvariants.targets.build import build_targets
+from gptvariants.targets.selection import _Selector
 from gptvariants.train.loop import train
 from gptvariants.train.trainlog import Logger
 
@@ -241,3 +247,63 @@ def test_good_toml_tables_and_saved_config_json_still_load(tmp_path, run):
     cfg = load_config("baseline", file=path)
     assert (cfg.model.n_layer, cfg.train.max_iters, cfg.train.learning_rate) == (3, 7, 0.002)
     assert load_config(file=run / "config.json").model.n_layer == 2
+
+
+# --- teacher sets that cannot train are refused when written and when read ---------------------
+
+
+@pytest.fixture(scope="module")
+def sets_data(tiny_data, tmp_path_factory):
+    data = tmp_path_factory.mktemp("sets") / "data"
+    shutil.copytree(tiny_data, data)
+    build_targets(data, "ngram:2", k=4, progress=False)
+    return data
+
+
+def _damaged(sets_data, tmp_path, damage) -> tuple:
+    data = tmp_path / "data"
+    shutil.copytree(sets_data, data)
+    sets_dir = data / "targets" / "ngram_2"
+    meta = json.loads((sets_dir / "meta.json").read_text())
+    path = sets_dir / "train.bin"
+    sets = np.fromfile(path, dtype=meta["dtype"]).reshape(-1, meta["k"])
+    damage(sets)
+    sets.tofile(path)
+    return data, path
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda s: s.fill(np.iinfo(s.dtype).max), "every candidate set is empty (all padding)"),
+        (lambda s: s.__setitem__((7, 0), 300), "candidate id 300 is outside the vocabulary of"),
+    ],
+)
+def test_damaged_teacher_sets_are_refused_when_read(sets_data, tmp_path, damage, message):
+    data, path = _damaged(sets_data, tmp_path, damage)
+    with pytest.raises(InputError) as e:
+        TokenDataset(data).open_sets(path.parent, "train")
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value)
+    cfg = load_config("sig", overrides=tiny_overrides(data, tmp_path / "run", max_iters=2, targets="ngram_2"))
+    with pytest.raises(InputError, match=re.escape(message)):  # a sig run refuses them before training
+        train(cfg)
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda ids, sel: ids.fill(sel.sentinel), "gave an empty set at every position of the train split"),
+        (lambda ids, sel: ids.__setitem__((3, 0), sel.t.vocab_size + 5), "outside the vocabulary of"),
+    ],
+)
+def test_teacher_sets_that_cannot_train_are_refused_when_written(tiny_data, tmp_path, monkeypatch, damage, message):
+    real = _Selector.chunk
+
+    def chunk(self, *a, **k):
+        ids, probs, n = real(self, *a, **k)
+        damage(ids, self)
+        return ids, probs, n
+
+    monkeypatch.setattr(_Selector, "chunk", chunk)
+    with pytest.raises(InputError, match=message):
+        build_targets(tiny_data, "ngram:2", out=tmp_path / "sets", k=4, progress=False)

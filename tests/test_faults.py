@@ -13,12 +13,14 @@ import errno
 import json
 import re
 import shutil
+import sys
 
 import numpy as np
 import pytest
 from conftest import tiny_overrides
 
 from gptvariants.apps.api import load
+from gptvariants.apps.cli import evaluate as cli_evaluate
 from gptvariants.apps.cli.main import main
 from gptvariants.common import atomic
 from gptvariants.common.atomic import WriteError
@@ -307,3 +309,80 @@ def test_teacher_sets_that_cannot_train_are_refused_when_written(tiny_data, tmp_
     monkeypatch.setattr(_Selector, "chunk", chunk)
     with pytest.raises(InputError, match=message):
         build_targets(tiny_data, "ngram:2", out=tmp_path / "sets", k=4, progress=False)
+
+
+# --- gptv sample: bounded, streamed, and it says which temperature it applies ------------------
+
+
+def test_sample_refuses_a_huge_token_count_unless_told(capsys, run):
+    code, out, err = gptv(capsys, "sample", "--ckpt", run, "--max-new-tokens", "1000000000000", "--device", "cpu")
+    assert code == 2 and out == ""
+    assert "--max-new-tokens 1,000,000,000,000 is over the bound of 20,000 tokens; pass --allow-long" in err
+
+
+def test_sample_streams_one_sample_as_it_is_generated(capsys, run, lm, monkeypatch):
+    writes: list[str] = []
+    real = sys.stdout.write
+    monkeypatch.setattr(sys.stdout, "write", lambda s: writes.append(s) or real(s))
+    code, out, err = gptv(capsys, "sample", "--ckpt", run, "--max-new-tokens", "20", "--seed", "5", "--device", "cpu")
+    assert code == 0
+    expected = lm.generate("", 20, seed=5)
+    assert out == expected + "\n"  # the same text as the batched path gives
+    assert len([w for w in writes if w]) >= 10  # written token by token, not at the end
+
+
+def test_sample_streaming_cuts_at_a_stop_string_like_the_batched_path(capsys, run, lm):
+    full = lm.generate("", 30, seed=2)
+    stop = full[10:12]
+    code, out, _ = gptv(
+        capsys, "sample", "--ckpt", run, "--max-new-tokens", "30", "--seed", "2", "--stop", stop, "--device", "cpu"
+    )
+    assert code == 0 and out == lm.generate("", 30, seed=2, stop=stop) + "\n" and stop not in out
+
+
+def test_sample_and_eval_headers_name_the_applied_temperature(capsys, run, tmp_path):
+    calibrated = tmp_path / "run"
+    shutil.copytree(run, calibrated)
+    code, _, err = gptv(capsys, "sample", "--ckpt", calibrated, "--max-new-tokens", "3", "--device", "cpu")
+    assert code == 0 and "prediction: method default" in err and "temperature 1 (none fitted" in err
+    (calibrated / "calibration.json").write_text(json.dumps({"temperature": {"default": 0.908}}))
+    code, _, err = gptv(capsys, "sample", "--ckpt", calibrated, "--max-new-tokens", "3", "--device", "cpu")
+    assert code == 0 and "temperature T = 0.908 (fitted by gptv calibrate; --no-temperature ignores it)" in err
+    args = ("sample", "--ckpt", calibrated, "--max-new-tokens", "3", "--device", "cpu", "--no-temperature")
+    assert "temperature off (--no-temperature)" in gptv(capsys, *args)[2]
+    code, out, err = gptv(capsys, "eval", "--ckpt", calibrated, "--num-samples", "0", "--device", "cpu")
+    assert code == 0 and "prediction: method default" in out + err and "T = 0.908" in out + err
+
+
+# --- gptv eval: every input checked before the first expensive step ----------------------------
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--ood", "text:{tmp}/nope.txt"], "no text file, folder or glob matches '{tmp}/nope.txt'"),
+        (["--ood", "{tmp}"], "has no meta.json"),
+        (["--ood", "{tmp}/a.txt"], "is neither a prepared data folder, text:PATH nor synthetic?shift=S (for a text"),
+        (["--ood", "synthetic?shift=x"], "shift is a number"),
+        (["--ood", "synthetic?shfit=0.5"], "unknown option(s) shfit"),
+        (["--text", "{tmp}/nope.txt"], "no text file, folder or glob matches"),
+    ],
+)
+def test_eval_refuses_bad_inputs_before_scoring(capsys, run, tmp_path, monkeypatch, extra, message):
+    (tmp_path / "a.txt").write_text("some text")
+    monkeypatch.setattr(cli_evaluate, "evaluate", lambda *a, **k: pytest.fail("scoring started"))
+    argv = ["eval", "--ckpt", run, "--num-samples", "0", *[x.format(tmp=tmp_path) for x in extra]]
+    code, _, err = gptv(capsys, *argv)
+    assert code == 2 and message.format(tmp=tmp_path) in err and "Traceback" not in err
+
+
+def test_eval_and_calibrate_default_to_the_runs_data_and_say_when_it_is_gone(capsys, run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    info = json.loads((copy / "data.json").read_text())
+    (copy / "data.json").write_text(json.dumps({**info, "path": str(tmp_path / "gone")}))
+    for argv in (["eval", "--ckpt", copy], ["calibrate", copy]):
+        code, _, err = gptv(capsys, *argv, "--device", "cpu")
+        assert (
+            code == 2 and f"the run's data folder {tmp_path / 'gone'} (recorded in {copy / 'data.json'}) is gone" in err
+        )

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, cast
@@ -254,7 +254,7 @@ class LanguageModel:
         out = [self._completion(p, i, cast(Generation, g), stop) for p, i, g in zip(prompts, ids, gens)]
         return out[0] if single else out
 
-    def stream(self, prompt: str, max_new_tokens: int = 200, **options: Any) -> Iterator[TokenRecord]:
+    def stream(self, prompt: str, max_new_tokens: int = 200, **options: Any) -> Generator[TokenRecord, None, None]:
         """Yield the continuation of one prompt token by token, as ``TokenRecord``s, while it is
         generated. Options as ``generate``; a stop string ends the stream before the token that
         completes it (that token's text is not yielded)."""

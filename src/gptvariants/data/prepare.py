@@ -126,7 +126,7 @@ def check_source(source: str, tokenizer: str | None = None) -> None:
             hint = f"; to prepare this local file, folder or glob write text:{source}"
         raise InputError(f"unknown data source {source!r}{hint}; valid forms: {SOURCE_FORMS}")
     if kind == "text":
-        _resolve_text_files(arg)
+        resolve_text_files(arg)
     if tokenizer is not None:
         check_tokenizer_spec(tokenizer)
 
@@ -250,7 +250,7 @@ def _write_splits(out: Path, splits: Mapping[str, Iterable[int]], vocab_size: in
     return stats
 
 
-def _resolve_text_files(spec: str) -> tuple[list[Path], bool]:
+def resolve_text_files(spec: str) -> tuple[list[Path], bool]:
     """(the files behind a file, folder (its *.txt) or glob, whether they were named one by one)."""
     path = Path(spec).expanduser()
     if path.is_file():
@@ -275,7 +275,7 @@ def read_corpus(spec: str, errors: str, notes: list[str] | None = None) -> str:
     byte-order mark and has \r\n and \r line ends turned into \n. What was done is appended
     to `notes`, one line per kind.
     """
-    files, explicit = _resolve_text_files(spec)
+    files, explicit = resolve_text_files(spec)
     skipped: dict[str, list[str]] = {"hidden": [], "binary": [], "duplicate": []}
     normalised: dict[str, list[str]] = {"bom": [], "newlines": []}
     seen: dict[bytes, Path] = {}

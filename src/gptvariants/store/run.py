@@ -79,6 +79,17 @@ class RunFolder:
         """(step, folder) of every ckpt-<step> folder, by step."""
         return checkpoints(self.path)
 
+    def data_path(self) -> Path:
+        """The prepared data folder the run trained on, as its data.json records it (InputError
+        naming the file when it records none, or the folder when that is gone)."""
+        info = self.path / "data.json"
+        recorded = read_json(info).get("path") if info.is_file() else None
+        if not isinstance(recorded, str) or not recorded:
+            raise InputError(f"{info} names no data folder: pass --data DIR")
+        if not Path(recorded).is_dir():
+            raise InputError(f"the run's data folder {recorded} (recorded in {info}) is gone: pass --data DIR")
+        return Path(recorded)
+
     def config(self) -> Config:
         """The run's saved config.json (InputError naming the file when it is missing or damaged)."""
         path = self.path / CONFIG_FILE

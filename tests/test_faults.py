@@ -25,7 +25,7 @@ from gptvariants.apps.cli.main import main
 from gptvariants.common import atomic
 from gptvariants.common.atomic import WriteError
 from gptvariants.common.errors import InputError
-from gptvariants.core.config import ConfigError, load_config
+from gptvariants.core.config import KEYS, ConfigError, load_config
 from gptvariants.data.dataset import TokenDataset
 from gptvariants.store.checkpoint import checkpoints_intact
 from gptvariants.targets.build import build_targets
@@ -386,3 +386,26 @@ def test_eval_and_calibrate_default_to_the_runs_data_and_say_when_it_is_gone(cap
         assert (
             code == 2 and f"the run's data folder {tmp_path / 'gone'} (recorded in {copy / 'data.json'}) is gone" in err
         )
+
+
+# --- messages name real flags; --help-config describes every key ---------------------------------
+
+
+def test_help_config_describes_every_key_and_shows_a_variants_values(capsys):
+    code, out, _ = gptv(capsys, "train", "--help-config")
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert code == 0 and set(lines) == set(KEYS)
+    assert not [k for k, line in lines.items() if ": a key of " in line]  # each has its own description
+    assert "0.02" in lines["prior_sigma"] and "standard deviation of the prior" in lines["prior_sigma"]
+    code, out, _ = gptv(capsys, "train", "--help-config", "--variant", "bayes")
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert code == 0 and out.startswith("config keys of variant bayes")
+    assert lines["prior_sigma"].split()[2] == "0.1" and "[bayes; base 0.02]" in lines["prior_sigma"]
+    assert "[bayes" not in lines["n_layer"]
+
+
+def test_the_unknown_character_hint_names_the_cli_flag(capsys, run):
+    code, _, err = gptv(capsys, "sample", "--ckpt", run, "--prompt", "\u2603", "--device", "cpu")
+    assert code == 2 and "--unknown skip" in err and "unknown='skip'" not in err
+    with pytest.raises(InputError, match="unknown='skip'"):  # the Python API keeps its own spelling
+        load(run).generate("\u2603", 2)

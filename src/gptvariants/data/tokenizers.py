@@ -41,6 +41,18 @@ def _iter_texts(text: str | Iterable[str]) -> Iterable[str]:
     return [text] if isinstance(text, str) else text
 
 
+class UnknownSymbols(InputError):
+    """Text with symbols outside a vocabulary tokenizer's; the hint names how the caller's front
+    end drops them (the Python API's ``unknown='skip'``; a command re-raises ``hinting`` its flag)."""
+
+    def __init__(self, what: str, hint: str = "pass unknown='skip'") -> None:
+        self.what = what
+        super().__init__(f"{what}; {hint} to drop them")
+
+    def hinting(self, hint: str) -> UnknownSymbols:
+        return UnknownSymbols(self.what, hint)
+
+
 class Tokenizer(ABC):
     """Maps text to token ids in [0, vocab_size) and back.
 
@@ -124,9 +136,7 @@ class CharTokenizer(Tokenizer):
             if unknown == "skip":
                 return [stoi[c] for c in text if c in stoi]
             shown = ", ".join(repr(c) for c in missing[:20]) + (" ..." if len(missing) > 20 else "")
-            raise InputError(
-                f"{len(missing)} character(s) not in the char vocabulary: {shown}; pass unknown='skip' to drop them"
-            ) from None
+            raise UnknownSymbols(f"{len(missing)} character(s) not in the char vocabulary: {shown}") from None
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.chars[int(i)] for i in ids)
@@ -197,9 +207,7 @@ class WordTokenizer(Tokenizer):
                 return [stoi[p] for p in pieces if p in stoi]
             missing = sorted({p for p in pieces if p not in stoi})
             shown = ", ".join(repr(w) for w in missing[:20]) + (" ..." if len(missing) > 20 else "")
-            raise InputError(
-                f"{len(missing)} word(s) not in the word vocabulary: {shown}; pass unknown='skip' to drop them"
-            ) from None
+            raise UnknownSymbols(f"{len(missing)} word(s) not in the word vocabulary: {shown}") from None
 
     def decode(self, ids: Iterable[int]) -> str:
         out: list[str] = []

@@ -25,7 +25,7 @@ from ...common.allocator import keep_freed_memory
 from ...common.argtypes import non_negative_int, open_unit_interval, positive_int
 from ...common.checks import device_problem
 from ...common.errors import GptvError
-from ...core.config import KEYS, Config, ConfigError, load_config, parse_overrides
+from ...core.config import Config, ConfigError, config_help, load_config, parse_overrides
 from ...core.resume import fit_world_size, resume_config
 from ...core.sizing import check_fits
 from ...core.variants import REGISTRY
@@ -112,7 +112,7 @@ def train_config(args: argparse.Namespace, extra: list[str]) -> Config:
 def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 
     if args.help_config:
-        print(config_help())
+        print(config_help(args.variant))
         return 0
     result = train(train_config(args, extra), resume=args.resume)
     ev = result.last_eval
@@ -132,14 +132,6 @@ def _cmd_variants(args: argparse.Namespace) -> int:
             + (f"  [{defaults}]" if defaults else "")
         )
     return 0
-
-
-def config_help() -> str:
-    cfg = Config()
-    lines = ["config keys (--key=value, or in a TOML file flat or under [model]/[objective]/[train]):"]
-    for key, section in KEYS.items():
-        lines.append(f"  {key:<28} {section:<10} default {getattr(getattr(cfg, section), key)!r}")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- parser habits

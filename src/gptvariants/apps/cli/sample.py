@@ -25,6 +25,7 @@ from ...common.argtypes import (
     utf8_file,
 )
 from ...common.errors import InputError
+from ...data.tokenizers import UnknownSymbols
 from ...decode.generate import SIG_MODES
 from ...predict.prediction import temperature_key
 from ..api import Completion, LanguageModel, load
@@ -97,11 +98,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     batch = [p for p in prompts for _ in range(args.num_samples)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if len(batch) == 1 and not args.json and not args.show_uncertainty:
-            _stream_one(lm, batch[0], args.max_new_tokens, stops, sampling)
-            results = None
-        else:
-            results = lm.generate_details(batch, args.max_new_tokens, stop=stops, **sampling)
+        try:
+            if len(batch) == 1 and not args.json and not args.show_uncertainty:
+                _stream_one(lm, batch[0], args.max_new_tokens, stops, sampling)
+                results = None
+            else:
+                results = lm.generate_details(batch, args.max_new_tokens, stop=stops, **sampling)
+        except UnknownSymbols as e:
+            raise e.hinting("pass --unknown skip") from None
     for msg in dict.fromkeys(str(w.message) for w in caught):  # once per distinct prompt
         print(f"gptv sample: warning: {msg}", file=sys.stderr)
     if results is not None:

@@ -344,18 +344,13 @@ def config_help(variant: str | None = None) -> str:
     ``variant``, the values that variant runs with (marked where they differ from the base default)."""
     base = Config()
     cfg = load_config(variant) if variant else base
-    head = (
-        f"config keys of variant {cfg.objective.variant}"
-        if variant
-        else "config keys with their base defaults (add --variant V for the values variant V runs with)"
-    )
-    lines = [f"{head}; set them as --key=value, or in a TOML file flat or under [model]/[objective]/[train]:"]
+    head = f"of variant {variant}" if variant else "with their base defaults (--variant V: the values V runs with)"
+    lines = [f"config keys {head}; --key=value, or in a TOML file flat or under [model]/[objective]/[train]:"]
     for name, section in KEYS.items():
         holder, f = next((h, f) for h, f in section_fields(getattr(cfg, section)) if f.name == name)
-        value = getattr(getattr(cfg, section), name)
+        value, default = getattr(getattr(cfg, section), name), getattr(getattr(base, section), name)
         described = f.metadata.get("help") or f"a key of {type(holder).__qualname__.split('.')[0]}"
-        changed = variant and value != getattr(getattr(base, section), name)
-        note = f" [{cfg.objective.variant}; base {getattr(getattr(base, section), name)!r}]" if changed else ""
+        note = f" [{variant}; base {default!r}]" if variant and value != default else ""
         constraint = key_check(getattr(cfg, section), name).describe()
         lines.append(f"  {name:<28} {section:<10} {value!r:<12} {described}: {constraint}{note}")
     return "\n".join(lines)

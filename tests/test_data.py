@@ -137,7 +137,7 @@ def test_sets_alignment_and_hash_check(synth_dir, tmp_path):
     ds = TokenDataset(synth_dir)
     n = len(ds.split("train"))
     write_sets(tmp_path / "sets", ds.meta["hash"], n)
-    sets = ds.open_sets(tmp_path / "sets", "train")
+    sets = open_sets(tmp_path / "sets", "train", ds.meta["hash"])  # ids = positions: no vocabulary check
     assert sets.shape == (n, 3)
     offsets = torch.randint(n - 10, (4,), generator=torch.Generator().manual_seed(5))
     x, y, s = ds.windows("train", offsets.numpy(), 10, sets=sets)
@@ -152,7 +152,7 @@ def test_sets_alignment_and_hash_check(synth_dir, tmp_path):
     short = tmp_path / "short"
     write_sets(short, ds.meta["hash"], n - 5)
     with pytest.raises(ValueError, match="rows"):
-        ds.windows("train", np.array([0, 1]), 8, sets=ds.open_sets(short, "train"))
+        ds.windows("train", np.array([0, 1]), 8, sets=open_sets(short, "train", ds.meta["hash"]))
 
 
 def test_clear_errors(tmp_path):

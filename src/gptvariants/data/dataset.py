@@ -22,7 +22,6 @@ from ..common.checks import Choice, Int, Text
 from ..common.errors import InputError
 from ..common.inputs import read_json, require
 from .synthetic import SyntheticLanguage
-from .tokenizers import META_FILE as TOKENIZER_FILE
 from .tokenizers import Tokenizer, load_tokenizer
 
 FORMAT = 1
@@ -78,7 +77,7 @@ class TokenDataset:
     @property
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
-            self._tokenizer = read_tokenizer(self.dir)
+            self._tokenizer = load_tokenizer(self.dir)
         return self._tokenizer
 
     @property
@@ -193,19 +192,6 @@ def _json_object(value: object) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"expected a JSON object, got {type(value).__name__}")
     return value
-
-
-def read_tokenizer(dir: Path) -> Tokenizer:
-    """``load_tokenizer(dir)`` with a damaged tokenizer file reported as ``FILE: what is wrong``."""
-    path = Path(dir) / TOKENIZER_FILE
-    if path.is_file():
-        read_json(path)  # parses, and is a JSON object
-    try:
-        return load_tokenizer(Path(dir))
-    except KeyError as e:
-        raise InputError(f"{path}: the key {e} is missing; the file is damaged or not ours") from None
-    except (TypeError, AttributeError) as e:
-        raise InputError(f"{path}: malformed ({e})") from None
 
 
 # (device, inode, size, mtime_ns) of a split file -> its largest id: the range check of each file

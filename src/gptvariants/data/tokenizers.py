@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tokenizers import Tokenizer as HFTokenizer
 
-from ..common.errors import InputError, UnavailableError
+from ..common.errors import InputError, UnavailableError, UnknownSymbols
 from ..common.inputs import read_json
 
 EOT_TEXT = "<|endoftext|>"
@@ -39,18 +39,6 @@ def _check_unknown(unknown: str) -> None:
 
 def _iter_texts(text: str | Iterable[str]) -> Iterable[str]:
     return [text] if isinstance(text, str) else text
-
-
-class UnknownSymbols(InputError):
-    """Text with symbols outside a vocabulary tokenizer's; the hint names how the caller's front
-    end drops them (the Python API's ``unknown='skip'``; a command re-raises ``hinting`` its flag)."""
-
-    def __init__(self, what: str, hint: str = "pass unknown='skip'") -> None:
-        self.what = what
-        super().__init__(f"{what}; {hint} to drop them")
-
-    def hinting(self, hint: str) -> UnknownSymbols:
-        return UnknownSymbols(self.what, hint)
 
 
 class Tokenizer(ABC):
@@ -506,14 +494,14 @@ def build_tokenizer(
     if train_text is None:
         if kind in ("char", "word", "bpe"):
             raise InputError(f"tokenizer {spec!r} needs training text")
-        raise InputError(f"unknown tokenizer spec {spec!r}; expected 'char', 'word', 'gpt2' or 'bpe:N' (e.g. bpe:4096)")
+        raise InputError(f"unknown tokenizer spec {spec!r}; expected {TOKENIZER_SPECS}")
     if kind == "char" and not arg:
         return CharTokenizer.train(train_text)
     if kind == "word" and not arg:
         return WordTokenizer.train(train_text)
     if kind == "bpe" and arg.isdigit():
         return BPETokenizer.train(train_text, int(arg))
-    raise InputError(f"unknown tokenizer spec {spec!r}; expected 'char', 'word', 'gpt2' or 'bpe:N' (e.g. bpe:4096)")
+    raise InputError(f"unknown tokenizer spec {spec!r}; expected {TOKENIZER_SPECS}")
 
 
 def load_tokenizer(dir: Path) -> Tokenizer:

@@ -14,7 +14,7 @@ from typing import Any
 from ..common.checks import Int, Text
 from ..common.inputs import InputError, read_json, require
 from ..core.config import Config
-from ..data.dataset import read_tokenizer
+from ..data.tokenizers import load_tokenizer
 from .checkpoint import CKPT_RE, POINTER, checkpoints, latest_checkpoint, pointer_step
 from .records import METRICS_FILE, load_records
 
@@ -42,7 +42,7 @@ def check_run_files(run_dir: Path) -> None:
                 if not folder or Path(folder).name != folder or folder in (".", ".."):
                     raise InputError(f"{path}: 'dir' must name a checkpoint folder inside {run_dir}, not {folder!r}")
             elif name == "tokenizer_meta.json":
-                read_tokenizer(run_dir)
+                load_tokenizer(run_dir)
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,7 @@ from ...common.argtypes import (
     unit_interval,
     utf8_file,
 )
-from ...common.errors import InputError
-from ...data.tokenizers import UnknownSymbols
+from ...common.errors import InputError, UnknownSymbols
 from ...decode.generate import SIG_MODES
 from ...predict.prediction import temperature_key
 from ..api import Completion, LanguageModel, load

@@ -409,3 +409,69 @@ def test_the_unknown_character_hint_names_the_cli_flag(capsys, run):
     assert code == 2 and "--unknown skip" in err and "unknown='skip'" not in err
     with pytest.raises(InputError, match="unknown='skip'"):  # the Python API keeps its own spelling
         load(run).generate("\u2603", 2)
+
+
+# --- damaged run and data files: one line naming the file, never a traceback -----------------
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 2)])
+
+
+def _flip(path):
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+RUN_DAMAGE = [
+    ("checkpoint.json", _truncate),
+    ("checkpoint.json", lambda p: p.write_text('{"dir": "../elsewhere", "step": 4}')),
+    ("config.json", _truncate),
+    ("config.json", lambda p: p.write_text("[]")),
+    ("tokenizer_meta.json", _truncate),
+    ("ckpt/model.safetensors", _truncate),
+    ("ckpt/model.safetensors", _flip),
+    ("ckpt/state.pt", _truncate),
+    ("ckpt/manifest.json", _truncate),
+    ("ckpt", shutil.rmtree),
+]
+
+
+@pytest.mark.parametrize("name,damage", RUN_DAMAGE, ids=[f"{n}-{i}" for i, (n, _) in enumerate(RUN_DAMAGE)])
+def test_a_damaged_run_is_one_line_naming_it(capsys, run, tmp_path, name, damage):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    ckpt = next(copy.glob("ckpt-*"))
+    damage(copy / name.replace("ckpt", ckpt.name, 1))
+    code, out, err = gptv(capsys, "sample", "--ckpt", copy, "--max-new-tokens", "2", "--device", "cpu")
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and "Traceback" not in err, err
+    assert lines[-1].startswith("gptv sample: error: ") and str(copy) in lines[-1], err
+
+
+def test_a_checkpoint_without_manifest_loads_with_a_warning(capsys, run, tmp_path):
+    """Checkpoints saved before checksums existed still load (on-disk formats stay readable), said once."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (next(copy.glob("ckpt-*")) / "manifest.json").unlink()
+    code, out, err = gptv(capsys, "sample", "--ckpt", copy, "--max-new-tokens", "2", "--device", "cpu")
+    assert code == 0 and "has no checksums (saved by an older version); loading it unverified" in err
+
+
+DATA_DAMAGE = [
+    ("meta.json", _truncate, "meta.json"),
+    ("meta.json", lambda p: p.write_text("{}"), "meta.json"),
+    ("train.bin", _truncate, "train.bin"),
+    ("tokenizer_meta.json", _truncate, "tokenizer_meta.json"),
+    ("val.bin", lambda p: p.unlink(), "val.bin"),
+]
+
+
+@pytest.mark.parametrize("name,damage,named", DATA_DAMAGE, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(DATA_DAMAGE)])
+def test_damaged_data_is_refused_before_training(capsys, tiny_data, tmp_path, name, damage, named):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    damage(data / name)
+    code, _, err = gptv(capsys, "train", "--data", data, "--out", tmp_path / "run", "--max_iters=1", "--device=cpu")
+    assert code == 2 and "Traceback" not in err and str(data / named) in err, err

@@ -84,6 +84,22 @@ def test_api_generate_refuses_bad_arguments(lm, kwargs, message):
 
 
 @pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda lm: lm.generate(5, 3), "prompt: expected a str or a list of str, got int 5"),
+        (lambda lm: lm.generate([b"ab"], 3), "prompt: expected a str, got bytes"),
+        (lambda lm: lm.generate("", 3, stop=[1]), "stop: expected a string or a list of strings, got [1]"),
+        (lambda lm: lm.score(None), "text: expected a str, got NoneType None"),
+        (lambda lm: list(lm.stream(["a"], 3)), "prompt: expected a str, got list"),
+    ],
+)
+def test_api_wrong_types_are_project_errors(lm, call, message):
+    with pytest.raises(InputError, match=re.escape(message)) as e:
+        call(lm)
+    assert isinstance(e.value, TypeError)  # still a TypeError for callers that catch one
+
+
+@pytest.mark.parametrize(
     "kwargs,message",
     [
         (dict(top_n=-1), "top_n: expected an integer >= 0, got -1"),

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, cast
 import torch
 
 from ..common.checks import check_arguments
-from ..common.errors import InputError
+from ..common.errors import InputError, WrongType
 from ..common.runtime import resolve_device
 from ..data.tokenizers import load_tokenizer
 from ..decode.decoder import Decoder, Generation, Row, RowOptions
@@ -179,7 +179,7 @@ class LanguageModel:
         """Token ids to condition on: the start token for an empty prompt; the last block_size
         tokens (with a warning) for a long one. ``unknown``: 'error' (ValueError) or 'skip'."""
         if not isinstance(prompt, str):
-            raise TypeError(f"a prompt is a str, got {type(prompt).__name__}")
+            raise WrongType(f"prompt: expected a str, got {type(prompt).__name__} {prompt!r:.40}")
         ids = self.tokenizer.encode(prompt, unknown=unknown) or [self.start_token]
         block = self.model.config.block_size
         if len(ids) > block:
@@ -207,7 +207,7 @@ class LanguageModel:
     ) -> tuple[list[str], list[int]]:
         strings = [stop] if isinstance(stop, str) else list(stop)
         if not all(isinstance(x, str) for x in strings):
-            raise TypeError(f"stop must be a string or a list of strings, got {stop!r}")
+            raise WrongType(f"stop: expected a string or a list of strings, got {stop!r:.60}")
         ids = list(stop_tokens)
         vocab = self.config.model.vocab_size
         bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
@@ -232,6 +232,8 @@ class LanguageModel:
         sampling = check_arguments({"max_new_tokens": max_new_tokens, "unknown": unknown, **sampling})
         max_new_tokens, unknown = sampling.pop("max_new_tokens"), sampling.pop("unknown")
         single = isinstance(prompt, str)
+        if not single and not isinstance(prompt, Sequence):
+            raise WrongType(f"prompt: expected a str or a list of str, got {type(prompt).__name__} {prompt!r:.40}")
         prompts: list[str] = [prompt] if isinstance(prompt, str) else list(prompt)
         ids = [self.encode_prompt(p, unknown) for p in prompts]
         stop, stops = self._stops(stop, stop_at_eot, stop_tokens)
@@ -440,7 +442,7 @@ class LanguageModel:
     def _score_ids(self, text: str, unknown: str) -> list[int]:
         """The ids ``score`` reads: the text's, after end-of-text when the tokenizer has one."""
         if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+            raise WrongType(f"text: expected a str, got {type(text).__name__} {text!r:.40}")
         ids = self.tokenizer.encode(text, unknown=unknown)
         return [self.tokenizer.eot_token] + ids if self.tokenizer.eot_token is not None else ids
 

@@ -18,6 +18,10 @@ class InputError(GptvError, ValueError):
     """A value or file the user gave is unusable (out of range, an unknown name, unreadable, malformed)."""
 
 
+class WrongType(InputError, TypeError):
+    """A value of the wrong type for its argument (a TypeError too, for callers that catch one)."""
+
+
 class UnavailableError(GptvError, RuntimeError):
     """Something the command needs is not at hand: an optional package, a download, a model on the hub."""
 

@@ -382,7 +382,7 @@ def _prepare_hf(
         train, val = ds["train"], ds["test"]
     else:
         if val_fraction is not None:
-            raise InputError(f"{name} has its own validation split; do not pass val_fraction")
+            raise InputError(f"{name} has its own validation split; do not pass --val-fraction (val_fraction)")
         train, val = ds["train"], ds["validation"]
 
     if spec == "gpt2":

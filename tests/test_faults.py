@@ -157,7 +157,7 @@ def test_failed_prepare_leaves_no_folder(capsys, tmp_path, source, tokenizer, me
     argv = ["prepare", source.format(tmp=tmp_path), "--out", out] + (["--tokenizer", tokenizer] if tokenizer else [])
     code, _, err = gptv(capsys, *argv)
     assert code == 2 and message.format(tmp=tmp_path) in err and "Traceback" not in err
-    assert not out.exists()
+    assert not (tmp_path / "deep").exists()  # nor the parent it made
 
 
 def test_prepare_refuses_a_dataset_or_other_files_in_out_without_force(capsys, tmp_path):

@@ -76,8 +76,8 @@ def prepare(
     try:
         return _prepare_into(source, out, tokenizer, seed, val_fraction, errors, num_proc)
     except BaseException:
-        if created:  # a failed prepare leaves no empty or half-written folder behind
-            shutil.rmtree(out, ignore_errors=True)
+        if created is not None:  # a failed prepare leaves no empty or half-written folder behind
+            shutil.rmtree(created, ignore_errors=True)
         raise
 
 
@@ -131,14 +131,14 @@ def check_source(source: str, tokenizer: str | None = None) -> None:
         check_tokenizer_spec(tokenizer)
 
 
-def claim_out(out: Path, force: bool) -> bool:
-    """Check that ``prepare`` may write into ``out`` and create it; True when it did not exist.
-    Refused without ``force``: a file, a folder holding a dataset or files ``prepare`` does not
-    write (a folder left by an interrupted prepare is taken over)."""
+def claim_out(out: Path, force: bool) -> Path | None:
+    """Check that ``prepare`` may write into ``out`` and create it; return the topmost folder this
+    created (None when ``out`` existed). Refused without ``force``: a file, a folder holding a
+    dataset or files ``prepare`` does not write (a folder left by an interrupted prepare is taken over)."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is a file, not a folder: give --out a new or empty folder")
-    existed = out.exists()
-    entries = sorted(p.name for p in out.iterdir()) if existed else []
+    top = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
+    entries = sorted(p.name for p in out.iterdir()) if top is None else []
     if entries and not force:
         if (out / "meta.json").exists():
             raise InputError(
@@ -150,7 +150,7 @@ def claim_out(out: Path, force: bool) -> bool:
             shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
             raise InputError(f"{out} is not empty ({shown}): prepare into a new folder, or pass --force")
     out.mkdir(parents=True, exist_ok=True)
-    return not existed
+    return top
 
 
 def _check_splits(source: str, stats: dict) -> None:

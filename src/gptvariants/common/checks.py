@@ -185,8 +185,9 @@ def device_problem(name: str) -> str | None:
 
 Check = Callable[[Any], Any]
 
-# The arguments of generating and scoring, shared by ``gptv sample``'s flags (text) and the Python
-# API's keywords (``check_arguments``): one table, so both accept and refuse the same values.
+# The arguments of generating and scoring: the Python API checks its keywords against this table
+# (``check_arguments``) and ``gptv sample`` its flags (``argtypes.generation_arg``), so both accept
+# and refuse the same values (the CLI keeps --max-new-tokens >= 1 and --temperature >= 0).
 GENERATION_ARGS: dict[str, Check] = {
     "max_new_tokens": Int(0),
     "temperature": Float(),

@@ -14,16 +14,7 @@ import warnings
 from collections.abc import Sequence
 from contextlib import closing
 
-from ...common.argtypes import (
-    device,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    probability_open_closed,
-    unit_interval,
-    utf8_file,
-)
+from ...common.argtypes import device, generation_arg, non_negative_float, positive_int, utf8_file
 from ...common.errors import InputError, UnknownSymbols
 from ...decode.generate import SIG_MODES
 from ...predict.prediction import temperature_key
@@ -179,7 +170,7 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
         help="run folder (made by gptv train); several (A,B or a folder of runs) sample from their ensemble",
     )
     add_prediction_arguments(p)
-    p.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt")
+    p.add_argument("--num-samples", type=generation_arg("num_samples"), default=1, help="samples per prompt")
     p.add_argument(
         "--max-new-tokens",
         type=positive_int,
@@ -190,10 +181,15 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
         "--allow-long", action="store_true", help=f"allow --max-new-tokens above {MAX_NEW_TOKENS:,} (long runs)"
     )
     p.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 means greedy")
-    p.add_argument("--top-k", type=positive_int, default=None, help="sample among the k most probable tokens")
-    p.add_argument("--top-p", type=probability_open_closed, default=None, help="nucleus sampling mass in (0, 1]")
     p.add_argument(
-        "--repetition-penalty", type=positive_float, default=1.0, help="CTRL penalty (> 1 discourages repeats)"
+        "--top-k", type=generation_arg("top_k"), default=None, help="sample among the k most probable tokens"
+    )
+    p.add_argument("--top-p", type=generation_arg("top_p"), default=None, help="nucleus sampling mass in (0, 1]")
+    p.add_argument(
+        "--repetition-penalty",
+        type=generation_arg("repetition_penalty"),
+        default=1.0,
+        help="CTRL penalty (> 1 discourages repeats)",
     )
     p.add_argument("--greedy", action="store_true", help="argmax decoding")
     p.add_argument(
@@ -204,14 +200,14 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
         help="stop strings (\\n and \\t understood); cut from the output",
     )
     p.add_argument("--ignore-eot", action="store_true", help="keep generating past the end-of-text token")
-    p.add_argument("--seed", type=non_negative_int, default=None, help="makes the samples reproducible")
+    p.add_argument("--seed", type=generation_arg("seed"), default=None, help="makes the samples reproducible")
     p.add_argument(
         "--sig-mode",
         choices=SIG_MODES,
         default="normalize",
         help="sigmoid heads: sample sigmoid/sum, or among tokens with sigmoid > tau",
     )
-    p.add_argument("--tau", type=unit_interval, default=0.5, help="threshold of --sig-mode set")
+    p.add_argument("--tau", type=generation_arg("tau"), default=0.5, help="threshold of --sig-mode set")
     _add_output_arguments(p)
     p.add_argument("--no-cache", action="store_true", help="recompute the context every step (slow; for checking)")
     p.add_argument("--device", type=device, default="auto", help="cpu | cuda | cuda:N | mps | auto")

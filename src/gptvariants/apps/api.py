@@ -140,8 +140,7 @@ def load(
     """
     if isinstance(device, str):
         device = check_arguments({"device": device})["device"]
-    if prediction is None:
-        prediction = Prediction(method, check_arguments({"mc_samples": mc_samples})["mc_samples"], temperature)
+    prediction = prediction or Prediction(method, mc_samples, temperature)  # checks its own fields
     runs = load_runs(run_dir, resolve_device(device))
     prediction.check(runs, generation=True)
     first = runs[0]
@@ -288,10 +287,9 @@ class LanguageModel:
         caller that decodes many in one batch (``gptv serve``): add ``.row`` to
         ``new_decoder(.key)``, which rows with equal keys can share. ``sampling``: the options of
         ``decoder.RowOptions``."""
-        named = dict(max_new_tokens=max_new_tokens, unknown=unknown, mc_samples=mc_samples, slide=slide)
-        checked = check_arguments({**named, **sampling})
-        max_new_tokens, unknown, mc_samples, slide = (checked.pop(k) for k in named)
-        sampling = checked
+        named = dict(max_new_tokens=max_new_tokens, unknown=unknown, slide=slide)
+        sampling = check_arguments({**named, **sampling})  # mc_samples: Prediction checks it
+        max_new_tokens, unknown, slide = (sampling.pop(k) for k in named)
         self.prediction.but(method=method, mc_samples=mc_samples).check(self.runs, generation=True)
         ids = self.encode_prompt(prompt, unknown)
         stop, stops = self._stops(stop, stop_at_eot, stop_tokens)
@@ -411,8 +409,8 @@ class LanguageModel:
         SCORE_BATCH windows each), so scoring many short texts costs about what one long one does.
         Each text is scored exactly as alone, except that a Bayesian head's draws (seeded for the
         whole call) then depend on which texts share the call."""
-        named = dict(mc_samples=mc_samples, seed=seed, unknown=unknown, slide=slide, top_n=top_n, tau=tau)
-        mc_samples, seed, unknown, slide, top_n, tau = check_arguments(named).values()
+        named = dict(seed=seed, unknown=unknown, slide=slide, top_n=top_n, tau=tau)
+        seed, unknown, slide, top_n, tau = check_arguments(named).values()
         predictor = self.predictor(method, mc_samples, seed)
         ids_list = [self._score_ids(t, unknown) for t in texts]
         stream: list[int] = []

@@ -197,14 +197,13 @@ GENERATION_ARGS: dict[str, Check] = {
     "tau": Float(0.0, 1.0),
     "top_n": Int(0),
     "seed": Int(0),
-    "mc_samples": Int(0),
     "slide": Int(1),
     "num_samples": Int(1),
     "unknown": Choice(("error", "skip")),
     "sig_mode": Choice(("normalize", "set")),
     "device": Device(),
 }
-OPTIONAL_ARGS = frozenset({"top_k", "top_p", "seed", "mc_samples", "slide"})  # None: off / the default
+OPTIONAL_ARGS = frozenset({"top_k", "top_p", "seed", "slide"})  # None: off / the default
 
 
 def check_arguments(values: Mapping[str, Any], checks: Mapping[str, Check] = GENERATION_ARGS) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 import errno
 import json
+import os
 import subprocess
 import sys
 
@@ -197,6 +198,49 @@ def test_state_file_cannot_execute_code(tmp_path):
     with pytest.raises(ck.CheckpointError, match="cannot read") as info:
         ck.load_state(path)
     assert "weights_only=False" not in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "wording",
+    [
+        # torch 2.13: the advice first, then the refused global
+        "Weights only load failed. In PyTorch 2.6, we changed the default value of the `weights_only` argument in "
+        "`torch.load` from `False` to `True`. Re-running `torch.load` with `weights_only` set to `False` will likely "
+        "succeed, but it can result in arbitrary code execution.\n\n\nTrying to load unsupported GLOBAL "
+        "posix.system whose module posix is blocked.\n\nCheck the documentation of torch.load",
+        # older torch
+        "Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` will likely succeed\n"
+        "Please file an issue: WeightsUnpickler error: Unsupported global: GLOBAL posix.system",
+    ],
+)
+def test_the_pickle_refusal_says_what_gptvariants_does_whatever_torchs_wording(tmp_path, monkeypatch, wording):
+    import pickle
+
+    path, _ = _save(tmp_path, 1)
+
+    def refuse(*a, **k):
+        raise pickle.UnpicklingError(wording)
+
+    monkeypatch.setattr(ck.torch, "load", refuse)
+    with pytest.raises(ck.CheckpointError) as info:
+        ck.load_state(path)
+    msg = str(info.value)
+    assert "posix.system" in msg and "weights_only=True" in msg and "never runs code" in msg
+    assert "set to `False`" not in msg and "will likely succeed" not in msg and "\n" not in msg
+
+
+def test_a_malicious_state_file_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path, _ = _save(tmp_path, 1)
+    torch.save({"step": 1, "evil": Evil()}, path / "state.pt")
+    with pytest.raises(ck.CheckpointError, match="never runs code") as info:
+        ck.load_state(path)
+    assert "system" in str(info.value) and "set to `False`" not in str(info.value) and not marker.exists()
 
 
 def test_leftover_temporaries_are_cleaned_but_nothing_else(tmp_path):

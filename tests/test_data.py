@@ -12,6 +12,7 @@ import torch
 from conftest import tiny_overrides
 
 from gptvariants.apps.cli.main import main
+from gptvariants.common.errors import InputError
 from gptvariants.data.dataset import TokenDataset, open_sets, token_dtype
 from gptvariants.data.prepare import prepare, write_hf_split
 from gptvariants.data.synthetic import SyntheticLanguage
@@ -136,7 +137,7 @@ def test_sets_alignment_and_hash_check(synth_dir, tmp_path):
     ds = TokenDataset(synth_dir)
     n = len(ds.split("train"))
     write_sets(tmp_path / "sets", ds.meta["hash"], n)
-    sets = ds.open_sets(tmp_path / "sets", "train")
+    sets = open_sets(tmp_path / "sets", "train", ds.meta["hash"])  # ids = positions: no vocabulary check
     assert sets.shape == (n, 3)
     offsets = torch.randint(n - 10, (4,), generator=torch.Generator().manual_seed(5))
     x, y, s = ds.windows("train", offsets.numpy(), 10, sets=sets)
@@ -151,7 +152,7 @@ def test_sets_alignment_and_hash_check(synth_dir, tmp_path):
     short = tmp_path / "short"
     write_sets(short, ds.meta["hash"], n - 5)
     with pytest.raises(ValueError, match="rows"):
-        ds.windows("train", np.array([0, 1]), 8, sets=ds.open_sets(short, "train"))
+        ds.windows("train", np.array([0, 1]), 8, sets=open_sets(short, "train", ds.meta["hash"]))
 
 
 def test_clear_errors(tmp_path):
@@ -163,7 +164,13 @@ def test_clear_errors(tmp_path):
 
     src = tmp_path / "t.txt"
     src.write_text("abcdefghij", encoding="utf-8")
-    prepare(f"text:{src}", tmp_path / "tiny", val_fraction=0.95)  # 10 chars -> empty train split
+    with pytest.raises(InputError, match="gives 0 train token.*at least 2 in each split"):
+        prepare(f"text:{src}", tmp_path / "tiny", val_fraction=0.95)  # 10 chars -> empty train split
+    assert not (tmp_path / "tiny").exists()  # refused when written, and the folder it made removed
+    prepare(f"text:{src}", tmp_path / "tiny", val_fraction=0.5)
+    meta = json.loads((tmp_path / "tiny" / "meta.json").read_text())  # a dataset damaged later is still caught
+    (tmp_path / "tiny" / "meta.json").write_text(json.dumps({**meta, "train_tokens": 0}))
+    (tmp_path / "tiny" / "train.bin").write_bytes(b"")
     with pytest.raises(ValueError, match="train split .* is empty"):
         TokenDataset(tmp_path / "tiny").split("train")
     # a .bin that does not match meta.json (e.g. an interrupted re-prepare) is refused

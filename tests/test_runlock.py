@@ -85,3 +85,33 @@ def test_stale_take_over_has_one_winner(tmp_path):
     ]
     outs = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert sorted(outs) == ["LOST", "LOST", "LOST", "WIN"], outs
+
+
+def test_the_winners_cleanup_leaves_a_losers_lock_candidate(tmp_path, monkeypatch):
+    """Two writers at once: the winner's start-up cleanup of temporaries runs while the loser's
+    candidate is written; the loser must still get the clear refusal, not a raw ENOENT."""
+    from gptvariants.store import runlock
+    from gptvariants.store.checkpoint import clean_leftovers
+
+    winner = RunLock(tmp_path)
+    winner.acquire()
+    real_link = os.link
+
+    def link_after_cleanup(src, dst):
+        clean_leftovers(tmp_path)  # the winner cleaning up between the loser's write and link
+        return real_link(src, dst)
+
+    monkeypatch.setattr(runlock.os, "link", link_after_cleanup)
+    with pytest.raises(RunLocked, match="is being written by another training process"):
+        RunLock(tmp_path).acquire()
+    winner.release()
+
+
+def test_candidates_of_killed_writers_are_removed_by_the_winner(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".{LOCK_NAME}.{int(dead.stdout)}.abc.candidate"
+    alive = tmp_path / f".{LOCK_NAME}.{os.getppid()}.abc.candidate"
+    stale.write_text("{}")
+    alive.write_text("{}")
+    with RunLock(tmp_path):
+        assert not stale.exists() and alive.exists()

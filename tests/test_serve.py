@@ -272,6 +272,46 @@ def test_malformed_and_oversized_bodies(client):
     assert r.status_code == 413 and "request body over" in r.json()["error"]
 
 
+def test_chunked_bodies_are_bounded_too(client):
+    """Transfer-Encoding: chunked has no Content-Length: the guard counts what it reads and stops
+    at the limit instead of reading the whole body first (a 413, not pydantic's 422 after it)."""
+    r = client.post("/api/score", content=iter([b"x" * (1 << 16)] * 64), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "request body over" in r.json()["error"]
+    # at the ASGI level: the app stops asking for chunks once past the limit
+    read, sent = [], []
+
+    async def receive():
+        read.append(1)
+        return {"type": "http.request", "body": b"x" * (1 << 16), "more_body": len(read) < 64}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/api/score", "raw_path": b"/api/score", "query_string": b"", "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+    }  # fmt: skip
+    asyncio.run(client.app(scope, receive, send))
+    assert sent[0]["status"] == 413 and len(read) <= 17  # 1 MiB = 16 chunks of 64 KiB
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("max_new_tokens", "5"), ("max_new_tokens", 5.0), ("top_k", "2"), ("greedy", 1), ("seed", "1"), ("tau", "0.5")],
+)
+def test_json_api_types_are_strict(client, words, field, value):
+    r = client.post("/api/generate", json={"run": "baseline", "prompt": words, field: value})
+    assert r.status_code == 422 and r.json()["error"].startswith(field), r.text
+
+
+def test_runs_list_discloses_no_server_path(client, experiment):
+    text = client.get("/api/runs").text
+    assert str(experiment) not in text and '"path"' not in text
+    assert {r["name"] for r in json.loads(text)["runs"]} == set(VARIANTS)
+
+
 def test_unexpected_errors_are_json_500_without_traceback(runs, monkeypatch):
     loaded, report = runs
 

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 import torch
 
+from ..common.checks import check_arguments
+from ..common.errors import InputError, WrongType
 from ..common.runtime import resolve_device
 from ..data.tokenizers import load_tokenizer
 from ..decode.decoder import Decoder, Generation, Row, RowOptions
@@ -139,7 +141,9 @@ def load(
     ``temperature``: apply the temperature ``gptv calibrate`` fitted (when there is one).
     ``prediction``: the three at once (a ``Prediction``), in their place.
     """
-    prediction = prediction or Prediction(method, mc_samples, temperature)
+    if isinstance(device, str):
+        device = check_arguments({"device": device})["device"]
+    prediction = prediction or Prediction(method, mc_samples, temperature)  # checks its own fields
     runs = load_runs(run_dir, resolve_device(device))
     prediction.check(runs, generation=True)
     first = runs[0]
@@ -177,7 +181,7 @@ class LanguageModel:
         """Token ids to condition on: the start token for an empty prompt; the last block_size
         tokens (with a warning) for a long one. ``unknown``: 'error' (ValueError) or 'skip'."""
         if not isinstance(prompt, str):
-            raise TypeError(f"a prompt is a str, got {type(prompt).__name__}")
+            raise WrongType(f"prompt: expected a str, got {type(prompt).__name__} {prompt!r:.40}")
         ids = self.tokenizer.encode(prompt, unknown=unknown) or [self.start_token]
         block = self.model.config.block_size
         if len(ids) > block:
@@ -205,8 +209,12 @@ class LanguageModel:
     ) -> tuple[list[str], list[int]]:
         strings = [stop] if isinstance(stop, str) else list(stop)
         if not all(isinstance(x, str) for x in strings):
-            raise TypeError(f"stop must be a string or a list of strings, got {stop!r}")
+            raise WrongType(f"stop: expected a string or a list of strings, got {stop!r:.60}")
         ids = list(stop_tokens)
+        vocab = self.config.model.vocab_size
+        bad = [t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise InputError(f"stop_tokens: {bad[0]!r} is not a token id of this model (an integer in [0, {vocab}))")
         if stop_at_eot and self.tokenizer.eot_token is not None:
             ids.append(self.tokenizer.eot_token)
         return [x for x in strings if x], ids
@@ -223,7 +231,11 @@ class LanguageModel:
         **sampling: Any,
     ) -> Completion | list[Completion]:
         """Like ``generate`` but returns ``Completion`` records with per-token details."""
+        sampling = check_arguments({"max_new_tokens": max_new_tokens, "unknown": unknown, **sampling})
+        max_new_tokens, unknown = sampling.pop("max_new_tokens"), sampling.pop("unknown")
         single = isinstance(prompt, str)
+        if not single and not isinstance(prompt, Sequence):
+            raise WrongType(f"prompt: expected a str or a list of str, got {type(prompt).__name__} {prompt!r:.40}")
         prompts: list[str] = [prompt] if isinstance(prompt, str) else list(prompt)
         ids = [self.encode_prompt(p, unknown) for p in prompts]
         stop, stops = self._stops(stop, stop_at_eot, stop_tokens)
@@ -246,7 +258,7 @@ class LanguageModel:
         out = [self._completion(p, i, cast(Generation, g), stop) for p, i, g in zip(prompts, ids, gens)]
         return out[0] if single else out
 
-    def stream(self, prompt: str, max_new_tokens: int = 200, **options: Any) -> Iterator[TokenRecord]:
+    def stream(self, prompt: str, max_new_tokens: int = 200, **options: Any) -> Generator[TokenRecord, None, None]:
         """Yield the continuation of one prompt token by token, as ``TokenRecord``s, while it is
         generated. Options as ``generate``; a stop string ends the stream before the token that
         completes it (that token's text is not yielded)."""
@@ -278,6 +290,9 @@ class LanguageModel:
         caller that decodes many in one batch (``gptv serve``): add ``.row`` to
         ``new_decoder(.key)``, which rows with equal keys can share. ``sampling``: the options of
         ``decoder.RowOptions``."""
+        named = dict(max_new_tokens=max_new_tokens, unknown=unknown, slide=slide)
+        sampling = check_arguments({**named, **sampling})  # mc_samples: Prediction checks it
+        max_new_tokens, unknown, slide = (sampling.pop(k) for k in named)
         self.prediction.but(method=method, mc_samples=mc_samples).check(self.runs, generation=True)
         ids = self.encode_prompt(prompt, unknown)
         stop, stops = self._stops(stop, stop_at_eot, stop_tokens)
@@ -397,6 +412,8 @@ class LanguageModel:
         SCORE_BATCH windows each), so scoring many short texts costs about what one long one does.
         Each text is scored exactly as alone, except that a Bayesian head's draws (seeded for the
         whole call) then depend on which texts share the call."""
+        named = dict(seed=seed, unknown=unknown, slide=slide, top_n=top_n, tau=tau)
+        seed, unknown, slide, top_n, tau = check_arguments(named).values()
         predictor = self.predictor(method, mc_samples, seed)
         ids_list = [self._score_ids(t, unknown) for t in texts]
         stream: list[int] = []
@@ -432,7 +449,7 @@ class LanguageModel:
     def _score_ids(self, text: str, unknown: str) -> list[int]:
         """The ids ``score`` reads: the text's, after end-of-text when the tokenizer has one."""
         if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+            raise WrongType(f"text: expected a str, got {type(text).__name__} {text!r:.40}")
         ids = self.tokenizer.encode(text, unknown=unknown)
         return [self.tokenizer.eot_token] + ids if self.tokenizer.eot_token is not None else ids
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .checks import Device, Float, Int, device_problem
+from .checks import GENERATION_ARGS, Device, Float, Int, device_problem
 from .inputs import InputError, read_text
 
 
@@ -39,6 +39,12 @@ probability_closed_open = _argtype(Float(0.0, 1.0, hi_open=True), "probability_c
 open_unit_interval = _argtype(Float(0.0, 1.0, lo_open=True, hi_open=True), "open_unit_interval")  # (0, 1)
 above_one = _argtype(Float(1.0, lo_open=True), "above_one")  # finite, > 1
 at_least_two = _argtype(Int(2), "at_least_two")  # an integer >= 2
+
+
+def generation_arg(name: str) -> Callable[[str], Any]:
+    """The type of a generation option's flag: the check the Python API applies to the keyword
+    ``name`` (``checks.GENERATION_ARGS``), so ``gptv sample`` and ``LanguageModel`` agree."""
+    return _argtype(GENERATION_ARGS[name], name)
 
 
 def device(text: str) -> str:

@@ -14,7 +14,7 @@ import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -86,18 +86,19 @@ def write_failure(what: str, path: Path, error: BaseException, intact: str) -> W
 
 
 @contextmanager
-def reporting_write_failure(what: str, path: Path, intact: str) -> Iterator[None]:
+def reporting_write_failure(what: str, path: Path, intact: str | Callable[[], str]) -> Iterator[None]:
     """Turn any exception raised inside the block into a one-line ``WriteError`` (Ctrl-C passes through).
 
     ``what`` names the thing written ("the checkpoint of step 60"), ``intact`` what a reader
-    still has ("the previous checkpoint (step 50) is intact").
+    still has ("the previous checkpoint (step 50) is intact"), or a function that says it once
+    the write failed (what exists then, never a claim about files that never were).
     """
     try:
         yield
     except WriteError:
         raise
     except Exception as e:
-        raise write_failure(what, path, e, intact) from e
+        raise write_failure(what, path, e, intact() if callable(intact) else intact) from e
 
 
 def current_umask() -> int:
@@ -122,7 +123,11 @@ def follow_umask(path: Path, folder: bool = False) -> None:
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Write to a temporary file beside ``path``, fsync it, then rename it over ``path`` (mode as the umask gives)."""
     path = Path(path)
-    with reporting_write_failure(path.name, path, f"the previous {path.name} is intact"):
+
+    def intact() -> str:  # after the failure: a first write has no previous file to keep
+        return f"the previous {path.name} is intact" if path.exists() else f"there was no {path.name} before"
+
+    with reporting_write_failure(path.name, path, intact):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
         try:

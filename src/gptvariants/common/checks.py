@@ -11,8 +11,10 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from .errors import InputError
 
 INT64_MAX = 2**63 - 1
 
@@ -179,3 +181,45 @@ def device_problem(name: str) -> str | None:
     if kind == "mps" and not torch.backends.mps.is_available():
         return f"device {name!r} is not available on this machine; use --device cpu (or auto)"
     return None
+
+
+Check = Callable[[Any], Any]
+
+# The arguments of generating and scoring: the Python API checks its keywords against this table
+# (``check_arguments``) and ``gptv sample`` its flags (``argtypes.generation_arg``), so both accept
+# and refuse the same values (the CLI keeps --max-new-tokens >= 1 and --temperature >= 0).
+GENERATION_ARGS: dict[str, Check] = {
+    "max_new_tokens": Int(0),
+    "temperature": Float(),
+    "top_k": Int(1),
+    "top_p": Float(0.0, 1.0, lo_open=True),
+    "repetition_penalty": Float(0.0, lo_open=True),
+    "tau": Float(0.0, 1.0),
+    "top_n": Int(0),
+    "seed": Int(0),
+    "slide": Int(1),
+    "num_samples": Int(1),
+    "unknown": Choice(("error", "skip")),
+    "sig_mode": Choice(("normalize", "set")),
+    "device": Device(),
+}
+OPTIONAL_ARGS = frozenset({"top_k", "top_p", "seed", "slide"})  # None: off / the default
+
+
+def check_arguments(values: Mapping[str, Any], checks: Mapping[str, Check] = GENERATION_ARGS) -> dict[str, Any]:
+    """``values`` checked against ``checks`` by name (names without a check pass as they are):
+    InputError("top_k: expected an integer >= 1, got 2.5"). For Python callers: a number given
+    as a string ('5') is refused (the CLI parses its text with the same checks), and None is
+    accepted only for OPTIONAL_ARGS."""
+    out = dict(values)
+    for name, value in values.items():
+        check = checks.get(name)
+        if check is None or (value is None and name in OPTIONAL_ARGS):
+            continue
+        if isinstance(value, str) and isinstance(check, (Int, Float)):
+            raise InputError(f"{name}: {_bad(check.describe(), value)} (a str; pass a number)")
+        try:
+            out[name] = check(value)
+        except ValueError as e:
+            raise InputError(f"{name}: {e}") from None
+    return out

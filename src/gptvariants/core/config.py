@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from collections.abc import Set as AbstractSet
@@ -73,17 +74,26 @@ def _objectives() -> list[str]:
 class ModelConfig:
     """The GPT backbone. ``vocab_size`` is taken from the data when left at 0."""
 
-    size: str = key("", Choice(lambda: ["", *MODEL_SIZES]))  # a MODEL_SIZES name: n_layer/n_head/n_embd unless given
-    n_layer: int = key(4, Int(1, MAX_LAYERS))
-    n_head: int = key(4, Int(1, MAX_HEADS))
-    n_embd: int = key(128, Int(1, MAX_EMBD))
-    block_size: int = key(64, Int(1, MAX_BLOCK))
-    vocab_size: int = key(0, Int(0, MAX_VOCAB))
-    dropout: float = key(0.0, Float(0.0, 1.0, hi_open=True))
-    bias: bool = key(True, Bool())  # biases in Linear and LayerNorm layers (GPT-2: True)
-    # 'tanh' approximation (GPT-2, needed to match its weights) | 'exact' erf (nanoGPT; ~10% faster steps on CPU)
-    gelu: str = key("tanh", Choice(("tanh", "exact")))
-    tie_weights: bool = key(True, Bool())  # token embedding shares the output (mean) weight
+    size: str = key(
+        "",
+        Choice(lambda: ["", *MODEL_SIZES]),
+        "a named model size (MODEL_SIZES) that sets n_layer/n_head/n_embd unless they are given",
+    )
+    n_layer: int = key(4, Int(1, MAX_LAYERS), "transformer blocks")
+    n_head: int = key(4, Int(1, MAX_HEADS), "attention heads per block (n_embd must be divisible by it)")
+    n_embd: int = key(128, Int(1, MAX_EMBD), "width of the residual stream")
+    block_size: int = key(64, Int(1, MAX_BLOCK), "context length in tokens")
+    vocab_size: int = key(0, Int(0, MAX_VOCAB), "vocabulary size; 0 = the data's")
+    dropout: float = key(
+        0.0, Float(0.0, 1.0, hi_open=True), "dropout probability in the backbone (MC dropout needs > 0)"
+    )
+    bias: bool = key(True, Bool(), "biases in Linear and LayerNorm layers (GPT-2: true)")
+    gelu: str = key(
+        "tanh",
+        Choice(("tanh", "exact")),
+        "GELU form: tanh (GPT-2, needed to match its weights) or exact (erf; ~10% faster on CPU)",
+    )
+    tie_weights: bool = key(True, Bool(), "the token embedding shares the output layer's (mean) weight")
 
     def validate(self) -> None:
         _validate_section(self)
@@ -103,16 +113,22 @@ class ObjectiveConfig:
     The keys shared by every head and objective are fields here; each component's own keys live in
     its ``Config`` (``parts``) and read and write as attributes of this object."""
 
-    variant: str = key("baseline", Choice(lambda: list(REGISTRY)))
-    head: str = key("", Choice(_heads))  # a heads.HEADS name (from the variant)
-    objective: str = key("", Choice(_objectives))  # an objectives.OBJECTIVES name (from the variant)
-    output_bias: bool = key(False, Bool())  # a bias in the output layer (sigmoid heads start it at -log V)
-    kl_beta: float = key(1.0, Float(0.0))  # loss = objective + kl_beta * KL / N_train_tokens (stochastic heads)
-    kl_warmup_iters: int = key(0, Int(0, BIG))  # the KL weight ramps linearly from 0 to kl_beta over these steps
-    mc_samples: int = key(8, Int(1, 10_000))  # Monte-Carlo draws for prediction with a stochastic head
-    targets: str = key("", Text())  # cached teacher sets under DATA/targets/<name>; '' = the true token only
-    teacher: str = key("", Text())  # online teacher spec (built in the training loop)
-    loss_chunk_size: int = key(0, Int(0, BIG))  # rows of (N, V) logits per chunk; 0 = about 32 MiB of fp32
+    variant: str = key(
+        "baseline",
+        Choice(lambda: list(REGISTRY)),
+        "the variant (gptv variants): fills head, objective and its own defaults",
+    )
+    head: str = key("", Choice(_heads), "output layer (a heads.HEADS name; set by the variant)")
+    objective: str = key(
+        "", Choice(_objectives), "training objective (an objectives.OBJECTIVES name; set by the variant)"
+    )
+    output_bias: bool = key(False, Bool(), "a bias in the output layer (sigmoid heads start it at -log V)")
+    kl_beta: float = key(1.0, Float(0.0), "loss = objective + kl_beta * KL / N_train_tokens (stochastic heads)")
+    kl_warmup_iters: int = key(0, Int(0, BIG), "steps over which the KL weight ramps linearly from 0 to kl_beta")
+    mc_samples: int = key(8, Int(1, 10_000), "Monte-Carlo draws for prediction with a stochastic head")
+    targets: str = key("", Text(), "cached teacher sets DATA/targets/NAME (gptv targets); '' = the true token only")
+    teacher: str = key("", Text(), "online teacher spec, run inside the training loop (ngram:N, ckpt:RUN, ...)")
+    loss_chunk_size: int = key(0, Int(0, BIG), "rows of (N, V) logits per loss chunk; 0 = about 32 MiB of fp32")
     parts: dict[type, Any] = field(default_factory=component_configs, repr=False)
 
     def _owner(self, name: str) -> Any:
@@ -153,38 +169,45 @@ class ObjectiveConfig:
 class TrainConfig:
     """The optimisation loop, evaluation cadence, devices and logging."""
 
-    data: str = key("", Text())
-    out_dir: str = key("", Text())
-    init_from: str = key("scratch", Text())  # 'scratch' | 'resume' | gpt2* | a local Hugging Face folder
-    max_iters: int = key(2000, Int(0))
-    batch_size: int = key(12, Int(1, BIG))
-    gradient_accumulation_steps: int = key(1, Int(1, BIG))  # global: all processes together (see fit_world_size)
-    learning_rate: float = key(1e-3, Float(0.0, lo_open=True))
-    min_lr: float = key(1e-4, Float(0.0))
-    warmup_iters: int = key(100, Int(0))
-    lr_decay_iters: int = key(0, Int(0))  # 0 = max_iters
-    decay_lr: bool = key(True, Bool())
-    weight_decay: float = key(0.1, Float(0.0))
-    beta1: float = key(0.9, Float(0.0, 1.0, hi_open=True))
-    beta2: float = key(0.99, Float(0.0, 1.0, hi_open=True))
-    grad_clip: float = key(1.0, Float(0.0))  # 0 = no clipping
-    eval_interval: int = key(250, Int(1))
-    eval_iters: int = key(200, Int(1))
-    log_interval: int = key(10, Int(1))
-    ckpt_interval: int = key(0, Int(0))  # 0 = every eval_interval
-    keep_checkpoints: int = key(2, Int(1, 1000))  # the last N checkpoints are kept, and the best (lowest val ce)
-    eval_only: bool = key(False, Bool())
-    device: str = key("auto", Device())  # 'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps'
-    # 'auto' (bf16 on capable GPUs, else fp16 on GPU, fp32 on CPU) | 'float32' | 'bfloat16' | 'float16'
-    dtype: str = key("auto", Choice(("auto", "float32", "bfloat16", "float16")))
-    compile: bool = key(False, Bool())
-    seed: int = key(1337, Int(0))
-    backend: str = key("auto", Choice(("auto", "nccl", "gloo")))  # DDP backend: 'auto' (nccl on GPU, gloo on CPU)
-    progress: str = key("auto", Choice(("auto", "bar", "lines")))  # 'auto' (a bar in a terminal) | 'bar' | 'lines'
-    tensorboard: bool = key(True, Bool())  # when tensorboard is installed
-    wandb_log: bool = key(False, Bool())
-    wandb_project: str = key("gptvariants", Text())
-    wandb_run_name: str = key("", Text())
+    data: str = key("", Text(), "prepared data folder (gptv prepare)")
+    out_dir: str = key("", Text(), "run folder to write (--out)")
+    init_from: str = key("scratch", Text(), "scratch | resume | gpt2* | a local Hugging Face folder")
+    max_iters: int = key(2000, Int(0), "optimisation steps in all")
+    batch_size: int = key(12, Int(1, BIG), "sequences per micro-batch")
+    gradient_accumulation_steps: int = key(
+        1, Int(1, BIG), "micro-batches per step, all processes together (see fit_world_size)"
+    )
+    learning_rate: float = key(1e-3, Float(0.0, lo_open=True), "peak learning rate (AdamW)")
+    min_lr: float = key(1e-4, Float(0.0), "learning rate at the end of the cosine decay")
+    warmup_iters: int = key(100, Int(0), "steps of linear learning-rate warm-up")
+    lr_decay_iters: int = key(0, Int(0), "steps of cosine decay; 0 = max_iters")
+    decay_lr: bool = key(True, Bool(), "decay the learning rate (cosine) after the warm-up")
+    weight_decay: float = key(0.1, Float(0.0), "AdamW weight decay")
+    beta1: float = key(0.9, Float(0.0, 1.0, hi_open=True), "AdamW beta1")
+    beta2: float = key(0.99, Float(0.0, 1.0, hi_open=True), "AdamW beta2")
+    grad_clip: float = key(1.0, Float(0.0), "clip the gradient norm to this; 0 = no clipping")
+    eval_interval: int = key(250, Int(1), "steps between evaluations")
+    eval_iters: int = key(200, Int(1), "batches per evaluation")
+    log_interval: int = key(10, Int(1), "steps between log lines")
+    ckpt_interval: int = key(0, Int(0), "steps between checkpoints; 0 = every eval_interval")
+    keep_checkpoints: int = key(2, Int(1, 1000), "the last N checkpoints are kept, and the best (lowest val ce)")
+    eval_only: bool = key(False, Bool(), "evaluate the checkpoint and stop (this invocation only; never saved)")
+    device: str = key("auto", Device(), "auto | cpu | cuda | cuda:N | mps")
+    dtype: str = key(
+        "auto",
+        Choice(("auto", "float32", "bfloat16", "float16")),
+        "auto (bf16 on capable GPUs, else fp16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16",
+    )
+    compile: bool = key(False, Bool(), "torch.compile the model")
+    seed: int = key(1337, Int(0), "seed of initialisation, batches and draws")
+    backend: str = key(
+        "auto", Choice(("auto", "nccl", "gloo")), "DDP backend: auto (nccl on GPU, gloo on CPU) | nccl | gloo"
+    )
+    progress: str = key("auto", Choice(("auto", "bar", "lines")), "auto (a bar in a terminal) | bar | lines")
+    tensorboard: bool = key(True, Bool(), "TensorBoard logs in the run folder (when tensorboard is installed)")
+    wandb_log: bool = key(False, Bool(), "log to Weights & Biases")
+    wandb_project: str = key("gptvariants", Text(), "W&B project")
+    wandb_run_name: str = key("", Text(), "W&B run name")
 
     def validate(self) -> None:
         _validate_section(self)
@@ -316,6 +339,23 @@ def validate_config(cfg: Config) -> None:
     _check(m.n_embd % m.n_head == 0, f"n_embd ({m.n_embd}) must be divisible by n_head ({m.n_head})")
 
 
+def config_help(variant: str | None = None) -> str:
+    """``gptv train --help-config``: every key with its section, value and description; with
+    ``variant``, the values that variant runs with (marked where they differ from the base default)."""
+    base = Config()
+    cfg = load_config(variant) if variant else base
+    head = f"of variant {variant}" if variant else "with their base defaults (--variant V: the values V runs with)"
+    lines = [f"config keys {head}; --key=value, or in a TOML file flat or under [model]/[objective]/[train]:"]
+    for name, section in KEYS.items():
+        holder, f = next((h, f) for h, f in section_fields(getattr(cfg, section)) if f.name == name)
+        value, default = getattr(getattr(cfg, section), name), getattr(getattr(base, section), name)
+        described = f.metadata.get("help") or f"a key of {type(holder).__qualname__.split('.')[0]}"
+        note = f" [{variant}; base {default!r}]" if variant and value != default else ""
+        constraint = key_check(getattr(cfg, section), name).describe()
+        lines.append(f"  {name:<28} {section:<10} {value!r:<12} {described}: {constraint}{note}")
+    return "\n".join(lines)
+
+
 def unknown_key_message(key: str) -> str:
     close = difflib.get_close_matches(key, list(KEYS), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see `gptv train --help-config`"
@@ -344,16 +384,49 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
     return out
 
 
-def _flatten(data: dict[str, Any], path: Path) -> dict[str, Any]:
+def _flatten(data: dict[str, Any], path: Path, text: str | None = None) -> dict[str, Any]:
+    """The flat keys of a file's top level and tables. In a TOML file (``text``, its source), a
+    key set twice (at the top and in a table) or in another section's table is a ConfigError
+    naming the file and both places: one value silently winning is a trap. A run's config.json
+    (no ``text``) is read as written, so runs saved by earlier versions still load."""
     flat: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    index = _key_index()
     for k, v in data.items():
         if isinstance(v, dict):
             if k not in Config.SECTIONS:
                 raise ConfigError(f"{path}: unknown table [{k}]; use [model], [objective] or [train], or flat keys")
-            flat.update(v)
+            if text is None:
+                flat.update(v)
+                continue
+            for key, value in v.items():
+                if index.get(key, k) != k:
+                    raise ConfigError(
+                        f"{path}: {key} is in [{k}]{_line(text, key, k)} but belongs in [{index[key]}]; move it there "
+                        "or write it at the top, before any table"
+                    )
+                _put(flat, where, key, value, f"in [{k}]{_line(text, key, k)}", path)
         else:
-            flat[k] = v
+            _put(flat, where, k, v, f"at the top{_line(text, k, None)}", path)
     return flat
+
+
+def _put(flat: dict[str, Any], where: dict[str, str], key: str, value: Any, place: str, path: Path) -> None:
+    if key in where:
+        raise ConfigError(f"{path}: {key} is set twice, {where[key]} and {place}; keep one")
+    flat[key], where[key] = value, place
+
+
+def _line(text: str | None, key: str, table: str | None) -> str:
+    """' (line N)': where ``key`` is assigned in ``table`` (None: the top level) of TOML ``text``."""
+    current: str | None = None
+    for n, line in enumerate((text or "").splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            current = stripped.strip("[]").strip()
+        elif current == table and re.match(rf"""["']?{re.escape(key)}["']?\s*=""", stripped):
+            return f" (line {n})"
+    return ""
 
 
 def read_config_file(file: str | Path) -> dict[str, Any]:
@@ -365,7 +438,8 @@ def read_config_file(file: str | Path) -> dict[str, Any]:
     try:
         if path.suffix == ".json":
             return _flatten(read_json(path), path)
-        return _flatten(tomllib.loads(read_text(path)), path)
+        text = read_text(path)
+        return _flatten(tomllib.loads(text), path, text)
     except InputError as e:
         raise ConfigError(str(e)) from None
     except tomllib.TOMLDecodeError as e:

@@ -13,6 +13,7 @@ from typing import Any
 BIG = 1 << 31  # counts that index tensors (chunk rows, set draws)
 
 
-def key(default: Any, check: Any) -> Any:
-    """A config field with its constraint (a ``common.checks`` callable) in the metadata."""
-    return field(default=default, metadata={"check": check})
+def key(default: Any, check: Any, help: str = "") -> Any:
+    """A config field with its constraint (a ``common.checks`` callable) and its description
+    (``gptv train --help-config``) in the metadata."""
+    return field(default=default, metadata={"check": check, "help": help})

@@ -121,7 +121,7 @@ class SmoothedCrossEntropy(Objective):
 
     @dataclass
     class Config:
-        label_smoothing: float = key(0.1, Float(0.0, 1.0, hi_open=True))  # eps
+        label_smoothing: float = key(0.1, Float(0.0, 1.0, hi_open=True), "eps of label smoothing")
 
     def __init__(self, eps: float) -> None:
         self.eps = eps
@@ -175,9 +175,9 @@ class SigmoidBCE(Objective):
 
     @dataclass
     class Config:
-        pos_weight: float = key(1.0, Float(0.0, lo_open=True))  # w
-        sum_penalty: float = key(0.0, Float(0.0))  # lambda
-        set_draws: int = key(0, Int(0, BIG))  # m of the readout; 0 = from the sets, set by training
+        pos_weight: float = key(1.0, Float(0.0, lo_open=True), "w, the weight of positive (set) terms")
+        sum_penalty: float = key(0.0, Float(0.0), "lambda, the penalty on the sigmoid sum's distance from 1")
+        set_draws: int = key(0, Int(0, BIG), "m of the readout; 0 = from the sets, set by training")
 
     def __init__(self, pos_weight: float = 1.0, sum_penalty: float = 0.0, set_draws: int = 1) -> None:
         if set_draws < 1:

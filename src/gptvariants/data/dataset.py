@@ -22,7 +22,6 @@ from ..common.checks import Choice, Int, Text
 from ..common.errors import InputError
 from ..common.inputs import read_json, require
 from .synthetic import SyntheticLanguage
-from .tokenizers import META_FILE as TOKENIZER_FILE
 from .tokenizers import Tokenizer, load_tokenizer
 
 FORMAT = 1
@@ -78,7 +77,7 @@ class TokenDataset:
     @property
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
-            self._tokenizer = read_tokenizer(self.dir)
+            self._tokenizer = load_tokenizer(self.dir)
         return self._tokenizer
 
     @property
@@ -139,8 +138,10 @@ class TokenDataset:
         return x, y, torch.from_numpy(s)
 
     def open_sets(self, dir: Path, split: str) -> np.memmap:
-        """`open_sets` checked against this dataset's hash."""
-        return open_sets(dir, split, self._meta["hash"])
+        """`open_sets` checked against this dataset's hash and vocabulary (``check_sets``)."""
+        sets = open_sets(dir, split, self._meta["hash"])
+        check_sets(sets, self.vocab_size, Path(dir) / f"{split}.bin")
+        return sets
 
 
 def open_sets(dir: Path, split: str, data_hash: str) -> np.memmap:
@@ -193,22 +194,46 @@ def _json_object(value: object) -> dict:
     return value
 
 
-def read_tokenizer(dir: Path) -> Tokenizer:
-    """``load_tokenizer(dir)`` with a damaged tokenizer file reported as ``FILE: what is wrong``."""
-    path = Path(dir) / TOKENIZER_FILE
-    if path.is_file():
-        read_json(path)  # parses, and is a JSON object
-    try:
-        return load_tokenizer(Path(dir))
-    except KeyError as e:
-        raise InputError(f"{path}: the key {e} is missing; the file is damaged or not ours") from None
-    except (TypeError, AttributeError) as e:
-        raise InputError(f"{path}: malformed ({e})") from None
-
-
 # (device, inode, size, mtime_ns) of a split file -> its largest id: the range check of each file
 # version runs once per process
 _MAX_IDS: dict[tuple[int, int, int, int], int] = {}
+_SET_SCANS: dict[tuple[int, int, int, int], tuple[int, int]] = {}  # the same for candidate-set files
+
+
+def set_stats(sets: np.ndarray, pad: int | None = None, rows: int = 1 << 16) -> tuple[int, int]:
+    """(candidates that are not padding, the largest candidate id or -1) of an (n, K) set array
+    padded with ``pad`` (default: its dtype's maximum, as stored), read ``rows`` rows at a time."""
+    pad = np.iinfo(sets.dtype).max if pad is None else pad
+    real, top = 0, -1
+    for a in range(0, len(sets), rows):
+        block = np.asarray(sets[a : a + rows])
+        ids = block[block != pad]
+        real += len(ids)
+        top = max(top, int(ids.max()) if len(ids) else -1)
+    return real, top
+
+
+def check_sets(sets: np.ndarray, vocab_size: int, where: Path | str) -> None:
+    """Refuse candidate sets that cannot train: every row padding, or ids outside [0, vocab_size)
+    (which would fail deep in the loss as an index error). A memmap's file is scanned once per version."""
+    path = Path(where)
+    version = None
+    if isinstance(sets, np.memmap) and path.is_file():
+        st = path.stat()
+        version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    stats = _SET_SCANS.get(version) if version else None
+    if stats is None:
+        stats = set_stats(sets)
+        if version:
+            _SET_SCANS[version] = stats
+    real, top = stats
+    if real == 0:
+        raise InputError(f"{where}: every candidate set is empty (all padding): nothing to train on; rebuild the sets")
+    if top >= vocab_size:
+        raise InputError(
+            f"{where}: candidate id {top} is outside the vocabulary of {vocab_size}: the sets belong to another "
+            "tokenizer or are damaged; rebuild them (gptv targets)"
+        )
 
 
 def _max_id(path: Path, dtype: np.dtype, chunk: int = 1 << 24) -> int:

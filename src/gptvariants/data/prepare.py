@@ -11,6 +11,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import sys
 import urllib.request
 from collections.abc import Iterable, Mapping
@@ -21,8 +22,8 @@ import numpy as np
 from ..common.atomic import atomic_write
 from ..common.errors import InputError, UnavailableError
 from .dataset import FORMAT, SPLITS, token_dtype
-from .synthetic import PRESETS, SyntheticLanguage
-from .tokenizers import Tokenizer, build_tokenizer
+from .synthetic import ARRAYS_FILE, PRESETS, WORDS_FILE, SyntheticLanguage
+from .tokenizers import HF_FILE, META_FILE, Tokenizer, build_tokenizer, check_tokenizer_spec
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 HF_SOURCES = {  # source -> (dataset path, config, append EOT after each row)
@@ -36,6 +37,9 @@ OFFLINE_HINT = (
     "`gptv prepare text:PATH --out DATA` (PATH: a .txt file, a folder of .txt files, or a glob)"
 )
 BINARY_PROBE = 8192  # a NUL byte among a file's first bytes marks it as binary (git's rule)
+MIN_SPLIT_TOKENS = 2  # one input and one target: a split with fewer cannot train or be evaluated
+# what an interrupted prepare leaves (no meta.json): a folder holding only these is taken over
+PREPARE_FILES = frozenset({"train.bin", "val.bin", META_FILE, HF_FILE, ARRAYS_FILE, WORDS_FILE, "input.txt"})
 
 
 def prepare(
@@ -47,6 +51,7 @@ def prepare(
     val_fraction: float | None = None,
     errors: str = "strict",
     num_proc: int | None = None,
+    force: bool = False,
 ) -> dict:
     """Tokenize `source` into train.bin/val.bin in `out` and return the meta dict (also meta.json).
 
@@ -57,18 +62,41 @@ def prepare(
     errors="strict" rejects non-UTF-8 text; "replace" substitutes U+FFFD. Text sources skip
     hidden and binary files, strip byte-order marks, turn \r\n and \r into \n and drop files
     whose content repeats another's; meta["notes"] says what was done (one line each).
+    Everything is checked before ``out`` is created (``check_source``, ``claim_out``: a non-empty
+    ``out`` needs ``force``); a failed prepare removes the ``out`` it created; a split with fewer
+    than MIN_SPLIT_TOKENS tokens is refused.
     """
     out = Path(out)
     if errors not in ("strict", "replace"):
         raise InputError(f"errors={errors!r}; expected 'strict' or 'replace'")
     if val_fraction is not None and not 0.0 < val_fraction < 1.0:
         raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    check_source(source, tokenizer)
+    created = claim_out(out, force)
+    try:
+        return _prepare_into(source, out, tokenizer, seed, val_fraction, errors, num_proc)
+    except BaseException:
+        if created is not None:  # a failed prepare leaves no empty or half-written folder behind
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _prepare_into(
+    source: str,
+    out: Path,
+    tokenizer: str | None,
+    seed: int,
+    val_fraction: float | None,
+    errors: str,
+    num_proc: int | None,
+) -> dict:
+    """``prepare``'s work, once its arguments and ``out`` are checked."""
     notes: list[str] = []
-    out.mkdir(parents=True, exist_ok=True)
     # Remove the completion marker first: if this run dies half-way the folder must not look
     # like a finished dataset whose meta.json describes other .bin files.
     (out / "meta.json").unlink(missing_ok=True)
     tok, stats, extra = _write_splits_of(source, out, tokenizer, seed, val_fraction, errors, num_proc, notes)
+    _check_splits(source, stats)
     tok.save(out)
     meta = {
         "format": FORMAT,
@@ -85,6 +113,55 @@ def prepare(
     }
     atomic_write(out / "meta.json", (json.dumps(meta, indent=1) + "\n").encode())
     return meta
+
+
+def check_source(source: str, tokenizer: str | None = None) -> None:
+    """Refuse a source or tokenizer ``prepare`` cannot use, before anything is created or read:
+    an unknown form (a bare path gets the ``text:`` form suggested), text files that do not exist."""
+    kind, _, arg = source.partition(":")
+    known = kind in ("synthetic", "text") or (kind in HF_SOURCES or kind == "shakespeare") and not arg
+    if not known or (kind == "text" and not arg):
+        hint = ""
+        if Path(source).expanduser().exists() or glob.glob(source):
+            hint = f"; to prepare this local file, folder or glob write text:{source}"
+        raise InputError(f"unknown data source {source!r}{hint}; valid forms: {SOURCE_FORMS}")
+    if kind == "text":
+        resolve_text_files(arg)
+    if tokenizer is not None:
+        check_tokenizer_spec(tokenizer)
+
+
+def claim_out(out: Path, force: bool) -> Path | None:
+    """Check that ``prepare`` may write into ``out`` and create it; return the topmost folder this
+    created (None when ``out`` existed). Refused without ``force``: a file, a folder holding a
+    dataset or files ``prepare`` does not write (a folder left by an interrupted prepare is taken over)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file, not a folder: give --out a new or empty folder")
+    top = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
+    entries = sorted(p.name for p in out.iterdir()) if top is None else []
+    if entries and not force:
+        if (out / "meta.json").exists():
+            raise InputError(
+                f"{out} already holds a prepared dataset: pass --force to replace it (runs trained on it "
+                "then no longer match their data) or prepare into another folder"
+            )
+        others = [n for n in entries if n not in PREPARE_FILES and not n.startswith(".")]
+        if others:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise InputError(f"{out} is not empty ({shown}): prepare into a new folder, or pass --force")
+    out.mkdir(parents=True, exist_ok=True)
+    return top
+
+
+def _check_splits(source: str, stats: dict) -> None:
+    """A dataset that cannot train is refused when written, not when a run first reads it."""
+    for name in SPLITS:
+        n = stats[f"{name}_tokens"]
+        if n < MIN_SPLIT_TOKENS:
+            raise InputError(
+                f"{source} gives {n} {name} token(s): a dataset needs at least {MIN_SPLIT_TOKENS} in each "
+                "split; prepare a longer text or choose another --val-fraction"
+            )
 
 
 def _write_splits_of(
@@ -173,7 +250,7 @@ def _write_splits(out: Path, splits: Mapping[str, Iterable[int]], vocab_size: in
     return stats
 
 
-def _resolve_text_files(spec: str) -> tuple[list[Path], bool]:
+def resolve_text_files(spec: str) -> tuple[list[Path], bool]:
     """(the files behind a file, folder (its *.txt) or glob, whether they were named one by one)."""
     path = Path(spec).expanduser()
     if path.is_file():
@@ -198,7 +275,7 @@ def read_corpus(spec: str, errors: str, notes: list[str] | None = None) -> str:
     byte-order mark and has \r\n and \r line ends turned into \n. What was done is appended
     to `notes`, one line per kind.
     """
-    files, explicit = _resolve_text_files(spec)
+    files, explicit = resolve_text_files(spec)
     skipped: dict[str, list[str]] = {"hidden": [], "binary": [], "duplicate": []}
     normalised: dict[str, list[str]] = {"bom": [], "newlines": []}
     seen: dict[bytes, Path] = {}
@@ -305,7 +382,7 @@ def _prepare_hf(
         train, val = ds["train"], ds["test"]
     else:
         if val_fraction is not None:
-            raise InputError(f"{name} has its own validation split; do not pass val_fraction")
+            raise InputError(f"{name} has its own validation split; do not pass --val-fraction (val_fraction)")
         train, val = ds["train"], ds["validation"]
 
     if spec == "gpt2":

@@ -18,12 +18,13 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer as HFTokenizer
 
-from ..common.errors import InputError, UnavailableError
+from ..common.errors import InputError, UnavailableError, UnknownSymbols
+from ..common.inputs import read_json
 
 EOT_TEXT = "<|endoftext|>"
 META_FILE = "tokenizer_meta.json"
@@ -123,9 +124,7 @@ class CharTokenizer(Tokenizer):
             if unknown == "skip":
                 return [stoi[c] for c in text if c in stoi]
             shown = ", ".join(repr(c) for c in missing[:20]) + (" ..." if len(missing) > 20 else "")
-            raise InputError(
-                f"{len(missing)} character(s) not in the char vocabulary: {shown}; pass unknown='skip' to drop them"
-            ) from None
+            raise UnknownSymbols(f"{len(missing)} character(s) not in the char vocabulary: {shown}") from None
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.chars[int(i)] for i in ids)
@@ -196,9 +195,7 @@ class WordTokenizer(Tokenizer):
                 return [stoi[p] for p in pieces if p in stoi]
             missing = sorted({p for p in pieces if p not in stoi})
             shown = ", ".join(repr(w) for w in missing[:20]) + (" ..." if len(missing) > 20 else "")
-            raise InputError(
-                f"{len(missing)} word(s) not in the word vocabulary: {shown}; pass unknown='skip' to drop them"
-            ) from None
+            raise UnknownSymbols(f"{len(missing)} word(s) not in the word vocabulary: {shown}") from None
 
     def decode(self, ids: Iterable[int]) -> str:
         out: list[str] = []
@@ -472,6 +469,15 @@ def _chunks(texts: Iterable[str], size: int = 1 << 16) -> Iterable[str]:
             start = end
 
 
+TOKENIZER_SPECS = "'char', 'word', 'gpt2' or 'bpe:N' (e.g. bpe:4096)"
+
+
+def check_tokenizer_spec(spec: str) -> None:
+    """InputError unless ``spec`` has one of the forms ``build_tokenizer`` reads (nothing is built)."""
+    if not isinstance(spec, str) or not re.fullmatch(r"char|word|gpt2|bpe:\d+", spec):
+        raise InputError(f"unknown tokenizer spec {spec!r}; expected {TOKENIZER_SPECS}")
+
+
 def build_tokenizer(
     spec: str, train_text: str | Iterable[str] | None = None, *, words: Sequence[str] | None = None
 ) -> Tokenizer:
@@ -488,14 +494,14 @@ def build_tokenizer(
     if train_text is None:
         if kind in ("char", "word", "bpe"):
             raise InputError(f"tokenizer {spec!r} needs training text")
-        raise InputError(f"unknown tokenizer spec {spec!r}; expected 'char', 'word', 'gpt2' or 'bpe:N' (e.g. bpe:4096)")
+        raise InputError(f"unknown tokenizer spec {spec!r}; expected {TOKENIZER_SPECS}")
     if kind == "char" and not arg:
         return CharTokenizer.train(train_text)
     if kind == "word" and not arg:
         return WordTokenizer.train(train_text)
     if kind == "bpe" and arg.isdigit():
         return BPETokenizer.train(train_text, int(arg))
-    raise InputError(f"unknown tokenizer spec {spec!r}; expected 'char', 'word', 'gpt2' or 'bpe:N' (e.g. bpe:4096)")
+    raise InputError(f"unknown tokenizer spec {spec!r}; expected {TOKENIZER_SPECS}")
 
 
 def load_tokenizer(dir: Path) -> Tokenizer:
@@ -504,8 +510,17 @@ def load_tokenizer(dir: Path) -> Tokenizer:
     path = dir / META_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no tokenizer in {dir} (missing {META_FILE})")
-    cfg = json.loads(path.read_text(encoding="utf-8"))
+    cfg = read_json(path)  # InputError naming the file when it is damaged or not an object
     kind = cfg.get("kind")
+    try:
+        return _tokenizer_of(kind, cfg, dir)
+    except KeyError as e:
+        raise InputError(f"{path}: the key {e} is missing; the file is damaged or not ours") from None
+    except (TypeError, AttributeError) as e:
+        raise InputError(f"{path}: malformed ({e})") from None
+
+
+def _tokenizer_of(kind: Any, cfg: dict, dir: Path) -> Tokenizer:
     if kind == "char":
         return CharTokenizer(cfg["chars"])
     if kind == "word":
@@ -515,8 +530,13 @@ def load_tokenizer(dir: Path) -> Tokenizer:
     if kind == "bpe":
         from tokenizers import Tokenizer as HFTokenizer
 
-        return BPETokenizer(HFTokenizer.from_file(str(dir / cfg["file"])), cfg["name"])
-    raise InputError(f"{path}: unknown tokenizer kind {kind!r}")
+        file = dir / cfg["file"]
+        try:
+            hf = HFTokenizer.from_file(str(file))
+        except Exception as e:  # the tokenizers library raises a bare Exception for a missing or damaged file
+            raise InputError(f"{file}: cannot be read as a tokenizer ({e}); re-run `gptv prepare`") from None
+        return BPETokenizer(hf, cfg["name"])
+    raise InputError(f"{dir / META_FILE}: unknown tokenizer kind {kind!r}")
 
 
 def _write_json(path: Path, obj: dict) -> None:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -85,10 +86,7 @@ def save_checkpoint(
     run_dir = Path(run_dir)
     step = int(state["step"])
     name = f"ckpt-{step:08d}"
-    prev = pointer_step(run_dir)
-    intact = (
-        f"the previous checkpoint (step {prev}) is intact" if prev is not None else "no checkpoint had been written yet"
-    )
+    intact = checkpoints_intact(run_dir)
     with reporting_write_failure(f"the checkpoint of step {step}", run_dir / name, intact):
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{name}.", suffix=TMP_SUFFIX))
@@ -159,6 +157,14 @@ def _move_away(folder: Path) -> Path:
     holder = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=TMP_SUFFIX))
     os.replace(folder, holder / folder.name)
     return holder
+
+
+def checkpoints_intact(run_dir: Path) -> str:
+    """What a failed write in ``run_dir`` leaves a reader: the current checkpoint, or that there is none."""
+    prev = pointer_step(run_dir)
+    return (
+        f"the previous checkpoint (step {prev}) is intact" if prev is not None else "no checkpoint had been written yet"
+    )
 
 
 def clean_leftovers(run_dir: Path) -> list[str]:
@@ -326,6 +332,20 @@ def best_checkpoint(run_dir: Path) -> Path | None:
 # ----------------------------------------------------------------------------- reading
 
 
+def _pickle_refusal(path: Path, text: str) -> str:
+    """The refusal of a state file that holds more than tensors and plain values. It never relays
+    torch's advice to load with ``weights_only=False`` (that would run the file's code): whatever
+    torch's wording, only the line naming the refused object is kept."""
+    lines = [x.strip() for x in text.splitlines() if x.strip() and "weights_only" not in x]
+    named = [x for x in lines if re.search(r"unsupported|GLOBAL|WeightsUnpickler", x, re.IGNORECASE)]
+    detail = named[0][:200] if named else "an object that is not a tensor or a plain value"
+    return (
+        f"cannot read {path}: it holds Python objects other than tensors and plain values ({detail}); "
+        "gptvariants reads training states with torch.load(weights_only=True) and never runs code from "
+        "a checkpoint, so this file, which gptvariants did not write, is refused"
+    )
+
+
 def load_state(ckpt: Path) -> dict[str, Any]:
     """The state dict of a checkpoint folder, loaded without unpickling arbitrary objects."""
     path = Path(ckpt) / "state.pt"
@@ -333,18 +353,8 @@ def load_state(ckpt: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file
         text = str(e)
-        if (
-            "Unsupported global" in text or "WeightsUnpickler" in text
-        ):  # never relay torch's "weights_only=False" advice
-            detail = (
-                text[text.find("WeightsUnpickler") :].splitlines()[0]
-                if "WeightsUnpickler" in text
-                else "unsupported object"
-            )
-            raise CheckpointError(
-                f"cannot read {path}: it holds Python objects other than tensors and plain values "
-                f"({detail}); it was not written by gptvariants and is refused"
-            ) from None
+        if isinstance(e, pickle.UnpicklingError) or "weights_only" in text or "WeightsUnpickler" in text:
+            raise CheckpointError(_pickle_refusal(path, text)) from None
         raise CheckpointError(f"cannot read {path}: {(text.splitlines() or [type(e).__name__])[0]}") from None
     if (
         not isinstance(state, dict)

@@ -14,7 +14,7 @@ from typing import Any
 from ..common.checks import Int, Text
 from ..common.inputs import InputError, read_json, require
 from ..core.config import Config
-from ..data.dataset import read_tokenizer
+from ..data.tokenizers import load_tokenizer
 from .checkpoint import CKPT_RE, POINTER, checkpoints, latest_checkpoint, pointer_step
 from .records import METRICS_FILE, load_records
 
@@ -43,7 +43,7 @@ def check_run_files(run_dir: Path) -> None:
                 if not folder or Path(folder).name != folder or folder in (".", ".."):
                     raise InputError(f"{path}: 'dir' must name a checkpoint folder inside {run_dir}, not {folder!r}")
             elif name == "tokenizer_meta.json":
-                read_tokenizer(run_dir)
+                load_tokenizer(run_dir)
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,17 @@ class RunFolder:
     def checkpoints(self) -> list[tuple[int, Path]]:
         """(step, folder) of every ckpt-<step> folder, by step."""
         return checkpoints(self.path)
+
+    def data_path(self) -> Path:
+        """The prepared data folder the run trained on, as its data.json records it (InputError
+        naming the file when it records none, or the folder when that is gone)."""
+        info = self.path / "data.json"
+        recorded = read_json(info).get("path") if info.is_file() else None
+        if not isinstance(recorded, str) or not recorded:
+            raise InputError(f"{info} names no data folder: pass --data DIR")
+        if not Path(recorded).is_dir():
+            raise InputError(f"the run's data folder {recorded} (recorded in {info}) is gone: pass --data DIR")
+        return Path(recorded)
 
     def config(self) -> Config:
         """The run's saved config.json (InputError naming the file when it is missing or damaged)."""

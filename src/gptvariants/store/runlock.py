@@ -7,6 +7,10 @@ not running, a zombie, or the pid reused by a process started later) is stale an
 take-overs are serialised by ``flock`` on the run folder, which the kernel drops when its
 holder dies, and the stale file is re-read under it, so two processes can never both win.
 Readers (``gptv sample``, ``gptv eval``, the API) take no lock.
+
+A writer's lock candidate (``.train.lock.PID.XXXX.candidate``) is its own: it is not a ``.*.tmp``
+file, so the winner's start-up cleanup (``checkpoint.clean_leftovers``) never deletes a loser's
+candidate; the winner removes only candidates whose process is gone (killed mid-acquire).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 from ..common.errors import GptvError
 
 LOCK_NAME = "train.lock"
+CANDIDATE_SUFFIX = ".candidate"
 
 
 class RunLocked(GptvError, RuntimeError):
@@ -101,18 +106,28 @@ class RunLock:
         self.held = False
 
     def _link(self) -> bool:
-        fd, tmp = tempfile.mkstemp(dir=self.run_dir, prefix=f".{LOCK_NAME}.", suffix=".tmp")
+        """Link a fully written candidate to the lock's name: True when this writer won."""
+        pid = self.info["pid"]
+        fd, tmp = tempfile.mkstemp(dir=self.run_dir, prefix=f".{LOCK_NAME}.{pid}.", suffix=CANDIDATE_SUFFIX)
         try:
             with os.fdopen(fd, "w") as f:
                 json.dump(self.info, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.link(tmp, self.path)
-            return True
         except FileExistsError:
             return False
         finally:
             os.unlink(tmp)
+        self._clean_candidates()
+        return True
+
+    def _clean_candidates(self) -> None:
+        """Remove the candidates of writers killed while acquiring (their pid, in the name, is gone)."""
+        for p in self.run_dir.glob(f".{LOCK_NAME}.*{CANDIDATE_SUFFIX}"):
+            pid = p.name[len(LOCK_NAME) + 2 :].split(".", 1)[0]
+            if pid.isdigit() and not _alive(int(pid), None):
+                p.unlink(missing_ok=True)
 
     def _read(self) -> dict[str, Any] | None:
         """The holder's record; None when the file is gone or not a lock record (a damaged lock is stale)."""

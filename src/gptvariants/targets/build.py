@@ -30,7 +30,7 @@ from ..common.checks import Float, Int
 from ..common.errors import InputError
 from ..common.progress import Progress
 from ..common.runtime import resolve_device
-from ..data.dataset import SPLITS, TokenDataset, token_dtype
+from ..data.dataset import SPLITS, TokenDataset, set_stats, token_dtype
 from .base import Teacher, parse_spec
 from .selection import ORACLE_MIN_PROB, _check_rule, _Selector
 from .teachers import load_teacher
@@ -257,6 +257,7 @@ def _build_split(
         for c in range(st["done"], n_chunks):
             a, b = c * chunk_size, min(n, (c + 1) * chunk_size)
             ids, probs, n_teacher = sel.chunk(tokens, a, b, si, c)
+            _check_chunk(ids, sel, split, a)
             mms[0][a:b] = ids
             if store_probs:
                 mms[1][a:b] = probs
@@ -271,6 +272,11 @@ def _build_split(
                 on_chunk(split, c, n_chunks)
         bar.close()
         del mms
+        if st["set_size_sum"] == 0:
+            raise InputError(
+                f"teacher {sel.t.spec!r} gave an empty set at every position of the {split} split: "
+                "nothing to train on; loosen the selection (min_prob, top_p, ratio, ppl_filter)"
+            )
         for p, _ in paths:
             os.replace(p.with_name(p.name + ".partial"), p)
     seconds = time.perf_counter() - t0
@@ -282,6 +288,17 @@ def _build_split(
         "seconds": seconds,
         "tokens_per_s": done_tokens / seconds if seconds > 0 and done_tokens else None,
     }
+
+
+def _check_chunk(ids: np.ndarray, sel: _Selector, split: str, a: int) -> None:
+    """Sets are refused when written, not when a run trains on them: ids outside the vocabulary."""
+    _, top = set_stats(ids, sel.sentinel)
+    if top >= sel.t.vocab_size:
+        row = a + int(np.argwhere((ids != sel.sentinel) & (ids >= sel.t.vocab_size))[0][0])
+        raise InputError(
+            f"teacher {sel.t.spec!r} gave candidate id {top} at position {row} of the {split} split, outside "
+            f"the vocabulary of {sel.t.vocab_size}"
+        )
 
 
 def _meta(

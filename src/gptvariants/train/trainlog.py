@@ -21,6 +21,7 @@ from ..common.atomic import atomic_write, reporting_write_failure
 from ..common.errors import InputError
 from ..common.runtime import Runtime
 from ..core.config import Config
+from ..store.checkpoint import checkpoints_intact
 from ..store.records import METRICS_FILE, read_records
 
 _told: set[str] = set()
@@ -171,7 +172,7 @@ class Logger:
         if not self.enabled:
             return
         with (
-            reporting_write_failure("a metrics record", self.path, "the checkpoints are intact"),
+            reporting_write_failure("a metrics record", self.path, lambda: checkpoints_intact(self.path.parent)),
             open(self.path, "a", encoding="utf-8") as f,
         ):
             f.write(json.dumps(record) + "\n")

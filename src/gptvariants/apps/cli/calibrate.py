@@ -3,38 +3,33 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ...common.argtypes import device, non_negative_int, positive_int
-from ...common.errors import InputError
 from ...common.runtime import resolve_device
 from ...data.sources import split_source
 from ...predict.calibration import fit_temperature, save_temperature
 from ...predict.laplace import fit_laplace
 from ...predict.methods import METHODS, load_runs
-from ...store.run import CALIBRATION_FILE
+from ...store.run import CALIBRATION_FILE, RunFolder
 from .prediction import add_prediction_arguments
 
 
 def _data_tokens(run_dir: Path, data: str | None, split: str) -> np.ndarray:
-
-    if data is None:
-        info = Path(run_dir) / "data.json"
-        data = json.loads(info.read_text(encoding="utf-8")).get("path") if info.is_file() else None
-        if not data:
-            raise InputError(f"{run_dir}/data.json names no data folder: pass --data DIR")
-    return split_source(Path(run_dir), Path(data), split).tokens
+    """The tokens of ``split`` of ``data``, by default the run's own data (data.json)."""
+    folder = Path(data) if data is not None else RunFolder(run_dir).data_path()
+    return split_source(Path(run_dir), folder, split).tokens
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
 
+    tokens = _data_tokens(Path(args.ckpt), args.data, "val")  # checked before the model is loaded
     [run] = load_runs(args.ckpt, resolve_device(args.device))
     fit = fit_temperature(
         run,
-        _data_tokens(run.folder, args.data, "val"),
+        tokens,
         method=args.method,
         mc_samples=args.mc_samples,
         seed=args.seed,

@@ -6,13 +6,44 @@ import argparse
 from pathlib import Path
 
 from ...common.argtypes import device, non_negative_int, open_unit_interval, positive_int
+from ...common.errors import InputError
+from ...data.dataset import TokenDataset
+from ...data.prepare import resolve_text_files
+from ...data.sources import shift_spec
 from ...evaluate.evaluation import default_out, evaluate
 from ...evaluate.result import format_result
-from ...predict.methods import METHODS
-from .prediction import add_prediction_arguments
+from ...predict.methods import METHODS, run_folders
+from ...predict.prediction import Prediction
+from ...store.run import RunFolder
+from .prediction import add_prediction_arguments, describe_prediction
+
+
+def check_ood(spec: str) -> None:
+    """Refuse an --ood source that cannot be read, before anything is scored: a text that does not
+    exist, a folder that is no prepared dataset, a malformed shift (``sources.resolve_source``'s forms)."""
+    if spec.startswith("synthetic?") or spec == "synthetic":
+        shift_spec(spec)
+    elif spec.startswith("text:"):
+        resolve_text_files(spec.removeprefix("text:"))
+    elif Path(spec).is_dir():
+        TokenDataset(Path(spec))
+    else:
+        hint = f" (for a text file write text:{spec})" if Path(spec).exists() else ""
+        raise InputError(f"--ood {spec!r} is neither a prepared data folder, text:PATH nor synthetic?shift=S{hint}")
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Every input of ``gptv eval`` checked before the first expensive step; --data defaults to the run's own."""
+    if args.text is None and args.data is None:
+        args.data = str(RunFolder(run_folders(args.ckpt)[0]).data_path())
+    if args.text is not None:
+        resolve_text_files(args.text.removeprefix("text:"))
+    if args.ood is not None:
+        check_ood(args.ood)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    _check_inputs(args)
     result = evaluate(
         args.ckpt,
         args.data,
@@ -33,6 +64,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         progress=True,
         log_to_run=True,
     )
+    prediction = Prediction(args.method, args.mc_samples, not args.no_temperature)
+    print(describe_prediction(prediction, result.get("temperature", []), _run_draws(result)))
     print(format_result(result))
     where = args.split if args.text is None else f"text:{args.text}"
     print(
@@ -40,6 +73,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         + (f"; scalars also in {' and '.join(result['logged_to'])}" if result.get("logged_to") else "")
     )
     return 0
+
+
+def _run_draws(result: dict) -> int | None:
+    """The first run's mc_samples, from its saved config (the draws a prediction takes by default)."""
+    try:
+        return RunFolder(Path(result["runs"][0])).config().objective.mc_samples
+    except (KeyError, IndexError, InputError):
+        return None
 
 
 def register_cli(subparsers) -> None:
@@ -53,8 +94,10 @@ def register_cli(subparsers) -> None:
         help="run folder (written by `gptv train`); several (A,B or a folder of runs) are evaluated as their ensemble",
     )
     add_prediction_arguments(p, [k for k, m in METHODS.items() if not m.generation_only])
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--data", default=None, help="prepared data folder with the run's tokenizer")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument(
+        "--data", default=None, help="prepared data folder with the run's tokenizer (default: the run's own data)"
+    )
     what.add_argument(
         "--text", default=None, help="a UTF-8 file, folder (*.txt) or glob, scored with the run's tokenizer"
     )

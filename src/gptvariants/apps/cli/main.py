@@ -26,7 +26,7 @@ from ...common.argtypes import non_negative_int, open_unit_interval, positive_in
 from ...common.checks import device_problem
 from ...common.errors import GptvError
 from ...common.threads import apply_threads
-from ...core.config import KEYS, Config, ConfigError, load_config, parse_overrides
+from ...core.config import Config, ConfigError, config_help, load_config, parse_overrides
 from ...core.resume import fit_world_size, resume_config
 from ...core.sizing import check_fits
 from ...core.variants import REGISTRY
@@ -71,6 +71,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         errors=args.errors,
         num_proc=args.num_proc,
+        force=args.force,
     )
     for note in meta.get("notes", []):
         _say("prepare", "note", note)
@@ -116,7 +117,7 @@ def train_config(args: argparse.Namespace, extra: list[str]) -> Config:
 def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
 
     if args.help_config:
-        print(config_help())
+        print(config_help(args.variant))
         return 0
     result = train(train_config(args, extra), resume=args.resume)
     ev = result.last_eval
@@ -136,14 +137,6 @@ def _cmd_variants(args: argparse.Namespace) -> int:
             + (f"  [{defaults}]" if defaults else "")
         )
     return 0
-
-
-def config_help() -> str:
-    cfg = Config()
-    lines = ["config keys (--key=value, or in a TOML file flat or under [model]/[objective]/[train]):"]
-    for key, section in KEYS.items():
-        lines.append(f"  {key:<28} {section:<10} default {getattr(getattr(cfg, section), key)!r}")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- parser habits
@@ -235,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="non-UTF-8 bytes: fail naming the offset, or replace them",
     )
     p.add_argument("--num-proc", type=positive_int, default=None, help="processes for tokenizing large corpora")
+    p.add_argument("--force", action="store_true", help="replace the dataset or files already in --out")
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("train", help="train a variant; extra --key=value pairs override the config")

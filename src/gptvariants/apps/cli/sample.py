@@ -1,4 +1,8 @@
-"""``gptv sample``: print samples of a run (text, coloured text, or JSON lines with per-token details)."""
+"""``gptv sample``: print samples of a run (text, coloured text, or JSON lines with per-token details).
+
+One plain-text sample is streamed as it is generated; ``--max-new-tokens`` is bounded by
+MAX_NEW_TOKENS unless ``--allow-long``. The header (stderr) names the method, draws and the
+temperature applied."""
 
 from __future__ import annotations
 
@@ -8,21 +12,18 @@ import math
 import sys
 import warnings
 from collections.abc import Sequence
+from contextlib import closing
 
-from ...common.argtypes import (
-    device,
-    non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    probability_open_closed,
-    unit_interval,
-    utf8_file,
-)
-from ...common.errors import InputError
+from ...common.argtypes import device, generation_arg, non_negative_float, positive_int, utf8_file
+from ...common.errors import InputError, UnknownSymbols
 from ...decode.generate import SIG_MODES
-from ..api import load
-from .prediction import add_prediction_arguments, prediction_of
+from ...predict.prediction import temperature_key
+from ..api import Completion, LanguageModel, load
+from .prediction import add_prediction_arguments, describe_prediction, prediction_of
+
+# the largest --max-new-tokens taken without --allow-long: a typo of a few zeros should not start
+# a run of hours (at ~1 ms per token on a small model, 20,000 tokens take seconds to a minute)
+MAX_NEW_TOKENS = 20_000
 
 # ANSI colours for --show-uncertainty, by entropy as a fraction of its maximum log V
 _COLOURS = ((0.15, "\033[32m"), (0.40, "\033[33m"), (float("inf"), "\033[31m"))  # green, yellow, red
@@ -57,9 +58,18 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    """``gptv sample``: print samples (text, or JSON lines with per-token details)."""
+    """``gptv sample``: print samples (text, or JSON lines with per-token details). One plain-text
+    sample is streamed to the terminal token by token as it is generated."""
+    if args.max_new_tokens > MAX_NEW_TOKENS and not args.allow_long:
+        raise InputError(
+            f"--max-new-tokens {args.max_new_tokens:,} is over the bound of {MAX_NEW_TOKENS:,} tokens; "
+            "pass --allow-long to generate more (the text is streamed as it is generated)"
+        )
     prompts = _prompts(args)
     lm = load(args.ckpt, args.device, prediction=prediction_of(args))
+    temperatures = [r.temperature(temperature_key(lm.runs, lm.prediction)) for r in lm.runs]
+    header = describe_prediction(lm.prediction, temperatures, lm.config.objective.mc_samples)
+    print(f"gptv sample: {header}", file=sys.stderr, flush=True)
     sampling = dict(
         temperature=args.temperature,
         top_k=args.top_k,
@@ -70,28 +80,62 @@ def cmd_sample(args: argparse.Namespace) -> int:
         use_cache=not args.no_cache,
         sig_mode=args.sig_mode,
         tau=args.tau,
+        stop_at_eot=not args.ignore_eot,
+        unknown=args.unknown,
     )
+    stops = [_unescape(s) for s in args.stop]
+    colour = args.show_uncertainty and (args.color == "always" or (args.color == "auto" and sys.stdout.isatty()))
     batch = [p for p in prompts for _ in range(args.num_samples)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results = lm.generate_details(
-            batch,
-            args.max_new_tokens,
-            stop=[_unescape(s) for s in args.stop],
-            stop_at_eot=not args.ignore_eot,
-            unknown=args.unknown,
-            **sampling,
-        )
+        try:
+            if len(batch) == 1 and not args.json and not args.show_uncertainty:
+                _stream_one(lm, batch[0], args.max_new_tokens, stops, sampling)
+                results = None
+            else:
+                results = lm.generate_details(batch, args.max_new_tokens, stop=stops, **sampling)
+        except UnknownSymbols as e:
+            raise e.hinting("pass --unknown skip") from None
     for msg in dict.fromkeys(str(w.message) for w in caught):  # once per distinct prompt
         print(f"gptv sample: warning: {msg}", file=sys.stderr)
-    colour = args.show_uncertainty and (args.color == "always" or (args.color == "auto" and sys.stdout.isatty()))
+    if results is not None:
+        _print_results(args, results if isinstance(results, list) else [results], colour, lm.config.model.vocab_size)
+    return 0
+
+
+def _stream_one(lm: LanguageModel, prompt: str, max_new_tokens: int, stops: list[str], sampling: dict) -> None:
+    """Print ``prompt`` and its continuation while it is generated: the same text as
+    ``generate_details`` (cut before the first stop string), holding back only the characters
+    that could still begin a stop string."""
+    out = sys.stdout
+    out.write(prompt)
+    out.flush()
+    hold = max(map(len, stops), default=1) - 1
+    text, shown = "", 0
+    with closing(lm.stream(prompt, max_new_tokens, **sampling)) as tokens:
+        for rec in tokens:
+            text += rec.text
+            cuts = [text.find(s) for s in stops if s in text]
+            if cuts:
+                text = text[: min(cuts)]
+                break
+            if len(text) - hold > shown:
+                out.write(text[shown : len(text) - hold])
+                out.flush()
+                shown = len(text) - hold
+    out.write(text[shown:] + "\n")
+    out.flush()
+
+
+def _print_results(args: argparse.Namespace, results: list[Completion], colour: bool, vocab_size: int) -> None:
+    """The samples of a batch: JSON lines, or text (coloured by entropy with --show-uncertainty)."""
     if args.show_uncertainty and not colour and not args.json:
         print(
             "gptv sample: --show-uncertainty prints plain text: stdout is not a terminal "
             "(--color always keeps the colours; --json gives the entropies)",
             file=sys.stderr,
         )
-    for k, res in enumerate(results if isinstance(results, list) else [results]):
+    for k, res in enumerate(results):
         records = [t.to_dict() for t in res.tokens]
         if args.json:
             line = {
@@ -106,11 +150,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
             continue
         if k:
             print("---------------")
-        body = colour_by_entropy(records, lm.config.model.vocab_size) if colour else res.text
+        body = colour_by_entropy(records, vocab_size) if colour else res.text
         print(res.prompt + body)
     if colour:
         print("entropy / log V: \033[32m< 0.15\033[0m \033[33m< 0.40\033[0m \033[31m>= 0.40\033[0m", file=sys.stderr)
-    return 0
 
 
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
@@ -127,13 +170,26 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
         help="run folder (made by gptv train); several (A,B or a folder of runs) sample from their ensemble",
     )
     add_prediction_arguments(p)
-    p.add_argument("--num-samples", type=positive_int, default=1, help="samples per prompt")
-    p.add_argument("--max-new-tokens", type=positive_int, default=200, help="tokens to generate per sample")
-    p.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 means greedy")
-    p.add_argument("--top-k", type=positive_int, default=None, help="sample among the k most likely tokens only")
-    p.add_argument("--top-p", type=probability_open_closed, default=None, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--num-samples", type=generation_arg("num_samples"), default=1, help="samples per prompt")
     p.add_argument(
-        "--repetition-penalty", type=positive_float, default=1.0, help="CTRL penalty (> 1 discourages repeats)"
+        "--max-new-tokens",
+        type=positive_int,
+        default=200,
+        help=f"tokens to generate per sample (at most {MAX_NEW_TOKENS:,} unless --allow-long)",
+    )
+    p.add_argument(
+        "--allow-long", action="store_true", help=f"allow --max-new-tokens above {MAX_NEW_TOKENS:,} (long runs)"
+    )
+    p.add_argument("--temperature", type=non_negative_float, default=1.0, help="0 means greedy")
+    p.add_argument(
+        "--top-k", type=generation_arg("top_k"), default=None, help="sample among the k most probable tokens"
+    )
+    p.add_argument("--top-p", type=generation_arg("top_p"), default=None, help="nucleus sampling mass in (0, 1]")
+    p.add_argument(
+        "--repetition-penalty",
+        type=generation_arg("repetition_penalty"),
+        default=1.0,
+        help="CTRL penalty (> 1 discourages repeats)",
     )
     p.add_argument("--greedy", action="store_true", help="argmax decoding")
     p.add_argument(
@@ -144,14 +200,14 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
         help="stop strings (\\n and \\t understood); cut from the output",
     )
     p.add_argument("--ignore-eot", action="store_true", help="keep generating past the end-of-text token")
-    p.add_argument("--seed", type=non_negative_int, default=None, help="seed of the draws (default: random)")
+    p.add_argument("--seed", type=generation_arg("seed"), default=None, help="seed of the draws (default: random)")
     p.add_argument(
         "--sig-mode",
         choices=SIG_MODES,
         default="normalize",
         help="sigmoid heads: sample sigmoid/sum, or among tokens with sigmoid > tau",
     )
-    p.add_argument("--tau", type=unit_interval, default=0.5, help="threshold of --sig-mode set")
+    p.add_argument("--tau", type=generation_arg("tau"), default=0.5, help="threshold of --sig-mode set")
     _add_output_arguments(p)
     p.add_argument("--no-cache", action="store_true", help="recompute the context every step (slow; for checking)")
     p.add_argument("--device", type=device, default="auto", help="cpu | cuda | cuda:N | mps | auto")

@@ -301,13 +301,40 @@ class Guard:
         size = dict(scope["headers"]).get(b"content-length")
         if size is not None and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
             return await _error(413, f"request body over {MAX_BODY_BYTES} bytes")(scope, receive, send)
+        started = False
+        read = 0
+
+        async def bounded_receive():
+            # Content-Length is absent with Transfer-Encoding: chunked: count what is read instead
+            nonlocal read
+            message = await receive()
+            if message["type"] == "http.request":
+                read += len(message.get("body", b""))
+                if read > MAX_BODY_BYTES:
+                    raise BodyTooLarge()
+            return message
 
         async def send_with_headers(message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message["headers"] = list(message.get("headers", [])) + self.headers
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, bounded_receive, send_with_headers)
+        except BodyTooLarge as e:  # read outside a route's handlers (they answer it themselves)
+            if started:
+                raise
+            await _error(413, str(e.detail))(scope, receive, send_with_headers)
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from ``Guard``'s receive when a body without Content-Length (chunked) passes
+    MAX_BODY_BYTES: an HTTPException, so that FastAPI's body reader passes it on as a 413."""
+
+    def __init__(self) -> None:
+        super().__init__(413, f"request body over {MAX_BODY_BYTES} bytes")
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -103,7 +103,7 @@ class Run:
         return bool(self.lm.model.objective.sigmoid)
 
     def info(self) -> dict[str, Any]:
-        """What the page and ``GET /api/runs`` show of a run."""
+        """What the page and ``GET /api/runs`` show of a run (its name, not where it lies on the server)."""
         m, o = self.lm.config.model, self.lm.config.objective
         return {
             "name": self.name,
@@ -121,8 +121,7 @@ class Run:
             "params": self.lm.model.num_params(),
             "tokenizer": self.lm.tokenizer.name,
             "step": self.step,
-            "path": str(self.path),
-        }
+        }  # never the path: a browser needs the name only, and the server's layout is not its business
 
 
 def load_runs(paths: dict[str, Path], device: str = "cpu") -> dict[str, Run]:

@@ -1,4 +1,5 @@
-"""The JSON API's requests, validated by pydantic: a value out of range is a 422 naming the field."""
+"""The JSON API's requests, validated by pydantic (strict types): a value of the wrong JSON type or out
+of range is a 422 naming the field."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ MAX_SET_TEXTS = 64  # a sigmoid set is listed up to this many tokens; set_size c
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not silently ignored
+    # a misspelt option is an error, not silently ignored; strict: "5" is not the integer 5, nor
+    # 1 the boolean true (JSON has its own types: a string where a number belongs is a client's bug)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     run: str = Field(min_length=1, description="a run name from GET /api/runs")
     top_n: int = Field(5, ge=0, le=MAX_TOP_N, description="alternatives listed per token (with the set and draws)")

@@ -47,13 +47,17 @@ class BayesianHead(Head):
 
     @dataclass
     class Config:
-        prior_mu: float = key(0.0, Float())  # prior N(prior_mu, prior_sigma^2) on every weight
-        prior_sigma: float = key(0.02, Float(0.0, lo_open=True))
-        posterior_sigma_init: float = key(1e-3, Float(0.0, lo_open=True))
+        prior_mu: float = key(0.0, Float(), "mean of the prior N(prior_mu, prior_sigma^2) on every weight")
+        prior_sigma: float = key(0.02, Float(0.0, lo_open=True), "standard deviation of the prior on every weight")
+        posterior_sigma_init: float = key(1e-3, Float(0.0, lo_open=True), "initial posterior standard deviation")
         # training noise: 'weight' (one weight draw per forward pass, one matmul) or 'local'
         # (local reparameterisation: independent logit noise per position, two matmuls, lower variance)
-        reparam: str = key("weight", Choice(("weight", "local")))
-        rho_lr_mult: float = key(1.0, Float(0.0, lo_open=True))  # learning-rate multiplier of rho
+        reparam: str = key(
+            "weight",
+            Choice(("weight", "local")),
+            "weight: one weight draw per forward pass | local: independent logit noise per position",
+        )
+        rho_lr_mult: float = key(1.0, Float(0.0, lo_open=True), "learning-rate multiplier of rho")
 
     def __init__(
         self,

@@ -30,8 +30,8 @@ class HeadEnsemble(Head):
 
     @dataclass
     class Config:
-        ensemble_size: int = key(4, Int(1, 1024))  # K heads
-        ensemble_split: bool = key(True, Bool())  # each position trains one member (one head's cost), else all K
+        ensemble_size: int = key(4, Int(1, 1024), "K output heads")
+        ensemble_split: bool = key(True, Bool(), "each position trains one member (one head's cost), else all K")
 
     def __init__(
         self, n_embd: int, vocab_size: int, k: int, bias: bool = False, bias_init: float = 0.0, split: bool = True

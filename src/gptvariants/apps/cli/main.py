@@ -36,6 +36,7 @@ from ...train.loop import train
 
 # modules that add their own subcommands
 PLUGINS: tuple[str, ...] = ("sample", "targets", "evaluate", "calibrate", "experiment", "export", "serve", "lm_eval")
+PLUGINS += ("conformal",)  # conformal next-token sets (issue 22)
 
 # the user's mistakes (our own error types; the OS refusing a file the user named): one line, no
 # traceback. A ValueError or RuntimeError raised anywhere else is our bug and keeps its traceback.

@@ -136,3 +136,44 @@ def test_a_missing_fit_names_the_command_to_run(runs):
     _, r = runs
     with pytest.raises(C.InputError, match="gptv conformal .* --alpha 0.1"):
         C.load_rule(r["baseline"], "default", 0.1)
+
+
+class _Truth:
+    """A stand-in synthetic language whose next-token distribution is one fixed row."""
+
+    def __init__(self, p):
+        self.p = np.asarray(p, dtype=np.float32)
+
+    def iter_next_token_probs(self, tokens):
+        yield 0, np.tile(self.p, (len(tokens), 1))
+
+
+def test_floor_precision_recall_and_true_mass_on_a_hand_computed_case():
+    from gptvariants.data.sources import Source
+    from gptvariants.evaluate.sets import truth_columns
+
+    source = Source("toy", np.zeros(8, dtype=np.int64), truth=_Truth([0.5, 0.3, 0.2, 0.0]))
+    c = _chunk(n=2, V=4)
+    out = truth_columns(source, 3, (0.1, 0.2))(c, {"r": torch.tensor([[True, True, False, True]] * 2)})
+    assert out["floor@0.1"].tolist() == [3, 3] and out["floor@0.2"].tolist() == [2, 2]  # .5 .8 1.0 against .9, .8
+    assert out["r/precision"][0].item() == pytest.approx(2 / 3) and out["r/recall"][0].item() == pytest.approx(2 / 3)
+    assert out["r/true_mass"][0].item() == pytest.approx(0.8)
+
+
+def test_sets_section_of_an_experiment(runs):
+    from gptvariants.evaluate.comparators import System
+    from gptvariants.evaluate.sets import SETS_FILE, run_sets
+
+    root, r = runs
+    systems = [System(v, [r[v]]) for v in ("baseline", "entmax")]
+    rows, lines = run_sets(root, root / "data", systems, alphas=(0.1, 0.2), ood="synthetic?shift=0.5", tokens=2000)
+    assert lines[0] == "## Sets" and "### alpha = 0.1 (coverage promised >= 0.9)" in lines
+    assert any(line.startswith("Smallest valid set") for line in lines)
+    support = [x for x in rows if x["set"] == "support"]
+    assert [x["system"] for x in support] == ["entmax"]
+    for x in rows:
+        assert 0 <= x["precision"] <= 1 and 0 <= x["recall"] <= 1 and "ood_coverage" in x
+        if x["set"] != "support":
+            assert x["size_floor"] > 0 and abs(x["true_mass"] - x["coverage"]) < 0.05
+    assert json.loads((root / SETS_FILE).read_text())["rows"][0]["system"] == "baseline"
+    assert "lac@0.2" in json.loads((r["baseline"] / "conformal.json").read_text())["fits"]["default"]["rules"]

@@ -275,8 +275,35 @@ def rules_from_json(d: dict[str, dict[str, Any]]) -> dict[str, SetRule]:
 # ----------------------------------------------------------------------------- the run's stored sets
 
 
+def fit_and_check(
+    predictor: Predictor,
+    tokens: np.ndarray,
+    alphas: Sequence[float],
+    *,
+    ood: np.ndarray | None = None,
+    seed: int = 0,
+    on_chunk: OnChunk | None = None,
+) -> tuple[dict[str, SetRule], dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """(rules fitted on the first half of held-out ``tokens``, ``evaluate_rules`` columns of the second
+    half, and of shifted ``ood`` tokens when given); ``on_chunk`` sees the second half's chunks."""
+    for a in alphas:
+        if not 0 < a < 1:
+            raise InputError(f"alpha must be in (0, 1), got {a}")
+    half = len(tokens) // 2
+    rules = fit_rules(predictor, tokens[:half], alphas, seed)
+    if len(tokens) - half < 2:
+        raise InputError(f"{len(tokens)} held-out tokens leave none to check the sets on")
+    check = evaluate_rules(predictor, tokens[half:], rules, seed, on_chunk)
+    return rules, check, evaluate_rules(predictor, ood, rules, seed) if ood is not None else None
+
+
+def set_names(rules: dict[str, SetRule], predictor: Predictor) -> list[str]:
+    """The sets ``evaluate_rules`` reports: the rules', and the support of a sparse head."""
+    return [*rules, *([SUPPORT] if has_support(predictor) else [])]
+
+
 def fit_conformal(
-    run: Run,
+    runs: Sequence[Run],
     tokens: np.ndarray,
     *,
     alphas: Sequence[float] = ALPHAS,
@@ -284,29 +311,21 @@ def fit_conformal(
     ood: np.ndarray | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Fit every rule on the first half of held-out ``tokens`` and check it on the second half (and
-    on shifted ``ood`` tokens): the record ``save_conformal`` stores under the prediction's key."""
-    for a in alphas:
-        if not 0 < a < 1:
-            raise InputError(f"alpha must be in (0, 1), got {a}")
+    """``fit_and_check`` of the predictive of ``runs`` under ``prediction``, as the record
+    ``save_conformal`` stores under the prediction's key: the rules and the summaries of their sets."""
     prediction = prediction or Prediction()
-    predictor = build_predictor([run], prediction)
-    half = len(tokens) // 2
-    rules = fit_rules(predictor, tokens[:half], alphas, seed)
-    if len(tokens) - half < 2:
-        raise InputError(f"{len(tokens)} held-out tokens leave none to check the sets on")
-    names = [*rules, *([SUPPORT] if has_support(predictor) else [])]
-    check = evaluate_rules(predictor, tokens[half:], rules, seed)
+    predictor = build_predictor(runs, prediction)
+    rules, check, shifted = fit_and_check(predictor, tokens, alphas, ood=ood, seed=seed)
+    names = set_names(rules, predictor)
     record = {
-        "key": temperature_key([run], prediction),
+        "key": temperature_key(runs, prediction),
         "alphas": [float(a) for a in alphas],
         "rules": rules_to_json(rules),
-        "calibration_tokens": half,
-        "check_tokens": len(tokens) - half,
+        "calibration_tokens": len(tokens) // 2,
+        "check_tokens": len(tokens) - len(tokens) // 2,
         "check": {n: summary(check, n) for n in names},
     }
-    if ood is not None:
-        shifted = evaluate_rules(predictor, ood, rules, seed)
+    if shifted is not None:
         record["ood"] = {n: summary(shifted, n) for n in names}
     return record
 

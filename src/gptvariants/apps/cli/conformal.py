@@ -57,7 +57,7 @@ def _cmd_conformal(args: argparse.Namespace) -> int:
         ood = resolve_source(args.ood, run.folder, load_tokenizer(run.folder), in_domain, "val").tokens
         ood = ood[: len(tokens) - len(tokens) // 2]  # as many tokens as the in-domain check
     record = fit_conformal(
-        run, tokens, alphas=args.alpha or ALPHAS, prediction=prediction_of(args, args.seed), ood=ood, seed=args.seed
+        [run], tokens, alphas=args.alpha or ALPHAS, prediction=prediction_of(args, args.seed), ood=ood, seed=args.seed
     )
     path = save_conformal(run.folder, record)
     print(

@@ -177,3 +177,32 @@ def test_sets_section_of_an_experiment(runs):
             assert x["size_floor"] > 0 and abs(x["true_mass"] - x["coverage"]) < 0.05
     assert json.loads((root / SETS_FILE).read_text())["rows"][0]["system"] == "baseline"
     assert "lac@0.2" in json.loads((r["baseline"] / "conformal.json").read_text())["fits"]["default"]["rules"]
+
+
+def test_conformal_filter_keeps_the_lac_set_and_never_empties_a_row():
+    from gptvariants.decode.filters import conformal_filter
+
+    probs = torch.tensor([[0.5, 0.3, 0.2], [0.4, 0.35, 0.25]])
+    out = conformal_filter(probs.log(), probs, 0.3)
+    assert torch.isinf(out).tolist() == [[False, False, True], [False, False, True]]
+    out = conformal_filter(probs.log(), probs, torch.tensor([[0.9], [0.0]]))  # per row; row 0 keeps its argmax
+    assert torch.isinf(out).tolist() == [[False, True, True], [False, False, False]]
+
+
+def test_sampling_inside_a_one_token_set_is_greedy_decoding(runs):
+    from gptvariants.decode.generate import generate
+    from gptvariants.store.checkpoint import load_run
+
+    _, r = runs
+    model, _ = load_run(r["baseline"])
+    prompts = [[1, 2, 3], [4, 5]]
+    assert generate(model, prompts, 8, seed=0, conformal_p=1.0) == generate(model, prompts, 8, greedy=True)
+
+
+def test_gptv_sample_conformal_reads_the_stored_set(runs):
+    _, r = runs
+    cmd = [sys.executable, "-m", "gptvariants", "sample", "--ckpt", str(r["entmax"]), "--prompt", "", "--device", "cpu"]
+    cmd += ["--max-new-tokens", "4", "--seed", "0"]
+    assert subprocess.run(cmd + ["--conformal", "0.1"], capture_output=True, text=True).returncode == 0
+    bad = subprocess.run(cmd + ["--conformal", "0.3"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no lac set at alpha 0.3" in bad.stderr

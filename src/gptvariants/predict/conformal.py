@@ -363,3 +363,10 @@ def load_rule(run_dir: Path, key: str, alpha: float, score: str = "lac") -> SetR
             f"{path} has no {score} set at alpha {alpha:g} for {key!r} (it has {', '.join(rules)}): {hint}"
         )
     return rules_from_json({name: rules[name]})[name]
+
+
+def lac_min_prob(runs: Sequence[Run], prediction: Prediction, alpha: float) -> float:
+    """1 - q of the stored LAC set at ``alpha`` for the predictive of ``runs`` under ``prediction``:
+    its set is {v : p_v >= this} (``gptv sample --conformal``)."""
+    rule = load_rule(runs[0].folder, temperature_key(runs, prediction), alpha, "lac")
+    return max(0.0, 1.0 - rule.q)

@@ -13,6 +13,7 @@ from ...common.argtypes import (
     device,
     non_negative_float,
     non_negative_int,
+    open_unit_interval,
     positive_float,
     positive_int,
     probability_open_closed,
@@ -21,6 +22,7 @@ from ...common.argtypes import (
 )
 from ...common.errors import InputError
 from ...decode.generate import SIG_MODES
+from ...predict.conformal import lac_min_prob
 from ..api import load
 from .prediction import add_prediction_arguments, prediction_of
 
@@ -70,6 +72,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         use_cache=not args.no_cache,
         sig_mode=args.sig_mode,
         tau=args.tau,
+        conformal_p=lac_min_prob(lm.runs, lm.prediction, args.conformal) if args.conformal else None,
     )
     batch = [p for p in prompts for _ in range(args.num_samples)]
     with warnings.catch_warnings(record=True) as caught:
@@ -152,6 +155,10 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
         help="sigmoid heads: sample sigmoid/sum, or among tokens with sigmoid > tau",
     )
     p.add_argument("--tau", type=unit_interval, default=0.5, help="threshold of --sig-mode set")
+    p.add_argument(
+        "--conformal", type=open_unit_interval, default=None, metavar="ALPHA",
+        help="sample inside the conformal set at ALPHA fitted by `gptv conformal` (conformal nucleus sampling)",
+    )  # fmt: skip
     _add_output_arguments(p)
     p.add_argument("--no-cache", action="store_true", help="recompute the context every step (slow; for checking)")
     p.add_argument("--device", type=device, default="auto", help="cpu | cuda | cuda:N | mps | auto")

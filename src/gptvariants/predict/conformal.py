@@ -114,15 +114,36 @@ def conformal_quantile(scores: np.ndarray, alpha: float) -> float:
     return math.inf if k > n else float(np.partition(np.asarray(scores, dtype=np.float64), k - 1)[k - 1])
 
 
-def chunks(predictor: Predictor, tokens: np.ndarray, seed: int, stride: int | None = None) -> Iterator[Chunk]:
-    """The chunks of one pass over ``tokens``, reproducible by
-    ``seed``: the head's draws and the randomised scores' u restart from it on every pass."""
-    stride = stride or max(1, predictor.block_size // 2)
-    windows = M.sliding_windows(len(tokens), predictor.block_size, stride)
+Encoded = list[tuple[list[torch.Tensor], torch.Tensor]]  # (hidden states per backbone pass, targets) per chunk
+BUDGET = CHUNK_FLOATS // 6  # a chunk holds about six (n, V) arrays: p, sorted, cumsum, ranks, a score table, a mask
+
+
+def _windows(predictor: Predictor, tokens: np.ndarray) -> list[tuple[int, int, int]]:
+    return M.sliding_windows(len(tokens), predictor.block_size, max(1, predictor.block_size // 2))
+
+
+def encode(predictor: Predictor, tokens: np.ndarray) -> Encoded:
+    """The hidden states and targets of one pass over ``tokens``: for passes that read them out again."""
+    out = []
+    for _, y, draws in score_windows(predictor, tokens, _windows(predictor, tokens), budget=BUDGET):
+        assert draws.hidden is not None  # score_windows keeps the hidden states it read out
+        out.append((draws.hidden, y))
+    return out
+
+
+def chunks(predictor: Predictor, tokens: np.ndarray | Encoded, seed: int) -> Iterator[Chunk]:
+    """The chunks of one pass over ``tokens`` (or over their ``encode``d hidden states), reproducible
+    by ``seed``: the head's draws and the randomised scores' u restart from it on every pass."""
     predictor.generator.manual_seed(seed)
     uniforms = torch.Generator().manual_seed(seed + 1)
-    # a chunk holds about six (n, V) arrays: p, sorted, cumsum, ranks, one score table, a mask
-    for _, y, draws in score_windows(predictor, tokens, windows, set_probs=predictor.sigmoid, budget=CHUNK_FLOATS // 6):
+    if isinstance(tokens, list):
+        with predictor.fixed_weights():
+            for hs, y in tokens:
+                draws = predictor.draws(hs, set_probs=predictor.sigmoid)
+                yield Chunk(draws, y, torch.rand(len(y), generator=uniforms).to(y.device))
+        return
+    windows = _windows(predictor, tokens)
+    for _, y, draws in score_windows(predictor, tokens, windows, set_probs=predictor.sigmoid, budget=BUDGET):
         yield Chunk(draws, y, torch.rand(len(y), generator=uniforms).to(y.device))
 
 
@@ -139,28 +160,38 @@ def has_support(predictor: Predictor) -> bool:
 # ----------------------------------------------------------------------------- fitting
 
 
-def tune_raps(predictor: Predictor, tokens: np.ndarray, alpha: float, seed: int) -> tuple[int, float]:
-    """(k_reg, lambda) of RAPS on ``tokens`` (Angelopoulos et al. 2021, section 4): k_reg the conformal
-    (1 - alpha) quantile of the true tokens' ranks; lambda the one of ``LAMBDAS`` whose own
-    conformal sets on these tokens are smallest on average. Three passes over ``tokens``."""
+def tune_raps(
+    predictor: Predictor, tokens: np.ndarray, alphas: Sequence[float], seed: int
+) -> dict[float, tuple[int, float]]:
+    """(k_reg, lambda) of RAPS at each alpha on ``tokens`` (Angelopoulos et al. 2021, section 4): k_reg
+    the conformal (1 - alpha) quantile of the true tokens' ranks; lambda the one of ``LAMBDAS``
+    whose own conformal sets on these tokens are smallest on average. Three readouts of one pass."""
+    cache = encode(predictor, tokens)
     ranks = np.concatenate(
-        [(c.rank.gather(1, c.y[:, None]).squeeze(1) + 1).cpu().numpy() for c in chunks(predictor, tokens, seed)]
+        [(c.rank.gather(1, c.y[:, None]).squeeze(1) + 1).cpu().numpy() for c in chunks(predictor, cache, seed)]
     )
-    q_rank = conformal_quantile(ranks, alpha)
-    k_reg = int(q_rank) if math.isfinite(q_rank) else predictor.vocab_size
-    rules = [SetRule("raps-rand", k_reg=k_reg, lam=lam) for lam in LAMBDAS]
+    rules = []
+    for a in alphas:
+        q_rank = conformal_quantile(ranks, a)
+        k_reg = int(q_rank) if math.isfinite(q_rank) else predictor.vocab_size
+        rules += [(a, SetRule("raps-rand", k_reg=k_reg, lam=lam)) for lam in LAMBDAS]
     scores: list[list[np.ndarray]] = [[] for _ in rules]
-    for c in chunks(predictor, tokens, seed):
-        for r, out in zip(rules, scores):
+    for c in chunks(predictor, cache, seed):
+        for (_, r), out in zip(rules, scores):
             out.append(r.true_scores(c, c.y).cpu().numpy())
     fitted = [
-        SetRule(r.score, conformal_quantile(np.concatenate(s), alpha), k_reg, r.lam) for r, s in zip(rules, scores)
+        (a, SetRule(r.score, conformal_quantile(np.concatenate(s), a), r.k_reg, r.lam))
+        for (a, r), s in zip(rules, scores)
     ]
     sizes = np.zeros(len(fitted))
-    for c in chunks(predictor, tokens, seed):
-        for i, r in enumerate(fitted):
+    for c in chunks(predictor, cache, seed):
+        for i, (_, r) in enumerate(fitted):
             sizes[i] += float((r.table(c) <= r.q).sum())
-    return k_reg, fitted[int(np.argmin(sizes))].lam
+    best = {}
+    for a in alphas:
+        i = min((i for i, (b, _) in enumerate(fitted) if b == a), key=lambda i: sizes[i])
+        best[a] = (fitted[i][1].k_reg, fitted[i][1].lam)
+    return best
 
 
 def fit_rules(predictor: Predictor, tokens: np.ndarray, alphas: Sequence[float], seed: int = 0) -> dict[str, SetRule]:
@@ -174,8 +205,9 @@ def fit_rules(predictor: Predictor, tokens: np.ndarray, alphas: Sequence[float],
         )
     tune, fit = tokens[:n_tune], tokens[n_tune:]
     rules = {}
+    tuned = tune_raps(predictor, tune, alphas, seed)
     for a in alphas:
-        k_reg, lam = tune_raps(predictor, tune, a, seed)
+        k_reg, lam = tuned[a]
         for s in scores_of(predictor):
             rules[f"{s}@{a:g}"] = SetRule(s, k_reg=k_reg, lam=lam) if s.startswith("raps") else SetRule(s)
     scores: dict[str, list[np.ndarray]] = {k: [] for k in rules}

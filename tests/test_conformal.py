@@ -206,3 +206,16 @@ def test_gptv_sample_conformal_reads_the_stored_set(runs):
     assert subprocess.run(cmd + ["--conformal", "0.1"], capture_output=True, text=True).returncode == 0
     bad = subprocess.run(cmd + ["--conformal", "0.3"], capture_output=True, text=True)
     assert bad.returncode == 2 and "no lac set at alpha 0.3" in bad.stderr
+
+
+def test_language_model_score_gives_each_token_its_set_size(runs):
+    from gptvariants.apps.api import load
+
+    _, r = runs
+    lm = load(r["entmax"], "cpu")
+    text = lm.generate("", 12, seed=0)
+    records = lm.score(text, conformal=0.1)
+    min_p = C.lac_min_prob(lm.runs, lm.prediction, 0.1)
+    assert records and all(t.set_size >= 1 for t in records)
+    assert [t.in_set for t in records] == [t.prob >= min_p - 1e-6 for t in records]
+    assert "set_size" in records[0].to_dict() and lm.score(text)[0].set_size is None

@@ -29,8 +29,16 @@ import torch
 from ..common.atomic import atomic_write
 from ..data.sources import Source, resolve_source, split_source
 from ..data.tokenizers import load_tokenizer
-from ..predict.conformal import ALPHAS, SUPPORT, Chunk, fit_and_check, save_conformal, set_names, summary
-from ..predict.conformal import rules_to_json as _rules_json
+from ..predict.conformal import (
+    ALPHAS,
+    SUPPORT,
+    Chunk,
+    fit_and_check,
+    rules_to_json,
+    save_conformal,
+    set_names,
+    summary,
+)
 from ..predict.methods import load_runs
 from ..predict.prediction import Prediction, build_predictor, temperature_key
 from .comparators import System
@@ -122,7 +130,7 @@ def sets_of_system(
     rules, check, out = fit_and_check(predictor, ids, alphas, ood=shifted, seed=seed, on_chunk=on_chunk)
     names = set_names(rules, predictor)
     if len(runs) == 1:
-        record = {"key": temperature_key(runs, prediction), "alphas": list(alphas), "rules": _rules_json(rules)}
+        record = {"key": temperature_key(runs, prediction), "alphas": list(alphas), "rules": rules_to_json(rules)}
         record["check"] = {n: summary(check, n) for n in names}
         save_conformal(runs[0].folder, record)
     return [_row(system.name, n, check, out) for n in names]

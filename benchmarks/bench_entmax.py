@@ -2,10 +2,12 @@
 
 1. The mapping alone on (rows, V) random logits: softmax, ``core.entmax`` (entmax-1.5 and sparsemax,
    partial sort growing k) and, when installed, the ``entmax`` package (exact full sort, and k = 256).
-2. A training step (forward + backward + AdamW, ``bench_step.measure``) of baseline, entmax and
+2. The fused loss alone (forward + backward) at V = 50257, at a fresh model's logit scale and a
+   trained one's: what the mapping costs once the support is small.
+3. A training step (forward + backward + AdamW, ``bench_step.measure``) of baseline, entmax and
    entmax with sparsemax at the experiment's shape (4 x 128, block 64, batch 12, the synthetic
    language's vocabulary) and at V = 50257, rounds interleaved; target: <= 1.3x and <= 1.5x.
-3. Conformal sets on a short-trained synthetic run: the scoring pass of ``gptv eval`` against
+4. Conformal sets on a short-trained synthetic run: the scoring pass of ``gptv eval`` against
    ``predict.conformal.fit_and_check`` (RAPS tuning, fitting every score at three alphas, checking)
    over the same held-out tokens; target: at most one pass beyond the scoring itself (<= 2x).
 
@@ -79,6 +81,27 @@ def bench_step(shapes: list[Shape], device: torch.device, rounds: int, steps: in
     return lines + [""]
 
 
+def bench_loss(n: int, c: int, vocab: int, device: torch.device, repeats: int, sync) -> list[str]:
+    """Forward + backward of the fused, chunked loss alone at logit scales of a fresh model (std 0.02:
+    every token a support candidate, one full sort per chunk) and of a trained one (std 3)."""
+    from gptvariants.core.objectives import CrossEntropy, EntmaxLoss, SparsemaxLoss, fused_linear_loss
+
+    lines = [f"### The fused loss alone, {n} positions x V = {vocab}, C = {c} (forward + backward)", ""]
+    lines += ["| logit std | objective | ms | x cross-entropy |", "|---|---|---:|---:|"]
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(n, c, generator=g).to(device).requires_grad_()
+    y = torch.randint(vocab, (n,), generator=g).to(device)
+    for std in (0.02, 3.0):
+        W = (torch.randn(vocab, c, generator=g) * std / c**0.5).to(device).requires_grad_()
+
+        def step(obj, W=W):
+            return lambda: fused_linear_loss(h, W, None, obj, y).backward()
+
+        ms = {o.name: timed(step(o), repeats, sync) for o in (CrossEntropy(), EntmaxLoss(), SparsemaxLoss())}
+        lines += [f"| {std} | {k} | {v:.1f} | {v / ms['ce']:.2f} |" for k, v in ms.items()]
+    return lines + [""]
+
+
 def bench_conformal(data: str, steps: int, tokens: int, device: torch.device) -> list[str]:
     from gptvariants.core.config import load_config
     from gptvariants.data.prepare import prepare
@@ -112,7 +135,8 @@ def bench_conformal(data: str, steps: int, tokens: int, device: torch.device) ->
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--parts", default="map,step,conformal", help="comma-separated: map, step, conformal")
+    p.add_argument("--parts", default="map,loss,step,conformal", help="comma-separated: map, loss, step, conformal")
+    p.add_argument("--positions", type=int, default=2048, help="positions of the loss part")
     p.add_argument("--rows", type=int, default=1024, help="rows of the mapping benchmark")
     p.add_argument("--vocab", type=int, default=50257)
     p.add_argument("--repeats", type=int, default=5)
@@ -129,6 +153,9 @@ def main() -> None:
     print(f"# bench_entmax on {device} (torch {torch.__version__})\n")
     if "map" in parts:
         print("\n".join(bench_mapping(args.rows, args.vocab, device, args.repeats, sync)))
+    if "loss" in parts:
+        for c in (128, 768):
+            print("\n".join(bench_loss(args.positions, c, args.vocab, device, args.repeats, sync)))
     if "step" in parts:
         from gptvariants.data.synthetic import SyntheticLanguage
 

@@ -124,5 +124,5 @@ def test_a_head_whose_export_layer_is_wrong_is_refused_before_writing(toy, tiny_
 def test_unregistered_names_are_refused_with_the_registry():
     with pytest.raises(ConfigError, match="head expects one of linear, bayesian, ensemble, got .scaled."):
         load_config("baseline", overrides={"head": "scaled"})
-    with pytest.raises(ConfigError, match="objective expects one of ce, smooth, bce, got .brier."):
+    with pytest.raises(ConfigError, match="objective expects one of ce, smooth, bce, entmax, sparsemax, got .brier."):
         load_config("baseline", overrides={"objective": "brier"})

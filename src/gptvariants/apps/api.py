@@ -34,6 +34,7 @@ from ..data.tokenizers import load_tokenizer
 from ..decode.decoder import Decoder, Generation, Row, RowOptions
 from ..decode.generate import generate
 from ..decode.window import generation_windows
+from ..predict.conformal import lac_min_prob
 from ..predict.methods import Run, load_runs
 from ..predict.prediction import Prediction, build_predictor
 from ..predict.predictive import Draws, Predictor, score_windows
@@ -48,7 +49,8 @@ class TokenRecord:
     With ``top_n``: ``top``, the most probable tokens as (text, prob); ``set``, a sigmoid head's
     set {v : sigmoid(z_v) > tau} as texts; ``draws``, this token's probability under each draw.
     ``scores`` (``score`` only): energy and max_logit, and the density scores when the run has a
-    fitted density (``evaluate.uncertainty``'s scores of the same names)."""
+    fitted density (``evaluate.uncertainty``'s scores of the same names).
+    With ``conformal``: the size of the conformal set at that alpha and whether it holds the token."""
 
     id: int
     text: str
@@ -59,6 +61,8 @@ class TokenRecord:
     set: list[str] | None = None
     draws: list[float] | None = None
     scores: dict[str, float] | None = None
+    set_size: int | None = None
+    in_set: bool | None = None
 
     @property
     def prob(self) -> float:
@@ -373,6 +377,7 @@ class LanguageModel:
         slide: int | None = None,
         top_n: int = 0,
         tau: float = 0.5,
+        conformal: float | None = None,
     ) -> list[TokenRecord]:
         """Per-token log p(token | context), predictive entropy (and MI with several draws) of ``text``.
 
@@ -382,7 +387,8 @@ class LanguageModel:
         token's score equals its probability at generation time. Probabilities are those of
         ``predictor(method, mc_samples, seed)`` (``mc_samples=0``: a Bayesian head's posterior mean).
         ``top_n``: also the most probable alternatives, each token's probability under every draw,
-        and a sigmoid head's set {v : sigmoid(z_v) > tau}.
+        and a sigmoid head's set {v : sigmoid(z_v) > tau}. ``conformal``: an alpha fitted by
+        ``gptv conformal``; each token gets the size of its LAC set and whether the token is in it.
         """
         return self.score_many(
             [text],
@@ -393,6 +399,7 @@ class LanguageModel:
             slide=slide,
             top_n=top_n,
             tau=tau,
+            conformal=conformal,
         )[0]
 
     @torch.no_grad()
@@ -407,6 +414,7 @@ class LanguageModel:
         slide: int | None = None,
         top_n: int = 0,
         tau: float = 0.5,
+        conformal: float | None = None,
     ) -> list[list[TokenRecord]]:
         """``score`` of several texts in one pass: their windows share forward passes (up to
         SCORE_BATCH windows each), so scoring many short texts costs about what one long one does.
@@ -427,6 +435,8 @@ class LanguageModel:
             stream += ids
         records: list[TokenRecord] = []
         want_sets = top_n > 0 and predictor.sigmoid
+        prediction = self.prediction.but(method=method, mc_samples=mc_samples)
+        min_p = lac_min_prob(self.runs, prediction, conformal) if conformal is not None else None
         density = predictor.members[0].density
         density = density.to(predictor.device) if density is not None else None
         scored = score_windows(predictor, stream, windows, batch=SCORE_BATCH, set_probs=want_sets, logit_stats=True)
@@ -434,7 +444,14 @@ class LanguageModel:
             if density is not None:
                 assert draws.hidden is not None  # score_windows keeps every chunk's hidden states
                 draws.logit_stats.update(density.scores(draws.hidden[0]))
-            records.extend(self._scored(draws, y, pieces, len(records), top_n, tau))
+            chunk = self._scored(draws, y, pieces, len(records), top_n, tau)
+            if min_p is not None:  # the LAC set {v : p_v >= 1 - q} (predict.conformal)
+                inside = draws.probs >= min_p
+                for r, size, hit in zip(
+                    chunk, inside.sum(1).tolist(), inside.gather(1, y[:, None]).squeeze(1).tolist()
+                ):
+                    r.set_size, r.in_set = size, hit
+            records.extend(chunk)
         out, done = [], 0
         for ids in ids_list:
             n = max(0, len(ids) - 1)

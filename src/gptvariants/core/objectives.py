@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..common.checks import Float, Int
 from ..common.errors import InputError
+from .entmax import entmax, fenchel_young
 from .keys import BIG, key
 
 OBJECTIVES: dict[str, type[Objective]] = {}
@@ -81,6 +82,11 @@ class Objective:
     def log_probs(self, z: torch.Tensor) -> torch.Tensor:
         """log p(v | context) of the predictive distribution, (..., V)."""
         return torch.log_softmax(z.float(), dim=-1)
+
+    def sampling_scores(self, z: torch.Tensor) -> torch.Tensor | None:
+        """Scores s (n, V) of one draw z (n, V) whose softmax is the distribution to sample from, or
+        None to sample from ``log_probs``: z itself for a softmax readout."""
+        return z
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -229,8 +235,52 @@ class SigmoidBCE(Objective):
             ls = member.clamp_min(torch.finfo(member.dtype).tiny).log()
         return ls - torch.logsumexp(ls, dim=-1, keepdim=True)
 
+    def sampling_scores(self, z: torch.Tensor) -> torch.Tensor | None:
+        return None
+
     def __repr__(self) -> str:
         return f"SigmoidBCE(pos_weight={self.pos_weight}, sum_penalty={self.sum_penalty}, set_draws={self.set_draws})"
+
+
+@register_objective
+class EntmaxLoss(Objective):
+    """The Fenchel-Young loss of alpha-entmax (``core.entmax``), alpha = 1.5 here (``sparsemax``: 2):
+
+    L = <p - e_y, z> + H_alpha(p),  p = entmax_alpha(z);  dL/dz = p - e_y.
+
+    Readout: p has exact zeros, so a token outside the support would get an infinite NLL. The
+    predictive distribution is therefore the eps-smoothed p_eps = (p + eps) / (1 + V eps) with
+    eps = ``EPS`` = 1e-6 (the eps-perplexity of Martins et al., 2020, "Sparse Text Generation");
+    sampling draws from p itself (``sampling_scores``), so generated tokens stay in the support.
+    """
+
+    name = "entmax"
+    alpha: ClassVar[float] = 1.5
+    EPS: ClassVar[float] = 1e-6
+
+    def loss(self, z, y, sets):
+        return fenchel_young(z, y, self.alpha, need_grad=False)[0]
+
+    def loss_and_grad(self, z, y, sets, need_grad):
+        return fenchel_young(z, y, self.alpha, need_grad)
+
+    def probs(self, z: torch.Tensor) -> torch.Tensor:
+        """The sparse p = entmax_alpha(z) (..., V)."""
+        return entmax(z.float().reshape(-1, z.shape[-1]), self.alpha).view(z.shape)
+
+    def log_probs(self, z: torch.Tensor) -> torch.Tensor:
+        return ((self.probs(z) + self.EPS) / (1 + z.shape[-1] * self.EPS)).log()
+
+    def sampling_scores(self, z: torch.Tensor) -> torch.Tensor | None:
+        return self.probs(z).log()  # -inf outside the support
+
+
+@register_objective
+class SparsemaxLoss(EntmaxLoss):
+    """The sparsemax loss: ``EntmaxLoss`` at alpha = 2, p = [z - tau]_+ (``--objective=sparsemax``)."""
+
+    name = "sparsemax"
+    alpha = 2.0
 
 
 def positives(y: torch.Tensor, sets: torch.Tensor | None) -> torch.Tensor:

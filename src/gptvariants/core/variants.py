@@ -22,7 +22,7 @@ class Variant:
     objective: str  # an objectives.OBJECTIVES name
     equation: str  # the training loss per position, for docs and `gptv variants`
     defaults: dict[str, Any] = field(default_factory=dict)
-    group: str = "study"  # 'study': the 2024 study's variants (the experiment's default); 'comparator'
+    group: str = "study"  # 'study': the 2024 study's variants (the experiment's default); 'comparator', 'sparse'
 
     @property
     def sigmoid(self) -> bool:
@@ -93,6 +93,8 @@ REGISTRY: dict[str, Variant] = {
             {"ensemble_size": 4, "tie_weights": False},
             "comparator",
         ),
+        # a sparse output layer: its support is a set (entmax_alpha=2 gives sparsemax)
+        Variant("entmax", "linear", "entmax", "<entmax15(z) - e_y, z> + H_1.5(entmax15(z))", {}, "sparse"),
     ]
 }
 

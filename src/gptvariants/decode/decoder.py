@@ -20,7 +20,7 @@ import torch
 from ..common.errors import InputError
 from ..predict.methods import RowWeights
 from ..predict.predictive import Draws, Predictor
-from .filters import apply_repetition_penalty, draw_rows, restrict_to_sets, sampling_probs
+from .filters import apply_repetition_penalty, conformal_filter, draw_rows, restrict_to_sets, sampling_probs
 from .window import ContextWindow
 
 SIG_MODES = ("normalize", "set")
@@ -87,7 +87,8 @@ class RowOptions:
 
     greedy, or temperature <= 0: argmax decoding. top_k / top_p: filters (None = off).
     repetition_penalty: CTRL penalty on tokens present in the prompt or generated so far.
-    sig_mode ('normalize' | 'set') and tau: sigmoid heads only. details: record each token's
+    sig_mode ('normalize' | 'set') and tau: sigmoid heads only. conformal_p: keep only the tokens
+    of p >= conformal_p (a conformal LAC set's 1 - q, ``filters.conformal_filter``). details: record each token's
     probability, entropy and MI; top_n > 0 also its alternatives, set and per-draw probabilities.
     stop_tokens: ids that end the row (not recorded). stop_fn(tokens): called after each new
     token; True ends the row. seed: the row's own random stream (None: a random one).
@@ -101,6 +102,7 @@ class RowOptions:
     greedy: bool = False
     sig_mode: str = "normalize"
     tau: float = 0.5
+    conformal_p: float | None = None
     details: bool = False
     top_n: int = 0
     stop_tokens: frozenset[int] = frozenset()
@@ -118,6 +120,8 @@ class RowOptions:
             self.max_new_tokens,
             self.top_n,
         )
+        if self.conformal_p is not None and not 0.0 <= self.conformal_p <= 1.0:
+            raise InputError(f"conformal_p must be in [0, 1], got {self.conformal_p}")
         self.greedy = bool(self.greedy or self.temperature <= 0)
         self.details = bool(self.details or self.top_n > 0)
         self.stop_tokens = frozenset(int(t) for t in self.stop_tokens)
@@ -169,6 +173,7 @@ class _BatchOptions:
     temperature: float | torch.Tensor | None
     top_k: int | torch.Tensor | None
     top_p: float | torch.Tensor | None
+    conformal_p: float | torch.Tensor | None
     details: bool
     top_n: int
     want_sets: bool
@@ -188,6 +193,7 @@ class _BatchOptions:
             temperature=_column([float(o.temperature) for o in picked], device),
             top_k=_column([o.top_k for o in picked], device, off=predictor.vocab_size),
             top_p=_column([o.top_p for o in picked], device, off=1.0),
+            conformal_p=_column([o.conformal_p for o in opts], device, off=0.0),
             details=any(o.details for o in opts),
             top_n=top_n,
             want_sets=predictor.sigmoid and (set_rows is not False or top_n > 0),
@@ -303,6 +309,8 @@ class Decoder:
         if o.set_rows is not False:
             assert draws.set_probs is not None  # asked for (want_sets) whenever a row restricts to sets
             scores = restrict_to_sets(scores, draws.set_probs, o.tau, o.set_rows)
+        if o.conformal_p is not None:
+            scores = conformal_filter(scores, draws.probs, o.conformal_p)
         if not o.sampled:
             return scores.argmax(-1)
         assert o.temperature is not None  # set whenever some row samples

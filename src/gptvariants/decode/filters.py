@@ -1,5 +1,5 @@
 """What generation does to the scores of the next token before choosing it: the repetition
-penalty, a sigmoid head's sets, temperature, top-k and top-p (``generate.py``'s module docstring
+penalty, a sigmoid head's sets, a conformal set, temperature, top-k and top-p (``generate.py``'s module docstring
 gives the order). Every option is one value for the batch, or a (B, 1) tensor of one per row.
 """
 
@@ -35,6 +35,15 @@ def restrict_to_sets(
     allowed = torch.where(allowed.any(-1, keepdim=True), allowed, fallback)
     if isinstance(rows, torch.Tensor):
         allowed = allowed | ~rows
+    return scores.masked_fill(~allowed, float("-inf"))
+
+
+def conformal_filter(scores: torch.Tensor, probs: torch.Tensor, min_prob: Option) -> torch.Tensor:
+    """Conformal nucleus sampling: the scores of tokens outside the LAC conformal set
+    {v : p_v >= 1 - q} (``predict.conformal``; ``min_prob`` = 1 - q) become -inf, p the predictive
+    (``Draws.probs``). The set is never empty: if no token clears the threshold, the argmax of p stays."""
+    allowed = probs >= min_prob
+    allowed |= F.one_hot(probs.argmax(-1), probs.shape[-1]).bool()
     return scores.masked_fill(~allowed, float("-inf"))
 
 

@@ -6,7 +6,8 @@ of S draws, each a readout of one set of logits:
 
     p(v | x) = 1/S sum_s p_s(v | x),    p_s = readout(z_s / T)
 
-readout  softmax, or a sigmoid head's normalised readout (``Objective.log_probs``).
+readout  softmax, a sigmoid head's normalised readout, or entmax's eps-smoothed sparse p
+         (``Objective.log_probs``).
 T        the member's temperature (1 unless fitted by ``gptv calibrate``); it scales the logits
          before the readout, for sigmoid heads too.
 z_s      the draws. They come from the head (a Bayesian head's weight posterior, the members of
@@ -109,7 +110,8 @@ class Draws:
     log_ps (S, n, V): log p_s; ``log_p`` (n, V): log of their mean. ``set_probs`` (n, V) when
     asked for: the per-token membership scores behind set predictions, mean_s sigmoid(z_s) for
     sigmoid readouts and mean_s p_s for softmax ones. ``scores`` (n, V): what sampling filters
-    act on, with softmax(scores) = p: the logits of a single softmax draw, log p otherwise.
+    act on, with softmax(scores) = p: the logits of a single softmax draw, log p otherwise
+    (a single entmax draw: log of its sparse p, ``Objective.sampling_scores``).
     """
 
     def __init__(
@@ -310,8 +312,9 @@ class Predictor:
                 z_sum = z.float().sum(0) if z_sum is None else z_sum + z.float().sum(0)
         assert z is not None  # __init__ refuses no members, and zip(strict=True) gives one h per replica
         lp = torch.cat(log_ps)
-        single_softmax = len(hs) == 1 and z.shape[0] == 1 and not self.members[0].model.objective.sigmoid
-        out = Draws(lp, torch.stack(sets).sum(0) / lp.shape[0] if set_probs else None, z[0] if single_softmax else None)
+        single = len(hs) == 1 and z.shape[0] == 1
+        scores = self.members[0].model.objective.sampling_scores(z[0]) if single else None
+        out = Draws(lp, torch.stack(sets).sum(0) / lp.shape[0] if set_probs else None, scores)
         if logit_stats:
             out.logit_stats = self._logit_stats(z[0].float() if z_sum is None else z_sum / lp.shape[0])
         return out

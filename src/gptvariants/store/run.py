@@ -22,6 +22,7 @@ from .records import METRICS_FILE, load_records
 RUN_JSON_FILES = ("checkpoint.json", "config.json", "data.json", "tokenizer_meta.json")
 CONFIG_FILE = "config.json"
 CALIBRATION_FILE = "calibration.json"  # temperatures fitted by `gptv calibrate`, by method
+CONFORMAL_FILE = "conformal.json"  # conformal set thresholds fitted by `gptv conformal`, by method
 LAPLACE_FILE, LAPLACE_META = "laplace.safetensors", "laplace.json"  # the posterior `gptv laplace` fits
 LAPLACE_FILES = (LAPLACE_FILE, LAPLACE_META)
 DENSITY_FILE, DENSITY_META = "density.safetensors", "density.json"  # the feature density `gptv density` fits

@@ -37,7 +37,7 @@ from ...train.loop import train
 
 # modules that add their own subcommands
 PLUGINS: tuple[str, ...] = (
-    "sample", "targets", "evaluate", "calibrate", "density", "experiment", "export", "serve", "lm_eval"
+    "sample", "targets", "evaluate", "calibrate", "density", "conformal", "experiment", "export", "serve", "lm_eval"
 )  # fmt: skip
 
 THREADS_HELP = "CPU threads (default: torch's, one per core or OMP_NUM_THREADS; idle threads sleep, not spin)"

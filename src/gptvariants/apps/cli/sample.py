@@ -14,9 +14,10 @@ import warnings
 from collections.abc import Sequence
 from contextlib import closing
 
-from ...common.argtypes import device, generation_arg, non_negative_float, positive_int, utf8_file
+from ...common.argtypes import device, generation_arg, non_negative_float, open_unit_interval, positive_int, utf8_file
 from ...common.errors import InputError, UnknownSymbols
 from ...decode.generate import SIG_MODES
+from ...predict.conformal import lac_min_prob
 from ...predict.prediction import temperature_key
 from ..api import Completion, LanguageModel, load
 from .prediction import add_prediction_arguments, describe_prediction, prediction_of
@@ -82,6 +83,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         tau=args.tau,
         stop_at_eot=not args.ignore_eot,
         unknown=args.unknown,
+        conformal_p=lac_min_prob(lm.runs, lm.prediction, args.conformal) if args.conformal else None,
     )
     stops = [_unescape(s) for s in args.stop]
     colour = args.show_uncertainty and (args.color == "always" or (args.color == "auto" and sys.stdout.isatty()))
@@ -208,6 +210,10 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
         help="sigmoid heads: sample sigmoid/sum, or among tokens with sigmoid > tau",
     )
     p.add_argument("--tau", type=generation_arg("tau"), default=0.5, help="threshold of --sig-mode set")
+    p.add_argument(
+        "--conformal", type=open_unit_interval, default=None, metavar="ALPHA",
+        help="sample inside the conformal set at ALPHA fitted by `gptv conformal` (conformal nucleus sampling)",
+    )  # fmt: skip
     _add_output_arguments(p)
     p.add_argument("--no-cache", action="store_true", help="recompute the context every step (slow; for checking)")
     p.add_argument("--device", type=device, default="auto", help="cpu | cuda | cuda:N | mps | auto")

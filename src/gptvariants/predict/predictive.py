@@ -49,6 +49,7 @@ class Sampler(Protocol):
 
 
 CHUNK_FLOATS = 2**23  # ~32 MiB of fp32 (n, V) values per draw and chunk
+DROPOUT_FLOATS = 2**26  # ~256 MiB of activations per batched MC dropout forward pass
 Generators = torch.Generator | list[torch.Generator] | None  # one stream, or one per row
 
 
@@ -243,7 +244,10 @@ class Predictor:
         self, x: torch.Tensor, caches: Sequence | None = None, lengths: list[int] | None = None
     ) -> list[torch.Tensor]:
         """Final hidden states (B, T, C) of token ids x (B, T), one per backbone pass. With caches,
-        ``lengths`` (B,) counts the real tokens of right-padded rows (``model.Backbone``)."""
+        ``lengths`` (B,) counts the real tokens of right-padded rows (``model.Backbone``). Without
+        caches, MC dropout's passes of a member run batched (``_dropout_passes``)."""
+        if caches is None and self.dropout_samples:
+            return [h for m in self.members for h in self._dropout_passes(m.model, x)]
         out = []
         for r, (member, dropout) in enumerate(self.replicas):
             cache = caches[r] if caches is not None else None
@@ -260,17 +264,29 @@ class Predictor:
                 stack.enter_context(m.model.head.kept_variance())
             yield
 
+    def _dropout_passes(self, model: GPT, x: torch.Tensor, budget: int = DROPOUT_FLOATS) -> list[torch.Tensor]:
+        """``dropout_samples`` hidden states (B, T, C) of x under MC dropout, as few forward passes over
+        stacked copies of x as fit ``budget`` floats of activations (the larger of the attention
+        weights and their masks, 3 H T^2, and the MLP's 4 C per position and copy)."""
+        B, T = x.shape
+        c = model.config
+        copies = max(1, budget // (B * T * max(3 * c.n_head * T, 4 * c.n_embd)))
+        out: list[torch.Tensor] = []
+        for done in range(0, self.dropout_samples, copies):
+            k = min(copies, self.dropout_samples - done)
+            with self._dropout_active(model):
+                out.extend(model.transformer(x.repeat(k, 1)).view(k, B, T, -1).unbind(0))
+        return out
+
     @contextmanager
     def _dropout_active(self, model: GPT) -> Iterator[None]:
-        """Dropout on for one backbone pass, its randomness drawn from this predictor's seed."""
+        """Dropout on (masks drawn in bulk, ``Backbone.mc_dropout``) for one backbone pass, its
+        randomness drawn from this predictor's seed."""
         device = next(model.parameters()).device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=self._dropout_seeds)))
-            model.transformer.train()
-            try:
+            with model.transformer.mc_dropout():
                 yield
-            finally:
-                model.transformer.eval()
 
     @torch.no_grad()
     def draws(self, hs: Sequence[torch.Tensor], *, set_probs: bool = False, generators: Generators = None) -> Draws:

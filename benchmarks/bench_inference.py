@@ -208,14 +208,23 @@ def dropout_section(shape: dict, n_tokens: int, reps: int) -> None:
 
 
 def readout_profile(model: GPT, h: torch.Tensor, samples: int, reps: int) -> dict[str, float]:
-    """ms of each part of the readout of S draws at h (n, C), as ``Predictor.draws`` runs them."""
+    """ms of each part of the readout of S draws at h (n, C), as ``Predictor.draws`` runs them; the
+    logit moments also in the chunks of rows that ``score_windows`` reads out at a time (fewer
+    rows per chunk for more draws: each chunk's two matmuls re-read the (V, C) weights)."""
     head, g = model.head, torch.Generator().manual_seed(0)
+    rows = Predictor([model], samples=samples).rows_per_chunk()
+
+    def chunked_moments() -> None:
+        for r in range(0, len(h), rows):
+            head.logit_moments(h[r : r + rows])
+
     with torch.no_grad(), head.kept_variance():
         mean, std = head.logit_moments(h)
         z = torch.empty((samples, *mean.shape)).normal_(generator=g).mul_(std).add_(mean)
         lp = z.log_softmax(-1)
         return {
-            "logit moments (2 matmuls)": median_ms(lambda: head.logit_moments(h), reps),
+            "logit moments (2 matmuls), all rows at once": median_ms(lambda: head.logit_moments(h), reps),
+            "logit moments in score_windows' chunks": median_ms(chunked_moments, reps),
             "S n V normal draws": median_ms(lambda: torch.empty_like(z).normal_(generator=g), reps),
             "z = mean + std * eps": median_ms(lambda: z.mul(std).add_(mean), reps),
             "log_softmax of the draws": median_ms(lambda: z.log_softmax(-1), reps),

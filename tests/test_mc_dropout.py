@@ -84,3 +84,24 @@ def test_dropout_zero_paths_keep_sdpa_and_their_numbers():
         ref = model.transformer(x)
         with model.transformer.mc_dropout():
             assert torch.equal(model.transformer(x), ref)
+
+
+def test_passes_are_read_out_together_as_each_alone():
+    """``Predictor.draws`` reads a member's MC dropout passes out as one matmul: the draws are
+    those of each pass read out alone, in pass order (a Bayesian head's S draws per pass)."""
+    model = _model()
+    x = torch.tensor([[1, 4, 2, 7]])
+    predictor = Predictor([model], samples=0, dropout_samples=3, seed=0)
+    hs = [h[0] for h in predictor.encode(x)]
+    got = predictor.draws(hs).log_ps
+    want = torch.cat([model.logits(h).log_softmax(-1)[None] for h in hs])
+    assert got.shape == (3, 4, 11) and torch.allclose(got, want, atol=1e-6)
+    torch.manual_seed(0)  # a posterior of width ~0: each pass's S = 2 draws are its mean's logits
+    shape = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=11, dropout=0.3)
+    cfg = load_config("bayes", overrides={**shape, "posterior_sigma_init": 1e-9})
+    bayes = GPT(cfg.model, cfg.objective).eval()
+    p = Predictor([bayes], samples=2, dropout_samples=3, seed=0)
+    hs = [h[0] for h in p.encode(x)]
+    got = p.draws(hs).log_ps
+    want = torch.cat([bayes.logits(h).log_softmax(-1)[None].expand(2, -1, -1) for h in hs])
+    assert got.shape == (6, 4, 11) and torch.allclose(got, want, atol=1e-5)

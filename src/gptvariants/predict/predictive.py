@@ -295,8 +295,7 @@ class Predictor:
         this predictor's generator. MC dropout's masks are drawn in ``encode``, over the batch."""
         log_ps, sets = [], []
         z = None
-        for (member, _), h in zip(self.replicas, hs, strict=True):
-            z = member.logits(h, self.samples_of(member), self.generator if generators is None else generators)
+        for member, z in self._readouts(hs, generators):
             log_ps.append(member.model.objective.log_probs(z))
             if set_probs:
                 q = torch.sigmoid(z) if member.model.objective.sigmoid else log_ps[-1].exp()
@@ -307,6 +306,22 @@ class Predictor:
         return Draws(
             lp, torch.stack(sets).sum(0) / lp.shape[0] if set_probs else None, z[0] if single_softmax else None
         )
+
+    def _readouts(self, hs: Sequence[torch.Tensor], generators: Generators) -> Iterator[tuple[Member, torch.Tensor]]:
+        """(member, logits (S, n, V)) per group of hidden states read out together: one per backbone
+        pass, except that MC dropout's passes of a member are read out as one matmul over their
+        stacked rows (read apart, each chunk of rows would re-read the (V, C) weights per pass)."""
+        generator = self.generator if generators is None else generators
+        if not self.dropout_samples or isinstance(generators, list):
+            for (member, _), h in zip(self.replicas, hs, strict=True):
+                yield member, member.logits(h, self.samples_of(member), generator)
+            return
+        k = self.dropout_samples
+        assert len(hs) == k * len(self.members), "one hidden state per backbone pass (``encode``)"
+        for i, member in enumerate(self.members):
+            n = hs[i * k].shape[0]
+            z = member.logits(torch.cat(list(hs[i * k : (i + 1) * k])), self.samples_of(member), generator)
+            yield member, z.view(z.shape[0], k, n, -1).transpose(0, 1).reshape(-1, n, z.shape[-1])
 
     @torch.no_grad()
     def nll(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,10 @@ def test_every_variant_predicts_in_reduced_precision_close_to_fp32(variant, dtyp
         assert low.model.transformer.wte.weight.dtype == torch.bfloat16
         draws = low.draws(low.encode(x[:1]))  # the head's draws and the mixture stay fp32
         assert draws.log_p.dtype == torch.float32 and draws.entropy().dtype == torch.float32
+        # the head keeps fp32 weights: its logits are not rounded to bf16 (where ties flip argmax)
+        assert low.model.head.mean_weight.dtype == torch.float32
+        z = low.model.head.logits(low.encode(x[:1])[0][0])
+        assert (z.bfloat16().float() != z).any()
 
 
 def test_bayesian_draws_and_mutual_information_in_bf16():

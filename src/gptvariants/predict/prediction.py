@@ -119,8 +119,10 @@ def cast_run(run: Run, dtype: str) -> Run:
 
 
 def cast_model(model: GPT, dtype: str) -> GPT:
-    """A copy of ``model`` (eval mode) in ``dtype``: every parameter and buffer cast, or for int8 the
-    backbone's Linear layers quantized dynamically (int8 weights, activations quantized per call)."""
+    """A copy of ``model`` (eval mode) whose backbone runs in ``dtype``: its parameters cast, or for
+    int8 its Linear layers quantized dynamically (int8 weights, activations quantized per call).
+    The head keeps fp32 weights (a tied embedding is untied in the copy): its logits feed the
+    readout, and bf16-rounded logits tie and flip greedy choices (benchmarks/README.md, issue 20)."""
     device = next(model.parameters()).device
     if dtype == "int8":
         if device.type != "cpu":
@@ -133,7 +135,11 @@ def cast_model(model: GPT, dtype: str) -> GPT:
     target = getattr(torch, dtype)
     if device.type == "cpu" and target == torch.float16 and not _cpu_half_ok():
         raise InputError("dtype float16 is not supported on this CPU build of torch; use bfloat16")
-    return copy.deepcopy(model).to(target).eval()
+    out = copy.deepcopy(model)
+    wte = out.transformer.wte
+    wte.weight = nn.Parameter(wte.weight.detach().to(target), requires_grad=False)  # untied from the head
+    out.transformer.to(target)
+    return out.eval()
 
 
 def _cpu_half_ok() -> bool:

@@ -169,7 +169,8 @@ def quality_section(steps: int, n_tokens: int) -> None:
 
 
 def explicit_dropout_passes(model: GPT, x: torch.Tensor, y: torch.Tensor, passes: int) -> torch.Tensor:
-    """The passes MC dropout made before batching: one per draw through nn.Dropout and SDPA's dropout_p."""
+    """One pass per draw through nn.Dropout and SDPA's dropout_p, as MC dropout ran before batching,
+    but each pass read out over all its rows at once (the old ``Predictor`` read 20-row chunks)."""
     log_ps = []
     model.transformer.train()
     try:
@@ -194,7 +195,7 @@ def dropout_section(shape: dict, n_tokens: int, reps: int) -> None:
         ms = {
             "deterministic pass": median_ms(lambda: one.nll(x, y), reps),
             "MC dropout S=8, batched bulk masks": median_ms(lambda: mc.nll(x, y), reps),
-            "MC dropout S=8, explicit passes (before)": median_ms(
+            "MC dropout S=8, explicit passes (nn.Dropout, SDPA; one readout)": median_ms(
                 lambda: explicit_dropout_passes(model, x, y, 8), reps
             ),
         }

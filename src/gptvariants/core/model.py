@@ -5,11 +5,19 @@ blocks (causal self-attention through scaled_dot_product_attention, GELU MLP), a
 LayerNorm, then a head (``heads/``) whose weights the objective (``objectives.py``)
 consumes in chunks. A KV cache makes generation cost O(T) per token instead of O(T^2); it keeps
 one length per row, so rows of different lengths decode as one batch, each at its own positions.
+
+MC dropout (``Backbone.mc_dropout``) runs the dropout layers with masks drawn in bulk: one
+uniform draw per element, kept where u >= p (``bulk_dropout``), the distribution of
+``nn.Dropout`` at a third of the cost of its Bernoulli draws on a CPU, where the fused SDPA
+kernels also refuse dropout_p > 0 and torch's fallback costs ~6x a fused pass; on CUDA
+attention keeps SDPA with its dropout_p. Training keeps ``nn.Dropout`` and SDPA unchanged.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +39,36 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+def bulk_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Dropout in distribution: x * [u >= p] / (1 - p), u ~ U[0, 1) per element (P(keep) = 1 - p)."""
+    keep = torch.empty_like(x).uniform_().ge_(p)
+    return x * keep / (1.0 - p)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose masks, while ``bulk`` (MC dropout), come from ``bulk_dropout``."""
+
+    bulk = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bulk and self.training and self.p > 0:
+            return bulk_dropout(x, self.p)
+        return super().forward(x)
+
+
+def attention_with_dropout(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool, p: float
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D) + mask) with ``bulk_dropout`` on the weights, times v: SDPA's
+    dropout_p in distribution (mask True = attend; ``causal``: square lower-triangular)."""
+    s = (q @ k.transpose(-2, -1)).mul_(1.0 / math.sqrt(q.shape[-1]))
+    if causal:
+        mask = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril()
+    if mask is not None:
+        s.masked_fill_(~mask, float("-inf"))
+    return bulk_dropout(torch.softmax(s, dim=-1), p) @ v
 
 
 @dataclass
@@ -124,8 +162,9 @@ class CausalSelfAttention(nn.Module):
         self.n_head = cfg.n_head
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.resid_dropout = Dropout(cfg.dropout)
         self.dropout = cfg.dropout
+        self.bulk = False  # MC dropout's masks (module docstring)
 
     def forward(
         self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, step: CacheStep | None = None
@@ -134,13 +173,15 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         p = self.dropout if self.training else 0.0  # also with a cache: MC dropout decodes with it
-        if cache is None:  # causal: a right-padded row's tokens never see its padding
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        else:
+        mask, causal = None, True  # causal: a right-padded row's tokens never see its padding
+        if cache is not None:
             assert step is not None, "Backbone plans the step of every cached forward pass"
             k, v = cache.store(layer, k, v, step)
-            causal = step.mask is None and T > 1  # a chunk into an empty cache
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=step.mask, dropout_p=p, is_causal=causal)
+            mask, causal = step.mask, step.mask is None and T > 1  # a chunk into an empty cache
+        if p > 0 and self.bulk and q.device.type != "cuda":
+            y = attention_with_dropout(q, k, v, mask, causal, p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -150,7 +191,7 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.approximate = "tanh" if cfg.gelu == "tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,9 +221,23 @@ class Backbone(nn.Module):
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.h = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = LayerNorm(cfg.n_embd, cfg.bias)
+
+    @contextmanager
+    def mc_dropout(self) -> Iterator[None]:
+        """A block in which dropout is active with masks drawn in bulk (module docstring), then eval mode."""
+        layers = [m for m in self.modules() if isinstance(m, (Dropout, CausalSelfAttention))]
+        for m in layers:
+            m.bulk = True
+        self.train()
+        try:
+            yield
+        finally:
+            self.eval()
+            for m in layers:
+                m.bulk = False
 
     def forward(
         self, idx: torch.Tensor, cache: KVCache | None = None, lengths: list[int] | None = None

@@ -97,6 +97,7 @@ def evaluate(
     batch: int = 16,
     method: str = "default",
     temperature: bool = True,
+    dtype: str = "float32",
     progress: bool = False,
     log_to_run: bool = False,
 ) -> dict[str, Any]:
@@ -110,17 +111,17 @@ def evaluate(
     stride: default block_size // 2. run_dir: a run, or several ("A,B", a list, a folder of
     runs) evaluated as their ensemble. method: ``methods.METHODS``; mc_samples: its draws
     (default: the run's mc_samples; 0 = a Bayesian head's posterior mean); temperature: apply
-    fitted temperatures. sets: reference sets DATA/targets/NAME, "none" to skip set metrics, or None =
-    the exact support on the synthetic language, none otherwise. num_samples = 0 skips the
-    diversity section. Raises ValueError for a tokenizer mismatch, a text shorter than one
-    window, a bad stride, or a sigmoid head asked for set metrics without reference sets.
+    fitted temperatures; dtype: the weights' format (``prediction.DTYPES``). sets: reference sets
+    DATA/targets/NAME, "none" to skip set metrics, or None = the exact support on the synthetic
+    language, none otherwise. num_samples = 0 skips the diversity section. Raises ValueError for
+    a tokenizer mismatch, a short text, a bad stride, or a sigmoid head without reference sets.
     """
     if (data_dir is None) == (text is None):
         raise InputError("give the text to evaluate as either a prepared data folder (--data) or a file (--text)")
     runs = load_runs(run_dir, resolve_device(device))
     folder, cfg, tokenizer, source = _open(runs, data_dir, text, split)
     stride = _check_length(source, cfg.model.block_size, stride)
-    prediction = Prediction(method, mc_samples, temperature, seed)
+    prediction = Prediction(method, mc_samples, temperature, seed, dtype)
     predictor = build_predictor(runs, prediction)
     result, raw = _scored(runs, predictor, method, source, sets, stride, tau, batch, progress)
     if ood is not None:

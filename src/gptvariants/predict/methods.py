@@ -27,7 +27,7 @@ Two compositions apply to every method:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import ClassVar
@@ -54,6 +54,7 @@ class Run:
     dir: Path | None
     model: GPT  # eval mode
     config: Config | None = None
+    casts: dict[str, GPT] = field(default_factory=dict, repr=False, compare=False)  # prediction.cast_run
 
     @property
     def folder(self) -> Path:

@@ -60,6 +60,7 @@ class Sampler(Protocol):
 
 
 CHUNK_FLOATS = 2**23  # ~32 MiB of fp32 (n, V) values per draw and chunk
+DROPOUT_FLOATS = 2**26  # ~256 MiB of activations per batched MC dropout forward pass
 Generators = torch.Generator | list[torch.Generator] | None  # one stream, or one per row
 
 
@@ -258,7 +259,10 @@ class Predictor:
         self, x: torch.Tensor, caches: Sequence | None = None, lengths: list[int] | None = None
     ) -> list[torch.Tensor]:
         """Final hidden states (B, T, C) of token ids x (B, T), one per backbone pass. With caches,
-        ``lengths`` (B,) counts the real tokens of right-padded rows (``model.Backbone``)."""
+        ``lengths`` (B,) counts the real tokens of right-padded rows (``model.Backbone``). Without
+        caches, MC dropout's passes of a member run batched (``_dropout_passes``)."""
+        if caches is None and self.dropout_samples:
+            return [h for m in self.members for h in self._dropout_passes(m.model, x)]
         out = []
         for r, (member, dropout) in enumerate(self.replicas):
             cache = caches[r] if caches is not None else None
@@ -275,17 +279,29 @@ class Predictor:
                 stack.enter_context(m.model.head.kept_variance())
             yield
 
+    def _dropout_passes(self, model: GPT, x: torch.Tensor, budget: int = DROPOUT_FLOATS) -> list[torch.Tensor]:
+        """``dropout_samples`` hidden states (B, T, C) of x under MC dropout, as few forward passes over
+        stacked copies of x as fit ``budget`` floats of activations (the larger of the attention
+        weights and their masks, 3 H T^2, and the MLP's 4 C per position and copy)."""
+        B, T = x.shape
+        c = model.config
+        copies = max(1, budget // (B * T * max(3 * c.n_head * T, 4 * c.n_embd)))
+        out: list[torch.Tensor] = []
+        for done in range(0, self.dropout_samples, copies):
+            k = min(copies, self.dropout_samples - done)
+            with self._dropout_active(model):
+                out.extend(model.transformer(x.repeat(k, 1)).view(k, B, T, -1).unbind(0))
+        return out
+
     @contextmanager
     def _dropout_active(self, model: GPT) -> Iterator[None]:
-        """Dropout on for one backbone pass, its randomness drawn from this predictor's seed."""
+        """Dropout on (masks drawn in bulk, ``Backbone.mc_dropout``) for one backbone pass, its
+        randomness drawn from this predictor's seed."""
         device = next(model.parameters()).device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=self._dropout_seeds)))
-            model.transformer.train()
-            try:
+            with model.transformer.mc_dropout():
                 yield
-            finally:
-                model.transformer.eval()
 
     @torch.no_grad()
     def draws(
@@ -302,8 +318,7 @@ class Predictor:
         ``logit_stats``: also the energy and max-logit of the draws' mean logits (module docstring)."""
         log_ps, sets = [], []
         z, z_sum = None, None
-        for (member, _), h in zip(self.replicas, hs, strict=True):
-            z = member.logits(h, self.samples_of(member), self.generator if generators is None else generators)
+        for member, z in self._readouts(hs, generators):
             log_ps.append(member.model.objective.log_probs(z))
             if set_probs:
                 q = torch.sigmoid(z) if member.model.objective.sigmoid else log_ps[-1].exp()
@@ -323,6 +338,22 @@ class Predictor:
         """energy and max_logit (n,) of the draws' mean logits (n, V) (module docstring)."""
         u = torch.nn.functional.logsigmoid(z_mean) if self.sigmoid else z_mean
         return {"energy": -torch.logsumexp(u, dim=-1), "max_logit": z_mean.amax(dim=-1)}
+
+    def _readouts(self, hs: Sequence[torch.Tensor], generators: Generators) -> Iterator[tuple[Member, torch.Tensor]]:
+        """(member, logits (S, n, V)) per group of hidden states read out together: one per backbone
+        pass, except that MC dropout's passes of a member are read out as one matmul over their
+        stacked rows (read apart, each chunk of rows would re-read the (V, C) weights per pass)."""
+        generator = self.generator if generators is None else generators
+        if not self.dropout_samples or isinstance(generators, list):
+            for (member, _), h in zip(self.replicas, hs, strict=True):
+                yield member, member.logits(h, self.samples_of(member), generator)
+            return
+        k = self.dropout_samples
+        assert len(hs) == k * len(self.members), "one hidden state per backbone pass (``encode``)"
+        for i, member in enumerate(self.members):
+            n = hs[i * k].shape[0]
+            z = member.logits(torch.cat(list(hs[i * k : (i + 1) * k])), self.samples_of(member), generator)
+            yield member, z.view(z.shape[0], k, n, -1).transpose(0, 1).reshape(-1, n, z.shape[-1])
 
     @torch.no_grad()
     def nll(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

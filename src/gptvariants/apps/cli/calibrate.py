@@ -75,7 +75,9 @@ def register_cli(subparsers) -> None:
     p = subparsers.add_parser("calibrate", help="fit a temperature on held-out data (stored with the run)")
     p.add_argument("ckpt", help="run folder")
     p.add_argument("--data", default=None, help="prepared data folder (default: the one the run was trained on)")
-    add_prediction_arguments(p, [k for k, m in METHODS.items() if not m.generation_only], temperature=False)
+    add_prediction_arguments(
+        p, [k for k, m in METHODS.items() if not m.generation_only], temperature=False, dtype=False
+    )
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument(
         "--fit",

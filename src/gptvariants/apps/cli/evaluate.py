@@ -61,6 +61,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         device=args.device,
         method=args.method,
         temperature=not args.no_temperature,
+        dtype=args.dtype,
         progress=True,
         log_to_run=True,
     )

@@ -16,6 +16,7 @@ def _cmd_lm_eval(args: argparse.Namespace, extra: list[str]) -> int:
             args.tasks,
             method=args.method,
             mc_samples=args.mc_samples,
+            dtype=args.dtype,
             model_args=args.model_args,
             device=args.device,
             batch_size=args.batch_size,

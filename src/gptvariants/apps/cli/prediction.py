@@ -1,5 +1,5 @@
 """The prediction options every command that reads a run's predictive shares (``predict.prediction``):
-``--method``, ``--mc-samples`` (0 = the point estimate everywhere) and ``--no-temperature``."""
+``--method``, ``--mc-samples`` (0 = the point estimate everywhere), ``--no-temperature`` and ``--dtype``."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from collections.abc import Sequence
 
 from ...common.argtypes import non_negative_int
 from ...predict.methods import METHODS
-from ...predict.prediction import Prediction
+from ...predict.prediction import DTYPES, Prediction
 
 
 def add_prediction_arguments(
-    p: argparse.ArgumentParser, methods: Sequence[str] | None = None, *, temperature: bool = True
+    p: argparse.ArgumentParser, methods: Sequence[str] | None = None, *, temperature: bool = True, dtype: bool = True
 ) -> None:
-    """Add --method (of ``methods``, default every registered one), --mc-samples and, with
-    ``temperature``, --no-temperature to ``p``."""
+    """Add --method (of ``methods``, default every registered one), --mc-samples, --dtype and, with
+    ``temperature``, --no-temperature (and --dtype unless ``dtype`` is False) to ``p``."""
     names = list(methods or METHODS)
     p.add_argument(
         "--method",
@@ -30,6 +30,13 @@ def add_prediction_arguments(
         help="draws of the method (default: the run's mc_samples; 0 = the point estimate, "
         "e.g. a Bayesian head's posterior mean)",
     )
+    if dtype:
+        p.add_argument(
+            "--dtype",
+            default="float32",
+            choices=DTYPES,
+            help="weights to predict in (the readout stays fp32); int8: dynamic quantization of the backbone, CPU only",
+        )
     if temperature:
         p.add_argument("--no-temperature", action="store_true", help="ignore a temperature fitted by `gptv calibrate`")
 
@@ -55,4 +62,10 @@ def describe_prediction(prediction: Prediction, temperatures: Sequence[float], r
 
 def prediction_of(args: argparse.Namespace, seed: int | None = None) -> Prediction:
     """The ``Prediction`` the options of ``add_prediction_arguments`` describe."""
-    return Prediction(args.method, args.mc_samples, not getattr(args, "no_temperature", False), seed)
+    return Prediction(
+        args.method,
+        args.mc_samples,
+        not getattr(args, "no_temperature", False),
+        seed,
+        getattr(args, "dtype", "float32"),
+    )

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ...common.errors import UnavailableError
+from ...predict.prediction import DTYPES
 from ..serve import INSTALL_HINT, LOOPBACK_NAMES, check_port, is_loopback
 from ..serve.runs import discover, load_runs
 
@@ -22,7 +23,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     paths, report = discover(args.paths)
     check_port(args.host, args.port)
     print(f"loading {len(paths)} run(s): {', '.join(paths)}", file=sys.stderr)
-    runs = load_runs(paths, device=args.device)
+    runs = load_runs(paths, device=args.device, dtype=args.dtype)
     local = is_loopback(args.host)
     if not local:
         print(
@@ -62,6 +63,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | mps | auto")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="weights to predict in (the readout stays fp32)")
     p.add_argument("--workers", type=int, default=4, help="threads for model work")
     p.add_argument("--max-pending", type=int, default=64, help="requests in progress before new ones get 503")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])

@@ -51,6 +51,7 @@ def lm_eval_argv(
     *,
     method: str | None = None,
     mc_samples: int | None = None,
+    dtype: str = "float32",
     model_args: str | None = None,
     device: str = "auto",
     batch_size: int = 16,
@@ -67,6 +68,7 @@ def lm_eval_argv(
     args = [f"run={run}"]
     args += [f"method={method}"] if method else []
     args += [f"mc_samples={mc_samples}"] if mc_samples is not None else []
+    args += [f"dtype={dtype}"] if dtype != "float32" else []
     args += [model_args] if model_args else []
     return [
         "run",

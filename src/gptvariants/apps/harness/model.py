@@ -78,7 +78,8 @@ class GPTVariantsLM(TemplateLM):
     mc_samples 0, 'step' = the default method, 'sequence'), seed (of the draws and of sampled
     generation; default 1337 as ``gptv eval``), unknown ('skip': drop text the tokenizer cannot
     encode and report it, as ``gptv eval --text``; 'error'), batch_size (sequences per forward
-    pass), max_gen_toks (default 256). device comes from lm-eval's --device.
+    pass), max_gen_toks (default 256), dtype (``prediction.DTYPES``: the weights to score in, default
+    float32). device comes from lm-eval's --device.
     """
 
     def __init__(
@@ -91,6 +92,7 @@ class GPTVariantsLM(TemplateLM):
         unknown: str = "skip",
         batch_size: int | str | None = 16,
         max_gen_toks: int = 256,
+        dtype: str | None = None,
         device: str | None = None,
         **unused: Any,
     ) -> None:
@@ -101,13 +103,13 @@ class GPTVariantsLM(TemplateLM):
         if unused:
             raise InputError(
                 f"unknown gptv model_args {sorted(unused)}; known: run, method, mc_samples, bayes_mode, seed, "
-                "unknown, batch_size, max_gen_toks"
+                "unknown, batch_size, max_gen_toks, dtype"
             )
         if unknown not in UNKNOWN:
             raise InputError(f"unknown must be one of {UNKNOWN}, got {unknown!r}")
         self.seed, self.unknown = int(seed), unknown
         samples = None if mc_samples is None else int(mc_samples)
-        prediction = from_bayes_mode(bayes_mode, method=method, mc_samples=samples, seed=self.seed)
+        prediction = from_bayes_mode(bayes_mode, method=method, mc_samples=samples, seed=self.seed, dtype=dtype)
         self.lm = load(run, _auto_device(device), prediction=prediction)
         self._device = self.lm.device
         self.run = str(run)

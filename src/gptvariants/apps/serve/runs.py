@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ...common.errors import GptvError
+from ...predict.prediction import Prediction
 from ...store.checkpoint import POINTER
 from ...store.run import RunFolder
 from ..api import LanguageModel, load
@@ -124,6 +125,11 @@ class Run:
         }  # never the path: a browser needs the name only, and the server's layout is not its business
 
 
-def load_runs(paths: dict[str, Path], device: str = "cpu") -> dict[str, Run]:
-    """Every run's model and tokenizer, loaded once (CheckpointError names a broken one)."""
-    return {name: Run(name, path, load(path, device=device), RunFolder(path).step) for name, path in paths.items()}
+def load_runs(paths: dict[str, Path], device: str = "cpu", dtype: str = "float32") -> dict[str, Run]:
+    """Every run's model and tokenizer, loaded once (CheckpointError names a broken one); ``dtype``:
+    the weights every prediction runs in (``prediction.DTYPES``)."""
+    p = Prediction(dtype=dtype)
+    return {
+        name: Run(name, path, load(path, device=device, prediction=p), RunFolder(path).step)
+        for name, path in paths.items()
+    }

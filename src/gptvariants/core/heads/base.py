@@ -153,9 +153,11 @@ class Head(nn.Module):
         return fused_linear_loss(h, w, b, objective, y, sets, chunk_size), kl
 
     def logits(self, h: torch.Tensor, samples: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(S, n, V) fp32 logits for h (n, C); deterministic heads: S = 1 whatever ``samples``."""
+        """(S, n, V) fp32 logits for h (n, C); deterministic heads: S = 1 whatever ``samples``. The
+        product runs in the weights' dtype: a bf16 backbone before an fp32 head gets fp32 logits,
+        not logits rounded to bf16 (whose ties flip greedy decoding); autocast casts both alike."""
         w, b = self.weights(sample=False)
-        return F.linear(h, w.to(h.dtype), None if b is None else b.to(h.dtype)).float()[None]
+        return F.linear(h.to(w.dtype), w, b).float()[None]
 
     def n_draws(self, samples: int) -> int:
         """S of ``logits(h, samples)``."""

@@ -27,6 +27,7 @@ from scipy import stats
 LEVEL = 0.95
 RESAMPLES = 200  # bootstrap resamples by default
 BLOCK = 64  # tokens per bootstrap block by default (about one sliding window of the experiment's models)
+CHUNK = 2_000_000  # per-token weights held at once by ``BlockBootstrap.batched`` (16 MB of float64)
 
 Verdict = Literal["better", "worse", "no significant difference"]
 
@@ -112,12 +113,28 @@ class BlockBootstrap:
     def weights(self, r: int) -> np.ndarray:
         return self.counts[r][self.block_of]
 
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """The per-token weights of resamples start..stop-1: (stop - start, n)."""
+        return self.counts[start:stop][:, self.block_of]
+
     def means(self, x: Any) -> np.ndarray:
         """The weighted mean of ``x`` (per token) in every resample, at once: (resamples,)."""
-        x = np.asarray(x, dtype=np.float64)
-        sums = np.bincount(self.block_of, weights=x, minlength=self.counts.shape[1])
-        sizes = np.bincount(self.block_of, minlength=self.counts.shape[1]).astype(np.float64)
-        return (self.counts @ sums) / (self.counts @ sizes)
+        return self.ratios(x, np.ones(self.n))
+
+    def ratios(self, num: Any, den: Any) -> np.ndarray:
+        """sum_i w_i num_i / sum_i w_i den_i in every resample, at once (a ratio of weighted sums,
+        e.g. a micro F1 = 2 tp / (n_pred + n_ref)): (resamples,), NaN where the denominator is 0."""
+        k = self.counts.shape[1]
+        nums = self.counts @ np.bincount(self.block_of, weights=np.asarray(num, dtype=np.float64), minlength=k)
+        dens = self.counts @ np.bincount(self.block_of, weights=np.asarray(den, dtype=np.float64), minlength=k)
+        return np.divide(nums, dens, out=np.full(nums.shape, np.nan), where=dens > 0)
+
+    def batched(self, statistic: Callable[[np.ndarray], np.ndarray], elements: int = CHUNK) -> np.ndarray:
+        """``statistic(rows)`` (a statistic vectorised over rows of per-token weights) for every
+        resample, ``elements`` weights at a time so that memory stays bounded: (resamples,)."""
+        step = max(1, elements // self.n)
+        parts = [statistic(self.rows(i, i + step)) for i in range(0, self.resamples, step)]
+        return np.concatenate(parts).astype(np.float64)
 
     def replicates(self, statistic: Callable[[np.ndarray], float]) -> np.ndarray:
         """``statistic(weights)`` for every resample's per-token weights: (resamples,)."""

@@ -48,10 +48,12 @@ from ..common.errors import InputError
 from ..common.runtime import resolve_device
 from ..data.sources import Source, resolve_source, split_source, text_source
 from ..data.tokenizers import load_tokenizer
+from ..intervals import BLOCK, RESAMPLES
 from ..predict.methods import Run, load_runs
 from ..predict.prediction import Prediction, build_predictor
 from ..predict.predictive import Predictor
 from ..train.trainlog import log_eval_scalars
+from .bootstrap import Resampling, ood_intervals, token_intervals
 from .diversity import sample_diversity
 from .report import plot_reliability
 from .result import scalars
@@ -93,6 +95,8 @@ def evaluate(
     sets: str | None = None,
     tau: float = 0.5,
     seed: int = 1337,
+    resamples: int = RESAMPLES,
+    block: int = BLOCK,
     device: str = "auto",
     batch: int = 16,
     method: str = "default",
@@ -114,17 +118,30 @@ def evaluate(
     the exact support on the synthetic language, none otherwise. num_samples = 0 skips the
     diversity section. Raises ValueError for a tokenizer mismatch, a text shorter than one
     window, a bad stride, or a sigmoid head asked for set metrics without reference sets.
+    resamples, block: the block bootstrap behind every figure's ``x_ci`` (``bootstrap``; seeded with
+    ``seed``); resamples = 0 gives no intervals.
     """
     if (data_dir is None) == (text is None):
         raise InputError("give the text to evaluate as either a prepared data folder (--data) or a file (--text)")
+    if resamples == 1 or resamples < 0 or block < 1:
+        raise InputError(f"resamples must be 0 (no intervals) or >= 2 and block >= 1, got {resamples} and {block}")
+    how = Resampling(resamples, block, seed)
     runs = load_runs(run_dir, resolve_device(device))
     folder, cfg, tokenizer, source = _open(runs, data_dir, text, split)
     stride = _check_length(source, cfg.model.block_size, stride)
     prediction = Prediction(method, mc_samples, temperature, seed)
     predictor = build_predictor(runs, prediction)
     result, raw = _scored(runs, predictor, method, source, sets, stride, tau, batch, progress)
+    outside = None
     if ood is not None:
-        result["ood"] = _ood(predictor, ood, folder, tokenizer, source, raw["tokens"], stride, batch, progress)
+        result["ood"], outside = _ood(predictor, ood, folder, tokenizer, source, raw["tokens"], stride, batch, progress)
+    result["intervals"] = None
+    if resamples:
+        t0 = time.perf_counter()
+        result["intervals"] = token_intervals(result, raw["tokens"], how)
+        if outside is not None:
+            ood_intervals(result["ood"], raw["tokens"], outside, predictor.block_size, how)
+        result["speed"]["bootstrap_seconds"] = time.perf_counter() - t0
     out = Path(out) if out is not None else default_out(folder, split if text is None else f"text:{text}")
     out.parent.mkdir(parents=True, exist_ok=True)
     result["calibration"]["reliability_png"] = _plot(result, raw, out).name
@@ -199,15 +216,17 @@ def _ood(
     stride: int,
     batch: int,
     progress: bool,
-) -> dict[str, Any]:
-    """The ``ood`` section: ``spec`` scored like the evaluated text, as many tokens as it, compared score by score."""
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(the ``ood`` section, the shifted text's per-token statistics): ``spec`` scored like the evaluated
+    text, as many tokens as it, compared score by score."""
     shifted = resolve_source(spec, run_dir, tokenizer, source, source.split or "val")
     if len(shifted.tokens) > len(source.tokens):  # as many tokens on both sides: the AUROCs compare like with like
         shifted.info["tokens_available"] = len(shifted.tokens)
         shifted.tokens = shifted.tokens[: len(source.tokens)]
     _check_length(shifted, predictor.block_size, stride)
     outside = score(predictor, shifted.tokens, stride=stride, batch=batch, point=False, progress=progress)["tokens"]
-    return {**ood_summary(inside, outside, predictor.block_size, shifted.name), "out_source": shifted.describe()}
+    section = ood_summary(inside, outside, predictor.block_size, shifted.name)
+    return {**section, "out_source": shifted.describe()}, outside
 
 
 def _diversity(

@@ -27,7 +27,6 @@ from scipy import stats
 LEVEL = 0.95
 RESAMPLES = 200  # bootstrap resamples by default
 BLOCK = 64  # tokens per bootstrap block by default (about one sliding window of the experiment's models)
-CHUNK = 2_000_000  # per-token weights held at once by ``BlockBootstrap.batched`` (16 MB of float64)
 
 Verdict = Literal["better", "worse", "no significant difference"]
 
@@ -105,6 +104,7 @@ class BlockBootstrap:
         draws = rng.integers(0, n_blocks, size=(resamples, n_blocks))
         self.counts = np.zeros((resamples, n_blocks), dtype=np.int64)
         np.add.at(self.counts, (np.arange(resamples)[:, None], draws), 1)
+        self.weight_table = self.counts.astype(np.float64)  # the counts as BLAS multiplies them
 
     @property
     def method(self) -> str:
@@ -112,10 +112,6 @@ class BlockBootstrap:
 
     def weights(self, r: int) -> np.ndarray:
         return self.counts[r][self.block_of]
-
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        """The per-token weights of resamples start..stop-1: (stop - start, n)."""
-        return self.counts[start:stop][:, self.block_of]
 
     def means(self, x: Any) -> np.ndarray:
         """The weighted mean of ``x`` (per token) in every resample, at once: (resamples,)."""
@@ -129,12 +125,16 @@ class BlockBootstrap:
         dens = self.counts @ np.bincount(self.block_of, weights=np.asarray(den, dtype=np.float64), minlength=k)
         return np.divide(nums, dens, out=np.full(nums.shape, np.nan), where=dens > 0)
 
-    def batched(self, statistic: Callable[[np.ndarray], np.ndarray], elements: int = CHUNK) -> np.ndarray:
-        """``statistic(rows)`` (a statistic vectorised over rows of per-token weights) for every
-        resample, ``elements`` weights at a time so that memory stays bounded: (resamples,)."""
-        step = max(1, elements // self.n)
-        parts = [statistic(self.rows(i, i + step)) for i in range(0, self.resamples, step)]
-        return np.concatenate(parts).astype(np.float64)
+    def group_sums(self, groups: Any, n_groups: int, values: Any = None) -> np.ndarray:
+        """sum_i w_i values_i over the tokens of each group (``groups``: 0..n_groups-1 per token;
+        values default 1) in every resample, at once: (resamples, n_groups). One (blocks, groups)
+        table of sums, then one matrix product with the block counts: O(n + resamples blocks groups)."""
+        k = self.counts.shape[1]
+        cell = self.block_of * n_groups + np.asarray(groups, dtype=np.int64)
+        table = np.bincount(
+            cell, weights=None if values is None else np.asarray(values, np.float64), minlength=k * n_groups
+        )
+        return self.weight_table @ table.reshape(k, n_groups)
 
     def replicates(self, statistic: Callable[[np.ndarray], float]) -> np.ndarray:
         """``statistic(weights)`` for every resample's per-token weights: (resamples,)."""

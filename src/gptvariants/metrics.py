@@ -232,18 +232,26 @@ def expected_calibration_error(
 
 
 def ece_resampled(confidence: ArrayLike, correct: ArrayLike, weights: ArrayLike, n_bins: int = 15) -> np.ndarray:
-    """Equal-width-bin ECE under each row of per-token ``weights`` (R, n) at once: (R,).
-
-    With W_b the weight of bin b, ECE = sum_b |sum_{i in b} w_i (conf_i - correct_i)| / sum_i w_i
-    (= sum_b (W_b / W) |mean conf_b - accuracy_b|); tokens are sorted by bin once for all rows."""
+    """Equal-width-bin ECE under each row of per-token ``weights`` (R, n) at once: (R,)."""
     conf, corr = _np(confidence), _np(correct)
     if conf.shape != corr.shape or conf.size == 0:
         raise ValueError(f"need equal-length non-empty inputs, got {conf.shape} and {corr.shape}")
     w = _weight_rows(weights, conf.size)
-    bin_of = np.minimum((conf * n_bins).astype(np.int64), n_bins - 1).clip(0)
+    bin_of = width_bins(conf, n_bins)
     order = np.argsort(bin_of, kind="stable")
     gap = np.add.reduceat(w[:, order] * (conf - corr)[order], _group_starts(bin_of[order]), axis=1)
-    return _ratio(np.abs(gap).sum(1), w.sum(1))
+    return ece_from_sums(gap, w.sum(1))
+
+
+def width_bins(confidence: np.ndarray, n_bins: int = 15) -> np.ndarray:
+    """The equal-width bin of each confidence: [b/B, (b+1)/B), the last one closed."""
+    return np.minimum((confidence * n_bins).astype(np.int64), n_bins - 1).clip(0)
+
+
+def ece_from_sums(gap: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """ECE from each bin's weighted sum of (confidence - correct) and the total weight:
+    sum_b |sum_{i in b} w_i (conf_i - correct_i)| / sum_i w_i (= sum_b (W_b / W) |conf_b - acc_b|)."""
+    return _ratio(np.abs(gap).sum(-1), total)
 
 
 @torch.no_grad()
@@ -323,20 +331,26 @@ def auroc(scores: ArrayLike, labels: ArrayLike, weights: ArrayLike | None = None
 
 
 def auroc_resampled(scores: ArrayLike, labels: ArrayLike, weights: ArrayLike) -> np.ndarray:
-    """AUROC under each row of per-token ``weights`` (R, n) at once: (R,), NaN where a class has weight 0.
+    """AUROC under each row of per-token ``weights`` (R, n) at once: (R,), NaN where a class has weight 0."""
+    pos, neg = _grouped_by_score(scores, labels, weights)
+    return auroc_from_counts(pos, neg)
 
-    One sort: with P_g and N_g the positive and negative weight of the g-th smallest distinct
-    score, AUROC = sum_g P_g (N_{<g} + N_g / 2) / (P N)."""
+
+def _grouped_by_score(scores: ArrayLike, labels: ArrayLike, weights: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """(positive, negative) weight of each distinct score, ascending, per row of ``weights``: (R, G) each."""
     s, y = _scored_labels(scores, labels)
     w = _weight_rows(weights, s.size)
     order = np.argsort(s, kind="stable")
     starts = _group_starts(s[order])
     wo, yo = w[:, order], y[order]
-    pos = np.add.reduceat(wo * yo, starts, axis=1)
-    neg = np.add.reduceat(wo * ~yo, starts, axis=1)
-    below = np.cumsum(neg, axis=1) - neg
-    u = (pos * (below + neg / 2.0)).sum(1)
-    return _ratio(u, pos.sum(1) * neg.sum(1))
+    return np.add.reduceat(wo * yo, starts, axis=1), np.add.reduceat(wo * ~yo, starts, axis=1)
+
+
+def auroc_from_counts(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """AUROC from the positive and negative weight of each score group, groups ascending (ties within a
+    group count 1/2): sum_g P_g (N_{<g} + N_g / 2) / (P N) over the last axis; NaN where P N = 0."""
+    below = np.cumsum(neg, axis=-1) - neg
+    return _ratio((pos * (below + neg / 2.0)).sum(-1), pos.sum(-1) * neg.sum(-1))
 
 
 def fpr_at_tpr(scores: ArrayLike, labels: ArrayLike, tpr: float = 0.95, weights: ArrayLike | None = None) -> float:
@@ -364,26 +378,22 @@ def fpr_at_tpr(scores: ArrayLike, labels: ArrayLike, tpr: float = 0.95, weights:
 
 
 def fpr_at_tpr_resampled(scores: ArrayLike, labels: ArrayLike, weights: ArrayLike, tpr: float = 0.95) -> np.ndarray:
-    """fpr_at_tpr under each row of per-token ``weights`` (R, n) at once: (R,), NaN where a class has weight 0.
-
-    The threshold is the largest positive score whose cumulative weight from the top reaches
-    ceil(tpr P); the FPR the weight of negatives at or above it over N."""
-    s, y = _scored_labels(scores, labels)
+    """fpr_at_tpr under each row of per-token ``weights`` (R, n) at once: (R,), NaN where a class has weight 0."""
     if not 0.0 < tpr <= 1.0:
         raise ValueError(f"tpr must be in (0, 1], got {tpr}")
-    w = _weight_rows(weights, s.size)
-    down = np.argsort(-s[y], kind="stable")
-    pos, pos_w = s[y][down], np.cumsum(w[:, y][:, down], axis=1)
-    up = np.argsort(s[~y], kind="stable")
-    neg, neg_w = s[~y][up], np.cumsum(w[:, ~y][:, up], axis=1)
-    if pos.size == 0 or neg.size == 0:
-        return np.full(w.shape[0], np.nan)
-    need = np.ceil(tpr * pos_w[:, -1] - 1e-9)
-    threshold = pos[np.argmax(pos_w >= need[:, None], axis=1)]
-    first = np.searchsorted(neg, threshold, side="left")  # negatives below the threshold
-    below = np.where(first > 0, np.take_along_axis(neg_w, np.maximum(first - 1, 0)[:, None], 1)[:, 0], 0.0)
-    fpr = _ratio(neg_w[:, -1] - below, neg_w[:, -1])
-    return np.where(pos_w[:, -1] > 0, fpr, np.nan)
+    return fpr_from_counts(*_grouped_by_score(scores, labels, weights), tpr)
+
+
+def fpr_from_counts(pos: np.ndarray, neg: np.ndarray, tpr: float = 0.95) -> np.ndarray:
+    """fpr_at_tpr from the positive and negative weight of each score group, groups ascending: the
+    threshold is the highest group whose weight of positives at or above it reaches ceil(tpr P); the
+    FPR the weight of negatives at or above it over N. (R, G) -> (R,); NaN where P N = 0."""
+    pos_up = np.cumsum(pos[:, ::-1], axis=1)[:, ::-1]  # positive weight at or above each group
+    neg_up = np.cumsum(neg[:, ::-1], axis=1)[:, ::-1]
+    need = np.ceil(tpr * pos_up[:, 0] - 1e-9)
+    threshold = pos.shape[1] - 1 - np.argmax((pos_up >= need[:, None])[:, ::-1], axis=1)
+    fpr = _ratio(np.take_along_axis(neg_up, threshold[:, None], 1)[:, 0], neg_up[:, 0])
+    return np.where(pos_up[:, 0] > 0, fpr, np.nan)
 
 
 def segment_means(values: ArrayLike, length: int) -> np.ndarray:
@@ -451,21 +461,20 @@ def _weighted_risk_coverage(u: np.ndarray, e: np.ndarray, w: np.ndarray) -> Risk
 
 
 def aurc_resampled(uncertainty: ArrayLike, wrong: ArrayLike, weights: ArrayLike) -> np.ndarray:
-    """risk_coverage(...).aurc under each row of per-token ``weights`` (R, n) at once: (R,).
-
-    AURC = sum_g (W_g / W) * (errors kept / weight kept at the end of tie group g), one sort."""
+    """risk_coverage(...).aurc under each row of per-token ``weights`` (R, n) at once: (R,)."""
     u, e = _np(uncertainty), _np(wrong)
     if u.shape != e.shape or len(u) == 0:
         raise ValueError(f"uncertainty and wrong must be non-empty and of one length: {u.shape} vs {e.shape}")
-    w = _weight_rows(weights, u.size)
-    order = np.argsort(u, kind="stable")
-    ends = np.flatnonzero(np.r_[u[order][1:] != u[order][:-1], True])
-    wo = w[:, order]
-    kept = np.cumsum(wo, axis=1)[:, ends]
-    errors = np.cumsum(wo * e[order], axis=1)[:, ends]
-    sizes = np.diff(kept, axis=1, prepend=0.0)
+    return aurc_from_counts(*_grouped_by_score(u, e.astype(bool), weights))
+
+
+def aurc_from_counts(wrong: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """AURC from the weight of wrong and right tokens in each uncertainty group, groups ascending:
+    sum_g (W_g / W) * (wrong kept / weight kept at the end of group g) over the last axis."""
+    sizes = wrong + right
+    kept, errors = np.cumsum(sizes, axis=-1), np.cumsum(wrong, axis=-1)
     risk = np.divide(errors, kept, out=np.zeros_like(kept), where=kept > 0)
-    return _ratio((sizes * risk).sum(1), kept[:, -1])
+    return _ratio((sizes * risk).sum(-1), kept[..., -1])
 
 
 # ---------------------------------------------------------------------- multi-label sets

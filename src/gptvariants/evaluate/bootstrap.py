@@ -3,29 +3,38 @@
 A figure ``x`` of a section gets ``x_ci`` beside it (``Interval.to_dict``): its standard error and
 95 % percentile interval over ``resamples`` resamples of the scored tokens, drawn by blocks of
 ``block`` contiguous tokens (tokens of one window share context, so they are not independent).
-Every statistic of one text uses the same resamples (per-token integer weights); the OOD section
-resamples the in-domain and the out-of-domain tokens independently, and its sequence level the
-block_size-token sequences. The settings go in the JSON's ``intervals`` section.
+Every statistic of one text uses the same resamples; the OOD section resamples the in-domain and
+the out-of-domain tokens independently, and its sequence level the block_size-token sequences.
+
+Cost: a resample weights each block by how often it was drawn, so a statistic of sums per group
+(ECE's bins; the AUROC's, FPR's and AURC's score groups) is one (blocks, groups) table of sums
+and one matrix product with the resamples' block counts (``BlockBootstrap.group_sums``), never a
+(resamples, tokens) array. The rank statistics group their scores into ``BINS`` quantile bins
+for the resamples only; each replicate is shifted by (exact estimate - binned estimate), so the
+binning moves the interval by about the binning error of the estimate itself, far below its width
+(tests/test_evaluation_intervals.py compares with the exact per-token weights).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
 
 from .. import metrics as M
-from ..intervals import BLOCK, CHUNK, LEVEL, RESAMPLES, BlockBootstrap
+from ..intervals import BLOCK, LEVEL, RESAMPLES, BlockBootstrap
 from .summaries import N_BINS
 from .uncertainty import available, uncertainty_of
 
+BINS = 1024  # quantile bins of a score for the resampled rank statistics
 UNCERTAINTY_AUROCS = {  # uncertainty section key -> the per-token statistic it ranks by
     "auroc_entropy": "entropy",
     "auroc_expected_entropy": "expected_entropy",
     "auroc_mutual_information": "mutual_information",
 }
+Counts = tuple[np.ndarray, np.ndarray]  # (positive, negative) weight per ascending score group
 
 
 @dataclass(frozen=True)
@@ -40,13 +49,34 @@ class Resampling:
         return BlockBootstrap(n, self.block, self.resamples, self.seed + offset)
 
 
+def quantile_groups(scores: np.ndarray, bins: int = BINS) -> tuple[np.ndarray, int]:
+    """(group of each score, number of groups): at most ``bins`` groups of about equal counts,
+    ascending, equal scores always in one group."""
+    edges = np.unique(np.quantile(scores, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
+    return np.searchsorted(edges, scores, side="right"), len(edges) + 1
+
+
 def _ci(boot: BlockBootstrap, estimate: float, replicates: np.ndarray) -> dict[str, Any]:
     return boot.interval(estimate, replicates).to_dict()
 
 
-def _resampled_ci(boot: BlockBootstrap, estimate: float, metric, *arrays: np.ndarray) -> dict[str, Any]:
-    """The interval of ``metric(*arrays, weights)`` (a ``metrics.*_resampled`` function) over ``boot``."""
-    return _ci(boot, estimate, boot.batched(partial(metric, *arrays)))
+def _shifted_ci(
+    boot: BlockBootstrap, estimate: float, statistic: Callable[..., np.ndarray], full: Counts, resampled: Counts
+) -> dict[str, Any]:
+    """The interval of ``statistic`` over the resampled group counts, each replicate shifted by the
+    exact estimate minus the statistic of the full data's group counts (the binning error)."""
+    shift = estimate - float(statistic(full[0][None], full[1][None])[0])
+    return _ci(boot, estimate, statistic(*resampled) + shift)
+
+
+def one_sample_counts(
+    boot: BlockBootstrap, score: np.ndarray, positive: np.ndarray, bins: int = BINS
+) -> tuple[Counts, Counts]:
+    """(full, resampled) positive and negative counts per quantile group of ``score``."""
+    groups, k = quantile_groups(score, bins)
+    pos, neg = positive.astype(np.float64), (~positive).astype(np.float64)
+    full = (np.bincount(groups, pos, k), np.bincount(groups, neg, k))
+    return full, (boot.group_sums(groups, k, pos), boot.group_sums(groups, k, neg))
 
 
 def token_intervals(result: dict[str, Any], t: dict[str, np.ndarray], how: Resampling) -> dict[str, Any]:
@@ -60,32 +90,31 @@ def token_intervals(result: dict[str, Any], t: dict[str, np.ndarray], how: Resam
     cal["nll_ci"] = _ci(boot, cal["nll"], nats)
     cal["brier_ci"] = _ci(boot, cal["brier"], boot.means(t["brier"]))
     cal["accuracy_ci"] = _ci(boot, cal["accuracy"], boot.means(t["correct"]))
-    ece = partial(M.ece_resampled, n_bins=N_BINS)
-    cal["ece_width_ci"] = _resampled_ci(boot, cal["ece_width"], ece, t["confidence"], t["correct"])
+    conf = t["confidence"].astype(np.float64)
+    gap = boot.group_sums(M.width_bins(conf, N_BINS), N_BINS, conf - t["correct"])
+    total = boot.group_sums(np.zeros(len(conf), np.int64), 1)[:, 0]  # each resample's token count
+    cal["ece_width_ci"] = _ci(boot, cal["ece_width"], M.ece_from_sums(gap, total))
     wrong = ~t["correct"].astype(bool)
     scores = {k: t[stat] for k, stat in UNCERTAINTY_AUROCS.items() if k in unc and stat in t}
     scores["auroc_one_minus_confidence"] = -t["confidence"]
     for key, score in scores.items():
-        unc[f"{key}_ci"] = _resampled_ci(boot, unc[key], M.auroc_resampled, score, wrong)
+        unc[f"{key}_ci"] = _shifted_ci(boot, unc[key], M.auroc_from_counts, *one_sample_counts(boot, score, wrong))
     sel = result["selective"]
     sel["aurc_ci"] = {
-        s: _resampled_ci(boot, sel["aurc"][s], M.aurc_resampled, uncertainty_of(t, s), wrong)
+        s: _shifted_ci(boot, sel["aurc"][s], M.aurc_from_counts, *one_sample_counts(boot, uncertainty_of(t, s), wrong))
         for s in available(t, need_label_free=True)
     }
     sets = result.get("sets") or {}
     if "micro_f1" in sets and "set_tp" in t:
         f1 = boot.ratios(2 * t["set_tp"], t["set_n_pred"].astype(np.float64) + t["set_n_ref"])
         sets["micro_f1_ci"] = _ci(boot, sets["micro_f1"], f1)
-    return settings(how, boot)
-
-
-def settings(how: Resampling, boot: BlockBootstrap) -> dict[str, Any]:
     return {
         "method": "block bootstrap, percentile interval",
         "block_tokens": boot.block,
         "resamples": how.resamples,
         "seed": how.seed,
         "level": LEVEL,
+        "rank_statistic_bins": BINS,
     }
 
 
@@ -101,21 +130,18 @@ def ood_intervals(
             ("token", a, b, how.block),
             ("sequence", M.segment_means(a, seq_len), M.segment_means(b, seq_len), max(1, how.block // seq_len)),
         ):
-            if min(len(x), len(y)) >= 2:
-                boot, auc, fpr = _two_sample(x, y, Resampling(how.resamples, block, how.seed))
-                ood["auroc_ci"][level][s] = _ci(boot, ood["auroc"][level][s], auc)
-                ood["fpr95_ci"][level][s] = _ci(boot, ood["fpr95"][level][s], fpr)
+            if min(len(x), len(y)) < 2:
+                continue
+            boot, full, resampled = _two_sample(x, y, Resampling(how.resamples, block, how.seed))
+            ood["auroc_ci"][level][s] = _shifted_ci(boot, ood["auroc"][level][s], M.auroc_from_counts, full, resampled)
+            ood["fpr95_ci"][level][s] = _shifted_ci(boot, ood["fpr95"][level][s], M.fpr_from_counts, full, resampled)
 
 
-def _two_sample(x: np.ndarray, y: np.ndarray, how: Resampling) -> tuple[BlockBootstrap, np.ndarray, np.ndarray]:
-    """(the in-domain bootstrap, AUROC and FPR95 replicates) of negatives ``x`` vs positives ``y``,
-    each side resampled by its own blocks."""
+def _two_sample(x: np.ndarray, y: np.ndarray, how: Resampling) -> tuple[BlockBootstrap, Counts, Counts]:
+    """(the in-domain bootstrap, full and resampled counts per score group) of negatives ``x`` vs
+    positives ``y``, each side resampled by its own blocks."""
     boot_x, boot_y = how.of(len(x)), how.of(len(y), offset=1)
-    scores, labels = np.concatenate([x, y]), np.r_[np.zeros(len(x), bool), np.ones(len(y), bool)]
-    step = max(1, CHUNK // len(scores))
-    auc, fpr = [], []
-    for i in range(0, how.resamples, step):
-        w = np.concatenate([boot_x.rows(i, i + step), boot_y.rows(i, i + step)], axis=1)
-        auc.append(M.auroc_resampled(scores, labels, w))
-        fpr.append(M.fpr_at_tpr_resampled(scores, labels, w))
-    return boot_x, np.concatenate(auc), np.concatenate(fpr)
+    groups, k = quantile_groups(np.concatenate([x, y]))
+    gx, gy = groups[: len(x)], groups[len(x) :]
+    full = (np.bincount(gy, minlength=k).astype(np.float64), np.bincount(gx, minlength=k).astype(np.float64))
+    return boot_x, full, (boot_y.group_sums(gy, k), boot_x.group_sums(gx, k))

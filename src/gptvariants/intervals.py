@@ -150,6 +150,13 @@ class BlockBootstrap:
             float(estimate), float(lo), float(hi), float(reps.std(ddof=1)), int(reps.size), self.method, level
         )
 
+    def paired_interval(
+        self, estimate_a: float, estimate_b: float, reps_a: np.ndarray, reps_b: np.ndarray, level: float = LEVEL
+    ) -> Interval:
+        """The interval of a - b from both systems' replicates on these same resamples (paired: the
+        same held-out blocks weigh both, so what the two share cancels)."""
+        return self.interval(estimate_a - estimate_b, np.asarray(reps_a) - np.asarray(reps_b), level)
+
     def mean_interval(self, x: Any, level: float = LEVEL) -> Interval:
         return self.interval(float(np.mean(x)), self.means(x), level)
 
@@ -160,3 +167,40 @@ def verdict(difference: Interval, higher_is_better: bool) -> Verdict:
     if not difference.excludes(0.0):
         return "no significant difference"
     return "better" if (difference.lo > 0) == higher_is_better else "worse"
+
+
+def signed(iv: Interval, fmt: str = "{:+.3g}") -> str:
+    """'+0.1234 [+0.1000, +0.1500]' (the estimate and '(no interval)' when it has none)."""
+    if not (math.isfinite(iv.lo) and math.isfinite(iv.hi)):
+        return f"{fmt.format(iv.estimate)} (no interval)"
+    return f"{fmt.format(iv.estimate)} [{fmt.format(iv.lo)}, {fmt.format(iv.hi)}]"
+
+
+def compare(what: str, first: str, second: str, difference: Interval, higher_is_better: bool) -> str:
+    """The one sentence a comparison may print: '<what>: <first> better than <second> (+d [lo, hi])',
+    'worse than', or 'no significant difference between <first> and <second>'; ``difference`` is
+    first - second with its interval."""
+    word = verdict(difference, higher_is_better)
+    if word == "no significant difference":
+        return f"{what}: no significant difference between {first} and {second} ({signed(difference)})"
+    return f"{what}: {first} {word} than {second} ({signed(difference)})"
+
+
+def unpaired_difference(a: Interval, b: Interval, level: float = LEVEL) -> Interval:
+    """a - b for two intervals of independent estimates: se = sqrt(se_a^2 + se_b^2), normal bounds.
+    Conservative for two systems scored on the same tokens (their shared noise does not cancel);
+    prefer a paired interval where the per-token statistics or per-seed values of both exist."""
+    se = math.hypot(a.se, b.se)
+    half = float(stats.norm.ppf((1 + level) / 2)) * se
+    d = a.estimate - b.estimate
+    return Interval(d, d - half, d + half, se, min(a.n, b.n), "difference of independent intervals", level)
+
+
+def chance_note(auroc: Interval) -> str:
+    """'' for an AUROC above chance; else says it is below chance (the score is more confident
+    where it should be less) or not distinguishable from chance."""
+    if auroc.hi < 0.5 or (not math.isfinite(auroc.hi) and auroc.estimate < 0.5):
+        return "below chance: the score is lower where the model is wrong"
+    if auroc.excludes(0.5) or not math.isfinite(auroc.lo):
+        return ""
+    return "not distinguishable from chance (0.5)"

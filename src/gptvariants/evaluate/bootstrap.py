@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import metrics as M
-from ..intervals import BLOCK, LEVEL, RESAMPLES, BlockBootstrap
+from ..intervals import BLOCK, LEVEL, RESAMPLES, BlockBootstrap, Interval
 from .summaries import N_BINS
 from .uncertainty import available, uncertainty_of
 
@@ -145,3 +146,63 @@ def _two_sample(x: np.ndarray, y: np.ndarray, how: Resampling) -> tuple[BlockBoo
     gx, gy = groups[: len(x)], groups[len(x) :]
     full = (np.bincount(gy, minlength=k).astype(np.float64), np.bincount(gx, minlength=k).astype(np.float64))
     return boot_x, full, (boot_y.group_sums(gy, k), boot_x.group_sums(gx, k))
+
+
+TOKEN_FILE_STATS = ("nll", "brier", "confidence", "correct", "entropy", "mutual_information")
+
+
+def token_file(eval_json: Path) -> Path:
+    """RUN/eval/<stem>.tokens.npz beside the eval JSON: the per-token statistics a paired comparison
+    of two runs scored on the same tokens resamples (``verdicts``)."""
+    return eval_json.with_suffix(".tokens.npz")
+
+
+def save_token_stats(eval_json: Path, tokens: dict[str, np.ndarray]) -> Path:
+    path = token_file(eval_json)
+    with open(path, "wb") as f:  # a file object: savez would append .npz to a path that lacks it
+        arrays: dict[str, Any] = {k: np.asarray(tokens[k]) for k in TOKEN_FILE_STATS if k in tokens}
+        np.savez_compressed(f, **arrays)
+    return path
+
+
+def paired_figures(a: dict[str, np.ndarray], b: dict[str, np.ndarray], how: Resampling) -> dict[str, Interval]:
+    """Figure of a - figure of b with its paired block-bootstrap interval, for two systems scored on
+    the same tokens (the same resamples weigh both): nats_per_token, brier, ece, auroc_entropy and,
+    when both have it, auroc_mutual_information."""
+    n = len(a["nll"])
+    if len(b["nll"]) != n:
+        raise ValueError(f"paired statistics need the same tokens, got {n} and {len(b['nll'])}")
+    boot = how.of(n)
+    out = {
+        k: boot.paired_interval(float(a[k].mean()), float(b[k].mean()), boot.means(a[k]), boot.means(b[k]))
+        for k in ("nll", "brier")
+    }
+    out["nats_per_token"] = out.pop("nll")
+    ece = [_ece_replicates(boot, t) for t in (a, b)]
+    out["ece"] = boot.paired_interval(ece[0][0], ece[1][0], ece[0][1], ece[1][1])
+    for key, stat in (("auroc_entropy", "entropy"), ("auroc_mutual_information", "mutual_information")):
+        if stat in a and stat in b:
+            r = [_auroc_replicates(boot, t[stat], ~t["correct"].astype(bool)) for t in (a, b)]
+            out[key] = boot.paired_interval(r[0][0], r[1][0], r[0][1], r[1][1])
+    return out
+
+
+def within_difference(t: dict[str, np.ndarray], score_a: str, score_b: str, how: Resampling) -> Interval:
+    """AUROC(score_a) - AUROC(score_b) for flagging a wrong top-1 token, within one system, paired."""
+    boot, wrong = how.of(len(t["nll"])), ~t["correct"].astype(bool)
+    (ea, ra), (eb, rb) = (_auroc_replicates(boot, t[s], wrong) for s in (score_a, score_b))
+    return boot.paired_interval(ea, eb, ra, rb)
+
+
+def _ece_replicates(boot: BlockBootstrap, t: dict[str, np.ndarray]) -> tuple[float, np.ndarray]:
+    conf = t["confidence"].astype(np.float64)
+    bins = M.width_bins(conf, N_BINS)
+    total = boot.group_sums(np.zeros(len(conf), np.int64), 1)[:, 0]
+    estimate = M.expected_calibration_error(conf, t["correct"], N_BINS, "width")
+    return estimate, M.ece_from_sums(boot.group_sums(bins, N_BINS, conf - t["correct"]), total)
+
+
+def _auroc_replicates(boot: BlockBootstrap, score: np.ndarray, wrong: np.ndarray) -> tuple[float, np.ndarray]:
+    full, resampled = one_sample_counts(boot, score, wrong)
+    estimate = M.auroc(score, wrong)
+    return estimate, M.auroc_from_counts(*resampled) + estimate - M.auroc_from_counts(full[0][None], full[1][None])[0]

@@ -53,7 +53,7 @@ from ..predict.methods import Run, load_runs
 from ..predict.prediction import Prediction, build_predictor
 from ..predict.predictive import Predictor
 from ..train.trainlog import log_eval_scalars
-from .bootstrap import Resampling, ood_intervals, token_intervals
+from .bootstrap import Resampling, ood_intervals, save_token_stats, token_intervals
 from .diversity import sample_diversity
 from .report import plot_reliability
 from .result import scalars
@@ -135,15 +135,9 @@ def evaluate(
     outside = None
     if ood is not None:
         result["ood"], outside = _ood(predictor, ood, folder, tokenizer, source, raw["tokens"], stride, batch, progress)
-    result["intervals"] = None
-    if resamples:
-        t0 = time.perf_counter()
-        result["intervals"] = token_intervals(result, raw["tokens"], how)
-        if outside is not None:
-            ood_intervals(result["ood"], raw["tokens"], outside, predictor.block_size, how)
-        result["speed"]["bootstrap_seconds"] = time.perf_counter() - t0
     out = Path(out) if out is not None else default_out(folder, split if text is None else f"text:{text}")
     out.parent.mkdir(parents=True, exist_ok=True)
+    _intervals(result, raw["tokens"], outside, predictor.block_size, how, out)
     result["calibration"]["reliability_png"] = _plot(result, raw, out).name
     result["diversity"] = None
     if num_samples > 0:
@@ -154,6 +148,27 @@ def evaluate(
         tag = source.split if text is None else "text"
         result["logged_to"] = log_eval_scalars(folder, cfg, result["step"], scalars(result, f"eval-{tag}"))
     return result
+
+
+def _intervals(
+    result: dict[str, Any],
+    inside: dict[str, np.ndarray],
+    outside: dict[str, np.ndarray] | None,
+    seq_len: int,
+    how: Resampling,
+    out: Path,
+) -> None:
+    """Every figure's ``x_ci`` (``bootstrap``), the time they took, and the per-token statistics beside
+    ``out`` for paired comparisons with other runs; ``intervals`` None when ``how`` has no resamples."""
+    result["intervals"] = None
+    if not how.resamples:
+        return
+    t0 = time.perf_counter()
+    result["intervals"] = token_intervals(result, inside, how)
+    if outside is not None:
+        ood_intervals(result["ood"], inside, outside, seq_len, how)
+    result["speed"]["bootstrap_seconds"] = time.perf_counter() - t0
+    result["tokens_file"] = save_token_stats(out, inside).name
 
 
 def _open(runs: list[Run], data_dir: str | Path | None, text: str | None, split: str):

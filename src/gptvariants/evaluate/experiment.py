@@ -39,6 +39,7 @@ from ..core.config import Config, load_config
 from ..core.variants import get_variant, study_variants
 from ..data.dataset import TokenDataset
 from ..data.prepare import prepare
+from ..intervals import RESAMPLES
 from ..store.checkpoint import CheckpointError
 from ..store.run import RunFolder
 from ..targets import build_targets
@@ -46,6 +47,7 @@ from ..train.loop import train
 from . import comparators as U
 from .evaluation import default_out, evaluate
 from .report import experiment_row, experiment_table, plot_experiment, write_report
+from .verdicts import SeedStudy
 
 # nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide, block 64, batch 12). The default run, all
 # seven variants at DEFAULT_BUDGET steps with data, oracle sets and evaluation, took 323 s on
@@ -78,6 +80,23 @@ def parse_budget(budget: str) -> tuple[str, float]:
     if not m.group(2):
         return "steps", int(m.group(1))
     return "seconds", float(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def parse_seeds(spec: str | None, seed: int) -> list[int]:
+    """--seeds: a count N (seeds seed, seed + 1, ..., seed + N - 1) or a comma list; None = [seed]."""
+    if spec is None:
+        return [seed]
+    parts = [p.strip() for p in str(spec).split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise InputError(f"--seeds {spec!r}: give a number of seeds (3) or a comma list of seeds (1337,1,2)")
+    if len(parts) == 1:
+        if int(parts[0]) < 1:
+            raise InputError(f"--seeds {spec!r}: need at least one seed")
+        return [seed + i for i in range(int(parts[0]))]
+    seeds = [int(p) for p in parts]
+    if len(set(seeds)) != len(seeds):
+        raise InputError(f"seed listed twice in --seeds {spec!r}")
+    return seeds
 
 
 def parse_variants(spec: str | None) -> list[str]:
@@ -226,8 +245,15 @@ def run_experiment(
     sets: str = "top",
     methods: list[str] | None = None,
     ood: str | None = None,
+    seeds: list[int] | None = None,
+    resamples: int = RESAMPLES,
 ) -> Path:
     """Run (or resume) the whole experiment into ``out``; returns the path of report.md.
+
+    ``seeds``: train and evaluate every variant once per seed (default: ``seed`` alone); the first
+    seed's runs are OUT/runs/VARIANT, another seed S's OUT/runs-seedS/VARIANT. Every table cell is
+    then the mean over seeds with its t interval; with one seed, the eval's block-bootstrap interval
+    (``resamples`` resamples; 0 = none).
 
     ``sets``: the sigmoid variants' teacher sets, "top" (the study's rule) or "sample".
     ``methods``: uncertainty comparators (``comparators.METHOD_CHOICES``) for the report's
@@ -240,8 +266,10 @@ def run_experiment(
     out.mkdir(parents=True, exist_ok=True)
     methods = methods or []
     variants = _variants(variants, methods)
+    seeds = list(dict.fromkeys(seeds or [seed]))
+    seed = seeds[0]
     command = command or _command(
-        data, variants, budget, seed, num_samples, max_new_tokens, out, sets, config_file, methods, ood
+        data, variants, budget, seeds, num_samples, max_new_tokens, out, sets, config_file, methods, ood
     )
     plan, save_plan = _plan(out, budget, seed, data, config_file, sets)
     data_dir, dataset = _open_data(data, out, plan, bool(methods) and ood is None)
@@ -249,30 +277,74 @@ def run_experiment(
     if teacher and sets == "sample":
         teacher = (teacher[0], f"{teacher[1]}-sample{SAMPLE_K}")
     plan["targets"] = teacher[1] if teacher else None
+    plan["seeds"] = seeds
     # a checkpoint teacher must be trained before the sigmoid variants that learn from it
     order = sorted(variants, key=lambda v: v != "baseline")
-    runs = {v: out / "runs" / v for v in order}
-    for v in order:
-        if teacher and get_variant(v).sigmoid:
-            build_sets(data_dir, *teacher, select=sets)
-        _train_one(v, v, runs[v], data_dir, out, plan, save_plan, seed, config_file)
+    runs_by_seed = {s: {v: run_folder(out, v, s, seed) for v in order} for s in seeds}
+    runs = runs_by_seed[seed]
+    progress = Progress(len(seeds) * len(order))
+    for s in seeds:
+        for v in order:
+            if teacher and get_variant(v).sigmoid:
+                build_sets(data_dir, *teacher, select=sets)
+            _log(progress.next(f"{v}, seed {s}"))
+            name = v if s == seed else f"{v}-seed{s}"
+            _train_one(name, v, runs_by_seed[s][v], data_dir, out, plan, save_plan, s, config_file, steps_of=v)
     seed_runs = []
     if "ensemble" in methods:  # a deep ensemble: the baseline and more runs of it with other seeds
         for s in U.ensemble_seeds(seed):
             seed_runs.append(out / "runs" / f"baseline-seed{s}")
             _train_one(f"baseline-seed{s}", "baseline", seed_runs[-1], data_dir, out, plan, save_plan, s, config_file)
-    evals = {v: _evaluate_one(v, runs[v], data_dir, dataset, plan, num_samples, max_new_tokens, seed) for v in order}
-    rows = [experiment_row(v, evals[v], runs[v], plan.get("train_seconds", {}).get(v)) for v in order]
-    plot_experiment(out, runs, evals, rows, dataset.meta.get("synthetic", {}).get("cross_entropy_val"))
+    evals_by_seed = {
+        s: {
+            v: _evaluate_one(v, runs_by_seed[s][v], data_dir, dataset, plan, num_samples, max_new_tokens, s, resamples)
+            for v in order
+        }
+        for s in seeds
+    }
+    evals = evals_by_seed[seed]
+    seconds = plan.get("train_seconds", {})
+    per_seed = {
+        s: [experiment_row(v, evals_by_seed[s][v], runs_by_seed[s][v], seconds.get(_name(v, s, seed))) for v in order]
+        for s in seeds
+    }
+    study = SeedStudy(per_seed, evals_by_seed, runs_by_seed)
+    rows = study.rows()
+    plot_experiment(out, runs, evals, rows, dataset.meta.get("synthetic", {}).get("cross_entropy_val"), study)
     section: list[str] = []
     if methods:
         _, section = U.run_uncertainty(out, data_dir, order, methods, runs, seed_runs, ood or U.DEFAULT_OOD, seed, _log)
     plan["last_wall_seconds"] = time.perf_counter() - t_start
     save_plan()
-    report = write_report(out, rows, evals, plan, command, section)
-    print(experiment_table(rows))
+    report = write_report(out, study, plan, command, section)
+    print(experiment_table(rows, study.intervals()))
     _log(f"report: {report} ({plan['last_wall_seconds']:.0f} s this run)")
     return report
+
+
+def run_folder(out: Path, variant: str, seed: int, first_seed: int) -> Path:
+    """OUT/runs/VARIANT for the first seed (the one-seed layout), OUT/runs-seedS/VARIANT for another."""
+    return out / ("runs" if seed == first_seed else f"runs-seed{seed}") / variant
+
+
+def _name(variant: str, seed: int, first_seed: int) -> str:
+    """The run's key in the plan's train_seconds."""
+    return variant if seed == first_seed else f"{variant}-seed{seed}"
+
+
+class Progress:
+    """ "variant k of n" and an ETA from the mean wall time of the runs done so far."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.t0 = total, 0, time.perf_counter()
+
+    def next(self, what: str) -> str:
+        eta = ""
+        if self.done:
+            left = (time.perf_counter() - self.t0) / self.done * (self.total - self.done)
+            eta = f", about {left / 60:.1f} min of training left" if left >= 60 else f", about {left:.0f} s left"
+        self.done += 1
+        return f"run {self.done} of {self.total}: {what}{eta}"
 
 
 def _variants(variants: list[str] | None, methods: list[str]) -> list[str]:
@@ -299,7 +371,7 @@ def _open_data(data: str, out: Path, plan: dict[str, Any], needs_shift: bool) ->
     return data_dir, dataset
 
 
-def _command(data, variants, budget, seed, num_samples, max_new_tokens, out, sets, config_file, methods, ood) -> str:
+def _command(data, variants, budget, seeds, num_samples, max_new_tokens, out, sets, config_file, methods, ood) -> str:
     argv = [
         "--data",
         data,
@@ -307,8 +379,7 @@ def _command(data, variants, budget, seed, num_samples, max_new_tokens, out, set
         ",".join(variants),
         "--budget",
         budget,
-        "--seed",
-        str(seed),
+        *(["--seed", str(seeds[0])] if len(seeds) == 1 else ["--seeds", ",".join(map(str, seeds))]),
         "--num-samples",
         str(num_samples),
         "--max-new-tokens",
@@ -357,18 +428,21 @@ def _train_one(
     save_plan,
     seed: int,
     config_file: str | None,
+    steps_of: str | None = None,
 ) -> None:
-    """Resolve the run's step budget (timing it for a wall-time budget), then train, resume or skip it."""
+    """Resolve the run's step budget (timing it for a wall-time budget; ``steps_of``: the run whose budget
+    it shares, e.g. the same variant at another seed), then train, resume or skip it."""
     kind, amount = parse_budget(plan["budget"])
     targets = plan["targets"]
-    if name not in plan["max_iters"]:
+    key = steps_of or name
+    if key not in plan["max_iters"]:
         if kind == "steps":
-            plan["max_iters"][name] = int(amount)
+            plan["max_iters"][key] = int(amount)
         else:
-            plan["max_iters"][name], ms = calibrate_steps(variant, data_dir, out, amount, seed, config_file, targets)
-            _log(f"{name}: {ms:.0f} ms/step -> {plan['max_iters'][name]} steps for {plan['budget']}")
+            plan["max_iters"][key], ms = calibrate_steps(variant, data_dir, out, amount, seed, config_file, targets)
+            _log(f"{key}: {ms:.0f} ms/step -> {plan['max_iters'][key]} steps for {plan['budget']}")
         save_plan()
-    cfg = run_config(variant, data_dir, run_dir, plan["max_iters"][name], seed, config_file, targets)
+    cfg = run_config(variant, data_dir, run_dir, plan["max_iters"][key], seed, config_file, targets)
     _log(f"train {name}: {cfg.train.max_iters} steps into {run_dir}")
     t0 = time.perf_counter()
     done = train_variant(cfg)
@@ -387,13 +461,14 @@ def _evaluate_one(
     num_samples: int,
     max_new_tokens: int,
     seed: int,
+    resamples: int = RESAMPLES,
 ) -> dict[str, Any]:
     path = default_out(run_dir, "val")
     ev = json.loads(path.read_text()) if path.is_file() else None
     if ev is not None and ev["step"] == plan["max_iters"][v]:
-        _log(f"eval {v}: {path} (already done)")
+        _log(f"eval {run_dir.parent.name}/{v}: {path} (already done)")
         return ev
-    _log(f"eval {v}")
+    _log(f"eval {run_dir.parent.name}/{v}")
     sets = None if dataset.synthetic is not None else (plan["targets"] or "none")
     return evaluate(
         run_dir,
@@ -403,5 +478,6 @@ def _evaluate_one(
         num_samples=num_samples,
         max_new_tokens=max_new_tokens,
         seed=seed,
+        resamples=resamples,
         temperature=False,
     )

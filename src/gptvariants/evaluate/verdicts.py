@@ -1,0 +1,179 @@
+"""An experiment over seeds: each figure's mean and interval, and the comparisons its intervals allow.
+
+``SeedStudy`` holds the results.csv rows of every seed (``report.experiment_row``) and the eval JSONs
+behind them. A table cell is the mean over seeds with its Student-t interval (n = seeds); with one
+seed, the value itself with the eval's block-bootstrap interval. A comparison of a variant with the
+baseline is the paired difference: over seeds (``paired_t_interval``), or with one seed a paired
+block bootstrap over the same held-out tokens, both runs' per-token statistics read from
+RUN/eval/val.tokens.npz (``bootstrap.paired_figures``). Every sentence is worded by
+``intervals.compare``: better, worse, or no significant difference.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..intervals import Interval, chance_note, compare, paired_t_interval, t_interval
+from .bootstrap import Resampling, paired_figures, token_file, within_difference
+from .result import headline, headline_intervals
+
+HIGHER_IS_BETTER = {"auroc_entropy", "auroc_mutual_information", "distinct_4_study", "distinct_4", "set_f1"}
+NAMES = {
+    "perplexity": "perplexity",
+    "nats_per_token": "nats/token",
+    "ece": "ECE",
+    "brier": "Brier",
+    "auroc_entropy": "AUROC (entropy)",
+    "self_bleu": "Self-BLEU (lower = more diverse)",
+    "distinct_4_study": "Distinct-4",
+    "kl_to_truth": "KL to truth",
+}
+SETTINGS = {"steps", "set_best_tau"}  # columns that describe a run rather than measure it: no mean, no interval
+SEED_FIGURES = list(NAMES)  # compared over seeds
+TOKEN_FIGURES = ["nats_per_token", "ece", "brier", "auroc_entropy"]  # compared with one seed (per-token statistics)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class SeedStudy:
+    """``per_seed[seed]``: results.csv rows (one per variant, same order every seed); ``evals[seed][variant]``:
+    the eval JSONs; ``runs[seed][variant]``: the run folders. The first seed is the experiment's own."""
+
+    def __init__(
+        self,
+        per_seed: dict[int, list[dict[str, Any]]],
+        evals: dict[int, dict[str, dict[str, Any]]],
+        runs: dict[int, dict[str, Path]],
+    ) -> None:
+        self.per_seed, self.evals, self.runs = per_seed, evals, runs
+        self.seeds = list(per_seed)
+        self.first = self.seeds[0]
+        self.variants = [r["variant"] for r in per_seed[self.first]]
+
+    def values(self, variant: str, key: str) -> list[Any]:
+        i = self.variants.index(variant)
+        return [self.per_seed[s][i].get(key) for s in self.seeds]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per variant: with one seed the row itself, else each number's mean over the seeds
+        (None unless every seed has it) and ``seeds``."""
+        if len(self.seeds) == 1:
+            return self.per_seed[self.first]
+        out = []
+        for i, v in enumerate(self.variants):
+            row: dict[str, Any] = {"variant": v}
+            for key in self.per_seed[self.first][i]:
+                vals = self.values(v, key)
+                if key in SETTINGS:  # the same for every seed, or the first seed's
+                    row[key] = vals[0]
+                elif key != "variant":
+                    row[key] = float(np.mean(vals)) if all(_number(x) for x in vals) else None
+            out.append({**row, "seeds": len(self.seeds)})
+        return out
+
+    def intervals(self) -> dict[str, dict[str, Interval]]:
+        """variant -> figure -> its 95 % interval: t over seeds, or the eval's bootstrap with one seed."""
+        if len(self.seeds) == 1:
+            return {v: headline_intervals(self.evals[self.first][v]) for v in self.variants}
+        out: dict[str, dict[str, Interval]] = {}
+        for i, v in enumerate(self.variants):
+            out[v] = {}
+            for key in self.per_seed[self.first][i]:
+                vals = self.values(v, key)
+                if key != "variant" and key not in SETTINGS and all(_number(x) for x in vals):
+                    out[v][key] = t_interval(vals)
+        return out
+
+    def differences(self, baseline: str = "baseline") -> dict[str, dict[str, Interval]]:
+        """variant -> figure -> (variant - baseline) with its paired interval; {} without a baseline."""
+        if baseline not in self.variants:
+            return {}
+        out: dict[str, dict[str, Interval]] = {}
+        for v in self.variants:
+            if v == baseline:
+                continue
+            if len(self.seeds) > 1:
+                out[v] = {
+                    k: paired_t_interval(self.values(v, k), self.values(baseline, k))
+                    for k in SEED_FIGURES
+                    if all(_number(x) for x in self.values(v, k) + self.values(baseline, k))
+                }
+            else:
+                out[v] = self._paired_tokens(v, baseline)
+        return out
+
+    def _tokens(self, variant: str) -> dict[str, np.ndarray] | None:
+        path = token_file(self.runs[self.first][variant] / "eval" / "val.json")
+        if not path.is_file():
+            return None
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+
+    def _resampling(self, variant: str) -> Resampling | None:
+        boot = self.evals[self.first][variant].get("intervals")
+        return Resampling(boot["resamples"], boot["block_tokens"], boot["seed"]) if boot else None
+
+    def _paired_tokens(self, variant: str, baseline: str) -> dict[str, Interval]:
+        a, b, how = self._tokens(variant), self._tokens(baseline), self._resampling(variant)
+        if a is None or b is None or how is None or len(a["nll"]) != len(b["nll"]):
+            return {}
+        paired = paired_figures(a, b, how)
+        return {k: paired[k] for k in TOKEN_FIGURES if k in paired}
+
+    def epistemic(self) -> dict[str, Interval]:
+        """variant -> AUROC(MI) - AUROC(entropy) for flagging a wrong top-1 token, paired within the
+        system (over seeds, or by the bootstrap over its tokens), for the variants with MI."""
+        out: dict[str, Interval] = {}
+        for v in self.variants:
+            mi = [headline(self.evals[s][v])["auroc_mutual_information"] for s in self.seeds]
+            if not all(_number(x) for x in mi):
+                continue
+            if len(self.seeds) > 1:
+                h = [headline(self.evals[s][v])["auroc_entropy"] for s in self.seeds]
+                out[v] = paired_t_interval(mi, h)
+            elif (t := self._tokens(v)) is not None and (how := self._resampling(v)) and "mutual_information" in t:
+                out[v] = within_difference(t, "mutual_information", "entropy", how)
+        return out
+
+
+def differences_section(study: SeedStudy, baseline: str = "baseline") -> list[str]:
+    """The report's "Differences from the baseline": a sentence per figure from its paired interval."""
+    diffs, epistemic = study.differences(baseline), study.epistemic()
+    if not diffs and not epistemic:
+        return []
+    n = len(study.seeds)
+    how = (
+        f"paired over the {n} seeds (Student t, n = {n})"
+        if n > 1
+        else "with one seed, a paired block bootstrap over the same held-out tokens (both runs' per-token "
+        "statistics from RUN/eval/val.tokens.npz, the same resamples weighing both)"
+    )
+    lines = [
+        "## Differences from the baseline",
+        "",
+        f"Each figure of a variant minus the baseline's, with its 95 % interval, {how}. A difference is called "
+        "better or worse only when its interval excludes 0; otherwise there is no significant difference.",
+        "",
+    ]
+    for v, figures in diffs.items():
+        said = [compare(NAMES[k], v, baseline, iv, k in HIGHER_IS_BETTER) for k, iv in figures.items()]
+        missing = "no paired statistics (its eval has no per-token file: rerun `gptv eval`)"
+        lines.append(f"- **{v}**: " + ("; ".join(said) if said else missing))
+    if epistemic:
+        lines += ["", "Epistemic against total uncertainty, within each system (AUROC for a wrong top-1 token):", ""]
+        lines += [
+            f"- {compare('AUROC of MI minus AUROC of entropy', f'MI of {v}', f'entropy of {v}', iv, True)}"
+            for v, iv in epistemic.items()
+        ]
+    notes = []
+    for v, cis in study.intervals().items():
+        for key in ("auroc_entropy", "auroc_mutual_information"):
+            if key in cis and (note := chance_note(cis[key])):
+                notes.append(f"- {NAMES.get(key, 'AUROC (MI)')} of {v} ({cis[key].format('{:.3f}')}): {note}.")
+    return lines + (["", *notes] if notes else []) + [""]

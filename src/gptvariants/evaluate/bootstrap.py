@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import metrics as M
+from ..common.errors import InputError
 from ..intervals import BLOCK, LEVEL, RESAMPLES, BlockBootstrap, Interval
 from .summaries import N_BINS
 from .uncertainty import available, uncertainty_of
@@ -45,6 +46,12 @@ class Resampling:
     resamples: int = RESAMPLES
     block: int = BLOCK
     seed: int = 1337
+
+    def __post_init__(self) -> None:
+        if self.resamples == 1 or self.resamples < 0 or self.block < 1:
+            raise InputError(
+                f"resamples must be 0 (no intervals) or >= 2 and block >= 1, got {self.resamples} and {self.block}"
+            )
 
     def of(self, n: int, offset: int = 0) -> BlockBootstrap:
         return BlockBootstrap(n, self.block, self.resamples, self.seed + offset)

@@ -118,13 +118,10 @@ def evaluate(
     the exact support on the synthetic language, none otherwise. num_samples = 0 skips the
     diversity section. Raises ValueError for a tokenizer mismatch, a text shorter than one
     window, a bad stride, or a sigmoid head asked for set metrics without reference sets.
-    resamples, block: the block bootstrap behind every figure's ``x_ci`` (``bootstrap``; seeded with
-    ``seed``); resamples = 0 gives no intervals.
+    resamples, block: the block bootstrap of every figure's ``x_ci`` (``bootstrap``; 0 resamples = none).
     """
     if (data_dir is None) == (text is None):
         raise InputError("give the text to evaluate as either a prepared data folder (--data) or a file (--text)")
-    if resamples == 1 or resamples < 0 or block < 1:
-        raise InputError(f"resamples must be 0 (no intervals) or >= 2 and block >= 1, got {resamples} and {block}")
     how = Resampling(resamples, block, seed)
     runs = load_runs(run_dir, resolve_device(device))
     folder, cfg, tokenizer, source = _open(runs, data_dir, text, split)
@@ -132,12 +129,12 @@ def evaluate(
     prediction = Prediction(method, mc_samples, temperature, seed)
     predictor = build_predictor(runs, prediction)
     result, raw = _scored(runs, predictor, method, source, sets, stride, tau, batch, progress)
-    outside = None
     if ood is not None:
-        result["ood"], outside = _ood(predictor, ood, folder, tokenizer, source, raw["tokens"], stride, batch, progress)
-    out = Path(out) if out is not None else default_out(folder, split if text is None else f"text:{text}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _intervals(result, raw["tokens"], outside, predictor.block_size, how, out)
+        result["ood"], raw["outside"] = _ood(
+            predictor, ood, folder, tokenizer, source, raw["tokens"], stride, batch, progress
+        )
+    out = _out_path(out, folder, split if text is None else f"text:{text}")
+    _intervals(result, raw["tokens"], raw.get("outside"), predictor.block_size, how, out)
     result["calibration"]["reliability_png"] = _plot(result, raw, out).name
     result["diversity"] = None
     if num_samples > 0:
@@ -148,6 +145,13 @@ def evaluate(
         tag = source.split if text is None else "text"
         result["logged_to"] = log_eval_scalars(folder, cfg, result["step"], scalars(result, f"eval-{tag}"))
     return result
+
+
+def _out_path(out: str | Path | None, folder: Path, source: str) -> Path:
+    """``out``, default ``default_out``, with its folder created."""
+    path = Path(out) if out is not None else default_out(folder, source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _intervals(

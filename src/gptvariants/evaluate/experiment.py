@@ -136,15 +136,17 @@ def resolve_data(data: str, out: Path, seed: int = 1337) -> Path:
     return target
 
 
-def teacher_for(data: TokenDataset, variants: list[str], out: Path) -> tuple[str, str] | None:
+def teacher_for(data: TokenDataset, variants: list[str], out: Path, sets: str = "top") -> tuple[str, str] | None:
     """(teacher spec, target-set name) for the sigmoid variants, or None when there are none."""
     if not any(get_variant(v).sigmoid for v in variants):
         return None
     if data.synthetic is not None:
-        return "oracle", "oracle"
-    if "baseline" in variants:
-        return f"ckpt:{out / 'runs' / 'baseline'}", "ckpt_baseline"
-    return "ngram:3", "ngram_3"
+        spec, name = "oracle", "oracle"
+    elif "baseline" in variants:
+        spec, name = f"ckpt:{out / 'runs' / 'baseline'}", "ckpt_baseline"
+    else:
+        spec, name = "ngram:3", "ngram_3"
+    return spec, (f"{name}-sample{SAMPLE_K}" if sets == "sample" else name)
 
 
 def build_sets(data_dir: Path, teacher: str, name: str, select: str = "top") -> None:
@@ -250,10 +252,8 @@ def run_experiment(
 ) -> Path:
     """Run (or resume) the whole experiment into ``out``; returns the path of report.md.
 
-    ``seeds``: train and evaluate every variant once per seed (default: ``seed`` alone); the first
-    seed's runs are OUT/runs/VARIANT, another seed S's OUT/runs-seedS/VARIANT. Every table cell is
-    then the mean over seeds with its t interval; with one seed, the eval's block-bootstrap interval
-    (``resamples`` resamples; 0 = none).
+    ``seeds``: every variant once per seed (default ``seed`` alone; ``run_folder``); table cells are means
+    over seeds with t intervals, or with one seed the eval's block bootstrap (``resamples``; 0 = none).
 
     ``sets``: the sigmoid variants' teacher sets, "top" (the study's rule) or "sample".
     ``methods``: uncertainty comparators (``comparators.METHOD_CHOICES``) for the report's
@@ -273,44 +273,23 @@ def run_experiment(
     )
     plan, save_plan = _plan(out, budget, seed, data, config_file, sets)
     data_dir, dataset = _open_data(data, out, plan, bool(methods) and ood is None)
-    teacher = teacher_for(dataset, variants, out)
-    if teacher and sets == "sample":
-        teacher = (teacher[0], f"{teacher[1]}-sample{SAMPLE_K}")
+    teacher = teacher_for(dataset, variants, out, sets)
     plan["targets"] = teacher[1] if teacher else None
     plan["seeds"] = seeds
     # a checkpoint teacher must be trained before the sigmoid variants that learn from it
     order = sorted(variants, key=lambda v: v != "baseline")
     runs_by_seed = {s: {v: run_folder(out, v, s, seed) for v in order} for s in seeds}
     runs = runs_by_seed[seed]
-    progress = Progress(len(seeds) * len(order))
-    for s in seeds:
-        for v in order:
-            if teacher and get_variant(v).sigmoid:
-                build_sets(data_dir, *teacher, select=sets)
-            _log(progress.next(f"{v}, seed {s}"))
-            name = v if s == seed else f"{v}-seed{s}"
-            _train_one(name, v, runs_by_seed[s][v], data_dir, out, plan, save_plan, s, config_file, steps_of=v)
+    _train_all(runs_by_seed, teacher, sets, data_dir, out, plan, save_plan, config_file)
     seed_runs = []
     if "ensemble" in methods:  # a deep ensemble: the baseline and more runs of it with other seeds
         for s in U.ensemble_seeds(seed):
             seed_runs.append(out / "runs" / f"baseline-seed{s}")
             _train_one(f"baseline-seed{s}", "baseline", seed_runs[-1], data_dir, out, plan, save_plan, s, config_file)
-    evals_by_seed = {
-        s: {
-            v: _evaluate_one(v, runs_by_seed[s][v], data_dir, dataset, plan, num_samples, max_new_tokens, s, resamples)
-            for v in order
-        }
-        for s in seeds
-    }
-    evals = evals_by_seed[seed]
-    seconds = plan.get("train_seconds", {})
-    per_seed = {
-        s: [experiment_row(v, evals_by_seed[s][v], runs_by_seed[s][v], seconds.get(_name(v, s, seed))) for v in order]
-        for s in seeds
-    }
-    study = SeedStudy(per_seed, evals_by_seed, runs_by_seed)
+    study = _evaluate_all(runs_by_seed, data_dir, dataset, plan, num_samples, max_new_tokens, resamples)
     rows = study.rows()
-    plot_experiment(out, runs, evals, rows, dataset.meta.get("synthetic", {}).get("cross_entropy_val"), study)
+    ideal = dataset.meta.get("synthetic", {}).get("cross_entropy_val")
+    plot_experiment(out, runs, study.evals[seed], rows, ideal, study)
     section: list[str] = []
     if methods:
         _, section = U.run_uncertainty(out, data_dir, order, methods, runs, seed_runs, ood or U.DEFAULT_OOD, seed, _log)
@@ -320,6 +299,53 @@ def run_experiment(
     print(experiment_table(rows, study.intervals()))
     _log(f"report: {report} ({plan['last_wall_seconds']:.0f} s this run)")
     return report
+
+
+def _train_all(
+    runs_by_seed: dict[int, dict[str, Path]],
+    teacher: tuple[str, str] | None,
+    sets: str,
+    data_dir: Path,
+    out: Path,
+    plan: dict[str, Any],
+    save_plan,
+    config_file: str | None,
+) -> None:
+    """Train, resume or skip every run of every seed, in order, saying which of how many and an ETA."""
+    first = next(iter(runs_by_seed))
+    progress = Progress(sum(len(r) for r in runs_by_seed.values()))
+    for s, runs in runs_by_seed.items():
+        for v, run_dir in runs.items():
+            if teacher and get_variant(v).sigmoid:
+                build_sets(data_dir, *teacher, select=sets)
+            _log(progress.next(f"{v}, seed {s}"))
+            _train_one(_name(v, s, first), v, run_dir, data_dir, out, plan, save_plan, s, config_file, steps_of=v)
+
+
+def _evaluate_all(
+    runs_by_seed: dict[int, dict[str, Path]],
+    data_dir: Path,
+    dataset: TokenDataset,
+    plan: dict[str, Any],
+    num_samples: int,
+    max_new_tokens: int,
+    resamples: int,
+) -> SeedStudy:
+    """Evaluate (or reuse the evaluation of) every run of every seed; their rows and evals as a SeedStudy."""
+    first = next(iter(runs_by_seed))
+    evals = {
+        s: {
+            v: _evaluate_one(v, r, data_dir, dataset, plan, num_samples, max_new_tokens, s, resamples)
+            for v, r in runs.items()
+        }
+        for s, runs in runs_by_seed.items()
+    }
+    seconds = plan.get("train_seconds", {})
+    per_seed = {
+        s: [experiment_row(v, evals[s][v], r, seconds.get(_name(v, s, first))) for v, r in runs.items()]
+        for s, runs in runs_by_seed.items()
+    }
+    return SeedStudy(per_seed, evals, runs_by_seed)
 
 
 def run_folder(out: Path, variant: str, seed: int, first_seed: int) -> Path:

@@ -277,12 +277,7 @@ def format_result(ev: EvalResult | dict[str, Any]) -> str:
             f"  {unk['count']:,} piece(s) the tokenizer cannot encode were dropped ({unk['distinct']} distinct, "
             f"e.g. {', '.join(repr(k) for k in list(unk['examples'])[:5])})"
         )
-    boot = ev.data.get("intervals")
-    if boot:
-        lines.append(
-            f"  [95 % intervals: {boot['method']}, {boot['resamples']} resamples "
-            f"of {boot['block_tokens']}-token blocks]"
-        )
+    lines += _interval_note(ev.data.get("intervals"))
     lines += [
         f"  perplexity {f('perplexity')}  nats/token {f('nats_per_token')}"
         + (f"  bits/byte {h['bits_per_byte']:.4f}" if h["bits_per_byte"] else "")
@@ -324,6 +319,14 @@ def format_result(ev: EvalResult | dict[str, Any]) -> str:
         + (f", generation {h['generation_tokens_per_s']:,.0f} tok/s" if h["generation_tokens_per_s"] else "")
     )
     return "\n".join(lines)
+
+
+def _interval_note(boot: dict[str, Any] | None) -> list[str]:
+    if not boot:
+        return []
+    return [
+        f"  [95 % intervals: {boot['method']}, {boot['resamples']} resamples of {boot['block_tokens']}-token blocks]"
+    ]
 
 
 def _ood_lines(o: Ood | None, h: dict[str, Any], cis: dict[str, Interval]) -> list[str]:

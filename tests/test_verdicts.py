@@ -15,7 +15,7 @@ from gptvariants.common.errors import InputError
 from gptvariants.evaluate import experiment as X
 from gptvariants.evaluate.bootstrap import Resampling, paired_figures, within_difference
 from gptvariants.evaluate.report import markdown_table
-from gptvariants.evaluate.verdicts import SeedStudy
+from gptvariants.evaluate.verdicts import SeedStudy, ood_score_sentence
 from gptvariants.intervals import (
     BlockBootstrap,
     Interval,
@@ -180,3 +180,22 @@ def test_experiment_over_two_seeds_reuses_everything(tmp_path, capsys):
     assert cli_main(argv) == 0
     again = capsys.readouterr().out
     assert again.count("(already done)") == 4 and again.count(": skipped") == 4 and "trained" not in again
+
+
+def test_ood_score_sentence_claims_only_a_supported_difference():
+    def ev(score, est, lo, hi):
+        iv = Interval(est, lo, hi, (hi - lo) / 3.92, 200, "b").to_dict()
+        return {"ood": {"auroc": {"token": {score: est}}, "auroc_ci": {"token": {score: iv}}}}
+
+    close = ood_score_sentence(
+        "MI of bayes", ev("mi", 0.579, 0.56, 0.60), "mi", "baseline", ev("entropy", 0.575, 0.555, 0.595), "entropy"
+    )
+    assert "no significant difference between MI of bayes (0.579 [0.560, 0.600])" in close and "beats" not in close
+    far = ood_score_sentence(
+        "MI of bayes", ev("mi", 0.45, 0.43, 0.47), "mi", "baseline", ev("entropy", 0.62, 0.60, 0.64), "entropy"
+    )
+    assert "MI of bayes (0.450 [0.430, 0.470]) worse than baseline" in far and "MI of bayes's is below chance" in far
+    old = ood_score_sentence(
+        "a", {"ood": {"auroc": {"token": {"mi": 0.6}}}}, "mi", "b", ev("entropy", 0.5, 0.4, 0.6), "entropy"
+    )
+    assert "no intervals, so no verdict" in old

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..intervals import Interval, chance_note, compare, paired_t_interval, t_interval
+from ..intervals import unpaired_difference as unpaired
 from .bootstrap import Resampling, paired_figures, token_file, within_difference
 from .result import headline, headline_intervals
 
@@ -177,3 +178,36 @@ def differences_section(study: SeedStudy, baseline: str = "baseline") -> list[st
             if key in cis and (note := chance_note(cis[key])):
                 notes.append(f"- {NAMES.get(key, 'AUROC (MI)')} of {v} ({cis[key].format('{:.3f}')}): {note}.")
     return lines + (["", *notes] if notes else []) + [""]
+
+
+def ood_score_sentence(
+    first: str,
+    first_eval: dict[str, Any],
+    first_score: str,
+    second: str,
+    second_eval: dict[str, Any],
+    second_score: str,
+) -> str:
+    """A token-level OOD AUROC of one system's score against another's (e.g. the best MI against the
+    baseline's entropy), worded from the interval of their difference, with a below-chance note.
+
+    The two evals' OOD sections are resampled separately, so the difference's interval is the
+    conservative unpaired one (``intervals.unpaired_difference``); without intervals (an eval from
+    before them) it says that no verdict is possible."""
+    a, b = (_ood_ci(ev, s) for ev, s in ((first_eval, first_score), (second_eval, second_score)))
+    what = "token-level OOD AUROC"
+    if a is None or b is None:
+        return f"{what}: {first} {_ood_value(first_eval, first_score):.3f} and {second} " \
+            f"{_ood_value(second_eval, second_score):.3f} (no intervals, so no verdict)"  # fmt: skip
+    said = compare(what, f"{first} ({a.format('{:.3f}')})", f"{second} ({b.format('{:.3f}')})", unpaired(a, b), True)
+    notes = [f"{name}'s is {note}" for name, iv in ((first, a), (second, b)) if (note := chance_note(iv))]
+    return said + ("; " + "; ".join(notes) if notes else "") + "."
+
+
+def _ood_ci(ev: dict[str, Any], score: str) -> Interval | None:
+    d = ((ev.get("ood") or {}).get("auroc_ci") or {}).get("token", {}).get(score)
+    return Interval(**d) if d else None
+
+
+def _ood_value(ev: dict[str, Any], score: str) -> float:
+    return float((ev.get("ood") or {}).get("auroc", {}).get("token", {}).get(score, math.nan))

@@ -14,7 +14,7 @@ from gptvariants.apps.cli.main import main as cli_main
 from gptvariants.common.errors import InputError
 from gptvariants.evaluate import experiment as X
 from gptvariants.evaluate.bootstrap import Resampling, paired_figures, within_difference
-from gptvariants.evaluate.report import markdown_table
+from gptvariants.evaluate.report import best_cells, markdown_table
 from gptvariants.evaluate.verdicts import SeedStudy, ood_score_sentence
 from gptvariants.intervals import (
     BlockBootstrap,
@@ -199,3 +199,23 @@ def test_ood_score_sentence_claims_only_a_supported_difference():
         "a", {"ood": {"auroc": {"token": {"mi": 0.6}}}}, "mi", "b", ev("entropy", 0.5, 0.4, 0.6), "entropy"
     )
     assert "no intervals, so no verdict" in old
+
+
+def test_best_values_are_marked_only_where_the_intervals_separate_them():
+    rows = [{"variant": "a", "perplexity": 10.0, "ece": 0.010}, {"variant": "b", "perplexity": 12.0, "ece": 0.011}]
+    cis = {
+        "a": {
+            "perplexity": Interval(10.0, 9.5, 10.5, 0.2, 3, "t"),
+            "ece": Interval(0.010, 0.008, 0.012, 0.001, 3, "t"),
+        },
+        "b": {
+            "perplexity": Interval(12.0, 11.5, 12.5, 0.2, 3, "t"),
+            "ece": Interval(0.011, 0.009, 0.013, 0.001, 3, "t"),
+        },
+    }
+    best = best_cells(rows, cis)
+    assert best == {("a", "perplexity")}  # the ECEs overlap: no best is claimed
+    assert "| a | **10.0000 ± 0.5000** | 0.0100 ± 0.0020 |" in markdown_table(
+        rows, ["variant", "perplexity", "ece"], cis, best=best
+    )
+    assert best_cells(rows, {}) == set()  # no intervals, no claim

@@ -100,13 +100,41 @@ def column(key: str) -> Column:
     return COLUMNS[key]
 
 
-def _cell(value: Any, fmt: str, interval: Interval | None = None) -> str:
-    """The value ("-" when missing or not finite), with "± h" (half the 95 % interval's width) when it has one."""
+def _cell(value: Any, fmt: str, interval: Interval | None = None, best: bool = False) -> str:
+    """The value ("-" when missing or not finite), with "± h" (half the 95 % interval's width) when it
+    has one, in bold when ``best``."""
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "-"
-    if interval is None or not (np.isfinite(interval.lo) and np.isfinite(interval.hi)):
-        return fmt.format(value)
-    return f"{fmt.format(value)} ± {fmt.format((interval.hi - interval.lo) / 2)}"
+    text = fmt.format(value)
+    if interval is not None and np.isfinite(interval.lo) and np.isfinite(interval.hi):
+        text += f" ± {fmt.format((interval.hi - interval.lo) / 2)}"
+    return f"**{text}**" if best else text
+
+
+BETTER = {  # the columns with a better direction: True = higher is better
+    "perplexity": False, "nats_per_token": False, "ece": False, "brier": False, "kl_to_truth": False,
+    "auroc_entropy": True, "ood_auroc_entropy": True, "set_f1_best": True, "bits_per_byte": False,
+}  # fmt: skip
+
+
+def best_cells(rows: list[dict[str, Any]], intervals: dict[str, dict[str, Interval]]) -> set[tuple[str, str]]:
+    """(variant, column) of each column's best value where its interval supports it: the best row's
+    95 % interval does not overlap the runner-up's (a conservative test); none without intervals."""
+    marked = set()
+    for key, higher in BETTER.items():
+        cis = [intervals.get(r["variant"], {}).get(key) for r in rows if _finite(r.get(key))]
+        have = [(r["variant"], r[key], iv) for r, iv in zip((r for r in rows if _finite(r.get(key))), cis)]
+        if len(have) < 2 or any(iv is None or not np.isfinite(iv.lo) for iv in cis):
+            continue
+        ranked = sorted(((n, v, iv) for n, v, iv in have if iv is not None), key=lambda h: -h[1] if higher else h[1])
+        (name, _, first), (_, _, second) = ranked[:2]
+        if (first.lo > second.hi) if higher else (first.hi < second.lo):
+            marked.add((name, key))
+    return marked
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
 
 
 def markdown_table(
@@ -114,15 +142,18 @@ def markdown_table(
     keys: list[str],
     intervals: dict[str, dict[str, Interval]] | None = None,
     label: str = "variant",
+    best: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
 ) -> str:
     """A markdown table of ``rows`` with the columns ``keys`` ("-" for a missing or non-finite value);
-    ``intervals``: row label -> column key -> the interval printed beside the value."""
+    ``intervals``: row label -> column key -> the interval printed beside the value; ``best``: the
+    (row label, column key) cells set in bold."""
     cols = [column(k) for k in keys]
     cis = intervals or {}
     lines = ["| " + " | ".join(c.header for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        row_cis = cis.get(str(r.get(label)), {})
-        lines.append("| " + " | ".join(_cell(r.get(k), c.fmt, row_cis.get(k)) for k, c in zip(keys, cols)) + " |")
+        name = str(r.get(label))
+        cells = [_cell(r.get(k), c.fmt, cis.get(name, {}).get(k), (name, k) in best) for k, c in zip(keys, cols)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -204,16 +235,26 @@ def style(i: int) -> dict[str, Any]:
     return {"color": f"C{i % 10}", "linestyle": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}
 
 
-def plot_curves(runs: dict[str, Path], path: Path, ideal: float | None = None) -> Path:
+def plot_curves(
+    runs: dict[str, Path], path: Path, ideal: float | None = None, more: Sequence[dict[str, Path]] = ()
+) -> Path:
     """Validation cross-entropy of the predictive distribution (one scale for every variant) vs
-    step; ``ideal``: the true model's cross-entropy on the split (synthetic language), drawn as a line."""
+    step; ``ideal``: the true model's cross-entropy on the split (synthetic language), drawn as a line.
+    ``more``: the same variants' runs at other seeds: the line is then the mean over seeds and the
+    band spans the lowest to the highest seed."""
     fig = figure((6.5, 4.2))
     ax = fig.subplots()
     if ideal is not None:
         ax.axhline(ideal, color="grey", linestyle="--", linewidth=1, label="true distribution")
     for i, (name, run_dir) in enumerate(runs.items()):
-        evals = RunFolder(run_dir).records("eval")
-        ax.plot([r["step"] for r in evals], [r["val_ce"] for r in evals], markersize=4, label=name, **style(i))
+        curves = [RunFolder(r).records("eval") for r in [run_dir, *(m[name] for m in more if name in m)]]
+        n = min(len(c) for c in curves)
+        steps = [r["step"] for r in curves[0][:n]]
+        ce = np.array([[r["val_ce"] for r in c[:n]] for c in curves])
+        label = name if len(curves) == 1 else f"{name} (mean of {len(curves)} seeds)"
+        ax.plot(steps, ce.mean(0), markersize=4, label=label, **style(i))
+        if len(curves) > 1:
+            ax.fill_between(steps, ce.min(0), ce.max(0), color=style(i)["color"], alpha=0.15, linewidth=0)
     ax.set(
         xlabel="step",
         ylabel="validation cross-entropy (nats/token)",
@@ -288,7 +329,8 @@ def plot_experiment(
 ) -> None:
     """The experiment's figures: curves.png, reliability.png and ppl_vs_selfbleu.png in ``out``
     (error bars from ``study``'s intervals)."""
-    plot_curves(runs, out / "curves.png", ideal)
+    others = [r for s, r in study.runs.items() if s != study.first] if study else []
+    plot_curves(runs, out / "curves.png", ideal, others)
     plot_reliability_bins(evals, out / "reliability.png")
     plot_ppl_vs_selfbleu(rows, out / "ppl_vs_selfbleu.png", study.intervals() if study else None)
 
@@ -410,6 +452,8 @@ def _report_header(
         else "Each figure carries ± half the width of its 95 % block-bootstrap interval over the held-out tokens "
         "(one seed: training-seed variation is not included; run with --seeds 3 for it)."
     )
+    best = best_cells(rows, intervals)
+    spread += " **Bold**: the best value of its column, where its interval does not overlap the runner-up's."
     lines = [
         "# gptvariants experiment",
         "",
@@ -419,11 +463,11 @@ def _report_header(
         "",
         spread,
         "",
-        markdown_table(rows, filled(rows, HEADLINE_TABLE) + list(TOKEN_METRICS), intervals),
+        markdown_table(rows, filled(rows, HEADLINE_TABLE) + list(TOKEN_METRICS), intervals, best=best),
         "",
         "Details:",
         "",
-        markdown_table(rows, filled(rows, DETAIL_TABLE), intervals),
+        markdown_table(rows, filled(rows, DETAIL_TABLE), intervals, best=best),
         "",
     ]
     truth = any_eval.get("ground_truth")

@@ -77,6 +77,15 @@ def _shifted_ci(
     return _ci(boot, estimate, statistic(*resampled) + shift)
 
 
+def _rank_replicates(
+    boot: BlockBootstrap, statistic: Callable[..., np.ndarray], estimate: float, score: np.ndarray, positive: np.ndarray
+) -> np.ndarray:
+    """A rank statistic's replicates over ``boot`` from the quantile-group counts of ``score``, each
+    shifted by ``estimate`` minus the statistic of the full data's group counts (the binning error)."""
+    full, resampled = one_sample_counts(boot, score, positive)
+    return statistic(*resampled) + estimate - float(statistic(full[0][None], full[1][None])[0])
+
+
 def one_sample_counts(
     boot: BlockBootstrap, score: np.ndarray, positive: np.ndarray, bins: int = BINS
 ) -> tuple[Counts, Counts]:
@@ -98,20 +107,17 @@ def token_intervals(result: dict[str, Any], t: dict[str, np.ndarray], how: Resam
     cal["nll_ci"] = _ci(boot, cal["nll"], nats)
     cal["brier_ci"] = _ci(boot, cal["brier"], boot.means(t["brier"]))
     cal["accuracy_ci"] = _ci(boot, cal["accuracy"], boot.means(t["correct"]))
-    conf = t["confidence"].astype(np.float64)
-    gap = boot.group_sums(M.width_bins(conf, N_BINS), N_BINS, conf - t["correct"])
-    total = boot.group_sums(np.zeros(len(conf), np.int64), 1)[:, 0]  # each resample's token count
-    cal["ece_width_ci"] = _ci(boot, cal["ece_width"], M.ece_from_sums(gap, total))
+    cal["ece_width_ci"] = _ci(boot, cal["ece_width"], _ece_replicates(boot, t))
     wrong = ~t["correct"].astype(bool)
     scores = {k: t[stat] for k, stat in UNCERTAINTY_AUROCS.items() if k in unc and stat in t}
     scores["auroc_one_minus_confidence"] = -t["confidence"]
     for key, score in scores.items():
-        unc[f"{key}_ci"] = _shifted_ci(boot, unc[key], M.auroc_from_counts, *one_sample_counts(boot, score, wrong))
+        unc[f"{key}_ci"] = _ci(boot, unc[key], _rank_replicates(boot, M.auroc_from_counts, unc[key], score, wrong))
     sel = result["selective"]
-    sel["aurc_ci"] = {
-        s: _shifted_ci(boot, sel["aurc"][s], M.aurc_from_counts, *one_sample_counts(boot, uncertainty_of(t, s), wrong))
-        for s in available(t, need_label_free=True)
-    }
+    sel["aurc_ci"] = {}
+    for s in available(t, need_label_free=True):
+        reps = _rank_replicates(boot, M.aurc_from_counts, sel["aurc"][s], uncertainty_of(t, s), wrong)
+        sel["aurc_ci"][s] = _ci(boot, sel["aurc"][s], reps)
     sets = result.get("sets") or {}
     if "micro_f1" in sets and "set_tp" in t:
         f1 = boot.ratios(2 * t["set_tp"], t["set_n_pred"].astype(np.float64) + t["set_n_ref"])
@@ -185,8 +191,8 @@ def paired_figures(a: dict[str, np.ndarray], b: dict[str, np.ndarray], how: Resa
         for k in ("nll", "brier")
     }
     out["nats_per_token"] = out.pop("nll")
-    ece = [_ece_replicates(boot, t) for t in (a, b)]
-    out["ece"] = boot.paired_interval(ece[0][0], ece[1][0], ece[0][1], ece[1][1])
+    ece = [M.expected_calibration_error(t["confidence"], t["correct"], N_BINS, "width") for t in (a, b)]
+    out["ece"] = boot.paired_interval(ece[0], ece[1], _ece_replicates(boot, a), _ece_replicates(boot, b))
     for key, stat in (("auroc_entropy", "entropy"), ("auroc_mutual_information", "mutual_information")):
         if stat in a and stat in b:
             r = [_auroc_replicates(boot, t[stat], ~t["correct"].astype(bool)) for t in (a, b)]
@@ -201,15 +207,14 @@ def within_difference(t: dict[str, np.ndarray], score_a: str, score_b: str, how:
     return boot.paired_interval(ea, eb, ra, rb)
 
 
-def _ece_replicates(boot: BlockBootstrap, t: dict[str, np.ndarray]) -> tuple[float, np.ndarray]:
+def _ece_replicates(boot: BlockBootstrap, t: dict[str, np.ndarray]) -> np.ndarray:
+    """Equal-width-bin ECE in every resample (exact: per-bin sums of confidence - correct)."""
     conf = t["confidence"].astype(np.float64)
-    bins = M.width_bins(conf, N_BINS)
-    total = boot.group_sums(np.zeros(len(conf), np.int64), 1)[:, 0]
-    estimate = M.expected_calibration_error(conf, t["correct"], N_BINS, "width")
-    return estimate, M.ece_from_sums(boot.group_sums(bins, N_BINS, conf - t["correct"]), total)
+    gap = boot.group_sums(M.width_bins(conf, N_BINS), N_BINS, conf - t["correct"])
+    total = boot.group_sums(np.zeros(len(conf), np.int64), 1)[:, 0]  # each resample's token count
+    return M.ece_from_sums(gap, total)
 
 
 def _auroc_replicates(boot: BlockBootstrap, score: np.ndarray, wrong: np.ndarray) -> tuple[float, np.ndarray]:
-    full, resampled = one_sample_counts(boot, score, wrong)
     estimate = M.auroc(score, wrong)
-    return estimate, M.auroc_from_counts(*resampled) + estimate - M.auroc_from_counts(full[0][None], full[1][None])[0]
+    return estimate, _rank_replicates(boot, M.auroc_from_counts, estimate, score, wrong)

@@ -9,6 +9,7 @@ import pytest
 from conftest import tiny_overrides
 
 from gptvariants import metrics as M
+from gptvariants.apps.cli.main import build_parser
 from gptvariants.common.errors import InputError
 from gptvariants.core.config import load_config
 from gptvariants.evaluate import evaluation as E
@@ -87,3 +88,11 @@ def test_binned_rank_statistics_match_exact_per_token_weights():
     ):
         shifted = binned(*resampled) - binned(full[0][None], full[1][None])
         assert np.abs(shifted - exact).max() < 0.15 * exact.std()
+
+
+def test_eval_and_experiment_take_the_resampling_options():
+    parser = build_parser()
+    args = parser.parse_args(["eval", "--ckpt", "R", "--data", "D", "--resamples", "0", "--bootstrap-block", "8"])
+    assert (args.resamples, args.bootstrap_block) == (0, 8)
+    args = build_parser().parse_args(["experiment", "--out", "O", "--seeds", "3", "--resamples", "50"])
+    assert (args.seeds, args.resamples) == ("3", 50)

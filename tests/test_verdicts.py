@@ -41,8 +41,22 @@ def test_parse_seeds():
 def _study() -> SeedStudy:
     rows = {
         s: [
-            {"variant": "baseline", "steps": 5, "perplexity": 10.0 + d, "ece": 0.01 * s, "mutual_information": None},
-            {"variant": "bayes", "steps": 5, "perplexity": 11.0 + 2 * d, "ece": 0.01 * s, "mutual_information": 1e-3},
+            {
+                "variant": "baseline",
+                "steps": 5,
+                "perplexity": 10.0 + d,
+                "ece": 0.01 * s,
+                "mutual_information": None,
+                "nats_per_token": 2.0 + d,
+            },
+            {
+                "variant": "bayes",
+                "steps": 5,
+                "perplexity": 11.0 + 2 * d,
+                "ece": 0.01 * s,
+                "mutual_information": 1e-3,
+                "nats_per_token": 2.1 + 2 * d,
+            },
         ]
         for s, d in ((1, 0.0), (2, 0.5), (3, -0.2))
     }
@@ -61,7 +75,9 @@ def test_seed_rows_are_means_with_t_intervals_and_paired_differences():
     assert (ci["bayes"]["perplexity"].lo, ci["bayes"]["perplexity"].hi) == pytest.approx((lo, hi))
     assert "steps" not in ci["bayes"] and "mutual_information" not in ci["baseline"]
     diff = study.differences()["bayes"]
-    assert diff["perplexity"] == paired_t_interval([11.0, 12.0, 10.6], [10.0, 10.5, 9.8])
+    assert "perplexity" not in diff  # compared through nats/token only
+    ds = (0.0, 0.5, -0.2)
+    assert diff["nats_per_token"] == paired_t_interval([2.1 + 2 * d for d in ds], [2.0 + d for d in ds])
     assert diff["ece"].estimate == pytest.approx(0.0) and "steps" not in diff
 
 
@@ -176,7 +192,7 @@ def test_experiment_over_two_seeds_reuses_everything(tmp_path, capsys):
     assert set(results["per_seed"]) == {"1337", "1338"} and results["intervals"]["bayes"]["perplexity"]["n"] == 2
     report = (out / "report.md").read_text()
     assert "mean over 2 seeds (1337, 1338)" in report and "## Differences from the baseline" in report
-    assert "- **bayes**: perplexity: " in report and "--seeds 1337,1338" in report
+    assert "- **bayes**: nats/token: " in report and "--seeds 1337,1338" in report
     assert cli_main(argv) == 0
     again = capsys.readouterr().out
     assert again.count("(already done)") == 4 and again.count(": skipped") == 4 and "trained" not in again

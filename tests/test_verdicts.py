@@ -12,10 +12,9 @@ from scipy import stats
 
 from gptvariants.apps.cli.main import main as cli_main
 from gptvariants.common.errors import InputError
-from gptvariants.evaluate import experiment as X
 from gptvariants.evaluate.bootstrap import Resampling, paired_figures, within_difference
-from gptvariants.evaluate.report import best_cells, markdown_table
-from gptvariants.evaluate.verdicts import SeedStudy, ood_score_sentence
+from gptvariants.evaluate.report import markdown_table
+from gptvariants.evaluate.verdicts import SeedStudy, best_cells, ood_score_sentence, parse_seeds
 from gptvariants.intervals import (
     BlockBootstrap,
     Interval,
@@ -30,12 +29,12 @@ TINY_TOML = "n_layer = 2\nn_head = 2\nn_embd = 32\nblock_size = 32\nbatch_size =
 
 
 def test_parse_seeds():
-    assert X.parse_seeds(None, 7) == [7]
-    assert X.parse_seeds("3", 1337) == [1337, 1338, 1339]
-    assert X.parse_seeds("5,1,2", 1337) == [5, 1, 2]
+    assert parse_seeds(None, 7) == [7]
+    assert parse_seeds("3", 1337) == [1337, 1338, 1339]
+    assert parse_seeds("5,1,2", 1337) == [5, 1, 2]
     for bad in ("x", "0", "1,1", "-1"):
         with pytest.raises(InputError, match="seed"):
-            X.parse_seeds(bad, 1)
+            parse_seeds(bad, 1)
 
 
 def _study() -> SeedStudy:

@@ -47,7 +47,7 @@ from ..train.loop import train
 from . import comparators as U
 from .evaluation import default_out, evaluate
 from .report import experiment_row, experiment_table, plot_experiment, write_report
-from .verdicts import SeedStudy
+from .verdicts import SeedStudy, run_folder
 
 # nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide, block 64, batch 12). The default run, all
 # seven variants at DEFAULT_BUDGET steps with data, oracle sets and evaluation, took 323 s on
@@ -80,23 +80,6 @@ def parse_budget(budget: str) -> tuple[str, float]:
     if not m.group(2):
         return "steps", int(m.group(1))
     return "seconds", float(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
-
-
-def parse_seeds(spec: str | None, seed: int) -> list[int]:
-    """--seeds: a count N (seeds seed, seed + 1, ..., seed + N - 1) or a comma list; None = [seed]."""
-    if spec is None:
-        return [seed]
-    parts = [p.strip() for p in str(spec).split(",") if p.strip()]
-    if not parts or not all(p.isdigit() for p in parts):
-        raise InputError(f"--seeds {spec!r}: give a number of seeds (3) or a comma list of seeds (1337,1,2)")
-    if len(parts) == 1:
-        if int(parts[0]) < 1:
-            raise InputError(f"--seeds {spec!r}: need at least one seed")
-        return [seed + i for i in range(int(parts[0]))]
-    seeds = [int(p) for p in parts]
-    if len(set(seeds)) != len(seeds):
-        raise InputError(f"seed listed twice in --seeds {spec!r}")
-    return seeds
 
 
 def parse_variants(spec: str | None) -> list[str]:
@@ -346,11 +329,6 @@ def _evaluate_all(
         for s, runs in runs_by_seed.items()
     }
     return SeedStudy(per_seed, evals, runs_by_seed)
-
-
-def run_folder(out: Path, variant: str, seed: int, first_seed: int) -> Path:
-    """OUT/runs/VARIANT for the first seed (the one-seed layout), OUT/runs-seedS/VARIANT for another."""
-    return out / ("runs" if seed == first_seed else f"runs-seed{seed}") / variant
 
 
 def _name(variant: str, seed: int, first_seed: int) -> str:

@@ -23,7 +23,7 @@ from ..intervals import Interval
 from ..store.run import RunFolder
 from .result import headline
 from .scoring import TAUS, TOKEN_METRICS
-from .verdicts import SeedStudy, differences_section
+from .verdicts import SeedStudy, best_cells, differences_section
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -109,32 +109,6 @@ def _cell(value: Any, fmt: str, interval: Interval | None = None, best: bool = F
     if interval is not None and np.isfinite(interval.lo) and np.isfinite(interval.hi):
         text += f" ± {fmt.format((interval.hi - interval.lo) / 2)}"
     return f"**{text}**" if best else text
-
-
-BETTER = {  # the columns with a better direction: True = higher is better
-    "perplexity": False, "nats_per_token": False, "ece": False, "brier": False, "kl_to_truth": False,
-    "auroc_entropy": True, "ood_auroc_entropy": True, "set_f1_best": True, "bits_per_byte": False,
-}  # fmt: skip
-
-
-def best_cells(rows: list[dict[str, Any]], intervals: dict[str, dict[str, Interval]]) -> set[tuple[str, str]]:
-    """(variant, column) of each column's best value where its interval supports it: the best row's
-    95 % interval does not overlap the runner-up's (a conservative test); none without intervals."""
-    marked = set()
-    for key, higher in BETTER.items():
-        cis = [intervals.get(r["variant"], {}).get(key) for r in rows if _finite(r.get(key))]
-        have = [(r["variant"], r[key], iv) for r, iv in zip((r for r in rows if _finite(r.get(key))), cis)]
-        if len(have) < 2 or any(iv is None or not np.isfinite(iv.lo) for iv in cis):
-            continue
-        ranked = sorted(((n, v, iv) for n, v, iv in have if iv is not None), key=lambda h: -h[1] if higher else h[1])
-        (name, _, first), (_, _, second) = ranked[:2]
-        if (first.lo > second.hi) if higher else (first.hi < second.lo):
-            marked.add((name, key))
-    return marked
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
 
 
 def markdown_table(

@@ -6,7 +6,8 @@ seed, the value itself with the eval's block-bootstrap interval. A comparison of
 baseline is the paired difference: over seeds (``paired_t_interval``), or with one seed a paired
 block bootstrap over the same held-out tokens, both runs' per-token statistics read from
 RUN/eval/val.tokens.npz (``bootstrap.paired_figures``). Every sentence is worded by
-``intervals.compare``: better, worse, or no significant difference.
+``intervals.compare``: better, worse, or no significant difference. Also here: where a seed's runs
+live (``run_folder``), ``--seeds`` (``parse_seeds``) and which table cells may be marked best (``best_cells``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..common.errors import InputError
 from ..intervals import Interval, chance_note, compare, paired_t_interval, t_interval
 from ..intervals import unpaired_difference as unpaired
 from .bootstrap import Resampling, paired_figures, token_file, within_difference
@@ -213,3 +215,51 @@ def _ood_ci(ev: dict[str, Any], score: str) -> Interval | None:
 
 def _ood_value(ev: dict[str, Any], score: str) -> float:
     return float((ev.get("ood") or {}).get("auroc", {}).get("token", {}).get(score, math.nan))
+
+
+BETTER = {  # the columns with a better direction: True = higher is better
+    "perplexity": False, "nats_per_token": False, "ece": False, "brier": False, "kl_to_truth": False,
+    "auroc_entropy": True, "ood_auroc_entropy": True, "set_f1_best": True, "bits_per_byte": False,
+}  # fmt: skip
+
+
+def best_cells(rows: list[dict[str, Any]], intervals: dict[str, dict[str, Interval]]) -> set[tuple[str, str]]:
+    """(variant, column) of each column's best value where its interval supports it: the best row's
+    95 % interval does not overlap the runner-up's (a conservative test); none without intervals."""
+    marked = set()
+    for key, higher in BETTER.items():
+        cis = [intervals.get(r["variant"], {}).get(key) for r in rows if _finite(r.get(key))]
+        have = [(r["variant"], r[key], iv) for r, iv in zip((r for r in rows if _finite(r.get(key))), cis)]
+        if len(have) < 2 or any(iv is None or not np.isfinite(iv.lo) for iv in cis):
+            continue
+        ranked = sorted(((n, v, iv) for n, v, iv in have if iv is not None), key=lambda h: -h[1] if higher else h[1])
+        (name, _, first), (_, _, second) = ranked[:2]
+        if (first.lo > second.hi) if higher else (first.hi < second.lo):
+            marked.add((name, key))
+    return marked
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
+def parse_seeds(spec: str | None, seed: int) -> list[int]:
+    """--seeds: a count N (seeds seed, seed + 1, ..., seed + N - 1) or a comma list; None = [seed]."""
+    if spec is None:
+        return [seed]
+    parts = [p.strip() for p in str(spec).split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise InputError(f"--seeds {spec!r}: give a number of seeds (3) or a comma list of seeds (1337,1,2)")
+    if len(parts) == 1:
+        if int(parts[0]) < 1:
+            raise InputError(f"--seeds {spec!r}: need at least one seed")
+        return [seed + i for i in range(int(parts[0]))]
+    seeds = [int(p) for p in parts]
+    if len(set(seeds)) != len(seeds):
+        raise InputError(f"seed listed twice in --seeds {spec!r}")
+    return seeds
+
+
+def run_folder(out: Path, variant: str, seed: int, first_seed: int) -> Path:
+    """OUT/runs/VARIANT for the first seed (the one-seed layout), OUT/runs-seedS/VARIANT for another."""
+    return out / ("runs" if seed == first_seed else f"runs-seed{seed}") / variant

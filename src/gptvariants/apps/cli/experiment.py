@@ -8,7 +8,8 @@ import sys
 from ...common.argtypes import non_negative_int, positive_int
 from ...core.variants import REGISTRY, study_variants
 from ...evaluate.comparators import parse_methods
-from ...evaluate.experiment import DEFAULT_BUDGET, parse_seeds, parse_variants, run_experiment
+from ...evaluate.experiment import DEFAULT_BUDGET, parse_variants, run_experiment
+from ...evaluate.verdicts import parse_seeds
 from ...intervals import RESAMPLES
 
 

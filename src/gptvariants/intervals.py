@@ -104,6 +104,7 @@ class BlockBootstrap:
         draws = rng.integers(0, n_blocks, size=(resamples, n_blocks))
         self.counts = np.zeros((resamples, n_blocks), dtype=np.int64)
         np.add.at(self.counts, (np.arange(resamples)[:, None], draws), 1)
+        self.weight_table = self.counts.astype(np.float64)  # the counts as BLAS multiplies them
 
     @property
     def method(self) -> str:
@@ -114,10 +115,26 @@ class BlockBootstrap:
 
     def means(self, x: Any) -> np.ndarray:
         """The weighted mean of ``x`` (per token) in every resample, at once: (resamples,)."""
-        x = np.asarray(x, dtype=np.float64)
-        sums = np.bincount(self.block_of, weights=x, minlength=self.counts.shape[1])
-        sizes = np.bincount(self.block_of, minlength=self.counts.shape[1]).astype(np.float64)
-        return (self.counts @ sums) / (self.counts @ sizes)
+        return self.ratios(x, np.ones(self.n))
+
+    def ratios(self, num: Any, den: Any) -> np.ndarray:
+        """sum_i w_i num_i / sum_i w_i den_i in every resample, at once (a ratio of weighted sums,
+        e.g. a micro F1 = 2 tp / (n_pred + n_ref)): (resamples,), NaN where the denominator is 0."""
+        k = self.counts.shape[1]
+        nums = self.counts @ np.bincount(self.block_of, weights=np.asarray(num, dtype=np.float64), minlength=k)
+        dens = self.counts @ np.bincount(self.block_of, weights=np.asarray(den, dtype=np.float64), minlength=k)
+        return np.divide(nums, dens, out=np.full(nums.shape, np.nan), where=dens > 0)
+
+    def group_sums(self, groups: Any, n_groups: int, values: Any = None) -> np.ndarray:
+        """sum_i w_i values_i over the tokens of each group (``groups``: 0..n_groups-1 per token;
+        values default 1) in every resample, at once: (resamples, n_groups). One (blocks, groups)
+        table of sums, then one matrix product with the block counts: O(n + resamples blocks groups)."""
+        k = self.counts.shape[1]
+        cell = self.block_of * n_groups + np.asarray(groups, dtype=np.int64)
+        table = np.bincount(
+            cell, weights=None if values is None else np.asarray(values, np.float64), minlength=k * n_groups
+        )
+        return self.weight_table @ table.reshape(k, n_groups)
 
     def replicates(self, statistic: Callable[[np.ndarray], float]) -> np.ndarray:
         """``statistic(weights)`` for every resample's per-token weights: (resamples,)."""
@@ -133,6 +150,13 @@ class BlockBootstrap:
             float(estimate), float(lo), float(hi), float(reps.std(ddof=1)), int(reps.size), self.method, level
         )
 
+    def paired_interval(
+        self, estimate_a: float, estimate_b: float, reps_a: np.ndarray, reps_b: np.ndarray, level: float = LEVEL
+    ) -> Interval:
+        """The interval of a - b from both systems' replicates on these same resamples (paired: the
+        same held-out blocks weigh both, so what the two share cancels)."""
+        return self.interval(estimate_a - estimate_b, np.asarray(reps_a) - np.asarray(reps_b), level)
+
     def mean_interval(self, x: Any, level: float = LEVEL) -> Interval:
         return self.interval(float(np.mean(x)), self.means(x), level)
 
@@ -143,3 +167,40 @@ def verdict(difference: Interval, higher_is_better: bool) -> Verdict:
     if not difference.excludes(0.0):
         return "no significant difference"
     return "better" if (difference.lo > 0) == higher_is_better else "worse"
+
+
+def signed(iv: Interval, fmt: str = "{:+.3g}") -> str:
+    """'+0.1234 [+0.1000, +0.1500]' (the estimate and '(no interval)' when it has none)."""
+    if not (math.isfinite(iv.lo) and math.isfinite(iv.hi)):
+        return f"{fmt.format(iv.estimate)} (no interval)"
+    return f"{fmt.format(iv.estimate)} [{fmt.format(iv.lo)}, {fmt.format(iv.hi)}]"
+
+
+def compare(what: str, first: str, second: str, difference: Interval, higher_is_better: bool) -> str:
+    """The one sentence a comparison may print: '<what>: <first> better than <second> (+d [lo, hi])',
+    'worse than', or 'no significant difference between <first> and <second>'; ``difference`` is
+    first - second with its interval."""
+    word = verdict(difference, higher_is_better)
+    if word == "no significant difference":
+        return f"{what}: no significant difference between {first} and {second} ({signed(difference)})"
+    return f"{what}: {first} {word} than {second} ({signed(difference)})"
+
+
+def unpaired_difference(a: Interval, b: Interval, level: float = LEVEL) -> Interval:
+    """a - b for two intervals of independent estimates: se = sqrt(se_a^2 + se_b^2), normal bounds.
+    Conservative for two systems scored on the same tokens (their shared noise does not cancel);
+    prefer a paired interval where the per-token statistics or per-seed values of both exist."""
+    se = math.hypot(a.se, b.se)
+    half = float(stats.norm.ppf((1 + level) / 2)) * se
+    d = a.estimate - b.estimate
+    return Interval(d, d - half, d + half, se, min(a.n, b.n), "difference of independent intervals", level)
+
+
+def chance_note(auroc: Interval) -> str:
+    """'' for an AUROC above chance; else says it is below chance (the score is more confident
+    where it should be less) or not distinguishable from chance."""
+    if auroc.hi < 0.5 or (not math.isfinite(auroc.hi) and auroc.estimate < 0.5):
+        return "below chance: the score is lower where the model is wrong"
+    if auroc.excludes(0.5) or not math.isfinite(auroc.lo):
+        return ""
+    return "not distinguishable from chance (0.5)"

@@ -36,6 +36,30 @@ def _np(x: ArrayLike) -> np.ndarray:
     return np.asarray(x, dtype=np.float64).reshape(-1)
 
 
+def _weight_rows(weights: ArrayLike | np.ndarray, n: int) -> np.ndarray:
+    """Per-token weights as float64 rows (R, n): one row per resample (a 1-D vector is one row).
+
+    A weight k counts its token k times (a bootstrap resample's multiplicity), so every weighted
+    statistic equals the unweighted one on the data with each token repeated k times."""
+    w = np.asarray(weights.detach().cpu() if isinstance(weights, torch.Tensor) else weights, dtype=np.float64)
+    w = w.reshape(1, -1) if w.ndim <= 1 else w
+    if w.ndim != 2 or w.shape[1] != n:
+        raise ValueError(f"weights must be (n,) or (resamples, n) with n = {n}, got shape {w.shape}")
+    if (w < 0).any():
+        raise ValueError("weights must be non-negative")
+    return w
+
+
+def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a / b elementwise, NaN where b == 0."""
+    return np.divide(a, b, out=np.full(np.broadcast(a, b).shape, np.nan), where=b > 0)
+
+
+def _group_starts(sorted_values: np.ndarray) -> np.ndarray:
+    """Index of the first element of each run of equal values in a sorted array."""
+    return np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+
+
 # ----------------------------------------------------------------------------- perplexity
 
 
@@ -189,12 +213,45 @@ def reliability_curve(
 
 
 def expected_calibration_error(
-    confidence: ArrayLike, correct: ArrayLike, n_bins: int = 15, scheme: BinScheme = "width"
+    confidence: ArrayLike,
+    correct: ArrayLike,
+    n_bins: int = 15,
+    scheme: BinScheme = "width",
+    weights: ArrayLike | None = None,
 ) -> float:
-    """ECE = sum_b (n_b / N) |mean confidence_b - accuracy_b| over the bins of reliability_curve."""
+    """ECE = sum_b (n_b / N) |mean confidence_b - accuracy_b| over the bins of reliability_curve.
+
+    weights: per-token integer weights (equal-width bins only; see ``ece_resampled``)."""
+    if weights is not None:
+        if scheme != "width":
+            raise ValueError(f"weighted ECE needs equal-width bins, got scheme={scheme!r}")
+        return float(ece_resampled(confidence, correct, weights, n_bins)[0])
     curve = reliability_curve(confidence, correct, n_bins, scheme)
     weights = curve.counts / curve.counts.sum()
     return float(np.sum(weights * np.abs(curve.confidence - curve.accuracy)))
+
+
+def ece_resampled(confidence: ArrayLike, correct: ArrayLike, weights: ArrayLike, n_bins: int = 15) -> np.ndarray:
+    """Equal-width-bin ECE under each row of per-token ``weights`` (R, n) at once: (R,)."""
+    conf, corr = _np(confidence), _np(correct)
+    if conf.shape != corr.shape or conf.size == 0:
+        raise ValueError(f"need equal-length non-empty inputs, got {conf.shape} and {corr.shape}")
+    w = _weight_rows(weights, conf.size)
+    bin_of = width_bins(conf, n_bins)
+    order = np.argsort(bin_of, kind="stable")
+    gap = np.add.reduceat(w[:, order] * (conf - corr)[order], _group_starts(bin_of[order]), axis=1)
+    return ece_from_sums(gap, w.sum(1))
+
+
+def width_bins(confidence: np.ndarray, n_bins: int = 15) -> np.ndarray:
+    """The equal-width bin of each confidence: [b/B, (b+1)/B), the last one closed."""
+    return np.minimum((confidence * n_bins).astype(np.int64), n_bins - 1).clip(0)
+
+
+def ece_from_sums(gap: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """ECE from each bin's weighted sum of (confidence - correct) and the total weight:
+    sum_b |sum_{i in b} w_i (conf_i - correct_i)| / sum_i w_i (= sum_b (W_b / W) |conf_b - acc_b|)."""
+    return _ratio(np.abs(gap).sum(-1), total)
 
 
 @torch.no_grad()
@@ -242,19 +299,27 @@ def true_probability_ece(
 # ---------------------------------------------------------------------------------- AUROC
 
 
-def auroc(scores: ArrayLike, labels: ArrayLike) -> float:
-    """Area under the ROC curve = P(score of a random positive > score of a random negative),
-    ties counting 1/2 (Mann-Whitney U / (n_pos n_neg), average ranks, O(n log n)).
-
-    labels are truthy for positives. Returns NaN when either class is absent (the AUROC is
-    undefined, e.g. a model that is never wrong). For "does uncertainty predict a wrong
-    top-1 token" pass scores = uncertainty and labels = ~correct.
-    """
+def _scored_labels(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     s, y = _np(scores), _np(labels).astype(bool)
     if s.shape != y.shape:
         raise ValueError(f"scores and labels differ in length: {s.shape} vs {y.shape}")
     if np.isnan(s).any():
         raise ValueError("scores contain NaN")
+    return s, y
+
+
+def auroc(scores: ArrayLike, labels: ArrayLike, weights: ArrayLike | None = None) -> float:
+    """Area under the ROC curve = P(score of a random positive > score of a random negative),
+    ties counting 1/2 (Mann-Whitney U / (n_pos n_neg), average ranks, O(n log n)).
+
+    labels are truthy for positives. Returns NaN when either class is absent (the AUROC is
+    undefined, e.g. a model that is never wrong). For "does uncertainty predict a wrong
+    top-1 token" pass scores = uncertainty and labels = ~correct. weights: per-token integer
+    weights (``auroc_resampled``).
+    """
+    if weights is not None:
+        return float(auroc_resampled(scores, labels, weights)[0])
+    s, y = _scored_labels(scores, labels)
     n_pos = int(y.sum())
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -265,14 +330,40 @@ def auroc(scores: ArrayLike, labels: ArrayLike) -> float:
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def fpr_at_tpr(scores: ArrayLike, labels: ArrayLike, tpr: float = 0.95) -> float:
+def auroc_resampled(scores: ArrayLike, labels: ArrayLike, weights: ArrayLike) -> np.ndarray:
+    """AUROC under each row of per-token ``weights`` (R, n) at once: (R,), NaN where a class has weight 0."""
+    pos, neg = _grouped_by_score(scores, labels, weights)
+    return auroc_from_counts(pos, neg)
+
+
+def _grouped_by_score(scores: ArrayLike, labels: ArrayLike, weights: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """(positive, negative) weight of each distinct score, ascending, per row of ``weights``: (R, G) each."""
+    s, y = _scored_labels(scores, labels)
+    w = _weight_rows(weights, s.size)
+    order = np.argsort(s, kind="stable")
+    starts = _group_starts(s[order])
+    wo, yo = w[:, order], y[order]
+    return np.add.reduceat(wo * yo, starts, axis=1), np.add.reduceat(wo * ~yo, starts, axis=1)
+
+
+def auroc_from_counts(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """AUROC from the positive and negative weight of each score group, groups ascending (ties within a
+    group count 1/2): sum_g P_g (N_{<g} + N_g / 2) / (P N) over the last axis; NaN where P N = 0."""
+    below = np.cumsum(neg, axis=-1) - neg
+    return _ratio((pos * (below + neg / 2.0)).sum(-1), pos.sum(-1) * neg.sum(-1))
+
+
+def fpr_at_tpr(scores: ArrayLike, labels: ArrayLike, tpr: float = 0.95, weights: ArrayLike | None = None) -> float:
     """False-positive rate at the highest threshold that flags at least ``tpr`` of the positives.
 
     An input is flagged when its score >= t. With the positives' scores sorted ascending
     p_(1) <= ... <= p_(n), the highest t flagging >= ceil(tpr n) of them is p_(n - ceil(tpr n) + 1);
     FPR = the share of negatives with score >= t (ties flagged). For OOD detection: positives
     = out-of-domain inputs, scores = uncertainty, "FPR at 95 % TPR". NaN when a class is absent.
+    weights: per-token integer weights (``fpr_at_tpr_resampled``).
     """
+    if weights is not None:
+        return float(fpr_at_tpr_resampled(scores, labels, weights, tpr)[0])
     s, y = _np(scores), _np(labels).astype(bool)
     if s.shape != y.shape:
         raise ValueError(f"scores and labels differ in length: {s.shape} vs {y.shape}")
@@ -284,6 +375,25 @@ def fpr_at_tpr(scores: ArrayLike, labels: ArrayLike, tpr: float = 0.95) -> float
     need = math.ceil(tpr * len(pos) - 1e-9)
     threshold = pos[len(pos) - need]
     return float((neg >= threshold).mean())
+
+
+def fpr_at_tpr_resampled(scores: ArrayLike, labels: ArrayLike, weights: ArrayLike, tpr: float = 0.95) -> np.ndarray:
+    """fpr_at_tpr under each row of per-token ``weights`` (R, n) at once: (R,), NaN where a class has weight 0."""
+    if not 0.0 < tpr <= 1.0:
+        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+    return fpr_from_counts(*_grouped_by_score(scores, labels, weights), tpr)
+
+
+def fpr_from_counts(pos: np.ndarray, neg: np.ndarray, tpr: float = 0.95) -> np.ndarray:
+    """fpr_at_tpr from the positive and negative weight of each score group, groups ascending: the
+    threshold is the highest group whose weight of positives at or above it reaches ceil(tpr P); the
+    FPR the weight of negatives at or above it over N. (R, G) -> (R,); NaN where P N = 0."""
+    pos_up = np.cumsum(pos[:, ::-1], axis=1)[:, ::-1]  # positive weight at or above each group
+    neg_up = np.cumsum(neg[:, ::-1], axis=1)[:, ::-1]
+    need = np.ceil(tpr * pos_up[:, 0] - 1e-9)
+    threshold = pos.shape[1] - 1 - np.argmax((pos_up >= need[:, None])[:, ::-1], axis=1)
+    fpr = _ratio(np.take_along_axis(neg_up, threshold[:, None], 1)[:, 0], neg_up[:, 0])
+    return np.where(pos_up[:, 0] > 0, fpr, np.nan)
 
 
 def segment_means(values: ArrayLike, length: int) -> np.ndarray:
@@ -305,7 +415,7 @@ class RiskCoverage(NamedTuple):
     aurc_optimal: float  # the same for an oracle that abstains on the errors first
 
 
-def risk_coverage(uncertainty: ArrayLike, wrong: ArrayLike) -> RiskCoverage:
+def risk_coverage(uncertainty: ArrayLike, wrong: ArrayLike, weights: ArrayLike | None = None) -> RiskCoverage:
     """Selective prediction (Geifman & El-Yaniv 2017): keep the least uncertain tokens first.
 
     Keeping the k most confident of n tokens gives coverage k / n and risk = errors among them
@@ -313,10 +423,13 @@ def risk_coverage(uncertainty: ArrayLike, wrong: ArrayLike) -> RiskCoverage:
     AURC = sum over groups of (group size / n) * risk at the group's end, which for distinct
     scores is the mean of the risk over k = 1..n. ``aurc_optimal`` ranks the errors last: the
     floor any score can reach at this error rate (E-AURC = aurc - aurc_optimal).
+    weights: per-token integer weights (each token counted that often; see ``aurc_resampled``).
     """
     u, e = _np(uncertainty), _np(wrong)
     if u.shape != e.shape or len(u) == 0:
         raise ValueError(f"uncertainty and wrong must be non-empty and of one length: {u.shape} vs {e.shape}")
+    if weights is not None:
+        return _weighted_risk_coverage(u, e, _weight_rows(weights, u.size)[0])
     order = np.argsort(u, kind="stable")
     u_sorted, errors = u[order], np.cumsum(e[order])
     ends = np.flatnonzero(np.r_[u_sorted[1:] != u_sorted[:-1], True])  # last index of each tie group
@@ -327,6 +440,41 @@ def risk_coverage(uncertainty: ArrayLike, wrong: ArrayLike) -> RiskCoverage:
     k = np.arange(1, n + 1)
     optimal = np.maximum(0.0, k - (n - e.sum())) / k  # all correct tokens first
     return RiskCoverage(kept / n, risk, float((sizes / n * risk).sum()), float(optimal.mean()))
+
+
+def _weighted_risk_coverage(u: np.ndarray, e: np.ndarray, w: np.ndarray) -> RiskCoverage:
+    """risk_coverage with token i counted w_i times: tie groups of weight 0 vanish; the oracle's
+    mean over k = 1..n of max(0, k - (n - E)) / k is (E - (n - E)(H_n - H_{n-E})) / n."""
+    order = np.argsort(u, kind="stable")
+    us, wo = u[order], w[order]
+    ends = np.flatnonzero(np.r_[us[1:] != us[:-1], True])
+    kept, errors = np.cumsum(wo)[ends], np.cumsum(wo * e[order])[ends]
+    keep = np.diff(np.r_[0.0, kept]) > 0
+    kept, errors = kept[keep], errors[keep]
+    n, n_err = kept[-1], errors[-1]
+    if n <= 0:
+        raise ValueError("weights sum to 0")
+    harmonic = float(np.sum(1.0 / np.arange(n - n_err + 1, n + 1)))  # H_n - H_{n-E}
+    optimal = (n_err - (n - n_err) * harmonic) / n
+    risk = errors / kept
+    return RiskCoverage(kept / n, risk, float((np.diff(np.r_[0.0, kept]) / n * risk).sum()), float(optimal))
+
+
+def aurc_resampled(uncertainty: ArrayLike, wrong: ArrayLike, weights: ArrayLike) -> np.ndarray:
+    """risk_coverage(...).aurc under each row of per-token ``weights`` (R, n) at once: (R,)."""
+    u, e = _np(uncertainty), _np(wrong)
+    if u.shape != e.shape or len(u) == 0:
+        raise ValueError(f"uncertainty and wrong must be non-empty and of one length: {u.shape} vs {e.shape}")
+    return aurc_from_counts(*_grouped_by_score(u, e.astype(bool), weights))
+
+
+def aurc_from_counts(wrong: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """AURC from the weight of wrong and right tokens in each uncertainty group, groups ascending:
+    sum_g (W_g / W) * (wrong kept / weight kept at the end of group g) over the last axis."""
+    sizes = wrong + right
+    kept, errors = np.cumsum(sizes, axis=-1), np.cumsum(wrong, axis=-1)
+    risk = np.divide(errors, kept, out=np.zeros_like(kept), where=kept > 0)
+    return _ratio((sizes * risk).sum(-1), kept[..., -1])
 
 
 # ---------------------------------------------------------------------- multi-label sets

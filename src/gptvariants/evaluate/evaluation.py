@@ -48,10 +48,12 @@ from ..common.errors import InputError
 from ..common.runtime import resolve_device
 from ..data.sources import Source, resolve_source, split_source, text_source
 from ..data.tokenizers import load_tokenizer
+from ..intervals import BLOCK, RESAMPLES
 from ..predict.methods import Run, load_runs
 from ..predict.prediction import Prediction, build_predictor
 from ..predict.predictive import Predictor
 from ..train.trainlog import log_eval_scalars
+from .bootstrap import Resampling, ood_intervals, save_token_stats, token_intervals
 from .diversity import sample_diversity
 from .report import plot_reliability
 from .result import scalars
@@ -93,6 +95,8 @@ def evaluate(
     sets: str | None = None,
     tau: float = 0.5,
     seed: int = 1337,
+    resamples: int = RESAMPLES,
+    block: int = BLOCK,
     device: str = "auto",
     batch: int = 16,
     method: str = "default",
@@ -115,9 +119,11 @@ def evaluate(
     DATA/targets/NAME, "none" to skip set metrics, or None = the exact support on the synthetic
     language, none otherwise. num_samples = 0 skips the diversity section. Raises ValueError for
     a tokenizer mismatch, a short text, a bad stride, or a sigmoid head without reference sets.
+    resamples, block: the block bootstrap of every figure's ``x_ci`` (``bootstrap``; 0 resamples = none).
     """
     if (data_dir is None) == (text is None):
         raise InputError("give the text to evaluate as either a prepared data folder (--data) or a file (--text)")
+    how = Resampling(resamples, block, seed)
     runs = load_runs(run_dir, resolve_device(device))
     folder, cfg, tokenizer, source = _open(runs, data_dir, text, split)
     stride = _check_length(source, cfg.model.block_size, stride)
@@ -125,9 +131,11 @@ def evaluate(
     predictor = build_predictor(runs, prediction)
     result, raw = _scored(runs, predictor, method, source, sets, stride, tau, batch, progress)
     if ood is not None:
-        result["ood"] = _ood(predictor, ood, folder, tokenizer, source, raw["tokens"], stride, batch, progress)
-    out = Path(out) if out is not None else default_out(folder, split if text is None else f"text:{text}")
-    out.parent.mkdir(parents=True, exist_ok=True)
+        result["ood"], raw["outside"] = _ood(
+            predictor, ood, folder, tokenizer, source, raw["tokens"], stride, batch, progress
+        )
+    out = _out_path(out, folder, split if text is None else f"text:{text}")
+    _intervals(result, raw["tokens"], raw.get("outside"), predictor.block_size, how, out)
     result["calibration"]["reliability_png"] = _plot(result, raw, out).name
     result["diversity"] = None
     if num_samples > 0:
@@ -138,6 +146,34 @@ def evaluate(
         tag = source.split if text is None else "text"
         result["logged_to"] = log_eval_scalars(folder, cfg, result["step"], scalars(result, f"eval-{tag}"))
     return result
+
+
+def _out_path(out: str | Path | None, folder: Path, source: str) -> Path:
+    """``out``, default ``default_out``, with its folder created."""
+    path = Path(out) if out is not None else default_out(folder, source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _intervals(
+    result: dict[str, Any],
+    inside: dict[str, np.ndarray],
+    outside: dict[str, np.ndarray] | None,
+    seq_len: int,
+    how: Resampling,
+    out: Path,
+) -> None:
+    """Every figure's ``x_ci`` (``bootstrap``), the time they took, and the per-token statistics beside
+    ``out`` for paired comparisons with other runs; ``intervals`` None when ``how`` has no resamples."""
+    result["intervals"] = None
+    if not how.resamples:
+        return
+    t0 = time.perf_counter()
+    result["intervals"] = token_intervals(result, inside, how)
+    if outside is not None:
+        ood_intervals(result["ood"], inside, outside, seq_len, how)
+    result["speed"]["bootstrap_seconds"] = time.perf_counter() - t0
+    result["tokens_file"] = save_token_stats(out, inside).name
 
 
 def _open(runs: list[Run], data_dir: str | Path | None, text: str | None, split: str):
@@ -200,15 +236,17 @@ def _ood(
     stride: int,
     batch: int,
     progress: bool,
-) -> dict[str, Any]:
-    """The ``ood`` section: ``spec`` scored like the evaluated text, as many tokens as it, compared score by score."""
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(the ``ood`` section, the shifted text's per-token statistics): ``spec`` scored like the evaluated
+    text, as many tokens as it, compared score by score."""
     shifted = resolve_source(spec, run_dir, tokenizer, source, source.split or "val")
     if len(shifted.tokens) > len(source.tokens):  # as many tokens on both sides: the AUROCs compare like with like
         shifted.info["tokens_available"] = len(shifted.tokens)
         shifted.tokens = shifted.tokens[: len(source.tokens)]
     _check_length(shifted, predictor.block_size, stride)
     outside = score(predictor, shifted.tokens, stride=stride, batch=batch, point=False, progress=progress)["tokens"]
-    return {**ood_summary(inside, outside, predictor.block_size, shifted.name), "out_source": shifted.describe()}
+    section = ood_summary(inside, outside, predictor.block_size, shifted.name)
+    return {**section, "out_source": shifted.describe()}, outside
 
 
 def _diversity(

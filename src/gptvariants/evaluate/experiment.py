@@ -39,6 +39,7 @@ from ..core.config import Config, load_config
 from ..core.variants import get_variant, study_variants
 from ..data.dataset import TokenDataset
 from ..data.prepare import prepare
+from ..intervals import RESAMPLES
 from ..store.checkpoint import CheckpointError
 from ..store.run import RunFolder
 from ..targets import build_targets
@@ -46,6 +47,7 @@ from ..train.loop import train
 from . import comparators as U
 from .evaluation import default_out, evaluate
 from .report import experiment_row, experiment_table, plot_experiment, write_report
+from .verdicts import SeedStudy, run_folder
 
 # nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide, block 64, batch 12). The default run, all
 # seven variants at DEFAULT_BUDGET steps with data, oracle sets and evaluation, took 323 s on
@@ -117,15 +119,17 @@ def resolve_data(data: str, out: Path, seed: int = 1337) -> Path:
     return target
 
 
-def teacher_for(data: TokenDataset, variants: list[str], out: Path) -> tuple[str, str] | None:
+def teacher_for(data: TokenDataset, variants: list[str], out: Path, sets: str = "top") -> tuple[str, str] | None:
     """(teacher spec, target-set name) for the sigmoid variants, or None when there are none."""
     if not any(get_variant(v).sigmoid for v in variants):
         return None
     if data.synthetic is not None:
-        return "oracle", "oracle"
-    if "baseline" in variants:
-        return f"ckpt:{out / 'runs' / 'baseline'}", "ckpt_baseline"
-    return "ngram:3", "ngram_3"
+        spec, name = "oracle", "oracle"
+    elif "baseline" in variants:
+        spec, name = f"ckpt:{out / 'runs' / 'baseline'}", "ckpt_baseline"
+    else:
+        spec, name = "ngram:3", "ngram_3"
+    return spec, (f"{name}-sample{SAMPLE_K}" if sets == "sample" else name)
 
 
 def build_sets(data_dir: Path, teacher: str, name: str, select: str = "top") -> None:
@@ -226,8 +230,13 @@ def run_experiment(
     sets: str = "top",
     methods: list[str] | None = None,
     ood: str | None = None,
+    seeds: list[int] | None = None,
+    resamples: int = RESAMPLES,
 ) -> Path:
     """Run (or resume) the whole experiment into ``out``; returns the path of report.md.
+
+    ``seeds``: every variant once per seed (default ``seed`` alone; ``run_folder``); table cells are means
+    over seeds with t intervals, or with one seed the eval's block bootstrap (``resamples``; 0 = none).
 
     ``sets``: the sigmoid variants' teacher sets, "top" (the study's rule) or "sample".
     ``methods``: uncertainty comparators (``comparators.METHOD_CHOICES``) for the report's
@@ -240,39 +249,106 @@ def run_experiment(
     out.mkdir(parents=True, exist_ok=True)
     methods = methods or []
     variants = _variants(variants, methods)
+    seeds = list(dict.fromkeys(seeds or [seed]))
+    seed = seeds[0]
     command = command or _command(
-        data, variants, budget, seed, num_samples, max_new_tokens, out, sets, config_file, methods, ood
+        data, variants, budget, seeds, num_samples, max_new_tokens, out, sets, config_file, methods, ood
     )
     plan, save_plan = _plan(out, budget, seed, data, config_file, sets)
     data_dir, dataset = _open_data(data, out, plan, bool(methods) and ood is None)
-    teacher = teacher_for(dataset, variants, out)
-    if teacher and sets == "sample":
-        teacher = (teacher[0], f"{teacher[1]}-sample{SAMPLE_K}")
+    teacher = teacher_for(dataset, variants, out, sets)
     plan["targets"] = teacher[1] if teacher else None
+    plan["seeds"] = seeds
     # a checkpoint teacher must be trained before the sigmoid variants that learn from it
     order = sorted(variants, key=lambda v: v != "baseline")
-    runs = {v: out / "runs" / v for v in order}
-    for v in order:
-        if teacher and get_variant(v).sigmoid:
-            build_sets(data_dir, *teacher, select=sets)
-        _train_one(v, v, runs[v], data_dir, out, plan, save_plan, seed, config_file)
+    runs_by_seed = {s: {v: run_folder(out, v, s, seed) for v in order} for s in seeds}
+    runs = runs_by_seed[seed]
+    _train_all(runs_by_seed, teacher, sets, data_dir, out, plan, save_plan, config_file)
     seed_runs = []
     if "ensemble" in methods:  # a deep ensemble: the baseline and more runs of it with other seeds
         for s in U.ensemble_seeds(seed):
             seed_runs.append(out / "runs" / f"baseline-seed{s}")
             _train_one(f"baseline-seed{s}", "baseline", seed_runs[-1], data_dir, out, plan, save_plan, s, config_file)
-    evals = {v: _evaluate_one(v, runs[v], data_dir, dataset, plan, num_samples, max_new_tokens, seed) for v in order}
-    rows = [experiment_row(v, evals[v], runs[v], plan.get("train_seconds", {}).get(v)) for v in order]
-    plot_experiment(out, runs, evals, rows, dataset.meta.get("synthetic", {}).get("cross_entropy_val"))
+    study = _evaluate_all(runs_by_seed, data_dir, dataset, plan, num_samples, max_new_tokens, resamples)
+    rows = study.rows()
+    ideal = dataset.meta.get("synthetic", {}).get("cross_entropy_val")
+    plot_experiment(out, runs, study.evals[seed], rows, ideal, study)
     section: list[str] = []
     if methods:
         _, section = U.run_uncertainty(out, data_dir, order, methods, runs, seed_runs, ood or U.DEFAULT_OOD, seed, _log)
     plan["last_wall_seconds"] = time.perf_counter() - t_start
     save_plan()
-    report = write_report(out, rows, evals, plan, command, section)
-    print(experiment_table(rows))
+    report = write_report(out, study, plan, command, section)
+    print(experiment_table(rows, study.intervals()))
     _log(f"report: {report} ({plan['last_wall_seconds']:.0f} s this run)")
     return report
+
+
+def _train_all(
+    runs_by_seed: dict[int, dict[str, Path]],
+    teacher: tuple[str, str] | None,
+    sets: str,
+    data_dir: Path,
+    out: Path,
+    plan: dict[str, Any],
+    save_plan,
+    config_file: str | None,
+) -> None:
+    """Train, resume or skip every run of every seed, in order, saying which of how many and an ETA."""
+    first = next(iter(runs_by_seed))
+    progress = Progress(sum(len(r) for r in runs_by_seed.values()))
+    for s, runs in runs_by_seed.items():
+        for v, run_dir in runs.items():
+            if teacher and get_variant(v).sigmoid:
+                build_sets(data_dir, *teacher, select=sets)
+            _log(progress.next(f"{v}, seed {s}"))
+            _train_one(_name(v, s, first), v, run_dir, data_dir, out, plan, save_plan, s, config_file, steps_of=v)
+
+
+def _evaluate_all(
+    runs_by_seed: dict[int, dict[str, Path]],
+    data_dir: Path,
+    dataset: TokenDataset,
+    plan: dict[str, Any],
+    num_samples: int,
+    max_new_tokens: int,
+    resamples: int,
+) -> SeedStudy:
+    """Evaluate (or reuse the evaluation of) every run of every seed; their rows and evals as a SeedStudy."""
+    first = next(iter(runs_by_seed))
+    evals = {
+        s: {
+            v: _evaluate_one(v, r, data_dir, dataset, plan, num_samples, max_new_tokens, s, resamples)
+            for v, r in runs.items()
+        }
+        for s, runs in runs_by_seed.items()
+    }
+    seconds = plan.get("train_seconds", {})
+    per_seed = {
+        s: [experiment_row(v, evals[s][v], r, seconds.get(_name(v, s, first))) for v, r in runs.items()]
+        for s, runs in runs_by_seed.items()
+    }
+    return SeedStudy(per_seed, evals, runs_by_seed)
+
+
+def _name(variant: str, seed: int, first_seed: int) -> str:
+    """The run's key in the plan's train_seconds."""
+    return variant if seed == first_seed else f"{variant}-seed{seed}"
+
+
+class Progress:
+    """ "variant k of n" and an ETA from the mean wall time of the runs done so far."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.t0 = total, 0, time.perf_counter()
+
+    def next(self, what: str) -> str:
+        eta = ""
+        if self.done:
+            left = (time.perf_counter() - self.t0) / self.done * (self.total - self.done)
+            eta = f", about {left / 60:.1f} min of training left" if left >= 60 else f", about {left:.0f} s left"
+        self.done += 1
+        return f"run {self.done} of {self.total}: {what}{eta}"
 
 
 def _variants(variants: list[str] | None, methods: list[str]) -> list[str]:
@@ -299,7 +375,7 @@ def _open_data(data: str, out: Path, plan: dict[str, Any], needs_shift: bool) ->
     return data_dir, dataset
 
 
-def _command(data, variants, budget, seed, num_samples, max_new_tokens, out, sets, config_file, methods, ood) -> str:
+def _command(data, variants, budget, seeds, num_samples, max_new_tokens, out, sets, config_file, methods, ood) -> str:
     argv = [
         "--data",
         data,
@@ -307,8 +383,7 @@ def _command(data, variants, budget, seed, num_samples, max_new_tokens, out, set
         ",".join(variants),
         "--budget",
         budget,
-        "--seed",
-        str(seed),
+        *(["--seed", str(seeds[0])] if len(seeds) == 1 else ["--seeds", ",".join(map(str, seeds))]),
         "--num-samples",
         str(num_samples),
         "--max-new-tokens",
@@ -357,18 +432,21 @@ def _train_one(
     save_plan,
     seed: int,
     config_file: str | None,
+    steps_of: str | None = None,
 ) -> None:
-    """Resolve the run's step budget (timing it for a wall-time budget), then train, resume or skip it."""
+    """Resolve the run's step budget (timing it for a wall-time budget; ``steps_of``: the run whose budget
+    it shares, e.g. the same variant at another seed), then train, resume or skip it."""
     kind, amount = parse_budget(plan["budget"])
     targets = plan["targets"]
-    if name not in plan["max_iters"]:
+    key = steps_of or name
+    if key not in plan["max_iters"]:
         if kind == "steps":
-            plan["max_iters"][name] = int(amount)
+            plan["max_iters"][key] = int(amount)
         else:
-            plan["max_iters"][name], ms = calibrate_steps(variant, data_dir, out, amount, seed, config_file, targets)
-            _log(f"{name}: {ms:.0f} ms/step -> {plan['max_iters'][name]} steps for {plan['budget']}")
+            plan["max_iters"][key], ms = calibrate_steps(variant, data_dir, out, amount, seed, config_file, targets)
+            _log(f"{key}: {ms:.0f} ms/step -> {plan['max_iters'][key]} steps for {plan['budget']}")
         save_plan()
-    cfg = run_config(variant, data_dir, run_dir, plan["max_iters"][name], seed, config_file, targets)
+    cfg = run_config(variant, data_dir, run_dir, plan["max_iters"][key], seed, config_file, targets)
     _log(f"train {name}: {cfg.train.max_iters} steps into {run_dir}")
     t0 = time.perf_counter()
     done = train_variant(cfg)
@@ -387,13 +465,14 @@ def _evaluate_one(
     num_samples: int,
     max_new_tokens: int,
     seed: int,
+    resamples: int = RESAMPLES,
 ) -> dict[str, Any]:
     path = default_out(run_dir, "val")
     ev = json.loads(path.read_text()) if path.is_file() else None
     if ev is not None and ev["step"] == plan["max_iters"][v]:
-        _log(f"eval {v}: {path} (already done)")
+        _log(f"eval {run_dir.parent.name}/{v}: {path} (already done)")
         return ev
-    _log(f"eval {v}")
+    _log(f"eval {run_dir.parent.name}/{v}")
     sets = None if dataset.synthetic is not None else (plan["targets"] or "none")
     return evaluate(
         run_dir,
@@ -403,5 +482,6 @@ def _evaluate_one(
         num_samples=num_samples,
         max_new_tokens=max_new_tokens,
         seed=seed,
+        resamples=resamples,
         temperature=False,
     )

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ..intervals import Interval
+
 
 def _section(cls, d: dict[str, Any] | None):
     """``cls`` from the keys of ``d`` it declares (others stay in the JSON); None for a missing section."""
@@ -209,6 +211,37 @@ def headline(ev: EvalResult | dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def interval_of(d: dict[str, Any] | None) -> Interval | None:
+    """An ``x_ci`` entry of the eval JSON as an Interval (None when absent)."""
+    return Interval(**d) if d else None
+
+
+def headline_intervals(ev: EvalResult | dict[str, Any]) -> dict[str, Interval]:
+    """The block-bootstrap interval of each headline figure that has one (``bootstrap.token_intervals``):
+    the same names as ``headline``; empty for an eval JSON written without intervals."""
+    d = ev.data if isinstance(ev, EvalResult) else ev
+    sections = {k: d.get(k) or {} for k in ("perplexity", "calibration", "uncertainty", "selective", "sets", "ood")}
+    found: dict[str, dict[str, Any] | None] = {
+        "perplexity": sections["perplexity"].get("perplexity_ci"),
+        "nats_per_token": sections["perplexity"].get("nats_per_token_ci"),
+        "ece": sections["calibration"].get("ece_width_ci"),
+        "brier": sections["calibration"].get("brier_ci"),
+        "accuracy": sections["calibration"].get("accuracy_ci"),
+        "auroc_entropy": sections["uncertainty"].get("auroc_entropy_ci"),
+        "auroc_mutual_information": sections["uncertainty"].get("auroc_mutual_information_ci"),
+        "set_f1": sections["sets"].get("micro_f1_ci"),
+    }
+    found.update({f"aurc_{k}": v for k, v in (sections["selective"].get("aurc_ci") or {}).items()})
+    ood = sections["ood"]
+    for prefix, key, level in (
+        ("ood_auroc_", "auroc_ci", "token"),
+        ("ood_auroc_seq_", "auroc_ci", "sequence"),
+        ("ood_fpr95_seq_", "fpr95_ci", "sequence"),
+    ):
+        found.update({prefix + k: v for k, v in (ood.get(key) or {}).get(level, {}).items()})
+    return {k: iv for k, v in found.items() if (iv := interval_of(v)) is not None}
+
+
 NOT_LOGGED = ("steps", "draws", "scoring_seconds")  # the step is the x axis; the others describe the run
 
 
@@ -221,10 +254,19 @@ def scalars(ev: EvalResult | dict[str, Any], prefix: str) -> dict[str, float]:
     }
 
 
+def _with_ci(h: dict[str, Any], cis: dict[str, Interval], key: str, fmt: str = "{:.4f}") -> str:
+    """'0.1234 [0.1100, 0.1300]' with the figure's interval, the figure alone without one."""
+    return cis[key].format(fmt) if key in cis else fmt.format(h[key])
+
+
 def format_result(ev: EvalResult | dict[str, Any]) -> str:
-    """The console summary of ``gptv eval``: the headline's figures, a line per section."""
+    """The console summary of ``gptv eval``: the headline's figures with their 95 % intervals, a line per section."""
     ev = ev if isinstance(ev, EvalResult) else EvalResult.from_dict(ev)
-    h, src = headline(ev), ev.source
+    h, src, cis = headline(ev), ev.source, headline_intervals(ev)
+
+    def f(key: str, fmt: str = "{:.4f}") -> str:
+        return _with_ci(h, cis, key, fmt)
+
     lines = [
         f"{ev.variant} (step {ev.step}) on {src['name']}: {ev.perplexity.tokens_scored:,} tokens, "
         f"stride {ev.perplexity.stride}"
@@ -235,24 +277,25 @@ def format_result(ev: EvalResult | dict[str, Any]) -> str:
             f"  {unk['count']:,} piece(s) the tokenizer cannot encode were dropped ({unk['distinct']} distinct, "
             f"e.g. {', '.join(repr(k) for k in list(unk['examples'])[:5])})"
         )
+    lines += _interval_note(ev.data.get("intervals"))
     lines += [
-        f"  perplexity {h['perplexity']:.4f}  nats/token {h['nats_per_token']:.4f}"
+        f"  perplexity {f('perplexity')}  nats/token {f('nats_per_token')}"
         + (f"  bits/byte {h['bits_per_byte']:.4f}" if h["bits_per_byte"] else "")
         + (f"  raw BCE {h['raw_bce']:.4f}" if h["raw_bce"] is not None else ""),
-        f"  ECE {h['ece']:.4f} (mass {h['ece_mass']:.4f})  Brier {h['brier']:.4f}  accuracy {h['accuracy']:.4f}"
-        f"  AUROC(entropy) {h['auroc_entropy']:.4f}",
+        f"  ECE {f('ece')} (mass {h['ece_mass']:.4f})  Brier {f('brier')}  accuracy {f('accuracy')}",
+        f"  AUROC(entropy) {f('auroc_entropy')}",
         "  selective prediction AURC: "
-        + ", ".join(f"{k} {h[f'aurc_{k}']:.4f}" for k in ev.selective.aurc)
+        + ", ".join(f"{k} {f(f'aurc_{k}')}" for k in ev.selective.aurc)
         + f" (oracle {h['aurc_optimal']:.4f})",
     ]
     if h["posterior_perplexity"] is not None:
         lines.append(
             f"  posterior mean: perplexity {h['posterior_perplexity']:.4f}; mutual information "
-            f"{h['mutual_information']:.5f} nats, AUROC(MI) {h['auroc_mutual_information']:.4f}"
+            f"{h['mutual_information']:.5f} nats, AUROC(MI) {f('auroc_mutual_information')}"
         )
     if h["set_f1"] is not None:
         lines.append(
-            f"  sets vs {ev.sets.reference}: F1 {h['set_f1']:.4f} at tau {ev.sets.tau} (best "
+            f"  sets vs {ev.sets.reference}: F1 {f('set_f1')} at tau {ev.sets.tau} (best "
             f"{h['set_f1_best']:.4f} at {h['set_best_tau']}), "
             f"mean size {h['set_size']:.2f} (reference {h['set_ref_size']:.2f})"
         )
@@ -261,7 +304,7 @@ def format_result(ev: EvalResult | dict[str, Any]) -> str:
             f"  truth: entropy rate {h['true_entropy_rate']:.4f}, ideal nats/token {h['true_nats_per_token']:.4f}, "
             f"KL {h['kl_to_truth']:.4f}, ECE vs truth {h['ece_vs_truth']:.4f}"
         )
-    lines += _ood_lines(ev.ood)
+    lines += _ood_lines(ev.ood, h, cis)
     if ev.diversity:
         bleu = "-" if h["self_bleu"] is None else f"{h['self_bleu']:.2f}"
         lines.append(
@@ -278,12 +321,24 @@ def format_result(ev: EvalResult | dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _ood_lines(o: Ood | None) -> list[str]:
-    if not o:
+def _interval_note(boot: dict[str, Any] | None) -> list[str]:
+    if not boot:
         return []
     return [
-        f"  OOD vs {o.source} ({o.n_tokens['out']:,} tokens): AUROC token / sequence "
-        + ", ".join(f"{k} {o.auroc['token'][k]:.3f}/{o.auroc['sequence'][k]:.3f}" for k in o.auroc["token"]),
+        f"  [95 % intervals: {boot['method']}, {boot['resamples']} resamples of {boot['block_tokens']}-token blocks]"
+    ]
+
+
+def _ood_lines(o: Ood | None, h: dict[str, Any], cis: dict[str, Interval]) -> list[str]:
+    if not o:
+        return []
+    fmt = "{:.3f}"
+    return [
+        f"  OOD vs {o.source} ({o.n_tokens['out']:,} tokens): AUROC token / sequence",
+        *(
+            f"    {k} {_with_ci(h, cis, f'ood_auroc_{k}', fmt)} / {_with_ci(h, cis, f'ood_auroc_seq_{k}', fmt)}"
+            for k in o.auroc["token"]
+        ),
         "    mean in -> out: "
         + ", ".join(f"{k} {o.mean['in'][k]:.4g} -> {o.mean['out'][k]:.4g}" for k in o.mean["in"]),
     ]

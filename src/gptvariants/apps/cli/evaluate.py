@@ -12,6 +12,7 @@ from ...data.prepare import resolve_text_files
 from ...data.sources import shift_spec
 from ...evaluate.evaluation import default_out, evaluate
 from ...evaluate.result import format_result
+from ...intervals import BLOCK, RESAMPLES
 from ...predict.methods import METHODS, run_folders
 from ...predict.prediction import Prediction
 from ...store.run import RunFolder
@@ -58,6 +59,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         sets=args.sets,
         tau=args.tau,
         seed=args.seed,
+        resamples=args.resamples,
+        block=args.bootstrap_block,
         device=args.device,
         method=args.method,
         temperature=not args.no_temperature,
@@ -121,6 +124,15 @@ def register_cli(subparsers) -> None:
     )
     p.add_argument(
         "--num-samples", type=non_negative_int, default=100, help="samples for the diversity metrics (0 = skip)"
+    )
+    p.add_argument(
+        "--resamples",
+        type=non_negative_int,
+        default=RESAMPLES,
+        help=f"block-bootstrap resamples behind each figure's 95%% interval (default {RESAMPLES}; 0 = no intervals)",
+    )
+    p.add_argument(
+        "--bootstrap-block", type=positive_int, default=BLOCK, help=f"tokens per bootstrap block (default {BLOCK})"
     )
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="tokens generated per sample")
     p.add_argument(

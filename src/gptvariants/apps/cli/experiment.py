@@ -3,28 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ...common.argtypes import non_negative_int, positive_int
 from ...core.variants import REGISTRY, study_variants
 from ...evaluate.comparators import parse_methods
 from ...evaluate.experiment import DEFAULT_BUDGET, parse_variants, run_experiment
+from ...evaluate.verdicts import parse_seeds
+from ...intervals import RESAMPLES
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
-
-    run_experiment(
-        args.out,
-        args.data,
-        parse_variants(args.variants),
-        args.budget,
-        args.seed,
-        args.config,
-        args.num_samples,
-        args.max_new_tokens,
-        sets=args.sets,
-        methods=parse_methods(args.methods),
-        ood=args.ood,
-    )
+    seeds = parse_seeds(args.seeds, args.seed)
+    try:
+        run_experiment(
+            args.out,
+            args.data,
+            parse_variants(args.variants),
+            args.budget,
+            seeds[0],
+            args.config,
+            args.num_samples,
+            args.max_new_tokens,
+            sets=args.sets,
+            methods=parse_methods(args.methods),
+            ood=args.ood,
+            seeds=seeds,
+            resamples=args.resamples,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: run the same command again (same --out {args.out}) to resume; finished runs and "
+            "evaluations are reused, an unfinished run continues from its last checkpoint",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 
@@ -44,7 +57,19 @@ def register_cli(subparsers) -> None:
     p.add_argument(
         "--budget", default=DEFAULT_BUDGET, help="steps per variant (600) or training time per variant (90s, 5m, 1h)"
     )
-    p.add_argument("--seed", type=non_negative_int, default=1337)
+    p.add_argument("--seed", type=non_negative_int, default=1337, help="training seed (the first of --seeds)")
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="train and evaluate every variant per seed: a count N (--seed, --seed + 1, ...) or a comma list; "
+        "the tables then show the mean and 95%% t interval over seeds (default: --seed alone)",
+    )
+    p.add_argument(
+        "--resamples",
+        type=non_negative_int,
+        default=RESAMPLES,
+        help=f"block-bootstrap resamples of each eval's intervals (default {RESAMPLES}; 0 = none)",
+    )
     p.add_argument(
         "--config",
         default=None,

@@ -99,6 +99,10 @@ def test_experiment_runs_reports_and_resumes(tmp_path, capsys):
     assert all(f"| {v} |" in report for v in ("baseline", "bayes", "sig"))
     assert "gptv experiment --data synthetic:tiny --variants baseline,bayes,sig --budget 16" in report
     assert "teacher sets `oracle` (the study's top rule" in report
+    # every system's conformal sets, under the synthetic shift, in the report and in sets.json
+    assert "## Sets" in report
+    sets = json.loads((out / "sets.json").read_text())
+    assert sets["ood"] == "synthetic?shift=0.5" and {"baseline", "bayes", "sig"} <= {r["system"] for r in sets["rows"]}
     results = json.loads((out / "results.json").read_text())
     rows = {r["variant"]: r for r in results["rows"]}
     assert set(rows) == {"baseline", "bayes", "sig"} and all(r["steps"] == 16 for r in rows.values())

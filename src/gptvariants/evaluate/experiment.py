@@ -47,6 +47,7 @@ from ..train.loop import train
 from . import comparators as U
 from .evaluation import default_out, evaluate
 from .report import experiment_row, experiment_table, plot_experiment, write_report
+from .sets import run_sets
 from .verdicts import SeedStudy, run_folder
 
 # nanoGPT's CPU recipe (4 layers, 4 heads, 128 wide, block 64, batch 12). The default run, all
@@ -276,6 +277,10 @@ def run_experiment(
     section: list[str] = []
     if methods:
         _, section = U.run_uncertainty(out, data_dir, order, methods, runs, seed_runs, ood or U.DEFAULT_OOD, seed, _log)
+    # conformal sets of the first seed's systems, under the shift the uncertainty section uses
+    shift = ood or (U.DEFAULT_OOD if "synthetic" in dataset.meta else None)
+    _log("sets: conformal sets of every system")
+    section += run_sets(out, data_dir, U.systems(order, methods, runs, seed_runs), ood=shift, seed=seed)[1]
     plan["last_wall_seconds"] = time.perf_counter() - t_start
     save_plan()
     report = write_report(out, study, plan, command, section)

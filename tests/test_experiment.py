@@ -223,6 +223,9 @@ def test_methods_add_the_uncertainty_section(tmp_path, capsys):
     assert ranked[names.index("entropy")]["prr_vs_entropy"]["verdict"] == "no significant difference"
     assert (out / "runs" / "baseline-dropout" / "density.safetensors").is_file()
     assert "### Scores" in report and "| rel_mahalanobis |" in report and "beats" not in report
+    # the MI-vs-entropy sentence is worded from the interval of the difference (issue 18)
+    said = next(line for line in report.splitlines() if line.startswith("- The highest epistemic score:"))
+    assert any(w in said for w in ("better", "worse", "no significant difference")), said
 
 
 def test_a_variants_own_defaults_win_over_a_shape_file(tmp_path):

@@ -43,6 +43,7 @@ from ..store.run import RunFolder
 from .evaluation import evaluate
 from .report import figure, markdown_table
 from .result import headline
+from .verdicts import ood_score_sentence
 
 METHOD_CHOICES = ("temperature", "mc_dropout", "ensemble", "laplace")
 ENSEMBLE_RUNS = 4  # runs of a deep ensemble (the baseline and 3 more seeds)
@@ -224,7 +225,9 @@ def run_uncertainty(
         + "\n",
     )
     plot_uncertainty(results, rows, out / "uncertainty.png")
-    return rows, uncertainty_section(rows, ood, "uncertainty.png") + scores_section(ranked)
+    return rows, uncertainty_section(rows, [r["eval"] for r in results], ood, "uncertainty.png") + scores_section(
+        ranked
+    )
 
 
 def fit_densities(run_dirs: list[Path], data_dir: Path, log) -> None:
@@ -351,10 +354,9 @@ def plot_uncertainty(results: list[dict[str, Any]], rows: list[dict[str, Any]], 
     return path
 
 
-def uncertainty_section(rows: list[dict[str, Any]], ood: str, plot_name: str) -> list[str]:
+def uncertainty_section(rows: list[dict[str, Any]], evals: list[dict[str, Any]], ood: str, plot_name: str) -> list[str]:
     """The report's "Uncertainty" section."""
     best = max(rows, key=lambda r: max(r["auroc_token_mi"] or 0, 0))
-    base = rows[0]
     lines = [
         "## Uncertainty",
         "",
@@ -372,11 +374,11 @@ def uncertainty_section(rows: list[dict[str, Any]], ood: str, plot_name: str) ->
         "- **train cost / eval cost**: training step time (summed over an ensemble's runs) and evaluation time as "
         "ratios to the baseline's, measured in this run on this machine.",
     ]
-    if best["auroc_token_mi"] is not None:
-        lines.append(
-            f"- The highest epistemic score (MI of {best['system']}) has token AUROC {best['auroc_token_mi']:.3f}, "
-            f"the baseline's predictive entropy {base['auroc_token_entropy']:.3f} (one run each: no difference is "
-            "claimed without an interval; see the scores below)."
+    if best["auroc_token_mi"] is not None:  # worded from the interval of the difference, never from the gap alone
+        first = evals[rows.index(best)]
+        sentence = ood_score_sentence(
+            f"MI of {best['system']}", first, "mi", "the baseline's entropy", evals[0], "entropy"
         )
+        lines.append(f"- The highest epistemic score: {sentence}")
     lines += ["", f"![uncertainty]({plot_name})", ""]
     return lines

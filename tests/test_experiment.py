@@ -234,3 +234,13 @@ def test_a_variants_own_defaults_win_over_a_shape_file(tmp_path):
     cfg = X.run_config("baseline-dropout", tmp_path, tmp_path / "r", 10, 1, str(config), None)
     assert cfg.model.dropout == 0.1  # the file's dropout 0 would make MC dropout impossible
     assert X.run_config("baseline", tmp_path, tmp_path / "b", 10, 1, str(config), None).model.dropout == 0.0
+
+
+def test_progress_eta_leaves_reused_runs_out(monkeypatch):
+    clock = iter([0.0, 0.1, 0.2, 10.2, 20.2])  # a starts at 0.1, reused by 0.2; b and c take 10 s each
+    monkeypatch.setattr(X.time, "perf_counter", lambda: next(clock))
+    p = X.Progress(6)
+    assert p.next("a") == "run 1 of 6: a"
+    assert p.next("b") == "run 2 of 6: b"  # a was reused: no ETA from it
+    assert p.next("c") == "run 3 of 6: c, about 40 s left"  # b took 10 s; 4 runs left
+    assert p.next("d") == "run 4 of 6: d, about 30 s left"

@@ -342,15 +342,24 @@ def _name(variant: str, seed: int, first_seed: int) -> str:
 
 
 class Progress:
-    """ "variant k of n" and an ETA from the mean wall time of the runs done so far."""
+    """ "run k of n" and an ETA from the mean wall time of the runs trained so far; a run reused from an
+    earlier invocation (done in under ``REUSED`` seconds) is left out of the mean, or a resumed
+    experiment would promise "about 0 s left"."""
+
+    REUSED = 1.0
 
     def __init__(self, total: int) -> None:
-        self.total, self.done, self.t0 = total, 0, time.perf_counter()
+        self.total, self.done, self.last = total, 0, time.perf_counter()
+        self.spent, self.trained = 0.0, 0
 
     def next(self, what: str) -> str:
+        now = time.perf_counter()
+        if self.done and now - self.last >= self.REUSED:
+            self.spent, self.trained = self.spent + now - self.last, self.trained + 1
+        self.last = now
         eta = ""
-        if self.done:
-            left = (time.perf_counter() - self.t0) / self.done * (self.total - self.done)
+        if self.trained:
+            left = self.spent / self.trained * (self.total - self.done)
             eta = f", about {left / 60:.1f} min of training left" if left >= 60 else f", about {left:.0f} s left"
         self.done += 1
         return f"run {self.done} of {self.total}: {what}{eta}"

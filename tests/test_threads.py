@@ -70,9 +70,20 @@ def test_train_names_a_busy_machine_and_keeps_the_thread_count(tiny_data, tmp_pa
     assert not any("busy" in line for line in capsys.readouterr().out.splitlines())
 
 
+@pytest.mark.parametrize(("load", "policy"), [(0.2, None), (1.5, "PASSIVE")])
+def test_only_a_busy_machine_gets_passive_waiting(monkeypatch, load, policy):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    threads.prefer_passive_waiting(cpus=2, load=load)
+    assert os.environ.get("OMP_WAIT_POLICY") == policy
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice wins
+    threads.prefer_passive_waiting(cpus=2, load=5.0)
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
 def test_the_cli_sets_passive_waiting_before_torch_loads():
-    code = (
-        "import os, sys; import gptvariants.apps.cli.main; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    code = (  # a busy machine, as the CLI package sees it on import (os.getloadavg patched first)
+        "import os, sys; os.getloadavg = lambda: (9.0, 9.0, 9.0); import gptvariants.apps.cli.main; "
+        "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
     )
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-X", "importtime", "-c", code], env=env, capture_output=True, text=True)

@@ -274,19 +274,34 @@ def run_experiment(
     rows = study.rows()
     ideal = dataset.meta.get("synthetic", {}).get("cross_entropy_val")
     plot_experiment(out, runs, study.evals[seed], rows, ideal, study)
-    section: list[str] = []
-    if methods:
-        _, section = U.run_uncertainty(out, data_dir, order, methods, runs, seed_runs, ood or U.DEFAULT_OOD, seed, _log)
-    # conformal sets of the first seed's systems, under the shift the uncertainty section uses
-    shift = ood or (U.DEFAULT_OOD if "synthetic" in dataset.meta else None)
-    _log("sets: conformal sets of every system")
-    section += run_sets(out, data_dir, U.systems(order, methods, runs, seed_runs), ood=shift, seed=seed)[1]
+    section = _sections(out, data_dir, dataset, order, methods, runs, seed_runs, ood, seed)
     plan["last_wall_seconds"] = time.perf_counter() - t_start
     save_plan()
     report = write_report(out, study, plan, command, section)
     print(experiment_table(rows, study.intervals()))
     _log(f"report: {report} ({plan['last_wall_seconds']:.0f} s this run)")
     return report
+
+
+def _sections(
+    out: Path,
+    data_dir: Path,
+    dataset: TokenDataset,
+    order: list[str],
+    methods: list[str],
+    runs: dict[str, Path],
+    seed_runs: list[Path],
+    ood: str | None,
+    seed: int,
+) -> list[str]:
+    """The report's Uncertainty section (with ``methods``) and its Sets section: the first seed's
+    systems, under the same shift (``ood``, or the shifted synthetic language)."""
+    section: list[str] = []
+    if methods:
+        _, section = U.run_uncertainty(out, data_dir, order, methods, runs, seed_runs, ood or U.DEFAULT_OOD, seed, _log)
+    shift = ood or (U.DEFAULT_OOD if "synthetic" in dataset.meta else None)
+    _log("sets: conformal sets of every system")
+    return section + run_sets(out, data_dir, U.systems(order, methods, runs, seed_runs), ood=shift, seed=seed)[1]
 
 
 def _train_all(

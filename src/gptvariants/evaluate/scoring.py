@@ -124,7 +124,7 @@ def reference_sets(source: Source, sets: str | None, model: GPT, cfg) -> tuple[A
 # ----------------------------------------------------------------------------- scoring
 
 
-class _Rows:
+class Rows:
     """Hands out consecutive rows of a chunked (start, rows) iterator, n at a time."""
 
     def __init__(self, chunks: Iterator[tuple[int, np.ndarray]]) -> None:
@@ -219,7 +219,7 @@ def score(
     """
     predictor = predictor if isinstance(predictor, Predictor) else Predictor([predictor], seed=0)
     acc = _Pass(predictor, len(tokens), point, tau, train_sets)
-    rows_true = _Rows(truth.iter_next_token_probs(tokens[:-1])) if truth is not None else None
+    rows_true = Rows(truth.iter_next_token_probs(tokens[:-1])) if truth is not None else None
     want_sets = reference is not None or truth is not None
     windows = M.sliding_windows(len(tokens), predictor.block_size, stride)
     budget = CHUNK_FLOATS // 2  # the draws' log-probabilities and their probabilities

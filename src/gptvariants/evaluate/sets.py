@@ -43,7 +43,7 @@ from ..predict.methods import load_runs
 from ..predict.prediction import Prediction, build_predictor, temperature_key
 from .comparators import System
 from .report import Column
-from .scoring import _Rows
+from .scoring import Rows
 
 SETS_FILE = "sets.json"
 TOLERANCE = 0.015  # coverage this far below 1 - alpha still counts as valid (the issue's target)
@@ -66,7 +66,7 @@ def truth_columns(source: Source, start: int, alphas: Sequence[float]) -> Callab
     """An ``on_chunk`` for ``evaluate_rules`` over ``source.tokens[start:]``: per token the floor at each
     alpha and, per set, precision, recall and true mass against p* (module docstring)."""
     assert source.truth is not None  # callers check that the source is the synthetic language
-    rows = _Rows(source.truth.iter_next_token_probs(source.tokens[:-1]))
+    rows = Rows(source.truth.iter_next_token_probs(source.tokens[:-1]))
     if start:
         rows.take(start)  # row j is p*(. | tokens[:j+1]): target start + 1, the first scored, is row start
 

@@ -35,6 +35,7 @@ from gptvariants.decode.decoder import Decoder  # noqa: E402
 from gptvariants.train.loop import train  # noqa: E402
 
 VARIANTS = ("baseline", "bayes", "sig")
+FITTED, ALPHAS = ("baseline", "sig"), (0.1, 0.2)  # the runs with conformal sets, at these alphas
 REPORT_MD = """# tiny experiment
 
 | Variant | Perplexity |
@@ -57,6 +58,9 @@ def experiment(tiny_data, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("experiment")
     for v in VARIANTS:
         train(load_config(v, overrides=tiny_overrides(tiny_data, root / "runs" / v, max_iters=10, eval_interval=10)))
+    for v in FITTED:  # conformal sets for the Score view's alpha menu; bayes has none
+        args = ["conformal", str(root / "runs" / v), "--tokens", "600", "--device", "cpu"]
+        assert main(args + [x for a in ALPHAS for x in ("--alpha", str(a))]) == 0
     (root / "report.md").write_text(REPORT_MD)
     plt.imsave(root / "curves.png", np.linspace(0, 1, 64).reshape(8, 8))
     return root
@@ -229,6 +233,42 @@ def test_generate_honours_stop_strings(client, words):
     assert stop not in got and text.startswith(got) and cut[-1][1]["finish_reason"] == "stop"
 
 
+@pytest.mark.parametrize("variant", FITTED)
+def test_score_with_conformal_sets_gives_the_library_set_sizes(client, runs, words, variant):
+    """Each token's LAC set size and whether it holds the token, as LanguageModel.score(conformal=)
+    gives them; a sigmoid run keeps its own set beside it."""
+    body = {"run": variant, "text": words, "top_n": 3, "conformal": 0.1}
+    r = client.post("/api/score", json=body)
+    assert r.status_code == 200, r.text
+    data = r.json()
+    ref = runs[0][variant].lm.score(words, top_n=3, conformal=0.1)
+    got = data["tokens"]
+    assert [t["conformal_set_size"] for t in got] == [t.set_size for t in ref]
+    assert [t["in_conformal_set"] for t in got] == [t.in_set for t in ref]
+    assert len({t.set_size for t in ref}) > 1  # sizes that vary: a test that could tell them apart
+    assert data["mean_set_size"] == pytest.approx(sum(t.set_size for t in ref) / len(ref))
+    assert data["set_coverage"] == pytest.approx(sum(t.in_set for t in ref) / len(ref))
+    if variant == "sig":  # the sigmoid set keeps its name
+        assert [t["set_size"] for t in got] == [len(t.set) for t in ref]
+    plain = client.post("/api/score", json={**body, "conformal": None}).json()
+    assert not any("conformal_set_size" in t or "in_set" in t for t in plain["tokens"])
+    assert plain["mean_set_size"] is None and plain["set_coverage"] is None
+
+
+def test_runs_list_the_fitted_conformal_alphas(client, experiment):
+    by = {r["name"]: r["conformal"] for r in client.get("/api/runs").json()["runs"]}
+    assert by == {"baseline": {"default": list(ALPHAS)}, "sig": {"default": list(ALPHAS)}, "bayes": {}}
+
+
+def test_an_unfitted_alpha_names_the_command_and_no_server_path(client, experiment):
+    r = client.post("/api/score", json={"run": "baseline", "text": "ab", "conformal": 0.3})
+    assert r.status_code == 400 and str(experiment) not in r.text
+    assert r.json()["error"] == (
+        "run 'baseline' has no conformal set at alpha 0.3 for the 'default' prediction (fitted: alpha 0.1, 0.2): "
+        "fit it with `gptv conformal RUN --alpha 0.3` (RUN: the folder of run 'baseline')"
+    )
+
+
 BAD = [
     ("/api/generate", {"run": "nope", "prompt": "x"}, 404, "unknown run 'nope'"),
     ("/api/generate", {"run": "baseline", "prompt": ""}, 422, "prompt"),
@@ -255,6 +295,13 @@ BAD = [
     ("/api/score", {"run": "baseline", "text": "qqq"}, 400, "not in the word vocabulary"),
     ("/api/score", {"run": "bayes", "text": "ab", "method": "sequence"}, 400, "not for scoring text"),
     ("/api/score", {"run": "bayes", "text": "ab", "bayes_mode": "mean"}, 422, "bayes_mode: Extra inputs"),
+    ("/api/score", {"run": "baseline", "text": "ab", "conformal": "0.1"}, 422, "conformal: Input should be"),
+    ("/api/score", {"run": "baseline", "text": "ab", "conformal": 1.0}, 422, "conformal: Input should be less"),
+    ("/api/score", {"run": "baseline", "text": "ab", "conformal": 0}, 422, "conformal: Input should be greater"),
+    ("/api/score", {"run": "bayes", "text": "ab", "conformal": 0.1}, 400, "for the 'default' prediction (none"),
+    ("/api/score", {"run": "bayes", "text": "ab", "conformal": 0.1, "mc_samples": 0}, 400, "0.1 --mc-samples 0"),
+    ("/api/score", {"run": "bayes", "text": "ab", "conformal": 0.1, "method": "bogus"}, 400, "unknown method 'bogus'"),
+    ("/api/generate", {"run": "baseline", "prompt": "ab", "conformal": 0.1}, 422, "conformal: Extra inputs"),
 ]
 
 

@@ -705,7 +705,8 @@ def server(chromium, experiment, tmp_path_factory):
 
 def test_the_page_in_headless_chromium(chromium, server, words):
     """Generate and score in two runs' columns; the tokens are coloured, the legend is drawn and
-    hovering a token shows its probability, alternatives and (Bayesian) per-draw probabilities;
+    hovering a token shows its probability, alternatives, (Bayesian) per-draw probabilities and
+    (scored with conformal sets) its set's size;
     the report's table sorts and its plot loads. No script error on the way."""
     from playwright.sync_api import sync_playwright
 
@@ -719,7 +720,7 @@ def test_the_page_in_headless_chromium(chromium, server, words):
             page.goto(server)
             page.wait_for_selector("body[data-ready=true]")
             _check_generate(page, " ".join(words.split()[:3]))
-            _check_score(page, words)
+            _check_score(page, words, server)
             _check_report(page)
         finally:
             browser.close()
@@ -755,11 +756,19 @@ def _check_generate(page, prompt: str) -> None:
     expect(legend).to_contain_text("mutual information")
 
 
-def _check_score(page, text: str) -> None:
-    """A held-out text in both runs, with totals and a sparkline."""
+def _check_score(page, text: str, url: str) -> None:
+    """A held-out text in both runs, with totals and a sparkline; conformal sets at an alpha fitted
+    for baseline only: its tokens' set sizes (tooltip, colour) and those outside their set marked."""
     from playwright.sync_api import expect
 
     page.click("button[data-view=score]")
+    alpha = page.locator("#s-conformal")
+    expect(alpha).to_be_enabled()
+    assert alpha.locator("option").evaluate_all("os => os.map(o => o.value)") == ["", "0.1", "0.2"]
+    page.uncheck("#score-runs input[value=baseline]")  # bayes alone has no fitted sets
+    expect(alpha).to_be_disabled()
+    page.check("#score-runs input[value=baseline]")
+    alpha.select_option("0.1")
     page.fill("#score-text", text)
     page.click("#score-go")
     columns = page.locator("#score-columns .column")
@@ -771,6 +780,22 @@ def _check_score(page, text: str) -> None:
     columns.nth(0).locator(".tok").nth(3).hover()
     expect(page.locator("#tip")).to_contain_text("surprisal")
     expect(page.locator("#score-legend")).to_contain_text("nats")
+    baseline, bayes = (
+        page.locator('#score-columns [data-run="baseline"]'),
+        page.locator('#score-columns [data-run="bayes"]'),
+    )
+    expect(baseline.locator(".stat", has_text="mean set (α 0.1)")).to_be_visible()
+    expect(bayes.locator(".col-foot")).to_contain_text("no conformal set at α 0.1 for this run: gptv conformal RUN")
+    body = json.dumps({"run": "baseline", "text": text, "conformal": 0.1}).encode()
+    request = urllib.request.Request(url + "/api/score", body, {"Content-Type": "application/json"})
+    want = json.loads(urllib.request.urlopen(request, timeout=20).read())["tokens"]
+    assert baseline.locator(".tok.out-of-set").count() == sum(not t["in_conformal_set"] for t in want)
+    baseline.locator(".tok").nth(3).hover()
+    n = want[3]["conformal_set_size"]
+    expect(page.locator("#tip")).to_contain_text(f"conformal set (α 0.1){n} token{'' if n == 1 else 's'}")
+    page.select_option("#score-colour", "conformal")
+    expect(page.locator("#score-legend")).to_contain_text("conformal set size")
+    assert baseline.locator(".tok.na").count() == 0 and bayes.locator(".tok.na").count() >= 10
 
 
 def _check_report(page) -> None:

@@ -260,6 +260,19 @@ def test_runs_list_the_fitted_conformal_alphas(client, experiment):
     assert by == {"baseline": {"default": list(ALPHAS)}, "sig": {"default": list(ALPHAS)}, "bayes": {}}
 
 
+def test_fitted_alphas_of_a_missing_or_damaged_file_are_none(tmp_path):
+    from gptvariants.predict.conformal import fitted_alphas
+
+    assert fitted_alphas(tmp_path) == {}
+    for damaged in ("{not json", '{"fits": []}', '{"fits": {"default": {"rules": {"lac@x": {}}}}}'):
+        (tmp_path / "conformal.json").write_text(damaged)
+        assert fitted_alphas(tmp_path) == {}
+    (tmp_path / "conformal.json").write_text(
+        '{"fits": {"point": {"rules": {"aps@0.1": {}, "lac@0.2": {}, "lac@0.05": {}}}}}'
+    )
+    assert fitted_alphas(tmp_path) == {"point": [0.05, 0.2]}
+
+
 def test_an_unfitted_alpha_names_the_command_and_no_server_path(client, experiment):
     r = client.post("/api/score", json={"run": "baseline", "text": "ab", "conformal": 0.3})
     assert r.status_code == 400 and str(experiment) not in r.text

@@ -35,6 +35,7 @@ from gptvariants.decode.decoder import Decoder  # noqa: E402
 from gptvariants.train.loop import train  # noqa: E402
 
 VARIANTS = ("baseline", "bayes", "sig")
+FITTED, ALPHAS = ("baseline", "sig"), (0.1, 0.2)  # the runs with conformal sets, at these alphas
 REPORT_MD = """# tiny experiment
 
 | Variant | Perplexity |
@@ -57,6 +58,9 @@ def experiment(tiny_data, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("experiment")
     for v in VARIANTS:
         train(load_config(v, overrides=tiny_overrides(tiny_data, root / "runs" / v, max_iters=10, eval_interval=10)))
+    for v in FITTED:  # conformal sets for the Score view's alpha menu; bayes has none
+        args = ["conformal", str(root / "runs" / v), "--tokens", "600", "--device", "cpu"]
+        assert main(args + [x for a in ALPHAS for x in ("--alpha", str(a))]) == 0
     (root / "report.md").write_text(REPORT_MD)
     plt.imsave(root / "curves.png", np.linspace(0, 1, 64).reshape(8, 8))
     return root
@@ -229,6 +233,55 @@ def test_generate_honours_stop_strings(client, words):
     assert stop not in got and text.startswith(got) and cut[-1][1]["finish_reason"] == "stop"
 
 
+@pytest.mark.parametrize("variant", FITTED)
+def test_score_with_conformal_sets_gives_the_library_set_sizes(client, runs, words, variant):
+    """Each token's LAC set size and whether it holds the token, as LanguageModel.score(conformal=)
+    gives them; a sigmoid run keeps its own set beside it."""
+    body = {"run": variant, "text": words, "top_n": 3, "conformal": 0.1}
+    r = client.post("/api/score", json=body)
+    assert r.status_code == 200, r.text
+    data = r.json()
+    ref = runs[0][variant].lm.score(words, top_n=3, conformal=0.1)
+    got = data["tokens"]
+    assert [t["conformal_set_size"] for t in got] == [t.set_size for t in ref]
+    assert [t["in_conformal_set"] for t in got] == [t.in_set for t in ref]
+    assert len({t.set_size for t in ref}) > 1  # sizes that vary: a test that could tell them apart
+    assert data["mean_set_size"] == pytest.approx(sum(t.set_size for t in ref) / len(ref))
+    assert data["set_coverage"] == pytest.approx(sum(t.in_set for t in ref) / len(ref))
+    if variant == "sig":  # the sigmoid set keeps its name
+        assert [t["set_size"] for t in got] == [len(t.set) for t in ref]
+    plain = client.post("/api/score", json={**body, "conformal": None}).json()
+    assert not any("conformal_set_size" in t or "in_set" in t for t in plain["tokens"])
+    assert plain["mean_set_size"] is None and plain["set_coverage"] is None
+
+
+def test_runs_list_the_fitted_conformal_alphas(client, experiment):
+    by = {r["name"]: r["conformal"] for r in client.get("/api/runs").json()["runs"]}
+    assert by == {"baseline": {"default": list(ALPHAS)}, "sig": {"default": list(ALPHAS)}, "bayes": {}}
+
+
+def test_fitted_alphas_of_a_missing_or_damaged_file_are_none(tmp_path):
+    from gptvariants.predict.conformal import fitted_alphas
+
+    assert fitted_alphas(tmp_path) == {}
+    for damaged in ("{not json", '{"fits": []}', '{"fits": {"default": {"rules": {"lac@x": {}}}}}'):
+        (tmp_path / "conformal.json").write_text(damaged)
+        assert fitted_alphas(tmp_path) == {}
+    (tmp_path / "conformal.json").write_text(
+        '{"fits": {"point": {"rules": {"aps@0.1": {}, "lac@0.2": {}, "lac@0.05": {}}}}}'
+    )
+    assert fitted_alphas(tmp_path) == {"point": [0.05, 0.2]}
+
+
+def test_an_unfitted_alpha_names_the_command_and_no_server_path(client, experiment):
+    r = client.post("/api/score", json={"run": "baseline", "text": "ab", "conformal": 0.3})
+    assert r.status_code == 400 and str(experiment) not in r.text
+    assert r.json()["error"] == (
+        "run 'baseline' has no conformal set at alpha 0.3 for the 'default' prediction (fitted: alpha 0.1, 0.2): "
+        "fit it with `gptv conformal RUN --alpha 0.3` (RUN: the folder of run 'baseline')"
+    )
+
+
 BAD = [
     ("/api/generate", {"run": "nope", "prompt": "x"}, 404, "unknown run 'nope'"),
     ("/api/generate", {"run": "baseline", "prompt": ""}, 422, "prompt"),
@@ -255,6 +308,13 @@ BAD = [
     ("/api/score", {"run": "baseline", "text": "qqq"}, 400, "not in the word vocabulary"),
     ("/api/score", {"run": "bayes", "text": "ab", "method": "sequence"}, 400, "not for scoring text"),
     ("/api/score", {"run": "bayes", "text": "ab", "bayes_mode": "mean"}, 422, "bayes_mode: Extra inputs"),
+    ("/api/score", {"run": "baseline", "text": "ab", "conformal": "0.1"}, 422, "conformal: Input should be"),
+    ("/api/score", {"run": "baseline", "text": "ab", "conformal": 1.0}, 422, "conformal: Input should be less"),
+    ("/api/score", {"run": "baseline", "text": "ab", "conformal": 0}, 422, "conformal: Input should be greater"),
+    ("/api/score", {"run": "bayes", "text": "ab", "conformal": 0.1}, 400, "for the 'default' prediction (none"),
+    ("/api/score", {"run": "bayes", "text": "ab", "conformal": 0.1, "mc_samples": 0}, 400, "0.1 --mc-samples 0"),
+    ("/api/score", {"run": "bayes", "text": "ab", "conformal": 0.1, "method": "bogus"}, 400, "unknown method 'bogus'"),
+    ("/api/generate", {"run": "baseline", "prompt": "ab", "conformal": 0.1}, 422, "conformal: Extra inputs"),
 ]
 
 
@@ -658,7 +718,8 @@ def server(chromium, experiment, tmp_path_factory):
 
 def test_the_page_in_headless_chromium(chromium, server, words):
     """Generate and score in two runs' columns; the tokens are coloured, the legend is drawn and
-    hovering a token shows its probability, alternatives and (Bayesian) per-draw probabilities;
+    hovering a token shows its probability, alternatives, (Bayesian) per-draw probabilities and
+    (scored with conformal sets) its set's size;
     the report's table sorts and its plot loads. No script error on the way."""
     from playwright.sync_api import sync_playwright
 
@@ -672,7 +733,7 @@ def test_the_page_in_headless_chromium(chromium, server, words):
             page.goto(server)
             page.wait_for_selector("body[data-ready=true]")
             _check_generate(page, " ".join(words.split()[:3]))
-            _check_score(page, words)
+            _check_score(page, words, server)
             _check_report(page)
         finally:
             browser.close()
@@ -708,11 +769,19 @@ def _check_generate(page, prompt: str) -> None:
     expect(legend).to_contain_text("mutual information")
 
 
-def _check_score(page, text: str) -> None:
-    """A held-out text in both runs, with totals and a sparkline."""
+def _check_score(page, text: str, url: str) -> None:
+    """A held-out text in both runs, with totals and a sparkline; conformal sets at an alpha fitted
+    for baseline only: its tokens' set sizes (tooltip, colour) and those outside their set marked."""
     from playwright.sync_api import expect
 
     page.click("button[data-view=score]")
+    alpha = page.locator("#s-conformal")
+    expect(alpha).to_be_enabled()
+    assert alpha.locator("option").evaluate_all("os => os.map(o => o.value)") == ["", "0.1", "0.2"]
+    page.uncheck("#score-runs input[value=baseline]")  # bayes alone has no fitted sets
+    expect(alpha).to_be_disabled()
+    page.check("#score-runs input[value=baseline]")
+    alpha.select_option("0.1")
     page.fill("#score-text", text)
     page.click("#score-go")
     columns = page.locator("#score-columns .column")
@@ -724,6 +793,22 @@ def _check_score(page, text: str) -> None:
     columns.nth(0).locator(".tok").nth(3).hover()
     expect(page.locator("#tip")).to_contain_text("surprisal")
     expect(page.locator("#score-legend")).to_contain_text("nats")
+    baseline, bayes = (
+        page.locator('#score-columns [data-run="baseline"]'),
+        page.locator('#score-columns [data-run="bayes"]'),
+    )
+    expect(baseline.locator(".stat", has_text="mean set (α 0.1)")).to_be_visible()
+    expect(bayes.locator(".col-foot")).to_contain_text("no conformal set at α 0.1 for this run: gptv conformal RUN")
+    body = json.dumps({"run": "baseline", "text": text, "conformal": 0.1}).encode()
+    request = urllib.request.Request(url + "/api/score", body, {"Content-Type": "application/json"})
+    want = json.loads(urllib.request.urlopen(request, timeout=20).read())["tokens"]
+    assert baseline.locator(".tok.out-of-set").count() == sum(not t["in_conformal_set"] for t in want)
+    baseline.locator(".tok").nth(3).hover()
+    n = want[3]["conformal_set_size"]
+    expect(page.locator("#tip")).to_contain_text(f"conformal set (α 0.1){n} token{'' if n == 1 else 's'}")
+    page.select_option("#score-colour", "conformal")
+    expect(page.locator("#score-legend")).to_contain_text("conformal set size")
+    assert baseline.locator(".tok.na").count() == 0 and bayes.locator(".tok.na").count() >= 10
 
 
 def _check_report(page) -> None:

@@ -397,6 +397,20 @@ def load_rule(run_dir: Path, key: str, alpha: float, score: str = "lac") -> SetR
     return rules_from_json({name: rules[name]})[name]
 
 
+def fitted_alphas(run_dir: Path, score: str = "lac") -> dict[str, list[float]]:
+    """The alphas at which RUN/conformal.json holds a ``score`` set, by prediction key (``load_rule``'s
+    ``key``); {} when the file is missing or unreadable."""
+    prefix = score + "@"
+    try:
+        fits = json.loads((Path(run_dir) / CONFORMAL_FILE).read_text(encoding="utf-8"))["fits"]
+        return {
+            key: sorted(float(n[len(prefix) :]) for n in fit["rules"] if n.startswith(prefix))
+            for key, fit in fits.items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
 def lac_min_prob(runs: Sequence[Run], prediction: Prediction, alpha: float) -> float:
     """1 - q of the stored LAC set at ``alpha`` for the predictive of ``runs`` under ``prediction``:
     its set is {v : p_v >= this} (``gptv sample --conformal``)."""

@@ -1,8 +1,8 @@
 """``gptv serve``: a local web playground that puts runs side by side, token by token.
 
 Generate (one prompt, one column per run, tokens streamed), Score (a text coloured by each
-run's surprisal, entropy or mutual information) and Report (an experiment's report.md and
-plots). The web server (FastAPI on uvicorn) is the optional extra ``serve``; importing this
+run's surprisal, entropy, mutual information or conformal set size) and Report (an experiment's
+report.md and plots). The web server (FastAPI on uvicorn) is the optional extra ``serve``; importing this
 package does not need it, so ``gptv`` starts without it.
 """
 

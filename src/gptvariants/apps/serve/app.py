@@ -1,9 +1,12 @@
 """The playground's web application: the page, its assets, the report files and the JSON API.
 
-    GET  /api/runs       the runs: variant, head, sizes; whether there is a report; the limits
+    GET  /api/runs       the runs (variant, head, sizes, the conformal alphas fitted), whether there is
+                         a report, the limits
     POST /api/generate   server-sent events: one ``token`` event per generated token, then ``done``
                          (concurrent generations of a run decode as one batch: ``batcher.Batcher``)
-    POST /api/score      per-token scores of a text, nats/token and perplexity
+    POST /api/score      per-token scores of a text, nats/token and perplexity; with ``conformal``
+                         (an alpha the run lists), each token's conformal set size and whether
+                         the set holds it, and their mean and coverage
     GET  /api/report     the experiment's report.md as HTML, and its plots
     GET  /report/NAME    one report file (an allowlist built at startup; nothing else is served)
 
@@ -55,10 +58,14 @@ _JSON = json.JSONEncoder(ensure_ascii=False)  # made once: json.dumps with optio
 
 
 def token_json(rec: TokenRecord) -> dict[str, Any]:
-    """A token for the page: TokenRecord.to_dict() plus surprisal (-log p, nats) and the set's size
-    (its texts listed up to MAX_SET_TEXTS)."""
+    """A token for the page: TokenRecord.to_dict() plus surprisal (-log p, nats), the sigmoid set's
+    size ``set_size`` (its texts listed up to MAX_SET_TEXTS) and, when scored with ``conformal``,
+    ``conformal_set_size`` and ``in_conformal_set`` (the record's set_size and in_set, renamed so
+    that a sigmoid run can show both sets)."""
     d = rec.to_dict()
     d["surprisal"] = -rec.logprob
+    if rec.set_size is not None:
+        d["conformal_set_size"], d["in_conformal_set"] = d.pop("set_size"), d.pop("in_set")
     if rec.set is not None:
         d["set_size"] = len(rec.set)
         d["set"] = rec.set[:MAX_SET_TEXTS]
@@ -92,10 +99,16 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def _summary(records: list[TokenRecord]) -> dict[str, Any]:
-    """Totals over scored tokens: nats/token (mean surprisal), perplexity, mean entropy and MI."""
-    if not records:
-        return {"n_tokens": 0, "nats_per_token": None, "perplexity": None, "mean_entropy": None, "mean_mi": None}
+    """Totals over scored tokens: nats/token (mean surprisal), perplexity, mean entropy and MI, and
+    with conformal sets their mean size and coverage (the share of tokens inside their set)."""
     n = len(records)
+    sizes = [r.set_size for r in records if r.set_size is not None]
+    sets = {
+        "mean_set_size": sum(sizes) / len(sizes) if sizes else None,
+        "set_coverage": sum(bool(r.in_set) for r in records) / len(sizes) if sizes else None,
+    }
+    if not records:
+        return {"n_tokens": 0, **dict.fromkeys(("nats_per_token", "perplexity", "mean_entropy", "mean_mi")), **sets}
     nats = -sum(r.logprob for r in records) / n
     mis = [r.mi for r in records if r.mi is not None]
     return {
@@ -104,6 +117,7 @@ def _summary(records: list[TokenRecord]) -> dict[str, Any]:
         "perplexity": math.exp(min(nats, 700.0)),
         "mean_entropy": sum(r.entropy for r in records) / n,
         "mean_mi": sum(mis) / len(mis) if mis else None,
+        **sets,
     }
 
 
@@ -189,6 +203,8 @@ def _add_model_api(
         run = get_run(req.run)
         with pool.admit():
             try:  # concurrent requests with the same options share one pass; answers are built on the worker
+                if req.conformal is not None:  # checked here: the library's message names server paths
+                    run.check_conformal(req.conformal, req.method, req.mc_samples)
                 key = (run.name, tuple(sorted(req.options().items())))
                 return Response(await scores.score(run, key, req), media_type="application/json")
             except (ValueError, TypeError) as e:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ...common.errors import GptvError
-from ...predict.prediction import Prediction
+from ...predict.conformal import fitted_alphas
+from ...predict.prediction import Prediction, temperature_key
 from ...store.checkpoint import POINTER
 from ...store.run import RunFolder
 from ..api import LanguageModel, load
@@ -24,7 +25,7 @@ REPORT_SUFFIXES = (".md", ".png", ".json", ".csv")
 
 
 class ServeError(GptvError, ValueError):
-    """A path on the command line that holds no run."""
+    """A path on the command line that holds no run, or a request for something a run does not have."""
 
 
 @dataclass
@@ -122,7 +123,30 @@ class Run:
             "params": self.lm.model.num_params(),
             "tokenizer": self.lm.tokenizer.name,
             "step": self.step,
+            "conformal": self.conformal_alphas(),
         }  # never the path: a browser needs the name only, and the server's layout is not its business
+
+    def conformal_alphas(self) -> dict[str, list[float]]:
+        """The alphas of the LAC sets ``gptv conformal`` fitted for this run, by prediction key
+        ('default'; 'point': a Bayesian head's posterior mean; or a method's name). Read on each
+        call: a fit made while the server runs is used without a restart."""
+        return fitted_alphas(self.path)
+
+    def check_conformal(self, alpha: float, method: str | None = None, mc_samples: int | None = None) -> None:
+        """ServeError naming the alpha and the command that fits it, unless this run has a LAC set at
+        ``alpha`` for the prediction ``method`` and ``mc_samples`` ask for (``LanguageModel.score``'s
+        ``conformal``). The message names the run, not its folder: the server's layout stays its own."""
+        prediction = self.lm.prediction.but(method=method, mc_samples=mc_samples)
+        key = temperature_key(self.lm.runs, prediction)
+        fitted = [f"{a:g}" for a in self.conformal_alphas().get(key, [])]
+        if f"{alpha:g}" in fitted:
+            return
+        option = "" if key == "default" else " --mc-samples 0" if prediction.point else f" --method {key}"
+        raise ServeError(
+            f"run {self.name!r} has no conformal set at alpha {alpha:g} for the {key!r} prediction "
+            f"({'fitted: alpha ' + ', '.join(fitted) if fitted else 'none fitted'}): "
+            f"fit it with `gptv conformal RUN --alpha {alpha:g}{option}` (RUN: the folder of run {self.name!r})"
+        )
 
 
 def load_runs(paths: dict[str, Path], device: str = "cpu", dtype: str = "float32") -> dict[str, Run]:

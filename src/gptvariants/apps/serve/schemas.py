@@ -56,6 +56,13 @@ class ScoreRequest(_Request):
     """POST /api/score: per-token scores of a text under one run."""
 
     text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    conformal: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="an alpha fitted by gptv conformal (GET /api/runs lists them): each token's LAC set size "
+        "and whether the set holds it",
+    )
 
     def options(self) -> dict:
         """Keyword arguments of ``LanguageModel.score``."""

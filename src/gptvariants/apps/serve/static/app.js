@@ -25,6 +25,7 @@ const METRICS = {
   entropy: { label: "entropy H[p]", unit: "nats", get: (t) => t.entropy, fixed: true },
   mi: { label: "mutual information (Bayesian)", unit: "nats", get: (t) => (t.mi ?? null), fixed: false },
   set: { label: "sigmoid set size", unit: "tokens", get: (t) => (t.set_size ?? null), fixed: false },
+  conformal: { label: "conformal set size", unit: "tokens", get: (t) => (t.conformal_set_size ?? null), fixed: false },
 };
 
 // light (confident) to hot (uncertain); dark text stays readable on all but the last stops
@@ -122,6 +123,9 @@ class Colouring {
     L.append(el("span", "legend-title", `${m.label}, ${m.unit}`), gradient,
       el("span", "legend-note", m.fixed ? "low = confident · high = surprised/uncertain" : "scale: 0 to the largest value shown"));
     if (missing) L.append(el("span", "na-swatch", "n/a for this head or mode"));
+    if (this.columns.some((c) => c.tokens.some((t) => t.in_conformal_set === false))) {
+      L.append(el("span", "out-swatch", "outside its conformal set"));
+    }
   }
 }
 
@@ -142,6 +146,10 @@ function tipContent(t, run, span) {
   stat("entropy", `${fmt(t.entropy)} nats`);
   if (t.mi !== undefined) stat("mutual information", `${fmt(t.mi)} nats`);
   if (t.set_size !== undefined) stat("sigmoid set size", String(t.set_size));
+  if (t.conformal_set_size !== undefined) {
+    const n = t.conformal_set_size;
+    stat(`conformal set (α ${span._alpha})`, `${n} token${n === 1 ? "" : "s"}, ${t.in_conformal_set ? "holds it" : "misses it"}`);
+  }
   box.append(stats);
   if (t.top && t.top.length) {
     box.append(el("div", "tip-title", "Top alternatives"));
@@ -290,7 +298,8 @@ class Column {
   addToken(t) {
     const span = el("span", "tok", t.text === "\n" ? "↵\n" : t.text);
     if (t.text.trim() === "" && t.text !== "\n") span.classList.add("ws");
-    span._tok = t; span._run = this.run; span._tau = this.tau; // the tau the set was computed with
+    if (t.in_conformal_set === false) span.classList.add("out-of-set");
+    span._tok = t; span._run = this.run; span._tau = this.tau; span._alpha = this.alpha; // what its sets were computed with
     this.tokens.push(t); this.spans.push(span);
     const box = this.text;
     const following = box.scrollHeight - box.scrollTop - box.clientHeight < 40; // the reader is at the end
@@ -472,11 +481,34 @@ function sparkline(col) {
   return wrap;
 }
 
+/** The key of a run's conformal fits that the Score options ask for: a Bayesian head's posterior
+ *  mean (0 draws) has its own sets, fitted with gptv conformal --mc-samples 0. */
+function scorePrediction(run) {
+  return run.bayesian ? prediction($("#s-bayes_mode").value, numberOr("#s-mc_samples")) : {};
+}
+const conformalKey = (run) => (scorePrediction(run).mc_samples === 0 ? "point" : "default");
+const fittedAlphas = (run) => (run.conformal?.[conformalKey(run)] ?? []).map(String);
+
+/** The alpha menu: those fitted for any picked run (GET /api/runs), disabled when there are none. */
+function refreshConformal() {
+  const select = $("#s-conformal"), was = select.value;
+  const alphas = [...new Set(pickedRuns($("#score-runs")).flatMap(fittedAlphas))].sort((a, b) => a - b);
+  select.replaceChildren(new Option("off", ""), ...alphas.map((a) => new Option(a, a)));
+  select.value = alphas.includes(was) ? was : "";
+  select.disabled = !alphas.length;
+  $("#s-conformal-label").title = alphas.length
+    ? "each token's conformal set size and whether it holds the token; tokens outside their set are underlined"
+    : "no conformal sets fitted for the picked runs: gptv conformal RUN --alpha 0.1 (then reload)";
+}
+
 async function scoreOne(col, text) {
   col.setStats([["status", "scoring…"]]);
   col.tau = numberOr("#s-tau", 0.5);
   const body = { run: col.run.name, text, top_n: numberOr("#s-top_n", 0), tau: col.tau, seed: numberOr("#s-seed") };
-  if (col.run.bayesian) Object.assign(body, prediction($("#s-bayes_mode").value, numberOr("#s-mc_samples")));
+  Object.assign(body, scorePrediction(col.run));
+  const alpha = $("#s-conformal").value;
+  if (alpha && fittedAlphas(col.run).includes(alpha)) { body.conformal = Number(alpha); col.alpha = alpha; }
+  else if (alpha) col.foot.replaceChildren(el("div", "muted", `no conformal set at α ${alpha} for this run: gptv conformal RUN --alpha ${alpha}`));
   const response = await fetch("/api/score", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   if (!response.ok) { col.setStats([]); col.error(await errorOf(response)); return; }
   const data = await response.json();
@@ -484,7 +516,9 @@ async function scoreOne(col, text) {
   for (const t of data.tokens) col.addToken(t);
   col.setStats([["nats/token", fmt(data.nats_per_token)], ["perplexity", fmt(data.perplexity, 2)],
     ["tokens", String(data.n_tokens)], ["mean H", fmt(data.mean_entropy)],
-    ...(data.mean_mi !== null ? [["mean MI", fmt(data.mean_mi)]] : []), ["time", `${fmt(data.seconds * 1000, 0)} ms`]]);
+    ...(data.mean_mi !== null ? [["mean MI", fmt(data.mean_mi)]] : []),
+    ...(data.mean_set_size !== null ? [[`mean set (α ${col.alpha})`, fmt(data.mean_set_size, 2)], ["in set", pct(data.set_coverage)]] : []),
+    ["time", `${fmt(data.seconds * 1000, 0)} ms`]]);
 }
 
 async function runScore() {
@@ -592,7 +626,9 @@ async function start() {
   for (const r of state.runs) state.byName[r.name] = r;
   $("#status").textContent = `${state.runs.length} run${state.runs.length === 1 ? "" : "s"}` + (data.report ? " · experiment report" : "");
   runsPicker($("#gen-runs"));
-  runsPicker($("#score-runs"));
+  runsPicker($("#score-runs"), refreshConformal);
+  refreshConformal();
+  for (const id of ["#s-bayes_mode", "#s-mc_samples"]) $(id).addEventListener("change", refreshConformal);
   $("#o-max_new_tokens").max = String(data.limits.max_new_tokens);
   $("#gen-prompt").maxLength = data.limits.prompt_chars;
   $("#score-text").maxLength = data.limits.text_chars;

@@ -12,6 +12,7 @@ from gptvariants.evaluate.over_seeds import (
     set_figures,
     sets_over_seeds_section,
 )
+from gptvariants.predict.conformal import fit_flags
 
 SEEDS = [1, 2, 3]
 ENTROPY = {"auroc_token": [0.60, 0.62, 0.61], "auroc_sequence": [0.70, 0.50, 0.90], "prr": [0.30, 0.31, 0.29]}
@@ -96,3 +97,11 @@ def test_each_seeds_deep_ensemble_has_its_own_runs():
     flat = [m for ms in members.values() for m in ms]
     assert len(set(flat)) == len(flat) and not set(flat) & {1337, 1338, 2337}
     assert all(len(ms) == ENSEMBLE_RUNS - 1 for ms in members.values())
+
+
+def test_the_fit_hint_names_real_flags():
+    assert (fit_flags("default"), fit_flags("point"), fit_flags("laplace")) == (
+        "",
+        " --mc-samples 0",
+        " --method laplace",
+    )

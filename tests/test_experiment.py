@@ -187,9 +187,9 @@ def test_methods_add_the_uncertainty_section(tmp_path, capsys):
     assert runs == [
         "baseline",
         "baseline-dropout",
-        "baseline-seed1338",
-        "baseline-seed1339",
-        "baseline-seed1340",
+        "baseline-seed2337",
+        "baseline-seed3337",
+        "baseline-seed4337",
         "ensemble",
     ]
     results = json.loads((out / "uncertainty.json").read_text())

@@ -192,6 +192,9 @@ def test_experiment_over_two_seeds_reuses_everything(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "mean over 2 seeds (1337, 1338)" in report and "## Differences from the baseline" in report
     assert "- **bayes**: nats/token: " in report and "--seeds 1337,1338" in report
+    # conformal sets of every seed's systems, compared over the seeds (issue 22)
+    assert (out / "sets.json").is_file() and (out / "sets-seed1338.json").is_file()
+    assert "### Sets over 2 seeds" in report and "| bayes |" in report.split("### Sets over 2 seeds")[1]
     assert cli_main(argv) == 0
     again = capsys.readouterr().out
     assert again.count("(already done)") == 4 and again.count(": skipped") == 4 and "trained" not in again

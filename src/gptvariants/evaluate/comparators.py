@@ -47,6 +47,7 @@ from .verdicts import ood_score_sentence
 
 METHOD_CHOICES = ("temperature", "mc_dropout", "ensemble", "laplace")
 ENSEMBLE_RUNS = 4  # runs of a deep ensemble (the baseline and 3 more seeds)
+ENSEMBLE_STRIDE = 1000  # a member's seed is the experiment seed plus a multiple of this
 DEFAULT_OOD = "synthetic?shift=0.5"
 DENSITY_POSITIONS = 100_000  # training positions of each system's feature density
 UNCERTAINTY_TABLE = [
@@ -77,8 +78,21 @@ def extra_variants(methods: list[str]) -> list[str]:
     return out
 
 
-def ensemble_seeds(seed: int) -> list[int]:
-    return [seed + i for i in range(1, ENSEMBLE_RUNS)]
+def ensemble_seeds(seeds: list[int]) -> dict[int, list[int]]:
+    """seed -> the seeds of its deep ensemble's other members: ``seed + 1000 k`` (k = 1, 2, ...), skipping
+    the experiment's seeds and another seed's members, so that no run serves two seeds' ensembles (their
+    figures would be correlated and the interval over seeds too narrow) nor doubles a seed's baseline."""
+    taken, out = set(seeds), {}
+    for seed in seeds:
+        members: list[int] = []
+        k = 1
+        while len(members) < ENSEMBLE_RUNS - 1:
+            if seed + ENSEMBLE_STRIDE * k not in taken:
+                members.append(seed + ENSEMBLE_STRIDE * k)
+                taken.add(members[-1])
+            k += 1
+        out[seed] = members
+    return out
 
 
 @dataclass
@@ -185,9 +199,11 @@ def run_uncertainty(
     ood: str,
     seed: int,
     log,
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Fit, evaluate and tabulate every system; results in OUT/uncertainty.json, the plot beside it.
-    Returns the rows and the report section."""
+    tag: str = "",
+) -> tuple[list[dict[str, Any]], list[str], dict[str, list[dict[str, Any]]]]:
+    """Fit, evaluate and tabulate every system; results in OUT/uncertainty{tag}.json, the plot beside it
+    (``tag``: "-seedS" for an experiment's other seeds). Returns the rows, the report section and each
+    system's ranked scores (``score_rows``)."""
 
     if "laplace" in methods:
         base = runs["baseline"]
@@ -206,13 +222,13 @@ def run_uncertainty(
     fit_densities(list(dict.fromkeys(s.runs[0] for s in rows_of)), data_dir, log)
     results = []
     for system in rows_of:
-        folder = out / "uncertainty" / system.name.replace(" ", "_").replace("+", "").replace("__", "_")
+        folder = out / f"uncertainty{tag}" / system.name.replace(" ", "_").replace("+", "").replace("__", "_")
         log(f"uncertainty: {system.name}")
         results.append(evaluate_system(system, data_dir, ood, seed, folder))
     rows = [_row(r, results[0]) for r in results]
     ranked = {r["system"]: score_rows(r["eval"]) for r in results}
     atomic_write(
-        out / "uncertainty.json",
+        out / f"uncertainty{tag}.json",
         json.dumps(
             {
                 "ood": ood,
@@ -224,10 +240,9 @@ def run_uncertainty(
         )
         + "\n",
     )
-    plot_uncertainty(results, rows, out / "uncertainty.png")
-    return rows, uncertainty_section(rows, [r["eval"] for r in results], ood, "uncertainty.png") + scores_section(
-        ranked
-    )
+    plot_uncertainty(results, rows, out / f"uncertainty{tag}.png")
+    section = uncertainty_section(rows, [r["eval"] for r in results], ood, f"uncertainty{tag}.png")
+    return rows, section + scores_section(ranked), ranked
 
 
 def fit_densities(run_dirs: list[Path], data_dir: Path, log) -> None:

@@ -40,12 +40,14 @@ from ..core.variants import get_variant, study_variants
 from ..data.dataset import TokenDataset
 from ..data.prepare import prepare
 from ..intervals import RESAMPLES
+from ..predict.conformal import ALPHAS
 from ..store.checkpoint import CheckpointError
 from ..store.run import RunFolder
 from ..targets import build_targets
 from ..train.loop import train
 from . import comparators as U
 from .evaluation import default_out, evaluate
+from .over_seeds import score_figures, scores_over_seeds_section, set_figures, sets_over_seeds_section
 from .report import experiment_row, experiment_table, plot_experiment, write_report
 from .sets import run_sets
 from .verdicts import SeedStudy, run_folder
@@ -265,16 +267,12 @@ def run_experiment(
     runs_by_seed = {s: {v: run_folder(out, v, s, seed) for v in order} for s in seeds}
     runs = runs_by_seed[seed]
     _train_all(runs_by_seed, teacher, sets, data_dir, out, plan, save_plan, config_file)
-    seed_runs = []
-    if "ensemble" in methods:  # a deep ensemble: the baseline and more runs of it with other seeds
-        for s in U.ensemble_seeds(seed):
-            seed_runs.append(out / "runs" / f"baseline-seed{s}")
-            _train_one(f"baseline-seed{s}", "baseline", seed_runs[-1], data_dir, out, plan, save_plan, s, config_file)
+    seed_runs = _ensemble_members(methods, seeds, out, data_dir, plan, save_plan, config_file)
     study = _evaluate_all(runs_by_seed, data_dir, dataset, plan, num_samples, max_new_tokens, resamples)
     rows = study.rows()
     ideal = dataset.meta.get("synthetic", {}).get("cross_entropy_val")
     plot_experiment(out, runs, study.evals[seed], rows, ideal, study)
-    section = _sections(out, data_dir, dataset, order, methods, runs, seed_runs, ood, seed)
+    section = _sections(out, data_dir, dataset, order, methods, runs_by_seed, seed_runs, ood)
     plan["last_wall_seconds"] = time.perf_counter() - t_start
     save_plan()
     report = write_report(out, study, plan, command, section)
@@ -283,25 +281,67 @@ def run_experiment(
     return report
 
 
+def _ensemble_members(
+    methods: list[str], seeds: list[int], out: Path, data_dir: Path, plan: dict[str, Any], save_plan, config_file
+) -> dict[int, list[Path]]:
+    """seed -> the other runs of its deep ensemble (``comparators.ensemble_seeds``), trained or reused
+    in OUT/runs/baseline-seedM; {} without the ensemble method."""
+    if "ensemble" not in methods:
+        return {}
+    members = U.ensemble_seeds(seeds)
+    for m in (m for ms in members.values() for m in ms):
+        _train_one(
+            f"baseline-seed{m}",
+            "baseline",
+            out / "runs" / f"baseline-seed{m}",
+            data_dir,
+            out,
+            plan,
+            save_plan,
+            m,
+            config_file,
+        )
+    return {s: [out / "runs" / f"baseline-seed{m}" for m in ms] for s, ms in members.items()}
+
+
 def _sections(
     out: Path,
     data_dir: Path,
     dataset: TokenDataset,
     order: list[str],
     methods: list[str],
-    runs: dict[str, Path],
-    seed_runs: list[Path],
+    runs_by_seed: dict[int, dict[str, Path]],
+    seed_runs: dict[int, list[Path]],
     ood: str | None,
-    seed: int,
 ) -> list[str]:
-    """The report's Uncertainty section (with ``methods``) and its Sets section: the first seed's
-    systems, under the same shift (``ood``, or the shifted synthetic language)."""
-    section: list[str] = []
-    if methods:
-        _, section = U.run_uncertainty(out, data_dir, order, methods, runs, seed_runs, ood or U.DEFAULT_OOD, seed, _log)
+    """The report's Uncertainty section (with ``methods``) and its Sets section, under the same shift
+    (``ood``, or the shifted synthetic language): every seed's systems, the first seed's tables in full
+    and, with several seeds, each score and set figure over the seeds (``over_seeds``)."""
     shift = ood or (U.DEFAULT_OOD if "synthetic" in dataset.meta else None)
-    _log("sets: conformal sets of every system")
-    return section + run_sets(out, data_dir, U.systems(order, methods, runs, seed_runs), ood=shift, seed=seed)[1]
+    first = next(iter(runs_by_seed))
+    section: list[str] = []
+    ranked: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    set_rows: dict[int, list[dict[str, Any]]] = {}
+    sets_first: list[str] = []
+    for s, runs in runs_by_seed.items():
+        tag = "" if s == first else f"-seed{s}"
+        members = seed_runs.get(s, [])
+        if methods:
+            _log(f"uncertainty: seed {s}")
+            _, lines, ranked[s] = U.run_uncertainty(
+                out, data_dir, order, methods, runs, members, ood or U.DEFAULT_OOD, s, _log, tag
+            )
+            section += lines if s == first else []
+        _log(f"sets: conformal sets of every system, seed {s}")
+        systems = U.systems(order, methods, runs, members)
+        set_rows[s], lines = run_sets(out, data_dir, systems, ood=shift, seed=s, file=f"sets{tag}.json")
+        sets_first = lines if s == first else sets_first
+    if len(runs_by_seed) > 1 and ranked:
+        section += scores_over_seeds_section(score_figures(ranked))
+    section += sets_first
+    if len(runs_by_seed) > 1:
+        section += sets_over_seeds_section(set_figures(set_rows, ALPHAS), ALPHAS)
+    return section
 
 
 def _train_all(

@@ -145,10 +145,11 @@ def run_sets(
     ood: str | None = None,
     seed: int = 0,
     tokens: int | None = None,
+    file: str = SETS_FILE,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """(rows, the report's Sets section) of every system; the rows are also written to OUT/sets.json."""
+    """(rows, the report's Sets section) of every system; the rows are also written to OUT/``file``."""
     rows = [r for s in systems for r in sets_of_system(s, Path(data_dir), alphas, ood, seed, tokens)]
-    atomic_write(Path(out) / SETS_FILE, json.dumps({"alphas": list(alphas), "ood": ood, "rows": rows}, indent=1) + "\n")
+    atomic_write(Path(out) / file, json.dumps({"alphas": list(alphas), "ood": ood, "rows": rows}, indent=1) + "\n")
     return rows, sets_section(rows, alphas, ood)
 
 

@@ -43,7 +43,7 @@ from ..common.atomic import atomic_write
 from ..common.errors import InputError
 from ..core.objectives import EntmaxLoss
 from ..store.run import CONFORMAL_FILE
-from .methods import Run
+from .methods import POINT, Default, Run
 from .prediction import Prediction, build_predictor, temperature_key
 from .predictive import CHUNK_FLOATS, Draws, Predictor, score_windows
 
@@ -376,13 +376,16 @@ def save_conformal(run_dir: Path, record: dict[str, Any]) -> Path:
     return path
 
 
+def fit_flags(key: str) -> str:
+    """The ``gptv conformal`` flags that fit the prediction stored under ``key`` (``temperature_key``)."""
+    return {Default.name: "", POINT: " --mc-samples 0"}.get(key, f" --method {key}")
+
+
 def load_rule(run_dir: Path, key: str, alpha: float, score: str = "lac") -> SetRule:
     """The stored rule ``score`` at ``alpha`` for the prediction ``key`` (InputError naming the file
     and the command to run when it is not there)."""
     path = Path(run_dir) / CONFORMAL_FILE
-    hint = f"fit it with `gptv conformal {run_dir} --alpha {alpha:g}`" + (
-        "" if key == "default" else f" --method {key}"
-    )
+    hint = f"fit it with `gptv conformal {run_dir} --alpha {alpha:g}{fit_flags(key)}`"
     if not path.is_file():
         raise InputError(f"{path} does not exist: {hint}")
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ...common.errors import GptvError
-from ...predict.conformal import fitted_alphas
+from ...predict.conformal import fit_flags, fitted_alphas
 from ...predict.prediction import Prediction, temperature_key
 from ...store.checkpoint import POINTER
 from ...store.run import RunFolder
@@ -141,11 +141,10 @@ class Run:
         fitted = [f"{a:g}" for a in self.conformal_alphas().get(key, [])]
         if f"{alpha:g}" in fitted:
             return
-        option = "" if key == "default" else " --mc-samples 0" if prediction.point else f" --method {key}"
         raise ServeError(
             f"run {self.name!r} has no conformal set at alpha {alpha:g} for the {key!r} prediction "
             f"({'fitted: alpha ' + ', '.join(fitted) if fitted else 'none fitted'}): "
-            f"fit it with `gptv conformal RUN --alpha {alpha:g}{option}` (RUN: the folder of run {self.name!r})"
+            f"fit it with `gptv conformal RUN --alpha {alpha:g}{fit_flags(key)}` (RUN: the folder of run {self.name!r})"
         )
 
 

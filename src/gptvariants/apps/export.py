@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from .. import __version__
 from ..common.errors import GptvError
 from ..core.heads import ExportRefused
-from ..core.pretrained import CONV1D_WEIGHTS, META_KEY
+from ..core.hf_shape import META_KEY
+from ..core.pretrained import CONV1D_WEIGHTS
 from ..data.tokenizers import EOT_TEXT, load_tokenizer
 from ..store.checkpoint import load_run
 from ..store.run import RunFolder

@@ -46,6 +46,7 @@ from ..targets import build_targets
 from ..train.loop import train
 from . import comparators as U
 from .evaluation import default_out, evaluate
+from .options import DEFAULT_BUDGET
 from .report import experiment_row, experiment_table, plot_experiment, write_report
 from .sets import run_sets
 from .verdicts import SeedStudy, run_folder
@@ -64,7 +65,6 @@ DEFAULT_SHAPE: dict[str, Any] = {
     "warmup_iters": 50,
     "dropout": 0.0,
 }
-DEFAULT_BUDGET = "400"
 EVAL_POINTS = 10  # validation evaluations per run (the curves)
 EVAL_ITERS = 10  # batches per validation estimate
 CALIBRATION_STEPS = 8

@@ -1,4 +1,4 @@
-"""The parser of ``gptv conformal RUN --alpha 0.1``: split conformal next-token sets (``predict.conformal``), fitted"""
+"""The parser of ``gptv conformal RUN --alpha 0.1``: split conformal next-token sets (``predict.conformal``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The parser of ``gptv density RUN``: fit the feature density of the final hidden state on the training split"""
+"""The parser of ``gptv density RUN``: fit the feature density of the final hidden state on the training split."""
 
 from __future__ import annotations
 

@@ -270,11 +270,11 @@ def test_resume_from_the_run_folder_alone(capsys, tiny_run, tmp_path):
 
 
 def test_accumulation_fits_the_processes_and_rank_0_alone_speaks(capsys, tiny_data, tmp_path, monkeypatch):
-    import gptvariants.apps.cli.main as cli_main
+    import gptvariants.apps.cli.train as cli_train
     import gptvariants.train.loop as T
 
     seen = []
-    monkeypatch.setattr(cli_main, "train", lambda cfg, resume=False: seen.append(cfg) or T.TrainResult(tmp_path, 3))
+    monkeypatch.setattr(cli_train, "train", lambda cfg, resume=False: seen.append(cfg) or T.TrainResult(tmp_path, 3))
     argv = ["train", "--data", str(tiny_data), "--out", str(tmp_path / "r")]
     monkeypatch.setenv("WORLD_SIZE", "2")
     for rank in ("0", "1"):

@@ -197,15 +197,14 @@ def test_a_config_json_saved_before_components_owned_their_keys_still_loads():
 def test_a_key_declared_by_two_components_is_refused(monkeypatch):
     from dataclasses import dataclass
 
+    from gptvariants.core.components import HEAD_SPECS, ComponentSpec
     from gptvariants.core.config import key
-    from gptvariants.core.heads import HEADS, LinearHead
 
-    class Clash(LinearHead):
-        @dataclass
-        class Config:
-            label_smoothing: float = key(0.0, Float())  # already the smooth objective's
+    @dataclass
+    class ClashConfig:
+        label_smoothing: float = key(0.0, Float())  # already the smooth objective's
 
-    monkeypatch.setitem(HEADS, "clash", Clash)
+    monkeypatch.setitem(HEAD_SPECS, "clash", ComponentSpec("clash", ClashConfig))
     with pytest.raises(ConfigError, match="config key label_smoothing is declared twice, by .*Config and .*Config"):
         load_config()
 

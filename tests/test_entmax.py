@@ -4,6 +4,7 @@ bisection reference (and the ``entmax`` package when it is installed)."""
 import pytest
 import torch
 
+from gptvariants.core import entmax as E
 from gptvariants.core.config import load_config
 from gptvariants.core.entmax import entmax, fenchel_young, tsallis_entropy
 from gptvariants.core.model import GPT
@@ -41,6 +42,23 @@ def test_mapping_equals_bisection(alpha, scale):
     torch.testing.assert_close(p, bisect_entmax(z, alpha), atol=1e-10, rtol=0)
     assert torch.allclose(p.sum(1), torch.ones(40, dtype=torch.float64))
     assert (p == 0).any() or scale < 1  # large scores leave most tokens outside the support
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_newton_threshold_of_flat_scores_converges_to_the_sorted_one(alpha, dtype, monkeypatch):
+    """A fresh model's flat logits (every token a candidate) take Newton's method, which must converge
+    without falling back to the sort, to the sorted closed form's threshold."""
+    x = (alpha - 1) * torch.randn(40, 3000, dtype=dtype, generator=torch.Generator().manual_seed(6)) * 0.02
+    x = x - x.amax(1, keepdim=True)
+    exact = E._threshold(x.sort(dim=1, descending=True).values, alpha)[0]
+
+    def no_sort(*args):
+        raise AssertionError("Newton's method fell back to the sort")
+
+    monkeypatch.setattr(E, "_threshold", no_sort)
+    tau = E._newton_threshold(x, alpha)
+    torch.testing.assert_close(tau, exact, atol=8 * torch.finfo(dtype).eps, rtol=0)
 
 
 @pytest.mark.parametrize("alpha", ALPHAS)

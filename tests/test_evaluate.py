@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import TINY_SHAPE
 
-from gptvariants.apps.cli import evaluate as cli_evaluate
+from gptvariants.apps.cli.parsers import evaluate as evaluate_parser
 from gptvariants.core.config import load_config
 from gptvariants.data.dataset import TokenDataset
 from gptvariants.data.prepare import prepare
@@ -119,7 +119,7 @@ def test_sigmoid_eval_reports_raw_bce_and_uses_cached_sets(tiny, tmp_path):
 def test_eval_cli(tiny, tmp_path, capsys):
     root, runs = tiny
     parser = argparse.ArgumentParser()
-    cli_evaluate.register_cli(parser.add_subparsers())
+    evaluate_parser.register_cli(parser.add_subparsers())
     out = tmp_path / "cli.json"
     args = parser.parse_args(
         [

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gptvariants.apps.cli import experiment as cli_experiment
+from gptvariants.apps.cli.parsers import experiment as experiment_parser
 from gptvariants.core.variants import REGISTRY
 from gptvariants.evaluate import experiment as X
 from gptvariants.train.loop import train
@@ -32,7 +32,7 @@ RESULTS_CSV_COLUMNS = (
 
 def _cli(argv):
     parser = argparse.ArgumentParser(prog="gptv")
-    cli_experiment.register_cli(parser.add_subparsers())
+    experiment_parser.register_cli(parser.add_subparsers())
     args = parser.parse_args(argv)
     return args.func(args)
 

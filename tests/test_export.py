@@ -9,8 +9,8 @@ from conftest import SHARED_DATA, tiny_overrides
 
 from gptvariants.apps.export import EXPORT_FILES, ExportError, export
 from gptvariants.core.config import load_config
+from gptvariants.core.hf_shape import hf_shape
 from gptvariants.core.model import GPT
-from gptvariants.core.pretrained import hf_shape
 from gptvariants.data.prepare import prepare
 from gptvariants.data.tokenizers import load_tokenizer
 from gptvariants.decode.generate import generate

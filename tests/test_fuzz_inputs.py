@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import gptvariants.apps.cli.main as train_module  # where `gptv train` finds train()
+import gptvariants.apps.cli.train as train_module  # where `gptv train` finds train()
 from gptvariants.apps.cli.main import build_parser, main
 from gptvariants.common.checks import Bool, Choice, Device, Float, Int, Text
 from gptvariants.core.config import KEYS, Config, key_check

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from gptvariants.apps.api import LanguageModel, load
-from gptvariants.apps.cli.sample import colour_by_entropy, register_cli
+from gptvariants.apps.cli.parsers.sample import register_cli
+from gptvariants.apps.cli.sample import colour_by_entropy
 from gptvariants.core.config import load_config
 from gptvariants.core.model import GPT
 from gptvariants.data.tokenizers import CharTokenizer

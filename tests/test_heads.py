@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 from conftest import TINY_SHAPE
 
+from gptvariants.core.components import HEAD_SPECS, ComponentSpec
 from gptvariants.core.config import load_config
 from gptvariants.core.heads import HEADS, BayesianHead, ExportRefused, Head, HeadEnsemble, HeadSpec, LinearHead
 from gptvariants.core.model import GPT
@@ -50,6 +51,7 @@ class _Rho(LinearHead):
 
 def test_optimizer_groups_come_from_the_head_not_from_parameter_names(monkeypatch):
     monkeypatch.setitem(HEADS, "rho-named", _Rho)
+    monkeypatch.setitem(HEAD_SPECS, "rho-named", ComponentSpec("rho-named"))
     model = _model("baseline", head="rho-named")
     groups = model.configure_optimizer(0.1, 1e-3, (0.9, 0.99), "cpu").param_groups
     assert len(groups) == 2 and any(p is model.head.extra_rho for p in groups[0]["params"])

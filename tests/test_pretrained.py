@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from gptvariants.core.config import load_config
+from gptvariants.core.hf_shape import PretrainedError, apply_hf_shape, config_from_hf, hf_shape
 from gptvariants.core.model import GPT
-from gptvariants.core.pretrained import PretrainedError, apply_hf_shape, config_from_hf, hf_shape, load_gpt2_weights
+from gptvariants.core.pretrained import load_gpt2_weights
 
 transformers = pytest.importorskip("transformers")
 

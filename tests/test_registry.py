@@ -14,10 +14,11 @@ from conftest import tiny_overrides
 from gptvariants.apps.api import load
 from gptvariants.apps.export import ExportError, export
 from gptvariants.common.checks import Float
+from gptvariants.core.components import HEAD_SPECS, OBJECTIVE_SPECS
 from gptvariants.core.config import ConfigError, key, load_config
-from gptvariants.core.heads import HEADS, Head
+from gptvariants.core.heads import HEADS, Head, register_head
 from gptvariants.core.model import GPT
-from gptvariants.core.objectives import OBJECTIVES, Objective
+from gptvariants.core.objectives import OBJECTIVES, Objective, register_objective
 from gptvariants.core.sizing import TRAIN_BYTES_PER_PARAM, check_fits, count_parameters
 from gptvariants.core.variants import REGISTRY, Variant
 from gptvariants.evaluate import evaluation as E
@@ -64,9 +65,14 @@ class Brier(Objective):
 
 @pytest.fixture
 def toy(monkeypatch):
-    monkeypatch.setitem(HEADS, "scaled", ScaledHead)
-    monkeypatch.setitem(OBJECTIVES, "brier", Brier)
+    saved = [(table, dict(table)) for table in (HEADS, OBJECTIVES, HEAD_SPECS, OBJECTIVE_SPECS)]
+    register_head("scaled")(ScaledHead)  # the registration lines (a plugin's, at run time)
+    register_objective(Brier)
     monkeypatch.setitem(REGISTRY, "toy", Variant("toy", "scaled", "brier", "sum_v (p_v - 1[v=y])^2, z = e^a h W^T"))
+    yield
+    for table, before in saved:
+        table.clear()
+        table.update(before)
 
 
 def test_toy_head_sizes_itself_exactly_before_allocation(toy):

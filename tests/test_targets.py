@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from gptvariants.apps.cli.targets import register_cli
+from gptvariants.apps.cli.parsers.targets import register_cli
 from gptvariants.core.config import load_config
 from gptvariants.data.dataset import TokenDataset
 from gptvariants.data.prepare import prepare

@@ -83,11 +83,11 @@ def test_only_a_busy_machine_gets_passive_waiting(monkeypatch, load, policy):
 def test_the_cli_sets_passive_waiting_before_torch_loads():
     code = (  # a busy machine, as the CLI package sees it on import (os.getloadavg patched first)
         "import os, sys; os.getloadavg = lambda: (9.0, 9.0, 9.0); import gptvariants.apps.cli.main; "
-        "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+        "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules); import gptvariants.apps.cli.train"
     )
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-X", "importtime", "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.split() == ["PASSIVE", "True"]
+    assert out.stdout.split() == ["PASSIVE", "False"]  # the parser loads no torch; a command does
     loaded = [line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line]
     assert loaded.index("gptvariants.common.threads") < loaded.index("torch")  # set before torch was imported
     env["OMP_WAIT_POLICY"] = "ACTIVE"  # the environment's own choice stays

@@ -24,9 +24,9 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
+from .common.defaults import BLOCK, RESAMPLES
+
 LEVEL = 0.95
-RESAMPLES = 200  # bootstrap resamples by default
-BLOCK = 64  # tokens per bootstrap block by default (about one sliding window of the experiment's models)
 
 Verdict = Literal["better", "worse", "no significant difference"]
 

@@ -43,13 +43,14 @@ import torch.nn.functional as F
 from .. import __version__
 from ..common.errors import GptvError
 from ..core.heads import ExportRefused
-from ..core.pretrained import CONV1D_WEIGHTS, META_KEY
+from ..core.hf_shape import META_KEY
+from ..core.pretrained import CONV1D_WEIGHTS
 from ..data.tokenizers import EOT_TEXT, load_tokenizer
 from ..store.checkpoint import load_run
 from ..store.run import RunFolder
 from .hf_modeling import GENERATE_FILE, MODELING_FILE
+from .options import FORMATS
 
-FORMATS = ("hf",)
 MODELING = "modeling_gptvariants"
 GENERATE = "custom_generate/generate.py"  # transformers' place for a folder's own generate (sliding window)
 # every file an export may write: --force replaces these and leaves any other file alone

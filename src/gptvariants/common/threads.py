@@ -62,8 +62,10 @@ def machine_note() -> str:
 
 
 def apply_threads(requested: int | None) -> None:
-    """Set torch's intra-op threads to ``requested``; None leaves torch's choice."""
+    """Set torch's intra-op threads to ``requested``; None leaves torch's choice (and torch unloaded:
+    ``gptv --help`` and argument errors answer without it)."""
+    if requested is None:
+        return
     import torch
 
-    if requested is not None:
-        torch.set_num_threads(requested)
+    torch.set_num_threads(requested)

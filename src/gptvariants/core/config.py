@@ -5,9 +5,10 @@ Resolution order (later wins): dataclass defaults < the variant's defaults < the
 names where one exists (``max_iters``, ``n_layer``, ``learning_rate`` ...), so a TOML file
 may be written flat or with ``[model]``, ``[objective]`` and ``[train]`` tables.
 
-Heads and objectives declare their own keys (a nested ``Config`` dataclass registered with the
-class, see heads/base.py); ``ObjectiveConfig`` holds one of each and reads and writes them as flat
-attributes, so ``cfg.objective.prior_sigma`` and the saved config.json look as they always did.
+Heads and objectives declare their own keys (a ``Config`` dataclass per component in
+components.py, which imports no torch, so a config resolves and fails fast without it);
+``ObjectiveConfig`` holds one of each and reads and writes them as flat attributes, so
+``cfg.objective.prior_sigma`` and the saved config.json look as they always did.
 
 Every key declares its constraint (``checks.Int``/``Float``/``Bool``/``Choice``/...) in its
 field's metadata; ``validate_config`` applies all of them, then the rules that tie keys
@@ -32,10 +33,9 @@ from ..common.atomic import atomic_write
 from ..common.checks import Bool, Choice, Device, Float, Int, Text
 from ..common.errors import GptvError
 from ..common.inputs import InputError, read_json, read_text
-from .heads import HEADS, Head
+from .components import HEAD_SPECS, OBJECTIVE_SPECS
+from .hf_shape import apply_hf_shape
 from .keys import BIG, key
-from .objectives import OBJECTIVES, Objective
-from .pretrained import apply_hf_shape
 from .variants import REGISTRY, get_variant
 
 if sys.version_info >= (3, 11):
@@ -62,12 +62,12 @@ MAX_LAYERS, MAX_HEADS, MAX_EMBD, MAX_BLOCK, MAX_VOCAB = 1000, 1024, 65536, 1 << 
 
 def _heads() -> list[str]:
 
-    return list(HEADS)
+    return list(HEAD_SPECS)
 
 
 def _objectives() -> list[str]:
 
-    return list(OBJECTIVES)
+    return list(OBJECTIVE_SPECS)
 
 
 @dataclass
@@ -102,7 +102,7 @@ class ModelConfig:
 def component_configs() -> dict[type, Any]:
     """A default instance of every registered head's and objective's ``Config``, by class (classes
     shared by several components appear once)."""
-    classes = [h.Config for h in HEADS.values()] + [o.Config for o in OBJECTIVES.values()]
+    classes = [s.Config for s in [*HEAD_SPECS.values(), *OBJECTIVE_SPECS.values()]]
     return {cls: cls() for cls in dict.fromkeys(classes)}
 
 
@@ -151,15 +151,16 @@ class ObjectiveConfig:
         else:
             object.__setattr__(self, name, value)
 
-    def part(self, component: type[Head] | type[Objective]) -> Any:
-        """The ``Config`` instance of a head or objective class (its defaults if registered since)."""
+    def part(self, component: Any) -> Any:
+        """The ``Config`` instance of a head or objective class, or of its ``ComponentSpec`` (its
+        defaults if registered since)."""
         return self.parts.setdefault(component.Config, component.Config())
 
     def head_config(self) -> Any:
-        return self.part(HEADS[self.head])
+        return self.part(HEAD_SPECS[self.head])
 
     def objective_config(self) -> Any:
-        return self.part(OBJECTIVES[self.objective])
+        return self.part(OBJECTIVE_SPECS[self.objective])
 
     def validate(self) -> None:
         _validate_section(self)

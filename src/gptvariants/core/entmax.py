@@ -12,8 +12,11 @@ being the first s of them, tau solves a linear (sparsemax) or quadratic (entmax-
 their first two moments. Since p_max <= 1, tau >= max_v (alpha - 1) z_v - 1, so only the scores
 above that bound can be in the support: a partial sort (``topk``) of the k of them (k the largest
 such count over the rows) is exact, with no retry (the ``entmax`` package instead guesses k and
-doubles it; the tests compare against it). A trained model's support is small, so k is; logits
-near 0 (a fresh model) make every token a candidate and cost one full sort.
+doubles it; the tests compare against it). A trained model's support is small, so k is. Logits
+near 0 (a fresh model) make every token a candidate, where a full sort would cost ~40 softmaxes
+at V = 50257: there tau comes instead from Newton's method on f(tau) = sum_v p_v(tau) - 1, convex
+and decreasing, started below the root (so every step stays below it and the iteration is
+monotone), over blocks of rows small enough to stay in cache (``_newton_threshold``).
 
 The Fenchel-Young loss of p = entmax(z) at the true token y is
     L(z, y) = <p - e_y, z> + H_alpha(p),      dL/dz = p - e_y,
@@ -25,6 +28,9 @@ from __future__ import annotations
 import torch
 
 ALPHAS = (1.5, 2.0)  # the exact mappings: entmax-1.5 and sparsemax
+NEWTON_ROWS = 16  # rows per Newton block: (16, 50257) float32 scores fit a core's L2 cache
+NEWTON_ABOVE = 4  # Newton's method when more than V / NEWTON_ABOVE scores are candidates
+NEWTON_STEPS = 60  # a cap; a block that has not converged by then takes the sort
 
 
 def _threshold(u: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,11 +55,46 @@ def entmax(z: torch.Tensor, alpha: float = 1.5) -> torch.Tensor:
     x = x - x.amax(1, keepdim=True)
     # p_max <= 1 puts tau >= max - 1 = -1: only the scores above -1 can be in the support
     k = int((x > -1).sum(1).max())
-    V = x.shape[1]
-    u = x.topk(k, dim=1).values if k < V // 2 else x.sort(dim=1, descending=True).values
-    tau, _ = _threshold(u, alpha)
+    if k > x.shape[1] // NEWTON_ABOVE:
+        tau = torch.cat([_newton_threshold(x[s : s + NEWTON_ROWS], alpha) for s in range(0, len(x), NEWTON_ROWS)])
+    else:
+        tau = _threshold(x.topk(k, dim=1).values, alpha)[0]
     p = (x - tau).clamp_min_(0)
     return p if alpha == 2.0 else p.square_()
+
+
+def _newton_threshold(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """tau (n, 1) for scaled, max-shifted scores x (n, V) by Newton's method on
+    f(tau) = sum_v [x_v - tau]_+^(1/(alpha-1)) - 1 from a lower bound, to the dtype's precision.
+
+    Lower bounds: max - 1 = -1, and for sparsemax the mean-based (sum x - 1) / V (the root when every
+    token is in the support, which can only lower it). For entmax-1.5 the all-support root
+    t = mean - sqrt(1/V - var) is an upper bound instead; one Newton step from it lands below the root
+    (f is convex), close to it."""
+    V, eps = x.shape[1], torch.finfo(x.dtype).eps
+    lower = torch.full_like(x[:, :1], -1.0)
+    if alpha == 2.0:
+        tau = torch.maximum(lower, (x.sum(1, keepdim=True) - 1) / V)
+    else:
+        mean = x.mean(1, keepdim=True)
+        gap = 1 / V - (x - mean).square().mean(1, keepdim=True)
+        upper = mean - gap.clamp_min(0).sqrt()
+        tau = torch.where(gap >= 0, torch.maximum(lower, upper + _newton_step(x, upper, alpha)), lower)
+    for _ in range(NEWTON_STEPS):
+        step = _newton_step(x, tau, alpha)
+        tau = tau + step
+        if bool((step.abs() <= 4 * eps * tau.abs().clamp_min(1)).all()):
+            return tau
+    return _threshold(x.sort(dim=1, descending=True).values, alpha)[0]
+
+
+def _newton_step(x: torch.Tensor, tau: torch.Tensor, alpha: float) -> torch.Tensor:
+    """-f(tau) / f'(tau) (n, 1) for ``_newton_threshold``'s f."""
+    d = (x - tau).clamp_min_(0)
+    if alpha == 2.0:  # f = sum d - 1, f' = -|support|
+        return (d.sum(1, keepdim=True) - 1) / (d > 0).sum(1, keepdim=True).clamp_min(1)
+    slope = 2 * d.sum(1, keepdim=True)  # f = sum d^2 - 1, f' = -2 sum d
+    return (torch.linalg.vecdot(d, d).unsqueeze(1) - 1) / slope.clamp_min(torch.finfo(x.dtype).tiny)
 
 
 def tsallis_entropy(p: torch.Tensor, alpha: float) -> torch.Tensor:

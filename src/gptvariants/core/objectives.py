@@ -12,7 +12,7 @@ An objective states its equation once, as ``loss(z, y, sets)`` (per-row, differe
 gradient then comes from autograd, so a new objective needs nothing else. The built-in ones
 also write dL/dz in closed form (``loss_and_grad``), a fast path that is tested equal to the
 autograd one. ``OBJECTIVES`` maps a config name to its class (``@register_objective``); an
-objective's hyper-parameters are its nested ``Config`` dataclass (flat config keys, as for heads).
+objective's hyper-parameters are its ``Config``, a dataclass in components.py (flat config keys, as for heads).
 
 Targets are sparse: ``y`` (N,) holds the true next token (-1 = ignore this position) and
 ``sets`` (N, K) the extra positive tokens of the sigmoid objective, padded with -1. No
@@ -21,16 +21,14 @@ Targets are sparse: ``y`` (N,) holds the true next token (-1 = ignore this posit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from ..common.checks import Float, Int
 from ..common.errors import InputError
+from .components import OBJECTIVE_SPECS, NoKeys, SigmoidBCEConfig, SmoothConfig, check_registered
 from .entmax import entmax, fenchel_young
-from .keys import BIG, key
 
 OBJECTIVES: dict[str, type[Objective]] = {}
 
@@ -39,6 +37,7 @@ def register_objective(cls: type[Objective]) -> type[Objective]:
     """Class decorator: make an objective available to configs and variants as ``cls.name``."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} needs a name to be registered")
+    check_registered(OBJECTIVE_SPECS, cls.name, cls)
     OBJECTIVES[cls.name] = cls
     return cls
 
@@ -50,9 +49,7 @@ class Objective:
     name: ClassVar[str] = ""
     sigmoid: ClassVar[bool] = False
 
-    @dataclass
-    class Config:
-        """The objective's own hyper-parameters: none here."""
+    Config: ClassVar[type] = NoKeys  # the objective's own hyper-parameters (a components.py dataclass): none here
 
     @classmethod
     def from_config(cls, cfg: Any) -> Objective:
@@ -125,15 +122,13 @@ class SmoothedCrossEntropy(Objective):
 
     name = "smooth"
 
-    @dataclass
-    class Config:
-        label_smoothing: float = key(0.1, Float(0.0, 1.0, hi_open=True), "eps of label smoothing")
+    Config = SmoothConfig
 
     def __init__(self, eps: float) -> None:
         self.eps = eps
 
     @classmethod
-    def from_config(cls, cfg: SmoothedCrossEntropy.Config) -> SmoothedCrossEntropy:
+    def from_config(cls, cfg: SmoothConfig) -> SmoothedCrossEntropy:
         return cls(cfg.label_smoothing)
 
     def loss(self, z, y, sets):
@@ -179,11 +174,7 @@ class SigmoidBCE(Objective):
     name = "bce"
     sigmoid = True
 
-    @dataclass
-    class Config:
-        pos_weight: float = key(1.0, Float(0.0, lo_open=True), "w, the weight of positive (set) terms")
-        sum_penalty: float = key(0.0, Float(0.0), "lambda, the penalty on the sigmoid sum's distance from 1")
-        set_draws: int = key(0, Int(0, BIG), "m of the readout; 0 = from the sets, set by training")
+    Config = SigmoidBCEConfig
 
     def __init__(self, pos_weight: float = 1.0, sum_penalty: float = 0.0, set_draws: int = 1) -> None:
         if set_draws < 1:
@@ -193,7 +184,7 @@ class SigmoidBCE(Objective):
         self.set_draws = set_draws
 
     @classmethod
-    def from_config(cls, cfg: SigmoidBCE.Config) -> SigmoidBCE:
+    def from_config(cls, cfg: SigmoidBCEConfig) -> SigmoidBCE:
         return cls(cfg.pos_weight, cfg.sum_penalty, cfg.set_draws or 1)
 
     def loss(self, z, y, sets):

@@ -8,7 +8,7 @@ starts there with its configured sigma. A sigmoid head takes the folder's output
 has one (a ``gptv export`` of a sigmoid run), otherwise keeps its bias at -log V (GPT-2 has none);
 a head without a bias ignores the folder's.
 
-``hf_shape(folder)`` gives the config keys that make the model fit the weights (n_layer, n_head,
+``hf_shape(folder)`` (hf_shape.py) gives the config keys that make the model fit the weights (n_layer, n_head,
 n_embd, block_size, vocab_size, bias, tie_weights, gelu); block_size may be set smaller
 (position embeddings are cropped) and ``dropout=0`` suits evaluation (GPT-2 trained with 0.1).
 
@@ -20,90 +20,14 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Collection
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from ..common.errors import GptvError
+from .hf_shape import GELU, PretrainedError, hf_config, hint
 
-GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 # transformers keeps these as Conv1D weights, (in, out): the transpose of nn.Linear's (out, in)
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-_GELU = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
-META_KEY = "gptvariants"  # config.json entry written by `gptv export`
-
-
-class PretrainedError(GptvError, RuntimeError):
-    """The pretrained weights cannot be obtained, or do not fit the model."""
-
-
-def _hint(name: str) -> str:
-    return (
-        f"could not load GPT-2 weights {name!r}: it is not a local folder and the weights could not be "
-        f"downloaded from the Hugging Face Hub (offline, or no such model) nor found in its cache. "
-        f"Pass a local folder saved with GPT2LMHeadModel.save_pretrained (config.json + weights), "
-        f"or one of {', '.join(GPT2_NAMES)} with internet access"
-    )
-
-
-def _hf_config(name_or_path: str):
-    try:
-        from transformers import GPT2Config
-    except ImportError:
-        raise PretrainedError("loading GPT-2 weights needs transformers: pip install 'gptvariants[hf]'") from None
-    folder = Path(name_or_path)
-    if folder.is_dir():  # read directly: a `gptv export` of a sigmoid run has its own model_type
-        if not (folder / "config.json").is_file():
-            raise PretrainedError(f"{folder} is not a Hugging Face GPT-2 folder: it has no config.json")
-        try:
-            return GPT2Config.from_json_file(str(folder / "config.json"))
-        except (ValueError, TypeError) as e:
-            raise PretrainedError(f"{folder / 'config.json'} is not a GPT-2 config: {e}") from None
-    try:
-        return GPT2Config.from_pretrained(name_or_path)
-    except OSError as e:
-        raise PretrainedError(_hint(name_or_path)) from e
-
-
-def hf_shape(name_or_path: str) -> dict[str, Any]:
-    """The model config keys of a GPT-2 checkpoint: n_layer, n_head, n_embd, block_size (= n_positions),
-    vocab_size, bias, tie_weights and gelu, to set before building a model for ``init_from``.
-
-    bias is True (GPT-2 has biases) unless the folder is a ``gptv export`` of a run without them.
-    """
-    c = _hf_config(name_or_path)
-    if c.activation_function not in _GELU:
-        raise PretrainedError(f"{name_or_path}: activation {c.activation_function!r} is not GELU (ours: tanh or exact)")
-    meta = getattr(c, META_KEY, None) or {}
-    return {
-        "n_layer": c.n_layer,
-        "n_head": c.n_head,
-        "n_embd": c.n_embd,
-        "block_size": c.n_positions,
-        "vocab_size": c.vocab_size,
-        "bias": bool(meta.get("bias", True)),
-        "tie_weights": bool(c.tie_word_embeddings),
-        "gelu": _GELU[c.activation_function],
-    }
-
-
-def apply_hf_shape(model_cfg, name_or_path: str, explicit: Collection[str] = ()) -> dict[str, Any]:
-    """Set ``model_cfg``'s (a ModelConfig) shape keys from the checkpoint, except the keys in ``explicit``
-    (given by the user: a smaller block_size crops the positions; a conflicting value is reported by
-    ``load_gpt2_weights``). Returns the keys it set. For config resolution with ``init_from``."""
-    applied = {k: v for k, v in hf_shape(name_or_path).items() if k not in explicit}
-    for k, v in applied.items():
-        setattr(model_cfg, k, v)
-    return applied
-
-
-def config_from_hf(name_or_path: str) -> dict[str, int]:
-    """n_layer, n_head, n_embd, block_size (= n_positions) and vocab_size of a GPT-2 checkpoint
-    (the integer part of ``hf_shape``)."""
-    keys = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
-    return {k: v for k, v in hf_shape(name_or_path).items() if k in keys}
 
 
 def _check_fits(cfg, hf) -> None:
@@ -114,7 +38,7 @@ def _check_fits(cfg, hf) -> None:
     ]
     if cfg.block_size > hf.n_positions:
         problems.append(f"block_size = {cfg.block_size} (GPT-2 has {hf.n_positions} positions)")
-    gelu = _GELU.get(hf.activation_function)
+    gelu = GELU.get(hf.activation_function)
     if gelu is None:
         problems.append(f"activation {hf.activation_function!r} (ours: GELU, tanh or exact)")
     elif cfg.gelu != gelu:
@@ -148,7 +72,7 @@ def _folder(name_or_path: str) -> Path:
 
         return Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors"]))
     except Exception as e:  # offline, no such repository, or a network error
-        raise PretrainedError(_hint(name_or_path)) from e
+        raise PretrainedError(hint(name_or_path)) from e
 
 
 def read_weights(name_or_path: str) -> dict[str, torch.Tensor]:
@@ -190,7 +114,7 @@ def load_gpt2_weights(model, name_or_path: str) -> None:
     obtained or the model's shape differs (the message names each mismatch). A model with
     ``bias = False`` takes weights whose biases are all zero (a ``gptv export`` of such a run).
     """
-    hf_cfg = _hf_config(name_or_path)
+    hf_cfg = hf_config(name_or_path)
     cfg = model.config
     _check_fits(cfg, hf_cfg)
     sd = read_weights(name_or_path)

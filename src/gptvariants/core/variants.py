@@ -11,15 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..common.errors import InputError
-from .heads import HEADS
-from .objectives import OBJECTIVES
+from .components import HEAD_SPECS, OBJECTIVE_SPECS
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
-    head: str  # a heads.HEADS name
-    objective: str  # an objectives.OBJECTIVES name
+    head: str  # a heads.HEADS name (components.HEAD_SPECS)
+    objective: str  # an objectives.OBJECTIVES name (components.OBJECTIVE_SPECS)
     equation: str  # the training loss per position, for docs and `gptv variants`
     defaults: dict[str, Any] = field(default_factory=dict)
     group: str = "study"  # 'study': the 2024 study's variants (the experiment's default); 'comparator', 'sparse'
@@ -28,19 +27,19 @@ class Variant:
     def sigmoid(self) -> bool:
         """The objective reads out with sigmoids and trains on sets (it takes targets/teachers)."""
 
-        return OBJECTIVES[self.objective].sigmoid
+        return OBJECTIVE_SPECS[self.objective].sigmoid
 
     @property
     def bayesian(self) -> bool:
         """The head has a posterior to sample."""
 
-        return HEADS[self.head].stochastic
+        return HEAD_SPECS[self.head].stochastic
 
 
 def register_variant(variant: Variant) -> Variant:
     """Add a variant to the registry (its head and objective must be registered)."""
 
-    if variant.head not in HEADS or variant.objective not in OBJECTIVES:
+    if variant.head not in HEAD_SPECS or variant.objective not in OBJECTIVE_SPECS:
         raise ValueError(f"variant {variant.name!r}: unknown head {variant.head!r} or objective {variant.objective!r}")
     REGISTRY[variant.name] = variant
     return variant

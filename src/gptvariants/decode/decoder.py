@@ -21,9 +21,8 @@ from ..common.errors import InputError
 from ..predict.methods import RowWeights
 from ..predict.predictive import Draws, Predictor
 from .filters import apply_repetition_penalty, conformal_filter, draw_rows, restrict_to_sets, sampling_probs
+from .options import SIG_MODES
 from .window import ContextWindow
-
-SIG_MODES = ("normalize", "set")
 
 
 @dataclass

@@ -40,13 +40,14 @@ from ..core.variants import get_variant, study_variants
 from ..data.dataset import TokenDataset
 from ..data.prepare import prepare
 from ..intervals import RESAMPLES
-from ..predict.conformal import ALPHAS
+from ..predict.options import ALPHAS
 from ..store.checkpoint import CheckpointError
 from ..store.run import RunFolder
 from ..targets import build_targets
 from ..train.loop import train
 from . import comparators as U
 from .evaluation import default_out, evaluate
+from .options import DEFAULT_BUDGET
 from .over_seeds import score_figures, scores_over_seeds_section, set_figures, sets_over_seeds_section
 from .report import experiment_row, experiment_table, plot_experiment, write_report
 from .sets import run_sets
@@ -66,7 +67,6 @@ DEFAULT_SHAPE: dict[str, Any] = {
     "warmup_iters": 50,
     "dropout": 0.0,
 }
-DEFAULT_BUDGET = "400"
 EVAL_POINTS = 10  # validation evaluations per run (the curves)
 EVAL_ITERS = 10  # batches per validation estimate
 CALIBRATION_STEPS = 8

@@ -44,10 +44,10 @@ from ..common.errors import InputError
 from ..core.objectives import EntmaxLoss
 from ..store.run import CONFORMAL_FILE
 from .methods import POINT, Default, Run
+from .options import ALPHAS
 from .prediction import Prediction, build_predictor, temperature_key
 from .predictive import CHUNK_FLOATS, Draws, Predictor, score_windows
 
-ALPHAS = (0.05, 0.1, 0.2)
 LAMBDAS = (0.0, 0.001, 0.01, 0.05, 0.1, 0.2, 0.5)  # RAPS' lambda grid (Angelopoulos et al.'s range)
 TUNE_FRACTION = 0.3  # of the calibration tokens, for RAPS' k_reg and lambda
 SIZE_BINS = (1, 2, 4, 11, 101, 1001)  # lower edges of the size strata: 1, 2-3, 4-10, 11-100, 101-1000, 1001+

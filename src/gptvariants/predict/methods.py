@@ -42,6 +42,7 @@ from ..store.checkpoint import CheckpointError, checkpoints, load_run, load_weig
 from ..store.run import RunFolder
 from .density import FeatureDensity
 from .laplace import LaplacePosterior
+from .options import METHOD_SPECS
 from .predictive import Member, Predictor, run_mc_samples
 
 POINT = "point"  # the temperature key of a stochastic head's point estimate
@@ -135,8 +136,14 @@ class Method:
     sequence, so it cannot score text."""
 
     name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
-    generation_only: ClassVar[bool] = False
+
+    @property
+    def description(self) -> str:
+        return METHOD_SPECS[self.name].description
+
+    @property
+    def generation_only(self) -> bool:
+        return METHOD_SPECS[self.name].generation_only
 
     def check(self, runs: Sequence[Run]) -> None:
         """Raise ValueError when the method does not apply to these runs."""
@@ -153,7 +160,10 @@ METHODS: dict[str, Method] = {}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator: make an uncertainty method available as ``cls.name``."""
+    """Class decorator: make an uncertainty method available as ``cls.name`` (listed, with its
+    description, in ``options.METHOD_SPECS``)."""
+    if cls.name not in METHOD_SPECS:
+        raise ValueError(f"method {cls.name!r} ({cls.__name__}) is not listed in predict/options.py METHOD_SPECS")
     METHODS[cls.name] = cls()
     return cls
 
@@ -172,7 +182,6 @@ def point_predictor(runs: Sequence[Run], seed: int | None, temperature: bool) ->
 @register_method
 class Default(Method):
     name = "default"
-    description = "the heads' own draws (Bayesian: mc_samples posterior draws per position; others: one)"
 
 
 class RowWeights:
@@ -202,8 +211,6 @@ class RowWeights:
 @register_method
 class PerSequence(Method):
     name = "sequence"
-    description = "a Bayesian head's weights drawn once per generated sequence (generation only)"
-    generation_only = True
 
     def check(self, runs):
         for r in runs:
@@ -223,7 +230,6 @@ class PerSequence(Method):
 @register_method
 class MCDropout(Method):
     name = "mc_dropout"
-    description = "mc_samples backbone passes with dropout active (runs trained with dropout > 0)"
 
     def check(self, runs):
         for r in runs:
@@ -242,7 +248,6 @@ class MCDropout(Method):
 @register_method
 class LaplaceMethod(Method):
     name = "laplace"
-    description = "last-layer Laplace posterior fitted by `gptv laplace` (KFAC or diagonal GGN)"
 
     def check(self, runs):
         for r in runs:
@@ -260,7 +265,6 @@ class LaplaceMethod(Method):
 @register_method
 class Snapshot(Method):
     name = "snapshot"
-    description = "a snapshot ensemble: the run's kept checkpoints (keep_checkpoints), averaged in probability"
 
     def check(self, runs):
         for r in runs:

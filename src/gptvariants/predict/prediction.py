@@ -31,6 +31,7 @@ import torch.nn as nn
 from ..common.errors import InputError
 from ..core.model import GPT
 from .methods import METHODS, Run, get_method, point_key, point_predictor
+from .options import DTYPES
 from .predictive import Predictor
 
 # lm-eval's documented model_arg bayes_mode, in the words of this module (``from_bayes_mode``)
@@ -39,9 +40,6 @@ BAYES_MODES: dict[str, dict[str, Any]] = {
     "step": {"method": "default"},
     "sequence": {"method": "sequence"},
 }
-
-# the weight formats a prediction may run in (``Prediction.dtype``)
-DTYPES = ("float32", "bfloat16", "float16", "int8")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The gptv command line: one module per command group; main.py builds the parser."""
+"""The gptv command line: one module per command group; its parser in parsers/ (no torch); main.py builds it."""
 
 from ...common.threads import prefer_passive_waiting
 

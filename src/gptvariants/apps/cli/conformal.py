@@ -9,14 +9,13 @@ import json
 import math
 from pathlib import Path
 
-from ...common.argtypes import device, non_negative_int, open_unit_interval, positive_int
 from ...common.errors import InputError
 from ...common.runtime import resolve_device
 from ...data.sources import Source, resolve_source, split_source
 from ...data.tokenizers import load_tokenizer
 from ...predict.conformal import ALPHAS, fit_conformal, save_conformal
-from ...predict.methods import METHODS, load_runs
-from .prediction import add_prediction_arguments, prediction_of
+from ...predict.methods import load_runs
+from .prediction import prediction_of
 
 
 def val_source(run_dir: Path, data: str | None) -> Source:
@@ -48,7 +47,7 @@ def _table(record: dict, part: str) -> list[str]:
     return lines
 
 
-def _cmd_conformal(args: argparse.Namespace) -> int:
+def cmd_conformal(args: argparse.Namespace) -> int:
     [run] = load_runs(args.ckpt, resolve_device(args.device))
     in_domain = val_source(run.folder, args.data)
     tokens = in_domain.tokens[: args.tokens] if args.tokens else in_domain.tokens
@@ -70,29 +69,3 @@ def _cmd_conformal(args: argparse.Namespace) -> int:
         print("\n".join(_table(record, "ood")))
     print(f"\nstored in {path}; `gptv sample --conformal ALPHA` samples inside the lac set")
     return 0
-
-
-def register_cli(subparsers) -> None:
-    """Add `gptv conformal`."""
-    p = subparsers.add_parser("conformal", help="fit conformal next-token sets on held-out data (stored with the run)")
-    p.add_argument("ckpt", help="run folder")
-    p.add_argument("--data", default=None, help="prepared data folder (default: the one the run was trained on)")
-    p.add_argument(
-        "--alpha",
-        type=open_unit_interval,
-        action="append",
-        default=None,
-        help=f"miscoverage: the sets hold the true token with probability >= 1 - alpha; repeatable "
-        f"(default {', '.join(map(str, ALPHAS))})",
-    )
-    add_prediction_arguments(p, [k for k, m in METHODS.items() if not m.generation_only])
-    p.add_argument(
-        "--ood",
-        default=None,
-        metavar="SOURCE",
-        help="shifted text to check the same sets on: a prepared data folder, text:PATH, or synthetic?shift=S...",
-    )
-    p.add_argument("--tokens", type=positive_int, default=None, help="use the first N val tokens (default all)")
-    p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--device", type=device, default="auto")
-    p.set_defaults(func=_cmd_conformal)

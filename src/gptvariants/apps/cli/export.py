@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ..export import FORMATS, META_KEY, MODELING, export
+from ..export import META_KEY, MODELING, export
 
 
 def _progress(message: str) -> None:
@@ -25,19 +25,3 @@ def cmd_export(args: argparse.Namespace) -> int:
     past = "" if remote else " with trust_remote_code=True"
     print(f"its context is {context} tokens; loaded{past}, generate slides the window past it (see {out}/README.md)")
     return 0
-
-
-def register_cli(subparsers) -> None:
-    """Add ``gptv export`` to the ``gptv`` subcommands."""
-    p = subparsers.add_parser(
-        "export",
-        help="write a run as a Hugging Face transformers folder",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("run", help="run folder (made by gptv train)")
-    p.add_argument("out", help="output folder (new or empty)")
-    p.add_argument("--format", default="hf", help=f"export format: {', '.join(FORMATS)}")
-    p.add_argument(
-        "--force", action="store_true", help="write into a non-empty OUT, replacing the files of an earlier export"
-    )
-    p.set_defaults(func=cmd_export)

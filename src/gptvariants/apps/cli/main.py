@@ -1,9 +1,11 @@
 """``gptv``: prepare data, train a variant, build teacher sets, sample, evaluate, run an experiment.
 
-Each subcommand lives beside the code it drives; modules that own a subcommand expose
-``register_cli(subparsers)`` which adds its parser and sets ``func``. ``build_parser`` then
-gives every parser the same habits: options in both ``--snake_case`` and ``--kebab-case``,
-defaults in ``--help``, and one-line errors.
+Each command group's parser is a module of ``parsers/`` whose ``register_cli(subparsers)`` adds
+it and names its handler (``parsers.Command("module:function")``), a module beside this one that
+is imported only when the command runs: building the parser imports no torch, so ``--help`` and
+argument errors (a bad flag or value, an unknown ``gptv train --key``) answer at once.
+``build_parser`` gives every parser the same habits: options in both ``--snake_case`` and
+``--kebab-case``, defaults in ``--help``, and one-line errors.
 
 A user's mistake (a bad value, a missing or damaged file) ends with one line naming what is
 wrong and exit code 2; anything else is our bug and keeps its traceback. ``GPTV_DEBUG=1``
@@ -23,19 +25,14 @@ from typing import NoReturn
 
 from ...common.allocator import keep_freed_memory
 from ...common.argtypes import non_negative_int, open_unit_interval, positive_int
-from ...common.checks import device_problem
 from ...common.errors import GptvError
 from ...common.threads import apply_threads
-from ...core.config import Config, ConfigError, config_help, load_config, parse_overrides
-from ...core.resume import fit_world_size, resume_config
-from ...core.sizing import check_fits
+from ...core.config import config_help, load_config, parse_overrides
 from ...core.variants import REGISTRY
-from ...data.dataset import TokenDataset
-from ...data.prepare import prepare
-from ...store.run import check_run_files
-from ...train.loop import train
+from .messages import rank, say
+from .parsers import Command
 
-# modules that add their own subcommands
+# modules of parsers/ that add their own subcommands
 PLUGINS: tuple[str, ...] = (
     "sample", "targets", "evaluate", "calibrate", "density", "conformal", "experiment", "export", "serve", "lm_eval"
 )  # fmt: skip
@@ -47,85 +44,23 @@ THREADS_HELP = "CPU threads (default: torch's, one per core or OMP_NUM_THREADS; 
 USER_ERRORS = (GptvError, OSError)
 
 
-def _rank() -> int:
-    """This process's rank under torchrun (0 otherwise)."""
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
-
-
-def _say(command: str, kind: str, message: str) -> None:
-    """``gptv COMMAND: KIND: message`` on stderr, from rank 0 only."""
-    if _rank() == 0:
-        print(f"gptv {command}: {kind}: {message}", file=sys.stderr, flush=True)
-
-
-def _cmd_prepare(args: argparse.Namespace) -> int:
-
-    meta = prepare(
-        args.source,
-        Path(args.out),
-        args.tokenizer,
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-        errors=args.errors,
-        num_proc=args.num_proc,
-        force=args.force,
-    )
-    for note in meta.get("notes", []):
-        _say("prepare", "note", note)
-    print(
-        f"prepared {args.source} in {args.out}: vocab {meta['vocab_size']}, {meta['train_tokens']:,} train / "
-        f"{meta['val_tokens']:,} val tokens ({meta['tokenizer']})"
-    )
-    if "synthetic" in meta:
-        print(f"true entropy rate of the val split: {meta['synthetic']['entropy_rate_val']:.4f} nats/token")
-    return 0
-
-
-def train_config(args: argparse.Namespace, extra: list[str]) -> Config:
-    """The Config ``gptv train`` runs: from --config/--variant/overrides, or with ``--resume --out RUN``
-    from the run's saved config.json (``resume.resume_config``); fitted to the processes torchrun
-    started and checked against the device and its memory before anything is allocated."""
-
-    overrides = parse_overrides(extra)
-    if args.data:
-        overrides["data"] = args.data
-    if args.out:
-        overrides["out_dir"] = args.out
-    run = Path(args.out) if args.out else None
-    if run is not None and run.is_dir():
-        check_run_files(run)
-    elif args.resume and run is not None:
-        raise ConfigError(f"run folder {run} does not exist: there is nothing to resume")
-    if args.resume and run is not None and (run / "config.json").is_file():
-        cfg = resume_config(run, args.variant, args.config, overrides)
-    else:
-        cfg = load_config(args.variant, args.config, overrides)
-    note = fit_world_size(cfg, int(os.environ.get("WORLD_SIZE", "1")))
-    if note:
-        _say("train", "note", note)
-    problem = device_problem(cfg.train.device) if cfg.train.device != "auto" else None
-    if problem:
-        raise ConfigError(problem)
-    if cfg.train.data:
-        check_fits(cfg, cfg.model.vocab_size or TokenDataset(Path(cfg.train.data)).vocab_size)
-    return cfg
-
-
 def _cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
-
     if args.help_config:
         print(config_help(args.variant))
         return 0
-    result = train(train_config(args, extra), resume=args.resume)
-    ev = result.last_eval
-    tail = f": val ce {ev['val_ce']:.4f}" if ev else ""
-    if _rank() == 0:
-        state = "stopped" if result.interrupted else "finished"
-        print(f"{state} at step {result.step}{tail}; run folder {result.run_dir}")
-    return 130 if result.interrupted else 0
+    _check_config_early(args, extra)
+    return Command("train:cmd_train")(args, extra)
+
+
+def _check_config_early(args: argparse.Namespace, extra: list[str]) -> None:
+    """The first config error ``gptv train`` would meet (an unknown key, a bad value, a bad file),
+    raised before torch loads. A new run resolves its config first (``train.train_config``); a run
+    folder that exists has its files checked before its config, so that is left to the command."""
+    overrides = parse_overrides(extra)
+    if args.resume or (args.out and Path(args.out).is_dir()):
+        return
+    given = {"data": args.data, "out_dir": args.out}
+    load_config(args.variant, args.config, overrides | {k: v for k, v in given.items() if v})
 
 
 def _cmd_variants(args: argparse.Namespace) -> int:
@@ -146,7 +81,7 @@ class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (with where to look), printed by rank 0 only."""
 
     def error(self, message: str) -> NoReturn:
-        if _rank() == 0:
+        if rank() == 0:
             self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
         self.exit(2)
 
@@ -229,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-proc", type=positive_int, default=None, help="processes for tokenizing large corpora")
     p.add_argument("--force", action="store_true", help="replace the dataset or files already in --out")
-    p.set_defaults(func=_cmd_prepare)
+    p.set_defaults(func=Command("prepare:cmd_prepare"))
 
     p = sub.add_parser("train", help="train a variant; extra --key=value pairs override the config")
     p.add_argument("--variant", default=None, help=f"one of {', '.join(REGISTRY)} (default baseline)")
@@ -248,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_variants)
 
     for name in PLUGINS:
-        importlib.import_module(f"{__package__}.{name}").register_cli(sub)
+        importlib.import_module(f"{__package__}.parsers.{name}").register_cli(sub)
     for p in dict.fromkeys(sub.choices.values()):  # `gptv train --threads 2` as well as `gptv --threads 2 train`
         p.add_argument("--threads", type=positive_int, default=argparse.SUPPRESS, metavar="N", help=THREADS_HELP)
     apply_habits(parser)
@@ -258,21 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- running a command
 
 
-def _check_inputs(args: argparse.Namespace) -> None:
-    """Files every command reads first, checked before it starts: a run folder named by --ckpt."""
-
-    if isinstance(getattr(args, "ckpt", None), str) and Path(args.ckpt).is_dir():
-        check_run_files(Path(args.ckpt))
-
-
 def _run(args: argparse.Namespace, extra: list[str]) -> int:
     def one_line(message, category, filename, lineno, file=None, line=None):
-        _say(args.command, "warning", str(message))
+        say(args.command, "warning", str(message))
 
     with warnings.catch_warnings():
         warnings.showwarning = one_line
         apply_threads(args.threads)
-        _check_inputs(args)
         code = args.func(args, extra) if getattr(args, "takes_extra", False) else args.func(args)
     sys.stdout.flush()  # a closed pipe shows here, inside main's handler
     return code
@@ -298,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         if os.environ.get("GPTV_DEBUG"):
             traceback.print_exc()
-        _say(args.command, "error", str(e))
+        say(args.command, "error", str(e))
         return 2
 
 

@@ -6,7 +6,6 @@ import argparse
 import sys
 
 from ...common.errors import UnavailableError
-from ...predict.prediction import DTYPES
 from ..serve import INSTALL_HINT, LOOPBACK_NAMES, check_port, is_loopback
 from ..serve.runs import discover, load_runs
 
@@ -45,26 +44,3 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=2)
     return 0
-
-
-def register_cli(subparsers) -> None:
-    """Add ``gptv serve`` to the ``gptv`` subcommands."""
-    p = subparsers.add_parser(
-        "serve",
-        help="a web playground: runs side by side, coloured by uncertainty",
-        description=__doc__.splitlines()[0],
-    )
-    p.add_argument(
-        "paths",
-        nargs="+",
-        metavar="RUN",
-        help="run folders, folders of runs, or an experiment folder (then the Report view shows its report)",
-    )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | mps | auto")
-    p.add_argument("--dtype", default="float32", choices=DTYPES, help="weights to predict in (the readout stays fp32)")
-    p.add_argument("--workers", type=int, default=4, help="threads for model work")
-    p.add_argument("--max-pending", type=int, default=64, help="requests in progress before new ones get 503")
-    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
-    p.set_defaults(func=cmd_serve)

@@ -11,11 +11,11 @@ prediction  ``logits(h, samples, generator)`` -> (S, n, V) fp32 logits for hidde
             S draws of the head. ``samples=0`` asks for the point estimate (S = 1); a
             deterministic head always returns its one set of logits.
 
-and owns its other facts: its hyper-parameters (a nested ``Config`` dataclass of ``keys.key``
-fields, flat config keys unique across components), its parameter count before allocation
-(``num_parameters``), optimizer groups of its own (``optimizer_groups``), its Hugging Face
-output layer or the reason there is none (``export_layer``), and one draw per generated
-sequence (``sequence_sampler``).
+and owns its other facts: its hyper-parameters (``Config``, a dataclass of ``keys.key`` fields in
+components.py, where configs read it without torch; flat config keys unique across components),
+its parameter count before allocation (``num_parameters``), optimizer groups of its own
+(``optimizer_groups``), its Hugging Face output layer or the reason there is none
+(``export_layer``), and one draw per generated sequence (``sequence_sampler``).
 
 ``HEADS`` maps a config name to its class; ``@register_head("name")`` adds one. A head is
 built with ``Head.from_config(spec, cfg)`` from the shape every head shares (``HeadSpec``) and
@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...common.errors import InputError
+from ..components import HEAD_SPECS, NoKeys, check_registered
 from ..objectives import fused_linear_loss
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ def register_head(name: str) -> Callable[[type[Head]], type[Head]]:
     """Class decorator: make a head available to configs and variants as ``name``."""
 
     def add(cls: type[Head]) -> type[Head]:
+        check_registered(HEAD_SPECS, name, cls)
         cls.name = name
         HEADS[name] = cls
         return cls
@@ -84,9 +86,7 @@ class Head(nn.Module):
     name: ClassVar[str] = ""
     stochastic: ClassVar[bool] = False  # logits(h, samples > 0) differ between draws
 
-    @dataclass
-    class Config:
-        """The head's own hyper-parameters: none here."""
+    Config: ClassVar[type] = NoKeys  # the head's own hyper-parameters (a components.py dataclass): none here
 
     @classmethod
     def from_config(cls, spec: HeadSpec, cfg: Any) -> Head:

@@ -5,17 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...common.checks import Choice, Float
 from ...common.errors import InputError
+from ..components import BayesianConfig
 from ..gaussian import GaussianDraw, gaussian_kl
-from ..keys import key
 from ..objectives import local_reparam_loss
 from .base import Head, HeadSpec, RowDraws, register_head
 
@@ -45,19 +43,7 @@ class BayesianHead(Head):
 
     stochastic = True
 
-    @dataclass
-    class Config:
-        prior_mu: float = key(0.0, Float(), "mean of the prior N(prior_mu, prior_sigma^2) on every weight")
-        prior_sigma: float = key(0.02, Float(0.0, lo_open=True), "standard deviation of the prior on every weight")
-        posterior_sigma_init: float = key(1e-3, Float(0.0, lo_open=True), "initial posterior standard deviation")
-        # training noise: 'weight' (one weight draw per forward pass, one matmul) or 'local'
-        # (local reparameterisation: independent logit noise per position, two matmuls, lower variance)
-        reparam: str = key(
-            "weight",
-            Choice(("weight", "local")),
-            "weight: one weight draw per forward pass | local: independent logit noise per position",
-        )
-        rho_lr_mult: float = key(1.0, Float(0.0, lo_open=True), "learning-rate multiplier of rho")
+    Config = BayesianConfig
 
     def __init__(
         self,
@@ -91,7 +77,7 @@ class BayesianHead(Head):
         self.prior_sigma = prior_sigma
 
     @classmethod
-    def from_config(cls, spec: HeadSpec, cfg: BayesianHead.Config) -> BayesianHead:
+    def from_config(cls, spec: HeadSpec, cfg: BayesianConfig) -> BayesianHead:
         return cls(
             spec.n_embd,
             spec.vocab_size,
@@ -105,7 +91,7 @@ class BayesianHead(Head):
         )
 
     @classmethod
-    def num_parameters(cls, spec: HeadSpec, cfg: BayesianHead.Config) -> int:
+    def num_parameters(cls, spec: HeadSpec, cfg: BayesianConfig) -> int:
         """A mu and a rho for each of the V C weights and V biases."""
         return 2 * spec.vocab_size * (spec.n_embd + int(spec.bias))
 

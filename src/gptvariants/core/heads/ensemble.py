@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import cast
 
 import torch
 import torch.nn as nn
 
-from ...common.checks import Bool, Int
 from ...common.errors import InputError
-from ..keys import key
+from ..components import EnsembleConfig, NoKeys
 from ..objectives import fused_linear_loss
 from .base import ExportRefused, Head, HeadSpec, RowDraws, register_head
 from .linear import LinearHead
@@ -28,10 +26,7 @@ class HeadEnsemble(Head):
     member on every position, loss = 1/K sum_k objective(h W_k^T + b_k), K times the head's cost.
     The token embedding, if tied, shares the first member's weights."""
 
-    @dataclass
-    class Config:
-        ensemble_size: int = key(4, Int(1, 1024), "K output heads")
-        ensemble_split: bool = key(True, Bool(), "each position trains one member (one head's cost), else all K")
+    Config = EnsembleConfig
 
     def __init__(
         self, n_embd: int, vocab_size: int, k: int, bias: bool = False, bias_init: float = 0.0, split: bool = True
@@ -43,7 +38,7 @@ class HeadEnsemble(Head):
         self.split = split
 
     @classmethod
-    def from_config(cls, spec: HeadSpec, cfg: HeadEnsemble.Config) -> HeadEnsemble:
+    def from_config(cls, spec: HeadSpec, cfg: EnsembleConfig) -> HeadEnsemble:
         return cls(
             spec.n_embd,
             spec.vocab_size,
@@ -54,9 +49,9 @@ class HeadEnsemble(Head):
         )
 
     @classmethod
-    def num_parameters(cls, spec: HeadSpec, cfg: HeadEnsemble.Config) -> int:
+    def num_parameters(cls, spec: HeadSpec, cfg: EnsembleConfig) -> int:
         """K linear heads: K (V C + V)."""
-        return cfg.ensemble_size * LinearHead.num_parameters(spec, Head.Config())
+        return cfg.ensemble_size * LinearHead.num_parameters(spec, NoKeys())
 
     def export_layer(self) -> tuple[torch.Tensor, torch.Tensor | None, str]:
         raise ExportRefused(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..components import NoKeys
 from .base import Head, HeadSpec, register_head
 
 
@@ -19,11 +20,11 @@ class LinearHead(Head):
         nn.init.normal_(self.weight, mean=0.0, std=0.02)
 
     @classmethod
-    def from_config(cls, spec: HeadSpec, cfg: Head.Config) -> LinearHead:
+    def from_config(cls, spec: HeadSpec, cfg: NoKeys) -> LinearHead:
         return cls(spec.n_embd, spec.vocab_size, bias=spec.bias, bias_init=spec.bias_init)
 
     @classmethod
-    def num_parameters(cls, spec: HeadSpec, cfg: Head.Config) -> int:
+    def num_parameters(cls, spec: HeadSpec, cfg: NoKeys) -> int:
         """V C weights + V biases."""
         return spec.vocab_size * (spec.n_embd + int(spec.bias))
 

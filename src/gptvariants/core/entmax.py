@@ -16,7 +16,7 @@ doubles it; the tests compare against it). A trained model's support is small, s
 near 0 (a fresh model) make every token a candidate, where a full sort would cost ~40 softmaxes
 at V = 50257: there tau comes instead from Newton's method on f(tau) = sum_v p_v(tau) - 1, convex
 and decreasing, started below the root (so every step stays below it and the iteration is
-monotone), over blocks of rows small enough to stay in cache (``_newton_threshold``).
+monotone), over blocks of rows small enough to stay near the cache (``_newton_threshold``).
 
 The Fenchel-Young loss of p = entmax(z) at the true token y is
     L(z, y) = <p - e_y, z> + H_alpha(p),      dL/dz = p - e_y,
@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 ALPHAS = (1.5, 2.0)  # the exact mappings: entmax-1.5 and sparsemax
-NEWTON_ROWS = 16  # rows per Newton block: (16, 50257) float32 scores fit a core's L2 cache
+NEWTON_FLOATS = 2**19  # scores per Newton block (2 MiB in float32): near a core's cache, and few blocks at small V
 NEWTON_ABOVE = 4  # Newton's method when more than V / NEWTON_ABOVE scores are candidates
 NEWTON_STEPS = 60  # a cap; a block that has not converged by then takes the sort
 
@@ -56,7 +56,8 @@ def entmax(z: torch.Tensor, alpha: float = 1.5) -> torch.Tensor:
     # p_max <= 1 puts tau >= max - 1 = -1: only the scores above -1 can be in the support
     k = int((x > -1).sum(1).max())
     if k > x.shape[1] // NEWTON_ABOVE:
-        tau = torch.cat([_newton_threshold(x[s : s + NEWTON_ROWS], alpha) for s in range(0, len(x), NEWTON_ROWS)])
+        rows = max(1, NEWTON_FLOATS // x.shape[1])
+        tau = torch.cat([_newton_threshold(x[s : s + rows], alpha) for s in range(0, len(x), rows)])
     else:
         tau = _threshold(x.topk(k, dim=1).values, alpha)[0]
     p = (x - tau).clamp_min_(0)

@@ -146,6 +146,7 @@ def main() -> None:
     p.add_argument("--train-steps", type=int, default=200, help="training steps of the conformal part's runs")
     p.add_argument("--tokens", type=int, default=40_000, help="held-out tokens of the conformal part")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--gpt2", action="store_true", help="also time the step at GPT-2 124M's shape (batch 2 x 256)")
     args = p.parse_args()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -164,6 +165,8 @@ def main() -> None:
             Shape(f"experiment (V={v_exp})", 4, 4, 128, v_exp, 64, 12),
             Shape("V=50257", 4, 4, 128, 50257, 64, 12),
         ]
+        if args.gpt2:  # the whole step at GPT-2 124M's shape (the loss's share is what a real run pays)
+            shapes.append(Shape("GPT-2 124M (12 x 768, V=50257)", 12, 12, 768, 50257, 256, 2))
         print("\n".join(bench_step(shapes, device, args.rounds, args.steps)))
     if "conformal" in parts:
         print("\n".join(bench_conformal(args.data, args.train_steps, args.tokens, device)))

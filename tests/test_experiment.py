@@ -228,6 +228,33 @@ def test_methods_add_the_uncertainty_section(tmp_path, capsys):
     assert any(w in said for w in ("better", "worse", "no significant difference")), said
 
 
+def test_methods_over_two_seeds_rank_the_scores_over_the_seeds(tmp_path, capsys):
+    """Every seed's systems are evaluated (their files tagged -seedS) and the report compares each score
+    with the entropy over the seeds (issues 18, 19)."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_TOML)
+    out = tmp_path / "unc2"
+    argv = ["experiment", "--data", "synthetic:tiny", "--variants", "baseline", "--budget", "8", "--seeds", "2"]
+    argv += ["--num-samples", "2", "--max-new-tokens", "4", "--methods", "laplace", "--config", str(config)]
+    argv += ["--ood", "synthetic?shift=1.0&tokens=3000", "--resamples", "20", "--out", str(out)]
+    assert _cli(argv) == 0
+    first, second = (json.loads((out / f).read_text()) for f in ("uncertainty.json", "uncertainty-seed1338.json"))
+    assert (
+        [r["system"] for r in first["rows"]]
+        == [r["system"] for r in second["rows"]]
+        == [
+            "baseline",
+            "baseline + Laplace",
+        ]
+    )
+    assert second["results"][0]["runs"] == [str(out / "runs-seed1338" / "baseline")]
+    report = (out / "report.md").read_text()
+    over = report.split("### Scores over 2 seeds")[1].split("## Sets")[0]
+    assert "**baseline + Laplace**" in over and "| knn |" in over and "OOD AUROC tok vs H" in over
+    assert "token-level OOD AUROC:" in over
+    assert "### Sets over 2 seeds" in report and (out / "sets-seed1338.json").is_file()
+
+
 def test_a_variants_own_defaults_win_over_a_shape_file(tmp_path):
     config = tmp_path / "tiny.toml"
     config.write_text(TINY_TOML + "dropout = 0.0\n")

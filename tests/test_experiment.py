@@ -253,6 +253,11 @@ def test_methods_over_two_seeds_rank_the_scores_over_the_seeds(tmp_path, capsys)
     assert "**baseline + Laplace**" in over and "| knn |" in over and "OOD AUROC tok vs H" in over
     assert "token-level OOD AUROC:" in over
     assert "### Sets over 2 seeds" in report and (out / "sets-seed1338.json").is_file()
+    capsys.readouterr()
+    assert _cli(argv) == 0  # a rerun reuses every system's stored result
+    said = [line for line in capsys.readouterr().out.splitlines() if "uncertainty: baseline" in line]
+    assert len(said) == 4 and all(line.endswith("(already done)") for line in said), said
+    assert (out / "report.md").read_text() == report
 
 
 def test_a_variants_own_defaults_win_over_a_shape_file(tmp_path):

@@ -49,6 +49,7 @@ METHOD_CHOICES = ("temperature", "mc_dropout", "ensemble", "laplace")
 ENSEMBLE_RUNS = 4  # runs of a deep ensemble (the baseline and 3 more seeds)
 ENSEMBLE_STRIDE = 1000  # a member's seed is the experiment seed plus a multiple of this
 DEFAULT_OOD = "synthetic?shift=0.5"
+SYSTEM_FILE = "system.json"  # a system's stored result in OUT/uncertainty[-seedS]/SYSTEM/
 DENSITY_POSITIONS = 100_000  # training positions of each system's feature density
 UNCERTAINTY_TABLE = [
     "system", "nll", "ece", "ece_half", "ece_half_t", "temperature", "nll_half", "nll_half_t",
@@ -131,9 +132,26 @@ def _ms_per_step(run: Path) -> float:
     return float(np.median(ms)) if ms else float("nan")
 
 
+def _system_key(system: System, data_dir: Path, ood: str, seed: int) -> dict[str, Any]:
+    """What a system's result depends on: its runs at their checkpoint steps, method, data, shift, seed."""
+    steps = [RunFolder(r).checkpoint_step() for r in system.runs]
+    return {"runs": [str(r) for r in system.runs], "steps": steps, "method": system.method, "data": str(data_dir),
+            "ood": ood, "seed": seed}  # fmt: skip
+
+
+def reused_result(system: System, data_dir: Path, ood: str, seed: int, out: Path) -> dict[str, Any] | None:
+    """The result ``evaluate_system`` stored in ``out`` for the same key, so that an interrupted
+    experiment resumes its Uncertainty section; None when there is none, it is damaged or stale."""
+    try:
+        stored = json.loads((out / SYSTEM_FILE).read_text(encoding="utf-8"))
+        return stored["result"] if stored["key"] == _system_key(system, data_dir, ood, seed) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def evaluate_system(system: System, data_dir: Path, ood: str, seed: int, out: Path) -> dict[str, Any]:
     """``gptv eval`` of the system as trained (no temperature) with the OOD source, and its temperature
-    fit (first half of val; before/after on the second half)."""
+    fit (first half of val; before/after on the second half); stored in OUT/system.json for reuse."""
 
     fits = []
     for run in load_runs(system.runs):
@@ -151,7 +169,7 @@ def evaluate_system(system: System, data_dir: Path, ood: str, seed: int, out: Pa
         method=system.method,
         sets="none",
     )
-    return {
+    result = {
         "system": system.name,
         "method": system.method,
         "runs": [str(r) for r in system.runs],
@@ -160,6 +178,9 @@ def evaluate_system(system: System, data_dir: Path, ood: str, seed: int, out: Pa
         "eval": ev,
         "train_ms_per_step": sum(_ms_per_step(r) for r in system.train_runs),
     }
+    record = {"key": _system_key(system, data_dir, ood, seed), "result": result}
+    atomic_write(out / SYSTEM_FILE, json.dumps(record, allow_nan=True) + "\n")
+    return result
 
 
 def _row(res: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
@@ -223,8 +244,9 @@ def run_uncertainty(
     results = []
     for system in rows_of:
         folder = out / f"uncertainty{tag}" / system.name.replace(" ", "_").replace("+", "").replace("__", "_")
-        log(f"uncertainty: {system.name}")
-        results.append(evaluate_system(system, data_dir, ood, seed, folder))
+        done = reused_result(system, data_dir, ood, seed, folder)
+        log(f"uncertainty: {system.name}" + (" (already done)" if done else ""))
+        results.append(done or evaluate_system(system, data_dir, ood, seed, folder))
     rows = [_row(r, results[0]) for r in results]
     ranked = {r["system"]: score_rows(r["eval"]) for r in results}
     atomic_write(

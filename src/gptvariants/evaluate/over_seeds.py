@@ -14,34 +14,28 @@ comparison is the paired difference over seeds (``intervals.paired_t_interval``)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 from ..intervals import Interval, paired_t_interval, t_interval, verdict
+from .report import interval_cell
 from .sets import TOLERANCE
+from .verdicts import finite
 
 SCORE_FIGURES = {"auroc_token": "OOD AUROC tok", "auroc_sequence": "OOD AUROC seq", "prr": "PRR"}
 REFERENCE = "entropy"  # the score every other is compared with
 WORDS = ("better", "worse")
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _cell(iv: Interval | None, fmt: str = "{:.3f}") -> str:
-    if iv is None:
-        return "-"
-    if not math.isfinite(iv.hi):
-        return fmt.format(iv.estimate)
-    return f"{fmt.format(iv.estimate)} ± {fmt.format(iv.hi - iv.estimate)}"
+    """'mean ± half the interval' (``report.interval_cell``); '-' without a value."""
+    return "-" if iv is None else interval_cell(iv.estimate, fmt, iv)
 
 
 def _values(per_seed: Sequence[dict[str, Any] | None], key: str) -> list[float] | None:
     """The figure ``key`` of every seed's row, or None unless every seed has a finite one."""
     vals = [None if row is None else row.get(key) for row in per_seed]
-    return [float(v) for v in vals] if all(_finite(v) for v in vals) else None  # type: ignore[arg-type]
+    return [float(v) for v in vals] if all(finite(v) for v in vals) else None  # type: ignore[arg-type]
 
 
 def score_figures(ranked_by_seed: dict[int, dict[str, list[dict[str, Any]]]]) -> dict[str, list[dict[str, Any]]]:

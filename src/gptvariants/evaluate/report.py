@@ -100,7 +100,7 @@ def column(key: str) -> Column:
     return COLUMNS[key]
 
 
-def _cell(value: Any, fmt: str, interval: Interval | None = None, best: bool = False) -> str:
+def interval_cell(value: Any, fmt: str, interval: Interval | None = None, best: bool = False) -> str:
     """The value ("-" when missing or not finite), with "± h" (half the 95 % interval's width) when it
     has one, in bold when ``best``."""
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
@@ -126,7 +126,9 @@ def markdown_table(
     lines = ["| " + " | ".join(c.header for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         name = str(r.get(label))
-        cells = [_cell(r.get(k), c.fmt, cis.get(name, {}).get(k), (name, k) in best) for k, c in zip(keys, cols)]
+        cells = [
+            interval_cell(r.get(k), c.fmt, cis.get(name, {}).get(k), (name, k) in best) for k, c in zip(keys, cols)
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

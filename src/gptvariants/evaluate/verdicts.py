@@ -228,8 +228,8 @@ def best_cells(rows: list[dict[str, Any]], intervals: dict[str, dict[str, Interv
     95 % interval does not overlap the runner-up's (a conservative test); none without intervals."""
     marked = set()
     for key, higher in BETTER.items():
-        cis = [intervals.get(r["variant"], {}).get(key) for r in rows if _finite(r.get(key))]
-        have = [(r["variant"], r[key], iv) for r, iv in zip((r for r in rows if _finite(r.get(key))), cis)]
+        cis = [intervals.get(r["variant"], {}).get(key) for r in rows if finite(r.get(key))]
+        have = [(r["variant"], r[key], iv) for r, iv in zip((r for r in rows if finite(r.get(key))), cis)]
         if len(have) < 2 or any(iv is None or not np.isfinite(iv.lo) for iv in cis):
             continue
         ranked = sorted(((n, v, iv) for n, v, iv in have if iv is not None), key=lambda h: -h[1] if higher else h[1])
@@ -239,7 +239,7 @@ def best_cells(rows: list[dict[str, Any]], intervals: dict[str, dict[str, Interv
     return marked
 
 
-def _finite(v: Any) -> bool:
+def finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
 
 

@@ -13,8 +13,8 @@ their first two moments. Since p_max <= 1, tau >= max_v (alpha - 1) z_v - 1, so 
 above that bound can be in the support: a partial sort (``topk``) of the k of them (k the largest
 such count over the rows) is exact, with no retry (the ``entmax`` package instead guesses k and
 doubles it; the tests compare against it). A trained model's support is small, so k is. Logits
-near 0 (a fresh model) make every token a candidate, where a full sort would cost ~40 softmaxes
-at V = 50257: there tau comes instead from Newton's method on f(tau) = sum_v p_v(tau) - 1, convex
+near 0 (a fresh model) make every token a candidate, where a full sort of V scores per row is the
+dominant cost: there tau comes instead from Newton's method on f(tau) = sum_v p_v(tau) - 1, convex
 and decreasing, started below the root (so every step stays below it and the iteration is
 monotone), over blocks of rows small enough to stay near the cache (``_newton_threshold``).
 

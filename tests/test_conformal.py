@@ -179,6 +179,23 @@ def test_sets_section_of_an_experiment(runs):
     assert "lac@0.2" in json.loads((r["baseline"] / "conformal.json").read_text())["fits"]["default"]["rules"]
 
 
+def test_a_rerun_reuses_each_systems_sets_and_a_changed_key_recomputes(runs, monkeypatch):
+    import gptvariants.evaluate.sets as S
+    from gptvariants.evaluate.comparators import System
+
+    root, r = runs
+    out, systems = root / "rerun", [System("baseline", [r["baseline"]])]
+    first, lines = S.run_sets(out, root / "data", systems, alphas=(0.1,), tokens=1000)
+    assert (out / "sets" / "baseline" / S.SETS_FILE).is_file()
+    computed: list[str] = []
+    real = S.sets_of_system
+    monkeypatch.setattr(S, "sets_of_system", lambda s, *a: computed.append(s.name) or real(s, *a))
+    again, lines_again = S.run_sets(out, root / "data", systems, alphas=(0.1,), tokens=1000)
+    assert computed == [] and again == first and lines_again == lines
+    S.run_sets(out, root / "data", systems, alphas=(0.2,), tokens=1000)  # another alpha: not the stored result
+    assert computed == ["baseline"]
+
+
 def test_conformal_filter_keeps_the_lac_set_and_never_empties_a_row():
     from gptvariants.decode.filters import conformal_filter
 

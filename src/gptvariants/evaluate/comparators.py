@@ -106,6 +106,11 @@ class System:
     variant: str = "baseline"
     train_runs: list[Path] = field(default_factory=list)  # whose step time is its training cost
 
+    @property
+    def folder(self) -> str:
+        """The system's folder name under a section's output (uncertainty[-seedS]/, sets[-seedS]/)."""
+        return self.name.replace(" ", "_").replace("+", "").replace("__", "_")
+
 
 def systems(variants: list[str], methods: list[str], runs: dict[str, Path], seed_runs: list[Path]) -> list[System]:
     rows = [System(v, [runs[v]], variant=v, train_runs=[runs[v]]) for v in variants]
@@ -132,21 +137,31 @@ def _ms_per_step(run: Path) -> float:
     return float(np.median(ms)) if ms else float("nan")
 
 
-def _system_key(system: System, data_dir: Path, ood: str, seed: int) -> dict[str, Any]:
+def system_key(system: System, data_dir: Path, ood: str | None, seed: int) -> dict[str, Any]:
     """What a system's result depends on: its runs at their checkpoint steps, method, data, shift, seed."""
     steps = [RunFolder(r).checkpoint_step() for r in system.runs]
     return {"runs": [str(r) for r in system.runs], "steps": steps, "method": system.method, "data": str(data_dir),
             "ood": ood, "seed": seed}  # fmt: skip
 
 
-def reused_result(system: System, data_dir: Path, ood: str, seed: int, out: Path) -> dict[str, Any] | None:
-    """The result ``evaluate_system`` stored in ``out`` for the same key, so that an interrupted
-    experiment resumes its Uncertainty section; None when there is none, it is damaged or stale."""
+def stored(path: Path, key: dict[str, Any]) -> Any | None:
+    """The result ``store`` wrote to ``path`` under the same key, so that an interrupted experiment
+    resumes a section; None when there is none, it is damaged or stale."""
     try:
-        stored = json.loads((out / SYSTEM_FILE).read_text(encoding="utf-8"))
-        return stored["result"] if stored["key"] == _system_key(system, data_dir, ood, seed) else None
+        record = json.loads(path.read_text(encoding="utf-8"))
+        return record["result"] if record["key"] == key else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def store(path: Path, key: dict[str, Any], result: Any) -> None:
+    """Write ``result`` with the key it depends on (``stored`` reads it back), atomically."""
+    atomic_write(path, json.dumps({"key": key, "result": result}, allow_nan=True) + "\n")
+
+
+def reused_result(system: System, data_dir: Path, ood: str, seed: int, out: Path) -> dict[str, Any] | None:
+    """The result ``evaluate_system`` stored in ``out`` for the same system, data, shift and seed."""
+    return stored(out / SYSTEM_FILE, system_key(system, data_dir, ood, seed))
 
 
 def evaluate_system(system: System, data_dir: Path, ood: str, seed: int, out: Path) -> dict[str, Any]:
@@ -178,8 +193,7 @@ def evaluate_system(system: System, data_dir: Path, ood: str, seed: int, out: Pa
         "eval": ev,
         "train_ms_per_step": sum(_ms_per_step(r) for r in system.train_runs),
     }
-    record = {"key": _system_key(system, data_dir, ood, seed), "result": result}
-    atomic_write(out / SYSTEM_FILE, json.dumps(record, allow_nan=True) + "\n")
+    store(out / SYSTEM_FILE, system_key(system, data_dir, ood, seed), result)
     return result
 
 
@@ -243,7 +257,7 @@ def run_uncertainty(
     fit_densities(list(dict.fromkeys(s.runs[0] for s in rows_of)), data_dir, log)
     results = []
     for system in rows_of:
-        folder = out / f"uncertainty{tag}" / system.name.replace(" ", "_").replace("+", "").replace("__", "_")
+        folder = out / f"uncertainty{tag}" / system.folder
         done = reused_result(system, data_dir, ood, seed, folder)
         log(f"uncertainty: {system.name}" + (" (already done)" if done else ""))
         results.append(done or evaluate_system(system, data_dir, ood, seed, folder))

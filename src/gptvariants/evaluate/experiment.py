@@ -334,7 +334,7 @@ def _sections(
             section += lines if s == first else []
         _log(f"sets: conformal sets of every system, seed {s}")
         systems = U.systems(order, methods, runs, members)
-        set_rows[s], lines = run_sets(out, data_dir, systems, ood=shift, seed=s, file=f"sets{tag}.json")
+        set_rows[s], lines = run_sets(out, data_dir, systems, ood=shift, seed=s, file=f"sets{tag}.json", log=_log)
         sets_first = lines if s == first else sets_first
     if len(runs_by_seed) > 1 and ranked:
         section += scores_over_seeds_section(score_figures(ranked))

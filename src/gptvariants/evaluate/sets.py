@@ -41,7 +41,7 @@ from ..predict.conformal import (
 )
 from ..predict.methods import load_runs
 from ..predict.prediction import Prediction, build_predictor, temperature_key
-from .comparators import System
+from .comparators import System, store, stored, system_key
 from .report import Column
 from .scoring import Rows
 
@@ -146,9 +146,23 @@ def run_sets(
     seed: int = 0,
     tokens: int | None = None,
     file: str = SETS_FILE,
+    log: Callable[[str], None] = lambda _: None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """(rows, the report's Sets section) of every system; the rows are also written to OUT/``file``."""
-    rows = [r for s in systems for r in sets_of_system(s, Path(data_dir), alphas, ood, seed, tokens)]
+    """(rows, the report's Sets section) of every system; the rows are also written to OUT/``file``.
+
+    Each system's rows are stored in OUT/<file's stem>/SYSTEM/sets.json with what they depend on
+    (``comparators.system_key``, the alphas, ``tokens``) and reused by a rerun, so an interrupted
+    experiment resumes its Sets section."""
+    rows: list[dict[str, Any]] = []
+    for system in systems:
+        path = Path(out) / Path(file).stem / system.folder / SETS_FILE
+        key = system_key(system, Path(data_dir), ood, seed) | {"alphas": list(alphas), "tokens": tokens}
+        done = stored(path, key)
+        log(f"sets: {system.name}" + (" (already done)" if done is not None else ""))
+        if done is None:
+            done = sets_of_system(system, Path(data_dir), alphas, ood, seed, tokens)
+            store(path, key, done)
+        rows += done
     atomic_write(Path(out) / file, json.dumps({"alphas": list(alphas), "ood": ood, "rows": rows}, indent=1) + "\n")
     return rows, sets_section(rows, alphas, ood)
 

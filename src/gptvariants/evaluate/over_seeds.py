@@ -112,7 +112,7 @@ def _score_sentences(system: str, rows: list[dict[str, Any]]) -> list[str]:
         if below:
             said.append(
                 f"  Below chance ({level}): {', '.join(below)}: higher in domain than on the shifted text, "
-                "the model more confident where it is shifted."
+                "the score more confident where the text is shifted."
             )
     return said
 

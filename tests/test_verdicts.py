@@ -197,7 +197,9 @@ def test_experiment_over_two_seeds_reuses_everything(tmp_path, capsys):
     assert "### Sets over 2 seeds" in report and "| bayes |" in report.split("### Sets over 2 seeds")[1]
     assert cli_main(argv) == 0
     again = capsys.readouterr().out
-    assert again.count("(already done)") == 4 and again.count(": skipped") == 4 and "trained" not in again
+    assert again.count(": skipped") == 4 and "trained" not in again
+    reused = [line for line in again.splitlines() if line.endswith("(already done)")]
+    assert sum("] eval " in line for line in reused) == 4 and sum("] sets: " in line for line in reused) == 4
 
 
 def test_ood_score_sentence_claims_only_a_supported_difference():

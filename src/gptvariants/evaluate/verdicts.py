@@ -42,10 +42,6 @@ SEED_FIGURES = [k for k in NAMES if k != "perplexity"]
 TOKEN_FIGURES = ["nats_per_token", "ece", "brier", "auroc_entropy"]  # compared with one seed (per-token statistics)
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 class SeedStudy:
     """``per_seed[seed]``: results.csv rows (one per variant, same order every seed); ``evals[seed][variant]``:
     the eval JSONs; ``runs[seed][variant]``: the run folders. The first seed is the experiment's own."""
@@ -78,7 +74,7 @@ class SeedStudy:
                 if key in SETTINGS:  # the same for every seed, or the first seed's
                     row[key] = vals[0]
                 elif key != "variant":
-                    row[key] = float(np.mean(vals)) if all(_number(x) for x in vals) else None
+                    row[key] = float(np.mean(vals)) if all(finite(x) for x in vals) else None
             out.append({**row, "seeds": len(self.seeds)})
         return out
 
@@ -91,7 +87,7 @@ class SeedStudy:
             out[v] = {}
             for key in self.per_seed[self.first][i]:
                 vals = self.values(v, key)
-                if key != "variant" and key not in SETTINGS and all(_number(x) for x in vals):
+                if key != "variant" and key not in SETTINGS and all(finite(x) for x in vals):
                     out[v][key] = t_interval(vals)
         return out
 
@@ -107,7 +103,7 @@ class SeedStudy:
                 out[v] = {
                     k: paired_t_interval(self.values(v, k), self.values(baseline, k))
                     for k in SEED_FIGURES
-                    if all(_number(x) for x in self.values(v, k) + self.values(baseline, k))
+                    if all(finite(x) for x in self.values(v, k) + self.values(baseline, k))
                 }
             else:
                 out[v] = self._paired_tokens(v, baseline)
@@ -137,7 +133,7 @@ class SeedStudy:
         out: dict[str, Interval] = {}
         for v in self.variants:
             mi = [headline(self.evals[s][v])["auroc_mutual_information"] for s in self.seeds]
-            if not all(_number(x) for x in mi):
+            if not all(finite(x) for x in mi):
                 continue
             if len(self.seeds) > 1:
                 h = [headline(self.evals[s][v])["auroc_entropy"] for s in self.seeds]
@@ -240,7 +236,8 @@ def best_cells(rows: list[dict[str, Any]], intervals: dict[str, dict[str, Interv
 
 
 def finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+    """A finite int or float (a bool, None, a string or NaN is not)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def parse_seeds(spec: str | None, seed: int) -> list[int]:

@@ -11,26 +11,36 @@ vocabulary of 65; random weights: speed does not depend on them), side by side i
                    ``--repeats`` times interleaved, the least of each
     memory         the stored density's bytes: K x C means, two C x C precisions, the kNN bank;
                    the same for any number of positions
+    whole eval     with ``--run RUN`` (a trained run with a fitted density): the whole ``gptv eval``
+                   of RUN (scoring, samples, bootstrap; ``--ood`` as the experiment passes it) with
+                   its density and with a copy of RUN that has none, interleaved, the least of each
 
-Targets: fit <= 1x the epoch; eval with density <= 1.2x without.
+Targets: fit <= 1x the epoch; eval with density <= 1.2x without (the scoring pass alone is the
+stricter measure: the whole eval also generates samples and resamples, which the density leaves alone).
 
     python benchmarks/bench_density.py [--positions 200000] [--eval-tokens 50000] [--bank 2048] [--k 10]
                                        [--repeats 3] [--threads 1] [--device cpu]
+    python benchmarks/bench_density.py --run runs/experiment/runs/baseline --ood "synthetic?shift=0.5"
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from gptvariants.core.config import load_config
 from gptvariants.core.model import GPT
+from gptvariants.evaluate.evaluation import evaluate
 from gptvariants.evaluate.scoring import score
 from gptvariants.predict.density import FeatureDensity, fit_density
 from gptvariants.predict.predictive import Member, Predictor
+from gptvariants.store.run import DENSITY_FILE, DENSITY_META, RunFolder
 
 SHAPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65, batch_size=12)
 
@@ -67,8 +77,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="eval timings, interleaved; the least of each is shown")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--run", help="time the whole gptv eval of this run (its density fitted) instead")
+    p.add_argument("--ood", help="with --run: the shifted text gptv eval scores beside the split")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.run:
+        return whole_eval(Path(a.run), a.ood, a.repeats)
     torch.manual_seed(0)
     cfg = load_config("baseline", overrides=SHAPE)
     model = GPT(cfg.model, cfg.objective).to(a.device).eval()
@@ -95,6 +109,25 @@ def main() -> None:
     print(f"| gptv eval scoring of {len(val):,} tokens, with / without density | {with_density:.2f} / {plain:.2f} | "
           f"{with_density / plain:.2f}x | <= 1.2x |")  # fmt: skip
     print(f"| stored density | {size / 2**20:.2f} MiB | - | independent of positions |")
+
+
+def whole_eval(run: Path, ood: str | None, repeats: int) -> None:
+    """Seconds of ``evaluate`` on ``run`` and on a copy without its density, interleaved, the least of each."""
+    if not (run / DENSITY_FILE).is_file():
+        raise SystemExit(f"{run} has no fitted density: run `gptv density {run}` first")
+    data = RunFolder(run).data_path()  # gptv eval's default: the run's own data
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / run.name
+        shutil.copytree(run, plain, ignore=shutil.ignore_patterns(DENSITY_FILE, DENSITY_META, "eval"))
+        times: dict[Path, list[float]] = {plain: [], run: []}
+        for _ in range(repeats):
+            for r in (plain, run):
+                t0 = time.perf_counter()
+                evaluate(r, data, ood=ood, out=Path(tmp) / f"{r is run}.json", temperature=False)
+                times[r].append(time.perf_counter() - t0)
+    without, with_density = min(times[plain]), min(times[run])
+    print(f"| whole gptv eval of {run} (--ood {ood}), with / without density | {with_density:.2f} / "
+          f"{without:.2f} | {with_density / without:.2f}x | <= 1.2x |")  # fmt: skip
 
 
 def eval_scores(model: GPT, tokens: np.ndarray, density: FeatureDensity) -> None:

@@ -50,6 +50,10 @@ def test_every_headline_figure_has_an_interval(evaluated):
     assert r["intervals"]["block_tokens"] == 16 and r["intervals"]["resamples"] == 40
     assert r["speed"]["bootstrap_seconds"] > 0
     assert "fpr95_ci" in r["ood"] and set(r["ood"]["fpr95_ci"]["token"]) == set(r["ood"]["auroc"]["token"])
+    # PRR and AUGRC intervals: the eval's resamples and blocks, counted in its bootstrap time
+    sel = r["selective"]
+    assert set(sel["prr_ci"]) == set(sel["prr"]) and sel["prr_ci"]["entropy"]["n"] <= 40
+    assert sel["bootstrap"] == "block bootstrap (40 resamples of 16-token blocks)"
 
 
 def test_intervals_are_seeded_and_printed(evaluated, sig_run, tiny_data, tmp_path):
@@ -65,6 +69,7 @@ def test_intervals_are_seeded_and_printed(evaluated, sig_run, tiny_data, tmp_pat
 def test_no_resamples_no_intervals(sig_run, tiny_data, tmp_path):
     r = E.evaluate(sig_run, tiny_data, out=tmp_path / "v.json", num_samples=0, resamples=0)
     assert r["intervals"] is None and headline_intervals(r) == {} and "ece_width_ci" not in r["calibration"]
+    assert "prr_ci" not in r["selective"] and "vs_entropy" not in r["selective"]
     assert "[" not in format_result(r).splitlines()[1]
     with pytest.raises(InputError, match="resamples"):
         E.evaluate(sig_run, tiny_data, out=tmp_path / "w.json", num_samples=0, resamples=1)

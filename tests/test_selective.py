@@ -107,3 +107,40 @@ def test_selective_summary_ranks_scores_with_paired_intervals_and_verdicts():
     assert sel["vs_entropy"]["max_prob"]["augrc"]["verdict"] == "better"  # lower AUGRC is better
     assert sel["vs_entropy"]["entropy"]["prr"]["verdict"] == "no significant difference"
     assert "prr_ci" not in selective_summary(tokens, resamples=0)
+
+
+def _per_token_replicates(boot, u, wrong):
+    w = np.stack([boot.weights(r) for r in range(boot.resamples)])
+    return M.selective_resampled(u, wrong, w, ())
+
+
+def test_grouped_replicates_equal_per_token_ones_when_each_score_has_its_group():
+    from gptvariants.evaluate.uncertainty import _replicates
+    from gptvariants.intervals import BlockBootstrap, quantile_groups
+
+    rng = np.random.default_rng(6)
+    n = 3000
+    u, wrong = rng.integers(0, 40, n).astype(float), rng.random(n) < 0.35  # 40 distinct scores, 1024 groups
+    groups, _ = quantile_groups(u)  # some groups empty (edges between scores), none holds two scores
+    assert all(len(np.unique(u[groups == g])) == 1 for g in np.unique(groups))
+    boot = BlockBootstrap(n, 64, 30, 0)
+    exact = {k: getattr(M, k)(u, wrong) for k in ("prr", "augrc")}
+    grouped, per_token = _replicates(boot, u, wrong, exact), _per_token_replicates(boot, u, wrong)
+    for k in ("prr", "augrc"):
+        np.testing.assert_allclose(grouped[k], per_token[k], atol=1e-12)
+
+
+def test_grouped_replicates_of_distinct_scores_are_close_to_per_token_ones():
+    from gptvariants.evaluate.uncertainty import _replicates
+    from gptvariants.intervals import BlockBootstrap
+
+    rng = np.random.default_rng(7)
+    n = 20_000
+    wrong = rng.random(n) < 0.4
+    u = wrong + rng.normal(size=n)  # informative and all distinct: 1024 groups of about 20 tokens
+    boot = BlockBootstrap(n, 64, 40, 1)
+    exact = {k: getattr(M, k)(u, wrong) for k in ("prr", "augrc")}
+    grouped, per_token = _replicates(boot, u, wrong, exact), _per_token_replicates(boot, u, wrong)
+    assert np.abs(grouped["prr"] - per_token["prr"]).max() < 0.005
+    assert np.abs(grouped["augrc"] - per_token["augrc"]).max() < 0.001
+    assert abs(np.std(grouped["prr"]) / np.std(per_token["prr"]) - 1) < 0.05

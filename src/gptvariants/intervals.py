@@ -27,6 +27,7 @@ from scipy import stats
 from .common.defaults import BLOCK, RESAMPLES
 
 LEVEL = 0.95
+BINS = 1024  # quantile groups of a score for resampled rank and selective statistics
 
 Verdict = Literal["better", "worse", "no significant difference"]
 
@@ -204,3 +205,10 @@ def chance_note(auroc: Interval) -> str:
     if auroc.excludes(0.5) or not math.isfinite(auroc.lo):
         return ""
     return "not distinguishable from chance (0.5)"
+
+
+def quantile_groups(scores: np.ndarray, bins: int = BINS) -> tuple[np.ndarray, int]:
+    """(group of each score, number of groups): at most ``bins`` groups of about equal counts,
+    ascending, equal scores always in one group."""
+    edges = np.unique(np.quantile(scores, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
+    return np.searchsorted(edges, scores, side="right"), len(edges) + 1

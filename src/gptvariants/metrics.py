@@ -661,18 +661,32 @@ def selective_resampled(
     (Malinin et al. 2017; NaN when no order can help: no errors or no correct tokens). risk_at_C is
     r at the first group reaching coverage C."""
     u, e = _np(uncertainty), _np(wrong)
-    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    w = np.atleast_2d(np.asarray(weights))
     if u.shape != e.shape or w.shape[1:] != u.shape or len(u) == 0:
         raise ValueError(f"uncertainty, wrong and weights rows must be non-empty and of one length: {u.shape}, "
                          f"{e.shape}, {w.shape}")  # fmt: skip
-    if (w < 0).any() or not np.array_equal(w, np.round(w)) or (w.sum(1) == 0).any():
+    whole = np.issubdtype(w.dtype, np.integer) or np.array_equal(w, np.round(w))  # a bootstrap's counts are ints
+    if not whole or w.min() < 0 or (w.sum(1) == 0).any():
         raise ValueError("weights must be non-negative integers, not all 0 in a row")
     if not all(0 < c <= 1 for c in coverages):
         raise ValueError(f"coverages must be in (0, 1], got {list(coverages)}")
     order = np.argsort(u, kind="stable")
     ends = np.flatnonzero(np.r_[u[order][1:] != u[order][:-1], True])  # last index of each tie group
-    kept = np.cumsum(w[:, order], axis=1)[:, ends]
-    errors = np.cumsum((w * e)[:, order], axis=1)[:, ends]
+    w = w[:, order].astype(np.float64)  # one gather into the sorted order, reused by both sums
+    return _selective_curve(np.cumsum(w, axis=1)[:, ends], np.cumsum(w * e[order], axis=1)[:, ends], coverages)
+
+
+def selective_from_groups(
+    tokens: np.ndarray, errors: np.ndarray, coverages: Sequence[float] = (0.8, 0.9, 0.95)
+) -> dict[str, np.ndarray]:
+    """``selective_resampled``'s figures from weighted counts per group, (R, G) each: the tokens and the
+    wrong ones of each group, groups in ascending uncertainty, each one tie group of the curve (a
+    bootstrap's quantile groups give the curve at G points, O(R G) instead of O(R n))."""
+    return _selective_curve(np.cumsum(tokens, axis=1), np.cumsum(errors, axis=1), coverages)
+
+
+def _selective_curve(kept: np.ndarray, errors: np.ndarray, coverages: Sequence[float]) -> dict[str, np.ndarray]:
+    """The figures from the tokens and the wrong ones kept at the end of each tie group, (R, G) each."""
     total, n_wrong = kept[:, -1:], errors[:, -1]
     risk = np.divide(errors, kept, out=np.zeros_like(errors), where=kept > 0)
     coverage, share = kept / total, np.diff(kept, axis=1, prepend=0.0) / total
@@ -689,7 +703,7 @@ def selective_resampled(
         "aurc": aurc,
     }
     for c in coverages:
-        out[f"risk_at_{c:g}"] = risk[np.arange(len(w)), (coverage >= c - 1e-12).argmax(1)]
+        out[f"risk_at_{c:g}"] = risk[np.arange(len(kept)), (coverage >= c - 1e-12).argmax(1)]
     return out
 
 

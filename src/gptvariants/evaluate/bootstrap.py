@@ -26,11 +26,10 @@ import numpy as np
 
 from .. import metrics as M
 from ..common.errors import InputError
-from ..intervals import BLOCK, LEVEL, RESAMPLES, BlockBootstrap, Interval
+from ..intervals import BINS, BLOCK, LEVEL, RESAMPLES, BlockBootstrap, Interval, quantile_groups
 from .summaries import N_BINS
 from .uncertainty import available, uncertainty_of
 
-BINS = 1024  # quantile bins of a score for the resampled rank statistics
 UNCERTAINTY_AUROCS = {  # uncertainty section key -> the per-token statistic it ranks by
     "auroc_entropy": "entropy",
     "auroc_expected_entropy": "expected_entropy",
@@ -55,13 +54,6 @@ class Resampling:
 
     def of(self, n: int, offset: int = 0) -> BlockBootstrap:
         return BlockBootstrap(n, self.block, self.resamples, self.seed + offset)
-
-
-def quantile_groups(scores: np.ndarray, bins: int = BINS) -> tuple[np.ndarray, int]:
-    """(group of each score, number of groups): at most ``bins`` groups of about equal counts,
-    ascending, equal scores always in one group."""
-    edges = np.unique(np.quantile(scores, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
-    return np.searchsorted(edges, scores, side="right"), len(edges) + 1
 
 
 def _ci(boot: BlockBootstrap, estimate: float, replicates: np.ndarray) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .. import metrics as M
-from ..intervals import BLOCK, BlockBootstrap, verdict
+from ..intervals import BLOCK, BlockBootstrap, quantile_groups, verdict
 
 # score name -> (per-token statistic, sign that makes higher = more uncertain)
 SCORES: dict[str, tuple[str, float]] = {
@@ -49,7 +49,6 @@ SCORES: dict[str, tuple[str, float]] = {
 }
 CURVE_POINTS = 50
 COVERAGES = (0.8, 0.9, 0.95)
-WEIGHTS_AT_ONCE = 2_000_000  # bootstrap weights held at once (16 MB of float64)
 RESAMPLES = 100  # of the selective figures: each costs a few (resamples, tokens) passes per score
 
 
@@ -98,6 +97,9 @@ def ood_summary(
     return out
 
 
+SELECTIVE_INTERVALS = ("bootstrap", "prr_ci", "augrc_ci", "vs_entropy")  # selective_figures' resampled keys
+
+
 def selective_summary(tokens: dict[str, np.ndarray], resamples: int = RESAMPLES) -> dict[str, Any]:
     """Risk-coverage of top-1 predictions for every label-free score: AURC, the oracle's AURC,
     the error rate at full coverage, each curve at CURVE_POINTS coverages, and ``selective_figures``."""
@@ -114,7 +116,9 @@ def selective_summary(tokens: dict[str, np.ndarray], resamples: int = RESAMPLES)
     return out
 
 
-def selective_figures(tokens: dict[str, np.ndarray], resamples: int = RESAMPLES, seed: int = 0) -> dict[str, Any]:
+def selective_figures(
+    tokens: dict[str, np.ndarray], resamples: int = RESAMPLES, seed: int = 0, block: int = BLOCK
+) -> dict[str, Any]:
     """PRR, AUGRC and risk at COVERAGES of every label-free score; with ``resamples`` > 0, the block
     bootstrap's intervals of PRR and AUGRC ("prr_ci", "augrc_ci") and of each score's paired
     difference from the entropy with its verdict ("vs_entropy": score -> {"prr", "augrc"})."""
@@ -129,8 +133,10 @@ def selective_figures(tokens: dict[str, np.ndarray], resamples: int = RESAMPLES,
     }
     if resamples < 2 or len(wrong) < 4:
         return out
-    boot = BlockBootstrap(len(wrong), min(BLOCK, len(wrong) // 2), resamples, seed)
-    reps = {s: _replicates(boot, uncertainty_of(tokens, s), wrong) for s in names}
+    boot = BlockBootstrap(len(wrong), min(block, len(wrong) // 2), resamples, seed)
+    reps = {
+        s: _replicates(boot, uncertainty_of(tokens, s), wrong, {k: out[k][s] for k in ("prr", "augrc")}) for s in names
+    }
     out["bootstrap"] = boot.method
     for key in ("prr", "augrc"):
         out[f"{key}_ci"] = {s: boot.interval(out[key][s], reps[s][key]).to_dict() for s in names}
@@ -143,11 +149,14 @@ def selective_figures(tokens: dict[str, np.ndarray], resamples: int = RESAMPLES,
     return out
 
 
-def _replicates(boot: BlockBootstrap, u: np.ndarray, wrong: np.ndarray) -> dict[str, np.ndarray]:
-    """PRR and AUGRC in every resample of ``boot``, WEIGHTS_AT_ONCE weights at a time."""
-    step = max(1, WEIGHTS_AT_ONCE // boot.n)
-    parts = []
-    for i in range(0, boot.resamples, step):
-        rows = np.stack([boot.weights(r) for r in range(i, min(i + step, boot.resamples))])
-        parts.append(M.selective_resampled(u, wrong, rows, ()))
-    return {k: np.concatenate([p[k] for p in parts]) for k in ("prr", "augrc")}
+def _replicates(
+    boot: BlockBootstrap, u: np.ndarray, wrong: np.ndarray, exact: dict[str, float]
+) -> dict[str, np.ndarray]:
+    """PRR and AUGRC in every resample of ``boot`` from the tokens and errors of BINS quantile groups of
+    ``u`` (each group one tie group of the curve: O(resamples x groups), not x tokens), each replicate
+    shifted by the ``exact`` estimate minus the grouped one (the grouping error), as the AUROC's are."""
+    groups, k = quantile_groups(u)
+    e = wrong.astype(np.float64)
+    full = M.selective_from_groups(np.bincount(groups, minlength=k)[None], np.bincount(groups, e, k)[None], ())
+    reps = M.selective_from_groups(boot.group_sums(groups, k), boot.group_sums(groups, k, e), ())
+    return {key: reps[key] + exact[key] - float(full[key][0]) for key in ("prr", "augrc")}

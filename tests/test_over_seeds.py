@@ -57,6 +57,16 @@ def test_scores_section_says_only_what_the_intervals_allow():
     assert "| better (+0.103 ±" in knn and "| n.s. (+0.020 ±" in knn and "| worse (-0.090 ±" in knn
 
 
+def test_a_tiny_significant_difference_is_printed_with_its_digits_not_as_zero():
+    ranked = _ranked()
+    for i, s in enumerate(SEEDS):  # entropy + 0.0003, 0.0004, 0.0005: significant, yet 0.000 at three decimals
+        ranked[s]["baseline"][1]["auroc_token"] = ENTROPY["auroc_token"][i] + 0.0003 + 0.0001 * i
+    lines = scores_over_seeds_section(score_figures(ranked))
+    assert any(line.endswith("better than the entropy over the seeds: knn (+0.0004).") for line in lines)
+    knn = next(line for line in lines if line.startswith("| knn |"))
+    assert "| better (+0.0004 ± 0.00025) |" in knn
+
+
 def test_a_system_missing_from_a_seed_is_left_out():
     ranked = _ranked()
     ranked[3]["other"] = ranked[3]["baseline"]

@@ -69,7 +69,13 @@ def _verdict_cell(
     if iv is None:
         return "-"
     word = {"better": words[0], "worse": words[1]}.get(verdict(iv, higher_is_better), "n.s.")
-    return f"{word} ({iv.estimate:+.3f} ± {iv.hi - iv.estimate:.3f})"
+    return f"{word} ({_digits(iv.estimate, '+')} ± {_digits(iv.hi - iv.estimate)})"
+
+
+def _digits(x: float, sign: str = "") -> str:
+    """Three decimals, or two significant digits where three decimals would print a nonzero figure as 0.000
+    (a difference called better must not read +0.000)."""
+    return f"{x:{sign}.3f}" if x == 0 or abs(x) >= 0.0005 else f"{x:{sign}.2g}"
 
 
 def scores_over_seeds_section(figures: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -104,7 +110,7 @@ def _score_sentences(system: str, rows: list[dict[str, Any]]) -> list[str]:
     for key, level in (("auroc_token", "token"), ("auroc_sequence", "sequence")):
         better = [r for r in rows if r[f"{key}_vs"] is not None and r[f"{key}_vs"].lo > 0]
         if better:
-            names = ", ".join(f"{r['score']} ({r[f'{key}_vs'].estimate:+.3f})" for r in better)
+            names = ", ".join(f"{r['score']} ({_digits(r[f'{key}_vs'].estimate, '+')})" for r in better)
             said.append(f"- {system}, {level}-level OOD AUROC: better than the entropy over the seeds: {names}.")
         else:
             said.append(f"- {system}, {level}-level OOD AUROC: no score beats the entropy significantly.")

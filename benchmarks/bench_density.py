@@ -19,7 +19,7 @@ Targets: fit <= 1x the epoch; eval with density <= 1.2x without (the scoring pas
 stricter measure: the whole eval also generates samples and resamples, which the density leaves alone).
 
     python benchmarks/bench_density.py [--positions 200000] [--eval-tokens 50000] [--bank 2048] [--k 10]
-                                       [--repeats 3] [--threads 1] [--device cpu]
+                                       [--repeats 3] [--threads 1] [--device cpu] [--shape 4,4,128]
     python benchmarks/bench_density.py --run runs/experiment/runs/baseline --ood "synthetic?shift=0.5"
 """
 
@@ -77,6 +77,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="eval timings, interleaved; the least of each is shown")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--shape", default="4,4,128", help="n_layer,n_head,n_embd of the random model (default 4,4,128)")
     p.add_argument("--run", help="time the whole gptv eval of this run (its density fitted) instead")
     p.add_argument("--ood", help="with --run: the shifted text gptv eval scores beside the split")
     a = p.parse_args()
@@ -84,7 +85,9 @@ def main() -> None:
     if a.run:
         return whole_eval(Path(a.run), a.ood, a.repeats)
     torch.manual_seed(0)
-    cfg = load_config("baseline", overrides=SHAPE)
+    n_layer, n_head, n_embd = (int(x) for x in a.shape.split(","))
+    shape = {**SHAPE, "n_layer": n_layer, "n_head": n_head, "n_embd": n_embd}
+    cfg = load_config("baseline", overrides=shape)
     model = GPT(cfg.model, cfg.objective).to(a.device).eval()
     rng = np.random.default_rng(0)
     train = rng.integers(0, 65, a.positions + 2 * cfg.model.block_size + 2)
@@ -101,7 +104,7 @@ def main() -> None:
     plain, with_density = min(times[False]), min(times[True])
     size = sum(t.numel() * t.element_size() for t in (density.means, density.precision, density.precision0,
                                                        density.mean0, density.bank))  # fmt: skip
-    print(f"shape {SHAPE}, {info['positions']:,} positions, {info['classes']} classes, bank {a.bank}, k {a.k}, "
+    print(f"shape {shape}, {info['positions']:,} positions, {info['classes']} classes, bank {a.bank}, k {a.k}, "
           f"device {a.device}, {a.threads} thread(s)\n")  # fmt: skip
     print("| measure | seconds | ratio | target |\n|---|---|---|---|")
     print(f"| fit over {info['positions']:,} positions / one training epoch over them | {fit:.2f} / {epoch:.2f} | "

@@ -59,7 +59,7 @@ from .report import plot_reliability
 from .result import scalars
 from .scoring import reference_sets, score
 from .summaries import N_BINS, sets_summary, summarise
-from .uncertainty import SELECTIVE_INTERVALS, ood_summary, selective_figures
+from .uncertainty import ood_summary, selective_intervals
 
 
 def default_out(run_dir: Path, source: str) -> Path:
@@ -170,8 +170,7 @@ def _intervals(
         return
     t0 = time.perf_counter()
     result["intervals"] = token_intervals(result, inside, how)
-    selective = selective_figures(inside, how.resamples, how.seed, how.block)
-    result["selective"].update({k: selective[k] for k in SELECTIVE_INTERVALS if k in selective})
+    result["selective"].update(selective_intervals(inside, result["selective"], how.resamples, how.seed, how.block))
     if outside is not None:
         ood_intervals(result["ood"], inside, outside, seq_len, how)
     result["speed"]["bootstrap_seconds"] = time.perf_counter() - t0

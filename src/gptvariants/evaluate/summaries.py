@@ -115,7 +115,7 @@ def summarise(
         },
         "calibration": calibration_summary(tok),
         "uncertainty": uncertainty_summary(tok),
-        "selective": selective_summary(tok, resamples=0),  # its intervals: evaluation._intervals
+        "selective": selective_summary(tok),  # its intervals: evaluation._intervals
     }
     if model.objective.sigmoid:
         result["perplexity"]["raw_bce_per_token"] = raw["raw_bce_sum"] / len(tok["nll"])

@@ -49,7 +49,6 @@ SCORES: dict[str, tuple[str, float]] = {
 }
 CURVE_POINTS = 50
 COVERAGES = (0.8, 0.9, 0.95)
-RESAMPLES = 100  # of the selective figures: each costs a few (resamples, tokens) passes per score
 
 
 def available(tokens: dict[str, np.ndarray], *, need_label_free: bool = False) -> list[str]:
@@ -97,12 +96,12 @@ def ood_summary(
     return out
 
 
-SELECTIVE_INTERVALS = ("bootstrap", "prr_ci", "augrc_ci", "vs_entropy")  # selective_figures' resampled keys
-
-
-def selective_summary(tokens: dict[str, np.ndarray], resamples: int = RESAMPLES) -> dict[str, Any]:
+def selective_summary(
+    tokens: dict[str, np.ndarray], resamples: int = 0, seed: int = 0, block: int = BLOCK
+) -> dict[str, Any]:
     """Risk-coverage of top-1 predictions for every label-free score: AURC, the oracle's AURC,
-    the error rate at full coverage, each curve at CURVE_POINTS coverages, and ``selective_figures``."""
+    the error rate at full coverage, each curve at CURVE_POINTS coverages, ``selective_figures`` and,
+    with ``resamples``, ``selective_intervals`` (``gptv eval`` adds those in its timed bootstrap)."""
     wrong = ~tokens["correct"].astype(bool)
     out: dict[str, Any] = {"error_rate": float(wrong.mean()), "aurc": {}, "curve": {}}
     grid = np.linspace(0, 1, CURVE_POINTS + 1)[1:]
@@ -112,39 +111,46 @@ def selective_summary(tokens: dict[str, np.ndarray], resamples: int = RESAMPLES)
         out["aurc_optimal"] = rc.aurc_optimal
         at = np.searchsorted(rc.coverage, grid - 1e-12)  # the first curve point reaching each coverage
         out["curve"][s] = {"coverage": rc.coverage[at].tolist(), "risk": rc.risk[at].tolist()}
-    out.update(selective_figures(tokens, resamples))
+    out.update(selective_figures(tokens))
+    out.update(selective_intervals(tokens, out, resamples, seed, block))
     return out
 
 
-def selective_figures(
-    tokens: dict[str, np.ndarray], resamples: int = RESAMPLES, seed: int = 0, block: int = BLOCK
-) -> dict[str, Any]:
-    """PRR, AUGRC and risk at COVERAGES of every label-free score; with ``resamples`` > 0, the block
-    bootstrap's intervals of PRR and AUGRC ("prr_ci", "augrc_ci") and of each score's paired
-    difference from the entropy with its verdict ("vs_entropy": score -> {"prr", "augrc"})."""
+def selective_figures(tokens: dict[str, np.ndarray]) -> dict[str, Any]:
+    """PRR, AUGRC and risk at COVERAGES of every label-free score."""
     wrong = ~tokens["correct"].astype(bool)
-    names = available(tokens, need_label_free=True)
     ones = np.ones((1, len(wrong)))
+    names = available(tokens, need_label_free=True)
     full = {s: M.selective_resampled(uncertainty_of(tokens, s), wrong, ones, COVERAGES) for s in names}
-    out: dict[str, Any] = {
+    return {
         "prr": {s: float(f["prr"][0]) for s, f in full.items()},
         "augrc": {s: float(f["augrc"][0]) for s, f in full.items()},
         "risk_at": {s: {f"{c:g}": float(f[f"risk_at_{c:g}"][0]) for c in COVERAGES} for s, f in full.items()},
     }
+
+
+def selective_intervals(
+    tokens: dict[str, np.ndarray], figures: dict[str, Any], resamples: int, seed: int = 0, block: int = BLOCK
+) -> dict[str, Any]:
+    """The block bootstrap's intervals of ``figures``' PRR and AUGRC ("prr_ci", "augrc_ci") and of each
+    score's paired difference from the entropy with its verdict ("vs_entropy": score -> {"prr",
+    "augrc"}); {} with fewer than 2 resamples or 4 tokens."""
+    wrong = ~tokens["correct"].astype(bool)
     if resamples < 2 or len(wrong) < 4:
-        return out
+        return {}
+    names = list(figures["prr"])
     boot = BlockBootstrap(len(wrong), min(block, len(wrong) // 2), resamples, seed)
     reps = {
-        s: _replicates(boot, uncertainty_of(tokens, s), wrong, {k: out[k][s] for k in ("prr", "augrc")}) for s in names
+        s: _replicates(boot, uncertainty_of(tokens, s), wrong, {k: figures[k][s] for k in ("prr", "augrc")})
+        for s in names
     }
-    out["bootstrap"] = boot.method
+    out: dict[str, Any] = {"bootstrap": boot.method, "vs_entropy": {}}
     for key in ("prr", "augrc"):
-        out[f"{key}_ci"] = {s: boot.interval(out[key][s], reps[s][key]).to_dict() for s in names}
-    out["vs_entropy"] = {}
+        out[f"{key}_ci"] = {s: boot.interval(figures[key][s], reps[s][key]).to_dict() for s in names}
     for s in names if "entropy" in reps else []:
         out["vs_entropy"][s] = {}
         for key, better in (("prr", True), ("augrc", False)):
-            diff = boot.interval(out[key][s] - out[key]["entropy"], reps[s][key] - reps["entropy"][key])
+            diff = boot.interval(figures[key][s] - figures[key]["entropy"], reps[s][key] - reps["entropy"][key])
             out["vs_entropy"][s][key] = {**diff.to_dict(), "verdict": verdict(diff, higher_is_better=better)}
     return out
 

@@ -89,7 +89,7 @@ def scores_over_seeds_section(figures: dict[str, list[dict[str, Any]]]) -> list[
         f"Each score's figure as the mean over the {n} seeds ± half its 95 % Student-t interval (n = {n}); "
         f"*vs H* is the paired difference from the predictive entropy over the same seeds: better, worse or "
         "n.s. (no significant difference: the interval holds 0). OOD AUROC: higher = the score is higher on "
-        "the shifted text; below 0.5 the model is *more* confident there.",
+        "the shifted text; below 0.5 the score is *lower* there (more confident on shifted text).",
         "",
     ]
     header = ["score", *(f"{name}{suffix}" for name in SCORE_FIGURES.values() for suffix in ("", " vs H"))]
